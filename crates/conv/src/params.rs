@@ -1,0 +1,329 @@
+//! Convolution parameters, the output-size formula, and shape validation.
+//!
+//! Every algorithm and every layer computes output sizes through [`out_size`] and validates its
+//! operands through [`ConvGeometry::new`], so the rules live in exactly one place.
+
+use crate::error::{ConvError, Result};
+
+/// Hyper-parameters of a 2-D convolution, each given per axis as `(h, w)`.
+///
+/// The defaults are those of PyTorch's `Conv2d`: stride 1, no padding, no dilation, one group.
+///
+/// ```
+/// use convkit_conv::Conv2dParams;
+/// let p = Conv2dParams::default().with_stride(2).with_padding(1);
+/// assert_eq!(p.stride, (2, 2));
+/// assert_eq!(p.padding, (1, 1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    /// Step between two applications of the filter, `(sh, sw)`. Must be ≥ 1.
+    pub stride: (usize, usize),
+    /// Zeros added on each side of the input, `(ph, pw)`.
+    pub padding: (usize, usize),
+    /// Spacing between filter taps, `(dh, dw)`. Must be ≥ 1; 1 is an ordinary convolution.
+    pub dilation: (usize, usize),
+    /// Number of groups: input and output channels are split into `groups` independent parts.
+    /// Must divide both channel counts; `groups == c_in == c_out` is a depthwise convolution.
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Self { stride: (1, 1), padding: (0, 0), dilation: (1, 1), groups: 1 }
+    }
+}
+
+impl Conv2dParams {
+    /// Sets the same stride on both axes.
+    pub fn with_stride(mut self, s: usize) -> Self {
+        self.stride = (s, s);
+        self
+    }
+    /// Sets the same padding on both axes.
+    pub fn with_padding(mut self, p: usize) -> Self {
+        self.padding = (p, p);
+        self
+    }
+    /// Sets the same dilation on both axes.
+    pub fn with_dilation(mut self, d: usize) -> Self {
+        self.dilation = (d, d);
+        self
+    }
+    /// Sets the number of groups.
+    pub fn with_groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// The output size of a convolution or pooling window along one axis:
+/// `floor((input + 2*pad - dilation*(kernel-1) - 1) / stride) + 1`.
+///
+/// Returns `None` when the parameters are invalid (zero stride, dilation or kernel) or when
+/// the dilated kernel does not fit in the padded input.
+///
+/// ```
+/// use convkit_conv::out_size;
+/// assert_eq!(out_size(32, 5, 1, 0, 1), Some(28)); // LeNet-5 conv1
+/// assert_eq!(out_size(56, 3, 2, 1, 1), Some(28)); // strided 3x3
+/// assert_eq!(out_size(28, 3, 1, 2, 2), Some(28)); // dilated 3x3 keeps the size with pad 2
+/// assert_eq!(out_size(2, 5, 1, 0, 1), None);     // kernel larger than the input
+/// ```
+pub fn out_size(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+) -> Option<usize> {
+    if stride == 0 || dilation == 0 || kernel == 0 {
+        return None;
+    }
+    let padded = input.checked_add(pad.checked_mul(2)?)?;
+    let span = dilation.checked_mul(kernel - 1)?.checked_add(1)?;
+    if span > padded {
+        return None;
+    }
+    Some((padded - span) / stride + 1)
+}
+
+/// A validated convolution problem: every size the kernels need, derived once.
+///
+/// Built by [`ConvGeometry::new`] from the input dims `[n, c_in, h, w]`, the weight dims
+/// `[c_out, c_in / groups, kh, kw]` and the parameters; all kernels take it instead of
+/// re-deriving sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvGeometry {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// The parameters.
+    pub params: Conv2dParams,
+}
+
+impl ConvGeometry {
+    /// Validates the operands of a convolution and computes the output size.
+    ///
+    /// Errors name the shapes: a zero stride or dilation, `groups` not dividing the channel
+    /// counts, a weight whose input-channel count does not match, an empty input, or a kernel
+    /// larger than the padded input.
+    ///
+    /// ```
+    /// use convkit_conv::{Conv2dParams, ConvGeometry};
+    /// let g = ConvGeometry::new([64, 1, 32, 32], [6, 1, 5, 5], Conv2dParams::default()).unwrap();
+    /// assert_eq!((g.oh, g.ow), (28, 28));
+    /// let err = ConvGeometry::new([64, 3, 32, 32], [6, 1, 5, 5], Conv2dParams::default());
+    /// assert!(err.unwrap_err().to_string().contains("[6, 1, 5, 5]"));
+    /// ```
+    pub fn new(input: [usize; 4], weight: [usize; 4], params: Conv2dParams) -> Result<Self> {
+        const OP: &str = "conv2d";
+        let [n, c_in, h, w] = input;
+        let [c_out, cpg, kh, kw] = weight;
+        let Conv2dParams { stride, padding, dilation, groups } = params;
+        let invalid = |msg: String| Err(ConvError::InvalidParams { op: OP, msg });
+        if stride.0 == 0 || stride.1 == 0 {
+            return invalid(format!("stride must be at least 1, got {stride:?}"));
+        }
+        if dilation.0 == 0 || dilation.1 == 0 {
+            return invalid(format!("dilation must be at least 1, got {dilation:?}"));
+        }
+        if groups == 0 {
+            return invalid("groups must be at least 1, got 0".into());
+        }
+        if kh == 0 || kw == 0 {
+            return invalid(format!("kernel size must be at least 1, weight is {weight:?}"));
+        }
+        let mismatch = |msg: String| Err(ConvError::ShapeMismatch { op: OP, msg });
+        if n == 0 || c_in == 0 || h == 0 || w == 0 {
+            return mismatch(format!("input {input:?} is empty"));
+        }
+        if c_out == 0 {
+            return mismatch(format!("weight {weight:?} has no output channels"));
+        }
+        if c_in % groups != 0 || c_out % groups != 0 {
+            return mismatch(format!(
+                "groups = {groups} must divide input channels ({c_in}, input {input:?}) and output channels ({c_out}, weight {weight:?})"
+            ));
+        }
+        if cpg * groups != c_in {
+            let need = cpg * groups;
+            return mismatch(format!(
+                "weight {weight:?} with groups = {groups} needs {need} input channel{}, input has {input:?}",
+                if need == 1 { "" } else { "s" }
+            ));
+        }
+        let oh = out_size(h, kh, stride.0, padding.0, dilation.0);
+        let ow = out_size(w, kw, stride.1, padding.1, dilation.1);
+        let (Some(oh), Some(ow)) = (oh, ow) else {
+            return mismatch(format!(
+                "kernel {kh}x{kw} with dilation {dilation:?} is larger than the padded input ({}x{}) of input {input:?} with padding {padding:?}",
+                h + 2 * padding.0,
+                w + 2 * padding.1
+            ));
+        };
+        Ok(Self { n, c_in, h, w, c_out, kh, kw, oh, ow, params })
+    }
+
+    /// Input channels per group.
+    pub fn c_in_per_group(&self) -> usize {
+        self.c_in / self.params.groups
+    }
+    /// Output channels per group.
+    pub fn c_out_per_group(&self) -> usize {
+        self.c_out / self.params.groups
+    }
+    /// Input dims `[n, c_in, h, w]`.
+    pub fn input_dims(&self) -> [usize; 4] {
+        [self.n, self.c_in, self.h, self.w]
+    }
+    /// Weight dims `[c_out, c_in / groups, kh, kw]`.
+    pub fn weight_dims(&self) -> [usize; 4] {
+        [self.c_out, self.c_in_per_group(), self.kh, self.kw]
+    }
+    /// Output dims `[n, c_out, oh, ow]`.
+    pub fn output_dims(&self) -> [usize; 4] {
+        [self.n, self.c_out, self.oh, self.ow]
+    }
+    /// Number of elements of the input.
+    pub fn input_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+    /// Number of elements of the weight.
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.c_in_per_group() * self.kh * self.kw
+    }
+    /// Number of elements of the output.
+    pub fn output_len(&self) -> usize {
+        self.n * self.c_out * self.oh * self.ow
+    }
+    /// Floating-point operations of the forward pass, counting a multiply-add as two:
+    /// `2·N·K·(C/g)·R·S·OH·OW`.
+    pub fn flops(&self) -> u64 {
+        2 * (self.n * self.c_out * self.c_in_per_group() * self.kh * self.kw * self.oh * self.ow)
+            as u64
+    }
+
+    /// Checks the lengths of the input, weight, optional bias and output buffers against the
+    /// shapes; `op` names the caller in the error.
+    pub fn check_buffers(
+        &self,
+        op: &'static str,
+        input: usize,
+        weight: usize,
+        bias: Option<usize>,
+        output: usize,
+    ) -> Result<()> {
+        check_len(op, "input", &self.input_dims(), input)?;
+        check_len(op, "weight", &self.weight_dims(), weight)?;
+        if let Some(b) = bias {
+            check_len(op, "bias", &[self.c_out], b)?;
+        }
+        check_len(op, "output", &self.output_dims(), output)
+    }
+}
+
+/// Returns a [`ConvError::BufferLength`] when `got` differs from the product of `shape`.
+pub fn check_len(op: &'static str, what: &'static str, shape: &[usize], got: usize) -> Result<()> {
+    let expected = shape.iter().product();
+    if expected == got {
+        Ok(())
+    } else {
+        Err(ConvError::BufferLength { op, what, shape: shape.to_vec(), expected, got })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_size_matches_formula() {
+        for input in 1..12 {
+            for k in 1..6 {
+                for s in 1..4 {
+                    for p in 0..3 {
+                        for d in 1..3 {
+                            let padded = (input + 2 * p) as i64;
+                            let span = (d * (k - 1) + 1) as i64;
+                            let expect = if span > padded {
+                                None
+                            } else {
+                                Some(((padded - span) / s as i64 + 1) as usize)
+                            };
+                            assert_eq!(
+                                out_size(input, k, s, p, d),
+                                expect,
+                                "{input} {k} {s} {p} {d}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(out_size(5, 3, 0, 0, 1), None);
+        assert_eq!(out_size(5, 3, 1, 0, 0), None);
+        assert_eq!(out_size(5, 0, 1, 0, 1), None);
+    }
+
+    #[test]
+    fn geometry_errors_name_shapes() {
+        let p = Conv2dParams::default();
+        let e = ConvGeometry::new([64, 3, 32, 32], [6, 1, 5, 5], p).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "conv2d: weight [6, 1, 5, 5] with groups = 1 needs 1 input channel, input has [64, 3, 32, 32]"
+        );
+        let e = ConvGeometry::new([1, 4, 8, 8], [6, 2, 3, 3], p.with_groups(3))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("groups = 3"), "{e}");
+        let e = ConvGeometry::new([1, 1, 4, 4], [1, 1, 5, 5], p).unwrap_err().to_string();
+        assert!(e.contains("larger than the padded input"), "{e}");
+        assert!(ConvGeometry::new([1, 1, 4, 4], [1, 1, 5, 5], p.with_padding(1)).is_ok());
+        let e = ConvGeometry::new([1, 1, 4, 4], [1, 1, 3, 3], p.with_stride(0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stride"), "{e}");
+        let e = ConvGeometry::new([1, 1, 4, 4], [1, 1, 3, 3], p.with_dilation(0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dilation"), "{e}");
+        let e = ConvGeometry::new([0, 1, 4, 4], [1, 1, 3, 3], p).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn geometry_sizes() {
+        let g = ConvGeometry::new(
+            [8, 128, 28, 28],
+            [128, 1, 3, 3],
+            Conv2dParams::default().with_padding(1).with_groups(128),
+        )
+        .unwrap();
+        assert_eq!(g.output_dims(), [8, 128, 28, 28]);
+        assert_eq!(g.flops(), 2 * 8 * 128 * 9 * 28 * 28);
+        assert!(
+            g.check_buffers("t", g.input_len(), g.weight_len(), Some(128), g.output_len()).is_ok()
+        );
+        let e = g
+            .check_buffers("t", g.input_len() - 1, g.weight_len(), None, g.output_len())
+            .unwrap_err();
+        assert!(matches!(e, ConvError::BufferLength { what: "input", .. }));
+    }
+}
