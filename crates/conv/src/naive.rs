@@ -165,7 +165,7 @@ mod tests {
         conv2d_naive(&g, &input, &weight, Some(&[10.0]), &mut out).unwrap();
         #[rustfmt::skip]
         let expect = [
-            11., 13., 15., 15.,
+            11., 13., 15., 13.,
             15., 22., 26., 19.,
             21., 34., 38., 25.,
             17., 25., 27., 19.,
