@@ -119,24 +119,31 @@ where
 pub fn from_safetensors_bytes_with_metadata(
     bytes: &[u8],
 ) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
-    let parsed = SafeTensors::deserialize(bytes).map_err(|e| {
+    // One pass over the header: `read_metadata` parses the JSON and checks that the offsets
+    // tile the data section exactly and agree with every shape and dtype.
+    let (header_len, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
         TensorError::Safetensors(format!("cannot parse a buffer of {} bytes: {e}", bytes.len()))
     })?;
+    let corrupt = |name: &str| {
+        TensorError::Safetensors(format!("tensor `{name}`: data offsets outside the buffer"))
+    };
+    let data = bytes.get(8 + header_len..).ok_or_else(|| corrupt(""))?;
     let mut out = BTreeMap::new();
-    for (name, view) in parsed.iter() {
-        if view.dtype() != Dtype::F32 {
+    // In offset order, so the first bad tensor reported is the same on every run.
+    for name in header.offset_keys() {
+        let info = header.info(&name).ok_or_else(|| corrupt(&name))?;
+        if info.dtype != Dtype::F32 {
             return Err(TensorError::UnsupportedDtype {
-                name: name.to_string(),
-                dtype: format!("{:?}", view.dtype()),
-                shape: view.shape().to_vec(),
+                name,
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.clone(),
             });
         }
-        let data = f32s_from_le(view.data());
-        out.insert(name.to_string(), Tensor::from_vec(view.shape(), data)?);
+        let (start, end) = info.data_offsets;
+        let raw = data.get(start..end).ok_or_else(|| corrupt(&name))?;
+        let tensor = Tensor::from_vec(&info.shape, f32s_from_le(raw))?;
+        out.insert(name, tensor);
     }
-    // The metadata was parsed above by `deserialize`; reading it again only re-walks the header.
-    let (_, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| TensorError::Safetensors(format!("cannot read the header: {e}")))?;
     Ok((out, header.metadata().clone().unwrap_or_default()))
 }
 
