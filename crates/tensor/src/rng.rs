@@ -48,11 +48,22 @@ pub struct Rng {
 
 impl Rng {
     /// A generator seeded with `seed`. Every seed, including 0, is fine.
+    ///
+    /// ```
+    /// use convkit_tensor::Rng;
+    /// assert_eq!(Rng::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+    /// ```
     pub fn new(seed: u64) -> Self {
         Self { state: seed, spare_normal: None }
     }
 
     /// The next 64 random bits.
+    ///
+    /// ```
+    /// use convkit_tensor::Rng;
+    /// let mut rng = Rng::new(1);
+    /// assert_ne!(rng.next_u64(), rng.next_u64());
+    /// ```
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN_GAMMA);
         let mut z = self.state;
@@ -62,11 +73,21 @@ impl Rng {
     }
 
     /// A uniform `f32` in `[0, 1)`: the top 24 bits of one output, scaled by 2⁻²⁴.
+    ///
+    /// ```
+    /// use convkit_tensor::Rng;
+    /// assert!((0.0..1.0).contains(&Rng::new(3).next_f32()));
+    /// ```
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
     }
 
     /// A uniform `f64` in `[0, 1)`: the top 53 bits of one output, scaled by 2⁻⁵³.
+    ///
+    /// ```
+    /// use convkit_tensor::Rng;
+    /// assert!((0.0..1.0).contains(&Rng::new(3).next_f64()));
+    /// ```
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
@@ -115,6 +136,13 @@ impl Rng {
     /// method: draw `(u, v)` uniform in the square `(-1, 1)²` until `0 < s = u² + v² < 1`, then
     /// `u·√(−2 ln s / s)` and `v·√(−2 ln s / s)` are two independent normals. The second one is
     /// kept for the next call.
+    ///
+    /// ```
+    /// use convkit_tensor::Rng;
+    /// let mut rng = Rng::new(42);
+    /// let z = rng.normal();
+    /// assert!(z.is_finite());
+    /// ```
     pub fn normal(&mut self) -> f64 {
         if let Some(z) = self.spare_normal.take() {
             return z;
@@ -133,6 +161,12 @@ impl Rng {
 
     /// A uniform `f32` in `[low, high)` (as `low + (high − low)·u`, computed in `f64`;
     /// `high` itself can appear only through rounding to `f32`).
+    ///
+    /// ```
+    /// use convkit_tensor::Rng;
+    /// let x = Rng::new(5).uniform(-0.5, 0.5);
+    /// assert!((-0.5..=0.5).contains(&x));
+    /// ```
     pub fn uniform(&mut self, low: f32, high: f32) -> f32 {
         let (low, high) = (f64::from(low), f64::from(high));
         (low + (high - low) * self.next_f64()) as f32

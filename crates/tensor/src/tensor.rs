@@ -31,6 +31,15 @@ pub struct Tensor {
 
 impl Tensor {
     /// Builds a tensor from its dims and its row-major data; errors on a length mismatch.
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// let t = Tensor::from_vec(&[2, 2], vec![1., 2., 3., 4.])?;
+    /// assert_eq!(t.dims(), &[2, 2]);
+    /// let e = Tensor::from_vec(&[2, 2], vec![1.]).unwrap_err();
+    /// assert_eq!(e.to_string(), "from_vec: shape [2, 2] needs 4 elements, got 1");
+    /// # Ok::<(), convkit_tensor::TensorError>(())
+    /// ```
     pub fn from_vec(dims: &[usize], data: Vec<f32>) -> Result<Self> {
         let expected = checked_numel("from_vec", dims)?;
         if expected != data.len() {
@@ -195,46 +204,101 @@ impl Tensor {
     }
 
     /// The dims (sizes of each axis).
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// assert_eq!(Tensor::zeros(&[2, 3]).dims(), &[2, 3]);
+    /// ```
     pub fn dims(&self) -> &[usize] {
         &self.dims
     }
 
     /// Number of axes.
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// assert_eq!(Tensor::zeros(&[2, 3]).rank(), 2);
+    /// assert_eq!(Tensor::scalar(1.0).rank(), 0);
+    /// ```
     pub fn rank(&self) -> usize {
         self.dims.len()
     }
 
     /// Number of elements.
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// assert_eq!(Tensor::zeros(&[2, 3]).numel(), 6);
+    /// ```
     pub fn numel(&self) -> usize {
         self.data.len()
     }
 
     /// The elements in row-major order.
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// let t = Tensor::from_fn(&[2, 2], |ix| (2 * ix[0] + ix[1]) as f32);
+    /// assert_eq!(t.as_slice(), &[0., 1., 2., 3.]);
+    /// ```
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
 
     /// Mutable access to the elements (copy-on-write: copies if the buffer is shared).
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// let a = Tensor::zeros(&[2]);
+    /// let mut b = a.clone();
+    /// b.data_mut()[0] = 1.0; // copies: `a` still holds the buffer
+    /// assert_eq!(a.as_slice(), &[0., 0.]);
+    /// assert_eq!(b.as_slice(), &[1., 0.]);
+    /// ```
     pub fn data_mut(&mut self) -> &mut [f32] {
         Arc::make_mut(&mut self.data).as_mut_slice()
     }
 
     /// Takes the elements out, copying only if the buffer is shared.
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// assert_eq!(Tensor::ones(&[2]).into_vec(), vec![1.0, 1.0]);
+    /// ```
     pub fn into_vec(self) -> Vec<f32> {
         Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// Whether two tensors share one buffer (clones that neither has written to).
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// let a = Tensor::ones(&[3]);
+    /// assert!(a.clone().shares_data_with(&a));
+    /// assert!(!Tensor::ones(&[3]).shares_data_with(&a));
+    /// ```
     pub fn shares_data_with(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.data, &other.data)
     }
 
     /// Row-major strides of the dims, in elements.
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// assert_eq!(Tensor::zeros(&[2, 3]).strides(), vec![3, 1]);
+    /// ```
     pub fn strides(&self) -> Vec<usize> {
         strides(&self.dims)
     }
 
     /// The element at a multi-index, or `None` when the index is out of range.
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// let t = Tensor::eye(2);
+    /// assert_eq!(t.get(&[1, 1]), Some(1.0));
+    /// assert_eq!(t.get(&[2, 0]), None);
+    /// ```
     pub fn get(&self, index: &[usize]) -> Option<f32> {
         if index.len() != self.dims.len() {
             return None;
@@ -250,6 +314,13 @@ impl Tensor {
     }
 
     /// The single value of a one-element tensor (a scalar or any shape with one element).
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// assert_eq!(Tensor::full(&[1, 1], 4.0).item()?, 4.0);
+    /// assert!(Tensor::zeros(&[2]).item().is_err());
+    /// # Ok::<(), convkit_tensor::TensorError>(())
+    /// ```
     pub fn item(&self) -> Result<f32> {
         if self.data.len() == 1 {
             Ok(self.data[0])
@@ -263,6 +334,14 @@ impl Tensor {
     }
 
     /// Size of an axis, with a clear error when the axis does not exist.
+    ///
+    /// ```
+    /// use convkit_tensor::Tensor;
+    /// let t = Tensor::zeros(&[2, 3]);
+    /// assert_eq!(t.dim(1)?, 3);
+    /// assert!(t.dim(2).is_err());
+    /// # Ok::<(), convkit_tensor::TensorError>(())
+    /// ```
     pub fn dim(&self, axis: usize) -> Result<usize> {
         self.dims.get(axis).copied().ok_or_else(|| TensorError::InvalidArgument {
             op: "dim",
@@ -343,6 +422,13 @@ mod tests {
         assert_eq!(e.to_string(), "from_vec: shape [2, 3] needs 6 elements, got 5");
         let e = Tensor::from_vec(&[usize::MAX, 2], vec![]).unwrap_err();
         assert!(e.to_string().contains("overflows"));
+    }
+
+    #[test]
+    fn tensor_is_send_and_sync() {
+        // Autograd tapes and rayon closures hold tensors across threads.
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Tensor>();
     }
 
     #[test]

@@ -134,7 +134,7 @@ proptest! {
 /// matrixmultiply test suite.
 #[test]
 fn exact_small_integer_products() {
-    for &s in &[1usize, 2, 7, 17, 33, 65, 67] {
+    for &s in &[1usize, 2, 7, 17, 33, 65, 67, 257] {
         let a = Tensor::from_fn(&[s, s + 1], |ix| ((ix[0] * 3 + ix[1] * 7) % 5) as f32 - 2.0);
         let b = Tensor::from_fn(&[s + 1, s + 2], |ix| ((ix[0] * 5 + ix[1]) % 3) as f32 - 1.0);
         let c = matmul_t(&a, false, &b, false).unwrap();
