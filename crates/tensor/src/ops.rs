@@ -6,8 +6,8 @@
 //! The result has the larger size on every axis. `[64, 6, 28, 28] + [6, 1, 1]` adds a per-channel
 //! bias; `[3, 1] * [1, 4]` is an outer product.
 //!
-//! All operations here return a new tensor except the `*_assign` / `_inplace` forms, which
-//! write into `self` (copy-on-write, see [`Tensor`]). Loops are single-threaded and visit the
+//! All operations here return a new tensor except the `*_assign` forms, [`Tensor::axpy`] and
+//! [`Tensor::map_inplace`], which write into `self` (copy-on-write, see [`Tensor`]). Loops are single-threaded and visit the
 //! elements in row-major order, so results never depend on the thread count.
 
 use crate::error::{Result, TensorError};

@@ -115,6 +115,21 @@ impl Rng {
         }
     }
 
+    /// A new generator seeded from this one's next output, for an independent stream (one per
+    /// layer, one for shuffling, …) that does not shift the other streams when one of them
+    /// draws more numbers.
+    ///
+    /// ```
+    /// use convkit_tensor::Rng;
+    /// let mut root = Rng::new(0);
+    /// let mut init = root.split();
+    /// let mut shuffle = root.split();
+    /// assert_ne!(init.next_u64(), shuffle.next_u64());
+    /// ```
+    pub fn split(&mut self) -> Rng {
+        Rng::new(self.next_u64())
+    }
+
     /// Shuffles a slice in place (Fisher–Yates, from the last element down).
     ///
     /// ```
@@ -208,8 +223,9 @@ pub fn portable_ln(x: f64) -> f64 {
 }
 
 impl Tensor {
-    /// A tensor of uniform samples in `[low, high)` drawn from `rng` in row-major order.
-    /// Errors when a bound is not finite or `low > high`.
+    /// A tensor of uniform samples in `[low, high)` drawn from `rng` in row-major order (see
+    /// [`Rng::uniform`]: `high` can appear only by rounding). Errors when a bound is not
+    /// finite or `low > high`.
     ///
     /// ```
     /// use convkit_tensor::{Rng, Tensor};

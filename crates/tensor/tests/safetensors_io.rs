@@ -169,6 +169,14 @@ fn offsets_out_of_range_or_inconsistent_are_errors() {
 }
 
 #[test]
+fn unwritable_target_is_an_io_error_naming_the_path() {
+    let path = std::env::temp_dir().join("convkit-no-such-dir").join("sub").join("m.safetensors");
+    let e = save_safetensors(&path, [("w", &Tensor::ones(&[1]))], None).unwrap_err();
+    assert!(matches!(e, TensorError::Io { op: "writing", .. }), "{e}");
+    assert!(e.to_string().contains("convkit-no-such-dir"), "{e}");
+}
+
+#[test]
 fn missing_file_names_the_path() {
     let e = load_safetensors("/definitely/not/here.safetensors").unwrap_err();
     assert!(matches!(e, TensorError::Io { op: "reading", .. }));
