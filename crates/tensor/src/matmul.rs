@@ -320,7 +320,7 @@ mod tests {
         let a = Tensor::from_vec(&[2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap();
         let b = Tensor::from_vec(&[3, 2], vec![7., 8., 9., 10., 11., 12.]).unwrap();
         assert_eq!(matmul(&a, &b).unwrap().as_slice(), &[58., 64., 139., 154.]);
-        // aᵀ·aᵀ... (3x2)·(2x3)
+        // aᵀ·bᵀ: (3x2)·(2x3), against materialized transposes.
         let c = matmul_t(&a, true, &b, true).unwrap();
         assert_eq!(c.dims(), &[3, 3]);
         assert_eq!(c, a.t().unwrap().matmul(&b.t().unwrap()).unwrap());
