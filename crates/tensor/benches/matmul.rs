@@ -1,1 +1,120 @@
-fn main() {}
+//! Matmul throughput, reported by criterion as elements = flops (`2·m·n·k`), i.e. read
+//! "Gelem/s" as GFLOP/s.
+//!
+//! * `matmul_square/N`: `Tensor` matmul of two N×N matrices (includes allocating the output).
+//! * `sgemm_raw/512`: `matrixmultiply::sgemm` called directly at 512³ into a preallocated
+//!   buffer — the acceptance bar "Tensor matmul 512³ within 10% of raw sgemm" compares this
+//!   with `matmul_square/512` of the same run.
+//! * `lenet_fc/…`: the LeNet-5 fully-connected layers at batch 64, `x·Wᵀ` with `W` stored
+//!   `[out, in]` (transpose by strides).
+//! * `batched/…`: a batched product, to see the rayon split.
+//!
+//! `cargo bench -p convkit-tensor --bench matmul -- --quick` runs in well under a minute.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use convkit_tensor::{Rng, Tensor, matmul_t};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn random(dims: &[usize], seed: u64) -> Tensor {
+    match Tensor::rand_uniform(dims, -1.0, 1.0, &mut Rng::new(seed)) {
+        Ok(t) => t,
+        Err(e) => panic!("bench setup: {e}"),
+    }
+}
+
+fn flops(m: usize, k: usize, n: usize) -> Throughput {
+    Throughput::Elements((2 * m * n * k) as u64)
+}
+
+fn square(c: &mut Criterion) {
+    let mut group = c.benchmark_group("matmul_square");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for n in [64usize, 128, 256, 512, 1024] {
+        let (a, b) = (random(&[n, n], 1), random(&[n, n], 2));
+        group.throughput(flops(n, n, n));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
+            bench.iter(|| matmul_t(black_box(&a), false, black_box(&b), false))
+        });
+    }
+    group.finish();
+}
+
+fn raw_sgemm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sgemm_raw");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    let n = 512usize;
+    let (a, b) = (random(&[n, n], 1), random(&[n, n], 2));
+    let mut out = vec![0.0f32; n * n];
+    group.throughput(flops(n, n, n));
+    group.bench_function(BenchmarkId::from_parameter(n), |bench| {
+        bench.iter(|| {
+            // SAFETY: a, b and out are n×n row-major buffers of n·n elements, the strides
+            // (n, 1) stay inside them, and out does not alias a or b.
+            unsafe {
+                matrixmultiply::sgemm(
+                    n,
+                    n,
+                    n,
+                    1.0,
+                    a.as_slice().as_ptr(),
+                    n as isize,
+                    1,
+                    b.as_slice().as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+            black_box(&mut out);
+        })
+    });
+    group.finish();
+}
+
+fn lenet_fc(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lenet_fc");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(1));
+    let batch = 64;
+    for (inp, out) in [(400usize, 120usize), (120, 84), (84, 10)] {
+        let x = random(&[batch, inp], 3);
+        let w = random(&[out, inp], 4);
+        group.throughput(flops(batch, inp, out));
+        let id = format!("{batch}x{inp}·{out}x{inp}T");
+        group.bench_function(id, |bench| {
+            bench.iter(|| matmul_t(black_box(&x), false, black_box(&w), true))
+        });
+    }
+    group.finish();
+}
+
+fn batched(c: &mut Criterion) {
+    let mut group = c.benchmark_group("batched");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(1));
+    let (bs, m, k, n) = (16usize, 128usize, 128usize, 128usize);
+    let (a, b) = (random(&[bs, m, k], 5), random(&[bs, k, n], 6));
+    group.throughput(flops(bs * m, k, n));
+    group.bench_function(format!("{bs}x{m}x{k}x{n}"), |bench| {
+        bench.iter(|| matmul_t(black_box(&a), false, black_box(&b), false))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, square, raw_sgemm, lenet_fc, batched);
+criterion_main!(benches);
