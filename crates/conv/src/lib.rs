@@ -1,15 +1,109 @@
 //! # convkit-conv — 2-D convolution and pooling kernels
 //!
-//! (The full manual arrives with the kernels.)
+//! Forward and backward 2-D convolution (every stride, padding, dilation and group count) and
+//! max / average pooling for CNNs on the CPU, in f32, with an f64 reference to test against.
+//! It depends only on `convkit-tensor`, `rayon` and `matrixmultiply`, so it can be used on its
+//! own, on [`Tensor`](convkit_tensor::Tensor)s or on plain `&[f32]` buffers.
+//!
+//! ## Layout
+//! Activations are NCHW (`[n, c, h, w]`, contiguous), convolution weights
+//! `[c_out, c_in / groups, kh, kw]`, biases `[c_out]` — PyTorch's layouts, so weights move
+//! between the two unchanged.
+//!
+//! ## The math
+//! For output `(b, k, y, x)` in group `g = k / (c_out/groups)`:
+//! `out[b,k,y,x] = bias[k] + Σ_{c,i,j} in[b, g·C' + c, y·sh − ph + i·dh, x·sw − pw + j·dw] ·
+//! w[k,c,i,j]` with `C' = c_in/groups` and zeros outside the input (cross-correlation, as in
+//! every CNN library). The output size is `floor((in + 2·pad − dil·(k−1) − 1)/stride) + 1`
+//! ([`out_size`]). Backward, `∂L/∂in` scatters each output gradient through the same taps,
+//! `∂L/∂w[k,c,i,j]` sums `dy · in` over the batch and output pixels, and `∂L/∂bias[k]` sums
+//! `dy`. im2col rewrites all three as matrix products (see [`im2col`]).
+//!
+//! ## Modules
+//! | module      | what                                                                 |
+//! |-------------|----------------------------------------------------------------------|
+//! | [`params`]  | [`Conv2dParams`], [`out_size`], [`ConvGeometry`] (all validation)     |
+//! | [`naive`]   | the reference: the loops of the definition, f64 accumulation         |
+//! | [`im2col`]  | im2col + `sgemm` forward, GEMM + col2im backward, parallel           |
+//! | [`gemm`]    | the bounds-checked wrapper over `matrixmultiply::sgemm`              |
+//! | [`algo`]    | [`ConvAlgo`], the [`select`] rule, [`supports`], dispatch            |
+//! | [`pool`]    | max / average pooling forward and backward ([`PoolParams`])          |
+//! | [`api`]     | the same operations on [`Tensor`](convkit_tensor::Tensor)s           |
+//! | [`tolerance`] | the tolerance of each algorithm against the reference             |
+//! | [`suite`]   | the benchmark shape suite                                            |
+//! | [`error`]   | [`ConvError`]: every message names the operation and the shapes      |
+//!
+//! Every kernel has the same slice signature: `conv2d_<algo>(g, input, weight, bias, output)`
+//! and `conv2d_backward_<algo>(g, input, weight, grad_output, grad_input, grad_weight,
+//! grad_bias)`, where each gradient is optional and overwritten.
+//!
+//! ## Environment
+//! - `CONVKIT_CONV_ALGO=<name>` (`naive`, `im2col`, `winograd2`, `winograd4`, `direct`,
+//!   `auto`) forces the algorithm [`ConvAlgo::Auto`] resolves to, on every shape that
+//!   algorithm supports. Read once per process; an unknown name is ignored with one warning
+//!   on stderr. Explicitly requested algorithms are never overridden. Details in [`algo`].
+//! - `CONVKIT_SIMD=off` makes the SIMD kernels use their portable fallback (read by the
+//!   SIMD-dispatching kernels; the im2col path relies on `matrixmultiply`'s own detection).
+//!
+//! ## Threads and determinism
+//! Kernels run on the current rayon pool (install your own
+//! [`ThreadPool`](rayon::ThreadPool) to bound them; `RAYON_NUM_THREADS` sets the global one).
+//! Work is split over disjoint output slices — images and groups, or row blocks of one matrix
+//! product when there are fewer of those than threads — and problems under about a megaflop
+//! stay on the calling thread. The one reduction across tasks, the weight gradient over the
+//! batch, uses chunks that depend only on the batch size and adds them in a fixed order, so
+//! **every result is bit-identical for any number of threads**. Scratch memory is one column
+//! matrix per image and group per worker, reused; nothing scales with the batch.
+//!
+//! ## Example
+//! ```
+//! use convkit_conv::api::{self, GradsWanted};
+//! use convkit_conv::{ConvAlgo, Conv2dParams, ConvGeometry, PoolParams, conv2d_forward};
+//! use convkit_tensor::Tensor;
+//!
+//! # fn main() -> Result<(), convkit_conv::ConvError> {
+//! // Tensor API: LeNet-5's first layer and pooling on a batch of 2.
+//! let x = Tensor::from_vec(&[2, 1, 32, 32], vec![0.5; 2 * 32 * 32])?;
+//! let w = Tensor::from_vec(&[6, 1, 5, 5], vec![0.1; 6 * 25])?;
+//! let b = Tensor::from_vec(&[6], vec![0.0; 6])?;
+//! let params = Conv2dParams::default();
+//! let y = api::conv2d(&x, &w, Some(&b), &params, ConvAlgo::Auto)?;
+//! assert_eq!(y.dims(), [2, 6, 28, 28]);
+//! assert!((y.as_slice()[0] - 1.25).abs() < 1e-6); // 25 taps · 0.5 · 0.1
+//! let pooled = api::avg_pool2d(&y, &PoolParams::new(2))?;
+//! assert_eq!(pooled.dims(), [2, 6, 14, 14]);
+//! let dy = Tensor::from_vec(y.dims(), vec![1.0; y.numel()])?;
+//! let grads = api::conv2d_backward(&x, &w, &dy, &params, GradsWanted::ALL, ConvAlgo::Auto)?;
+//! assert_eq!(grads.bias.map(|b| b.into_vec()), Some(vec![2.0 * 28.0 * 28.0; 6]));
+//!
+//! // Slice API: the same convolution on plain buffers, asking for im2col explicitly.
+//! let g = ConvGeometry::new([2, 1, 32, 32], [6, 1, 5, 5], params)?;
+//! let mut out = vec![0.0; g.output_len()];
+//! let ran = conv2d_forward(&g, x.as_slice(), w.as_slice(), None, &mut out, ConvAlgo::Im2col)?;
+//! assert_eq!(ran, ConvAlgo::Im2col);
+//! assert_eq!(out, y.as_slice());
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod algo;
+pub mod api;
 pub mod error;
+pub mod gemm;
+pub mod im2col;
 pub mod naive;
 pub mod params;
+pub mod pool;
+pub mod suite;
 pub mod tolerance;
 
+pub use algo::{ConvAlgo, conv2d_backward, conv2d_forward, select, supports};
+pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
 pub use error::{ConvError, Result};
+pub use im2col::{conv2d_backward_im2col, conv2d_im2col};
 pub use naive::{conv2d_backward_naive, conv2d_naive};
 pub use params::{Conv2dParams, ConvGeometry, check_len, out_size};
+pub use pool::{PoolGeometry, PoolParams};
 pub use tolerance::{Tolerance, max_rel_error};
 
 /// The README's examples, compiled and run as doctests so the README stays true.

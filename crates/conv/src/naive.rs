@@ -150,6 +150,7 @@ pub fn conv2d_backward_naive(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::Conv2dParams;

@@ -249,6 +249,7 @@ pub fn check_len(op: &'static str, what: &'static str, shape: &[usize], got: usi
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

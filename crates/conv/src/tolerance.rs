@@ -69,6 +69,7 @@ pub fn max_rel_error(got: &[f32], reference: &[f32]) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

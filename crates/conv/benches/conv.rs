@@ -1,0 +1,124 @@
+//! Convolution benchmarks over the project's shape suite ([`convkit_conv::suite::SHAPES`]).
+//!
+//! Throughput is reported as `Throughput::Elements(flops)`, so criterion's "Gelem/s" reads as
+//! **GFLOP/s**: forward counts `2·N·K·(C/g)·R·S·OH·OW` ([`ConvGeometry::flops`]); backward
+//! (input + weight + bias gradients) counts twice that — one forward's worth for the input
+//! gradient and one for the weight gradient — so "fwd + bwd" totals the 3x convention of the
+//! reference tables.
+//!
+//! Every algorithm that [`supports`] a shape is measured, except `naive` on shapes above
+//! 50 MFLOP (seconds per call). Threads: rayon's default (all cores); run with
+//! `RAYON_NUM_THREADS=1` for single-core numbers. Quick look:
+//! `cargo bench -p convkit-conv --bench conv -- --quick res3x3_28b8`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use convkit_conv::suite::SHAPES;
+use convkit_conv::{ConvAlgo, ConvGeometry, conv2d_backward, conv2d_forward, supports};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// Naive is only measured below this many FLOPs.
+const NAIVE_MAX_FLOPS: u64 = 50_000_000;
+
+fn data(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn algos(g: &ConvGeometry) -> impl Iterator<Item = ConvAlgo> + '_ {
+    ConvAlgo::ALL
+        .into_iter()
+        .filter(move |&a| supports(a, g) && !(a == ConvAlgo::Naive && g.flops() > NAIVE_MAX_FLOPS))
+}
+
+/// `sgemm` alone on the product im2col runs for each shape (`[K', C'RS] · [C'RS, OH·OW]` per
+/// image and group): the ceiling of the im2col forward, measured beside it.
+fn gemm_ceiling(c: &mut Criterion) {
+    use convkit_conv::gemm::{MatRef, sgemm};
+    for shape in &SHAPES {
+        let Ok(g) = shape.geometry() else { continue };
+        let (m, k, n) = (g.c_out_per_group(), g.c_in_per_group() * g.kh * g.kw, g.oh * g.ow);
+        let a = data(m * k, 1);
+        let b = data(k * n, 2);
+        let mut out = vec![0.0; m * n];
+        let mut group = c.benchmark_group(format!("gemm/{}", shape.name));
+        group.throughput(Throughput::Elements(g.flops()));
+        group.sample_size(10).warm_up_time(Duration::from_millis(500));
+        group.measurement_time(Duration::from_secs(2));
+        group.bench_function("sgemm", |bench| {
+            bench.iter(|| {
+                for _ in 0..g.n * g.params.groups {
+                    sgemm(
+                        1.0,
+                        MatRef::row_major(black_box(&a), m, k),
+                        MatRef::row_major(&b, k, n),
+                        0.0,
+                        &mut out,
+                        n,
+                    );
+                }
+            });
+        });
+        group.finish();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    for shape in &SHAPES {
+        let Ok(g) = shape.geometry() else { continue };
+        let x = data(g.input_len(), 1);
+        let w = data(g.weight_len(), 2);
+        let b = data(g.c_out, 3);
+        let dy = data(g.output_len(), 4);
+        let mut out = vec![0.0; g.output_len()];
+        let (mut gx, mut gw, mut gb) =
+            (vec![0.0; g.input_len()], vec![0.0; g.weight_len()], vec![0.0; g.c_out]);
+
+        let mut group = c.benchmark_group(format!("forward/{}", shape.name));
+        group.throughput(Throughput::Elements(g.flops()));
+        group.sample_size(10).warm_up_time(Duration::from_millis(500));
+        group.measurement_time(Duration::from_secs(2));
+        for algo in algos(&g) {
+            group.bench_function(algo.name(), |bench| {
+                bench.iter(|| {
+                    conv2d_forward(&g, black_box(&x), &w, Some(&b), &mut out, algo).ok();
+                });
+            });
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("backward/{}", shape.name));
+        group.throughput(Throughput::Elements(2 * g.flops()));
+        group.sample_size(10).warm_up_time(Duration::from_millis(500));
+        group.measurement_time(Duration::from_secs(2));
+        for algo in algos(&g) {
+            group.bench_function(algo.name(), |bench| {
+                bench.iter(|| {
+                    conv2d_backward(
+                        &g,
+                        black_box(&x),
+                        &w,
+                        &dy,
+                        Some(&mut gx),
+                        Some(&mut gw),
+                        Some(&mut gb),
+                        algo,
+                    )
+                    .ok();
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench, gemm_ceiling);
+criterion_main!(benches);

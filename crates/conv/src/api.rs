@@ -1,0 +1,249 @@
+//! The [`Tensor`] API: shape checks, allocation of results, then the slice kernels.
+//!
+//! Every function checks that its operands are rank 4 (NCHW activations, `[c_out, c_in/groups,
+//! kh, kw]` weights) and names the shapes in its errors:
+//!
+//! ```
+//! use convkit_conv::{ConvAlgo, Conv2dParams, api};
+//! use convkit_tensor::Tensor;
+//! let x = Tensor::from_vec(&[1, 3, 8, 8], vec![0.0; 192]).unwrap();
+//! let w = Tensor::from_vec(&[4, 3, 3], vec![0.0; 36]).unwrap();
+//! let e = api::conv2d(&x, &w, None, &Conv2dParams::default(), ConvAlgo::Auto).unwrap_err();
+//! assert_eq!(e.to_string(), "conv2d: weight must be rank 4 [c_out, c_in/groups, kh, kw], got [4, 3, 3]");
+//! ```
+
+use convkit_tensor::Tensor;
+
+use crate::algo::{ConvAlgo, conv2d_backward as backward_slices, conv2d_forward};
+use crate::error::{ConvError, Result};
+use crate::params::{Conv2dParams, ConvGeometry};
+use crate::pool::{
+    PoolGeometry, PoolParams, avg_pool2d as avg_slices, avg_pool2d_backward as avg_back_slices,
+    max_pool2d as max_slices, max_pool2d_backward as max_back_slices,
+};
+
+/// `t`'s dims as `[usize; 4]`, or an error naming `what`, its expected layout and its shape.
+fn rank4(op: &'static str, what: &str, layout: &str, t: &Tensor) -> Result<[usize; 4]> {
+    <[usize; 4]>::try_from(t.dims()).map_err(|_| ConvError::ShapeMismatch {
+        op,
+        msg: format!("{what} must be rank 4 {layout}, got {:?}", t.dims()),
+    })
+}
+
+fn geometry(
+    op: &'static str,
+    input: &Tensor,
+    weight: &Tensor,
+    params: &Conv2dParams,
+) -> Result<ConvGeometry> {
+    let x = rank4(op, "input", "[n, c_in, h, w]", input)?;
+    let w = rank4(op, "weight", "[c_out, c_in/groups, kh, kw]", weight)?;
+    ConvGeometry::new(x, w, *params)
+}
+
+fn check_bias(op: &'static str, bias: &Tensor, g: &ConvGeometry) -> Result<()> {
+    if bias.dims() == [g.c_out] {
+        Ok(())
+    } else {
+        Err(ConvError::ShapeMismatch {
+            op,
+            msg: format!(
+                "bias {:?} must be [{}] for weight {:?}",
+                bias.dims(),
+                g.c_out,
+                g.weight_dims()
+            ),
+        })
+    }
+}
+
+/// 2-D convolution of `input [n, c_in, h, w]` with `weight [c_out, c_in/groups, kh, kw]` and
+/// an optional `bias [c_out]`; returns `[n, c_out, oh, ow]`. `algo` as in
+/// [`conv2d_forward`].
+pub fn conv2d(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: &Conv2dParams,
+    algo: ConvAlgo,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    let g = geometry(OP, input, weight, params)?;
+    if let Some(b) = bias {
+        check_bias(OP, b, &g)?;
+    }
+    let mut out = vec![0f32; g.output_len()];
+    conv2d_forward(
+        &g,
+        input.as_slice(),
+        weight.as_slice(),
+        bias.map(Tensor::as_slice),
+        &mut out,
+        algo,
+    )?;
+    Ok(Tensor::from_vec(&g.output_dims(), out)?)
+}
+
+/// Which gradients [`conv2d_backward`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GradsWanted {
+    /// `∂L/∂input`.
+    pub input: bool,
+    /// `∂L/∂weight`.
+    pub weight: bool,
+    /// `∂L/∂bias`.
+    pub bias: bool,
+}
+
+impl GradsWanted {
+    /// All three gradients.
+    pub const ALL: GradsWanted = GradsWanted { input: true, weight: true, bias: true };
+}
+
+impl Default for GradsWanted {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+/// The gradients of a convolution; each is `None` unless it was asked for.
+#[derive(Debug, Clone)]
+pub struct Conv2dGrads {
+    /// `∂L/∂input`, `[n, c_in, h, w]`.
+    pub input: Option<Tensor>,
+    /// `∂L/∂weight`, `[c_out, c_in/groups, kh, kw]`.
+    pub weight: Option<Tensor>,
+    /// `∂L/∂bias`, `[c_out]`.
+    pub bias: Option<Tensor>,
+}
+
+/// Backward of [`conv2d`]: given `grad_output = ∂L/∂out` of shape `[n, c_out, oh, ow]`,
+/// computes the gradients selected by `wanted`.
+pub fn conv2d_backward(
+    input: &Tensor,
+    weight: &Tensor,
+    grad_output: &Tensor,
+    params: &Conv2dParams,
+    wanted: GradsWanted,
+    algo: ConvAlgo,
+) -> Result<Conv2dGrads> {
+    const OP: &str = "conv2d_backward";
+    let g = geometry(OP, input, weight, params)?;
+    if grad_output.dims() != g.output_dims() {
+        return Err(ConvError::ShapeMismatch {
+            op: OP,
+            msg: format!(
+                "grad_output {:?} must be {:?}, the output of input {:?} and weight {:?}",
+                grad_output.dims(),
+                g.output_dims(),
+                g.input_dims(),
+                g.weight_dims()
+            ),
+        });
+    }
+    let buf = |want: bool, len: usize| if want { Some(vec![0f32; len]) } else { None };
+    let mut gi = buf(wanted.input, g.input_len());
+    let mut gw = buf(wanted.weight, g.weight_len());
+    let mut gb = buf(wanted.bias, g.c_out);
+    backward_slices(
+        &g,
+        input.as_slice(),
+        weight.as_slice(),
+        grad_output.as_slice(),
+        gi.as_deref_mut(),
+        gw.as_deref_mut(),
+        gb.as_deref_mut(),
+        algo,
+    )?;
+    let wrap =
+        |v: Option<Vec<f32>>, dims: &[usize]| v.map(|v| Tensor::from_vec(dims, v)).transpose();
+    Ok(Conv2dGrads {
+        input: wrap(gi, &g.input_dims())?,
+        weight: wrap(gw, &g.weight_dims())?,
+        bias: wrap(gb, &[g.c_out])?,
+    })
+}
+
+/// The result of [`max_pool2d`]: the pooled tensor and, per output element, the flat index of
+/// its maximum within its input plane (what [`max_pool2d_backward`] needs).
+#[derive(Debug, Clone)]
+pub struct MaxPoolOutput {
+    /// `[n, c, oh, ow]`.
+    pub output: Tensor,
+    /// `iy·w + ix` of each maximum, in output order.
+    pub indices: Vec<usize>,
+}
+
+fn pool_geometry(
+    op: &'static str,
+    input_dims: &[usize],
+    params: &PoolParams,
+) -> Result<PoolGeometry> {
+    let dims = <[usize; 4]>::try_from(input_dims).map_err(|_| ConvError::ShapeMismatch {
+        op,
+        msg: format!("input must be rank 4 [n, c, h, w], got {input_dims:?}"),
+    })?;
+    PoolGeometry::new(op, dims, *params)
+}
+
+fn check_grad_output(op: &'static str, grad_output: &Tensor, g: &PoolGeometry) -> Result<()> {
+    if grad_output.dims() == g.output_dims() {
+        Ok(())
+    } else {
+        Err(ConvError::ShapeMismatch {
+            op,
+            msg: format!(
+                "grad_output {:?} must be {:?}, the pooled size of input {:?}",
+                grad_output.dims(),
+                g.output_dims(),
+                g.input_dims()
+            ),
+        })
+    }
+}
+
+/// Max pooling of `input [n, c, h, w]`.
+pub fn max_pool2d(input: &Tensor, params: &PoolParams) -> Result<MaxPoolOutput> {
+    let g = pool_geometry("max_pool2d", input.dims(), params)?;
+    let mut out = vec![0f32; g.output_len()];
+    let mut indices = vec![0usize; g.output_len()];
+    max_slices(&g, input.as_slice(), &mut out, &mut indices)?;
+    Ok(MaxPoolOutput { output: Tensor::from_vec(&g.output_dims(), out)?, indices })
+}
+
+/// Backward of [`max_pool2d`] for an input of dims `input_dims`.
+pub fn max_pool2d_backward(
+    grad_output: &Tensor,
+    indices: &[usize],
+    input_dims: &[usize],
+    params: &PoolParams,
+) -> Result<Tensor> {
+    const OP: &str = "max_pool2d_backward";
+    let g = pool_geometry(OP, input_dims, params)?;
+    check_grad_output(OP, grad_output, &g)?;
+    let mut gx = vec![0f32; g.input_len()];
+    max_back_slices(&g, grad_output.as_slice(), indices, &mut gx)?;
+    Ok(Tensor::from_vec(&g.input_dims(), gx)?)
+}
+
+/// Average pooling of `input [n, c, h, w]`.
+pub fn avg_pool2d(input: &Tensor, params: &PoolParams) -> Result<Tensor> {
+    let g = pool_geometry("avg_pool2d", input.dims(), params)?;
+    let mut out = vec![0f32; g.output_len()];
+    avg_slices(&g, input.as_slice(), &mut out)?;
+    Ok(Tensor::from_vec(&g.output_dims(), out)?)
+}
+
+/// Backward of [`avg_pool2d`] for an input of dims `input_dims`.
+pub fn avg_pool2d_backward(
+    grad_output: &Tensor,
+    input_dims: &[usize],
+    params: &PoolParams,
+) -> Result<Tensor> {
+    const OP: &str = "avg_pool2d_backward";
+    let g = pool_geometry(OP, input_dims, params)?;
+    check_grad_output(OP, grad_output, &g)?;
+    let mut gx = vec![0f32; g.input_len()];
+    avg_back_slices(&g, grad_output.as_slice(), &mut gx)?;
+    Ok(Tensor::from_vec(&g.input_dims(), gx)?)
+}

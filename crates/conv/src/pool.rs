@@ -1,0 +1,420 @@
+//! 2-D max and average pooling, forward and backward, on NCHW slices.
+//!
+//! Windows follow PyTorch's `MaxPool2d` / `AvgPool2d` with `ceil_mode=False`: output size
+//! `floor((in + 2·pad − kernel) / stride) + 1` (through [`out_size`]), and padding at most half
+//! the kernel, so every window holds at least one real input element.
+//!
+//! - **Max** returns, for every output element, the flat index `iy·w + ix` of its maximum in
+//!   the input plane (the first one in scan order on ties; a NaN wins, as in PyTorch); the
+//!   backward pass routes each output gradient to that index.
+//! - **Average** divides by the window size including the padding (PyTorch's default
+//!   `count_include_pad=True`), or by the number of real elements with
+//!   [`PoolParams::with_count_include_pad`]`(false)`.
+//!
+//! Planes (`n·c` of them) are independent; above [`PAR_MIN_WORK`] they run in parallel, each
+//! written by one task, so results are identical for any thread count.
+
+use rayon::prelude::*;
+
+use crate::error::{ConvError, Result};
+use crate::params::{check_len, out_size};
+
+/// Window reads (`n·c·oh·ow·kh·kw`) below which pooling stays on the calling thread.
+pub const PAR_MIN_WORK: usize = 1 << 16;
+
+/// Hyper-parameters of a 2-D pooling window, per axis `(h, w)`.
+///
+/// ```
+/// use convkit_conv::PoolParams;
+/// let p = PoolParams::new(2); // LeNet's 2x2, stride 2
+/// assert_eq!((p.kernel, p.stride, p.padding), ((2, 2), (2, 2), (0, 0)));
+/// let p = PoolParams::new(3).with_stride(1).with_padding(1).with_count_include_pad(false);
+/// assert!(!p.count_include_pad);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolParams {
+    /// Window size `(kh, kw)`, at least 1.
+    pub kernel: (usize, usize),
+    /// Step between windows, at least 1. PyTorch's default is the kernel size.
+    pub stride: (usize, usize),
+    /// Implicit padding on each side, at most half the kernel.
+    pub padding: (usize, usize),
+    /// Average pooling only: whether padded positions count in the divisor (PyTorch's default).
+    pub count_include_pad: bool,
+}
+
+impl PoolParams {
+    /// A square `k x k` window with stride `k`, no padding, `count_include_pad = true` — the
+    /// defaults of PyTorch's pooling layers.
+    pub fn new(k: usize) -> Self {
+        Self { kernel: (k, k), stride: (k, k), padding: (0, 0), count_include_pad: true }
+    }
+    /// Sets the same stride on both axes.
+    pub fn with_stride(mut self, s: usize) -> Self {
+        self.stride = (s, s);
+        self
+    }
+    /// Sets the same padding on both axes.
+    pub fn with_padding(mut self, p: usize) -> Self {
+        self.padding = (p, p);
+        self
+    }
+    /// Sets whether average pooling counts the padding.
+    pub fn with_count_include_pad(mut self, include: bool) -> Self {
+        self.count_include_pad = include;
+        self
+    }
+}
+
+/// A validated pooling problem: input `[n, c, h, w]`, output `[n, c, oh, ow]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolGeometry {
+    /// Batch size.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// The parameters.
+    pub params: PoolParams,
+}
+
+impl PoolGeometry {
+    /// Validates the parameters against the input dims; `op` names the caller in errors.
+    ///
+    /// ```
+    /// use convkit_conv::{PoolGeometry, PoolParams};
+    /// let g = PoolGeometry::new("max_pool2d", [64, 6, 28, 28], PoolParams::new(2)).unwrap();
+    /// assert_eq!(g.output_dims(), [64, 6, 14, 14]);
+    /// let e = PoolGeometry::new("max_pool2d", [1, 1, 4, 4], PoolParams::new(2).with_padding(2));
+    /// assert!(e.unwrap_err().to_string().contains("at most half"));
+    /// ```
+    pub fn new(op: &'static str, input: [usize; 4], params: PoolParams) -> Result<Self> {
+        let PoolParams { kernel, stride, padding, .. } = params;
+        let invalid = |msg: String| Err(ConvError::InvalidParams { op, msg });
+        if kernel.0 == 0 || kernel.1 == 0 {
+            return invalid(format!("kernel size must be at least 1, got {kernel:?}"));
+        }
+        if stride.0 == 0 || stride.1 == 0 {
+            return invalid(format!("stride must be at least 1, got {stride:?}"));
+        }
+        if padding.0 > kernel.0 / 2 || padding.1 > kernel.1 / 2 {
+            return invalid(format!(
+                "padding {padding:?} must be at most half the kernel {kernel:?}"
+            ));
+        }
+        let [n, c, h, w] = input;
+        if n == 0 || c == 0 || h == 0 || w == 0 {
+            return Err(ConvError::ShapeMismatch { op, msg: format!("input {input:?} is empty") });
+        }
+        let (Some(oh), Some(ow)) = (
+            out_size(h, kernel.0, stride.0, padding.0, 1),
+            out_size(w, kernel.1, stride.1, padding.1, 1),
+        ) else {
+            return Err(ConvError::ShapeMismatch {
+                op,
+                msg: format!(
+                    "kernel {kernel:?} is larger than the padded input ({}x{}) of input {input:?} with padding {padding:?}",
+                    h + 2 * padding.0,
+                    w + 2 * padding.1
+                ),
+            });
+        };
+        Ok(Self { n, c, h, w, oh, ow, params })
+    }
+    /// Input dims `[n, c, h, w]`.
+    pub fn input_dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+    /// Output dims `[n, c, oh, ow]`.
+    pub fn output_dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.oh, self.ow]
+    }
+    /// Number of input elements.
+    pub fn input_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    /// Number of output elements.
+    pub fn output_len(&self) -> usize {
+        self.n * self.c * self.oh * self.ow
+    }
+    fn parallel(&self) -> bool {
+        self.output_len() * self.params.kernel.0 * self.params.kernel.1 >= PAR_MIN_WORK
+            && rayon::current_num_threads() > 1
+    }
+    /// The input window of output `(y, x)`, clipped to the input: rows `y0..y1`, cols `x0..x1`.
+    fn window(&self, y: usize, x: usize) -> (usize, usize, usize, usize) {
+        let p = self.params;
+        let (ys, xs) = (y * p.stride.0, x * p.stride.1);
+        let y0 = ys.saturating_sub(p.padding.0);
+        let x0 = xs.saturating_sub(p.padding.1);
+        let y1 = (ys + p.kernel.0).saturating_sub(p.padding.0).min(self.h);
+        let x1 = (xs + p.kernel.1).saturating_sub(p.padding.1).min(self.w);
+        (y0, y1, x0, x1)
+    }
+}
+
+/// Runs `f(plane index, in-plane, out-plane)` over matching chunks, in parallel when large.
+fn over_planes<A, B, F>(
+    g: &PoolGeometry,
+    a: &[A],
+    a_plane: usize,
+    b: &mut [B],
+    b_plane: usize,
+    f: F,
+) where
+    A: Sync,
+    B: Send,
+    F: Fn(&[A], &mut [B]) + Sync,
+{
+    if g.parallel() {
+        b.par_chunks_mut(b_plane).zip(a.par_chunks(a_plane)).for_each(|(b, a)| f(a, b));
+    } else {
+        b.chunks_mut(b_plane).zip(a.chunks(a_plane)).for_each(|(b, a)| f(a, b));
+    }
+}
+
+/// Max pooling: writes `output [n, c, oh, ow]` and, per output element, the flat index
+/// `iy·w + ix` of the maximum within its input plane into `indices` (same length as output).
+pub fn max_pool2d(
+    g: &PoolGeometry,
+    input: &[f32],
+    output: &mut [f32],
+    indices: &mut [usize],
+) -> Result<()> {
+    const OP: &str = "max_pool2d";
+    check_len(OP, "input", &g.input_dims(), input.len())?;
+    check_len(OP, "output", &g.output_dims(), output.len())?;
+    check_len(OP, "indices", &g.output_dims(), indices.len())?;
+    let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
+    // Pair each output value with its index so one parallel pass writes both.
+    let mut pairs: Vec<(f32, usize)> = vec![(0.0, 0); output.len()];
+    over_planes(g, input, hw, &mut pairs, ohw, |plane, out| {
+        for y in 0..g.oh {
+            for x in 0..g.ow {
+                let (y0, y1, x0, x1) = g.window(y, x);
+                let mut best = (f32::NEG_INFINITY, y0 * g.w + x0);
+                'scan: for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let v = plane[iy * g.w + ix];
+                        if v > best.0 || v.is_nan() {
+                            best = (v, iy * g.w + ix);
+                            if v.is_nan() {
+                                break 'scan;
+                            }
+                        }
+                    }
+                }
+                out[y * g.ow + x] = best;
+            }
+        }
+    });
+    for ((o, i), (v, idx)) in output.iter_mut().zip(indices.iter_mut()).zip(pairs) {
+        *o = v;
+        *i = idx;
+    }
+    Ok(())
+}
+
+/// Backward of [`max_pool2d`]: `grad_input` (overwritten) receives each output gradient at
+/// the index its forward pass recorded; indices out of the plane are an error.
+pub fn max_pool2d_backward(
+    g: &PoolGeometry,
+    grad_output: &[f32],
+    indices: &[usize],
+    grad_input: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "max_pool2d_backward";
+    check_len(OP, "grad_output", &g.output_dims(), grad_output.len())?;
+    check_len(OP, "indices", &g.output_dims(), indices.len())?;
+    check_len(OP, "grad_input", &g.input_dims(), grad_input.len())?;
+    let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
+    if let Some(bad) = indices.iter().find(|&&i| i >= hw) {
+        return Err(ConvError::InvalidParams {
+            op: OP,
+            msg: format!("index {bad} is outside the {}x{} input plane", g.h, g.w),
+        });
+    }
+    let pairs: Vec<(f32, usize)> =
+        grad_output.iter().copied().zip(indices.iter().copied()).collect();
+    over_planes(g, &pairs, ohw, grad_input, hw, |pairs, plane| {
+        plane.fill(0.0);
+        for &(go, i) in pairs {
+            plane[i] += go;
+        }
+    });
+    Ok(())
+}
+
+/// The divisor of output `(y, x)`'s window.
+fn divisor(g: &PoolGeometry, y: usize, x: usize) -> f32 {
+    let p = g.params;
+    if p.count_include_pad {
+        // With padding ≤ kernel/2 and floor-mode sizes a window never passes the far padding,
+        // so it always holds kh·kw positions.
+        (p.kernel.0 * p.kernel.1) as f32
+    } else {
+        let (y0, y1, x0, x1) = g.window(y, x);
+        ((y1 - y0) * (x1 - x0)) as f32
+    }
+}
+
+/// Average pooling: writes `output [n, c, oh, ow]`, summing each window in scan order.
+pub fn avg_pool2d(g: &PoolGeometry, input: &[f32], output: &mut [f32]) -> Result<()> {
+    const OP: &str = "avg_pool2d";
+    check_len(OP, "input", &g.input_dims(), input.len())?;
+    check_len(OP, "output", &g.output_dims(), output.len())?;
+    over_planes(g, input, g.h * g.w, output, g.oh * g.ow, |plane, out| {
+        for y in 0..g.oh {
+            for x in 0..g.ow {
+                let (y0, y1, x0, x1) = g.window(y, x);
+                let mut acc = 0f32;
+                for iy in y0..y1 {
+                    acc += plane[iy * g.w + x0..iy * g.w + x1].iter().sum::<f32>();
+                }
+                out[y * g.ow + x] = acc / divisor(g, y, x);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Backward of [`avg_pool2d`]: `grad_input` (overwritten) receives `grad / divisor` at every
+/// real position of each window.
+pub fn avg_pool2d_backward(
+    g: &PoolGeometry,
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "avg_pool2d_backward";
+    check_len(OP, "grad_output", &g.output_dims(), grad_output.len())?;
+    check_len(OP, "grad_input", &g.input_dims(), grad_input.len())?;
+    over_planes(g, grad_output, g.oh * g.ow, grad_input, g.h * g.w, |go, plane| {
+        plane.fill(0.0);
+        for y in 0..g.oh {
+            for x in 0..g.ow {
+                let (y0, y1, x0, x1) = g.window(y, x);
+                let v = go[y * g.ow + x] / divisor(g, y, x);
+                for iy in y0..y1 {
+                    for d in &mut plane[iy * g.w + x0..iy * g.w + x1] {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn geom(input: [usize; 4], p: PoolParams) -> PoolGeometry {
+        PoolGeometry::new("test", input, p).unwrap()
+    }
+
+    #[test]
+    fn max_pool_hand_computed() {
+        let g = geom([1, 1, 4, 4], PoolParams::new(2));
+        #[rustfmt::skip]
+        let x = [
+            1., 2., 5., 3.,
+            4., 0., 1., 1.,
+            -1., -2., 7., 7.,
+            -3., -4., 7., 6.,
+        ];
+        let (mut out, mut idx) = (vec![0.0; 4], vec![0; 4]);
+        max_pool2d(&g, &x, &mut out, &mut idx).unwrap();
+        assert_eq!(out, [4., 5., -1., 7.]);
+        // Ties keep the first in scan order (10, not 11 or 14).
+        assert_eq!(idx, [4, 2, 8, 10]);
+        let mut gx = vec![9.0; 16];
+        max_pool2d_backward(&g, &[1., 2., 3., 4.], &idx, &mut gx).unwrap();
+        let mut expect = [0.0; 16];
+        expect[4] = 1.;
+        expect[2] = 2.;
+        expect[8] = 3.;
+        expect[10] = 4.;
+        assert_eq!(gx, expect);
+    }
+
+    #[test]
+    fn overlapping_max_windows_accumulate() {
+        // 3-wide windows, stride 1: the middle maximum wins all three windows.
+        let g = geom(
+            [1, 1, 1, 5],
+            PoolParams { kernel: (1, 3), stride: (1, 1), padding: (0, 1), count_include_pad: true },
+        );
+        let x = [0., 1., 9., 1., 0.];
+        let (mut out, mut idx) = (vec![0.0; 5], vec![0; 5]);
+        max_pool2d(&g, &x, &mut out, &mut idx).unwrap();
+        assert_eq!(out, [1., 9., 9., 9., 1.]);
+        let mut gx = vec![0.0; 5];
+        max_pool2d_backward(&g, &[1.0; 5], &idx, &mut gx).unwrap();
+        assert_eq!(gx, [0., 1., 3., 1., 0.]);
+    }
+
+    #[test]
+    fn nan_wins_max() {
+        let g = geom(
+            [1, 1, 1, 2],
+            PoolParams { kernel: (1, 2), stride: (1, 2), padding: (0, 0), count_include_pad: true },
+        );
+        let (mut out, mut idx) = (vec![0.0; 1], vec![0; 1]);
+        max_pool2d(&g, &[f32::NAN, 1.0], &mut out, &mut idx).unwrap();
+        assert!(out[0].is_nan());
+        assert_eq!(idx, [0]);
+    }
+
+    #[test]
+    fn avg_pool_padding_modes() {
+        // 2x2 input of ones, 3x3 window, stride 1, padding 1: every window covers 4 real
+        // ones; with padding counted the divisor is 9, otherwise 4.
+        let p = PoolParams::new(3).with_stride(1).with_padding(1);
+        let g = geom([1, 1, 2, 2], p);
+        let mut out = vec![0.0; 4];
+        avg_pool2d(&g, &[1.0; 4], &mut out).unwrap();
+        assert_eq!(out, [4.0 / 9.0; 4]);
+        let g2 = geom([1, 1, 2, 2], p.with_count_include_pad(false));
+        avg_pool2d(&g2, &[1.0; 4], &mut out).unwrap();
+        assert_eq!(out, [1.0; 4]);
+        let mut gx = vec![0.0; 4];
+        avg_pool2d_backward(&g, &[9.0; 4], &mut gx).unwrap();
+        assert_eq!(gx, [4.0; 4]);
+        avg_pool2d_backward(&g2, &[4.0; 4], &mut gx).unwrap();
+        assert_eq!(gx, [4.0; 4]);
+    }
+
+    #[test]
+    fn avg_pool_lenet() {
+        let g = geom([1, 1, 2, 4], PoolParams::new(2));
+        let mut out = vec![0.0; 2];
+        avg_pool2d(&g, &[1., 2., 3., 4., 5., 6., 7., 8.], &mut out).unwrap();
+        assert_eq!(out, [3.5, 5.5]);
+    }
+
+    #[test]
+    fn validation() {
+        let e = PoolGeometry::new("max_pool2d", [1, 1, 4, 4], PoolParams::new(0)).unwrap_err();
+        assert!(e.to_string().starts_with("max_pool2d: invalid parameter: kernel"), "{e}");
+        let e = PoolGeometry::new("max_pool2d", [1, 1, 4, 4], PoolParams::new(2).with_stride(0))
+            .unwrap_err();
+        assert!(e.to_string().contains("stride"), "{e}");
+        let e = PoolGeometry::new("avg_pool2d", [1, 1, 4, 4], PoolParams::new(3).with_padding(2))
+            .unwrap_err();
+        assert!(e.to_string().contains("at most half the kernel (3, 3)"), "{e}");
+        let e = PoolGeometry::new("avg_pool2d", [1, 1, 2, 2], PoolParams::new(5)).unwrap_err();
+        assert!(e.to_string().contains("[1, 1, 2, 2]"), "{e}");
+        let g = geom([1, 1, 2, 2], PoolParams::new(2));
+        let e = max_pool2d_backward(&g, &[1.0], &[4], &mut [0.0; 4]).unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+    }
+}

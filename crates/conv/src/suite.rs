@@ -1,0 +1,111 @@
+//! The benchmark shape suite of the project (issue 3), shared by the criterion benches and the
+//! `cargo xtask bench` report.
+//!
+//! ```
+//! use convkit_conv::suite::SHAPES;
+//! let g = SHAPES[3].geometry().unwrap();
+//! assert_eq!(SHAPES[3].name, "res3x3_28b8");
+//! assert_eq!(g.flops(), 2 * 8 * 128 * 128 * 9 * 28 * 28);
+//! ```
+
+use crate::error::Result;
+use crate::params::{Conv2dParams, ConvGeometry};
+
+/// One benchmark shape: input `[n, c_in, h, w]`, weight `[c_out, c_in/groups, kh, kw]`, params.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuiteShape {
+    /// Short name used in bench ids and reports.
+    pub name: &'static str,
+    /// Input dims `[n, c_in, h, w]`.
+    pub input: [usize; 4],
+    /// Weight dims `[c_out, c_in/groups, kh, kw]`.
+    pub weight: [usize; 4],
+    /// Stride, padding, dilation, groups.
+    pub params: Conv2dParams,
+}
+
+impl SuiteShape {
+    /// The validated geometry of the shape.
+    pub fn geometry(&self) -> Result<ConvGeometry> {
+        ConvGeometry::new(self.input, self.weight, self.params)
+    }
+}
+
+const fn params(stride: usize, pad: usize, dilation: usize, groups: usize) -> Conv2dParams {
+    Conv2dParams {
+        stride: (stride, stride),
+        padding: (pad, pad),
+        dilation: (dilation, dilation),
+        groups,
+    }
+}
+
+/// The suite, in the order of the reference tables.
+pub const SHAPES: [SuiteShape; 9] = [
+    SuiteShape {
+        name: "lenet_c1",
+        input: [64, 1, 32, 32],
+        weight: [6, 1, 5, 5],
+        params: params(1, 0, 1, 1),
+    },
+    SuiteShape {
+        name: "lenet_c2",
+        input: [64, 6, 14, 14],
+        weight: [16, 6, 5, 5],
+        params: params(1, 0, 1, 1),
+    },
+    SuiteShape {
+        name: "res3x3_56",
+        input: [1, 64, 56, 56],
+        weight: [64, 64, 3, 3],
+        params: params(1, 1, 1, 1),
+    },
+    SuiteShape {
+        name: "res3x3_28b8",
+        input: [8, 128, 28, 28],
+        weight: [128, 128, 3, 3],
+        params: params(1, 1, 1, 1),
+    },
+    SuiteShape {
+        name: "vgg3x3_14",
+        input: [1, 256, 14, 14],
+        weight: [256, 256, 3, 3],
+        params: params(1, 1, 1, 1),
+    },
+    SuiteShape {
+        name: "strided",
+        input: [8, 64, 56, 56],
+        weight: [128, 64, 3, 3],
+        params: params(2, 1, 1, 1),
+    },
+    SuiteShape {
+        name: "pointwise",
+        input: [8, 256, 14, 14],
+        weight: [256, 256, 1, 1],
+        params: params(1, 0, 1, 1),
+    },
+    SuiteShape {
+        name: "depthwise",
+        input: [8, 128, 28, 28],
+        weight: [128, 1, 3, 3],
+        params: params(1, 1, 1, 128),
+    },
+    SuiteShape {
+        name: "dilated",
+        input: [8, 64, 28, 28],
+        weight: [64, 64, 3, 3],
+        params: params(1, 2, 2, 1),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_is_valid() {
+        for s in &SHAPES {
+            assert!(s.geometry().is_ok(), "{}", s.name);
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Helpers shared by the integration tests: seeded data, the tolerance rule, and runners for
+//! forward + all gradients.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use convkit_conv::{
+    ConvAlgo, ConvGeometry, Tolerance, conv2d_backward, conv2d_backward_naive, conv2d_forward,
+    conv2d_naive,
+};
+
+/// `len` values uniform in `[-1, 1)` from a xorshift seeded by `seed`.
+pub fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Largest magnitude in `v` (0 for empty).
+pub fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()))
+}
+
+/// **The tolerance rule of every comparison with the f64 reference.** An element that is a sum
+/// of `terms` products, each at most `bound` in magnitude, gets `base` with `atol` scaled by
+/// `terms · bound` (the size of the sum's terms, not of its possibly cancelled value):
+///
+/// | quantity    | terms                 | bound                |
+/// |-------------|-----------------------|----------------------|
+/// | output      | `C/g·kh·kw + 1` (bias)| `max|x|·max|w|`, `max|b|` |
+/// | grad input  | `K/g·kh·kw`           | `max|dy|·max|w|`     |
+/// | grad weight | `n·oh·ow`             | `max|dy|·max|x|`     |
+/// | grad bias   | `n·oh·ow`             | `max|dy|`            |
+pub fn sum_tolerance(base: Tolerance, terms: usize, bound: f64) -> Tolerance {
+    base.for_sum(terms as f64 * bound)
+}
+
+/// Operands of one convolution test case.
+pub struct Operands {
+    pub x: Vec<f32>,
+    pub w: Vec<f32>,
+    pub b: Option<Vec<f32>>,
+    pub dy: Vec<f32>,
+}
+
+impl Operands {
+    pub fn new(g: &ConvGeometry, seed: u64, bias: bool) -> Self {
+        Self {
+            x: data(g.input_len(), seed),
+            w: data(g.weight_len(), seed ^ 0xA5A5),
+            b: bias.then(|| data(g.c_out, seed ^ 0x5A5A)),
+            dy: data(g.output_len(), seed ^ 0x3C3C),
+        }
+    }
+}
+
+/// Output and the three gradients of one algorithm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Results {
+    pub out: Vec<f32>,
+    pub gx: Vec<f32>,
+    pub gw: Vec<f32>,
+    pub gb: Vec<f32>,
+}
+
+/// Runs forward and backward (all gradients) with `algo` (`Naive` runs the reference directly).
+pub fn run(g: &ConvGeometry, o: &Operands, algo: ConvAlgo) -> Results {
+    let mut r = Results {
+        out: vec![f32::NAN; g.output_len()],
+        gx: vec![f32::NAN; g.input_len()],
+        gw: vec![f32::NAN; g.weight_len()],
+        gb: vec![f32::NAN; g.c_out],
+    };
+    let bias = o.b.as_deref();
+    if algo == ConvAlgo::Naive {
+        conv2d_naive(g, &o.x, &o.w, bias, &mut r.out).unwrap();
+        conv2d_backward_naive(
+            g,
+            &o.x,
+            &o.w,
+            &o.dy,
+            Some(&mut r.gx),
+            Some(&mut r.gw),
+            Some(&mut r.gb),
+        )
+        .unwrap();
+    } else {
+        let ran = conv2d_forward(g, &o.x, &o.w, bias, &mut r.out, algo).unwrap();
+        assert_eq!(ran, algo);
+        conv2d_backward(
+            g,
+            &o.x,
+            &o.w,
+            &o.dy,
+            Some(&mut r.gx),
+            Some(&mut r.gw),
+            Some(&mut r.gb),
+            algo,
+        )
+        .unwrap();
+    }
+    r
+}
+
+/// Compares `got` with the naive `reference` under [`sum_tolerance`] built on `base`.
+pub fn compare(
+    g: &ConvGeometry,
+    o: &Operands,
+    base: Tolerance,
+    got: &Results,
+    reference: &Results,
+) -> Result<(), String> {
+    let (mx, mw, mdy) = (max_abs(&o.x), max_abs(&o.w), max_abs(&o.dy));
+    let mb = o.b.as_deref().map_or(0.0, max_abs);
+    let taps = g.kh * g.kw;
+    let pixels = g.n * g.oh * g.ow;
+    let checks = [
+        ("output", &got.out, &reference.out, g.c_in_per_group() * taps + 1, (mx * mw).max(mb)),
+        ("grad_input", &got.gx, &reference.gx, g.c_out_per_group() * taps, mdy * mw),
+        ("grad_weight", &got.gw, &reference.gw, pixels, mdy * mx),
+        ("grad_bias", &got.gb, &reference.gb, pixels, mdy),
+    ];
+    for (what, a, r, terms, bound) in checks {
+        sum_tolerance(base, terms, bound)
+            .check(a, r)
+            .map_err(|e| format!("{what}: {e} ({g:?})"))?;
+    }
+    Ok(())
+}

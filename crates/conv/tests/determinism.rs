@@ -1,0 +1,48 @@
+//! Bit-identical results for any number of threads: forward output and all three gradients
+//! of im2col under rayon pools of 1, 2 and 3 threads.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Operands, Results, run};
+use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry};
+use rayon::ThreadPoolBuilder;
+
+fn in_pool(threads: usize, g: &ConvGeometry, o: &Operands) -> Results {
+    let pool = ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| run(g, o, ConvAlgo::Im2col))
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn same_bits_for_1_2_and_3_threads() {
+    let p = Conv2dParams::default();
+    // Each shape is above the size where the kernels go parallel, and together they take
+    // every split: batch × groups blocks (n ≥ threads), row blocks of one product (batch 1),
+    // pointwise without a column matrix, uneven weight-gradient chunks (n = 11).
+    let shapes = [
+        ([1, 16, 20, 20], [32, 16, 3, 3], p.with_padding(1)),
+        ([5, 8, 31, 31], [12, 4, 3, 3], p.with_groups(2).with_stride(2).with_padding(1)),
+        ([6, 6, 40, 40], [6, 1, 5, 5], p.with_groups(6).with_padding(2).with_dilation(2)),
+        ([2, 32, 14, 14], [64, 32, 1, 1], p),
+        ([1, 64, 12, 12], [70, 64, 1, 1], p),
+        ([11, 6, 14, 14], [16, 6, 5, 5], p),
+        ([1, 3, 64, 64], [32, 3, 3, 3], p.with_stride(2)),
+    ];
+    for (i, (x, w, params)) in shapes.into_iter().enumerate() {
+        let g = ConvGeometry::new(x, w, params).unwrap();
+        assert!(g.flops() >= 1 << 20, "shape {i} too small to go parallel: {g:?}");
+        let o = Operands::new(&g, 42 + i as u64, true);
+        let one = in_pool(1, &g, &o);
+        for threads in [2, 3] {
+            let many = in_pool(threads, &g, &o);
+            assert_eq!(bits(&one.out), bits(&many.out), "output, {threads} threads, {g:?}");
+            assert_eq!(bits(&one.gx), bits(&many.gx), "grad_input, {threads} threads, {g:?}");
+            assert_eq!(bits(&one.gw), bits(&many.gw), "grad_weight, {threads} threads, {g:?}");
+            assert_eq!(bits(&one.gb), bits(&many.gb), "grad_bias, {threads} threads, {g:?}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Pooling against straightforward references (signed window coordinates, every padded
+//! position visited) on random shapes, and identical results for 1 and 2 threads.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use convkit_conv::pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward};
+use convkit_conv::{PoolGeometry, PoolParams};
+use proptest::prelude::*;
+
+/// Reference: for each output, visit all kh·kw positions of the padded window; return
+/// (max, argmax, average) where the average divides as PyTorch does.
+fn reference(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<usize>, Vec<f32>) {
+    let p = g.params;
+    let (mut mx, mut idx, mut avg) = (vec![], vec![], vec![]);
+    for plane in x.chunks(g.h * g.w) {
+        for y in 0..g.oh {
+            for xo in 0..g.ow {
+                let (mut best, mut best_i, mut sum, mut count) = (f32::NEG_INFINITY, None, 0f64, 0);
+                for i in 0..p.kernel.0 {
+                    for j in 0..p.kernel.1 {
+                        let iy = (y * p.stride.0 + i) as i64 - p.padding.0 as i64;
+                        let ix = (xo * p.stride.1 + j) as i64 - p.padding.1 as i64;
+                        if iy < 0 || ix < 0 || iy >= g.h as i64 || ix >= g.w as i64 {
+                            continue;
+                        }
+                        let k = iy as usize * g.w + ix as usize;
+                        if best_i.is_none() || plane[k] > best {
+                            best = plane[k];
+                            best_i = Some(k);
+                        }
+                        sum += f64::from(plane[k]);
+                        count += 1;
+                    }
+                }
+                mx.push(best);
+                idx.push(best_i.unwrap());
+                let div = if p.count_include_pad { p.kernel.0 * p.kernel.1 } else { count };
+                avg.push((sum / div as f64) as f32);
+            }
+        }
+    }
+    (mx, idx, avg)
+}
+
+fn case() -> impl Strategy<Value = (PoolGeometry, u64)> {
+    (
+        (1usize..=3, 1usize..=5, 1usize..=20, 1usize..=20),
+        (1usize..=5, 1usize..=5, 1usize..=4, 1usize..=4),
+        (0usize..=2, 0usize..=2, any::<bool>(), any::<u64>()),
+    )
+        .prop_filter_map(
+            "invalid pooling",
+            |((n, c, h, w), (kh, kw, sh, sw), (ph, pw, inc, seed))| {
+                let p = PoolParams {
+                    kernel: (kh, kw),
+                    stride: (sh, sw),
+                    padding: (ph, pw),
+                    count_include_pad: inc,
+                };
+                Some((PoolGeometry::new("test", [n, c, h, w], p).ok()?, seed))
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pooling_matches_reference((g, seed) in case()) {
+        let x = common::data(g.input_len(), seed);
+        let dy = common::data(g.output_len(), seed ^ 1);
+        let (rmax, ridx, ravg) = reference(&g, &x);
+        let (mut out, mut idx) = (vec![0.0; g.output_len()], vec![0; g.output_len()]);
+        max_pool2d(&g, &x, &mut out, &mut idx).unwrap();
+        prop_assert_eq!(&out, &rmax);
+        prop_assert_eq!(&idx, &ridx);
+
+        let mut gx = vec![0.0; g.input_len()];
+        max_pool2d_backward(&g, &dy, &idx, &mut gx).unwrap();
+        let mut rgx = vec![0f64; g.input_len()];
+        let plane = g.h * g.w;
+        for (o, (&d, &i)) in dy.iter().zip(&idx).enumerate() {
+            rgx[o / (g.oh * g.ow) * plane + i] += f64::from(d);
+        }
+        let tol = convkit_conv::Tolerance::F32_SUM.for_sum(4.0 * 25.0);
+        let rgx32: Vec<f32> = rgx.iter().map(|&v| v as f32).collect();
+        prop_assert!(tol.check(&gx, &rgx32).is_ok(), "{:?}", tol.check(&gx, &rgx32));
+
+        avg_pool2d(&g, &x, &mut out).unwrap();
+        prop_assert!(tol.check(&out, &ravg).is_ok(), "{:?}", tol.check(&out, &ravg));
+
+        // Average backward is the adjoint of the forward: <avg(x), dy> == <x, avg_backward(dy)>.
+        avg_pool2d_backward(&g, &dy, &mut gx).unwrap();
+        let lhs: f64 = ravg.iter().zip(&dy).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+        let rhs: f64 = x.iter().zip(&gx).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+        prop_assert!((lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()), "{} vs {}", lhs, rhs);
+    }
+}
+
+#[test]
+fn same_results_for_1_and_2_threads() {
+    let p = PoolParams::new(3).with_stride(2).with_padding(1);
+    let g = PoolGeometry::new("test", [8, 16, 33, 30], p).unwrap();
+    let x = common::data(g.input_len(), 5);
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let (mut m, mut i, mut a) =
+                (vec![0.0; g.output_len()], vec![0; g.output_len()], vec![0.0; g.output_len()]);
+            max_pool2d(&g, &x, &mut m, &mut i).unwrap();
+            avg_pool2d(&g, &x, &mut a).unwrap();
+            let mut gm = vec![0.0; g.input_len()];
+            max_pool2d_backward(&g, &a, &i, &mut gm).unwrap();
+            let mut ga = vec![0.0; g.input_len()];
+            avg_pool2d_backward(&g, &m, &mut ga).unwrap();
+            (m, i, a, gm, ga)
+        })
+    };
+    assert_eq!(run(1), run(2));
+}
