@@ -1,0 +1,77 @@
+//! Convolution and pooling on the tape, using `convkit-conv`'s kernels for both directions.
+//!
+//! The forward pass runs the algorithm chosen by `algo` (normally [`ConvAlgo::Auto`]); the
+//! backward rule calls [`convkit_conv::api::conv2d_backward`] for just the gradients that are
+//! needed — the first layer of a network, whose input is data, never computes `∂input`.
+
+use convkit_conv::api::{
+    GradsWanted, avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward, max_pool2d,
+    max_pool2d_backward,
+};
+use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams};
+
+use crate::error::Result;
+use crate::tape::Var;
+
+impl Var {
+    /// 2-D convolution of `self` `[n, c_in, h, w]` with `weight` `[c_out, c_in/groups, kh, kw]`
+    /// and an optional `bias` `[c_out]` (see [`convkit_conv::api::conv2d`]).
+    pub fn conv2d(
+        &self,
+        weight: &Var,
+        bias: Option<&Var>,
+        params: &Conv2dParams,
+        algo: ConvAlgo,
+    ) -> Result<Var> {
+        let value = conv2d(self.value(), weight.value(), bias.map(Var::value), params, algo)?;
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        if !Var::any_requires_grad(&inputs) {
+            return Var::untracked(&inputs, value);
+        }
+        let (x, w, p) = (self.value().clone(), weight.value().clone(), *params);
+        let has_bias = bias.is_some();
+        Var::from_op(
+            &inputs,
+            value,
+            Box::new(move |g, needs| {
+                let wanted =
+                    GradsWanted { input: needs[0], weight: needs[1], bias: has_bias && needs[2] };
+                let grads = conv2d_backward(&x, &w, g, &p, wanted, algo)?;
+                let mut out = vec![grads.input, grads.weight];
+                if has_bias {
+                    out.push(grads.bias);
+                }
+                Ok(out)
+            }),
+        )
+    }
+
+    /// Max pooling of `self` `[n, c, h, w]`; the gradient goes to each window's maximum.
+    pub fn max_pool2d(&self, params: &PoolParams) -> Result<Var> {
+        let pooled = max_pool2d(self.value(), params)?;
+        if !self.requires_grad() {
+            return Var::untracked(&[self], pooled.output);
+        }
+        let (indices, dims, p) = (pooled.indices, self.dims().to_vec(), *params);
+        Var::from_op(
+            &[self],
+            pooled.output,
+            Box::new(move |g, _| Ok(vec![Some(max_pool2d_backward(g, &indices, &dims, &p)?)])),
+        )
+    }
+
+    /// Average pooling of `self` `[n, c, h, w]`; each window shares its gradient equally.
+    pub fn avg_pool2d(&self, params: &PoolParams) -> Result<Var> {
+        let value = avg_pool2d(self.value(), params)?;
+        if !self.requires_grad() {
+            return Var::untracked(&[self], value);
+        }
+        let (dims, p) = (self.dims().to_vec(), *params);
+        Var::from_op(
+            &[self],
+            value,
+            Box::new(move |g, _| Ok(vec![Some(avg_pool2d_backward(g, &dims, &p)?)])),
+        )
+    }
+}
