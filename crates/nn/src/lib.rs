@@ -1,8 +1,63 @@
 //! # convkit-nn — layers, losses, optimizers and checkpoints
 //!
-//! This crate will provide the layer API a PyTorch user expects: a `Module` trait, `Conv2d`,
-//! `Linear`, pooling, activations, `BatchNorm2d`, `Sequential`; PyTorch-default initialization;
-//! cross-entropy, NLL and MSE losses; SGD, Adam and AdamW with learning-rate schedules; and
-//! safetensors checkpoints with PyTorch `state_dict` names, so weights move between the two.
+//! The layer API a PyTorch user expects, on top of `convkit-autograd`.
 //!
-//! The crate is a placeholder until its own issue lands; it builds on `convkit-autograd`.
+//! ## Layout
+//! - [`module`]: the [`Module`] trait (forward, named parameters and buffers, train/eval
+//!   mode), [`Sequential`], and helpers to list parameters by their dotted names.
+//! - [`layers`]: [`Linear`], [`ReLU`], [`Tanh`], [`Sigmoid`], [`Flatten`], [`Dropout`];
+//!   [`conv`]: [`Conv2d`], [`MaxPool2d`], [`AvgPool2d`]; [`norm`]: [`BatchNorm2d`].
+//!   Options are plain structs with `Default` (`LinearConfig`, `Conv2dConfig`, …).
+//! - [`init`]: PyTorch's default initialization and the Kaiming / Xavier variants.
+//! - [`loss`]: cross-entropy (with label smoothing), NLL, MSE.
+//! - [`optim`]: [`Sgd`] (momentum, Nesterov, weight decay), [`Adam`] and AdamW, with
+//!   savable state; [`sched`]: step, cosine and linear warm-up schedules.
+//! - [`checkpoint`]: safetensors with PyTorch `state_dict` names, atomic writes, strict loads.
+//!
+//! ## Training and evaluation
+//! A forward pass on a [`Tape::input`](convkit_autograd::Tape::input) records the graph (each
+//! layer attaches its parameters to the input's tape); a forward pass on a
+//! [`Var::constant`](convkit_autograd::Var::constant) records nothing.
+//!
+//! ```
+//! use convkit_autograd::Tape;
+//! use convkit_nn::{Linear, Module, Optimizer, ReLU, Sequential, Sgd, SgdConfig, loss, params};
+//! use convkit_tensor::{Rng, Tensor};
+//!
+//! let mut rng = Rng::new(0);
+//! let model = Sequential::new()
+//!     .push(Linear::new(4, 8, &mut rng)?)
+//!     .push(ReLU)
+//!     .push(Linear::new(8, 3, &mut rng)?);
+//! let mut opt = Sgd::new(params(&model), SgdConfig { lr: 0.1, ..Default::default() })?;
+//! let x = Tensor::rand_uniform(&[16, 4], -1.0, 1.0, &mut rng)?;
+//! let labels: Vec<usize> = (0..16).map(|i| i % 3).collect();
+//!
+//! let tape = Tape::new();
+//! let logits = model.forward(&tape.input(x))?;
+//! let loss = loss::cross_entropy(&logits, &labels, 0.0)?;
+//! loss.backward()?;
+//! opt.step()?;
+//! opt.zero_grad();
+//! # Ok::<(), convkit_nn::NnError>(())
+//! ```
+
+pub mod checkpoint;
+pub mod conv;
+pub mod error;
+pub mod init;
+pub mod layers;
+pub mod loss;
+pub mod module;
+pub mod norm;
+pub mod optim;
+pub mod sched;
+
+pub use conv::{AvgPool2d, Conv2d, Conv2dConfig, MaxPool2d};
+pub use error::{NnError, Result};
+pub use init::Init;
+pub use layers::{Dropout, Flatten, Linear, LinearConfig, ReLU, Sigmoid, Tanh};
+pub use module::{Module, Sequential, bind, named_buffers, named_params, num_params, params};
+pub use norm::{BatchNorm2d, BatchNormConfig};
+pub use optim::{Adam, AdamConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
+pub use sched::{Constant, CosineAnnealing, LinearWarmup, LrSchedule, StepLr, Then};

@@ -1,0 +1,140 @@
+//! The [`Module`] trait, parameter naming, and [`Sequential`].
+
+use convkit_autograd::{Param, Var};
+
+use crate::error::Result;
+
+/// A layer or a model: a forward function with named parameters and a train/eval mode.
+///
+/// Parameters are [`Param`] handles; a layer attaches them to the tape of its input
+/// ([`bind`]), so running `forward` on a [`convkit_autograd::Tape::input`] records what
+/// backward needs, and running it on a constant records nothing (inference).
+///
+/// Names are dotted paths, as in a PyTorch `state_dict`: a model visits its children with
+/// their field name as prefix (`conv1.` + `weight` → `conv1.weight`).
+pub trait Module {
+    /// Computes the output for `x`.
+    fn forward(&self, x: &Var) -> Result<Var>;
+
+    /// Calls `f` with the full dotted name and the handle of every trainable parameter, in a
+    /// fixed order (the order optimizers and checkpoints use).
+    fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param));
+
+    /// Calls `f` for every buffer: state saved in checkpoints but not trained (BatchNorm's
+    /// running statistics). None by default.
+    fn visit_buffers(&self, _prefix: &str, _f: &mut dyn FnMut(String, &Param)) {}
+
+    /// Switches between training (`true`) and evaluation mode. Layers whose behaviour
+    /// differs (dropout, batch norm) override it; containers pass it to their children.
+    fn set_training(&mut self, _training: bool) {}
+}
+
+/// All parameters of a module with their dotted names, in visiting order.
+pub fn named_params(m: &dyn Module) -> Vec<(String, Param)> {
+    let mut out = Vec::new();
+    m.visit_params("", &mut |name, p| out.push((name, p.clone())));
+    out
+}
+
+/// All parameters of a module, in visiting order (what an optimizer takes).
+pub fn params(m: &dyn Module) -> Vec<Param> {
+    named_params(m).into_iter().map(|(_, p)| p).collect()
+}
+
+/// All buffers of a module with their dotted names.
+pub fn named_buffers(m: &dyn Module) -> Vec<(String, Param)> {
+    let mut out = Vec::new();
+    m.visit_buffers("", &mut |name, p| out.push((name, p.clone())));
+    out
+}
+
+/// Total number of trainable scalars.
+pub fn num_params(m: &dyn Module) -> usize {
+    named_params(m).iter().map(|(_, p)| p.dims().iter().product::<usize>()).sum()
+}
+
+/// Joins a prefix and a name with a dot (`"conv1"`, `"weight"` → `"conv1.weight"`).
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
+}
+
+/// The parameter as a variable for an op on `x`: on `x`'s tape when it has one (so the
+/// gradient reaches the parameter), a constant otherwise (inference).
+pub fn bind(p: &Param, x: &Var) -> Var {
+    match x.tape() {
+        Some(tape) => tape.param(p),
+        None => Var::constant(p.value()),
+    }
+}
+
+/// Modules applied one after another; children are named `"0"`, `"1"`, … like PyTorch's
+/// `nn.Sequential`, or by the names given to [`Sequential::push_named`].
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<(String, Box<dyn Module + Send>)>,
+}
+
+impl Sequential {
+    /// An empty sequence.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a layer named by its position.
+    pub fn push(mut self, layer: impl Module + Send + 'static) -> Self {
+        let name = self.layers.len().to_string();
+        self.layers.push((name, Box::new(layer)));
+        self
+    }
+
+    /// Appends a layer under a name.
+    pub fn push_named(mut self, name: &str, layer: impl Module + Send + 'static) -> Self {
+        self.layers.push((name.to_owned(), Box::new(layer)));
+        self
+    }
+
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether there are no layers.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// Runs the layers in order, calling `inspect` with each layer's name and output (for
+    /// visualizing feature maps or debugging shapes).
+    pub fn forward_inspect(&self, x: &Var, inspect: &mut dyn FnMut(&str, &Var)) -> Result<Var> {
+        let mut h = x.clone();
+        for (name, layer) in &self.layers {
+            h = layer.forward(&h)?;
+            inspect(name, &h);
+        }
+        Ok(h)
+    }
+}
+
+impl Module for Sequential {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        self.forward_inspect(x, &mut |_, _| {})
+    }
+
+    fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+        for (name, layer) in &self.layers {
+            layer.visit_params(&join(prefix, name), f);
+        }
+    }
+
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+        for (name, layer) in &self.layers {
+            layer.visit_buffers(&join(prefix, name), f);
+        }
+    }
+
+    fn set_training(&mut self, training: bool) {
+        for (_, layer) in &mut self.layers {
+            layer.set_training(training);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Batch normalization over the channels of NCHW activations (PyTorch's `BatchNorm2d`).
+
+use convkit_autograd::{Param, Var};
+use convkit_tensor::Tensor;
+
+use crate::error::{NnError, Result, config};
+use crate::module::{Module, bind, join};
+
+/// Options of [`BatchNorm2d`], with PyTorch's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormConfig {
+    /// Added to the variance before the square root (default 1e-5).
+    pub eps: f32,
+    /// Weight of the new batch in the running statistics (default 0.1).
+    pub momentum: f32,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        Self { eps: 1e-5, momentum: 0.1 }
+    }
+}
+
+/// `y = (x − μ) / √(σ² + ε) · γ + β` per channel.
+///
+/// In training mode `μ`, `σ²` are the batch's (biased) statistics over `(n, h, w)`, and the
+/// running statistics move towards them by `momentum` (the running variance uses the unbiased
+/// estimate, as PyTorch does). In evaluation mode the running statistics are used.
+///
+/// Checkpoint names: `weight`, `bias` (parameters), `running_mean`, `running_var` (buffers).
+/// PyTorch also stores an integer `num_batches_tracked`, which convkit neither needs nor writes.
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    /// Scale `γ` `[c]`, initialized to 1.
+    pub weight: Param,
+    /// Shift `β` `[c]`, initialized to 0.
+    pub bias: Param,
+    /// Running mean `[c]`, initialized to 0.
+    pub running_mean: Param,
+    /// Running variance `[c]`, initialized to 1.
+    pub running_var: Param,
+    cfg: BatchNormConfig,
+    training: bool,
+}
+
+impl BatchNorm2d {
+    /// A layer for `channels` channels, in training mode.
+    pub fn new(channels: usize, cfg: BatchNormConfig) -> Result<Self> {
+        if channels == 0 {
+            return Err(config("BatchNorm2d", "channels must be positive"));
+        }
+        if cfg.eps.is_nan() || cfg.eps <= 0.0 || !(0.0..=1.0).contains(&cfg.momentum) {
+            return Err(config("BatchNorm2d", format!("invalid eps/momentum {cfg:?}")));
+        }
+        Ok(Self {
+            weight: Param::new(Tensor::ones(&[channels])),
+            bias: Param::new(Tensor::zeros(&[channels])),
+            running_mean: Param::new(Tensor::zeros(&[channels])),
+            running_var: Param::new(Tensor::ones(&[channels])),
+            cfg,
+            training: true,
+        })
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        let c = self.weight.dims()[0];
+        let &[n, xc, h, w] = x.dims() else {
+            return Err(NnError::Input {
+                layer: "BatchNorm2d",
+                got: x.dims().to_vec(),
+                msg: format!("expected [batch, {c}, height, width]"),
+            });
+        };
+        if xc != c {
+            return Err(NnError::Input {
+                layer: "BatchNorm2d",
+                got: x.dims().to_vec(),
+                msg: format!("expected {c} channels"),
+            });
+        }
+        let gamma = bind(&self.weight, x);
+        let beta = bind(&self.bias, x);
+        if !self.training {
+            let stat =
+                |p: &Param| -> Result<Var> { Ok(Var::constant(p.value().reshape(&[1, c, 1, 1])?)) };
+            let std = stat(&self.running_var)?.add_scalar(self.cfg.eps).sqrt();
+            let y = x.sub(&stat(&self.running_mean)?)?.div(&std)?;
+            return Ok(y
+                .mul(&gamma.reshape(&[1, c, 1, 1])?)?
+                .add(&beta.reshape(&[1, c, 1, 1])?)?);
+        }
+        let count = n * h * w;
+        if count < 2 {
+            return Err(NnError::Input {
+                layer: "BatchNorm2d",
+                got: x.dims().to_vec(),
+                msg: "training needs more than one value per channel".into(),
+            });
+        }
+        // Channels first, everything else flattened: statistics are row reductions.
+        let xt = x.permute(&[1, 0, 2, 3])?.reshape(&[c, count])?;
+        let mean = xt.mean_axis(1, true)?;
+        let centered = xt.sub(&mean)?;
+        let var = centered.mul(&centered)?.mean_axis(1, true)?;
+        let normed = centered.div(&var.add_scalar(self.cfg.eps).sqrt())?;
+        let y = normed.mul(&gamma.reshape(&[c, 1])?)?.add(&beta.reshape(&[c, 1])?)?;
+        let m = self.cfg.momentum;
+        let unbias = count as f32 / (count - 1) as f32;
+        for (running, batch, scale) in
+            [(&self.running_mean, mean.value(), 1.0), (&self.running_var, var.value(), unbias)]
+        {
+            let batch = batch.reshape(&[c])?;
+            running.update(|r, _| -> Result<()> {
+                r.map_inplace(|v| v * (1.0 - m));
+                r.axpy(m * scale, &batch)?;
+                Ok(())
+            })?;
+        }
+        Ok(y.reshape(&[c, n, h, w])?.permute(&[1, 0, 2, 3])?)
+    }
+
+    fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+        f(join(prefix, "weight"), &self.weight);
+        f(join(prefix, "bias"), &self.bias);
+    }
+
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+        f(join(prefix, "running_mean"), &self.running_mean);
+        f(join(prefix, "running_var"), &self.running_var);
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+}
