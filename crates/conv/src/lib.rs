@@ -105,8 +105,3 @@ pub use naive::{conv2d_backward_naive, conv2d_naive};
 pub use params::{Conv2dParams, ConvGeometry, check_len, out_size};
 pub use pool::{PoolGeometry, PoolParams};
 pub use tolerance::{Tolerance, max_rel_error};
-
-/// The README's examples, compiled and run as doctests so the README stays true.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;

@@ -61,3 +61,9 @@ pub use module::{Module, Sequential, bind, named_buffers, named_params, num_para
 pub use norm::{BatchNorm2d, BatchNormConfig};
 pub use optim::{Adam, AdamConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
 pub use sched::{Constant, CosineAnnealing, LinearWarmup, LrSchedule, StepLr, Then};
+
+/// The README's examples, compiled and run as doctests so the README stays true (this is the
+/// highest crate they use).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
