@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! cargo xtask test-all [--no-release]     every check CI runs, with a summary line
-//! cargo xtask bench [--quick] [FILTER]    the criterion benches of every crate
+//! cargo xtask bench [--quick] [FILTER] [--compare-peers[=DIR]]
+//!                                         the criterion benches of every crate, then the
+//!                                         report docs/benchmarks.md
 //! cargo xtask train [-- ARGS]             train LeNet-5 (lands with convkit-models)
 //! ```
 //!
@@ -17,6 +19,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod probe;
+mod report;
+
 const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
@@ -25,8 +30,15 @@ tasks:
                             tests with CONVKIT_SIMD=off, rustdoc (-D warnings); prints
                             'test-all: N passed, M failed' and fails if any step failed.
                             --no-release skips the two release-mode test steps.
-  bench [--quick] [FILTER]  run the criterion benches of every crate (FILTER selects
-                            benchmarks by name, e.g. 'matmul/512').
+  bench [--quick] [FILTER] [--compare-peers[=DIR]] [--python PY] [--no-report]
+                            measure this machine's FMA peak, run the criterion benches of
+                            every crate (FILTER selects benchmarks by name, e.g.
+                            'conv_fwd_t1/res3x3'), then write docs/benchmarks.md and
+                            docs/bench-chart.svg from criterion's estimates.
+                            --compare-peers also runs PyTorch/ONNX Runtime (conv_bench.py from
+                            DIR, $CONVKIT_PEERS_DIR or ../shared/peers) with PY ($CONVKIT_PEERS_PYTHON
+                            or python3) and adds ratio columns measured in the same run.
+  peak                      measure this machine's f32 FMA throughput (the bench report's peak).
   train [-- ARGS]           train LeNet-5 (available once convkit-models lands).
   help                      this text.";
 
@@ -48,6 +60,15 @@ fn run() -> Result<ExitCode> {
         "test-all" => test_all(&rest),
         "bench" => bench(&rest),
         "train" => train(&rest),
+        "peak" => {
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            let p = probe::measure(threads);
+            println!(
+                "f32 FMA peak: {:.1} GFLOP/s (1 thread), {:.1} GFLOP/s ({threads} threads), {}",
+                p.one_thread, p.all_threads, p.kind
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -154,14 +175,35 @@ fn test_all(args: &[String]) -> Result<ExitCode> {
 fn bench(args: &[String]) -> Result<ExitCode> {
     let mut quick = false;
     let mut filter = None;
-    for a in args {
+    let mut peers_dir: Option<PathBuf> = None;
+    let mut python = env::var("CONVKIT_PEERS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let mut write_report = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--no-report" => write_report = false,
+            "--compare-peers" => peers_dir = Some(default_peers_dir()),
+            s if s.starts_with("--compare-peers=") => {
+                peers_dir = Some(PathBuf::from(&s["--compare-peers=".len()..]));
+            }
+            "--python" => {
+                python = it.next().context("bench: --python needs a path")?.clone();
+            }
             s if s.starts_with('-') => bail!("bench: unknown option '{s}'\n\n{USAGE}"),
-            s if filter.is_none() => filter = Some(s),
+            s if filter.is_none() => filter = Some(s.to_owned()),
             s => bail!("bench: only one FILTER is accepted, got a second: '{s}'"),
         }
     }
+    let start = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("==> [probe] f32 FMA peak, 1 and {threads} threads");
+    let peak = probe::measure(threads);
+    println!(
+        "<== [probe] {:.1} GFLOP/s (1 thread), {:.1} GFLOP/s ({threads} threads), {}",
+        peak.one_thread, peak.all_threads, peak.kind
+    );
+
     // `--benches` runs only the criterion targets; the libtest harness of the library targets
     // would reject criterion's options.
     let mut cargo_args = vec!["bench", "--workspace", "--benches", "--"];
@@ -169,10 +211,92 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         cargo_args.push("--quick");
     }
     let mut step = Step::new("bench", &cargo_args);
-    if let Some(f) = filter {
-        step.args.push(f.to_owned());
+    if let Some(f) = &filter {
+        step.args.push(f.clone());
     }
-    Ok(if step.run()? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    if !step.run()? {
+        return Ok(ExitCode::FAILURE);
+    }
+
+    let mut peers = report::Peers::default();
+    if let Some(dir) = &peers_dir {
+        let out = root().join("target/peers");
+        for t in ["1", "2"] {
+            let script = dir.join("conv_bench.py");
+            let out_s = out.display().to_string();
+            let mut cmd = vec![
+                script.display().to_string(),
+                "--threads".into(),
+                t.into(),
+                "--out".into(),
+                out_s,
+            ];
+            if quick {
+                cmd.extend(["--rounds".into(), "1".into(), "--reps".into(), "5".into()]);
+            }
+            println!("\n==> [peers] {python} {}", cmd.join(" "));
+            let status =
+                Command::new(&python).args(&cmd).current_dir(root()).status().with_context(
+                    || format!("could not run {python} (set --python or $CONVKIT_PEERS_PYTHON)"),
+                )?;
+            if !status.success() {
+                bail!(
+                    "peers: conv_bench.py --threads {t} failed (is PyTorch importable by {python}?)"
+                );
+            }
+        }
+        peers = report::read_peers(&out)?;
+    }
+
+    if write_report {
+        let records = report::collect(&root().join("target/criterion"))?;
+        let ctx = report::ReportContext {
+            peak,
+            auto_choice: auto_choices(),
+            machine: machine(),
+            command: format!("cargo xtask bench {}", args.join(" ")).trim_end().to_owned(),
+            quick,
+        };
+        let (md, svg) = report::write(&root().join("docs"), &records, &peers, &ctx)?;
+        println!("\nwrote {} and {} ({} benchmarks)", md.display(), svg.display(), records.len());
+    }
+    println!("bench finished in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_peers_dir() -> PathBuf {
+    env::var_os("CONVKIT_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/peers"))
+}
+
+/// The algorithm `ConvAlgo::Auto` picks for each suite shape, as printed by the
+/// `auto_choice` example of convkit-conv (`shape algo` per line); empty if it cannot run.
+fn auto_choices() -> std::collections::BTreeMap<String, String> {
+    let out = Command::new(cargo())
+        .args(["run", "--release", "--quiet", "-p", "convkit-conv", "--example", "auto_choice"])
+        .current_dir(root())
+        .output();
+    let Ok(out) = out else { return Default::default() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.trim().to_owned())))
+        .collect()
+}
+
+/// CPU model and core count, from /proc/cpuinfo where available.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    format!("{cpu}, {threads} hardware threads available to this process, {}", env::consts::ARCH)
 }
 
 fn train(_args: &[String]) -> Result<ExitCode> {

@@ -1,0 +1,392 @@
+//! Turns criterion's saved estimates (and optionally the peer scripts' results) into
+//! `docs/benchmarks.md` and an SVG chart.
+//!
+//! Criterion writes, for every benchmark, `target/criterion/<dir>/new/benchmark.json` (its group
+//! id, function id and throughput) and `estimates.json` (median time in ns). The report reads
+//! every such pair, so it needs no list of benchmark names; it knows the naming conventions of
+//! the conv suite (`conv_fwd_t{threads}/{shape}` and `conv_bwd_t{threads}/{shape}`, one
+//! function per algorithm) to lay those out as tables, and lists everything else as is.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::probe::Peak;
+
+/// One benchmark's result.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Criterion group id, e.g. `conv_fwd_t1/res3x3_28b8`.
+    pub group: String,
+    /// Function id, e.g. `winograd4`.
+    pub function: String,
+    /// Median time per iteration, in nanoseconds.
+    pub median_ns: f64,
+    /// Elements (FLOPs, by our convention) per iteration, if the bench declared a throughput.
+    pub elements: Option<f64>,
+}
+
+impl Record {
+    /// GFLOP/s at the median, for benches whose throughput counts FLOPs.
+    pub fn gflops(&self) -> Option<f64> {
+        self.elements.map(|e| e / self.median_ns)
+    }
+}
+
+/// Reads every `new/benchmark.json` + `new/estimates.json` pair under `dir`.
+pub fn collect(dir: &Path) -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    if dir.is_dir() {
+        walk(dir, &mut out)?;
+    }
+    out.sort_by(|a, b| (&a.group, &a.function).cmp(&(&b.group, &b.function)));
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<Record>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "new") {
+            if let Some(r) = read_record(&path)? {
+                out.push(r);
+            }
+        } else {
+            walk(&path, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn read_record(new_dir: &Path) -> Result<Option<Record>> {
+    let (bench, est) = (new_dir.join("benchmark.json"), new_dir.join("estimates.json"));
+    if !bench.is_file() || !est.is_file() {
+        return Ok(None);
+    }
+    let b = read_json(&bench)?;
+    let e = read_json(&est)?;
+    let (Some(group), Some(median_ns)) =
+        (b["group_id"].as_str(), e["median"]["point_estimate"].as_f64())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Record {
+        group: group.to_owned(),
+        function: b["function_id"].as_str().unwrap_or("").to_owned(),
+        median_ns,
+        elements: b["throughput"]["Elements"].as_f64(),
+    }))
+}
+
+/// The peers' (PyTorch / ONNX Runtime) medians per shape, in ms, read from `conv_<T>t.json`.
+#[derive(Debug, Default, Clone)]
+pub struct Peers {
+    /// `(threads, shape) → (torch fwd, ort fwd, torch bwd)` medians in ms.
+    pub ms: BTreeMap<(usize, String), [Option<f64>; 3]>,
+}
+
+/// Reads the peer results written by `conv_bench.py --out DIR`.
+pub fn read_peers(dir: &Path) -> Result<Peers> {
+    let mut peers = Peers::default();
+    for threads in [1, 2] {
+        let path = dir.join(format!("conv_{threads}t.json"));
+        if !path.is_file() {
+            continue;
+        }
+        let v = read_json(&path)?;
+        let Some(results) = v["results"].as_object() else { continue };
+        for (shape, rec) in results {
+            let s = &rec["summary"];
+            let ms = |k: &str| s[k]["median_ms"].as_f64();
+            peers.ms.insert(
+                (threads, shape.clone()),
+                [ms("torch_fwd"), ms("ort_fwd"), ms("torch_bwd")],
+            );
+        }
+    }
+    Ok(peers)
+}
+
+/// What the report says about the run besides the numbers.
+pub struct ReportContext {
+    /// The FMA probe.
+    pub peak: Peak,
+    /// `shape → algorithm` picked by `ConvAlgo::Auto`, per thread count if known.
+    pub auto_choice: BTreeMap<String, String>,
+    /// Machine description (CPU model, cores).
+    pub machine: String,
+    /// How the numbers were produced.
+    pub command: String,
+    /// Whether criterion ran in `--quick` mode.
+    pub quick: bool,
+}
+
+fn fmt_time(ns: f64) -> String {
+    if ns >= 1e6 { format!("{:.2} ms", ns / 1e6) } else { format!("{:.1} µs", ns / 1e3) }
+}
+
+/// The conv suite's shapes in table order, as found in the records.
+fn conv_shapes(records: &[Record], prefix: &str) -> Vec<String> {
+    const ORDER: [&str; 9] = [
+        "lenet_c1",
+        "lenet_c2",
+        "res3x3_56",
+        "res3x3_28b8",
+        "vgg3x3_14",
+        "strided",
+        "pointwise",
+        "depthwise",
+        "dilated",
+    ];
+    let mut shapes: Vec<String> =
+        records.iter().filter_map(|r| r.group.strip_prefix(prefix).map(str::to_owned)).collect();
+    shapes.sort_by_key(|s| ORDER.iter().position(|o| o == s).unwrap_or(ORDER.len()));
+    shapes.dedup();
+    shapes
+}
+
+/// Writes the markdown report and the SVG chart; returns the paths written.
+pub fn write(
+    docs: &Path,
+    records: &[Record],
+    peers: &Peers,
+    ctx: &ReportContext,
+) -> Result<(PathBuf, PathBuf)> {
+    let mut md = String::new();
+    let p = &ctx.peak;
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Generated by `{}`{}. Every number below is a criterion median measured in that run; \
+         rerun the command to regenerate this page and `docs/bench-chart.svg`.\n",
+        ctx.command,
+        if ctx.quick { " (quick mode: fewer samples, wider error bars)" } else { "" }
+    );
+    let _ = writeln!(md, "## Machine\n");
+    let _ = writeln!(md, "- {}", ctx.machine);
+    let _ = writeln!(
+        md,
+        "- Measured f32 FMA peak ({}): **{:.1} GFLOP/s on 1 thread, {:.1} GFLOP/s on {} threads** \
+         (`cargo xtask bench` probe: independent FMA chains, best of 5). \"% peak\" below divides \
+         by these.\n",
+        p.kind, p.one_thread, p.all_threads, p.threads
+    );
+
+    for (title, kind, mult) in
+        [("forward", "fwd", 1.0), ("backward (input + weight + bias gradients)", "bwd", 2.0)]
+    {
+        for threads in [1, 2] {
+            let prefix = format!("conv_{kind}_t{threads}/");
+            let shapes = conv_shapes(records, &prefix);
+            if shapes.is_empty() {
+                continue;
+            }
+            let peak = if threads == 1 { p.one_thread } else { p.all_threads };
+            let _ = writeln!(
+                md,
+                "## conv2d {title}, {threads} thread{}\n",
+                if threads == 1 { "" } else { "s" }
+            );
+            let _ = writeln!(
+                md,
+                "GFLOP/s counts {} per call. Best of the algorithms in bold; `auto` is what `ConvAlgo::Auto` runs.\n",
+                if mult == 1.0 {
+                    "2·N·K·(C/g)·R·S·OH·OW"
+                } else {
+                    "twice the forward FLOPs"
+                }
+            );
+            let algos = ["auto", "naive", "im2col", "winograd2", "winograd4", "direct"];
+            let with_peers = !peers.ms.is_empty();
+            let mut header = String::from("| shape | Auto picks |");
+            for a in algos {
+                let _ = write!(header, " {a} |");
+            }
+            header.push_str(" best % peak |");
+            if with_peers {
+                header.push_str(if kind == "fwd" {
+                    " PyTorch | ONNX RT | auto ÷ PyTorch speed |"
+                } else {
+                    " PyTorch | auto ÷ PyTorch speed |"
+                });
+            }
+            let _ = writeln!(md, "{header}");
+            let cols = header.matches('|').count() - 1;
+            let _ = writeln!(md, "|{}", "---|".repeat(cols));
+            for shape in &shapes {
+                let group = format!("{prefix}{shape}");
+                let find = |a: &str| records.iter().find(|r| r.group == group && r.function == a);
+                let best = algos
+                    .iter()
+                    .filter(|&&a| a != "auto")
+                    .filter_map(|a| find(a))
+                    .map(|r| r.median_ns)
+                    .fold(f64::INFINITY, f64::min);
+                let mut row = format!(
+                    "| {shape} | {} |",
+                    ctx.auto_choice.get(shape).map_or("–", String::as_str)
+                );
+                for a in algos {
+                    match find(a) {
+                        Some(r) => {
+                            let cell = format!(
+                                "{} · {:.1}",
+                                fmt_time(r.median_ns),
+                                r.gflops().unwrap_or(f64::NAN)
+                            );
+                            if a != "auto" && r.median_ns == best {
+                                let _ = write!(row, " **{cell}** |");
+                            } else {
+                                let _ = write!(row, " {cell} |");
+                            }
+                        }
+                        None => row.push_str(" – |"),
+                    }
+                }
+                let best_gflops = records
+                    .iter()
+                    .filter(|r| r.group == group && r.function != "naive")
+                    .filter_map(Record::gflops)
+                    .fold(0.0, f64::max);
+                let _ = write!(row, " {:.0}% |", 100.0 * best_gflops / peak);
+                if with_peers {
+                    let pm = peers.ms.get(&(threads, shape.clone()));
+                    let torch = pm.and_then(|v| if kind == "fwd" { v[0] } else { v[2] });
+                    let cell =
+                        |v: Option<f64>| v.map_or("–".to_owned(), |ms| format!("{ms:.2} ms"));
+                    let _ = write!(row, " {} |", cell(torch));
+                    if kind == "fwd" {
+                        let _ = write!(row, " {} |", cell(pm.and_then(|v| v[1])));
+                    }
+                    let ratio = match (torch, find("auto")) {
+                        (Some(t), Some(a)) => format!("{:.2}x", t * 1e6 / a.median_ns),
+                        _ => "–".to_owned(),
+                    };
+                    let _ = write!(row, " {ratio} |");
+                }
+                let _ = writeln!(md, "{row}");
+            }
+            let _ = writeln!(md);
+        }
+    }
+
+    let others: Vec<&Record> = records
+        .iter()
+        .filter(|r| !r.group.starts_with("conv_fwd_t") && !r.group.starts_with("conv_bwd_t"))
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(md, "## Other benchmarks\n");
+        let _ = writeln!(md, "| benchmark | median | GFLOP/s (if the bench counts FLOPs) |");
+        let _ = writeln!(md, "|---|---|---|");
+        for r in others {
+            let g = r.gflops().map_or("–".to_owned(), |g| format!("{g:.1}"));
+            let _ =
+                writeln!(md, "| {}/{} | {} | {g} |", r.group, r.function, fmt_time(r.median_ns));
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "![GFLOP/s by shape and algorithm](bench-chart.svg)\n");
+
+    fs::create_dir_all(docs)?;
+    let md_path = docs.join("benchmarks.md");
+    let svg_path = docs.join("bench-chart.svg");
+    fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    fs::write(&svg_path, chart(records))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    Ok((md_path, svg_path))
+}
+
+/// A grouped bar chart of forward GFLOP/s (1 thread) by shape and algorithm, as SVG.
+fn chart(records: &[Record]) -> String {
+    const ALGOS: [(&str, &str); 5] = [
+        ("im2col", "#4e79a7"),
+        ("winograd2", "#f28e2b"),
+        ("winograd4", "#e15759"),
+        ("direct", "#59a14f"),
+        ("auto", "#222222"),
+    ];
+    let prefix = "conv_fwd_t1/";
+    let shapes = conv_shapes(records, prefix);
+    let value = |shape: &str, algo: &str| {
+        records
+            .iter()
+            .find(|r| r.group == format!("{prefix}{shape}") && r.function == algo)
+            .and_then(Record::gflops)
+    };
+    let max = shapes
+        .iter()
+        .flat_map(|s| ALGOS.iter().filter_map(move |(a, _)| value(s, a)))
+        .fold(1.0, f64::max);
+    let top = (max / 20.0).ceil() * 20.0;
+    let (w, h, left, bottom, plot_h) = (980.0, 420.0, 60.0, 70.0, 300.0);
+    let group_w = (w - left - 20.0) / shapes.len().max(1) as f64;
+    let bar_w = group_w * 0.8 / ALGOS.len() as f64;
+    let y = |v: f64| h - bottom - plot_h * v / top;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="15">conv2d forward, 1 thread: GFLOP/s by shape and algorithm</text>"#,
+        w / 2.0
+    );
+    let mut tick = 0.0;
+    while tick <= top {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{tick:.0}</text>"##,
+            w - 20.0,
+            left - 6.0,
+            y(tick) + 4.0,
+            y = y(tick)
+        );
+        tick += 20.0;
+    }
+    for (i, shape) in shapes.iter().enumerate() {
+        let x0 = left + i as f64 * group_w + group_w * 0.1;
+        for (j, (algo, color)) in ALGOS.iter().enumerate() {
+            if let Some(v) = value(shape, algo) {
+                let x = x0 + j as f64 * bar_w;
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{shape} {algo}: {v:.1} GFLOP/s</title></rect>"#,
+                    y(v),
+                    bar_w * 0.9,
+                    h - bottom - y(v)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{shape}</text>"#,
+            x0 + group_w * 0.4,
+            h - bottom + 16.0
+        );
+    }
+    for (j, (algo, color)) in ALGOS.iter().enumerate() {
+        let x = left + j as f64 * 120.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{color}"/><text x="{}" y="{}">{algo}</text>"#,
+            h - 30.0,
+            x + 16.0,
+            h - 20.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
