@@ -32,7 +32,7 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::gemm::{MatRef, sgemm};
+use crate::gemm::{MatRef, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm};
 use crate::params::{ConvGeometry, check_len};
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
@@ -228,14 +228,12 @@ pub fn conv2d_im2col(
             }
             None => 0.0,
         };
-        sgemm(
-            1.0,
-            MatRef::row_major(wg, rows, d.crs),
-            MatRef::row_major(col, d.crs, d.ohw),
-            beta,
-            out,
-            d.ohw,
-        );
+        let wm = MatRef::row_major(wg, rows, d.crs);
+        if d.kpg <= SMALL_DIM {
+            gemm_rows(wm, col, d.ohw, beta, out);
+        } else {
+            sgemm(1.0, wm, MatRef::row_major(col, d.crs, d.ohw), beta, out, d.ohw);
+        }
     };
     let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
         let (b, gi) = (t / d.groups, t % d.groups);
@@ -359,14 +357,22 @@ fn input_grad_block(
         row_stride: 1,
         col_stride: d.crs,
     };
-    let dyg = MatRef::row_major(d.output_block(g, dy, b, gi), d.kpg, d.ohw);
+    let dy_block = d.output_block(g, dy, b, gi);
+    // Few output channels per group (depthwise): K' scaled-row updates per row instead.
+    let product = |c: &mut [f32]| {
+        if d.kpg <= SMALL_DIM {
+            gemm_rows(wt, dy_block, d.ohw, 0.0, c);
+        } else {
+            sgemm(1.0, wt, MatRef::row_major(dy_block, d.kpg, d.ohw), 0.0, c, d.ohw);
+        }
+    };
     if d.pointwise {
-        sgemm(1.0, wt, dyg, 0.0, gx, d.ohw);
+        product(gx);
         return;
     }
     let ct = taps * d.ohw;
     col.resize(channels * ct, 0.0);
-    sgemm(1.0, wt, dyg, 0.0, col, d.ohw);
+    product(col);
     gx.fill(0.0);
     for (rows, plane) in col.chunks_exact(ct).zip(gx.chunks_exact_mut(d.hw)) {
         col2im_plane_add(g, rows, plane);
@@ -402,6 +408,10 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
 /// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ`; `beta` 0 overwrites, 1 accumulates.
 fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], beta: f32, gw: &mut [f32]) {
     let rows = gw.len() / d.crs;
+    if d.kpg <= SMALL_DIM {
+        gemm_abt_dots(dyg, col, rows, d.crs, d.ohw, beta, gw);
+        return;
+    }
     sgemm(
         1.0,
         MatRef::row_major(dyg, rows, d.ohw),
