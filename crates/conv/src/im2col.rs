@@ -16,9 +16,10 @@
 //! `[C', H·W]` *is* `col`, and `d in` is the product itself.
 //!
 //! # Memory and threads
-//! The column matrix is built per image and group (`C'RS · OH·OW` floats) in a scratch buffer
-//! that each rayon worker allocates once and reuses; nothing is sized by the batch except the
-//! weight-gradient partials described below. Work is split over disjoint output slices with
+//! The column matrix is built per image and group (`C'RS · OH·OW` floats) in a thread-local
+//! scratch buffer that each thread allocates once and reuses across calls (it keeps the largest
+//! size seen on that thread); nothing is sized by the batch except the weight-gradient
+//! partials described below. Work is split over disjoint output slices with
 //! `par_chunks_mut`: over `(image, group)` blocks when there are at least as many as threads,
 //! otherwise over row blocks of one product (output channels forward, input channels for the
 //! input gradient), which gives the same bits because `sgemm` computes each row of `C` with
@@ -28,6 +29,8 @@
 //! [`WEIGHT_GRAD_PARTIALS`] fixed chunks (depending only on `n`, never on the thread count);
 //! each chunk's partial gradient is accumulated image by image in order, and the partials are
 //! added in chunk order. Every gradient is therefore bit-identical for any number of threads.
+
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
@@ -117,6 +120,23 @@ fn col2im_plane_add(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
             }
         }
     }
+}
+
+thread_local! {
+    /// Each thread's column-matrix buffer, kept between calls so a training loop allocates
+    /// (and page-faults) it once per thread rather than once per call and task.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer. The buffer keeps the largest size any call
+/// needed on this thread (one image's column matrix for one group). If the buffer is already
+/// in use — rayon let this thread pick up another convolution's task while it waited — `f`
+/// gets a temporary buffer instead.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut col) => f(&mut col),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// Builds the column matrix of `planes` (`C'` channels of one image) into `col`, resizing it.
@@ -247,32 +267,34 @@ pub fn conv2d_im2col(
     };
 
     if !d.par {
-        let mut col = Vec::new();
-        for (t, out) in output.chunks_mut(out_block).enumerate() {
-            block(t, out, &mut col);
-        }
+        with_scratch(|col| {
+            for (t, out) in output.chunks_mut(out_block).enumerate() {
+                block(t, out, col);
+            }
+        });
     } else if tasks >= d.threads {
         output
             .par_chunks_mut(out_block)
             .enumerate()
-            .for_each_init(Vec::new, |col, (t, out)| block(t, out, col));
+            .for_each(|(t, out)| with_scratch(|col| block(t, out, col)));
     } else {
         // Fewer blocks than threads (batch 1, one group): split each product by output rows.
-        let mut col = Vec::new();
         let rows = d.rows_per_block(d.kpg);
-        for (t, out) in output.chunks_mut(out_block).enumerate() {
-            let (b, gi) = (t / d.groups, t % d.groups);
-            let x = d.input_block(g, input, b, gi);
-            let col: &[f32] = if d.pointwise {
-                x
-            } else {
-                im2col(g, x, &mut col, true);
-                &col
-            };
-            out.par_chunks_mut(rows * d.ohw)
-                .enumerate()
-                .for_each(|(r, out)| product(gi, r * rows, col, out));
-        }
+        with_scratch(|col| {
+            for (t, out) in output.chunks_mut(out_block).enumerate() {
+                let (b, gi) = (t / d.groups, t % d.groups);
+                let x = d.input_block(g, input, b, gi);
+                let col: &[f32] = if d.pointwise {
+                    x
+                } else {
+                    im2col(g, x, col, true);
+                    col
+                };
+                out.par_chunks_mut(rows * d.ohw)
+                    .enumerate()
+                    .for_each(|(r, out)| product(gi, r * rows, col, out));
+            }
+        });
     }
     Ok(())
 }
@@ -386,20 +408,24 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
         input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col);
     };
     if !d.par {
-        let mut col = Vec::new();
-        for (t, gx) in gx.chunks_mut(in_block).enumerate() {
-            block(t, gx, &mut col);
-        }
+        with_scratch(|col| {
+            for (t, gx) in gx.chunks_mut(in_block).enumerate() {
+                block(t, gx, col);
+            }
+        });
     } else if tasks >= d.threads {
         gx.par_chunks_mut(in_block)
             .enumerate()
-            .for_each_init(Vec::new, |col, (t, gx)| block(t, gx, col));
+            .for_each(|(t, gx)| with_scratch(|col| block(t, gx, col)));
     } else {
         // Few blocks: split each block by input channels (col2im never crosses channels).
         let per = d.rows_per_block(d.cpg);
         for (t, gx) in gx.chunks_mut(in_block).enumerate() {
-            gx.par_chunks_mut(per * d.hw).enumerate().for_each_init(Vec::new, |col, (r, gx)| {
-                input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, r * per, gx, col);
+            gx.par_chunks_mut(per * d.hw).enumerate().for_each(|(r, gx)| {
+                with_scratch(|col| {
+                    let (b, gi) = (t / d.groups, t % d.groups);
+                    input_grad_block(g, d, weight, dy, b, gi, r * per, gx, col);
+                });
             });
         }
     }
@@ -447,38 +473,40 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
     let mut partials = vec![0f32; if parts > 1 { parts * wlen } else { 0 }];
     let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
     if !d.par {
-        let mut col = Vec::new();
-        for (t, out) in target.chunks_mut(w_block).enumerate() {
-            block(t, out, &mut col);
-        }
+        with_scratch(|col| {
+            for (t, out) in target.chunks_mut(w_block).enumerate() {
+                block(t, out, col);
+            }
+        });
     } else if tasks >= d.threads {
         target
             .par_chunks_mut(w_block)
             .enumerate()
-            .for_each_init(Vec::new, |col, (t, out)| block(t, out, col));
+            .for_each(|(t, out)| with_scratch(|col| block(t, out, col)));
     } else {
         // Batch 1 and one group, or few of each: split each product by output-channel rows;
         // every row is computed exactly as in the unsplit product.
         let rows = d.rows_per_block(d.kpg);
-        let mut col = Vec::new();
-        for (t, out) in target.chunks_mut(w_block).enumerate() {
-            let (p, gi) = (t / d.groups, t % d.groups);
-            for (i, b) in chunk(p).enumerate() {
-                let x = d.input_block(g, input, b, gi);
-                let colm: &[f32] = if d.pointwise {
-                    x
-                } else {
-                    im2col(g, x, &mut col, true);
-                    &col
-                };
-                let dyg = d.output_block(g, dy, b, gi);
-                let beta = if i == 0 { 0.0 } else { 1.0 };
-                out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
-                    let dy_rows = &dyg[r * rows * d.ohw..];
-                    weight_grad_product(d, dy_rows, colm, beta, out);
-                });
+        with_scratch(|col| {
+            for (t, out) in target.chunks_mut(w_block).enumerate() {
+                let (p, gi) = (t / d.groups, t % d.groups);
+                for (i, b) in chunk(p).enumerate() {
+                    let x = d.input_block(g, input, b, gi);
+                    let colm: &[f32] = if d.pointwise {
+                        x
+                    } else {
+                        im2col(g, x, col, true);
+                        col
+                    };
+                    let dyg = d.output_block(g, dy, b, gi);
+                    let beta = if i == 0 { 0.0 } else { 1.0 };
+                    out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
+                        let dy_rows = &dyg[r * rows * d.ohw..];
+                        weight_grad_product(d, dy_rows, colm, beta, out);
+                    });
+                }
             }
-        }
+        });
     }
     if parts > 1 {
         // Fixed order: partial 0 + partial 1 + … (elementwise, so splitting the elements over
