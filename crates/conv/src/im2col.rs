@@ -72,11 +72,26 @@ fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32]) {
         let (x0, x1) = valid_range(ow, g.w, p.stride.1, j * p.dilation.1, p.padding.1);
         row[..y0 * ow].fill(0.0);
         row[y1 * ow..].fill(0.0);
-        if x1 == x0 {
+        if x1 == x0 || y1 == y0 {
             row[y0 * ow..y1 * ow].fill(0.0);
             continue;
         }
         let sx = x0 * p.stride.1 + j * p.dilation.1 - p.padding.1;
+        if p.stride == (1, 1) && ow == g.w {
+            // Output and input rows have the same length, so output (y, x) reads input
+            // element `y·w + x + shift` for one constant shift: copy the whole band at once,
+            // then zero the few positions between rows whose tap falls into the padding
+            // (they received the neighbouring row's pixels). One memcpy instead of `oh`.
+            let (start, end) = (y0 * ow + x0, (y1 - 1) * ow + x1);
+            let src = (y0 + i * p.dilation.0 - p.padding.0) * g.w + sx;
+            row[start..end].copy_from_slice(&plane[src..src + (end - start)]);
+            row[..start].fill(0.0);
+            row[end..].fill(0.0);
+            for y in y0..y1 - 1 {
+                row[y * ow + x1..(y + 1) * ow + x0].fill(0.0);
+            }
+            continue;
+        }
         for (y, dst) in (y0..y1).zip(row[y0 * ow..y1 * ow].chunks_exact_mut(ow)) {
             let iy = y * p.stride.0 + i * p.dilation.0 - p.padding.0;
             let src = &plane[iy * g.w + sx..(iy + 1) * g.w];
@@ -563,6 +578,10 @@ mod tests {
     fn exact_on_small_integers() {
         let p = Conv2dParams::default();
         check([2, 3, 7, 9], [4, 3, 3, 3], p);
+        // Same-size outputs (stride 1, ow == w) take the one-copy band path.
+        check([2, 3, 7, 9], [4, 3, 3, 3], p.with_padding(1));
+        check([1, 2, 6, 5], [3, 2, 3, 5], Conv2dParams { padding: (2, 4), dilation: (2, 2), ..p });
+        check([1, 1, 4, 4], [1, 1, 7, 7], p.with_padding(3));
         check([2, 3, 7, 9], [4, 3, 3, 2], p.with_padding(2).with_stride(2));
         check([1, 4, 17, 5], [6, 2, 2, 3], p.with_groups(2).with_dilation(2).with_padding(1));
         check([3, 5, 6, 6], [7, 5, 1, 1], p);
