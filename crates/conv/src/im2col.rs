@@ -42,11 +42,6 @@ use crate::params::{ConvGeometry, check_len};
 /// more than it saves (a rayon task costs a few microseconds; 1 MFLOP takes ~15 µs here).
 const PAR_MIN_FLOPS: u64 = 1 << 20;
 
-/// Small images (late layers, LeNet's 10x10) make thin products; below this many output
-/// pixels per image, several images of a batch share one column matrix (one group only), so
-/// each `sgemm` gets at least this many columns.
-const MIN_GEMM_COLS: usize = 512;
-
 /// Maximum number of per-chunk partial weight gradients (memory: this many weight tensors).
 pub const WEIGHT_GRAD_PARTIALS: usize = 8;
 
@@ -66,14 +61,12 @@ fn valid_range(out: usize, size: usize, stride: usize, off: usize, pad: usize) -
 }
 
 /// Fills the `kh·kw` rows of the column matrix that come from one input channel `plane`
-/// (`h·w`); row `t` is `rows[t·ld..t·ld + oh·ow]` (`ld > oh·ow` when several images share
-/// the matrix side by side). Each output row is a zero prefix, a contiguous
+/// (`h·w`); `rows` holds `kh·kw·oh·ow` floats. Each output row is a zero prefix, a contiguous
 /// (or strided) copy of one input row and a zero suffix, so the copy runs at memory speed.
-fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32], ld: usize) {
+fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32]) {
     let p = g.params;
     let (ow, ohw) = (g.ow, g.oh * g.ow);
-    for t in 0..g.kh * g.kw {
-        let row = &mut rows[t * ld..t * ld + ohw];
+    for (t, row) in rows.chunks_exact_mut(ohw).enumerate() {
         let (i, j) = (t / g.kw, t % g.kw);
         let (y0, y1) = valid_range(g.oh, g.h, p.stride.0, i * p.dilation.0, p.padding.0);
         let (x0, x1) = valid_range(ow, g.w, p.stride.1, j * p.dilation.1, p.padding.1);
@@ -117,11 +110,10 @@ fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32], ld: usize) {
 
 /// Adds the `kh·kw` column-matrix rows of one input channel back onto its gradient `plane`
 /// (the adjoint of [`im2col_plane`]), in a fixed order.
-fn col2im_plane_add(g: &ConvGeometry, rows: &[f32], ld: usize, plane: &mut [f32]) {
+fn col2im_plane_add(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
     let p = g.params;
     let (ow, ohw) = (g.ow, g.oh * g.ow);
-    for t in 0..g.kh * g.kw {
-        let row = &rows[t * ld..t * ld + ohw];
+    for (t, row) in rows.chunks_exact(ohw).enumerate() {
         let (i, j) = (t / g.kw, t % g.kw);
         let (y0, y1) = valid_range(g.oh, g.h, p.stride.0, i * p.dilation.0, p.padding.0);
         let (x0, x1) = valid_range(ow, g.w, p.stride.1, j * p.dilation.1, p.padding.1);
@@ -169,10 +161,10 @@ fn im2col(g: &ConvGeometry, planes: &[f32], col: &mut Vec<f32>, parallel: bool) 
     if parallel {
         col.par_chunks_mut(taps)
             .zip(planes.par_chunks(hw))
-            .for_each(|(rows, plane)| im2col_plane(g, plane, rows, g.oh * g.ow));
+            .for_each(|(rows, plane)| im2col_plane(g, plane, rows));
     } else {
         for (rows, plane) in col.chunks_mut(taps).zip(planes.chunks(hw)) {
-            im2col_plane(g, plane, rows, g.oh * g.ow);
+            im2col_plane(g, plane, rows);
         }
     }
 }
@@ -191,20 +183,11 @@ struct Dims {
     /// Whether the problem is large enough for rayon.
     par: bool,
     threads: usize,
-    /// Images that share one column matrix, side by side (see [`MIN_GEMM_COLS`]).
-    imgs: usize,
 }
 
 impl Dims {
     fn new(g: &ConvGeometry) -> Self {
         let threads = rayon::current_num_threads();
-        let (ohw, pointwise) = (g.oh * g.ow, is_pointwise(g));
-        // Depends on the shape only, never on the threads: results stay bit-identical.
-        let imgs = if g.params.groups == 1 && !pointwise && ohw < MIN_GEMM_COLS {
-            MIN_GEMM_COLS.div_ceil(ohw).min(g.n)
-        } else {
-            1
-        };
         Self {
             groups: g.params.groups,
             cpg: g.c_in_per_group(),
@@ -215,7 +198,6 @@ impl Dims {
             pointwise: is_pointwise(g),
             par: threads > 1 && g.flops() >= PAR_MIN_FLOPS,
             threads,
-            imgs,
         }
     }
     /// Input block of image `b`, group `gi`: `C'` planes.
@@ -242,64 +224,6 @@ impl Dims {
     /// Rows per block when one product is split over the threads.
     fn rows_per_block(&self, rows: usize) -> usize {
         rows.div_ceil(self.threads).max(1)
-    }
-}
-
-/// Column matrix of images `b0..b0 + nb` side by side (one group): row `r`, columns
-/// `b·OH·OW..(b+1)·OH·OW` come from image `b0 + b`. `col` holds `C'RS × nb·OH·OW` floats.
-fn im2col_batch(g: &ConvGeometry, d: &Dims, input: &[f32], b0: usize, nb: usize, col: &mut [f32]) {
-    let (ld, taps) = (nb * d.ohw, g.kh * g.kw);
-    for b in 0..nb {
-        let x = d.input_block(g, input, b0 + b, 0);
-        for (c, plane) in x.chunks_exact(d.hw).enumerate() {
-            im2col_plane(g, plane, &mut col[c * taps * ld + b * d.ohw..], ld);
-        }
-    }
-}
-
-/// Gathers `dY` of images `b0..b0 + nb` into a `K × nb·OH·OW` matrix (one group).
-fn gather_dy(g: &ConvGeometry, d: &Dims, dy: &[f32], b0: usize, nb: usize, dst: &mut [f32]) {
-    let ld = nb * d.ohw;
-    for b in 0..nb {
-        let src = d.output_block(g, dy, b0 + b, 0);
-        for (k, row) in src.chunks_exact(d.ohw).enumerate() {
-            dst[k * ld + b * d.ohw..k * ld + (b + 1) * d.ohw].copy_from_slice(row);
-        }
-    }
-}
-
-/// Forward of the images of output chunk `t` (`d.imgs` images, one group) through one
-/// column matrix: `prod = W · col`, then each image's columns are copied out (plus bias).
-#[allow(clippy::too_many_arguments)]
-fn forward_batch(
-    g: &ConvGeometry,
-    d: &Dims,
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    t: usize,
-    out: &mut [f32],
-    buf: &mut Vec<f32>,
-) {
-    let (b0, nb) = (t * d.imgs, out.len() / (g.c_out * d.ohw));
-    let ld = nb * d.ohw;
-    buf.resize((d.crs + d.kpg) * ld, 0.0);
-    let (col, prod) = buf.split_at_mut(d.crs * ld);
-    im2col_batch(g, d, input, b0, nb, col);
-    let wm = MatRef::row_major(weight, d.kpg, d.crs);
-    if d.kpg <= SMALL_DIM {
-        gemm_rows(wm, col, ld, 0.0, prod);
-    } else {
-        sgemm(1.0, wm, MatRef::row_major(col, d.crs, ld), 0.0, prod, ld);
-    }
-    for (b, out) in out.chunks_exact_mut(g.c_out * d.ohw).enumerate() {
-        for (k, row) in out.chunks_exact_mut(d.ohw).enumerate() {
-            let src = &prod[k * ld + b * d.ohw..k * ld + (b + 1) * d.ohw];
-            let bk = bias.map_or(0.0, |bias| bias[k]);
-            for (o, &v) in row.iter_mut().zip(src) {
-                *o = v + bk;
-            }
-        }
     }
 }
 
@@ -357,24 +281,7 @@ pub fn conv2d_im2col(
         }
     };
 
-    if d.imgs > 1 {
-        let chunk = d.imgs * g.c_out * d.ohw;
-        let batch = |t: usize, out: &mut [f32], buf: &mut Vec<f32>| {
-            forward_batch(g, &d, input, weight, bias, t, out, buf);
-        };
-        if d.par {
-            output
-                .par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(t, out)| with_scratch(|buf| batch(t, out, buf)));
-        } else {
-            with_scratch(|buf| {
-                for (t, out) in output.chunks_mut(chunk).enumerate() {
-                    batch(t, out, buf);
-                }
-            });
-        }
-    } else if !d.par {
+    if !d.par {
         with_scratch(|col| {
             for (t, out) in output.chunks_mut(out_block).enumerate() {
                 block(t, out, col);
@@ -505,37 +412,7 @@ fn input_grad_block(
     product(col);
     gx.fill(0.0);
     for (rows, plane) in col.chunks_exact(ct).zip(gx.chunks_exact_mut(d.hw)) {
-        col2im_plane_add(g, rows, d.ohw, plane);
-    }
-}
-
-/// Input gradient of the images of chunk `t` (`d.imgs` images, one group) through one column
-/// matrix: `d col = Wᵀ · [dY of the images side by side]`, then col2im per image.
-fn input_grad_batch(
-    g: &ConvGeometry,
-    d: &Dims,
-    weight: &[f32],
-    dy: &[f32],
-    t: usize,
-    gx: &mut [f32],
-    buf: &mut Vec<f32>,
-) {
-    let (b0, nb) = (t * d.imgs, gx.len() / (g.c_in * d.hw));
-    let (ld, taps) = (nb * d.ohw, g.kh * g.kw);
-    buf.resize((d.kpg + d.crs) * ld, 0.0);
-    let (dyc, gcol) = buf.split_at_mut(d.kpg * ld);
-    gather_dy(g, d, dy, b0, nb, dyc);
-    let wt = MatRef::row_major(weight, d.kpg, d.crs).t();
-    if d.kpg <= SMALL_DIM {
-        gemm_rows(wt, dyc, ld, 0.0, gcol);
-    } else {
-        sgemm(1.0, wt, MatRef::row_major(dyc, d.kpg, ld), 0.0, gcol, ld);
-    }
-    gx.fill(0.0);
-    for (b, gx) in gx.chunks_exact_mut(g.c_in * d.hw).enumerate() {
-        for (c, plane) in gx.chunks_exact_mut(d.hw).enumerate() {
-            col2im_plane_add(g, &gcol[c * taps * ld + b * d.ohw..], ld, plane);
-        }
+        col2im_plane_add(g, rows, plane);
     }
 }
 
@@ -545,23 +422,7 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
     let block = |t: usize, gx: &mut [f32], col: &mut Vec<f32>| {
         input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col);
     };
-    if d.imgs > 1 {
-        let chunk = d.imgs * g.c_in * d.hw;
-        let batch = |t: usize, gx: &mut [f32], buf: &mut Vec<f32>| {
-            input_grad_batch(g, d, weight, dy, t, gx, buf);
-        };
-        if d.par {
-            gx.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(t, gx)| with_scratch(|buf| batch(t, gx, buf)));
-        } else {
-            with_scratch(|buf| {
-                for (t, gx) in gx.chunks_mut(chunk).enumerate() {
-                    batch(t, gx, buf);
-                }
-            });
-        }
-    } else if !d.par {
+    if !d.par {
         with_scratch(|col| {
             for (t, gx) in gx.chunks_mut(in_block).enumerate() {
                 block(t, gx, col);
@@ -585,18 +446,17 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
     }
 }
 
-/// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ` where both have `ld` columns (pixels of one
-/// or several images); `beta` 0 overwrites, 1 accumulates.
-fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], ld: usize, beta: f32, gw: &mut [f32]) {
+/// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ`; `beta` 0 overwrites, 1 accumulates.
+fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], beta: f32, gw: &mut [f32]) {
     let rows = gw.len() / d.crs;
     if d.kpg <= SMALL_DIM {
-        gemm_abt_dots(dyg, col, rows, d.crs, ld, beta, gw);
+        gemm_abt_dots(dyg, col, rows, d.crs, d.ohw, beta, gw);
         return;
     }
     sgemm(
         1.0,
-        MatRef::row_major(dyg, rows, ld),
-        MatRef::row_major(col, d.crs, ld).t(),
+        MatRef::row_major(dyg, rows, d.ohw),
+        MatRef::row_major(col, d.crs, d.ohw).t(),
         beta,
         gw,
         d.crs,
@@ -612,21 +472,6 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
     // Partial `p`, group `gi`: Σ over the chunk's images, in order.
     let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
         let (p, gi) = (t / d.groups, t % d.groups);
-        if d.imgs > 1 {
-            // Sub-batches of `d.imgs` images share one column matrix (one group).
-            let images = chunk(p);
-            for (i, b0) in images.clone().step_by(d.imgs).enumerate() {
-                let nb = d.imgs.min(images.end - b0);
-                let ld = nb * d.ohw;
-                col.resize((d.crs + d.kpg) * ld, 0.0);
-                let (colm, dyc) = col.split_at_mut(d.crs * ld);
-                im2col_batch(g, d, input, b0, nb, colm);
-                gather_dy(g, d, dy, b0, nb, dyc);
-                let beta = if i == 0 { 0.0 } else { 1.0 };
-                weight_grad_product(d, dyc, colm, ld, beta, out);
-            }
-            return;
-        }
         for (i, b) in chunk(p).enumerate() {
             let x = d.input_block(g, input, b, gi);
             let colm: &[f32] = if d.pointwise {
@@ -636,7 +481,7 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
                 col
             };
             let beta = if i == 0 { 0.0 } else { 1.0 };
-            weight_grad_product(d, d.output_block(g, dy, b, gi), colm, d.ohw, beta, out);
+            weight_grad_product(d, d.output_block(g, dy, b, gi), colm, beta, out);
         }
     };
     let tasks = parts * d.groups;
@@ -648,7 +493,7 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
                 block(t, out, col);
             }
         });
-    } else if tasks >= d.threads || d.imgs > 1 {
+    } else if tasks >= d.threads {
         target
             .par_chunks_mut(w_block)
             .enumerate()
@@ -672,7 +517,7 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
                     let beta = if i == 0 { 0.0 } else { 1.0 };
                     out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
                         let dy_rows = &dyg[r * rows * d.ohw..];
-                        weight_grad_product(d, dy_rows, colm, d.ohw, beta, out);
+                        weight_grad_product(d, dy_rows, colm, beta, out);
                     });
                 }
             }
