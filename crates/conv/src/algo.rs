@@ -150,16 +150,22 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 
 /// The automatic choice for `g`: the fastest available algorithm by benchmark evidence.
 ///
-/// Evidence (`cargo bench -p convkit-conv --bench conv`, forward, 1 thread, GFLOP/s; quick
-/// runs on a shared 2-core Zen 3, so ±30%):
+/// Evidence: `RAYON_NUM_THREADS=1 cargo bench -p convkit-conv --bench conv -- --quick`,
+/// forward, GFLOP/s, on the shared 2-core Zen 3 while two other builds ran (load ≈ 5; `sgemm`
+/// alone on the same products reached 43–50 instead of its quiet 84), so read the ratios, not
+/// the absolute values:
 ///
-/// | shape        | naive | im2col | notes                                   |
-/// |--------------|-------|--------|-----------------------------------------|
-/// | lenet_c1     |  ~1   |  ~10   | 1 input channel: GEMM K = 25, copy-bound |
-/// | lenet_c2     |  ~1   |  ~30   |                                         |
-/// | res3x3_28b8  |  ~1   |  ~60   | the GEMM runs near `sgemm`'s 84         |
-/// | pointwise    |  ~1   |  ~75   | no column copy                          |
-/// | depthwise    |  ~1   |  ~2    | 128 products of 1x9 · 9x784             |
+/// | shape        | naive | im2col | `sgemm` alone | notes                                   |
+/// |--------------|-------|--------|---------------|-----------------------------------------|
+/// | lenet_c1     | 0.34  |  13.4  |  15.7         | 6 output channels: GEMM rows half empty  |
+/// | lenet_c2     | 0.39  |  17.1  |  32.9         |                                         |
+/// | res3x3_56    |   –   |  38.1  |  34.1         |                                         |
+/// | res3x3_28b8  |   –   |  45.8  |  43.0         | im2col copy within the noise of GEMM     |
+/// | vgg3x3_14    |   –   |  41.3  |  43.0         |                                         |
+/// | strided      |   –   |  40.5  |  49.4         |                                         |
+/// | pointwise    |   –   |  38.4  |  49.8         | no column matrix                         |
+/// | depthwise    | 0.27  |   2.8  |   1.9         | 1-row products use row updates, not GEMM |
+/// | dilated      |   –   |  24–37 |  44.5         |                                         |
 ///
 /// Naive never wins, so the rule today is a single line.
 ///

@@ -16,9 +16,10 @@
 //! `[C', H·W]` *is* `col`, and `d in` is the product itself.
 //!
 //! # Memory and threads
-//! The column matrix is built per image and group (`C'RS · OH·OW` floats) in a scratch buffer
-//! that each rayon worker allocates once and reuses; nothing is sized by the batch except the
-//! weight-gradient partials described below. Work is split over disjoint output slices with
+//! The column matrix is built per image and group (`C'RS · OH·OW` floats) in a thread-local
+//! scratch buffer that each thread allocates once and reuses across calls (it keeps the largest
+//! size seen on that thread); nothing is sized by the batch except the weight-gradient
+//! partials described below. Work is split over disjoint output slices with
 //! `par_chunks_mut`: over `(image, group)` blocks when there are at least as many as threads,
 //! otherwise over row blocks of one product (output channels forward, input channels for the
 //! input gradient), which gives the same bits because `sgemm` computes each row of `C` with
@@ -29,10 +30,12 @@
 //! each chunk's partial gradient is accumulated image by image in order, and the partials are
 //! added in chunk order. Every gradient is therefore bit-identical for any number of threads.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::gemm::{MatRef, sgemm};
+use crate::gemm::{MatRef, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm};
 use crate::params::{ConvGeometry, check_len};
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
@@ -69,11 +72,26 @@ fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32]) {
         let (x0, x1) = valid_range(ow, g.w, p.stride.1, j * p.dilation.1, p.padding.1);
         row[..y0 * ow].fill(0.0);
         row[y1 * ow..].fill(0.0);
-        if x1 == x0 {
+        if x1 == x0 || y1 == y0 {
             row[y0 * ow..y1 * ow].fill(0.0);
             continue;
         }
         let sx = x0 * p.stride.1 + j * p.dilation.1 - p.padding.1;
+        if p.stride == (1, 1) && ow == g.w {
+            // Output and input rows have the same length, so output (y, x) reads input
+            // element `y·w + x + shift` for one constant shift: copy the whole band at once,
+            // then zero the few positions between rows whose tap falls into the padding
+            // (they received the neighbouring row's pixels). One memcpy instead of `oh`.
+            let (start, end) = (y0 * ow + x0, (y1 - 1) * ow + x1);
+            let src = (y0 + i * p.dilation.0 - p.padding.0) * g.w + sx;
+            row[start..end].copy_from_slice(&plane[src..src + (end - start)]);
+            row[..start].fill(0.0);
+            row[end..].fill(0.0);
+            for y in y0..y1 - 1 {
+                row[y * ow + x1..(y + 1) * ow + x0].fill(0.0);
+            }
+            continue;
+        }
         for (y, dst) in (y0..y1).zip(row[y0 * ow..y1 * ow].chunks_exact_mut(ow)) {
             let iy = y * p.stride.0 + i * p.dilation.0 - p.padding.0;
             let src = &plane[iy * g.w + sx..(iy + 1) * g.w];
@@ -117,6 +135,23 @@ fn col2im_plane_add(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
             }
         }
     }
+}
+
+thread_local! {
+    /// Each thread's column-matrix buffer, kept between calls so a training loop allocates
+    /// (and page-faults) it once per thread rather than once per call and task.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer. The buffer keeps the largest size any call
+/// needed on this thread (one image's column matrix for one group). If the buffer is already
+/// in use — rayon let this thread pick up another convolution's task while it waited — `f`
+/// gets a temporary buffer instead.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut col) => f(&mut col),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// Builds the column matrix of `planes` (`C'` channels of one image) into `col`, resizing it.
@@ -228,14 +263,12 @@ pub fn conv2d_im2col(
             }
             None => 0.0,
         };
-        sgemm(
-            1.0,
-            MatRef::row_major(wg, rows, d.crs),
-            MatRef::row_major(col, d.crs, d.ohw),
-            beta,
-            out,
-            d.ohw,
-        );
+        let wm = MatRef::row_major(wg, rows, d.crs);
+        if d.kpg <= SMALL_DIM {
+            gemm_rows(wm, col, d.ohw, beta, out);
+        } else {
+            sgemm(1.0, wm, MatRef::row_major(col, d.crs, d.ohw), beta, out, d.ohw);
+        }
     };
     let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
         let (b, gi) = (t / d.groups, t % d.groups);
@@ -249,32 +282,34 @@ pub fn conv2d_im2col(
     };
 
     if !d.par {
-        let mut col = Vec::new();
-        for (t, out) in output.chunks_mut(out_block).enumerate() {
-            block(t, out, &mut col);
-        }
+        with_scratch(|col| {
+            for (t, out) in output.chunks_mut(out_block).enumerate() {
+                block(t, out, col);
+            }
+        });
     } else if tasks >= d.threads {
         output
             .par_chunks_mut(out_block)
             .enumerate()
-            .for_each_init(Vec::new, |col, (t, out)| block(t, out, col));
+            .for_each(|(t, out)| with_scratch(|col| block(t, out, col)));
     } else {
         // Fewer blocks than threads (batch 1, one group): split each product by output rows.
-        let mut col = Vec::new();
         let rows = d.rows_per_block(d.kpg);
-        for (t, out) in output.chunks_mut(out_block).enumerate() {
-            let (b, gi) = (t / d.groups, t % d.groups);
-            let x = d.input_block(g, input, b, gi);
-            let col: &[f32] = if d.pointwise {
-                x
-            } else {
-                im2col(g, x, &mut col, true);
-                &col
-            };
-            out.par_chunks_mut(rows * d.ohw)
-                .enumerate()
-                .for_each(|(r, out)| product(gi, r * rows, col, out));
-        }
+        with_scratch(|col| {
+            for (t, out) in output.chunks_mut(out_block).enumerate() {
+                let (b, gi) = (t / d.groups, t % d.groups);
+                let x = d.input_block(g, input, b, gi);
+                let col: &[f32] = if d.pointwise {
+                    x
+                } else {
+                    im2col(g, x, col, true);
+                    col
+                };
+                out.par_chunks_mut(rows * d.ohw)
+                    .enumerate()
+                    .for_each(|(r, out)| product(gi, r * rows, col, out));
+            }
+        });
     }
     Ok(())
 }
@@ -359,14 +394,22 @@ fn input_grad_block(
         row_stride: 1,
         col_stride: d.crs,
     };
-    let dyg = MatRef::row_major(d.output_block(g, dy, b, gi), d.kpg, d.ohw);
+    let dy_block = d.output_block(g, dy, b, gi);
+    // Few output channels per group (depthwise): K' scaled-row updates per row instead.
+    let product = |c: &mut [f32]| {
+        if d.kpg <= SMALL_DIM {
+            gemm_rows(wt, dy_block, d.ohw, 0.0, c);
+        } else {
+            sgemm(1.0, wt, MatRef::row_major(dy_block, d.kpg, d.ohw), 0.0, c, d.ohw);
+        }
+    };
     if d.pointwise {
-        sgemm(1.0, wt, dyg, 0.0, gx, d.ohw);
+        product(gx);
         return;
     }
     let ct = taps * d.ohw;
     col.resize(channels * ct, 0.0);
-    sgemm(1.0, wt, dyg, 0.0, col, d.ohw);
+    product(col);
     gx.fill(0.0);
     for (rows, plane) in col.chunks_exact(ct).zip(gx.chunks_exact_mut(d.hw)) {
         col2im_plane_add(g, rows, plane);
@@ -380,20 +423,24 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
         input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col);
     };
     if !d.par {
-        let mut col = Vec::new();
-        for (t, gx) in gx.chunks_mut(in_block).enumerate() {
-            block(t, gx, &mut col);
-        }
+        with_scratch(|col| {
+            for (t, gx) in gx.chunks_mut(in_block).enumerate() {
+                block(t, gx, col);
+            }
+        });
     } else if tasks >= d.threads {
         gx.par_chunks_mut(in_block)
             .enumerate()
-            .for_each_init(Vec::new, |col, (t, gx)| block(t, gx, col));
+            .for_each(|(t, gx)| with_scratch(|col| block(t, gx, col)));
     } else {
         // Few blocks: split each block by input channels (col2im never crosses channels).
         let per = d.rows_per_block(d.cpg);
         for (t, gx) in gx.chunks_mut(in_block).enumerate() {
-            gx.par_chunks_mut(per * d.hw).enumerate().for_each_init(Vec::new, |col, (r, gx)| {
-                input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, r * per, gx, col);
+            gx.par_chunks_mut(per * d.hw).enumerate().for_each(|(r, gx)| {
+                with_scratch(|col| {
+                    let (b, gi) = (t / d.groups, t % d.groups);
+                    input_grad_block(g, d, weight, dy, b, gi, r * per, gx, col);
+                });
             });
         }
     }
@@ -402,6 +449,10 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
 /// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ`; `beta` 0 overwrites, 1 accumulates.
 fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], beta: f32, gw: &mut [f32]) {
     let rows = gw.len() / d.crs;
+    if d.kpg <= SMALL_DIM {
+        gemm_abt_dots(dyg, col, rows, d.crs, d.ohw, beta, gw);
+        return;
+    }
     sgemm(
         1.0,
         MatRef::row_major(dyg, rows, d.ohw),
@@ -437,38 +488,40 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
     let mut partials = vec![0f32; if parts > 1 { parts * wlen } else { 0 }];
     let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
     if !d.par {
-        let mut col = Vec::new();
-        for (t, out) in target.chunks_mut(w_block).enumerate() {
-            block(t, out, &mut col);
-        }
+        with_scratch(|col| {
+            for (t, out) in target.chunks_mut(w_block).enumerate() {
+                block(t, out, col);
+            }
+        });
     } else if tasks >= d.threads {
         target
             .par_chunks_mut(w_block)
             .enumerate()
-            .for_each_init(Vec::new, |col, (t, out)| block(t, out, col));
+            .for_each(|(t, out)| with_scratch(|col| block(t, out, col)));
     } else {
         // Batch 1 and one group, or few of each: split each product by output-channel rows;
         // every row is computed exactly as in the unsplit product.
         let rows = d.rows_per_block(d.kpg);
-        let mut col = Vec::new();
-        for (t, out) in target.chunks_mut(w_block).enumerate() {
-            let (p, gi) = (t / d.groups, t % d.groups);
-            for (i, b) in chunk(p).enumerate() {
-                let x = d.input_block(g, input, b, gi);
-                let colm: &[f32] = if d.pointwise {
-                    x
-                } else {
-                    im2col(g, x, &mut col, true);
-                    &col
-                };
-                let dyg = d.output_block(g, dy, b, gi);
-                let beta = if i == 0 { 0.0 } else { 1.0 };
-                out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
-                    let dy_rows = &dyg[r * rows * d.ohw..];
-                    weight_grad_product(d, dy_rows, colm, beta, out);
-                });
+        with_scratch(|col| {
+            for (t, out) in target.chunks_mut(w_block).enumerate() {
+                let (p, gi) = (t / d.groups, t % d.groups);
+                for (i, b) in chunk(p).enumerate() {
+                    let x = d.input_block(g, input, b, gi);
+                    let colm: &[f32] = if d.pointwise {
+                        x
+                    } else {
+                        im2col(g, x, col, true);
+                        col
+                    };
+                    let dyg = d.output_block(g, dy, b, gi);
+                    let beta = if i == 0 { 0.0 } else { 1.0 };
+                    out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
+                        let dy_rows = &dyg[r * rows * d.ohw..];
+                        weight_grad_product(d, dy_rows, colm, beta, out);
+                    });
+                }
             }
-        }
+        });
     }
     if parts > 1 {
         // Fixed order: partial 0 + partial 1 + … (elementwise, so splitting the elements over
@@ -525,6 +578,10 @@ mod tests {
     fn exact_on_small_integers() {
         let p = Conv2dParams::default();
         check([2, 3, 7, 9], [4, 3, 3, 3], p);
+        // Same-size outputs (stride 1, ow == w) take the one-copy band path.
+        check([2, 3, 7, 9], [4, 3, 3, 3], p.with_padding(1));
+        check([1, 2, 6, 5], [3, 2, 3, 5], Conv2dParams { padding: (2, 4), dilation: (2, 2), ..p });
+        check([1, 1, 4, 4], [1, 1, 7, 7], p.with_padding(3));
         check([2, 3, 7, 9], [4, 3, 3, 2], p.with_padding(2).with_stride(2));
         check([1, 4, 17, 5], [6, 2, 2, 3], p.with_groups(2).with_dilation(2).with_padding(1));
         check([3, 5, 6, 6], [7, 5, 1, 1], p);

@@ -53,7 +53,8 @@
 //! stay on the calling thread. The one reduction across tasks, the weight gradient over the
 //! batch, uses chunks that depend only on the batch size and adds them in a fixed order, so
 //! **every result is bit-identical for any number of threads**. Scratch memory is one column
-//! matrix per image and group per worker, reused; nothing scales with the batch.
+//! matrix (one image, one group) per thread, kept between calls for reuse; nothing scales
+//! with the batch except up to 8 partial weight gradients in the backward pass.
 //!
 //! ## Example
 //! ```

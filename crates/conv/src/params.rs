@@ -177,6 +177,20 @@ impl ConvGeometry {
                 w + 2 * padding.1
             ));
         };
+        // Every size the kernels compute (element counts, multiply-adds) must fit in usize.
+        let macs = [n, c_out, cpg, kh, kw, oh, ow];
+        for (what, dims) in [
+            ("input", &input[..]),
+            ("weight", &weight[..]),
+            ("output", &[n, c_out, oh, ow][..]),
+            ("work (multiply-adds)", &macs[..]),
+        ] {
+            if dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+                return mismatch(format!(
+                    "{what} size overflows for input {input:?} and weight {weight:?}"
+                ));
+            }
+        }
         Ok(Self { n, c_in, h, w, c_out, kh, kw, oh, ow, params })
     }
 
@@ -307,6 +321,9 @@ mod tests {
         assert!(e.contains("dilation"), "{e}");
         let e = ConvGeometry::new([0, 1, 4, 4], [1, 1, 3, 3], p).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
+        let huge = usize::MAX / 2;
+        let e = ConvGeometry::new([huge, 1, 4, 4], [1, 1, 3, 3], p).unwrap_err().to_string();
+        assert!(e.contains("input size overflows"), "{e}");
     }
 
     #[test]

@@ -126,6 +126,15 @@ impl PoolGeometry {
                 ),
             });
         };
+        let work = [n, c, oh, ow, kernel.0, kernel.1];
+        let overflows =
+            |dims: &[usize]| dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none();
+        if overflows(&input) || overflows(&work) {
+            return Err(ConvError::ShapeMismatch {
+                op,
+                msg: format!("size overflows for input {input:?} and kernel {kernel:?}"),
+            });
+        }
         Ok(Self { n, c, h, w, oh, ow, params })
     }
     /// Input dims `[n, c, h, w]`.

@@ -53,7 +53,7 @@ fn check(g: &ConvGeometry, seed: u64, bias: bool) -> Result<(), String> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 160,
+        cases: common::cases(160),
         max_global_rejects: 4096,
         failure_persistence: None,
         ..ProptestConfig::default()

@@ -64,7 +64,7 @@ fn case() -> impl Strategy<Value = (PoolGeometry, u64)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::cases(200), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn pooling_matches_reference((g, seed) in case()) {

@@ -7,6 +7,11 @@ use convkit_conv::{
     conv2d_naive,
 };
 
+/// Number of proptest cases: `PROPTEST_CASES` when set (for long soak runs), else `default`.
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// `len` values uniform in `[-1, 1)` from a xorshift seeded by `seed`.
 pub fn data(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
