@@ -81,7 +81,7 @@ use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
 use crate::params::{ConvGeometry, check_len};
-use crate::simd::{self, LANES, Simd, WithSimd};
+use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
 const OP: &str = "conv2d_winograd";
 
@@ -252,6 +252,27 @@ pub fn conv2d_winograd(
     conv2d_winograd_prepared(g, input, &filter, bias, output)
 }
 
+/// [`conv2d_winograd`] with an explicit instruction set for the transforms, so tests and
+/// benchmarks can run the AVX2 and portable paths side by side. Returns
+/// [`ConvError::Unsupported`] when this CPU cannot run `level`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_winograd_with(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<()> {
+    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    if let Some(msg) = unsupported(g) {
+        return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
+    }
+    let filter = WinogradFilter::new(weight, g.weight_dims(), g.params.groups, variant)?;
+    prepared_with(level, g, input, &filter, bias, output)
+}
+
 /// Winograd convolution with a filter transformed beforehand by [`WinogradFilter::new`].
 /// `output` is overwritten.
 pub fn conv2d_winograd_prepared(
@@ -261,7 +282,25 @@ pub fn conv2d_winograd_prepared(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) -> Result<()> {
+    prepared_with(simd::active(), g, input, filter, bias, output)
+}
+
+fn prepared_with(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    filter: &WinogradFilter,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) -> Result<()> {
     let variant = filter.variant;
+    if !level.available() {
+        return Err(ConvError::Unsupported {
+            op: OP,
+            algo: variant.name(),
+            msg: format!("SIMD level {level} on this CPU"),
+        });
+    }
     if let Some(msg) = unsupported(g) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }
@@ -304,7 +343,8 @@ pub fn conv2d_winograd_prepared(
             out,
             scratch,
         };
-        simd::dispatch_active(item);
+        // `level` was checked above, so dispatch cannot decline.
+        let _ = simd::dispatch(level, item);
     };
     if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
         let mut scratch = Vec::new();
