@@ -141,6 +141,8 @@ struct Plan {
     row_len: usize,
     /// Offset inside a padded row of tap `j` for output column 0.
     tap_off: Vec<usize>,
+    /// Largest entry of `tap_off`.
+    max_off: usize,
     /// Vectors per output row.
     nv: usize,
 }
@@ -160,7 +162,8 @@ impl Plan {
         }
         let nv = g.ow.div_ceil(LANES);
         let lph = (g.w + 2 * pw).div_ceil(sw).max(nv * LANES + (g.kw - 1) * dw / sw);
-        let tap_off = (0..g.kw).map(|j| (j * dw % sw) * lph + j * dw / sw).collect();
+        let tap_off: Vec<usize> = (0..g.kw).map(|j| (j * dw % sw) * lph + j * dw / sw).collect();
+        let max_off = tap_off.iter().copied().max().unwrap_or(0);
         Plan {
             cpg,
             kpg,
@@ -180,6 +183,7 @@ impl Plan {
             lph,
             row_len: sw * lph,
             tap_off,
+            max_off,
             nv,
         }
     }
@@ -336,19 +340,30 @@ fn tile<S: Simd, const KB: usize, const XB: usize>(
         }
     }
     let x0 = xv0 * LANES;
+    // One bounds check per tile instead of one per load: the farthest float any load below
+    // reads (last channel, last kernel row, farthest tap, last vector) and the last weight.
+    let last_in = ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len
+        + x0
+        + p.max_off
+        + XB * LANES;
+    assert!(last_in <= planes.len() && x0 + p.max_off + XB * LANES <= p.row_len);
+    assert!((p.cpg * p.kh * p.kw - 1) * p.kc + k0 + KB <= wp.len());
+    let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
         for i in 0..p.kh {
-            let row_start = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
-            let row = &planes[row_start..row_start - x0 + p.row_len];
-            let wrow = &wp[(c * p.kh + i) * p.kw * p.kc..][..p.kw * p.kc];
+            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let wrow = (c * p.kh + i) * p.kw * p.kc + k0;
             for (j, &off) in p.tap_off.iter().enumerate() {
                 let mut xs = [s.zero(); XB];
                 for (v, x) in xs.iter_mut().enumerate() {
-                    *x = s.load(&row[off + v * LANES..]);
+                    // SAFETY: `row + off + v·8 + 8 ≤ last_in ≤ planes.len()`: `c`, `i`, `off`
+                    // and `v` are at most the values `last_in` was computed with (asserted).
+                    *x = unsafe { s.load_ptr(pin.add(row + off + v * LANES)) };
                 }
-                let wj = &wrow[j * p.kc + k0..][..KB];
-                for (a, &wk) in acc.iter_mut().zip(wj) {
-                    let wv = s.splat(wk);
+                for (kk, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `wrow + j·kc + kk < (cpg·kh·kw − 1)·kc + k0 + KB ≤ wp.len()`
+                    // (asserted above).
+                    let wv = s.splat(unsafe { *pw.add(wrow + j * p.kc + kk) });
                     for (av, &xv) in a.iter_mut().zip(&xs) {
                         *av = s.fma(xv, wv, *av);
                     }

@@ -462,20 +462,18 @@ impl WithSimd for Item<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         match self.plan.variant {
-            WinogradVariant::F2x2_3x3 => run_item::<S, 4, 2>(s, self, bt4::<S>, at4::<S>),
-            WinogradVariant::F4x4_3x3 => run_item::<S, 6, 4>(s, self, bt6::<S>, at6::<S>),
+            WinogradVariant::F2x2_3x3 => run_item::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => run_item::<S, F4, 6, 4>(s, self),
         }
     }
 }
 
-/// Processes one work item with tile size `A = α` and output block `M = m`; `bt` and `at` are
-/// the 1-D input and output transforms.
+/// Processes one work item with tile size `A = α`, output block `M = m` and the transforms of
+/// `T`.
 #[inline(always)]
-fn run_item<S: Simd, const A: usize, const M: usize>(
+fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
     item: Item<'_>,
-    bt: impl Fn(S, [S::V; A]) -> [S::V; A] + Copy,
-    at: impl Fn(S, [S::V; A]) -> [S::V; M] + Copy,
 ) {
     let Item { plan: p, input, u, kl, bias, out, scratch } = item;
     let a2 = A * A;
@@ -511,9 +509,13 @@ fn run_item<S: Simd, const A: usize, const M: usize>(
                         }
                     }
                 }
-                let d: [[S::V; A]; A] =
-                    std::array::from_fn(|r| std::array::from_fn(|col| s.load(&buf[r * A + col])));
-                let v = transform_2d(s, &d, bt);
+                let mut d = [[s.zero(); A]; A];
+                for (r, dr) in d.iter_mut().enumerate() {
+                    for (col, dv) in dr.iter_mut().enumerate() {
+                        *dv = s.load(&buf[r * A + col]);
+                    }
+                }
+                let v = input_2d::<S, T, A, M>(s, &d);
                 for (xi, row) in v.iter().enumerate() {
                     for (xj, &val) in row.iter().enumerate() {
                         s.store(val, &mut vbuf[((xi * A + xj) * p.cpg + c) * p.tb + t0..]);
@@ -541,10 +543,13 @@ fn run_item<S: Simd, const A: usize, const M: usize>(
             let oplane = &mut out[k * p.oh * p.ow..][..p.oh * p.ow];
             for (lg, group) in block.chunks(LANES).enumerate() {
                 let t0 = lg * LANES;
-                let mv: [[S::V; A]; A] = std::array::from_fn(|xi| {
-                    std::array::from_fn(|xj| s.load(&mbuf[((xi * A + xj) * p.kc + k) * p.tb + t0..]))
-                });
-                let y = transform_2d(s, &mv, at);
+                let mut mv = [[s.zero(); A]; A];
+                for (xi, mr) in mv.iter_mut().enumerate() {
+                    for (xj, m) in mr.iter_mut().enumerate() {
+                        *m = s.load(&mbuf[((xi * A + xj) * p.kc + k) * p.tb + t0..]);
+                    }
+                }
+                let y = output_2d::<S, T, A, M>(s, &mv);
                 let mut lanes = [[0f32; LANES]; 16];
                 for (i, row) in y.iter().enumerate() {
                     for (j, &val) in row.iter().enumerate() {
@@ -572,21 +577,88 @@ fn run_item<S: Simd, const A: usize, const M: usize>(
     }
 }
 
-/// `X ↦ T X Tᵀ` for a 1-D transform `f` (applied to the columns, then to the rows).
+/// The 1-D transforms of one variant, `α = A`, `m = M`. Static functions rather than closures:
+/// a closure body would be compiled without the caller's `#[target_feature]`s.
+trait Transforms<const A: usize, const M: usize> {
+    /// `Bᵀ d`.
+    fn bt<S: Simd>(s: S, d: [S::V; A]) -> [S::V; A];
+    /// `Aᵀ m`.
+    fn at<S: Simd>(s: S, m: [S::V; A]) -> [S::V; M];
+}
+
+/// F(2x2,3x3).
+struct F2;
+/// F(4x4,3x3).
+struct F4;
+
+impl Transforms<4, 2> for F2 {
+    #[inline(always)]
+    fn bt<S: Simd>(s: S, d: [S::V; 4]) -> [S::V; 4] {
+        bt4(s, d)
+    }
+    #[inline(always)]
+    fn at<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
+        at4(s, m)
+    }
+}
+
+impl Transforms<6, 4> for F4 {
+    #[inline(always)]
+    fn bt<S: Simd>(s: S, d: [S::V; 6]) -> [S::V; 6] {
+        bt6(s, d)
+    }
+    #[inline(always)]
+    fn at<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
+        at6(s, m)
+    }
+}
+
+/// `Bᵀ d B`: the 1-D transform on the columns, then on the rows.
 #[inline(always)]
-fn transform_2d<S: Simd, const I: usize, const O: usize>(
+fn input_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
-    d: &[[S::V; I]; I],
-    f: impl Fn(S, [S::V; I]) -> [S::V; O],
-) -> [[S::V; O]; O] {
-    let mut t = [[s.zero(); I]; O];
-    for col in 0..I {
-        let v = f(s, std::array::from_fn(|r| d[r][col]));
-        for (tr, &vr) in t.iter_mut().zip(&v) {
-            tr[col] = vr;
+    d: &[[S::V; A]; A],
+) -> [[S::V; A]; A] {
+    let mut t = [[s.zero(); A]; A];
+    for col in 0..A {
+        let mut c = [s.zero(); A];
+        for r in 0..A {
+            c[r] = d[r][col];
+        }
+        let v = T::bt(s, c);
+        for r in 0..A {
+            t[r][col] = v[r];
         }
     }
-    std::array::from_fn(|r| f(s, t[r]))
+    let mut o = [[s.zero(); A]; A];
+    for r in 0..A {
+        o[r] = T::bt(s, t[r]);
+    }
+    o
+}
+
+/// `Aᵀ m A`: the 1-D transform on the columns, then on the rows.
+#[inline(always)]
+fn output_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    d: &[[S::V; A]; A],
+) -> [[S::V; M]; M] {
+    let mut t = [[s.zero(); A]; M];
+    for col in 0..A {
+        let mut c = [s.zero(); A];
+        for r in 0..A {
+            c[r] = d[r][col];
+        }
+        let v = T::at(s, c);
+        for r in 0..M {
+            t[r][col] = v[r];
+        }
+    }
+    let mut o = [[s.zero(); M]; M];
+    for r in 0..M {
+        o[r] = T::at(s, t[r]);
+    }
+    o
 }
 
 /// `Bᵀ d` for F(2x2,3x3).

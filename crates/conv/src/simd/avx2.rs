@@ -48,6 +48,11 @@ impl Simd for Avx2Fma {
         unsafe { _mm256_loadu_ps(s.as_ptr()) }
     }
     #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> __m256 {
+        // SAFETY: AVX is available (token); the caller guarantees 8 readable floats at `p`.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
     fn store(self, v: __m256, s: &mut [f32]) {
         let s = &mut s[..LANES];
         // SAFETY: AVX is available (token) and `s` holds 8 writable f32; `storeu` needs no
@@ -89,6 +94,10 @@ impl Simd for Avx2Fma {
     }
     fn load(self, s: &[f32]) -> Self::V {
         super::Fallback.load(s)
+    }
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { super::Fallback.load_ptr(p) }
     }
     fn store(self, v: Self::V, s: &mut [f32]) {
         super::Fallback.store(v, s)

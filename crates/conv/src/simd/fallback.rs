@@ -30,6 +30,12 @@ impl Simd for Fallback {
         v
     }
     #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: the caller guarantees 8 readable floats at `p`; `[f32; 8]` has the alignment
+        // of `f32`, which `p` has as a valid `f32` pointer.
+        unsafe { p.cast::<[f32; LANES]>().read() }
+    }
+    #[inline(always)]
     fn store(self, v: Self::V, s: &mut [f32]) {
         s[..LANES].copy_from_slice(&v);
     }

@@ -48,6 +48,11 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn splat(self, x: f32) -> Self::V;
     /// Loads the first [`LANES`] elements of `s` (panics if `s` is shorter: a kernel bug).
     fn load(self, s: &[f32]) -> Self::V;
+    /// Loads 8 consecutive floats from `p`, without bounds checks (for the hottest loops).
+    ///
+    /// # Safety
+    /// `p .. p + 8` must be readable `f32`s of one allocation.
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V;
     /// Stores `v` into the first [`LANES`] elements of `s` (panics if `s` is shorter).
     fn store(self, v: Self::V, s: &mut [f32]);
     /// `a + b`.
@@ -59,6 +64,7 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// `a · b + c` (fused on FMA hardware).
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// The lanes as an array.
+    #[inline(always)]
     fn to_array(self, v: Self::V) -> [f32; LANES] {
         let mut out = [0.0; LANES];
         self.store(v, &mut out);
