@@ -249,6 +249,22 @@ impl WithSimd for Chunk<'_> {
         let wp = &*wp;
 
         let xb_main = p.nv.min(4);
+        if p.kc == 1 {
+            // One output channel (depthwise): block over output rows instead of channels.
+            let yb_main = (12 / xb_main).min(3);
+            let mut y = 0;
+            while y < p.oh {
+                let yb = yb_main.min(p.oh - y);
+                let mut xv0 = 0;
+                while xv0 < p.nv {
+                    let xb = xb_main.min(p.nv - xv0);
+                    rows_dispatch(s, p, planes, wp, bias, out, TileAt { k0: 0, y, xv0 }, yb, xb);
+                    xv0 += xb;
+                }
+                y += yb;
+            }
+            return;
+        }
         let kb_main = Plan::kb_max(xb_main);
         for y in 0..p.oh {
             let mut k0 = 0;
@@ -321,6 +337,104 @@ fn tile_dispatch<S: Simd>(
     }
 }
 
+/// Picks the monomorphized single-channel micro-kernel for a `yb × xb` tile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows_dispatch<S: Simd>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+    yb: usize,
+    xb: usize,
+) {
+    match (yb, xb) {
+        (1, 1) => tile_rows::<S, 1, 1>(s, p, planes, wp, bias, out, t),
+        (2, 1) => tile_rows::<S, 2, 1>(s, p, planes, wp, bias, out, t),
+        (3, 1) => tile_rows::<S, 3, 1>(s, p, planes, wp, bias, out, t),
+        (1, 2) => tile_rows::<S, 1, 2>(s, p, planes, wp, bias, out, t),
+        (2, 2) => tile_rows::<S, 2, 2>(s, p, planes, wp, bias, out, t),
+        (3, 2) => tile_rows::<S, 3, 2>(s, p, planes, wp, bias, out, t),
+        (1, 3) => tile_rows::<S, 1, 3>(s, p, planes, wp, bias, out, t),
+        (2, 3) => tile_rows::<S, 2, 3>(s, p, planes, wp, bias, out, t),
+        (3, 3) => tile_rows::<S, 3, 3>(s, p, planes, wp, bias, out, t),
+        (1, 4) => tile_rows::<S, 1, 4>(s, p, planes, wp, bias, out, t),
+        (2, 4) => tile_rows::<S, 2, 4>(s, p, planes, wp, bias, out, t),
+        (3, 4) => tile_rows::<S, 3, 4>(s, p, planes, wp, bias, out, t),
+        // Not produced by the blocking above; single-row tiles cover any shape.
+        _ => {
+            for r in 0..yb {
+                let t1 = TileAt { y: t.y + r, ..t };
+                tile_dispatch(s, p, planes, wp, bias, out, t1, 1, xb);
+            }
+        }
+    }
+}
+
+/// Single-channel micro-kernel (`kc == 1`, e.g. depthwise): `YB` output rows × `XB·8` output
+/// columns, so that `YB·XB` independent accumulator chains hide the FMA latency.
+#[inline(always)]
+fn tile_rows<S: Simd, const YB: usize, const XB: usize>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+) {
+    let TileAt { y, xv0, .. } = t;
+    let mut acc = [[s.splat(bias.map_or(0.0, |b| b[0])); XB]; YB];
+    let x0 = xv0 * LANES;
+    let last_in = ((p.cpg - 1) * p.hp + (y + YB - 1) * p.sh + (p.kh - 1) * p.dh) * p.row_len
+        + x0
+        + p.max_off
+        + XB * LANES;
+    assert!(last_in <= planes.len() && x0 + p.max_off + XB * LANES <= p.row_len);
+    assert!(p.kc == 1 && p.cpg * p.kh * p.kw <= wp.len());
+    let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
+    for c in 0..p.cpg {
+        for i in 0..p.kh {
+            let wrow = (c * p.kh + i) * p.kw;
+            for (j, &off) in p.tap_off.iter().enumerate() {
+                // SAFETY: `wrow + j < cpg·kh·kw ≤ wp.len()` (asserted above, kc = 1).
+                let wv = s.splat(unsafe { *pw.add(wrow + j) });
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let row = (c * p.hp + (y + r) * p.sh + i * p.dh) * p.row_len + x0 + off;
+                    for (v, av) in a.iter_mut().enumerate() {
+                        // SAFETY: `row + v·8 + 8 ≤ last_in ≤ planes.len()`: every index is at
+                        // most the one `last_in` was computed with (asserted above).
+                        let xv = unsafe { s.load_ptr(pin.add(row + v * LANES)) };
+                        *av = s.fma(xv, wv, *av);
+                    }
+                }
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        store_row(s, p, out, y + r, x0, a);
+    }
+}
+
+/// Stores the vectors `a` into row `y` of the output plane that starts `out`, from column
+/// `x0`; the last vector may be partial.
+#[inline(always)]
+fn store_row<S: Simd>(s: S, p: &Plan, out: &mut [f32], y: usize, x0: usize, a: &[S::V]) {
+    let orow = &mut out[y * p.ow..][..p.ow];
+    for (v, &av) in a.iter().enumerate() {
+        let x = x0 + v * LANES;
+        if x + LANES <= p.ow {
+            s.store(av, &mut orow[x..]);
+        } else {
+            let lanes = s.to_array(av);
+            orow[x..].copy_from_slice(&lanes[..p.ow - x]);
+        }
+    }
+}
+
 /// The micro-kernel: `KB` output channels × `XB·8` output columns of one output row.
 #[inline(always)]
 fn tile<S: Simd, const KB: usize, const XB: usize>(
@@ -372,16 +486,7 @@ fn tile<S: Simd, const KB: usize, const XB: usize>(
         }
     }
     for (k, a) in acc.iter().enumerate() {
-        let orow = &mut out[((k0 + k) * p.oh + y) * p.ow..][..p.ow];
-        for (v, &av) in a.iter().enumerate() {
-            let x = x0 + v * LANES;
-            if x + LANES <= p.ow {
-                s.store(av, &mut orow[x..]);
-            } else {
-                let lanes = s.to_array(av);
-                orow[x..].copy_from_slice(&lanes[..p.ow - x]);
-            }
-        }
+        store_row(s, p, &mut out[(k0 + k) * p.oh * p.ow..], y, x0, a);
     }
 }
 
