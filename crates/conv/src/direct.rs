@@ -491,18 +491,14 @@ fn tile<S: Simd, const KB: usize, const XB: usize>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::{Conv2dParams, conv2d_naive};
 
     #[test]
     fn small_strided_dilated_grouped_matches_naive() {
-        let p = Conv2dParams {
-            stride: (2, 3),
-            padding: (1, 2),
-            dilation: (2, 1),
-            groups: 2,
-        };
+        let p = Conv2dParams { stride: (2, 3), padding: (1, 2), dilation: (2, 1), groups: 2 };
         let g = ConvGeometry::new([2, 4, 11, 13], [6, 2, 3, 2], p).unwrap();
         let input: Vec<f32> = (0..g.input_len()).map(|i| (i % 7) as f32 - 3.0).collect();
         let weight: Vec<f32> = (0..g.weight_len()).map(|i| (i % 5) as f32 - 2.0).collect();

@@ -17,6 +17,6 @@ pub use params::{Conv2dParams, ConvGeometry, check_len, out_size};
 pub use simd::SimdLevel;
 pub use tolerance::{Tolerance, max_rel_error};
 pub use winograd::{
-    WinogradFilter, WinogradVariant, conv2d_winograd, conv2d_winograd_prepared, conv2d_winograd_with,
-    winograd_supports,
+    WinogradFilter, WinogradVariant, conv2d_winograd, conv2d_winograd_prepared,
+    conv2d_winograd_with, winograd_supports,
 };

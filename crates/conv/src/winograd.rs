@@ -304,9 +304,7 @@ fn prepared_with(
     if let Some(msg) = unsupported(g) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }
-    if (filter.c_out, filter.cpg, filter.groups)
-        != (g.c_out, g.c_in_per_group(), g.params.groups)
-    {
+    if (filter.c_out, filter.cpg, filter.groups) != (g.c_out, g.c_in_per_group(), g.params.groups) {
         return Err(ConvError::ShapeMismatch {
             op: OP,
             msg: format!(
@@ -471,10 +469,7 @@ impl WithSimd for Item<'_> {
 /// Processes one work item with tile size `A = α`, output block `M = m` and the transforms of
 /// `T`.
 #[inline(always)]
-fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
-    s: S,
-    item: Item<'_>,
-) {
+fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, item: Item<'_>) {
     let Item { plan: p, input, u, kl, bias, out, scratch } = item;
     let a2 = A * A;
     let plane = p.hp * p.wp;
@@ -496,12 +491,12 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
         // Input transform, 8 tiles at a time: V[ξ][c][t].
         for (lg, group) in block.chunks(LANES).enumerate() {
             let t0 = lg * LANES;
-            let lane = |l: usize| group[l.min(group.len() - 1)];
+            // Lanes past the block's end repeat its last tile; their results are never stored.
+            let lanes: [Tile; LANES] = std::array::from_fn(|l| group[l.min(group.len() - 1)]);
             for c in 0..p.cpg {
                 let pl = &padded[c * plane..][..plane];
                 let mut buf = [[0f32; LANES]; 36];
-                for l in 0..LANES {
-                    let t = lane(l);
+                for (l, t) in lanes.iter().enumerate() {
                     for r in 0..A {
                         let row = &pl[(t.py + r * p.dh) * p.wp..][..p.wp];
                         for col in 0..A {

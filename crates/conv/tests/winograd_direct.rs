@@ -94,18 +94,20 @@ fn geometry(
         (1usize..=40, 1usize..=40, kernel.clone(), kernel),
         (stride.clone(), stride, 0usize..=3, 0usize..=3, 1usize..=3, 1usize..=3),
     )
-        .prop_map(|((n, groups, cpg, kpg, depthwise), (h, w, kh, kw), (sh, sw, ph, pw, dh, dw))| {
-            // Depthwise: one input and one output channel per group, up to 20 groups.
-            let (groups, cpg, kpg) =
-                if depthwise { (groups * cpg, 1, 1) } else { (groups, cpg, kpg) };
-            let p = Conv2dParams {
-                stride: (sh, sw),
-                padding: (ph, pw),
-                dilation: (dh, dw),
-                groups,
-            };
-            ConvGeometry::new([n, groups * cpg, h, w], [groups * kpg, cpg, kh, kw], p).ok()
-        })
+        .prop_map(
+            |((n, groups, cpg, kpg, depthwise), (h, w, kh, kw), (sh, sw, ph, pw, dh, dw))| {
+                // Depthwise: one input and one output channel per group, up to 20 groups.
+                let (groups, cpg, kpg) =
+                    if depthwise { (groups * cpg, 1, 1) } else { (groups, cpg, kpg) };
+                let p = Conv2dParams {
+                    stride: (sh, sw),
+                    padding: (ph, pw),
+                    dilation: (dh, dw),
+                    groups,
+                };
+                ConvGeometry::new([n, groups * cpg, h, w], [groups * kpg, cpg, kh, kw], p).ok()
+            },
+        )
 }
 
 proptest! {
@@ -288,8 +290,9 @@ fn unsupported_shapes_are_errors() {
 /// A prepared filter gives the same result as the one-shot call.
 #[test]
 fn prepared_filter_is_reusable() {
-    let g = ConvGeometry::new([2, 8, 13, 11], [16, 8, 3, 3], Conv2dParams::default().with_padding(1))
-        .unwrap();
+    let g =
+        ConvGeometry::new([2, 8, 13, 11], [16, 8, 3, 3], Conv2dParams::default().with_padding(1))
+            .unwrap();
     let case = Case::new(g, 3);
     for v in VARIANTS {
         let filter = WinogradFilter::new(&case.weight, g.weight_dims(), 1, v).unwrap();
