@@ -122,6 +122,10 @@ struct Plan {
     kpg: usize,
     /// Output channels per work item; divides `kpg`.
     kc: usize,
+    /// Whether to vectorize over output channels instead of output columns.
+    kpath: bool,
+    /// Row stride of the repacked weights: `kc` rounded up to 8 on the channel path, else `kc`.
+    ks: usize,
     h: usize,
     w: usize,
     kh: usize,
@@ -164,10 +168,18 @@ impl Plan {
         let lph = (g.w + 2 * pw).div_ceil(sw).max(nv * LANES + (g.kw - 1) * dw / sw);
         let tap_off: Vec<usize> = (0..g.kw).map(|j| (j * dw % sw) * lph + j * dw / sw).collect();
         let max_off = tap_off.iter().copied().max().unwrap_or(0);
+        // Lane utilization of the two vectorizations: output columns fill `ow / (8·nv)` of the
+        // lanes, output channels `kc / (8·⌈kc/8⌉)`. LeNet conv2 (ow = 10, 16 channels) wastes
+        // 37% of the lanes along the width and none along the channels.
+        let ks_pad = kc.next_multiple_of(LANES);
+        let kpath = kc >= LANES && kc * nv * LANES > g.ow * ks_pad;
+        let ks = if kpath { ks_pad } else { kc };
         Plan {
             cpg,
             kpg,
             kc,
+            kpath,
+            ks,
             h: g.h,
             w: g.w,
             kh: g.kh,
@@ -221,7 +233,7 @@ impl WithSimd for Chunk<'_> {
         let taps = p.kh * p.kw;
         let planes_len = p.cpg * plane_len;
         scratch.clear();
-        scratch.resize(planes_len + p.kc * p.cpg * taps, 0.0);
+        scratch.resize(planes_len + p.ks * p.cpg * taps, 0.0);
         let (planes, wp) = scratch.split_at_mut(planes_len);
 
         // Padded, phase-split copy of the input planes.
@@ -239,16 +251,35 @@ impl WithSimd for Chunk<'_> {
                 }
             }
         }
-        // Tap-major weights: wp[(c·kh·kw + tap)·kc + k].
+        // Tap-major weights: wp[(c·kh·kw + tap)·ks + k], zero for `kc ≤ k < ks`.
         for k in 0..p.kc {
             for ct in 0..p.cpg * taps {
-                wp[ct * p.kc + k] = weight[k * p.cpg * taps + ct];
+                wp[ct * p.ks + k] = weight[k * p.cpg * taps + ct];
             }
         }
         let planes = &*planes;
         let wp = &*wp;
 
         let xb_main = p.nv.min(4);
+        if p.kpath {
+            // Vectorized over output channels: 16 channels × 6 columns or 8 × 8.
+            for y in 0..p.oh {
+                let mut k0 = 0;
+                while k0 < p.kc {
+                    let kv = if p.kc - k0 > LANES { 2 } else { 1 };
+                    let xp_main = if kv == 2 { 6 } else { 8 };
+                    let mut x0 = 0;
+                    while x0 < p.ow {
+                        let xp = xp_main.min(p.ow - x0);
+                        let t = TileAt { k0, y, xv0: x0 };
+                        kpath_dispatch(s, p, planes, wp, bias, out, t, kv, xp);
+                        x0 += xp;
+                    }
+                    k0 += kv * LANES;
+                }
+            }
+            return;
+        }
         if p.kc == 1 {
             // One output channel (depthwise): block over output rows instead of channels.
             let yb_main = (12 / xb_main).min(3);
@@ -331,6 +362,118 @@ fn tile_dispatch<S: Simd>(
                 for v in 0..xb {
                     let t1 = TileAt { k0: t.k0 + k, y: t.y, xv0: t.xv0 + v };
                     tile::<S, 1, 1>(s, p, planes, wp, bias, out, t1);
+                }
+            }
+        }
+    }
+}
+
+/// Picks the monomorphized channel-vectorized micro-kernel for `kv` vectors of channels and
+/// `xp` output columns (`t.xv0` is the first column here, not a vector index).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn kpath_dispatch<S: Simd>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+    kv: usize,
+    xp: usize,
+) {
+    match (kv, xp) {
+        (2, 1) => tile_k::<S, 2, 1>(s, p, planes, wp, bias, out, t),
+        (2, 2) => tile_k::<S, 2, 2>(s, p, planes, wp, bias, out, t),
+        (2, 3) => tile_k::<S, 2, 3>(s, p, planes, wp, bias, out, t),
+        (2, 4) => tile_k::<S, 2, 4>(s, p, planes, wp, bias, out, t),
+        (2, 5) => tile_k::<S, 2, 5>(s, p, planes, wp, bias, out, t),
+        (2, 6) => tile_k::<S, 2, 6>(s, p, planes, wp, bias, out, t),
+        (1, 1) => tile_k::<S, 1, 1>(s, p, planes, wp, bias, out, t),
+        (1, 2) => tile_k::<S, 1, 2>(s, p, planes, wp, bias, out, t),
+        (1, 3) => tile_k::<S, 1, 3>(s, p, planes, wp, bias, out, t),
+        (1, 4) => tile_k::<S, 1, 4>(s, p, planes, wp, bias, out, t),
+        (1, 5) => tile_k::<S, 1, 5>(s, p, planes, wp, bias, out, t),
+        (1, 6) => tile_k::<S, 1, 6>(s, p, planes, wp, bias, out, t),
+        (1, 7) => tile_k::<S, 1, 7>(s, p, planes, wp, bias, out, t),
+        (1, 8) => tile_k::<S, 1, 8>(s, p, planes, wp, bias, out, t),
+        // Not produced by the blocking above; one column at a time covers any shape.
+        _ => {
+            for x in 0..xp {
+                for v in 0..kv {
+                    let t1 = TileAt { k0: t.k0 + v * LANES, y: t.y, xv0: t.xv0 + x };
+                    tile_k::<S, 1, 1>(s, p, planes, wp, bias, out, t1);
+                }
+            }
+        }
+    }
+}
+
+/// Channel-vectorized micro-kernel: `KV·8` output channels from `k0` × `XP` output columns
+/// from `t.xv0` of row `y`. Per tap it loads `KV` weight vectors and broadcasts `XP` input
+/// values. The results are scattered lane by lane into the channel planes; that costs one
+/// scalar store per output against `C/g·R·S` multiply-adds, so it is used where the sum is
+/// long and the rows are short.
+#[inline(always)]
+fn tile_k<S: Simd, const KV: usize, const XP: usize>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+) {
+    let TileAt { k0, y, xv0: x0 } = t;
+    let mut acc = [[s.zero(); KV]; XP];
+    if let Some(b) = bias {
+        let mut bl = [0f32; 2 * LANES];
+        for (l, bv) in bl.iter_mut().enumerate().take(KV * LANES) {
+            if k0 + l < p.kc {
+                *bv = b[k0 + l];
+            }
+        }
+        for a in acc.iter_mut() {
+            for (v, av) in a.iter_mut().enumerate() {
+                *av = s.load(&bl[v * LANES..]);
+            }
+        }
+    }
+    let last_in =
+        ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len + p.max_off + x0 + XP;
+    assert!(last_in <= planes.len() && p.max_off + x0 + XP <= p.row_len);
+    assert!(k0 + KV * LANES <= p.ks && (p.cpg * p.kh * p.kw - 1) * p.ks + p.ks <= wp.len());
+    let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
+    for c in 0..p.cpg {
+        for i in 0..p.kh {
+            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
+            for (j, &off) in p.tap_off.iter().enumerate() {
+                let mut wv = [s.zero(); KV];
+                for (v, w) in wv.iter_mut().enumerate() {
+                    // SAFETY: `wrow + j·ks + v·8 + 8 ≤ (cpg·kh·kw − 1)·ks + ks ≤ wp.len()`
+                    // because `k0 + KV·8 ≤ ks` (asserted above).
+                    *w = unsafe { s.load_ptr(pw.add(wrow + j * p.ks + v * LANES)) };
+                }
+                for (x, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `row + off + x < last_in ≤ planes.len()` (asserted above).
+                    let xb = s.splat(unsafe { *pin.add(row + off + x) });
+                    for (av, &w) in a.iter_mut().zip(&wv) {
+                        *av = s.fma(xb, w, *av);
+                    }
+                }
+            }
+        }
+    }
+    let plane = p.oh * p.ow;
+    for (x, a) in acc.iter().enumerate() {
+        for (v, &av) in a.iter().enumerate() {
+            let lanes = s.to_array(av);
+            for (l, &val) in lanes.iter().enumerate() {
+                let k = k0 + v * LANES + l;
+                if k < p.kc {
+                    out[k * plane + y * p.ow + x0 + x] = val;
                 }
             }
         }
@@ -461,12 +604,12 @@ fn tile<S: Simd, const KB: usize, const XB: usize>(
         + p.max_off
         + XB * LANES;
     assert!(last_in <= planes.len() && x0 + p.max_off + XB * LANES <= p.row_len);
-    assert!((p.cpg * p.kh * p.kw - 1) * p.kc + k0 + KB <= wp.len());
+    assert!((p.cpg * p.kh * p.kw - 1) * p.ks + k0 + KB <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
         for i in 0..p.kh {
             let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
-            let wrow = (c * p.kh + i) * p.kw * p.kc + k0;
+            let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
             for (j, &off) in p.tap_off.iter().enumerate() {
                 let mut xs = [s.zero(); XB];
                 for (v, x) in xs.iter_mut().enumerate() {
@@ -475,9 +618,9 @@ fn tile<S: Simd, const KB: usize, const XB: usize>(
                     *x = unsafe { s.load_ptr(pin.add(row + off + v * LANES)) };
                 }
                 for (kk, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: `wrow + j·kc + kk < (cpg·kh·kw − 1)·kc + k0 + KB ≤ wp.len()`
+                    // SAFETY: `wrow + j·ks + kk < (cpg·kh·kw − 1)·ks + k0 + KB ≤ wp.len()`
                     // (asserted above).
-                    let wv = s.splat(unsafe { *pw.add(wrow + j * p.kc + kk) });
+                    let wv = s.splat(unsafe { *pw.add(wrow + j * p.ks + kk) });
                     for (av, &xv) in a.iter_mut().zip(&xs) {
                         *av = s.fma(xv, wv, *av);
                     }

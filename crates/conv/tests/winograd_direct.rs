@@ -90,7 +90,7 @@ fn geometry(
     stride: std::ops::RangeInclusive<usize>,
 ) -> impl Strategy<Value = Option<ConvGeometry>> {
     (
-        (1usize..=4, 1usize..=4, 1usize..=5, 1usize..=5, any::<bool>()),
+        (1usize..=4, 1usize..=4, 1usize..=5, 1usize..=20, any::<bool>()),
         (1usize..=40, 1usize..=40, kernel.clone(), kernel),
         (stride.clone(), stride, 0usize..=3, 0usize..=3, 1usize..=3, 1usize..=3),
     )
@@ -181,10 +181,15 @@ fn unavailable_level_is_an_error() {
 /// fast kernels must match the reference bit for bit.
 #[test]
 fn exact_small_integer_cases() {
-    for (h, w) in [(1, 1), (3, 7), (7, 9), (9, 17), (17, 8), (5, 33)] {
+    // 5 output channels run the width-vectorized kernel, 17 the channel-vectorized one on
+    // narrow rows (16 + a partial vector of 1).
+    for (h, w, k) in [(1, 1, 5), (3, 7, 5), (7, 9, 5), (9, 17, 5), (17, 8, 5), (5, 33, 5)]
+        .into_iter()
+        .chain([(6, 5, 17), (9, 12, 17), (4, 3, 9)])
+    {
         for pad in [0, 1, 2] {
             let p = Conv2dParams::default().with_padding(pad);
-            let Ok(g) = ConvGeometry::new([2, 3, h, w], [5, 3, 3, 3], p) else { continue };
+            let Ok(g) = ConvGeometry::new([2, 3, h, w], [k, 3, 3, 3], p) else { continue };
             let input: Vec<f32> = (0..g.input_len()).map(|i| (i % 5) as f32 - 2.0).collect();
             let weight: Vec<f32> = (0..g.weight_len()).map(|i| (i % 3) as f32 - 1.0).collect();
             let mut want = vec![0.0; g.output_len()];
