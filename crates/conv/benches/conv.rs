@@ -7,9 +7,10 @@
 //! reference tables.
 //!
 //! Every algorithm that [`supports`] a shape is measured, except `naive` on shapes above
-//! 50 MFLOP (seconds per call). Threads: rayon's default (all cores); run with
-//! `RAYON_NUM_THREADS=1` for single-core numbers. Quick look:
-//! `cargo bench -p convkit-conv --bench conv -- --quick res3x3_28b8`.
+//! 50 MFLOP (seconds per call), on 1 and on 2 threads (a rayon pool of each size). Group ids
+//! are `conv_fwd_t{threads}/{shape}` and `conv_bwd_t{threads}/{shape}`, one function per
+//! algorithm — the names `cargo xtask bench` lays out in `docs/benchmarks.md`. Quick look:
+//! `cargo bench -p convkit-conv --bench conv -- --quick conv_fwd_t1/res3x3_28b8`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -72,6 +73,15 @@ fn gemm_ceiling(c: &mut Criterion) {
 }
 
 fn bench(c: &mut Criterion) {
+    for threads in [1, 2] {
+        let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build() else {
+            continue;
+        };
+        pool.install(|| bench_threads(c, threads));
+    }
+}
+
+fn bench_threads(c: &mut Criterion, threads: usize) {
     for shape in &SHAPES {
         let Ok(g) = shape.geometry() else { continue };
         let x = data(g.input_len(), 1);
@@ -82,7 +92,7 @@ fn bench(c: &mut Criterion) {
         let (mut gx, mut gw, mut gb) =
             (vec![0.0; g.input_len()], vec![0.0; g.weight_len()], vec![0.0; g.c_out]);
 
-        let mut group = c.benchmark_group(format!("forward/{}", shape.name));
+        let mut group = c.benchmark_group(format!("conv_fwd_t{threads}/{}", shape.name));
         group.throughput(Throughput::Elements(g.flops()));
         group.sample_size(10).warm_up_time(Duration::from_millis(500));
         group.measurement_time(Duration::from_secs(2));
@@ -95,11 +105,15 @@ fn bench(c: &mut Criterion) {
         }
         group.finish();
 
-        let mut group = c.benchmark_group(format!("backward/{}", shape.name));
+        let mut group = c.benchmark_group(format!("conv_bwd_t{threads}/{}", shape.name));
         group.throughput(Throughput::Elements(2 * g.flops()));
         group.sample_size(10).warm_up_time(Duration::from_millis(500));
         group.measurement_time(Duration::from_secs(2));
-        for algo in algos(&g) {
+        // Winograd and direct have no backward of their own (they run im2col's): measure the
+        // algorithms that do, and `auto`.
+        for algo in
+            algos(&g).filter(|a| matches!(a, ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col))
+        {
             group.bench_function(algo.name(), |bench| {
                 bench.iter(|| {
                     conv2d_backward(

@@ -18,10 +18,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use crate::direct::{conv2d_direct, direct_supports};
 use crate::error::{ConvError, Result};
 use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};
 use crate::params::ConvGeometry;
+use crate::winograd::{WinogradVariant, conv2d_winograd, winograd_supports};
 
 /// A convolution algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -137,14 +139,14 @@ pub fn env_algo() -> Option<ConvAlgo> {
 }
 
 /// Whether `algo` can run the convolution `g` (forward and backward). `Auto` always can.
+///
+/// Winograd and direct are forward kernels; their backward pass runs im2col/col2im.
 pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
-    let _ = g;
     match algo {
         ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col => true,
-        // HOOK (Winograd / direct): these kernels are built on another branch. At merge,
-        // replace `false` with their shape predicates, e.g. Winograd: kh == kw == 3,
-        // stride == (1, 1), dilation == (1, 1); direct: whatever its kernel covers.
-        ConvAlgo::Winograd2 | ConvAlgo::Winograd4 | ConvAlgo::Direct => false,
+        ConvAlgo::Winograd2 => winograd_supports(g, WinogradVariant::F2x2_3x3),
+        ConvAlgo::Winograd4 => winograd_supports(g, WinogradVariant::F4x4_3x3),
+        ConvAlgo::Direct => direct_supports(g),
     }
 }
 
@@ -167,15 +169,42 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 /// | depthwise    | 0.27  |   2.8  |   1.9         | 1-row products use row updates, not GEMM |
 /// | dilated      |   –   |  24–37 |  44.5         |                                         |
 ///
-/// Naive never wins, so the rule today is a single line.
+/// Naive never wins. Forward GFLOP/s of the fast kernels on the same (busy) machine, from
+/// `cargo bench -p convkit-conv --bench fast_kernels -- --quick`, with `sgemm` on the
+/// equivalent products as the yardstick of im2col:
 ///
-/// HOOK (Winograd / direct): when those kernels are wired in, extend the rule *here*, from
-/// their bench numbers — expected shape of the rule: 3x3, stride 1 (dilation 1 or via the
-/// subsampled-grid trick), enough channels → `Winograd4`; depthwise, `c_in / groups ≤ 3`, or
-/// 5x5 with few channels → `Direct`; everything else → `Im2col`. Keep every branch guarded by
-/// [`supports`] and add a row to the table for each.
+/// | shape        | direct | winograd F2 | winograd F4 | `sgemm` equivalent |
+/// |--------------|--------|-------------|-------------|--------------------|
+/// | lenet_c1     |  16.0  |      –      |      –      |  15.4              |
+/// | lenet_c2     |  31.8  |      –      |      –      |  39.1 (im2col 17)  |
+/// | res3x3_56    |  25.2  |    42.7     |    54.7     |  41.1              |
+/// | res3x3_28b8  |  30.7  |    59.0     |    65.7     |  44.7              |
+/// | vgg3x3_14    |  29.5  |    51.7     |    43.1     |  48.5              |
+/// | depthwise    |   9.6  |     0.5     |     0.6     |   2.5              |
+/// | dilated      |  35.4  |    49.1     |    44.1     |  44.6              |
+///
+/// Hence the rule, in order:
+/// 1. one input channel per group (LeNet's first layer, depthwise), or 5x5-and-larger kernels
+///    with at most 16 outputs per group (LeNet's second layer): `Direct` — GEMM rows are too
+///    short or too few to feed `sgemm`'s 8x8 micro-kernel;
+/// 2. 3x3, stride 1, at least 16 input channels per group: Winograd — `Winograd4` when each
+///    (dilation-subsampled) output plane has at least 256 pixels, `Winograd2` below, where
+///    F(4x4)'s 6x6 tiles waste more of the edge and its transforms cost more per output;
+/// 3. everything else (1x1, strided, few channels): `Im2col`.
 pub fn select(g: &ConvGeometry) -> ConvAlgo {
-    let _ = g;
+    let p = g.params;
+    let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
+    if cpg == 1 || (g.kh * g.kw >= 25 && kpg <= 16) {
+        return ConvAlgo::Direct;
+    }
+    let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1);
+    if three && cpg >= 16 {
+        let plane = (g.oh / p.dilation.0).max(1) * (g.ow / p.dilation.1).max(1);
+        let algo = if plane >= 256 { ConvAlgo::Winograd4 } else { ConvAlgo::Winograd2 };
+        if supports(algo, g) {
+            return algo;
+        }
+    }
     ConvAlgo::Im2col
 }
 
@@ -228,10 +257,13 @@ pub fn conv2d_forward(
     match algo {
         ConvAlgo::Naive => conv2d_naive(g, input, weight, bias, output)?,
         ConvAlgo::Im2col | ConvAlgo::Auto => conv2d_im2col(g, input, weight, bias, output)?,
-        // HOOK (Winograd / direct): call conv2d_winograd / conv2d_direct here.
-        ConvAlgo::Winograd2 | ConvAlgo::Winograd4 | ConvAlgo::Direct => {
-            return Err(unsupported(algo, g));
+        ConvAlgo::Winograd2 => {
+            conv2d_winograd(g, input, weight, bias, output, WinogradVariant::F2x2_3x3)?
         }
+        ConvAlgo::Winograd4 => {
+            conv2d_winograd(g, input, weight, bias, output, WinogradVariant::F4x4_3x3)?
+        }
+        ConvAlgo::Direct => conv2d_direct(g, input, weight, bias, output)?,
     }
     Ok(algo)
 }
@@ -260,7 +292,12 @@ pub fn conv2d_backward(
             grad_weight,
             grad_bias,
         )?,
-        ConvAlgo::Im2col | ConvAlgo::Auto => conv2d_backward_im2col(
+        // Winograd and direct are forward kernels: their gradients come from im2col/col2im.
+        ConvAlgo::Im2col
+        | ConvAlgo::Auto
+        | ConvAlgo::Winograd2
+        | ConvAlgo::Winograd4
+        | ConvAlgo::Direct => conv2d_backward_im2col(
             g,
             input,
             weight,
@@ -269,10 +306,6 @@ pub fn conv2d_backward(
             grad_weight,
             grad_bias,
         )?,
-        // HOOK (Winograd / direct): call their backward (or fall back to im2col) here.
-        ConvAlgo::Winograd2 | ConvAlgo::Winograd4 | ConvAlgo::Direct => {
-            return Err(unsupported(algo, g));
-        }
     }
     Ok(algo)
 }
@@ -310,16 +343,33 @@ mod tests {
     #[test]
     fn select_rule() {
         let p = Conv2dParams::default();
-        let shapes = [
-            geom([64, 1, 32, 32], [6, 1, 5, 5], p),
-            geom([8, 128, 28, 28], [128, 128, 3, 3], p.with_padding(1)),
-            geom([8, 256, 14, 14], [256, 256, 1, 1], p),
-            geom([8, 128, 28, 28], [128, 1, 3, 3], p.with_padding(1).with_groups(128)),
-            geom([1, 1, 1, 1], [1, 1, 1, 1], p),
+        let cases = [
+            // The suite, in the order of the reference tables.
+            (geom([64, 1, 32, 32], [6, 1, 5, 5], p), ConvAlgo::Direct),
+            (geom([64, 6, 14, 14], [16, 6, 5, 5], p), ConvAlgo::Direct),
+            (geom([1, 64, 56, 56], [64, 64, 3, 3], p.with_padding(1)), ConvAlgo::Winograd4),
+            (geom([8, 128, 28, 28], [128, 128, 3, 3], p.with_padding(1)), ConvAlgo::Winograd4),
+            (geom([1, 256, 14, 14], [256, 256, 3, 3], p.with_padding(1)), ConvAlgo::Winograd2),
+            (
+                geom([8, 64, 56, 56], [128, 64, 3, 3], p.with_stride(2).with_padding(1)),
+                ConvAlgo::Im2col,
+            ),
+            (geom([8, 256, 14, 14], [256, 256, 1, 1], p), ConvAlgo::Im2col),
+            (
+                geom([8, 128, 28, 28], [128, 1, 3, 3], p.with_padding(1).with_groups(128)),
+                ConvAlgo::Direct,
+            ),
+            (
+                geom([8, 64, 28, 28], [64, 64, 3, 3], p.with_padding(2).with_dilation(2)),
+                ConvAlgo::Winograd2,
+            ),
+            // Corners: a 1x1 image, few channels.
+            (geom([1, 1, 1, 1], [1, 1, 1, 1], p), ConvAlgo::Direct),
+            (geom([2, 3, 9, 9], [4, 3, 3, 3], p), ConvAlgo::Im2col),
         ];
-        for g in &shapes {
+        for (g, want) in &cases {
             let a = select(g);
-            assert_eq!(a, ConvAlgo::Im2col, "{g:?}");
+            assert_eq!(a, *want, "{g:?}");
             assert!(supports(a, g), "select must pick a supported algorithm: {g:?}");
         }
     }

@@ -89,20 +89,29 @@
 
 pub mod algo;
 pub mod api;
+pub mod direct;
 pub mod error;
 pub mod gemm;
 pub mod im2col;
 pub mod naive;
 pub mod params;
 pub mod pool;
+pub mod simd;
 pub mod suite;
 pub mod tolerance;
+pub mod winograd;
 
 pub use algo::{ConvAlgo, conv2d_backward, conv2d_forward, select, supports};
 pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
+pub use direct::{conv2d_direct, conv2d_direct_with, direct_supports};
 pub use error::{ConvError, Result};
 pub use im2col::{conv2d_backward_im2col, conv2d_im2col};
 pub use naive::{conv2d_backward_naive, conv2d_naive};
 pub use params::{Conv2dParams, ConvGeometry, check_len, out_size};
 pub use pool::{PoolGeometry, PoolParams};
+pub use simd::SimdLevel;
 pub use tolerance::{Tolerance, max_rel_error};
+pub use winograd::{
+    WinogradFilter, WinogradVariant, conv2d_winograd, conv2d_winograd_prepared,
+    conv2d_winograd_with, winograd_supports,
+};

@@ -1,0 +1,662 @@
+//! Direct convolution with explicit SIMD: the loops of the definition, vectorized over the
+//! output width and blocked in registers.
+//!
+//! # When it wins
+//!
+//! im2col + GEMM turns a convolution into a matrix product of depth `C/g·R·S`. When that
+//! depth is small (LeNet's first layer: 1·5·5 = 25; depthwise: 1·3·3 = 9) the GEMM spends most
+//! of its time packing, and im2col copies every input pixel `R·S` times. The direct kernel
+//! reads each input row straight from a padded copy and needs no column buffer at all.
+//!
+//! # Blocking
+//!
+//! For one image and a chunk of output channels of one group:
+//!
+//! 1. **Padded planes.** The chunk's input channels are copied once into a zero-filled scratch
+//!    buffer with the padding already applied, so the inner loops have no edge tests. Each
+//!    padded row is stored *phase-split* by the horizontal stride `sw`: phase `p` holds padded
+//!    columns `p, p+sw, p+2sw, …`. Output column `x` with tap `j` reads padded column
+//!    `x·sw + j·dw`, which is element `x + ⌊j·dw/sw⌋` of phase `(j·dw) mod sw`, so eight
+//!    consecutive outputs read eight *consecutive* floats for every stride and dilation. Each
+//!    phase is long enough (`⌈ow/8⌉·8 + ⌊(kw−1)·dw/sw⌋`) for whole-vector loads; lanes past the
+//!    row's end read zeros and are never stored. The scratch is bounded by one image's channels
+//!    of one group and is reused across chunks of a rayon worker.
+//! 2. **Register tile.** The micro-kernel keeps `KB × XB` accumulators: `KB` output channels
+//!    (up to 6) times `XB` vectors of 8 output columns (up to 4), at most 12 of the 16 AVX2
+//!    registers. Per filter tap it loads `XB` input vectors and broadcasts `KB` weights, then
+//!    issues `KB·XB` fused multiply-adds, so loads stay well below the FMA count. The block shape
+//!    follows the row: LeNet conv1 (`ow = 28`, 6 channels) runs 3 channels × 4 vectors, LeNet
+//!    conv2 (`ow = 10`, 16 channels) 6 channels × 2 vectors, depthwise 1 channel × 4 vectors.
+//!    Weights of the chunk are repacked tap-major (`[c][i][j][k]`) so the `KB` broadcasts read
+//!    adjacent floats.
+//! 3. **Threads.** Work items are `(image, chunk of output channels)` pairs, each writing its own
+//!    contiguous output slice (`par_chunks_mut`); the chunking depends only on the shape, so the
+//!    result is bit-identical for any number of threads. Problems under ~4 MFLOP run on the
+//!    calling thread.
+//!
+//! Every stride, padding, dilation and group count is supported; bias is added by
+//! initializing the accumulators with it. The instruction set is chosen by [`crate::simd`].
+
+use rayon::prelude::*;
+
+use crate::error::{ConvError, Result};
+use crate::params::ConvGeometry;
+use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
+
+const OP: &str = "conv2d_direct";
+
+/// Below this many FLOPs the work runs on the calling thread: rayon's fork/join costs more.
+const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
+
+/// Whether [`conv2d_direct`] can run `g`: always (every stride, padding, dilation and group
+/// count). The function exists so an algorithm dispatcher can ask every kernel the same way.
+pub fn direct_supports(_g: &ConvGeometry) -> bool {
+    true
+}
+
+/// Direct convolution with the [`simd::active`] instruction set. `output` is overwritten.
+///
+/// Slices are NCHW input `[n, c_in, h, w]`, weight `[c_out, c_in/groups, kh, kw]`, optional
+/// bias `[c_out]`, output `[n, c_out, oh, ow]`; their lengths are checked.
+pub fn conv2d_direct(
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) -> Result<()> {
+    conv2d_direct_with(simd::active(), g, input, weight, bias, output)
+}
+
+/// [`conv2d_direct`] with an explicit instruction set, so tests and benchmarks can run the
+/// AVX2 and portable kernels side by side. Returns [`ConvError::Unsupported`] when this CPU
+/// cannot run `level`.
+pub fn conv2d_direct_with(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) -> Result<()> {
+    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    if !level.available() {
+        return Err(ConvError::Unsupported {
+            op: OP,
+            algo: "direct",
+            msg: format!("SIMD level {level} on this CPU"),
+        });
+    }
+    let plan = Plan::new(g);
+    let chunk_len = plan.kc * g.oh * g.ow;
+    let chunks_per_image = g.c_out / plan.kc;
+    let run = |scratch: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
+        let (b, k0) = (idx / chunks_per_image, (idx % chunks_per_image) * plan.kc);
+        let grp = k0 / plan.kpg;
+        let img_len = plan.cpg * g.h * g.w;
+        let in_start = (b * g.c_in + grp * plan.cpg) * g.h * g.w;
+        let w_len = plan.cpg * g.kh * g.kw;
+        let kernel = Chunk {
+            plan: &plan,
+            input: &input[in_start..in_start + img_len],
+            weight: &weight[k0 * w_len..(k0 + plan.kc) * w_len],
+            bias: bias.map(|b| &b[k0..k0 + plan.kc]),
+            out,
+            scratch,
+        };
+        // `level` was checked above, so dispatch cannot decline.
+        let _ = simd::dispatch(level, kernel);
+    };
+    if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
+        let mut scratch = Vec::new();
+        output.chunks_mut(chunk_len).enumerate().for_each(|item| run(&mut scratch, item));
+    } else {
+        output.par_chunks_mut(chunk_len).enumerate().for_each_init(Vec::new, run);
+    }
+    Ok(())
+}
+
+/// Sizes derived once per call.
+struct Plan {
+    cpg: usize,
+    kpg: usize,
+    /// Output channels per work item; divides `kpg`.
+    kc: usize,
+    /// Whether to vectorize over output channels instead of output columns.
+    kpath: bool,
+    /// Row stride of the repacked weights: `kc` rounded up to 8 on the channel path, else `kc`.
+    ks: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    dh: usize,
+    /// Padded rows per plane.
+    hp: usize,
+    /// Length of one stride phase of a padded row.
+    lph: usize,
+    /// `sw · lph`: one padded row.
+    row_len: usize,
+    /// Offset inside a padded row of tap `j` for output column 0.
+    tap_off: Vec<usize>,
+    /// Largest entry of `tap_off`.
+    max_off: usize,
+    /// Vectors per output row.
+    nv: usize,
+}
+
+impl Plan {
+    fn new(g: &ConvGeometry) -> Plan {
+        let p = g.params;
+        let (sh, sw) = p.stride;
+        let (ph, pw) = p.padding;
+        let (dh, dw) = p.dilation;
+        let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
+        // Split a group's output channels until there are enough work items for the threads
+        // of a typical machine; depends on the shape only, never on the thread count.
+        let mut kc = kpg;
+        while g.n * (g.c_out / kc) < 8 && kc % 2 == 0 && kc >= 8 {
+            kc /= 2;
+        }
+        let nv = g.ow.div_ceil(LANES);
+        let lph = (g.w + 2 * pw).div_ceil(sw).max(nv * LANES + (g.kw - 1) * dw / sw);
+        let tap_off: Vec<usize> = (0..g.kw).map(|j| (j * dw % sw) * lph + j * dw / sw).collect();
+        let max_off = tap_off.iter().copied().max().unwrap_or(0);
+        // Lane utilization of the two vectorizations: output columns fill `ow / (8·nv)` of the
+        // lanes, output channels `kc / (8·⌈kc/8⌉)`. LeNet conv2 (ow = 10, 16 channels) wastes
+        // 37% of the lanes along the width and none along the channels.
+        let ks_pad = kc.next_multiple_of(LANES);
+        let kpath = kc >= LANES && kc * nv * LANES > g.ow * ks_pad;
+        let ks = if kpath { ks_pad } else { kc };
+        Plan {
+            cpg,
+            kpg,
+            kc,
+            kpath,
+            ks,
+            h: g.h,
+            w: g.w,
+            kh: g.kh,
+            kw: g.kw,
+            oh: g.oh,
+            ow: g.ow,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            hp: g.h + 2 * ph,
+            lph,
+            row_len: sw * lph,
+            tap_off,
+            max_off,
+            nv,
+        }
+    }
+
+    /// Largest channel block for a register tile of `xb` vectors (at most 12 accumulators).
+    fn kb_max(xb: usize) -> usize {
+        match xb {
+            1 | 2 => 6,
+            3 => 4,
+            _ => 3,
+        }
+    }
+}
+
+/// One work item: an image's output channels `k0..k0+kc` of one group.
+struct Chunk<'a> {
+    plan: &'a Plan,
+    /// The group's input channels of the image, `[cpg, h, w]`.
+    input: &'a [f32],
+    /// The chunk's filters, `[kc, cpg, kh, kw]`.
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    /// `[kc, oh, ow]`.
+    out: &'a mut [f32],
+    scratch: &'a mut Vec<f32>,
+}
+
+impl WithSimd for Chunk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Chunk { plan: p, input, weight, bias, out, scratch } = self;
+        let plane_len = p.hp * p.row_len;
+        let taps = p.kh * p.kw;
+        let planes_len = p.cpg * plane_len;
+        scratch.clear();
+        scratch.resize(planes_len + p.ks * p.cpg * taps, 0.0);
+        let (planes, wp) = scratch.split_at_mut(planes_len);
+
+        // Padded, phase-split copy of the input planes.
+        for c in 0..p.cpg {
+            for r in 0..p.h {
+                let src = &input[(c * p.h + r) * p.w..][..p.w];
+                let row = &mut planes[(c * p.hp + r + p.ph) * p.row_len..][..p.row_len];
+                if p.sw == 1 {
+                    row[p.pw..p.pw + p.w].copy_from_slice(src);
+                } else {
+                    for (x, &v) in src.iter().enumerate() {
+                        let xp = x + p.pw;
+                        row[(xp % p.sw) * p.lph + xp / p.sw] = v;
+                    }
+                }
+            }
+        }
+        // Tap-major weights: wp[(c·kh·kw + tap)·ks + k], zero for `kc ≤ k < ks`.
+        for k in 0..p.kc {
+            for ct in 0..p.cpg * taps {
+                wp[ct * p.ks + k] = weight[k * p.cpg * taps + ct];
+            }
+        }
+        let planes = &*planes;
+        let wp = &*wp;
+
+        let xb_main = p.nv.min(4);
+        if p.kpath {
+            // Vectorized over output channels: 16 channels × 6 columns or 8 × 8.
+            for y in 0..p.oh {
+                let mut k0 = 0;
+                while k0 < p.kc {
+                    let kv = if p.kc - k0 > LANES { 2 } else { 1 };
+                    let xp_main = if kv == 2 { 6 } else { 8 };
+                    let mut x0 = 0;
+                    while x0 < p.ow {
+                        let xp = xp_main.min(p.ow - x0);
+                        let t = TileAt { k0, y, xv0: x0 };
+                        kpath_dispatch(s, p, planes, wp, bias, out, t, kv, xp);
+                        x0 += xp;
+                    }
+                    k0 += kv * LANES;
+                }
+            }
+            return;
+        }
+        if p.kc == 1 {
+            // One output channel (depthwise): block over output rows instead of channels.
+            let yb_main = (12 / xb_main).min(3);
+            let mut y = 0;
+            while y < p.oh {
+                let yb = yb_main.min(p.oh - y);
+                let mut xv0 = 0;
+                while xv0 < p.nv {
+                    let xb = xb_main.min(p.nv - xv0);
+                    rows_dispatch(s, p, planes, wp, bias, out, TileAt { k0: 0, y, xv0 }, yb, xb);
+                    xv0 += xb;
+                }
+                y += yb;
+            }
+            return;
+        }
+        let kb_main = Plan::kb_max(xb_main);
+        for y in 0..p.oh {
+            let mut k0 = 0;
+            while k0 < p.kc {
+                let kb = kb_main.min(p.kc - k0);
+                let mut xv0 = 0;
+                while xv0 < p.nv {
+                    let xb = xb_main.min(p.nv - xv0);
+                    let t = TileAt { k0, y, xv0 };
+                    tile_dispatch(s, p, planes, wp, bias, out, t, kb, xb);
+                    xv0 += xb;
+                }
+                k0 += kb;
+            }
+        }
+    }
+}
+
+/// Where a register tile sits: output channels from `k0`, output row `y`, vectors from `xv0`.
+#[derive(Clone, Copy)]
+struct TileAt {
+    k0: usize,
+    y: usize,
+    xv0: usize,
+}
+
+/// Picks the monomorphized micro-kernel for a `kb × xb` tile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile_dispatch<S: Simd>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+    kb: usize,
+    xb: usize,
+) {
+    match (kb, xb) {
+        (1, 1) => tile::<S, 1, 1>(s, p, planes, wp, bias, out, t),
+        (2, 1) => tile::<S, 2, 1>(s, p, planes, wp, bias, out, t),
+        (3, 1) => tile::<S, 3, 1>(s, p, planes, wp, bias, out, t),
+        (4, 1) => tile::<S, 4, 1>(s, p, planes, wp, bias, out, t),
+        (5, 1) => tile::<S, 5, 1>(s, p, planes, wp, bias, out, t),
+        (6, 1) => tile::<S, 6, 1>(s, p, planes, wp, bias, out, t),
+        (1, 2) => tile::<S, 1, 2>(s, p, planes, wp, bias, out, t),
+        (2, 2) => tile::<S, 2, 2>(s, p, planes, wp, bias, out, t),
+        (3, 2) => tile::<S, 3, 2>(s, p, planes, wp, bias, out, t),
+        (4, 2) => tile::<S, 4, 2>(s, p, planes, wp, bias, out, t),
+        (5, 2) => tile::<S, 5, 2>(s, p, planes, wp, bias, out, t),
+        (6, 2) => tile::<S, 6, 2>(s, p, planes, wp, bias, out, t),
+        (1, 3) => tile::<S, 1, 3>(s, p, planes, wp, bias, out, t),
+        (2, 3) => tile::<S, 2, 3>(s, p, planes, wp, bias, out, t),
+        (3, 3) => tile::<S, 3, 3>(s, p, planes, wp, bias, out, t),
+        (4, 3) => tile::<S, 4, 3>(s, p, planes, wp, bias, out, t),
+        (1, 4) => tile::<S, 1, 4>(s, p, planes, wp, bias, out, t),
+        (2, 4) => tile::<S, 2, 4>(s, p, planes, wp, bias, out, t),
+        (3, 4) => tile::<S, 3, 4>(s, p, planes, wp, bias, out, t),
+        // Not produced by the blocking above; single-vector tiles cover any shape.
+        _ => {
+            for k in 0..kb {
+                for v in 0..xb {
+                    let t1 = TileAt { k0: t.k0 + k, y: t.y, xv0: t.xv0 + v };
+                    tile::<S, 1, 1>(s, p, planes, wp, bias, out, t1);
+                }
+            }
+        }
+    }
+}
+
+/// Picks the monomorphized channel-vectorized micro-kernel for `kv` vectors of channels and
+/// `xp` output columns (`t.xv0` is the first column here, not a vector index).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn kpath_dispatch<S: Simd>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+    kv: usize,
+    xp: usize,
+) {
+    match (kv, xp) {
+        (2, 1) => tile_k::<S, 2, 1>(s, p, planes, wp, bias, out, t),
+        (2, 2) => tile_k::<S, 2, 2>(s, p, planes, wp, bias, out, t),
+        (2, 3) => tile_k::<S, 2, 3>(s, p, planes, wp, bias, out, t),
+        (2, 4) => tile_k::<S, 2, 4>(s, p, planes, wp, bias, out, t),
+        (2, 5) => tile_k::<S, 2, 5>(s, p, planes, wp, bias, out, t),
+        (2, 6) => tile_k::<S, 2, 6>(s, p, planes, wp, bias, out, t),
+        (1, 1) => tile_k::<S, 1, 1>(s, p, planes, wp, bias, out, t),
+        (1, 2) => tile_k::<S, 1, 2>(s, p, planes, wp, bias, out, t),
+        (1, 3) => tile_k::<S, 1, 3>(s, p, planes, wp, bias, out, t),
+        (1, 4) => tile_k::<S, 1, 4>(s, p, planes, wp, bias, out, t),
+        (1, 5) => tile_k::<S, 1, 5>(s, p, planes, wp, bias, out, t),
+        (1, 6) => tile_k::<S, 1, 6>(s, p, planes, wp, bias, out, t),
+        (1, 7) => tile_k::<S, 1, 7>(s, p, planes, wp, bias, out, t),
+        (1, 8) => tile_k::<S, 1, 8>(s, p, planes, wp, bias, out, t),
+        // Not produced by the blocking above; one column at a time covers any shape.
+        _ => {
+            for x in 0..xp {
+                for v in 0..kv {
+                    let t1 = TileAt { k0: t.k0 + v * LANES, y: t.y, xv0: t.xv0 + x };
+                    tile_k::<S, 1, 1>(s, p, planes, wp, bias, out, t1);
+                }
+            }
+        }
+    }
+}
+
+/// Channel-vectorized micro-kernel: `KV·8` output channels from `k0` × `XP` output columns
+/// from `t.xv0` of row `y`. Per tap it loads `KV` weight vectors and broadcasts `XP` input
+/// values. The results are scattered lane by lane into the channel planes; that costs one
+/// scalar store per output against `C/g·R·S` multiply-adds, so it is used where the sum is
+/// long and the rows are short.
+#[inline(always)]
+fn tile_k<S: Simd, const KV: usize, const XP: usize>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+) {
+    let TileAt { k0, y, xv0: x0 } = t;
+    let mut acc = [[s.zero(); KV]; XP];
+    if let Some(b) = bias {
+        let mut bl = [0f32; 2 * LANES];
+        for (l, bv) in bl.iter_mut().enumerate().take(KV * LANES) {
+            if k0 + l < p.kc {
+                *bv = b[k0 + l];
+            }
+        }
+        for a in acc.iter_mut() {
+            for (v, av) in a.iter_mut().enumerate() {
+                *av = s.load(&bl[v * LANES..]);
+            }
+        }
+    }
+    let last_in =
+        ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len + p.max_off + x0 + XP;
+    assert!(last_in <= planes.len() && p.max_off + x0 + XP <= p.row_len);
+    assert!(k0 + KV * LANES <= p.ks && (p.cpg * p.kh * p.kw - 1) * p.ks + p.ks <= wp.len());
+    let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
+    for c in 0..p.cpg {
+        for i in 0..p.kh {
+            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
+            for (j, &off) in p.tap_off.iter().enumerate() {
+                let mut wv = [s.zero(); KV];
+                for (v, w) in wv.iter_mut().enumerate() {
+                    // SAFETY: `wrow + j·ks + v·8 + 8 ≤ (cpg·kh·kw − 1)·ks + ks ≤ wp.len()`
+                    // because `k0 + KV·8 ≤ ks` (asserted above).
+                    *w = unsafe { s.load_ptr(pw.add(wrow + j * p.ks + v * LANES)) };
+                }
+                for (x, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `row + off + x < last_in ≤ planes.len()` (asserted above).
+                    let xb = s.splat(unsafe { *pin.add(row + off + x) });
+                    for (av, &w) in a.iter_mut().zip(&wv) {
+                        *av = s.fma(xb, w, *av);
+                    }
+                }
+            }
+        }
+    }
+    let plane = p.oh * p.ow;
+    for (x, a) in acc.iter().enumerate() {
+        for (v, &av) in a.iter().enumerate() {
+            let lanes = s.to_array(av);
+            for (l, &val) in lanes.iter().enumerate() {
+                let k = k0 + v * LANES + l;
+                if k < p.kc {
+                    out[k * plane + y * p.ow + x0 + x] = val;
+                }
+            }
+        }
+    }
+}
+
+/// Picks the monomorphized single-channel micro-kernel for a `yb × xb` tile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rows_dispatch<S: Simd>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+    yb: usize,
+    xb: usize,
+) {
+    match (yb, xb) {
+        (1, 1) => tile_rows::<S, 1, 1>(s, p, planes, wp, bias, out, t),
+        (2, 1) => tile_rows::<S, 2, 1>(s, p, planes, wp, bias, out, t),
+        (3, 1) => tile_rows::<S, 3, 1>(s, p, planes, wp, bias, out, t),
+        (1, 2) => tile_rows::<S, 1, 2>(s, p, planes, wp, bias, out, t),
+        (2, 2) => tile_rows::<S, 2, 2>(s, p, planes, wp, bias, out, t),
+        (3, 2) => tile_rows::<S, 3, 2>(s, p, planes, wp, bias, out, t),
+        (1, 3) => tile_rows::<S, 1, 3>(s, p, planes, wp, bias, out, t),
+        (2, 3) => tile_rows::<S, 2, 3>(s, p, planes, wp, bias, out, t),
+        (3, 3) => tile_rows::<S, 3, 3>(s, p, planes, wp, bias, out, t),
+        (1, 4) => tile_rows::<S, 1, 4>(s, p, planes, wp, bias, out, t),
+        (2, 4) => tile_rows::<S, 2, 4>(s, p, planes, wp, bias, out, t),
+        (3, 4) => tile_rows::<S, 3, 4>(s, p, planes, wp, bias, out, t),
+        // Not produced by the blocking above; single-row tiles cover any shape.
+        _ => {
+            for r in 0..yb {
+                let t1 = TileAt { y: t.y + r, ..t };
+                tile_dispatch(s, p, planes, wp, bias, out, t1, 1, xb);
+            }
+        }
+    }
+}
+
+/// Single-channel micro-kernel (`kc == 1`, e.g. depthwise): `YB` output rows × `XB·8` output
+/// columns, so that `YB·XB` independent accumulator chains hide the FMA latency.
+#[inline(always)]
+fn tile_rows<S: Simd, const YB: usize, const XB: usize>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+) {
+    let TileAt { y, xv0, .. } = t;
+    let mut acc = [[s.splat(bias.map_or(0.0, |b| b[0])); XB]; YB];
+    let x0 = xv0 * LANES;
+    let last_in = ((p.cpg - 1) * p.hp + (y + YB - 1) * p.sh + (p.kh - 1) * p.dh) * p.row_len
+        + x0
+        + p.max_off
+        + XB * LANES;
+    assert!(last_in <= planes.len() && x0 + p.max_off + XB * LANES <= p.row_len);
+    assert!(p.kc == 1 && p.cpg * p.kh * p.kw <= wp.len());
+    let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
+    for c in 0..p.cpg {
+        for i in 0..p.kh {
+            let wrow = (c * p.kh + i) * p.kw;
+            for (j, &off) in p.tap_off.iter().enumerate() {
+                // SAFETY: `wrow + j < cpg·kh·kw ≤ wp.len()` (asserted above, kc = 1).
+                let wv = s.splat(unsafe { *pw.add(wrow + j) });
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let row = (c * p.hp + (y + r) * p.sh + i * p.dh) * p.row_len + x0 + off;
+                    for (v, av) in a.iter_mut().enumerate() {
+                        // SAFETY: `row + v·8 + 8 ≤ last_in ≤ planes.len()`: every index is at
+                        // most the one `last_in` was computed with (asserted above).
+                        let xv = unsafe { s.load_ptr(pin.add(row + v * LANES)) };
+                        *av = s.fma(xv, wv, *av);
+                    }
+                }
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        store_row(s, p, out, y + r, x0, a);
+    }
+}
+
+/// Stores the vectors `a` into row `y` of the output plane that starts `out`, from column
+/// `x0`; the last vector may be partial.
+#[inline(always)]
+fn store_row<S: Simd>(s: S, p: &Plan, out: &mut [f32], y: usize, x0: usize, a: &[S::V]) {
+    let orow = &mut out[y * p.ow..][..p.ow];
+    for (v, &av) in a.iter().enumerate() {
+        let x = x0 + v * LANES;
+        if x + LANES <= p.ow {
+            s.store(av, &mut orow[x..]);
+        } else {
+            let lanes = s.to_array(av);
+            orow[x..].copy_from_slice(&lanes[..p.ow - x]);
+        }
+    }
+}
+
+/// The micro-kernel: `KB` output channels × `XB·8` output columns of one output row.
+#[inline(always)]
+fn tile<S: Simd, const KB: usize, const XB: usize>(
+    s: S,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+) {
+    let TileAt { k0, y, xv0 } = t;
+    let mut acc = [[s.zero(); XB]; KB];
+    if let Some(b) = bias {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = [s.splat(b[k0 + k]); XB];
+        }
+    }
+    let x0 = xv0 * LANES;
+    // One bounds check per tile instead of one per load: the farthest float any load below
+    // reads (last channel, last kernel row, farthest tap, last vector) and the last weight.
+    let last_in = ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len
+        + x0
+        + p.max_off
+        + XB * LANES;
+    assert!(last_in <= planes.len() && x0 + p.max_off + XB * LANES <= p.row_len);
+    assert!((p.cpg * p.kh * p.kw - 1) * p.ks + k0 + KB <= wp.len());
+    let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
+    for c in 0..p.cpg {
+        for i in 0..p.kh {
+            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
+            for (j, &off) in p.tap_off.iter().enumerate() {
+                let mut xs = [s.zero(); XB];
+                for (v, x) in xs.iter_mut().enumerate() {
+                    // SAFETY: `row + off + v·8 + 8 ≤ last_in ≤ planes.len()`: `c`, `i`, `off`
+                    // and `v` are at most the values `last_in` was computed with (asserted).
+                    *x = unsafe { s.load_ptr(pin.add(row + off + v * LANES)) };
+                }
+                for (kk, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `wrow + j·ks + kk < (cpg·kh·kw − 1)·ks + k0 + KB ≤ wp.len()`
+                    // (asserted above).
+                    let wv = s.splat(unsafe { *pw.add(wrow + j * p.ks + kk) });
+                    for (av, &xv) in a.iter_mut().zip(&xs) {
+                        *av = s.fma(xv, wv, *av);
+                    }
+                }
+            }
+        }
+    }
+    for (k, a) in acc.iter().enumerate() {
+        store_row(s, p, &mut out[(k0 + k) * p.oh * p.ow..], y, x0, a);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{Conv2dParams, conv2d_naive};
+
+    #[test]
+    fn small_strided_dilated_grouped_matches_naive() {
+        let p = Conv2dParams { stride: (2, 3), padding: (1, 2), dilation: (2, 1), groups: 2 };
+        let g = ConvGeometry::new([2, 4, 11, 13], [6, 2, 3, 2], p).unwrap();
+        let input: Vec<f32> = (0..g.input_len()).map(|i| (i % 7) as f32 - 3.0).collect();
+        let weight: Vec<f32> = (0..g.weight_len()).map(|i| (i % 5) as f32 - 2.0).collect();
+        let bias: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        let mut want = vec![0.0; g.output_len()];
+        conv2d_naive(&g, &input, &weight, Some(&bias), &mut want).unwrap();
+        for level in [SimdLevel::Fallback, SimdLevel::Avx2Fma] {
+            if !level.available() {
+                eprintln!("skipping: no avx2");
+                continue;
+            }
+            let mut got = vec![f32::NAN; g.output_len()];
+            conv2d_direct_with(level, &g, &input, &weight, Some(&bias), &mut got).unwrap();
+            // Small integers: every sum is exact.
+            assert_eq!(got, want, "{level}");
+        }
+    }
+}

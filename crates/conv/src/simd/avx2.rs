@@ -1,0 +1,117 @@
+//! AVX2 + FMA: `__m256` vectors and `_mm256_*` intrinsics.
+//!
+//! Every method is `#[inline(always)]` so that it is compiled inside the caller's
+//! `#[target_feature(enable = "avx2,fma")]` wrapper. Each intrinsic call is sound because a
+//! value of [`Avx2Fma`] exists only after the CPU was checked to support AVX2 and FMA.
+
+use super::{LANES, Simd, SimdLevel};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Token for AVX2 + FMA. The private field keeps it from being built without [`Avx2Fma::new`].
+#[derive(Debug, Clone, Copy)]
+pub struct Avx2Fma(());
+
+impl Avx2Fma {
+    /// Returns the token when the CPU supports AVX2 and FMA, `None` otherwise (always `None`
+    /// off x86-64).
+    pub fn new() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Some(Avx2Fma(()));
+            }
+        }
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2Fma {
+    type V = __m256;
+    const LEVEL: SimdLevel = SimdLevel::Avx2Fma;
+    #[inline(always)]
+    fn zero(self) -> __m256 {
+        // SAFETY: the token proves AVX is available (see `Avx2Fma::new`).
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m256 {
+        // SAFETY: the token proves AVX is available.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn load(self, s: &[f32]) -> __m256 {
+        let s = &s[..LANES];
+        // SAFETY: AVX is available (token) and `s` holds 8 readable f32; `loadu` needs no
+        // alignment.
+        unsafe { _mm256_loadu_ps(s.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> __m256 {
+        // SAFETY: AVX is available (token); the caller guarantees 8 readable floats at `p`.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    fn store(self, v: __m256, s: &mut [f32]) {
+        let s = &mut s[..LANES];
+        // SAFETY: AVX is available (token) and `s` holds 8 writable f32; `storeu` needs no
+        // alignment.
+        unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX is available.
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX is available.
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX is available.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: the token proves FMA is available.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+}
+
+/// Off x86-64 the token can never be built; this impl only keeps generic code compiling.
+#[cfg(not(target_arch = "x86_64"))]
+impl Simd for Avx2Fma {
+    type V = [f32; LANES];
+    const LEVEL: SimdLevel = SimdLevel::Avx2Fma;
+    fn zero(self) -> Self::V {
+        super::Fallback.zero()
+    }
+    fn splat(self, x: f32) -> Self::V {
+        super::Fallback.splat(x)
+    }
+    fn load(self, s: &[f32]) -> Self::V {
+        super::Fallback.load(s)
+    }
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { super::Fallback.load_ptr(p) }
+    }
+    fn store(self, v: Self::V, s: &mut [f32]) {
+        super::Fallback.store(v, s)
+    }
+    fn add(self, a: Self::V, b: Self::V) -> Self::V {
+        super::Fallback.add(a, b)
+    }
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V {
+        super::Fallback.sub(a, b)
+    }
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V {
+        super::Fallback.mul(a, b)
+    }
+    fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        super::Fallback.fma(a, b, c)
+    }
+}

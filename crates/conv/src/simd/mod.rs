@@ -1,0 +1,216 @@
+//! Run-time SIMD selection for the fast kernels.
+//!
+//! # Model
+//!
+//! Kernels are written once, as `#[inline(always)]` bodies generic over a [`Simd`] type: an
+//! instruction set represented by a zero-sized *token*. The token carries the proof that the
+//! CPU supports its instructions, so its methods are safe to call; the only way to obtain the
+//! AVX2 token is [`Avx2Fma::new`], which checks the CPU. Each kernel then has two entry points
+//! that differ only by the type parameter:
+//!
+//! - a `#[target_feature(enable = "avx2,fma")]` wrapper that calls the body with [`Avx2Fma`],
+//!   so the whole body (and every intrinsic it uses) is compiled for AVX2+FMA;
+//! - a plain function that calls the body with [`Fallback`], whose vectors are `[f32; 8]`
+//!   arrays that the compiler turns into whatever the baseline target offers (SSE2 on x86-64).
+//!
+//! # Detection
+//!
+//! [`active`] runs one detection ladder the first time it is called and caches the answer in
+//! a [`OnceLock`]: AVX2 *and* FMA must both be present (`is_x86_feature_detected!`), and the
+//! environment variable `CONVKIT_SIMD` must not be `off`, `0` or `false` (case-insensitive).
+//! Tests and benchmarks can name a level explicitly (`conv2d_direct_with(level, ..)`); asking
+//! for [`SimdLevel::Avx2Fma`] on a CPU without it is an error, never undefined behaviour.
+
+use std::sync::OnceLock;
+
+mod avx2;
+mod fallback;
+
+pub use avx2::Avx2Fma;
+pub use fallback::Fallback;
+
+/// Number of `f32` lanes in one vector of every [`Simd`] implementation.
+pub const LANES: usize = 8;
+
+/// An instruction set for the kernels: 8-lane `f32` vectors and the few operations the
+/// convolution kernels need.
+///
+/// Implementations are zero-sized tokens; a value of the type is the proof that its
+/// instructions can run on this CPU, which is why the methods are safe.
+pub trait Simd: Copy + Send + Sync + 'static {
+    /// An 8-lane `f32` vector.
+    type V: Copy;
+    /// Which level this is, for reports.
+    const LEVEL: SimdLevel;
+    /// All lanes zero.
+    fn zero(self) -> Self::V;
+    /// All lanes `x`.
+    fn splat(self, x: f32) -> Self::V;
+    /// Loads the first [`LANES`] elements of `s` (panics if `s` is shorter: a kernel bug).
+    fn load(self, s: &[f32]) -> Self::V;
+    /// Loads 8 consecutive floats from `p`, without bounds checks (for the hottest loops).
+    ///
+    /// # Safety
+    /// `p .. p + 8` must be readable `f32`s of one allocation.
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V;
+    /// Stores `v` into the first [`LANES`] elements of `s` (panics if `s` is shorter).
+    fn store(self, v: Self::V, s: &mut [f32]);
+    /// `a + b`.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a − b`.
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b`.
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b + c` (fused on FMA hardware).
+    fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The lanes as an array.
+    #[inline(always)]
+    fn to_array(self, v: Self::V) -> [f32; LANES] {
+        let mut out = [0.0; LANES];
+        self.store(v, &mut out);
+        out
+    }
+}
+
+/// Which instruction set a kernel ran with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SimdLevel {
+    /// x86-64 AVX2 with FMA: 8-lane vectors, fused multiply-add.
+    Avx2Fma,
+    /// Portable code: `[f32; 8]` arrays, vectorized by the compiler for the baseline target.
+    Fallback,
+}
+
+impl SimdLevel {
+    /// Whether this CPU can run the level (the fallback always can).
+    pub fn available(self) -> bool {
+        match self {
+            SimdLevel::Avx2Fma => Avx2Fma::new().is_some(),
+            SimdLevel::Fallback => true,
+        }
+    }
+
+    /// Short lowercase name (`"avx2+fma"`, `"fallback"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Avx2Fma => "avx2+fma",
+            SimdLevel::Fallback => "fallback",
+        }
+    }
+}
+
+impl std::fmt::Display for SimdLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A kernel body that can run with any [`Simd`] level; see [`dispatch`].
+///
+/// Implementations must mark `with_simd` (and everything it calls that does vector work)
+/// `#[inline(always)]`, so that it is compiled inside the `#[target_feature]` wrapper.
+pub trait WithSimd {
+    /// What the kernel returns.
+    type Output;
+    /// Runs the kernel with the instruction set `s`.
+    fn with_simd<S: Simd>(self, s: S) -> Self::Output;
+}
+
+/// Runs `kernel` with the instruction set `level`, or returns `None` when this CPU cannot run
+/// that level.
+pub fn dispatch<W: WithSimd>(level: SimdLevel, kernel: W) -> Option<W::Output> {
+    match level {
+        SimdLevel::Avx2Fma => {
+            let token = Avx2Fma::new()?;
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: `token` exists, so the CPU supports AVX2 and FMA, the features the
+                // wrapper is compiled for.
+                Some(unsafe { run_avx2(token, kernel) })
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                Some(kernel.with_simd(token))
+            }
+        }
+        SimdLevel::Fallback => Some(kernel.with_simd(Fallback)),
+    }
+}
+
+/// Runs `kernel` with [`Simd`] level [`active`].
+pub fn dispatch_active<W: WithSimd>(kernel: W) -> W::Output {
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2Fma => match Avx2Fma::new() {
+            // SAFETY: the token proves the CPU supports AVX2 and FMA.
+            Some(token) => unsafe { run_avx2(token, kernel) },
+            None => kernel.with_simd(Fallback),
+        },
+        _ => kernel.with_simd(Fallback),
+    }
+}
+
+/// The AVX2+FMA wrapper: the inlined kernel body is compiled with those features enabled.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (guaranteed by the caller holding `token`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<W: WithSimd>(token: Avx2Fma, kernel: W) -> W::Output {
+    kernel.with_simd(token)
+}
+
+/// Whether `CONVKIT_SIMD` asks to disable SIMD (`off`, `0` or `false`, any case).
+pub fn disabled_by_env() -> bool {
+    std::env::var("CONVKIT_SIMD").is_ok_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        v == "off" || v == "0" || v == "false"
+    })
+}
+
+/// The level the kernels use by default: detected once, then cached.
+pub fn active() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(detect)
+}
+
+/// The detection ladder, best level first.
+fn detect() -> SimdLevel {
+    if disabled_by_env() {
+        return SimdLevel::Fallback;
+    }
+    if SimdLevel::Avx2Fma.available() {
+        return SimdLevel::Avx2Fma;
+    }
+    SimdLevel::Fallback
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops<S: Simd>(s: S) {
+        let a: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let b = [2.0f32; 8];
+        let (va, vb) = (s.load(&a), s.load(&b));
+        let r = s.to_array(s.fma(va, vb, s.splat(1.0)));
+        assert_eq!(r, [1., 3., 5., 7., 9., 11., 13., 15.]);
+        assert_eq!(s.to_array(s.sub(va, vb))[0], -2.0);
+        assert_eq!(s.to_array(s.add(va, vb))[7], 9.0);
+        assert_eq!(s.to_array(s.mul(va, vb))[3], 6.0);
+        assert_eq!(s.to_array(s.zero()), [0.0; 8]);
+    }
+
+    #[test]
+    fn fallback_ops() {
+        ops(Fallback);
+    }
+
+    #[test]
+    fn avx2_ops() {
+        match Avx2Fma::new() {
+            Some(t) => ops(t),
+            None => eprintln!("skipping: no avx2"),
+        }
+    }
+}

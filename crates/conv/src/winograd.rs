@@ -1,0 +1,751 @@
+//! Winograd minimal-filtering convolution, F(2x2,3x3) and F(4x4,3x3).
+//!
+//! # The algorithm
+//!
+//! F(m×m, 3×3) computes an `m×m` block of outputs of a 3x3 convolution from an `α×α` input
+//! tile, `α = m + 2`, with
+//!
+//! ```text
+//! Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+//! ```
+//!
+//! where `g` is the 3x3 filter, `d` the input tile, `⊙` the element-wise product, and the
+//! matrices are those of Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"
+//! (2016). Summed over input channels, the element-wise products become `α²` independent
+//! matrix products: for every transform position `ξ`, `M[ξ] = U[ξ] · V[ξ]` with `U[ξ]` the
+//! `[K, C]` transformed filters and `V[ξ]` the `[C, tiles]` transformed inputs — done with
+//! `matrixmultiply::sgemm`.
+//!
+//! F(2x2,3x3), `α = 4`:
+//!
+//! ```text
+//!      ⎡1  0 −1  0⎤        ⎡ 1    0    0 ⎤
+//! Bᵀ = ⎢0  1  1  0⎥    G = ⎢ 1/2  1/2  1/2⎥    Aᵀ = ⎡1 1  1  0⎤
+//!      ⎢0 −1  1  0⎥        ⎢ 1/2 −1/2  1/2⎥         ⎣0 1 −1 −1⎦
+//!      ⎣0  1  0 −1⎦        ⎣ 0    0    1 ⎦
+//! ```
+//!
+//! F(4x4,3x3), `α = 6`:
+//!
+//! ```text
+//!      ⎡4  0 −5  0  1  0⎤        ⎡ 1/4     0     0  ⎤
+//!      ⎢0 −4 −4  1  1  0⎥        ⎢−1/6  −1/6  −1/6  ⎥        ⎡1 1  1 1  1 0⎤
+//! Bᵀ = ⎢0  4 −4 −1  1  0⎥    G = ⎢−1/6   1/6  −1/6  ⎥   Aᵀ = ⎢0 1 −1 2 −2 0⎥
+//!      ⎢0 −2 −1  2  1  0⎥        ⎢ 1/24  1/12  1/6  ⎥        ⎢0 1  1 4  4 0⎥
+//!      ⎢0  2 −1 −2  1  0⎥        ⎢ 1/24 −1/12  1/6  ⎥        ⎣0 1 −1 8 −8 1⎦
+//!      ⎣0  4  0 −5  0  1⎦        ⎣ 0       0     1  ⎦
+//! ```
+//!
+//! **Arithmetic saving.** A direct 3x3 convolution spends 9 multiply-adds per output and input
+//! channel. Winograd spends `α²/m²` in the GEMMs: 16/4 = 4 for F(2x2,3x3) (2.25x fewer) and
+//! 36/16 = 2.25 for F(4x4,3x3) (4x fewer). The transforms cost `O(α³)` additions per tile and
+//! channel, small next to the GEMMs once `K` and `C` are in the tens. The price is accuracy:
+//! F(4x4,3x3)'s matrices hold 1/6, 1/24 and entries up to 8, which amplify rounding error (see
+//! below and [`crate::Tolerance::WINOGRAD_F4`]).
+//!
+//! # Implementation
+//!
+//! - **Filter transform** `U = G g Gᵀ` is computed in f64, rounded once, and stored as
+//!   `[group][ξ][k][c]` in a [`WinogradFilter`] that a layer can build once and reuse through
+//!   [`conv2d_winograd_prepared`].
+//! - **Work items** are `(image, group, chunk of output channels)`, each writing its own
+//!   contiguous output slice (`par_chunks_mut`). Chunks depend on the shape only, so results are
+//!   bit-identical for every thread count. Each item copies its input channels into a zero-padded
+//!   plane (per-image scratch, reused by the rayon worker) so tile gathers need no edge tests;
+//!   edge tiles read zeros and only their in-range outputs are written.
+//! - **Tile blocks.** Tiles are processed in blocks of at most a fixed amount of transform-domain
+//!   scratch (`α²·(C + K)·tiles` floats, 4 MiB; blocks smaller than a whole image's tiles make
+//!   the sgemm calls too narrow to run at speed): input transform into `V[ξ][c][t]`, `α²` sgemm calls, output
+//!   transform from `M[ξ][k][t]`. The transforms run on 8 tiles at once in structure-of-arrays
+//!   form with the [`crate::simd`] vectors (AVX2 when available): `V[ξ][c][t..t+8]` and
+//!   `M[ξ][k][t..t+8]` are contiguous, so each transform position is one vector load or store.
+//! - **Dilation.** A convolution with dilation `(dh, dw)` and stride 1 splits into `dh·dw`
+//!   undilated convolutions on subsampled grids: outputs `y ≡ ry (mod dh)` only read padded
+//!   input rows `≡ ry (mod dh)`. Tiles of every phase `(ry, rx)` are gathered and scattered with
+//!   steps `dh`, `dw`, so dilated 3x3 layers run on the same code.
+//! - **Groups** loop over the per-group filters. Anything else (kernel not 3x3, stride ≠ 1)
+//!   returns [`ConvError::Unsupported`].
+//!
+//! # Measured accuracy
+//!
+//! Max relative error (`max |x − y| / max |y|`, [`crate::max_rel_error`]) against the f64
+//! naive reference, inputs and weights uniform in [−1, 1] (test
+//! `winograd_error_on_suite_shapes` in `tests/winograd_direct.rs`, which asserts the bounds):
+//!
+//! | shape | F(2x2,3x3) | F(4x4,3x3) |
+//! |---|---|---|
+//! | res3x3_28b8 8,128,28,28→128 3x3 p1 (output channels 0..16, all 8 images) | 4.3e-7 | 6.6e-6 |
+//! | vgg3x3_14 1,256,14,14→256 3x3 p1 | 7.7e-7 | 1.1e-5 |
+//!
+//! F(4x4,3x3) loses about one decimal digit against F(2x2,3x3), well under the 1e-3 budget.
+
+use rayon::prelude::*;
+
+use crate::error::{ConvError, Result};
+use crate::params::{ConvGeometry, check_len};
+use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
+
+const OP: &str = "conv2d_winograd";
+
+/// Below this many FLOPs the work runs on the calling thread.
+const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
+
+/// Transform-domain scratch per tile block, in floats (4 MiB).
+const BLOCK_FLOATS: usize = 1 << 20;
+
+/// Which Winograd algorithm to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum WinogradVariant {
+    /// F(2x2,3x3): 4x4 input tiles, 2x2 outputs each; 2.25x fewer multiplies, nearly exact.
+    F2x2_3x3,
+    /// F(4x4,3x3): 6x6 input tiles, 4x4 outputs each; 4x fewer multiplies, looser accuracy.
+    F4x4_3x3,
+}
+
+impl WinogradVariant {
+    /// Output tile size `m`.
+    pub fn m(self) -> usize {
+        match self {
+            WinogradVariant::F2x2_3x3 => 2,
+            WinogradVariant::F4x4_3x3 => 4,
+        }
+    }
+    /// Input tile size `α = m + 2`.
+    pub fn alpha(self) -> usize {
+        self.m() + 2
+    }
+    /// Name for messages and reports (`"winograd_f2"`, `"winograd_f4"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WinogradVariant::F2x2_3x3 => "winograd_f2",
+            WinogradVariant::F4x4_3x3 => "winograd_f4",
+        }
+    }
+    /// The filter-transform matrix `G` (`α × 3`), in f64.
+    fn g_matrix(self) -> &'static [[f64; 3]] {
+        match self {
+            WinogradVariant::F2x2_3x3 => &G2,
+            WinogradVariant::F4x4_3x3 => &G4,
+        }
+    }
+}
+
+const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+const G4: [[f64; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// Why Winograd cannot run `g`, or `None` when it can.
+fn unsupported(g: &ConvGeometry) -> Option<String> {
+    if (g.kh, g.kw) != (3, 3) {
+        return Some(format!("a {}x{} kernel (only 3x3)", g.kh, g.kw));
+    }
+    if g.params.stride != (1, 1) {
+        return Some(format!("stride {:?} (only 1)", g.params.stride));
+    }
+    None
+}
+
+/// Whether [`conv2d_winograd`] can run `g` with `variant`: 3x3 kernels with stride 1; any
+/// padding, dilation, group count and input size.
+pub fn winograd_supports(g: &ConvGeometry, variant: WinogradVariant) -> bool {
+    let _ = variant;
+    unsupported(g).is_none()
+}
+
+/// Transformed 3x3 filters `U = G g Gᵀ`, ready for [`conv2d_winograd_prepared`].
+///
+/// Build it once per weight update and reuse it across calls (and input sizes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WinogradFilter {
+    variant: WinogradVariant,
+    c_out: usize,
+    cpg: usize,
+    groups: usize,
+    /// `[group][ξ][k][c]`, `k < c_out/groups`, `c < cpg`.
+    u: Vec<f32>,
+}
+
+impl WinogradFilter {
+    /// Transforms `weight` of dims `[c_out, c_in/groups, 3, 3]`.
+    ///
+    /// Errors when the dims are not 3x3, `groups` is zero or does not divide `c_out`, or the
+    /// slice length does not match the dims.
+    pub fn new(
+        weight: &[f32],
+        weight_dims: [usize; 4],
+        groups: usize,
+        variant: WinogradVariant,
+    ) -> Result<Self> {
+        const OP_F: &str = "WinogradFilter::new";
+        let [c_out, cpg, kh, kw] = weight_dims;
+        if (kh, kw) != (3, 3) {
+            return Err(ConvError::Unsupported {
+                op: OP_F,
+                algo: variant.name(),
+                msg: format!("weight {weight_dims:?}: a {kh}x{kw} kernel (only 3x3)"),
+            });
+        }
+        if groups == 0 || c_out % groups != 0 || c_out == 0 || cpg == 0 {
+            return Err(ConvError::ShapeMismatch {
+                op: OP_F,
+                msg: format!("weight {weight_dims:?} cannot be split into {groups} groups"),
+            });
+        }
+        check_len(OP_F, "weight", &weight_dims, weight.len())?;
+        let a = variant.alpha();
+        let gm = variant.g_matrix();
+        let kpg = c_out / groups;
+        let mut u = vec![0f32; groups * a * a * kpg * cpg];
+        for k in 0..c_out {
+            let (grp, kl) = (k / kpg, k % kpg);
+            for c in 0..cpg {
+                let w = &weight[(k * cpg + c) * 9..][..9];
+                // t = G · w  (α × 3)
+                let mut t = [[0f64; 3]; 6];
+                for (ti, gr) in t.iter_mut().zip(gm) {
+                    for (col, tv) in ti.iter_mut().enumerate() {
+                        *tv = (0..3).map(|r| gr[r] * f64::from(w[r * 3 + col])).sum();
+                    }
+                }
+                // U = t · Gᵀ  (α × α)
+                for (xi, ti) in t.iter().take(a).enumerate() {
+                    for (xj, gr) in gm.iter().enumerate() {
+                        let v: f64 = (0..3).map(|r| ti[r] * gr[r]).sum();
+                        u[(((grp * a * a) + xi * a + xj) * kpg + kl) * cpg + c] = v as f32;
+                    }
+                }
+            }
+        }
+        Ok(WinogradFilter { variant, c_out, cpg, groups, u })
+    }
+
+    /// The variant the filter was transformed for.
+    pub fn variant(&self) -> WinogradVariant {
+        self.variant
+    }
+}
+
+/// Winograd convolution: transforms the filter and runs [`conv2d_winograd_prepared`].
+/// `output` is overwritten.
+///
+/// Slices are NCHW input `[n, c_in, h, w]`, weight `[c_out, c_in/groups, 3, 3]`, optional bias
+/// `[c_out]`, output `[n, c_out, oh, ow]`. Returns [`ConvError::Unsupported`] unless the kernel
+/// is 3x3 with stride 1.
+pub fn conv2d_winograd(
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<()> {
+    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    if let Some(msg) = unsupported(g) {
+        return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
+    }
+    let filter = WinogradFilter::new(weight, g.weight_dims(), g.params.groups, variant)?;
+    conv2d_winograd_prepared(g, input, &filter, bias, output)
+}
+
+/// [`conv2d_winograd`] with an explicit instruction set for the transforms, so tests and
+/// benchmarks can run the AVX2 and portable paths side by side. Returns
+/// [`ConvError::Unsupported`] when this CPU cannot run `level`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_winograd_with(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<()> {
+    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    if let Some(msg) = unsupported(g) {
+        return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
+    }
+    let filter = WinogradFilter::new(weight, g.weight_dims(), g.params.groups, variant)?;
+    prepared_with(level, g, input, &filter, bias, output)
+}
+
+/// Winograd convolution with a filter transformed beforehand by [`WinogradFilter::new`].
+/// `output` is overwritten.
+pub fn conv2d_winograd_prepared(
+    g: &ConvGeometry,
+    input: &[f32],
+    filter: &WinogradFilter,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) -> Result<()> {
+    prepared_with(simd::active(), g, input, filter, bias, output)
+}
+
+fn prepared_with(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    filter: &WinogradFilter,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) -> Result<()> {
+    let variant = filter.variant;
+    if !level.available() {
+        return Err(ConvError::Unsupported {
+            op: OP,
+            algo: variant.name(),
+            msg: format!("SIMD level {level} on this CPU"),
+        });
+    }
+    if let Some(msg) = unsupported(g) {
+        return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
+    }
+    if (filter.c_out, filter.cpg, filter.groups) != (g.c_out, g.c_in_per_group(), g.params.groups) {
+        return Err(ConvError::ShapeMismatch {
+            op: OP,
+            msg: format!(
+                "prepared filter for weight [{}, {}, 3, 3] with {} groups does not fit weight {:?} with {} groups",
+                filter.c_out,
+                filter.cpg,
+                filter.groups,
+                g.weight_dims(),
+                g.params.groups
+            ),
+        });
+    }
+    check_len(OP, "input", &g.input_dims(), input.len())?;
+    check_len(OP, "output", &g.output_dims(), output.len())?;
+    if let Some(b) = bias {
+        check_len(OP, "bias", &[g.c_out], b.len())?;
+    }
+    let plan = Plan::new(g, variant);
+    let chunk_len = plan.kc * g.oh * g.ow;
+    let chunks_per_image = g.c_out / plan.kc;
+    let run = |scratch: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
+        let (b, k0) = (idx / chunks_per_image, (idx % chunks_per_image) * plan.kc);
+        let grp = k0 / plan.kpg;
+        let kl = k0 % plan.kpg;
+        let img_len = plan.cpg * g.h * g.w;
+        let in_start = (b * g.c_in + grp * plan.cpg) * g.h * g.w;
+        let a2 = plan.a * plan.a;
+        let item = Item {
+            plan: &plan,
+            input: &input[in_start..in_start + img_len],
+            u: &filter.u[grp * a2 * plan.kpg * plan.cpg..][..a2 * plan.kpg * plan.cpg],
+            kl,
+            bias: bias.map(|b| &b[k0..k0 + plan.kc]),
+            out,
+            scratch,
+        };
+        // `level` was checked above, so dispatch cannot decline.
+        let _ = simd::dispatch(level, item);
+    };
+    if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
+        let mut scratch = Vec::new();
+        output.chunks_mut(chunk_len).enumerate().for_each(|it| run(&mut scratch, it));
+    } else {
+        output.par_chunks_mut(chunk_len).enumerate().for_each_init(Vec::new, run);
+    }
+    Ok(())
+}
+
+/// One tile: the top-left corner of its `α×α` input patch in padded coordinates and of its
+/// `m×m` output block; both advance by the dilation.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    py: usize,
+    px: usize,
+    oy: usize,
+    ox: usize,
+}
+
+/// Sizes and the tile list, derived once per call.
+struct Plan {
+    variant: WinogradVariant,
+    a: usize,
+    cpg: usize,
+    kpg: usize,
+    kc: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    ph: usize,
+    pw: usize,
+    dh: usize,
+    dw: usize,
+    /// Padded plane size (covers every tile's patch).
+    hp: usize,
+    wp: usize,
+    tiles: Vec<Tile>,
+    /// Tiles per block (a multiple of 8).
+    tb: usize,
+}
+
+impl Plan {
+    fn new(g: &ConvGeometry, variant: WinogradVariant) -> Plan {
+        let (m, a) = (variant.m(), variant.alpha());
+        let (dh, dw) = g.params.dilation;
+        let (ph, pw) = g.params.padding;
+        let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
+        let mut tiles = Vec::new();
+        let (mut hp, mut wp) = (g.h + ph, g.w + pw);
+        for ry in 0..dh.min(g.oh) {
+            let ohr = (g.oh - ry).div_ceil(dh);
+            for rx in 0..dw.min(g.ow) {
+                let owr = (g.ow - rx).div_ceil(dw);
+                let (th, tw) = (ohr.div_ceil(m), owr.div_ceil(m));
+                hp = hp.max(ry + dh * ((th - 1) * m + a - 1) + 1);
+                wp = wp.max(rx + dw * ((tw - 1) * m + a - 1) + 1);
+                for ty in 0..th {
+                    for tx in 0..tw {
+                        let (oy, ox) = (ry + dh * ty * m, rx + dw * tx * m);
+                        tiles.push(Tile { py: oy, px: ox, oy, ox });
+                    }
+                }
+            }
+        }
+        let mut kc = kpg;
+        // Split output channels only to give two threads work: every extra chunk repeats the
+        // image's input transform.
+        while g.n * (g.c_out / kc) < 2 && kc % 2 == 0 && kc >= 32 {
+            kc /= 2;
+        }
+        let a2 = a * a;
+        let tb_max = (BLOCK_FLOATS / (a2 * (cpg + kc))).clamp(8, 256) / LANES * LANES;
+        let nblocks = tiles.len().div_ceil(tb_max);
+        let tb = tiles.len().div_ceil(nblocks).next_multiple_of(LANES);
+        Plan {
+            variant,
+            a,
+            cpg,
+            kpg,
+            kc,
+            h: g.h,
+            w: g.w,
+            oh: g.oh,
+            ow: g.ow,
+            ph,
+            pw,
+            dh,
+            dw,
+            hp,
+            wp,
+            tiles,
+            tb,
+        }
+    }
+}
+
+/// One work item: an image's output channels `kl..kl+kc` (within the group) of one group.
+struct Item<'a> {
+    plan: &'a Plan,
+    /// The group's input channels of the image, `[cpg, h, w]`.
+    input: &'a [f32],
+    /// The group's transformed filters, `[ξ][kpg][cpg]`.
+    u: &'a [f32],
+    /// First output channel of the chunk within the group.
+    kl: usize,
+    bias: Option<&'a [f32]>,
+    /// `[kc, oh, ow]`.
+    out: &'a mut [f32],
+    scratch: &'a mut Vec<f32>,
+}
+
+impl WithSimd for Item<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        match self.plan.variant {
+            WinogradVariant::F2x2_3x3 => run_item::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => run_item::<S, F4, 6, 4>(s, self),
+        }
+    }
+}
+
+/// Processes one work item with tile size `A = α`, output block `M = m` and the transforms of
+/// `T`.
+#[inline(always)]
+fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, item: Item<'_>) {
+    let Item { plan: p, input, u, kl, bias, out, scratch } = item;
+    let a2 = A * A;
+    let plane = p.hp * p.wp;
+    let (padded_len, v_len, m_len) = (p.cpg * plane, a2 * p.cpg * p.tb, a2 * p.kc * p.tb);
+    scratch.clear();
+    scratch.resize(padded_len + v_len + m_len, 0.0);
+    let (padded, rest) = scratch.split_at_mut(padded_len);
+    let (vbuf, mbuf) = rest.split_at_mut(v_len);
+    for c in 0..p.cpg {
+        for r in 0..p.h {
+            let dst = &mut padded[c * plane + (r + p.ph) * p.wp + p.pw..][..p.w];
+            dst.copy_from_slice(&input[(c * p.h + r) * p.w..][..p.w]);
+        }
+    }
+    let padded = &*padded;
+
+    for block in p.tiles.chunks(p.tb) {
+        let nt = block.len();
+        // Input transform, 8 tiles at a time: V[ξ][c][t].
+        for (lg, group) in block.chunks(LANES).enumerate() {
+            let t0 = lg * LANES;
+            // Lanes past the block's end repeat its last tile; their results are never stored.
+            let lanes: [Tile; LANES] = std::array::from_fn(|l| group[l.min(group.len() - 1)]);
+            for c in 0..p.cpg {
+                let pl = &padded[c * plane..][..plane];
+                let mut buf = [[0f32; LANES]; 36];
+                for (l, t) in lanes.iter().enumerate() {
+                    for r in 0..A {
+                        let row = &pl[(t.py + r * p.dh) * p.wp..][..p.wp];
+                        for col in 0..A {
+                            buf[r * A + col][l] = row[t.px + col * p.dw];
+                        }
+                    }
+                }
+                let mut d = [[s.zero(); A]; A];
+                for (r, dr) in d.iter_mut().enumerate() {
+                    for (col, dv) in dr.iter_mut().enumerate() {
+                        *dv = s.load(&buf[r * A + col]);
+                    }
+                }
+                let v = input_2d::<S, T, A, M>(s, &d);
+                for (xi, row) in v.iter().enumerate() {
+                    for (xj, &val) in row.iter().enumerate() {
+                        s.store(val, &mut vbuf[((xi * A + xj) * p.cpg + c) * p.tb + t0..]);
+                    }
+                }
+            }
+        }
+        // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ].
+        for xi in 0..a2 {
+            gemm(
+                p.kc,
+                p.cpg,
+                nt,
+                &u[(xi * p.kpg + kl) * p.cpg..][..p.kc * p.cpg],
+                p.cpg,
+                &vbuf[xi * p.cpg * p.tb..][..p.cpg * p.tb],
+                p.tb,
+                &mut mbuf[xi * p.kc * p.tb..][..p.kc * p.tb],
+                p.tb,
+            );
+        }
+        // Output transform, bias, and scatter of the in-range outputs.
+        for k in 0..p.kc {
+            let bk = s.splat(bias.map_or(0.0, |b| b[k]));
+            let oplane = &mut out[k * p.oh * p.ow..][..p.oh * p.ow];
+            for (lg, group) in block.chunks(LANES).enumerate() {
+                let t0 = lg * LANES;
+                let mut mv = [[s.zero(); A]; A];
+                for (xi, mr) in mv.iter_mut().enumerate() {
+                    for (xj, m) in mr.iter_mut().enumerate() {
+                        *m = s.load(&mbuf[((xi * A + xj) * p.kc + k) * p.tb + t0..]);
+                    }
+                }
+                let y = output_2d::<S, T, A, M>(s, &mv);
+                let mut lanes = [[0f32; LANES]; 16];
+                for (i, row) in y.iter().enumerate() {
+                    for (j, &val) in row.iter().enumerate() {
+                        lanes[i * M + j] = s.to_array(s.add(val, bk));
+                    }
+                }
+                for (l, t) in group.iter().enumerate() {
+                    for i in 0..M {
+                        let oy = t.oy + i * p.dh;
+                        if oy >= p.oh {
+                            break;
+                        }
+                        let orow = &mut oplane[oy * p.ow..][..p.ow];
+                        for j in 0..M {
+                            let ox = t.ox + j * p.dw;
+                            if ox >= p.ow {
+                                break;
+                            }
+                            orow[ox] = lanes[i * M + j][l];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 1-D transforms of one variant, `α = A`, `m = M`. Static functions rather than closures:
+/// a closure body would be compiled without the caller's `#[target_feature]`s.
+trait Transforms<const A: usize, const M: usize> {
+    /// `Bᵀ d`.
+    fn bt<S: Simd>(s: S, d: [S::V; A]) -> [S::V; A];
+    /// `Aᵀ m`.
+    fn at<S: Simd>(s: S, m: [S::V; A]) -> [S::V; M];
+}
+
+/// F(2x2,3x3).
+struct F2;
+/// F(4x4,3x3).
+struct F4;
+
+impl Transforms<4, 2> for F2 {
+    #[inline(always)]
+    fn bt<S: Simd>(s: S, d: [S::V; 4]) -> [S::V; 4] {
+        bt4(s, d)
+    }
+    #[inline(always)]
+    fn at<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
+        at4(s, m)
+    }
+}
+
+impl Transforms<6, 4> for F4 {
+    #[inline(always)]
+    fn bt<S: Simd>(s: S, d: [S::V; 6]) -> [S::V; 6] {
+        bt6(s, d)
+    }
+    #[inline(always)]
+    fn at<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
+        at6(s, m)
+    }
+}
+
+/// `Bᵀ d B`: the 1-D transform on the columns, then on the rows.
+#[inline(always)]
+fn input_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    d: &[[S::V; A]; A],
+) -> [[S::V; A]; A] {
+    let mut t = [[s.zero(); A]; A];
+    for col in 0..A {
+        let mut c = [s.zero(); A];
+        for r in 0..A {
+            c[r] = d[r][col];
+        }
+        let v = T::bt(s, c);
+        for r in 0..A {
+            t[r][col] = v[r];
+        }
+    }
+    let mut o = [[s.zero(); A]; A];
+    for r in 0..A {
+        o[r] = T::bt(s, t[r]);
+    }
+    o
+}
+
+/// `Aᵀ m A`: the 1-D transform on the columns, then on the rows.
+#[inline(always)]
+fn output_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    d: &[[S::V; A]; A],
+) -> [[S::V; M]; M] {
+    let mut t = [[s.zero(); A]; M];
+    for col in 0..A {
+        let mut c = [s.zero(); A];
+        for r in 0..A {
+            c[r] = d[r][col];
+        }
+        let v = T::at(s, c);
+        for r in 0..M {
+            t[r][col] = v[r];
+        }
+    }
+    let mut o = [[s.zero(); M]; M];
+    for r in 0..M {
+        o[r] = T::at(s, t[r]);
+    }
+    o
+}
+
+/// `Bᵀ d` for F(2x2,3x3).
+#[inline(always)]
+fn bt4<S: Simd>(s: S, d: [S::V; 4]) -> [S::V; 4] {
+    [s.sub(d[0], d[2]), s.add(d[1], d[2]), s.sub(d[2], d[1]), s.sub(d[1], d[3])]
+}
+
+/// `Aᵀ m` for F(2x2,3x3).
+#[inline(always)]
+fn at4<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
+    [s.add(s.add(m[0], m[1]), m[2]), s.sub(s.sub(m[1], m[2]), m[3])]
+}
+
+/// `Bᵀ d` for F(4x4,3x3), sharing the common sub-expressions.
+#[inline(always)]
+fn bt6<S: Simd>(s: S, d: [S::V; 6]) -> [S::V; 6] {
+    let (four, five, two) = (s.splat(4.0), s.splat(5.0), s.splat(2.0));
+    // r1, r2 = ±4(d1) − 4 d2 ± d3 + d4 ;  r3, r4 = ∓2 d1 − d2 ± 2 d3 + d4
+    let a = s.sub(d[4], s.mul(four, d[2])); // d4 − 4 d2
+    let b = s.sub(d[3], s.mul(four, d[1])); // d3 − 4 d1
+    let c = s.sub(d[4], d[2]); // d4 − d2
+    let e = s.mul(two, s.sub(d[3], d[1])); // 2 (d3 − d1)
+    [
+        s.sub(s.fma(four, d[0], d[4]), s.mul(five, d[2])),
+        s.add(a, b),
+        s.sub(a, b),
+        s.add(c, e),
+        s.sub(c, e),
+        s.sub(s.fma(four, d[1], d[5]), s.mul(five, d[3])),
+    ]
+}
+
+/// `Aᵀ m` for F(4x4,3x3).
+#[inline(always)]
+fn at6<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
+    let p12 = s.add(m[1], m[2]);
+    let m12 = s.sub(m[1], m[2]);
+    let p34 = s.add(m[3], m[4]);
+    let m34 = s.sub(m[3], m[4]);
+    [
+        s.add(s.add(m[0], p12), p34),
+        s.fma(s.splat(2.0), m34, m12),
+        s.fma(s.splat(4.0), p34, p12),
+        s.add(s.fma(s.splat(8.0), m34, m12), m[5]),
+    ]
+}
+
+/// `C[m×n] = A[m×k] · B[k×n]` for row-major matrices with row strides `lda`, `ldb`, `ldc`;
+/// a checked wrapper over `matrixmultiply::sgemm`.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || a.len() >= (m - 1) * lda + k, "gemm: A too short");
+    assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "gemm: B too short");
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm: C too short");
+    let stride = |s: usize| isize::try_from(s).unwrap_or(isize::MAX);
+    // SAFETY: the asserts above prove that every element addressed by (m, k, n) with these
+    // row strides (column stride 1) lies inside the slices; `c` is a unique borrow and does
+    // not alias `a` or `b`. With beta = 0, `c` is only written.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            stride(lda),
+            1,
+            b.as_ptr(),
+            stride(ldb),
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            stride(ldc),
+            1,
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! The direct and Winograd kernels against the f64 naive reference: random shapes (property
+//! tests), both instruction sets, large channel counts, unsupported shapes, thread-count
+//! independence, and the measured Winograd error.
+#![allow(clippy::unwrap_used)]
+
+use convkit_conv::simd::{self, SimdLevel};
+use convkit_conv::{
+    Conv2dParams, ConvError, ConvGeometry, Tolerance, WinogradFilter, WinogradVariant,
+    conv2d_direct, conv2d_direct_with, conv2d_naive, conv2d_winograd, conv2d_winograd_prepared,
+    conv2d_winograd_with, max_rel_error, winograd_supports,
+};
+use proptest::prelude::*;
+
+const VARIANTS: [WinogradVariant; 2] = [WinogradVariant::F2x2_3x3, WinogradVariant::F4x4_3x3];
+
+/// Deterministic values uniform in [-1, 1) (a 64-bit LCG; no dependency needed).
+fn uniform(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Case {
+    g: ConvGeometry,
+    input: Vec<f32>,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Case {
+    fn new(g: ConvGeometry, seed: u64) -> Case {
+        Case {
+            input: uniform(g.input_len(), seed),
+            weight: uniform(g.weight_len(), seed ^ 0x9e37),
+            bias: uniform(g.c_out, seed ^ 0x51ed),
+            g,
+        }
+    }
+    fn naive(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.g.output_len()];
+        conv2d_naive(&self.g, &self.input, &self.weight, Some(&self.bias), &mut out).unwrap();
+        out
+    }
+    /// Magnitude of the summed terms: `C/g·R·S·max|x|·max|w|` (plus the bias).
+    fn scale(&self) -> f64 {
+        let max = |v: &[f32]| v.iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()));
+        let terms = (self.g.c_in_per_group() * self.g.kh * self.g.kw) as f64;
+        terms * max(&self.input) * max(&self.weight) + max(&self.bias)
+    }
+    fn direct(&self, level: SimdLevel) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.g.output_len()];
+        conv2d_direct_with(level, &self.g, &self.input, &self.weight, Some(&self.bias), &mut out)
+            .unwrap();
+        out
+    }
+    fn winograd(&self, level: SimdLevel, v: WinogradVariant) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.g.output_len()];
+        let (i, w, b) = (&self.input, &self.weight, Some(self.bias.as_slice()));
+        conv2d_winograd_with(level, &self.g, i, w, b, &mut out, v).unwrap();
+        out
+    }
+}
+
+fn levels() -> Vec<SimdLevel> {
+    let mut l = vec![SimdLevel::Fallback];
+    if SimdLevel::Avx2Fma.available() {
+        l.push(SimdLevel::Avx2Fma);
+    } else {
+        eprintln!("skipping avx2 path: no avx2");
+    }
+    l
+}
+
+fn tol(v: WinogradVariant) -> Tolerance {
+    match v {
+        WinogradVariant::F2x2_3x3 => Tolerance::WINOGRAD_F2,
+        WinogradVariant::F4x4_3x3 => Tolerance::WINOGRAD_F4,
+    }
+}
+
+/// Random convolution problems within the ranges of the issue; `None` when the kernel does not
+/// fit the padded input.
+#[allow(clippy::type_complexity)]
+fn geometry(
+    kernel: std::ops::RangeInclusive<usize>,
+    stride: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = Option<ConvGeometry>> {
+    (
+        (1usize..=4, 1usize..=4, 1usize..=5, 1usize..=20, any::<bool>()),
+        (1usize..=40, 1usize..=40, kernel.clone(), kernel),
+        (stride.clone(), stride, 0usize..=3, 0usize..=3, 1usize..=3, 1usize..=3),
+    )
+        .prop_map(
+            |((n, groups, cpg, kpg, depthwise), (h, w, kh, kw), (sh, sw, ph, pw, dh, dw))| {
+                // Depthwise: one input and one output channel per group, up to 20 groups.
+                let (groups, cpg, kpg) =
+                    if depthwise { (groups * cpg, 1, 1) } else { (groups, cpg, kpg) };
+                let p = Conv2dParams {
+                    stride: (sh, sw),
+                    padding: (ph, pw),
+                    dilation: (dh, dw),
+                    groups,
+                };
+                ConvGeometry::new([n, groups * cpg, h, w], [groups * kpg, cpg, kh, kw], p).ok()
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn direct_matches_naive(g in geometry(1..=7, 1..=3), seed in any::<u64>()) {
+        let Some(g) = g else { return Ok(()) };
+        let case = Case::new(g, seed);
+        let want = case.naive();
+        let t = Tolerance::F32_SUM.for_sum(case.scale());
+        for level in levels() {
+            if let Err(e) = t.check(&case.direct(level), &want) {
+                return Err(TestCaseError::fail(format!("{level} {g:?}: {e}")));
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_matches_naive(g in geometry(3..=3, 1..=1), seed in any::<u64>()) {
+        let Some(g) = g else { return Ok(()) };
+        let case = Case::new(g, seed);
+        let want = case.naive();
+        for v in VARIANTS {
+            prop_assert!(winograd_supports(&g, v));
+            let t = tol(v).for_sum(case.scale());
+            for level in levels() {
+                if let Err(e) = t.check(&case.winograd(level, v), &want) {
+                    return Err(TestCaseError::fail(format!("{v:?} {level} {g:?}: {e}")));
+                }
+            }
+        }
+    }
+}
+
+/// The SIMD path must really run on a CPU that has it, unless `CONVKIT_SIMD` turns it off.
+#[test]
+fn simd_path_is_active_on_avx2_machines() {
+    #[cfg(target_arch = "x86_64")]
+    let has = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    if !has {
+        eprintln!("skipping: no avx2");
+        assert_eq!(simd::active(), SimdLevel::Fallback);
+        return;
+    }
+    if simd::disabled_by_env() {
+        eprintln!("skipping: CONVKIT_SIMD disables SIMD");
+        assert_eq!(simd::active(), SimdLevel::Fallback);
+        return;
+    }
+    assert_eq!(simd::active(), SimdLevel::Avx2Fma, "AVX2+FMA detected but not selected");
+    assert!(SimdLevel::Avx2Fma.available());
+}
+
+/// Asking for AVX2 where it is missing is an error, not undefined behaviour.
+#[test]
+fn unavailable_level_is_an_error() {
+    if SimdLevel::Avx2Fma.available() {
+        eprintln!("skipping: avx2 present, nothing to refuse");
+        return;
+    }
+    let g = ConvGeometry::new([1, 1, 4, 4], [1, 1, 3, 3], Conv2dParams::default()).unwrap();
+    let mut out = vec![0.0; g.output_len()];
+    let e = conv2d_direct_with(SimdLevel::Avx2Fma, &g, &[0.0; 16], &[0.0; 9], None, &mut out);
+    assert!(matches!(e, Err(ConvError::Unsupported { .. })));
+}
+
+/// Odd sizes around the vector width and tile edges, small integers: every sum is exact, so the
+/// fast kernels must match the reference bit for bit.
+#[test]
+fn exact_small_integer_cases() {
+    // 5 output channels run the width-vectorized kernel, 17 the channel-vectorized one on
+    // narrow rows (16 + a partial vector of 1).
+    for (h, w, k) in [(1, 1, 5), (3, 7, 5), (7, 9, 5), (9, 17, 5), (17, 8, 5), (5, 33, 5)]
+        .into_iter()
+        .chain([(6, 5, 17), (9, 12, 17), (4, 3, 9)])
+    {
+        for pad in [0, 1, 2] {
+            let p = Conv2dParams::default().with_padding(pad);
+            let Ok(g) = ConvGeometry::new([2, 3, h, w], [k, 3, 3, 3], p) else { continue };
+            let input: Vec<f32> = (0..g.input_len()).map(|i| (i % 5) as f32 - 2.0).collect();
+            let weight: Vec<f32> = (0..g.weight_len()).map(|i| (i % 3) as f32 - 1.0).collect();
+            let mut want = vec![0.0; g.output_len()];
+            conv2d_naive(&g, &input, &weight, None, &mut want).unwrap();
+            for level in levels() {
+                let mut got = vec![f32::NAN; g.output_len()];
+                conv2d_direct_with(level, &g, &input, &weight, None, &mut got).unwrap();
+                assert_eq!(got, want, "direct {level} {g:?}");
+                // F(2x2,3x3) only multiplies by 1/2: exact on small integers too.
+                let mut got = vec![f32::NAN; g.output_len()];
+                let v = WinogradVariant::F2x2_3x3;
+                conv2d_winograd_with(level, &g, &input, &weight, None, &mut got, v).unwrap();
+                assert_eq!(got, want, "winograd f2 {level} {g:?}");
+            }
+        }
+    }
+}
+
+/// 64 → 384 channels at 56x56 (and a grouped variant): the fast kernels against each other in
+/// full and against the naive reference on the first and last output channels (the reference
+/// on all 384 channels would dominate the suite's run time).
+#[test]
+fn large_channel_counts() {
+    for (params, c_in) in [
+        (Conv2dParams::default().with_padding(1), 64),
+        (Conv2dParams::default().with_padding(1).with_groups(2), 64),
+        (Conv2dParams::default().with_padding(2).with_dilation(2), 64),
+    ] {
+        let cpg = c_in / params.groups;
+        let g = ConvGeometry::new([1, c_in, 56, 56], [384, cpg, 3, 3], params).unwrap();
+        let case = Case::new(g, 7);
+        let direct = {
+            let mut out = vec![f32::NAN; g.output_len()];
+            conv2d_direct(&g, &case.input, &case.weight, Some(&case.bias), &mut out).unwrap();
+            out
+        };
+        let wino: Vec<Vec<f32>> = VARIANTS
+            .iter()
+            .map(|&v| {
+                let mut out = vec![f32::NAN; g.output_len()];
+                let b = Some(case.bias.as_slice());
+                conv2d_winograd(&g, &case.input, &case.weight, b, &mut out, v).unwrap();
+                out
+            })
+            .collect();
+        let plane = g.oh * g.ow;
+        // Reference on output channels [0, 8) and [376, 384) of group 0 / the last group.
+        for k0 in [0, 376] {
+            let sub_g = ConvGeometry::new(
+                [1, cpg, 56, 56],
+                [8, cpg, 3, 3],
+                Conv2dParams { groups: 1, ..params },
+            )
+            .unwrap();
+            let grp = k0 / g.c_out_per_group();
+            let sub_in = &case.input[grp * cpg * 56 * 56..][..cpg * 56 * 56];
+            let sub_w = &case.weight[k0 * cpg * 9..][..8 * cpg * 9];
+            let mut want = vec![0.0; sub_g.output_len()];
+            conv2d_naive(&sub_g, sub_in, sub_w, Some(&case.bias[k0..k0 + 8]), &mut want).unwrap();
+            let pick = |v: &[f32]| v[k0 * plane..(k0 + 8) * plane].to_vec();
+            let s = case.scale();
+            Tolerance::F32_SUM.for_sum(s).check(&pick(&direct), &want).unwrap();
+            for (v, out) in VARIANTS.iter().zip(&wino) {
+                tol(*v).for_sum(s).check(&pick(out), &want).unwrap();
+            }
+        }
+        for (v, out) in VARIANTS.iter().zip(&wino) {
+            // Everything else: Winograd against the direct kernel.
+            tol(*v).for_sum(case.scale()).check(out, &direct).unwrap();
+        }
+    }
+}
+
+#[test]
+fn unsupported_shapes_are_errors() {
+    let p = Conv2dParams::default();
+    for (weight, params) in [([4, 3, 5, 5], p), ([4, 3, 3, 3], p.with_stride(2)), ([4, 3, 1, 1], p)]
+    {
+        let g = ConvGeometry::new([1, 3, 12, 12], weight, params).unwrap();
+        let case = Case::new(g, 1);
+        for v in VARIANTS {
+            assert!(!winograd_supports(&g, v));
+            let mut out = vec![0.0; g.output_len()];
+            let e = conv2d_winograd(&g, &case.input, &case.weight, None, &mut out, v).unwrap_err();
+            assert!(matches!(e, ConvError::Unsupported { .. }), "{e}");
+            assert!(e.to_string().contains(v.name()), "{e}");
+        }
+    }
+    let e = WinogradFilter::new(&[0.0; 25], [1, 1, 5, 5], 1, WinogradVariant::F4x4_3x3);
+    assert!(matches!(e, Err(ConvError::Unsupported { .. })));
+    // A prepared filter for other channel counts is refused.
+    let filter =
+        WinogradFilter::new(&[0.0; 18], [2, 1, 3, 3], 1, WinogradVariant::F2x2_3x3).unwrap();
+    let g = ConvGeometry::new([1, 2, 8, 8], [2, 2, 3, 3], p).unwrap();
+    let mut out = vec![0.0; g.output_len()];
+    let e = conv2d_winograd_prepared(&g, &[0.0; 128], &filter, None, &mut out).unwrap_err();
+    assert!(matches!(e, ConvError::ShapeMismatch { .. }), "{e}");
+    // Wrong buffer lengths are errors too.
+    let e = conv2d_direct(&g, &[0.0; 127], &[0.0; 36], None, &mut out).unwrap_err();
+    assert!(matches!(e, ConvError::BufferLength { .. }), "{e}");
+}
+
+/// A prepared filter gives the same result as the one-shot call.
+#[test]
+fn prepared_filter_is_reusable() {
+    let g =
+        ConvGeometry::new([2, 8, 13, 11], [16, 8, 3, 3], Conv2dParams::default().with_padding(1))
+            .unwrap();
+    let case = Case::new(g, 3);
+    for v in VARIANTS {
+        let filter = WinogradFilter::new(&case.weight, g.weight_dims(), 1, v).unwrap();
+        assert_eq!(filter.variant(), v);
+        let b = Some(case.bias.as_slice());
+        let mut a = vec![0.0; g.output_len()];
+        conv2d_winograd(&g, &case.input, &case.weight, b, &mut a, v).unwrap();
+        for _ in 0..2 {
+            let mut p = vec![0.0; g.output_len()];
+            conv2d_winograd_prepared(&g, &case.input, &filter, b, &mut p).unwrap();
+            assert_eq!(a, p);
+        }
+    }
+}
+
+/// Results do not depend on the number of threads.
+#[test]
+fn bit_identical_for_one_and_two_threads() {
+    let shapes = [
+        ([8, 16, 28, 28], [16, 16, 3, 3], Conv2dParams::default().with_padding(1)),
+        ([4, 32, 20, 20], [32, 1, 3, 3], Conv2dParams::default().with_padding(1).with_groups(32)),
+        ([16, 1, 32, 32], [6, 1, 5, 5], Conv2dParams::default()),
+        ([1, 128, 14, 14], [128, 128, 3, 3], Conv2dParams::default().with_padding(1)),
+    ];
+    for (input, weight, p) in shapes {
+        let g = ConvGeometry::new(input, weight, p).unwrap();
+        let case = Case::new(g, 11);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut outs = vec![case.direct(simd::active())];
+                if winograd_supports(&g, WinogradVariant::F4x4_3x3) {
+                    for v in VARIANTS {
+                        outs.push(case.winograd(simd::active(), v));
+                    }
+                }
+                outs
+            })
+        };
+        let (one, two) = (run(1), run(2));
+        for (a, b) in one.iter().zip(&two) {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{g:?}");
+        }
+    }
+}
+
+/// The figures quoted in the `winograd` module docs: max relative error against f64 naive on
+/// the suite's 3x3 shapes. For `res3x3_28b8` the reference covers 16 of the 128 output
+/// channels (all 8 images) to keep the debug suite fast.
+#[test]
+fn winograd_error_on_suite_shapes() {
+    let p = Conv2dParams::default().with_padding(1);
+    for (name, input, weight, kref) in [
+        ("res3x3_28b8", [8, 128, 28, 28], [128, 128, 3, 3], 16),
+        ("vgg3x3_14", [1, 256, 14, 14], [256, 256, 3, 3], 256),
+    ] {
+        let g = ConvGeometry::new(input, weight, p).unwrap();
+        let case = Case::new(g, 2024);
+        let sub_g = ConvGeometry::new(input, [kref, weight[1], 3, 3], p).unwrap();
+        let mut want = vec![0.0; sub_g.output_len()];
+        let w = &case.weight[..kref * weight[1] * 9];
+        conv2d_naive(&sub_g, &case.input, w, Some(&case.bias[..kref]), &mut want).unwrap();
+        let plane = g.oh * g.ow;
+        for (v, bound) in VARIANTS.into_iter().zip([1e-5, 1e-4]) {
+            let full = case.winograd(simd::active(), v);
+            let got: Vec<f32> = (0..g.n)
+                .flat_map(|b| full[b * g.c_out * plane..][..kref * plane].iter().copied())
+                .collect();
+            let err = max_rel_error(&got, &want);
+            eprintln!("{name} {v:?}: max relative error {err:.2e}");
+            assert!(err < bound, "{name} {v:?}: {err:e} ≥ {bound:e}");
+            assert!(err < 1e-3);
+        }
+    }
+}
