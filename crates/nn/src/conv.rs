@@ -1,8 +1,14 @@
 //! Convolution and pooling layers.
 
+use std::sync::{Arc, Mutex};
+
 use convkit_autograd::{Param, Var};
-use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams};
-use convkit_tensor::Rng;
+use convkit_conv::algo::resolve;
+use convkit_conv::{
+    Conv2dParams, ConvAlgo, ConvGeometry, PoolParams, WinogradFilter, WinogradVariant,
+    conv2d_winograd_prepared,
+};
+use convkit_tensor::{Rng, Tensor};
 
 use crate::error::{NnError, Result, config};
 use crate::init::{Init, default_bias, fans};
@@ -35,6 +41,10 @@ impl Default for Conv2dConfig {
 
 /// 2-D convolution layer (PyTorch's `nn.Conv2d`): weight `[c_out, c_in/groups, kh, kw]`,
 /// bias `[c_out]`.
+///
+/// In inference (an input that is not on a tape) with a shape the algorithm choice sends to
+/// Winograd, the layer keeps the transformed filters and reuses them until the weight
+/// changes, so repeated evaluation skips the filter transform.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     /// Filters `[c_out, c_in/groups, kh, kw]`.
@@ -43,6 +53,14 @@ pub struct Conv2d {
     pub bias: Option<Param>,
     /// Stride, padding, dilation, groups and algorithm.
     pub cfg: Conv2dConfig,
+    winograd: Arc<Mutex<Option<CachedFilter>>>,
+}
+
+/// Winograd-transformed filters and the weight buffer they were computed from.
+#[derive(Debug)]
+struct CachedFilter {
+    weight: Tensor,
+    filter: Arc<WinogradFilter>,
 }
 
 impl Conv2d {
@@ -79,12 +97,66 @@ impl Conv2d {
         } else {
             None
         };
-        Ok(Self { weight, bias, cfg })
+        Ok(Self { weight, bias, cfg, winograd: Arc::default() })
+    }
+
+    /// The transformed filters for `variant`, from the cache when the weight is unchanged.
+    /// A weight that changed — replaced, or updated in place, which copies a buffer the cache
+    /// shares — no longer shares its buffer with the cached one, so identity of the buffer is
+    /// the version check.
+    fn winograd_filter(&self, variant: WinogradVariant) -> Result<Arc<WinogradFilter>> {
+        let weight = self.weight.value();
+        let mut cache = self.winograd.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(c) = cache.as_ref()
+            && c.weight.shares_data_with(&weight)
+            && c.filter.variant() == variant
+        {
+            return Ok(c.filter.clone());
+        }
+        let dims = <[usize; 4]>::try_from(weight.dims())
+            .map_err(|_| config("Conv2d", format!("weight {:?} is not 4-D", weight.dims())))?;
+        let filter = Arc::new(WinogradFilter::new(
+            weight.as_slice(),
+            dims,
+            self.cfg.params.groups,
+            variant,
+        )?);
+        *cache = Some(CachedFilter { weight, filter: filter.clone() });
+        Ok(filter)
+    }
+
+    /// Inference through cached Winograd filters, when the shape resolves to Winograd.
+    fn forward_cached(&self, x: &Var) -> Result<Option<Var>> {
+        let Ok(dims) = <[usize; 4]>::try_from(x.dims()) else { return Ok(None) };
+        let wdims = self.weight.dims();
+        let Ok(wdims) = <[usize; 4]>::try_from(wdims.as_slice()) else { return Ok(None) };
+        let Ok(g) = ConvGeometry::new(dims, wdims, self.cfg.params) else { return Ok(None) };
+        let variant = match resolve(self.cfg.algo, &g) {
+            Ok(ConvAlgo::Winograd2) => WinogradVariant::F2x2_3x3,
+            Ok(ConvAlgo::Winograd4) => WinogradVariant::F4x4_3x3,
+            _ => return Ok(None),
+        };
+        let filter = self.winograd_filter(variant)?;
+        let bias = self.bias.as_ref().map(Param::value);
+        let mut out = vec![0f32; g.output_len()];
+        conv2d_winograd_prepared(
+            &g,
+            x.value().as_slice(),
+            &filter,
+            bias.as_ref().map(Tensor::as_slice),
+            &mut out,
+        )?;
+        Ok(Some(Var::constant(Tensor::from_vec(&g.output_dims(), out)?)))
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Var) -> Result<Var> {
+        if x.tape().is_none()
+            && let Some(y) = self.forward_cached(x)?
+        {
+            return Ok(y);
+        }
         let b = self.bias.as_ref().map(|b| bind(b, x));
         Ok(x.conv2d(&bind(&self.weight, x), b.as_ref(), &self.cfg.params, self.cfg.algo)?)
     }
@@ -147,4 +219,62 @@ impl Module for AvgPool2d {
     }
 
     fn visit_params(&self, _: &str, _: &mut dyn FnMut(String, &Param)) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use convkit_autograd::Tape;
+    use convkit_conv::Tolerance;
+
+    #[test]
+    fn inference_reuses_winograd_filters_until_the_weight_changes() {
+        let mut rng = Rng::new(3);
+        let cfg =
+            Conv2dConfig { params: Conv2dParams::default().with_padding(1), ..Default::default() };
+        let conv = Conv2d::with_config(32, 32, (3, 3), cfg, &mut rng).unwrap();
+        let x = Tensor::rand_uniform(&[2, 32, 20, 20], -1.0, 1.0, &mut rng).unwrap();
+        let g = ConvGeometry::new([2, 32, 20, 20], [32, 32, 3, 3], cfg.params).unwrap();
+        assert!(matches!(
+            resolve(ConvAlgo::Auto, &g).unwrap(),
+            ConvAlgo::Winograd2 | ConvAlgo::Winograd4
+        ));
+
+        let eval = conv.forward(&Var::constant(x.clone())).unwrap();
+        let first = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
+        let again = conv.forward(&Var::constant(x.clone())).unwrap();
+        let second = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
+        assert!(Arc::ptr_eq(&first, &second), "the cached transform is reused");
+        assert_eq!(eval.value(), again.value());
+
+        // The recorded (training) path computes the same convolution.
+        let tape = Tape::new();
+        let train = conv.forward(&tape.input(x.clone())).unwrap();
+        let scale = 32.0 * 9.0;
+        Tolerance::WINOGRAD_F4
+            .for_sum(scale)
+            .check(eval.value().as_slice(), train.value().as_slice())
+            .unwrap();
+
+        // An optimizer-style in-place update invalidates the cache.
+        conv.weight.update(|w, _| w.map_inplace(|v| v * 0.5));
+        let halved = conv.forward(&Var::constant(x)).unwrap();
+        let third = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
+        assert!(!Arc::ptr_eq(&first, &third), "a changed weight is transformed again");
+        let bias = conv.bias.as_ref().unwrap().value();
+        let c = 32;
+        // (y − b)·0.5 + b: the convolution part halves.
+        let want: Vec<f32> = eval
+            .value()
+            .as_slice()
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let b = bias.as_slice()[(i / 400) % c];
+                (y - b) * 0.5 + b
+            })
+            .collect();
+        Tolerance::WINOGRAD_F4.for_sum(scale).check(halved.value().as_slice(), &want).unwrap();
+    }
 }

@@ -8,6 +8,9 @@ pub enum NnError {
     /// An operation failed in the autodiff tape (shapes are in the message).
     #[error(transparent)]
     Autograd(#[from] convkit_autograd::AutogradError),
+    /// A convolution kernel failed (shapes are in the message).
+    #[error(transparent)]
+    Conv(#[from] convkit_conv::ConvError),
     /// A tensor operation or tensor I/O failed.
     #[error(transparent)]
     Tensor(#[from] convkit_tensor::TensorError),
