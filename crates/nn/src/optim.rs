@@ -26,8 +26,12 @@ pub struct OptimizerState {
 pub trait Optimizer {
     /// Updates every parameter that has a gradient.
     fn step(&mut self) -> Result<()>;
+    /// The parameters it updates, in order.
+    fn params(&self) -> &[Param];
     /// Forgets the gradients of all parameters.
-    fn zero_grad(&self);
+    fn zero_grad(&self) {
+        self.params().iter().for_each(Param::zero_grad);
+    }
     /// The current learning rate.
     fn lr(&self) -> f32;
     /// Sets the learning rate (what an LR schedule does between epochs).
@@ -128,8 +132,8 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn zero_grad(&self) {
-        self.params.iter().for_each(Param::zero_grad);
+    fn params(&self) -> &[Param] {
+        &self.params
     }
 
     fn lr(&self) -> f32 {
@@ -269,8 +273,8 @@ impl Optimizer for Adam {
         Ok(())
     }
 
-    fn zero_grad(&self) {
-        self.params.iter().for_each(Param::zero_grad);
+    fn params(&self) -> &[Param] {
+        &self.params
     }
 
     fn lr(&self) -> f32 {
