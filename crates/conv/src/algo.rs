@@ -317,7 +317,9 @@ mod tests {
             geom([8, 128, 28, 28], [128, 1, 3, 3], p.with_padding(1).with_groups(128)),
             geom([1, 1, 1, 1], [1, 1, 1, 1], p),
         ];
-        for g in &shapes {
+        let suite = crate::suite::SHAPES.iter().filter_map(|s| s.geometry().ok());
+        for g in shapes.iter().copied().chain(suite) {
+            let g = &g;
             let a = select(g);
             assert_eq!(a, ConvAlgo::Im2col, "{g:?}");
             assert!(supports(a, g), "select must pick a supported algorithm: {g:?}");
