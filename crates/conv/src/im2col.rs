@@ -14,9 +14,9 @@
 //!
 //! A 1x1 kernel with stride 1 and no padding needs no column matrix: the input plane block
 //! `[C', H·W]` *is* `col`, and `d in` is the product itself. When a group has at most
-//! [`SMALL_DIM`](crate::gemm::SMALL_DIM) output channels (depthwise), the products skip
-//! `sgemm` for scaled-row updates and dot products ([`gemm_rows`](crate::gemm::gemm_rows),
-//! [`gemm_abt_dots`](crate::gemm::gemm_abt_dots)); the choice depends on the shape only.
+//! [`SMALL_DIM`] output channels (depthwise), the products skip
+//! `sgemm` for scaled-row updates and dot products ([`gemm_rows`],
+//! [`gemm_abt_dots`]); the choice depends on the shape only.
 //!
 //! # Memory and threads
 //! The column matrix is built per image and group (`C'RS · OH·OW` floats) in a thread-local
