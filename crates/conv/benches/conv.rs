@@ -6,6 +6,9 @@
 //! gradient and one for the weight gradient — so "fwd + bwd" totals the 3x convention of the
 //! reference tables.
 //!
+//! `gemm/<shape>/sgemm` times `sgemm` alone on the products im2col runs (the ceiling of the
+//! im2col forward) and `pool/…` LeNet's pooling layers.
+//!
 //! Every algorithm that [`supports`] a shape is measured, except `naive` on shapes above
 //! 50 MFLOP (seconds per call), on 1 and on 2 threads (a rayon pool of each size). Group ids
 //! are `conv_fwd_t{threads}/{shape}` and `conv_bwd_t{threads}/{shape}`, one function per
@@ -140,5 +143,34 @@ fn bench_threads(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
     }
 }
 
-criterion_group!(benches, bench, gemm_ceiling);
+/// LeNet's pooling layers (2x2, stride 2) forward and backward; throughput counts input
+/// elements, so "Gelem/s" reads as input elements per second.
+fn pooling(c: &mut Criterion) {
+    use convkit_conv::pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward};
+    use convkit_conv::{PoolGeometry, PoolParams};
+    for (name, dims) in [("lenet_s2", [64, 6, 28, 28]), ("lenet_s4", [64, 16, 10, 10])] {
+        let Ok(g) = PoolGeometry::new("bench", dims, PoolParams::new(2)) else { continue };
+        let x = data(g.input_len(), 5);
+        let dy = data(g.output_len(), 6);
+        let (mut out, mut idx, mut gx) =
+            (vec![0.0; g.output_len()], vec![0; g.output_len()], vec![0.0; g.input_len()]);
+        let mut group = c.benchmark_group(format!("pool/{name}"));
+        group.throughput(Throughput::Elements(g.input_len() as u64));
+        group.sample_size(10).warm_up_time(Duration::from_millis(300));
+        group.measurement_time(Duration::from_secs(1));
+        group.bench_function("max", |b| {
+            b.iter(|| max_pool2d(&g, black_box(&x), &mut out, &mut idx).ok())
+        });
+        group.bench_function("max_backward", |b| {
+            b.iter(|| max_pool2d_backward(&g, black_box(&dy), &idx, &mut gx).ok())
+        });
+        group.bench_function("avg", |b| b.iter(|| avg_pool2d(&g, black_box(&x), &mut out).ok()));
+        group.bench_function("avg_backward", |b| {
+            b.iter(|| avg_pool2d_backward(&g, black_box(&dy), &mut gx).ok())
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench, gemm_ceiling, pooling);
 criterion_main!(benches);

@@ -13,13 +13,16 @@
 //! ```
 //!
 //! A 1x1 kernel with stride 1 and no padding needs no column matrix: the input plane block
-//! `[C', H·W]` *is* `col`, and `d in` is the product itself.
+//! `[C', H·W]` *is* `col`, and `d in` is the product itself. When a group has at most
+//! [`SMALL_DIM`] output channels (depthwise), the products skip
+//! `sgemm` for scaled-row updates and dot products ([`gemm_rows`],
+//! [`gemm_abt_dots`]); the choice depends on the shape only.
 //!
 //! # Memory and threads
 //! The column matrix is built per image and group (`C'RS · OH·OW` floats) in a thread-local
-//! scratch buffer that each thread allocates once and reuses across calls (it keeps the largest
-//! size seen on that thread); nothing is sized by the batch except the weight-gradient
-//! partials described below. Work is split over disjoint output slices with
+//! scratch buffer that each thread allocates once and reuses across calls (up to 16 MiB is
+//! kept between calls); nothing is sized by the batch except the weight-gradient partials
+//! described below. Work is split over disjoint output slices with
 //! `par_chunks_mut`: over `(image, group)` blocks when there are at least as many as threads,
 //! otherwise over row blocks of one product (output channels forward, input channels for the
 //! input gradient), which gives the same bits because `sgemm` computes each row of `C` with
@@ -143,13 +146,23 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's scratch buffer. The buffer keeps the largest size any call
-/// needed on this thread (one image's column matrix for one group). If the buffer is already
-/// in use — rayon let this thread pick up another convolution's task while it waited — `f`
-/// gets a temporary buffer instead.
+/// Scratch buffers up to this many floats (16 MiB) stay allocated between calls; larger ones
+/// (a column matrix of a big image, e.g. 64 channels 3x3 at 224x224 is 115 MiB) are freed
+/// after the call that needed them.
+const SCRATCH_KEEP: usize = 1 << 22;
+
+/// Runs `f` with this thread's scratch buffer, which keeps its allocation between calls up to
+/// [`SCRATCH_KEEP`] floats. If the buffer is already in use — rayon let this thread pick up
+/// another convolution's task while it waited — `f` gets a temporary buffer instead.
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut col) => f(&mut col),
+        Ok(mut col) => {
+            let r = f(&mut col);
+            if col.capacity() > SCRATCH_KEEP {
+                *col = Vec::new();
+            }
+            r
+        }
         Err(_) => f(&mut Vec::new()),
     })
 }

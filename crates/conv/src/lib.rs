@@ -53,8 +53,8 @@
 //! stay on the calling thread. The one reduction across tasks, the weight gradient over the
 //! batch, uses chunks that depend only on the batch size and adds them in a fixed order, so
 //! **every result is bit-identical for any number of threads**. Scratch memory is one column
-//! matrix (one image, one group) per thread, kept between calls for reuse; nothing scales
-//! with the batch except up to 8 partial weight gradients in the backward pass.
+//! matrix (one image, one group) per thread, kept between calls for reuse up to 16 MiB;
+//! nothing scales with the batch except up to 8 partial weight gradients in the backward pass.
 //!
 //! ## Example
 //! ```

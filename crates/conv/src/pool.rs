@@ -5,7 +5,7 @@
 //! the kernel, so every window holds at least one real input element.
 //!
 //! - **Max** returns, for every output element, the flat index `iy·w + ix` of its maximum in
-//!   the input plane (the first one in scan order on ties; a NaN wins, as in PyTorch); the
+//!   the input plane (the first one in scan order on ties; the last NaN wins, as in PyTorch); the
 //!   backward pass routes each output gradient to that index.
 //! - **Average** divides by the window size including the padding (PyTorch's default
 //!   `count_include_pad=True`), or by the number of real elements with
@@ -153,6 +153,11 @@ impl PoolGeometry {
     pub fn output_len(&self) -> usize {
         self.n * self.c * self.oh * self.ow
     }
+    /// The 2x2, stride-2, unpadded window of LeNet and most CNNs, which has a loop of its own.
+    fn is_2x2(&self) -> bool {
+        let p = self.params;
+        p.kernel == (2, 2) && p.stride == (2, 2) && p.padding == (0, 0)
+    }
     fn parallel(&self) -> bool {
         self.output_len() * self.params.kernel.0 * self.params.kernel.1 >= PAR_MIN_WORK
             && rayon::current_num_threads() > 1
@@ -202,31 +207,63 @@ pub fn max_pool2d(
     check_len(OP, "output", &g.output_dims(), output.len())?;
     check_len(OP, "indices", &g.output_dims(), indices.len())?;
     let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
-    // Pair each output value with its index so one parallel pass writes both.
-    let mut pairs: Vec<(f32, usize)> = vec![(0.0, 0); output.len()];
-    over_planes(g, input, hw, &mut pairs, ohw, |plane, out| {
+    let pool_plane = |plane: &[f32], out: &mut [f32], idx: &mut [usize]| {
+        let w = g.w;
+        if g.is_2x2() {
+            // Same scan order and rule as the general loop below, unrolled.
+            for (y, (out, idx)) in
+                out.chunks_exact_mut(g.ow).zip(idx.chunks_exact_mut(g.ow)).enumerate()
+            {
+                let (b0, b1) = (2 * y * w, (2 * y + 1) * w);
+                let (r0, r1) = (&plane[b0..b0 + 2 * g.ow], &plane[b1..b1 + 2 * g.ow]);
+                for (x, (o, i)) in out.iter_mut().zip(idx.iter_mut()).enumerate() {
+                    let (mut best, mut at) = (r0[2 * x], b0 + 2 * x);
+                    for (v, k) in [
+                        (r0[2 * x + 1], b0 + 2 * x + 1),
+                        (r1[2 * x], b1 + 2 * x),
+                        (r1[2 * x + 1], b1 + 2 * x + 1),
+                    ] {
+                        let take = v > best || v.is_nan();
+                        best = if take { v } else { best };
+                        at = if take { k } else { at };
+                    }
+                    *o = best;
+                    *i = at;
+                }
+            }
+            return;
+        }
         for y in 0..g.oh {
+            let (y0, y1, _, _) = g.window(y, 0);
             for x in 0..g.ow {
-                let (y0, y1, x0, x1) = g.window(y, x);
-                let mut best = (f32::NEG_INFINITY, y0 * g.w + x0);
-                'scan: for iy in y0..y1 {
-                    for ix in x0..x1 {
-                        let v = plane[iy * g.w + ix];
-                        if v > best.0 || v.is_nan() {
-                            best = (v, iy * g.w + ix);
-                            if v.is_nan() {
-                                break 'scan;
-                            }
-                        }
+                let (_, _, x0, x1) = g.window(0, x);
+                let (mut best, mut at) = (f32::NEG_INFINITY, y0 * w + x0);
+                for iy in y0..y1 {
+                    let base = iy * w;
+                    for (ix, &v) in (x0..x1).zip(&plane[base + x0..base + x1]) {
+                        // PyTorch's rule: a larger value or any NaN takes over (branch-free).
+                        let take = v > best || v.is_nan();
+                        best = if take { v } else { best };
+                        at = if take { base + ix } else { at };
                     }
                 }
                 out[y * g.ow + x] = best;
+                idx[y * g.ow + x] = at;
             }
         }
-    });
-    for ((o, i), (v, idx)) in output.iter_mut().zip(indices.iter_mut()).zip(pairs) {
-        *o = v;
-        *i = idx;
+    };
+    if g.parallel() {
+        output
+            .par_chunks_mut(ohw)
+            .zip(indices.par_chunks_mut(ohw))
+            .zip(input.par_chunks(hw))
+            .for_each(|((out, idx), plane)| pool_plane(plane, out, idx));
+    } else {
+        for ((out, idx), plane) in
+            output.chunks_mut(ohw).zip(indices.chunks_mut(ohw)).zip(input.chunks(hw))
+        {
+            pool_plane(plane, out, idx);
+        }
     }
     Ok(())
 }
@@ -250,14 +287,25 @@ pub fn max_pool2d_backward(
             msg: format!("index {bad} is outside the {}x{} input plane", g.h, g.w),
         });
     }
-    let pairs: Vec<(f32, usize)> =
-        grad_output.iter().copied().zip(indices.iter().copied()).collect();
-    over_planes(g, &pairs, ohw, grad_input, hw, |pairs, plane| {
+    let scatter = |go: &[f32], idx: &[usize], plane: &mut [f32]| {
         plane.fill(0.0);
-        for &(go, i) in pairs {
-            plane[i] += go;
+        for (&v, &i) in go.iter().zip(idx) {
+            plane[i] += v;
         }
-    });
+    };
+    if g.parallel() {
+        grad_input
+            .par_chunks_mut(hw)
+            .zip(grad_output.par_chunks(ohw))
+            .zip(indices.par_chunks(ohw))
+            .for_each(|((plane, go), idx)| scatter(go, idx, plane));
+    } else {
+        for ((plane, go), idx) in
+            grad_input.chunks_mut(hw).zip(grad_output.chunks(ohw)).zip(indices.chunks(ohw))
+        {
+            scatter(go, idx, plane);
+        }
+    }
     Ok(())
 }
 
@@ -280,6 +328,17 @@ pub fn avg_pool2d(g: &PoolGeometry, input: &[f32], output: &mut [f32]) -> Result
     check_len(OP, "input", &g.input_dims(), input.len())?;
     check_len(OP, "output", &g.output_dims(), output.len())?;
     over_planes(g, input, g.h * g.w, output, g.oh * g.ow, |plane, out| {
+        if g.is_2x2() {
+            // (a + b) + (c + d): the same sums as the general loop, unrolled.
+            for (y, out) in out.chunks_exact_mut(g.ow).enumerate() {
+                let r0 = &plane[2 * y * g.w..2 * y * g.w + 2 * g.ow];
+                let r1 = &plane[(2 * y + 1) * g.w..(2 * y + 1) * g.w + 2 * g.ow];
+                for ((o, a), b) in out.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                    *o = ((a[0] + a[1]) + (b[0] + b[1])) / 4.0;
+                }
+            }
+            return;
+        }
         for y in 0..g.oh {
             for x in 0..g.ow {
                 let (y0, y1, x0, x1) = g.window(y, x);
@@ -306,6 +365,19 @@ pub fn avg_pool2d_backward(
     check_len(OP, "grad_input", &g.input_dims(), grad_input.len())?;
     over_planes(g, grad_output, g.oh * g.ow, grad_input, g.h * g.w, |go, plane| {
         plane.fill(0.0);
+        if g.is_2x2() {
+            // Windows do not overlap: each covered input gets exactly one quarter.
+            for (y, go) in go.chunks_exact(g.ow).enumerate() {
+                for dy in 0..2 {
+                    let row = &mut plane[(2 * y + dy) * g.w..(2 * y + dy) * g.w + 2 * g.ow];
+                    for (pair, &v) in row.chunks_exact_mut(2).zip(go) {
+                        pair[0] = v / 4.0;
+                        pair[1] = v / 4.0;
+                    }
+                }
+            }
+            return;
+        }
         for y in 0..g.oh {
             for x in 0..g.ow {
                 let (y0, y1, x0, x1) = g.window(y, x);

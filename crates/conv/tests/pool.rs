@@ -98,6 +98,50 @@ proptest! {
     }
 }
 
+/// The unrolled 2x2 / stride-2 path against the reference, on odd and even sizes (the
+/// random strategy above rarely draws exactly this window).
+#[test]
+fn two_by_two_path_matches_reference() {
+    for h in 2..=9 {
+        for w in 2..=9 {
+            let g = PoolGeometry::new("test", [2, 3, h, w], PoolParams::new(2)).unwrap();
+            let mut x = common::data(g.input_len(), (h * 10 + w) as u64);
+            if h == 5 && w == 4 {
+                x[7] = f32::NAN;
+            }
+            let (rmax, ridx, ravg) = reference(&g, &x);
+            let (mut out, mut idx) = (vec![0.0; g.output_len()], vec![0; g.output_len()]);
+            max_pool2d(&g, &x, &mut out, &mut idx).unwrap();
+            if h == 5 && w == 4 {
+                // The reference ignores NaN; the kernel propagates it like PyTorch. Element 7
+                // (row 1, column 3) lies in window (0, 1) of plane 0.
+                assert!(out[1].is_nan() && idx[1] == 7, "{:?} {:?}", &out[..2], &idx[..2]);
+                assert_eq!(out[2..], rmax[2..]);
+            } else {
+                assert_eq!(out, rmax, "{h}x{w}");
+                assert_eq!(idx, ridx, "{h}x{w}");
+            }
+            avg_pool2d(&g, &x, &mut out).unwrap();
+            if !(h == 5 && w == 4) {
+                convkit_conv::Tolerance::F32_SUM.check(&out, &ravg).unwrap();
+            }
+            let dy = common::data(g.output_len(), 9);
+            let mut gx = vec![1.0; g.input_len()];
+            avg_pool2d_backward(&g, &dy, &mut gx).unwrap();
+            for (i, &v) in gx.iter().enumerate() {
+                let (plane, pos) = (i / (h * w), i % (h * w));
+                let (iy, ix) = (pos / w, pos % w);
+                let want = if iy < 2 * (h / 2) && ix < 2 * (w / 2) {
+                    dy[plane * (h / 2) * (w / 2) + (iy / 2) * (w / 2) + ix / 2] / 4.0
+                } else {
+                    0.0
+                };
+                assert_eq!(v, want, "{h}x{w} element {i}");
+            }
+        }
+    }
+}
+
 #[test]
 fn same_results_for_1_and_2_threads() {
     let p = PoolParams::new(3).with_stride(2).with_padding(1);
