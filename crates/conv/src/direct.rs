@@ -108,12 +108,30 @@ pub fn conv2d_direct_with(
         let _ = simd::dispatch(level, kernel);
     };
     if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
-        let mut scratch = Vec::new();
-        output.chunks_mut(chunk_len).enumerate().for_each(|item| run(&mut scratch, item));
+        let chunks = output.chunks_mut(chunk_len).enumerate();
+        with_thread_scratch(|s| chunks.for_each(|item| run(s, item)));
     } else {
-        output.par_chunks_mut(chunk_len).enumerate().for_each_init(Vec::new, run);
+        output
+            .par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|item| with_thread_scratch(|s| run(s, item)));
     }
     Ok(())
+}
+
+thread_local! {
+    /// Per-thread scratch of the fast kernels, kept between calls: allocating and zeroing a few
+    /// MiB per call cost ~8% of a Winograd layer. It holds at most the largest work item's
+    /// scratch seen on that thread (bounded per image, never per batch).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable scratch buffer (a fresh one if it is already in use).
+pub(crate) fn with_thread_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// Sizes derived once per call.

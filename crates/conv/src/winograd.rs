@@ -354,10 +354,13 @@ fn prepared_with(
         let _ = simd::dispatch(level, item);
     };
     if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
-        let mut scratch = Vec::new();
-        output.chunks_mut(chunk_len).enumerate().for_each(|it| run(&mut scratch, it));
+        let chunks = output.chunks_mut(chunk_len).enumerate();
+        crate::direct::with_thread_scratch(|s| chunks.for_each(|it| run(s, it)));
     } else {
-        output.par_chunks_mut(chunk_len).enumerate().for_each_init(Vec::new, run);
+        output
+            .par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|it| crate::direct::with_thread_scratch(|s| run(s, it)));
     }
     Ok(())
 }
@@ -533,20 +536,24 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
             // Lanes past the block's end repeat its last tile; their results are never stored.
             let lanes: [Tile; LANES] = std::array::from_fn(|l| group[l.min(group.len() - 1)]);
             for c in 0..p.cpg {
-                let mut buf = [[0f32; LANES]; 36];
-                for (l, t) in lanes.iter().enumerate() {
-                    let pl = &padded[(t.img * p.cpg + c) * plane..][..plane];
-                    for r in 0..A {
-                        let row = &pl[(t.py + r * p.dh) * p.wp..][..p.wp];
-                        for col in 0..A {
-                            buf[r * A + col][l] = row[t.px + col * p.dw];
-                        }
-                    }
-                }
+                // Top-left corner of each lane's patch in `padded`.
+                let base: [usize; LANES] = std::array::from_fn(|l| {
+                    let t = lanes[l];
+                    (t.img * p.cpg + c) * plane + t.py * p.wp + t.px
+                });
+                // One bounds check for the whole gather: the farthest element of any patch.
+                let far = base.iter().copied().max().unwrap_or(0) + (A - 1) * (p.dh * p.wp + p.dw);
+                assert!(far < padded.len());
                 let mut d = [[s.zero(); A]; A];
                 for (r, dr) in d.iter_mut().enumerate() {
                     for (col, dv) in dr.iter_mut().enumerate() {
-                        *dv = s.load(&buf[r * A + col]);
+                        let off = r * p.dh * p.wp + col * p.dw;
+                        let mut gathered = [0f32; LANES];
+                        for (g, &b) in gathered.iter_mut().zip(&base) {
+                            // SAFETY: `b + off ≤ far < padded.len()` (asserted above).
+                            *g = unsafe { *padded.get_unchecked(b + off) };
+                        }
+                        *dv = s.load(&gathered);
                     }
                 }
                 let v = input_2d::<S, T, A, M>(s, &d);
@@ -583,26 +590,21 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
                     }
                 }
                 let y = output_2d::<S, T, A, M>(s, &mv);
-                let mut lanes = [[0f32; LANES]; 16];
+                let mut vals = [[0f32; LANES]; 16];
                 for (i, row) in y.iter().enumerate() {
                     for (j, &val) in row.iter().enumerate() {
-                        lanes[i * M + j] = s.to_array(s.add(val, bk));
+                        vals[i * M + j] = s.to_array(s.add(val, bk));
                     }
                 }
                 for (l, t) in group.iter().enumerate() {
-                    let oplane = &mut out[(t.img * p.kc + k) * p.oh * p.ow..][..p.oh * p.ow];
-                    for i in 0..M {
-                        let oy = t.oy + i * p.dh;
-                        if oy >= p.oh {
-                            break;
-                        }
-                        let orow = &mut oplane[oy * p.ow..][..p.ow];
-                        for j in 0..M {
-                            let ox = t.ox + j * p.dw;
-                            if ox >= p.ow {
-                                break;
-                            }
-                            orow[ox] = lanes[i * M + j][l];
+                    // In-range rows and columns of this tile's m×m block.
+                    let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
+                    let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
+                    let plane = &mut out[(t.img * p.kc + k) * p.oh * p.ow..][..p.oh * p.ow];
+                    for i in 0..mi {
+                        let orow = &mut plane[(t.oy + i * p.dh) * p.ow + t.ox..];
+                        for j in 0..mj {
+                            orow[j * p.dw] = vals[i * M + j][l];
                         }
                     }
                 }
