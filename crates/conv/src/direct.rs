@@ -21,18 +21,29 @@
 //!    phase is long enough (`⌈ow/8⌉·8 + ⌊(kw−1)·dw/sw⌋`) for whole-vector loads; lanes past the
 //!    row's end read zeros and are never stored. The scratch is bounded by one image's channels
 //!    of one group and is reused across chunks of a rayon worker.
-//! 2. **Register tile.** The micro-kernel keeps `KB × XB` accumulators: `KB` output channels
-//!    (up to 6) times `XB` vectors of 8 output columns (up to 4), at most 12 of the 16 AVX2
-//!    registers. Per filter tap it loads `XB` input vectors and broadcasts `KB` weights, then
-//!    issues `KB·XB` fused multiply-adds, so loads stay well below the FMA count. The block shape
-//!    follows the row: LeNet conv1 (`ow = 28`, 6 channels) runs 3 channels × 4 vectors, LeNet
-//!    conv2 (`ow = 10`, 16 channels) 6 channels × 2 vectors, depthwise 1 channel × 4 vectors.
-//!    Weights of the chunk are repacked tap-major (`[c][i][j][k]`) so the `KB` broadcasts read
-//!    adjacent floats.
+//! 2. **Register tiles.** Three micro-kernels, chosen per work item, each keeping at most 12
+//!    accumulators in the 16 AVX2 registers:
+//!    - *width × channels*: `KB` output channels (up to 6) × `XB` vectors of 8 output columns
+//!      (up to 4). Per filter tap it loads `XB` input vectors and broadcasts `KB` weights, then
+//!      issues `KB·XB` fused multiply-adds. LeNet conv1 (`ow = 28`, 6 channels) runs
+//!      3 channels × 4 vectors.
+//!    - *width × rows* when a work item has one output channel (depthwise): `YB` output rows
+//!      (up to 3) × `XB` vectors, so that 12 independent accumulator chains hide the FMA
+//!      latency even though every tap has a single weight.
+//!    - *channels × columns* when vectorizing over output channels fills more lanes than over
+//!      the width (`kc ≥ 8` and `kc/⌈kc/8⌉·8 > ow/⌈ow/8⌉·8`): 16 channels × 6 columns or
+//!      8 × 8. LeNet conv2 (`ow = 10`, 16 channels) would waste 37% of the lanes along the
+//!      width and wastes none along the channels. Each tap loads 1–2 weight vectors and
+//!      broadcasts one input value per column; results are scattered lane by lane, one scalar
+//!      store per output against `C/g·R·S` multiply-adds.
+//!
+//!    Weights of the chunk are repacked tap-major (`[c][i][j][k]`, channels padded to 8 for
+//!    the channel kernel) so that broadcasts and weight vectors read adjacent floats. Each tile
+//!    checks its whole input footprint once, then loads without bounds checks.
 //! 3. **Threads.** Work items are `(image, chunk of output channels)` pairs, each writing its own
 //!    contiguous output slice (`par_chunks_mut`); the chunking depends only on the shape, so the
 //!    result is bit-identical for any number of threads. Problems under ~4 MFLOP run on the
-//!    calling thread.
+//!    calling thread. Scratch lives in a per-thread buffer reused across calls.
 //!
 //! Every stride, padding, dilation and group count is supported; bias is added by
 //! initializing the accumulators with it. The instruction set is chosen by [`crate::simd`].

@@ -528,6 +528,8 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
     }
     let padded = &*padded;
 
+    // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
+    let mut vals = [[0f32; LANES]; 16];
     for block in p.tiles.chunks(p.tb) {
         let nt = block.len();
         // Input transform, 8 tiles at a time: V[ξ][c][t].
@@ -590,7 +592,6 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
                     }
                 }
                 let y = output_2d::<S, T, A, M>(s, &mv);
-                let mut vals = [[0f32; LANES]; 16];
                 for (i, row) in y.iter().enumerate() {
                     for (j, &val) in row.iter().enumerate() {
                         vals[i * M + j] = s.to_array(s.add(val, bk));
