@@ -439,7 +439,7 @@ impl Plan {
         if g.params.groups == 1 && kc == kpg {
             nb = (1..=g.n)
                 .rev()
-                .find(|&d| g.n % d == 0 && g.n / d >= 2 && d * per_image <= 256)
+                .find(|&d| g.n.is_multiple_of(d) && g.n / d >= 2 && d * per_image <= 256)
                 .unwrap_or(1);
         }
         tiles = (0..nb).flat_map(|img| tiles.iter().map(move |t| Tile { img, ..*t })).collect();
