@@ -37,7 +37,7 @@
 //!      broadcasts one input value per column; results are scattered lane by lane, one scalar
 //!      store per output against `C/g·R·S` multiply-adds.
 //!
-//!    Weights of the chunk are repacked tap-major (`[c][i][j][k]`, channels padded to 8 for
+//!    Weights are repacked once per call, tap-major (`[c][i][j][k]`, channels padded to 8 for
 //!    the channel kernel) so that broadcasts and weight vectors read adjacent floats. Each tile
 //!    checks its whole input footprint once, then loads without bounds checks.
 //! 3. **Threads.** Work items are `(image, chunk of output channels)` pairs, each writing its own
@@ -101,16 +101,28 @@ pub fn conv2d_direct_with(
     let plan = Plan::new(g);
     let chunk_len = plan.kc * g.oh * g.ow;
     let chunks_per_image = g.c_out / plan.kc;
+    // Tap-major weights, once per call for every channel chunk:
+    // packed[chunk][(c·kh·kw + tap)·ks + k], zero for `kc ≤ k < ks`.
+    let w_len = plan.cpg * g.kh * g.kw;
+    let mut packed = vec![0f32; chunks_per_image * w_len * plan.ks];
+    for (chunk, dst) in packed.chunks_exact_mut(w_len * plan.ks).enumerate() {
+        for k in 0..plan.kc {
+            let src = &weight[(chunk * plan.kc + k) * w_len..][..w_len];
+            for (ct, &v) in src.iter().enumerate() {
+                dst[ct * plan.ks + k] = v;
+            }
+        }
+    }
     let run = |scratch: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
-        let (b, k0) = (idx / chunks_per_image, (idx % chunks_per_image) * plan.kc);
+        let (b, chunk) = (idx / chunks_per_image, idx % chunks_per_image);
+        let k0 = chunk * plan.kc;
         let grp = k0 / plan.kpg;
         let img_len = plan.cpg * g.h * g.w;
         let in_start = (b * g.c_in + grp * plan.cpg) * g.h * g.w;
-        let w_len = plan.cpg * g.kh * g.kw;
         let kernel = Chunk {
             plan: &plan,
             input: &input[in_start..in_start + img_len],
-            weight: &weight[k0 * w_len..(k0 + plan.kc) * w_len],
+            wp: &packed[chunk * w_len * plan.ks..][..w_len * plan.ks],
             bias: bias.map(|b| &b[k0..k0 + plan.kc]),
             out,
             scratch,
@@ -244,8 +256,8 @@ struct Chunk<'a> {
     plan: &'a Plan,
     /// The group's input channels of the image, `[cpg, h, w]`.
     input: &'a [f32],
-    /// The chunk's filters, `[kc, cpg, kh, kw]`.
-    weight: &'a [f32],
+    /// The chunk's filters, tap-major: `[cpg·kh·kw][ks]`.
+    wp: &'a [f32],
     bias: Option<&'a [f32]>,
     /// `[kc, oh, ow]`.
     out: &'a mut [f32],
@@ -257,21 +269,34 @@ impl WithSimd for Chunk<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Chunk { plan: p, input, weight, bias, out, scratch } = self;
+        let Chunk { plan: p, input, wp, bias, out, scratch } = self;
         let plane_len = p.hp * p.row_len;
-        let taps = p.kh * p.kw;
         let planes_len = p.cpg * plane_len;
-        scratch.clear();
-        scratch.resize(planes_len + p.ks * p.cpg * taps, 0.0);
-        let (planes, wp) = scratch.split_at_mut(planes_len);
+        if p.sw == 1 {
+            // Reused without clearing: every float outside the copied rows is zeroed below.
+            if scratch.len() < planes_len {
+                scratch.resize(planes_len, 0.0);
+            }
+        } else {
+            scratch.clear();
+            scratch.resize(planes_len, 0.0);
+        }
+        let planes = &mut scratch[..planes_len];
 
         // Padded, phase-split copy of the input planes.
         for c in 0..p.cpg {
+            let pl = &mut planes[c * plane_len..][..plane_len];
+            if p.sw == 1 {
+                pl[..p.ph * p.row_len].fill(0.0);
+                pl[(p.ph + p.h) * p.row_len..].fill(0.0);
+            }
             for r in 0..p.h {
                 let src = &input[(c * p.h + r) * p.w..][..p.w];
-                let row = &mut planes[(c * p.hp + r + p.ph) * p.row_len..][..p.row_len];
+                let row = &mut pl[(r + p.ph) * p.row_len..][..p.row_len];
                 if p.sw == 1 {
+                    row[..p.pw].fill(0.0);
                     row[p.pw..p.pw + p.w].copy_from_slice(src);
+                    row[p.pw + p.w..].fill(0.0);
                 } else {
                     for (x, &v) in src.iter().enumerate() {
                         let xp = x + p.pw;
@@ -280,14 +305,7 @@ impl WithSimd for Chunk<'_> {
                 }
             }
         }
-        // Tap-major weights: wp[(c·kh·kw + tap)·ks + k], zero for `kc ≤ k < ks`.
-        for k in 0..p.kc {
-            for ct in 0..p.cpg * taps {
-                wp[ct * p.ks + k] = weight[k * p.cpg * taps + ct];
-            }
-        }
         let planes = &*planes;
-        let wp = &*wp;
 
         let xb_main = p.nv.min(4);
         if p.kpath {
