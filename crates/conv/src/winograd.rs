@@ -54,13 +54,13 @@
 //!   enough to amortize matrixmultiply's packing of `U`; it takes a slice of the output channels
 //!   only when there are too few images to keep two threads busy. Chunks depend on the shape
 //!   only, so results are bit-identical for every thread count. Each item copies its input
-//!   channels into zero-padded planes (scratch of a few images, reused by the rayon worker) so
+//!   channels into zero-padded planes (per-thread scratch, reused across calls) so
 //!   tile gathers need no edge tests; edge tiles read zeros and only their in-range outputs are
 //!   written.
 //! - **Tile blocks.** Tiles are processed in blocks of at most a fixed amount of transform-domain
-//!   scratch (`α²·(C + K)·tiles` floats, 4 MiB; blocks smaller than a whole image's tiles make
-//!   the sgemm calls too narrow to run at speed): input transform into `V[ξ][c][t]`, `α²` sgemm calls, output
-//!   transform from `M[ξ][k][t]`. The transforms run on 8 tiles at once in structure-of-arrays
+//!   scratch (`α²·(C + K)·tiles` floats, 2 MiB; blocks much smaller than an image's tiles
+//!   make the sgemm calls too narrow to run at speed): input transform into `V[ξ][c][t]`, `α²`
+//!   sgemm calls, output transform from `M[ξ][k][t]`. The transforms run on 8 tiles at once in structure-of-arrays
 //!   form with the [`crate::simd`] vectors (AVX2 when available): `V[ξ][c][t..t+8]` and
 //!   `M[ξ][k][t..t+8]` are contiguous, so each transform position is one vector load or store.
 //! - **Dilation.** A convolution with dilation `(dh, dw)` and stride 1 splits into `dh·dw`
@@ -94,8 +94,9 @@ const OP: &str = "conv2d_winograd";
 /// Below this many FLOPs the work runs on the calling thread.
 const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
 
-/// Transform-domain scratch per tile block, in floats (4 MiB).
-const BLOCK_FLOATS: usize = 1 << 20;
+/// Transform-domain scratch per tile block, in floats (2 MiB); 1, 4 and 8 MiB measured no
+/// faster on `res3x3_28b8` (within the noise of a shared machine).
+const BLOCK_FLOATS: usize = 1 << 19;
 
 /// Which Winograd algorithm to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
