@@ -21,18 +21,29 @@
 //!    phase is long enough (`⌈ow/8⌉·8 + ⌊(kw−1)·dw/sw⌋`) for whole-vector loads; lanes past the
 //!    row's end read zeros and are never stored. The scratch is bounded by one image's channels
 //!    of one group and is reused across chunks of a rayon worker.
-//! 2. **Register tile.** The micro-kernel keeps `KB × XB` accumulators: `KB` output channels
-//!    (up to 6) times `XB` vectors of 8 output columns (up to 4), at most 12 of the 16 AVX2
-//!    registers. Per filter tap it loads `XB` input vectors and broadcasts `KB` weights, then
-//!    issues `KB·XB` fused multiply-adds, so loads stay well below the FMA count. The block shape
-//!    follows the row: LeNet conv1 (`ow = 28`, 6 channels) runs 3 channels × 4 vectors, LeNet
-//!    conv2 (`ow = 10`, 16 channels) 6 channels × 2 vectors, depthwise 1 channel × 4 vectors.
-//!    Weights of the chunk are repacked tap-major (`[c][i][j][k]`) so the `KB` broadcasts read
-//!    adjacent floats.
+//! 2. **Register tiles.** Three micro-kernels, chosen per work item, each keeping at most 12
+//!    accumulators in the 16 AVX2 registers:
+//!    - *width × channels*: `KB` output channels (up to 6) × `XB` vectors of 8 output columns
+//!      (up to 4). Per filter tap it loads `XB` input vectors and broadcasts `KB` weights, then
+//!      issues `KB·XB` fused multiply-adds. LeNet conv1 (`ow = 28`, 6 channels) runs
+//!      3 channels × 4 vectors.
+//!    - *width × rows* when a work item has one output channel (depthwise): `YB` output rows
+//!      (up to 3) × `XB` vectors, so that 12 independent accumulator chains hide the FMA
+//!      latency even though every tap has a single weight.
+//!    - *channels × columns* when vectorizing over output channels fills more lanes than over
+//!      the width (`kc ≥ 8` and `kc/⌈kc/8⌉·8 > ow/⌈ow/8⌉·8`): 16 channels × 6 columns or
+//!      8 × 8. LeNet conv2 (`ow = 10`, 16 channels) would waste 37% of the lanes along the
+//!      width and wastes none along the channels. Each tap loads 1–2 weight vectors and
+//!      broadcasts one input value per column; results are scattered lane by lane, one scalar
+//!      store per output against `C/g·R·S` multiply-adds.
+//!
+//!    Weights are repacked once per call, tap-major (`[c][i][j][k]`, channels padded to 8 for
+//!    the channel kernel) so that broadcasts and weight vectors read adjacent floats. Each tile
+//!    checks its whole input footprint once, then loads without bounds checks.
 //! 3. **Threads.** Work items are `(image, chunk of output channels)` pairs, each writing its own
 //!    contiguous output slice (`par_chunks_mut`); the chunking depends only on the shape, so the
 //!    result is bit-identical for any number of threads. Problems under ~4 MFLOP run on the
-//!    calling thread.
+//!    calling thread. Scratch lives in a per-thread buffer reused across calls.
 //!
 //! Every stride, padding, dilation and group count is supported; bias is added by
 //! initializing the accumulators with it. The instruction set is chosen by [`crate::simd`].
@@ -90,16 +101,28 @@ pub fn conv2d_direct_with(
     let plan = Plan::new(g);
     let chunk_len = plan.kc * g.oh * g.ow;
     let chunks_per_image = g.c_out / plan.kc;
+    // Tap-major weights, once per call for every channel chunk:
+    // packed[chunk][(c·kh·kw + tap)·ks + k], zero for `kc ≤ k < ks`.
+    let w_len = plan.cpg * g.kh * g.kw;
+    let mut packed = vec![0f32; chunks_per_image * w_len * plan.ks];
+    for (chunk, dst) in packed.chunks_exact_mut(w_len * plan.ks).enumerate() {
+        for k in 0..plan.kc {
+            let src = &weight[(chunk * plan.kc + k) * w_len..][..w_len];
+            for (ct, &v) in src.iter().enumerate() {
+                dst[ct * plan.ks + k] = v;
+            }
+        }
+    }
     let run = |scratch: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
-        let (b, k0) = (idx / chunks_per_image, (idx % chunks_per_image) * plan.kc);
+        let (b, chunk) = (idx / chunks_per_image, idx % chunks_per_image);
+        let k0 = chunk * plan.kc;
         let grp = k0 / plan.kpg;
         let img_len = plan.cpg * g.h * g.w;
         let in_start = (b * g.c_in + grp * plan.cpg) * g.h * g.w;
-        let w_len = plan.cpg * g.kh * g.kw;
         let kernel = Chunk {
             plan: &plan,
             input: &input[in_start..in_start + img_len],
-            weight: &weight[k0 * w_len..(k0 + plan.kc) * w_len],
+            wp: &packed[chunk * w_len * plan.ks..][..w_len * plan.ks],
             bias: bias.map(|b| &b[k0..k0 + plan.kc]),
             out,
             scratch,
@@ -108,12 +131,30 @@ pub fn conv2d_direct_with(
         let _ = simd::dispatch(level, kernel);
     };
     if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
-        let mut scratch = Vec::new();
-        output.chunks_mut(chunk_len).enumerate().for_each(|item| run(&mut scratch, item));
+        let chunks = output.chunks_mut(chunk_len).enumerate();
+        with_thread_scratch(|s| chunks.for_each(|item| run(s, item)));
     } else {
-        output.par_chunks_mut(chunk_len).enumerate().for_each_init(Vec::new, run);
+        output
+            .par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|item| with_thread_scratch(|s| run(s, item)));
     }
     Ok(())
+}
+
+thread_local! {
+    /// Per-thread scratch of the fast kernels, kept between calls: allocating and zeroing a few
+    /// MiB per call cost ~8% of a Winograd layer. It holds at most the largest work item's
+    /// scratch seen on that thread (bounded per image, never per batch).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reusable scratch buffer (a fresh one if it is already in use).
+pub(crate) fn with_thread_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// Sizes derived once per call.
@@ -215,8 +256,8 @@ struct Chunk<'a> {
     plan: &'a Plan,
     /// The group's input channels of the image, `[cpg, h, w]`.
     input: &'a [f32],
-    /// The chunk's filters, `[kc, cpg, kh, kw]`.
-    weight: &'a [f32],
+    /// The chunk's filters, tap-major: `[cpg·kh·kw][ks]`.
+    wp: &'a [f32],
     bias: Option<&'a [f32]>,
     /// `[kc, oh, ow]`.
     out: &'a mut [f32],
@@ -228,21 +269,34 @@ impl WithSimd for Chunk<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Chunk { plan: p, input, weight, bias, out, scratch } = self;
+        let Chunk { plan: p, input, wp, bias, out, scratch } = self;
         let plane_len = p.hp * p.row_len;
-        let taps = p.kh * p.kw;
         let planes_len = p.cpg * plane_len;
-        scratch.clear();
-        scratch.resize(planes_len + p.ks * p.cpg * taps, 0.0);
-        let (planes, wp) = scratch.split_at_mut(planes_len);
+        if p.sw == 1 {
+            // Reused without clearing: every float outside the copied rows is zeroed below.
+            if scratch.len() < planes_len {
+                scratch.resize(planes_len, 0.0);
+            }
+        } else {
+            scratch.clear();
+            scratch.resize(planes_len, 0.0);
+        }
+        let planes = &mut scratch[..planes_len];
 
         // Padded, phase-split copy of the input planes.
         for c in 0..p.cpg {
+            let pl = &mut planes[c * plane_len..][..plane_len];
+            if p.sw == 1 {
+                pl[..p.ph * p.row_len].fill(0.0);
+                pl[(p.ph + p.h) * p.row_len..].fill(0.0);
+            }
             for r in 0..p.h {
                 let src = &input[(c * p.h + r) * p.w..][..p.w];
-                let row = &mut planes[(c * p.hp + r + p.ph) * p.row_len..][..p.row_len];
+                let row = &mut pl[(r + p.ph) * p.row_len..][..p.row_len];
                 if p.sw == 1 {
+                    row[..p.pw].fill(0.0);
                     row[p.pw..p.pw + p.w].copy_from_slice(src);
+                    row[p.pw + p.w..].fill(0.0);
                 } else {
                     for (x, &v) in src.iter().enumerate() {
                         let xp = x + p.pw;
@@ -251,14 +305,7 @@ impl WithSimd for Chunk<'_> {
                 }
             }
         }
-        // Tap-major weights: wp[(c·kh·kw + tap)·ks + k], zero for `kc ≤ k < ks`.
-        for k in 0..p.kc {
-            for ct in 0..p.cpg * taps {
-                wp[ct * p.ks + k] = weight[k * p.cpg * taps + ct];
-            }
-        }
         let planes = &*planes;
-        let wp = &*wp;
 
         let xb_main = p.nv.min(4);
         if p.kpath {

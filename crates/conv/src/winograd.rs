@@ -48,15 +48,19 @@
 //! - **Filter transform** `U = G g Gᵀ` is computed in f64, rounded once, and stored as
 //!   `[group][ξ][k][c]` in a [`WinogradFilter`] that a layer can build once and reuse through
 //!   [`conv2d_winograd_prepared`].
-//! - **Work items** are `(image, group, chunk of output channels)`, each writing its own
-//!   contiguous output slice (`par_chunks_mut`). Chunks depend on the shape only, so results are
-//!   bit-identical for every thread count. Each item copies its input channels into a zero-padded
-//!   plane (per-image scratch, reused by the rayon worker) so tile gathers need no edge tests;
-//!   edge tiles read zeros and only their in-range outputs are written.
+//! - **Work items** are `(images, group, chunk of output channels)`, each writing its own
+//!   contiguous output slice (`par_chunks_mut`). An item takes several images (at most 256
+//!   tiles, leaving at least two items) when there is one group, so that the GEMMs are wide
+//!   enough to amortize matrixmultiply's packing of `U`; it takes a slice of the output channels
+//!   only when there are too few images to keep two threads busy. Chunks depend on the shape
+//!   only, so results are bit-identical for every thread count. Each item copies its input
+//!   channels into zero-padded planes (per-thread scratch, reused across calls) so
+//!   tile gathers need no edge tests; edge tiles read zeros and only their in-range outputs are
+//!   written.
 //! - **Tile blocks.** Tiles are processed in blocks of at most a fixed amount of transform-domain
-//!   scratch (`α²·(C + K)·tiles` floats, 4 MiB; blocks smaller than a whole image's tiles make
-//!   the sgemm calls too narrow to run at speed): input transform into `V[ξ][c][t]`, `α²` sgemm calls, output
-//!   transform from `M[ξ][k][t]`. The transforms run on 8 tiles at once in structure-of-arrays
+//!   scratch (`α²·(C + K)·tiles` floats, 2 MiB; blocks much smaller than an image's tiles
+//!   make the sgemm calls too narrow to run at speed): input transform into `V[ξ][c][t]`, `α²`
+//!   sgemm calls, output transform from `M[ξ][k][t]`. The transforms run on 8 tiles at once in structure-of-arrays
 //!   form with the [`crate::simd`] vectors (AVX2 when available): `V[ξ][c][t..t+8]` and
 //!   `M[ξ][k][t..t+8]` are contiguous, so each transform position is one vector load or store.
 //! - **Dilation.** A convolution with dilation `(dh, dw)` and stride 1 splits into `dh·dw`
@@ -90,8 +94,9 @@ const OP: &str = "conv2d_winograd";
 /// Below this many FLOPs the work runs on the calling thread.
 const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
 
-/// Transform-domain scratch per tile block, in floats (4 MiB).
-const BLOCK_FLOATS: usize = 1 << 20;
+/// Transform-domain scratch per tile block, in floats (2 MiB); 1, 4 and 8 MiB measured no
+/// faster on `res3x3_28b8` (within the noise of a shared machine).
+const BLOCK_FLOATS: usize = 1 << 19;
 
 /// Which Winograd algorithm to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -325,13 +330,16 @@ fn prepared_with(
         check_len(OP, "bias", &[g.c_out], b.len())?;
     }
     let plan = Plan::new(g, variant);
-    let chunk_len = plan.kc * g.oh * g.ow;
+    let chunk_len = plan.nb * plan.kc * g.oh * g.ow;
     let chunks_per_image = g.c_out / plan.kc;
     let run = |scratch: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
-        let (b, k0) = (idx / chunks_per_image, (idx % chunks_per_image) * plan.kc);
+        let b = idx / chunks_per_image * plan.nb;
+        let k0 = (idx % chunks_per_image) * plan.kc;
         let grp = k0 / plan.kpg;
         let kl = k0 % plan.kpg;
-        let img_len = plan.cpg * g.h * g.w;
+        // With `nb > 1` there is one group and one chunk per image, so the images' channels
+        // are contiguous.
+        let img_len = plan.nb * plan.cpg * g.h * g.w;
         let in_start = (b * g.c_in + grp * plan.cpg) * g.h * g.w;
         let a2 = plan.a * plan.a;
         let item = Item {
@@ -347,10 +355,13 @@ fn prepared_with(
         let _ = simd::dispatch(level, item);
     };
     if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
-        let mut scratch = Vec::new();
-        output.chunks_mut(chunk_len).enumerate().for_each(|it| run(&mut scratch, it));
+        let chunks = output.chunks_mut(chunk_len).enumerate();
+        crate::direct::with_thread_scratch(|s| chunks.for_each(|it| run(s, it)));
     } else {
-        output.par_chunks_mut(chunk_len).enumerate().for_each_init(Vec::new, run);
+        output
+            .par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|it| crate::direct::with_thread_scratch(|s| run(s, it)));
     }
     Ok(())
 }
@@ -359,6 +370,8 @@ fn prepared_with(
 /// `m×m` output block; both advance by the dilation.
 #[derive(Debug, Clone, Copy)]
 struct Tile {
+    /// Image within the work item.
+    img: usize,
     py: usize,
     px: usize,
     oy: usize,
@@ -372,6 +385,8 @@ struct Plan {
     cpg: usize,
     kpg: usize,
     kc: usize,
+    /// Images per work item.
+    nb: usize,
     h: usize,
     w: usize,
     oh: usize,
@@ -406,7 +421,7 @@ impl Plan {
                 for ty in 0..th {
                     for tx in 0..tw {
                         let (oy, ox) = (ry + dh * ty * m, rx + dw * tx * m);
-                        tiles.push(Tile { py: oy, px: ox, oy, ox });
+                        tiles.push(Tile { img: 0, py: oy, px: ox, oy, ox });
                     }
                 }
             }
@@ -417,6 +432,18 @@ impl Plan {
         while g.n * (g.c_out / kc) < 2 && kc % 2 == 0 && kc >= 32 {
             kc /= 2;
         }
+        // Several images per work item when a single image has few tiles: wider GEMMs amortize
+        // matrixmultiply's packing of `U` (a quarter of the time with one 28x28 image per call).
+        // Only with one group and unsplit channels, where the images' outputs are contiguous.
+        let per_image = tiles.len();
+        let mut nb = 1;
+        if g.params.groups == 1 && kc == kpg {
+            nb = (1..=g.n)
+                .rev()
+                .find(|&d| g.n.is_multiple_of(d) && g.n / d >= 2 && d * per_image <= 256)
+                .unwrap_or(1);
+        }
+        tiles = (0..nb).flat_map(|img| tiles.iter().map(move |t| Tile { img, ..*t })).collect();
         let a2 = a * a;
         let tb_max = (BLOCK_FLOATS / (a2 * (cpg + kc))).clamp(8, 256) / LANES * LANES;
         let nblocks = tiles.len().div_ceil(tb_max);
@@ -427,6 +454,7 @@ impl Plan {
             cpg,
             kpg,
             kc,
+            nb,
             h: g.h,
             w: g.w,
             oh: g.oh,
@@ -443,17 +471,18 @@ impl Plan {
     }
 }
 
-/// One work item: an image's output channels `kl..kl+kc` (within the group) of one group.
+/// One work item: output channels `kl..kl+kc` (within the group) of one group, for `nb`
+/// consecutive images.
 struct Item<'a> {
     plan: &'a Plan,
-    /// The group's input channels of the image, `[cpg, h, w]`.
+    /// The group's input channels of the images, `[nb, cpg, h, w]`.
     input: &'a [f32],
     /// The group's transformed filters, `[ξ][kpg][cpg]`.
     u: &'a [f32],
     /// First output channel of the chunk within the group.
     kl: usize,
     bias: Option<&'a [f32]>,
-    /// `[kc, oh, ow]`.
+    /// `[nb, kc, oh, ow]`.
     out: &'a mut [f32],
     scratch: &'a mut Vec<f32>,
 }
@@ -477,19 +506,31 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
     let Item { plan: p, input, u, kl, bias, out, scratch } = item;
     let a2 = A * A;
     let plane = p.hp * p.wp;
-    let (padded_len, v_len, m_len) = (p.cpg * plane, a2 * p.cpg * p.tb, a2 * p.kc * p.tb);
-    scratch.clear();
-    scratch.resize(padded_len + v_len + m_len, 0.0);
+    let planes = p.nb * p.cpg;
+    let (padded_len, v_len, m_len) = (planes * plane, a2 * p.cpg * p.tb, a2 * p.kc * p.tb);
+    // Grown once per worker, never cleared: V and M are written before they are read (stale
+    // values only reach lanes that are discarded), and the padding is zeroed below.
+    let total = padded_len + v_len + m_len;
+    if scratch.len() < total {
+        scratch.resize(total, 0.0);
+    }
     let (padded, rest) = scratch.split_at_mut(padded_len);
-    let (vbuf, mbuf) = rest.split_at_mut(v_len);
-    for c in 0..p.cpg {
+    let (vbuf, rest) = rest.split_at_mut(v_len);
+    let mbuf = &mut rest[..m_len];
+    for (c, pl) in padded.chunks_exact_mut(plane).enumerate() {
+        pl[..p.ph * p.wp].fill(0.0);
+        pl[(p.ph + p.h) * p.wp..].fill(0.0);
         for r in 0..p.h {
-            let dst = &mut padded[c * plane + (r + p.ph) * p.wp + p.pw..][..p.w];
-            dst.copy_from_slice(&input[(c * p.h + r) * p.w..][..p.w]);
+            let row = &mut pl[(r + p.ph) * p.wp..][..p.wp];
+            row[..p.pw].fill(0.0);
+            row[p.pw..p.pw + p.w].copy_from_slice(&input[(c * p.h + r) * p.w..][..p.w]);
+            row[p.pw + p.w..].fill(0.0);
         }
     }
     let padded = &*padded;
 
+    // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
+    let mut vals = [[0f32; LANES]; 16];
     for block in p.tiles.chunks(p.tb) {
         let nt = block.len();
         // Input transform, 8 tiles at a time: V[ξ][c][t].
@@ -498,20 +539,24 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
             // Lanes past the block's end repeat its last tile; their results are never stored.
             let lanes: [Tile; LANES] = std::array::from_fn(|l| group[l.min(group.len() - 1)]);
             for c in 0..p.cpg {
-                let pl = &padded[c * plane..][..plane];
-                let mut buf = [[0f32; LANES]; 36];
-                for (l, t) in lanes.iter().enumerate() {
-                    for r in 0..A {
-                        let row = &pl[(t.py + r * p.dh) * p.wp..][..p.wp];
-                        for col in 0..A {
-                            buf[r * A + col][l] = row[t.px + col * p.dw];
-                        }
-                    }
-                }
+                // Top-left corner of each lane's patch in `padded`.
+                let base: [usize; LANES] = std::array::from_fn(|l| {
+                    let t = lanes[l];
+                    (t.img * p.cpg + c) * plane + t.py * p.wp + t.px
+                });
+                // One bounds check for the whole gather: the farthest element of any patch.
+                let far = base.iter().copied().max().unwrap_or(0) + (A - 1) * (p.dh * p.wp + p.dw);
+                assert!(far < padded.len());
                 let mut d = [[s.zero(); A]; A];
                 for (r, dr) in d.iter_mut().enumerate() {
                     for (col, dv) in dr.iter_mut().enumerate() {
-                        *dv = s.load(&buf[r * A + col]);
+                        let off = r * p.dh * p.wp + col * p.dw;
+                        let mut gathered = [0f32; LANES];
+                        for (g, &b) in gathered.iter_mut().zip(&base) {
+                            // SAFETY: `b + off ≤ far < padded.len()` (asserted above).
+                            *g = unsafe { *padded.get_unchecked(b + off) };
+                        }
+                        *dv = s.load(&gathered);
                     }
                 }
                 let v = input_2d::<S, T, A, M>(s, &d);
@@ -539,7 +584,6 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
         // Output transform, bias, and scatter of the in-range outputs.
         for k in 0..p.kc {
             let bk = s.splat(bias.map_or(0.0, |b| b[k]));
-            let oplane = &mut out[k * p.oh * p.ow..][..p.oh * p.ow];
             for (lg, group) in block.chunks(LANES).enumerate() {
                 let t0 = lg * LANES;
                 let mut mv = [[s.zero(); A]; A];
@@ -549,25 +593,20 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
                     }
                 }
                 let y = output_2d::<S, T, A, M>(s, &mv);
-                let mut lanes = [[0f32; LANES]; 16];
                 for (i, row) in y.iter().enumerate() {
                     for (j, &val) in row.iter().enumerate() {
-                        lanes[i * M + j] = s.to_array(s.add(val, bk));
+                        vals[i * M + j] = s.to_array(s.add(val, bk));
                     }
                 }
                 for (l, t) in group.iter().enumerate() {
-                    for i in 0..M {
-                        let oy = t.oy + i * p.dh;
-                        if oy >= p.oh {
-                            break;
-                        }
-                        let orow = &mut oplane[oy * p.ow..][..p.ow];
-                        for j in 0..M {
-                            let ox = t.ox + j * p.dw;
-                            if ox >= p.ow {
-                                break;
-                            }
-                            orow[ox] = lanes[i * M + j][l];
+                    // In-range rows and columns of this tile's m×m block.
+                    let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
+                    let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
+                    let plane = &mut out[(t.img * p.kc + k) * p.oh * p.ow..][..p.oh * p.ow];
+                    for i in 0..mi {
+                        let orow = &mut plane[(t.oy + i * p.dh) * p.ow + t.ox..];
+                        for j in 0..mj {
+                            orow[j * p.dw] = vals[i * M + j][l];
                         }
                     }
                 }
