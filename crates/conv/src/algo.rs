@@ -170,7 +170,7 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 /// | dilated      |   –   |  24–37 |  44.5         |                                         |
 ///
 /// Naive never wins. Forward GFLOP/s of the fast kernels on the same (busy) machine, from
-/// `cargo bench -p convkit-conv --bench fast_kernels -- --quick`, with `sgemm` on the
+/// the kernels' first quick benchmark (folded since into `benches/conv.rs`), with `sgemm` on the
 /// equivalent products as the yardstick of im2col:
 ///
 /// | shape        | direct | winograd F2 | winograd F4 | `sgemm` equivalent |
@@ -181,15 +181,16 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 /// | res3x3_28b8  |  30.7  |    59.0     |    65.7     |  44.7              |
 /// | vgg3x3_14    |  29.5  |    51.7     |    43.1     |  48.5              |
 /// | depthwise    |   9.6  |     0.5     |     0.6     |   2.5              |
-/// | dilated      |  35.4  |    49.1     |    44.1     |  44.6              |
+/// | dilated      |  34.0  |    45.6     |    46.2     |  63.4              |
 ///
 /// Hence the rule, in order:
 /// 1. one input channel per group (LeNet's first layer, depthwise), or 5x5-and-larger kernels
 ///    with at most 16 outputs per group (LeNet's second layer): `Direct` — GEMM rows are too
 ///    short or too few to feed `sgemm`'s 8x8 micro-kernel;
-/// 2. 3x3, stride 1, at least 16 input channels per group: Winograd — `Winograd4` when each
-///    (dilation-subsampled) output plane has at least 256 pixels, `Winograd2` below, where
-///    F(4x4)'s 6x6 tiles waste more of the edge and its transforms cost more per output;
+/// 2. 3x3, stride 1, dilation 1, at least 16 input channels per group: Winograd —
+///    `Winograd4` when each output plane has at least 256 pixels, `Winograd2` below, where
+///    F(4x4)'s 6x6 tiles waste more of the edge and its transforms cost more per output.
+///    Dilated 3x3 layers can run on Winograd (subsampled grids) but lose to im2col there;
 /// 3. everything else (1x1, strided, few channels): `Im2col`.
 pub fn select(g: &ConvGeometry) -> ConvAlgo {
     let p = g.params;
@@ -197,10 +198,9 @@ pub fn select(g: &ConvGeometry) -> ConvAlgo {
     if cpg == 1 || (g.kh * g.kw >= 25 && kpg <= 16) {
         return ConvAlgo::Direct;
     }
-    let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1);
+    let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1) && p.dilation == (1, 1);
     if three && cpg >= 16 {
-        let plane = (g.oh / p.dilation.0).max(1) * (g.ow / p.dilation.1).max(1);
-        let algo = if plane >= 256 { ConvAlgo::Winograd4 } else { ConvAlgo::Winograd2 };
+        let algo = if g.oh * g.ow >= 256 { ConvAlgo::Winograd4 } else { ConvAlgo::Winograd2 };
         if supports(algo, g) {
             return algo;
         }
@@ -361,7 +361,7 @@ mod tests {
             ),
             (
                 geom([8, 64, 28, 28], [64, 64, 3, 3], p.with_padding(2).with_dilation(2)),
-                ConvAlgo::Winograd2,
+                ConvAlgo::Im2col,
             ),
             // Corners: a 1x1 image, few channels.
             (geom([1, 1, 1, 1], [1, 1, 1, 1], p), ConvAlgo::Direct),
