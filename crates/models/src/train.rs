@@ -106,6 +106,8 @@ pub struct TrainConfig {
     pub schedule: ScheduleKind,
     /// Randomly mirror training images left-right (sensible for Fashion-MNIST, not digits).
     pub hflip: bool,
+    /// Train on the first `limit` training images only.
+    pub limit: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -121,6 +123,7 @@ impl Default for TrainConfig {
             seed: 0,
             schedule: ScheduleKind::Constant,
             hflip: false,
+            limit: None,
         }
     }
 }
@@ -130,6 +133,9 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
             return Err(invalid("batch size", "must be at least 1"));
+        }
+        if self.limit == Some(0) {
+            return Err(invalid("limit", "--limit 0 leaves no training images"));
         }
         if self.epochs == 0 {
             return Err(invalid("epochs", "must be at least 1"));
@@ -173,6 +179,7 @@ impl TrainConfig {
         meta.insert("train.schedule".into(), self.schedule.name().into());
         meta.insert("train.epochs".into(), self.epochs.to_string());
         meta.insert("train.hflip".into(), self.hflip.to_string());
+        meta.insert("train.limit".into(), self.limit.map_or("all".to_owned(), |l| l.to_string()));
     }
 
     fn from_metadata(meta: &Metadata, path: &Path) -> Result<Self> {
@@ -203,6 +210,10 @@ impl TrainConfig {
             seed: u("train.seed")?,
             schedule: ScheduleKind::parse(get("train.schedule")?)?,
             hflip: get("train.hflip")? == "true",
+            limit: match get("train.limit")?.as_str() {
+                "all" => None,
+                v => Some(v.parse::<usize>().map_err(|_| bad("train.limit"))?),
+            },
         })
     }
 }
@@ -315,8 +326,8 @@ impl Trainer {
     }
 
     /// Continues the run saved at `checkpoint` (and its optimizer file). The recipe comes
-    /// from the checkpoint; `epochs`, when given, replaces the total number of epochs (with a
-    /// cosine schedule this changes the remaining rates).
+    /// from the checkpoint (including `limit`); `epochs`, when given, replaces the total
+    /// number of epochs (with a cosine schedule this changes the remaining rates).
     pub fn resume(checkpoint: &Path, epochs: Option<usize>) -> Result<Self> {
         let (model, norm, meta) = LeNet5::load(checkpoint)?;
         let mut cfg = TrainConfig::from_metadata(&meta, checkpoint)?;

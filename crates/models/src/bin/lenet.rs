@@ -253,16 +253,23 @@ fn train(a: &TrainArgs) -> Result<()> {
                     ScheduleArg::Cosine => ScheduleKind::Cosine,
                 },
                 hflip: a.hflip,
+                limit: a.limit,
             };
             Trainer::new(cfg, Normalization::default())?
         }
     };
     let (train_split, test_split, kind, dir) = load_splits(&a.data)?;
     let norm = trainer.normalization();
-    let train_set = Dataset::new(&train_split, norm, a.limit)?;
+    let cfg = *trainer.config();
+    if a.resume.is_some() && a.limit.is_some() && a.limit != cfg.limit {
+        bail!(
+            "--limit differs from the resumed run's ({:?}); leave it out when resuming",
+            cfg.limit
+        );
+    }
+    let train_set = Dataset::new(&train_split, norm, cfg.limit)?;
     let test_set = Dataset::new(&test_split, norm, None)?;
     drop((train_split, test_split));
-    let cfg = *trainer.config();
     if !a.json {
         eprintln!(
             "training LeNet-5 ({NUM_PARAMS} parameters) on {kind} from {}: {} training / {} test \
