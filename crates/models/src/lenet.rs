@@ -5,7 +5,7 @@ use std::path::Path;
 use convkit_autograd::{Param, Var};
 use convkit_conv::{ConvAlgo, ConvGeometry, select};
 use convkit_nn::checkpoint::{self, Metadata};
-use convkit_nn::{AvgPool2d, Conv2d, Linear, Module, num_params};
+use convkit_nn::{AvgPool2d, Conv2d, Conv2dConfig, Init, Linear, LinearConfig, Module, num_params};
 use convkit_tensor::{Rng, Tensor};
 
 use crate::data::Normalization;
@@ -65,6 +65,30 @@ impl LeNet5 {
             fc1: Linear::new(400, 120, rng)?,
             fc2: Linear::new(120, 84, rng)?,
             fc3: Linear::new(84, CLASSES, rng)?,
+        })
+    }
+
+    /// A model whose weights use `init` (biases keep PyTorch's default), e.g.
+    /// [`Init::KaimingNormal`] for faster early training.
+    pub fn with_init(init: Init, rng: &mut Rng) -> Result<Self> {
+        let conv = |c_in, c_out, rng: &mut Rng| {
+            Conv2d::with_config(
+                c_in,
+                c_out,
+                (5, 5),
+                Conv2dConfig { init, ..Default::default() },
+                rng,
+            )
+        };
+        let linear = |i, o, rng: &mut Rng| {
+            Linear::with_config(i, o, LinearConfig { init, ..Default::default() }, rng)
+        };
+        Ok(Self {
+            conv1: conv(1, 6, rng)?,
+            conv2: conv(6, 16, rng)?,
+            fc1: linear(400, 120, rng)?,
+            fc2: linear(120, 84, rng)?,
+            fc3: linear(84, CLASSES, rng)?,
         })
     }
 

@@ -15,10 +15,7 @@ use std::time::Instant;
 
 use convkit_autograd::Tape;
 use convkit_nn::checkpoint::{self, Metadata};
-use convkit_nn::{
-    Adam, AdamConfig, Constant, CosineAnnealing, LrSchedule, Module, Optimizer, Sgd, SgdConfig,
-    params,
-};
+use convkit_nn::{Adam, AdamConfig, Module, Optimizer, Sgd, SgdConfig, params};
 use convkit_tensor::Rng;
 
 use crate::data::{Dataset, Normalization};
@@ -60,7 +57,8 @@ impl OptimizerKind {
 pub enum ScheduleKind {
     /// The same rate every epoch.
     Constant,
-    /// Cosine annealing from the base rate towards 0 over the run's epochs.
+    /// Cosine annealing from the base rate to 0 over the run, updated every step:
+    /// `lr·(1 + cos(π·s/S))/2` at step `s` of `S`.
     Cosine,
 }
 
@@ -102,7 +100,7 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Seed of the initialization and of the shuffling.
     pub seed: u64,
-    /// Learning-rate schedule; a cosine runs over `epochs`.
+    /// Learning-rate schedule; a cosine runs over all the steps of `epochs` epochs.
     pub schedule: ScheduleKind,
     /// Randomly mirror training images left-right (sensible for Fashion-MNIST, not digits).
     pub hflip: bool,
@@ -158,13 +156,15 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The learning rate of epoch `epoch` (0-based).
-    pub fn lr_at(&self, epoch: usize) -> f32 {
+    /// The learning rate of batch `batch` of `n_batches` in epoch `epoch` (both 0-based).
+    pub fn lr_at(&self, epoch: usize, batch: usize, n_batches: usize) -> f32 {
         match self.schedule {
-            ScheduleKind::Constant => Constant(self.lr).lr_at(epoch),
+            ScheduleKind::Constant => self.lr,
             ScheduleKind::Cosine => {
-                CosineAnnealing { base: self.lr, t_max: self.epochs.max(1), eta_min: 0.0 }
-                    .lr_at(epoch)
+                let total = (self.epochs * n_batches.max(1)) as f64;
+                let t = (epoch * n_batches.max(1) + batch) as f64;
+                let c = (std::f64::consts::PI * t / total).cos();
+                (f64::from(self.lr) * (1.0 + c) / 2.0) as f32
             }
         }
     }
@@ -237,7 +237,7 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training images per second.
     pub images_per_sec: f64,
-    /// The learning rate used.
+    /// The learning rate at the start of the epoch.
     pub lr: f32,
 }
 
@@ -325,6 +325,14 @@ impl Trainer {
         Ok(Self { model, opt, cfg, norm, epochs_done: 0 })
     }
 
+    /// A fresh run from a given model (e.g. [`LeNet5::with_init`]); the seed still drives the
+    /// shuffling.
+    pub fn with_model(cfg: TrainConfig, norm: Normalization, model: LeNet5) -> Result<Self> {
+        cfg.validate()?;
+        let opt = make_optimizer(&model, &cfg)?;
+        Ok(Self { model, opt, cfg, norm, epochs_done: 0 })
+    }
+
     /// Continues the run saved at `checkpoint` (and its optimizer file). The recipe comes
     /// from the checkpoint (including `limit`); `epochs`, when given, replaces the total
     /// number of epochs (with a cosine schedule this changes the remaining rates).
@@ -384,15 +392,15 @@ impl Trainer {
         on_batch: &mut dyn FnMut(usize, usize, f32),
     ) -> Result<EpochMetrics> {
         let epoch = self.epochs_done;
-        let lr = self.cfg.lr_at(epoch);
-        self.opt.set_lr(lr);
         let order = train.epoch_order(self.cfg.seed, epoch);
         let n_batches = order.len().div_ceil(self.cfg.batch_size);
+        let lr = self.cfg.lr_at(epoch, 0, n_batches);
         let mut flip_rng = crate::data::shuffle_rng(self.cfg.seed ^ 0xF11F, epoch);
         let start = Instant::now();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for (b, batch) in train.batches(&order, self.cfg.batch_size)?.enumerate() {
             let mut batch = batch?;
+            self.opt.set_lr(self.cfg.lr_at(epoch, b, n_batches));
             if self.cfg.hflip {
                 crate::data::random_hflip(&mut batch.images, &mut flip_rng)?;
             }

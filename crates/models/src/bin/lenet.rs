@@ -29,6 +29,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(name = "lenet", version, about = "Train, evaluate and use LeNet-5 on MNIST-format data")]
+#[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
