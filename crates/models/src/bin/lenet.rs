@@ -91,9 +91,13 @@ struct DataArgs {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Number of epochs (in total, counting those of a resumed run).
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
+    /// Number of epochs in total, counting those done before a resume [default: 10, or the
+    /// resumed run's].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many epochs of this invocation (continue later with --resume).
+    #[arg(long, value_name = "N")]
+    stop_after: Option<usize>,
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -233,7 +237,7 @@ fn load_splits(args: &DataArgs) -> Result<(IdxSplit, IdxSplit, DatasetKind, Path
 
 fn train(a: &TrainArgs) -> Result<()> {
     let mut trainer = match &a.resume {
-        Some(ckpt) => Trainer::resume(ckpt, Some(a.epochs))
+        Some(ckpt) => Trainer::resume(ckpt, a.epochs)
             .with_context(|| format!("cannot resume from {}", ckpt.display()))?,
         None => {
             let optimizer = match a.optimizer {
@@ -242,7 +246,7 @@ fn train(a: &TrainArgs) -> Result<()> {
             };
             let default_lr = if matches!(optimizer, OptimizerKind::Sgd) { 0.01 } else { 0.001 };
             let cfg = TrainConfig {
-                epochs: a.epochs,
+                epochs: a.epochs.unwrap_or(10),
                 batch_size: a.batch_size,
                 optimizer,
                 lr: a.lr.unwrap_or(default_lr),
@@ -300,7 +304,8 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut extra = Metadata::new();
     extra.insert("dataset".into(), kind.name().into());
     let show_bar = !a.json && std::io::stderr().is_terminal();
-    while trainer.epochs_done() < cfg.epochs {
+    let stop_at = a.stop_after.map_or(cfg.epochs, |n| (trainer.epochs_done() + n).min(cfg.epochs));
+    while trainer.epochs_done() < stop_at {
         let epoch = trainer.epochs_done() + 1;
         let bar = if show_bar {
             let bar = ProgressBar::new(train_set.len().div_ceil(cfg.batch_size) as u64);
