@@ -45,7 +45,7 @@ enum Command {
     Predict(PredictArgs),
     /// Layer table: output shapes, parameters, FLOPs, and the conv algorithm that runs.
     Info(InfoArgs),
-    /// Download a dataset's four files into data/<dataset>/, checking their SHA-256.
+    /// Download a dataset's four files into data/DATASET/, checking their SHA-256.
     Fetch(FetchArgs),
 }
 
@@ -81,7 +81,7 @@ struct DataArgs {
     /// Which dataset.
     #[arg(long, value_enum, default_value = "fashion-mnist")]
     dataset: DatasetArg,
-    /// Directory with the four IDX files (raw or .gz); otherwise $CONVKIT_DATA, data/<dataset>/,
+    /// Directory with the four IDX files (raw or .gz); otherwise $CONVKIT_DATA, data/DATASET/,
     /// and for Fashion-MNIST /usr/share/datasets/fashion-mnist.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -187,7 +187,7 @@ struct FetchArgs {
     /// Which dataset.
     #[arg(value_enum)]
     dataset: DatasetArg,
-    /// Target directory [default: data/<dataset>].
+    /// Target directory [default: data/DATASET].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
 }
