@@ -336,3 +336,33 @@ fn train(args: &[String]) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn arg_value_takes_the_last_occurrence_in_both_spellings() {
+        let args: Vec<String> =
+            ["--epochs", "3", "--data=/a", "--dataset", "mnist", "--data", "/b"]
+                .map(String::from)
+                .to_vec();
+        assert_eq!(arg_value(&args, "--data").as_deref(), Some("/b"));
+        assert_eq!(arg_value(&args, "--dataset").as_deref(), Some("mnist"));
+        assert_eq!(arg_value(&args, "--out"), None);
+    }
+
+    #[test]
+    fn idx_files_are_found_raw_or_gzipped() {
+        let dir = env::temp_dir().join(format!("xtask-idx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!has_idx_files(&dir));
+        for (i, n) in IDX_NAMES.iter().enumerate() {
+            let name = if i % 2 == 0 { format!("{n}.gz") } else { (*n).to_owned() };
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        assert!(has_idx_files(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
