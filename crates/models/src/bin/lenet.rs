@@ -308,10 +308,10 @@ fn train(a: &TrainArgs) -> Result<()> {
     while trainer.epochs_done() < stop_at {
         let epoch = trainer.epochs_done() + 1;
         let bar = if show_bar {
-            let bar = ProgressBar::new(train_set.len().div_ceil(cfg.batch_size) as u64);
+            let bar = ProgressBar::new(train_set.len() as u64);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:30}] {pos}/{len} loss {msg} {per_sec} ETA {eta}",
+                    "epoch {prefix} [{bar:25}] {pos}/{len} images, loss {msg}, ETA {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
@@ -323,8 +323,10 @@ fn train(a: &TrainArgs) -> Result<()> {
         };
         let result = trainer.train_epoch(&train_set, &test_set, &mut |_, _, loss| {
             if let Some(bar) = &bar {
-                bar.set_message(format!("{loss:.4}"));
-                bar.inc(1);
+                let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
+                bar.inc((cfg.batch_size as u64).min(left));
+                let rate = bar.position() as f64 / bar.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{loss:.4}, {rate:.0} images/s"));
             }
         });
         if let Some(bar) = &bar {
