@@ -1,10 +1,10 @@
-//! The error type of the datasets and the model.
+//! The error type of the datasets, the model and training.
 
 use std::path::PathBuf;
 
 use thiserror::Error;
 
-/// Errors from reading datasets.
+/// Errors from reading datasets, building or loading the model, and training.
 #[derive(Debug, Error)]
 pub enum DataError {
     /// The file could not be opened or read.
@@ -31,7 +31,83 @@ pub enum DataError {
         /// The files not found there.
         missing: Vec<String>,
     },
+    /// No directory with the dataset was found; the message lists where we looked and what
+    /// to do.
+    #[error("{dataset}: no data found (looked in {}); {hint}", searched.join(", "))]
+    NotFound {
+        /// The dataset's name.
+        dataset: String,
+        /// The places tried, in order.
+        searched: Vec<String>,
+        /// How to get the data.
+        hint: String,
+    },
+    /// Downloading a dataset failed.
+    #[error("fetch {url}: {msg}")]
+    Fetch {
+        /// The address tried last.
+        url: String,
+        /// What went wrong, with the alternatives.
+        msg: String,
+    },
+    /// A file's SHA-256 digest is not the published one.
+    #[error("{}: SHA-256 {got}, expected {expected}", path.display())]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The digest computed.
+        got: String,
+        /// The published digest.
+        expected: String,
+    },
+    /// An argument or setting is invalid (batch size 0, unknown dataset name …).
+    #[error("{what}: {msg}")]
+    Invalid {
+        /// The argument.
+        what: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An image could not be decoded.
+    #[error("{}: {msg}", path.display())]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        msg: String,
+    },
+    /// The training loss became NaN or infinite; the last good checkpoint is kept.
+    #[error(
+        "epoch {epoch}, batch {batch}: the loss is {loss}; stopping (lower the learning rate?)"
+    )]
+    NonFiniteLoss {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// The batch within the epoch (1-based).
+        batch: usize,
+        /// The loss value.
+        loss: f32,
+    },
+    /// A layer, optimizer or checkpoint operation failed.
+    #[error(transparent)]
+    Nn(#[from] convkit_nn::NnError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] convkit_tensor::TensorError),
+    /// A differentiable operation failed.
+    #[error(transparent)]
+    Autograd(#[from] convkit_autograd::AutogradError),
 }
 
 /// Result alias of this crate.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// An [`DataError::Io`] for `path`.
+pub(crate) fn io_err(path: impl Into<PathBuf>, e: &std::io::Error) -> DataError {
+    DataError::Io { path: path.into(), msg: e.to_string() }
+}
+
+/// An [`DataError::Invalid`].
+pub(crate) fn invalid(what: &'static str, msg: impl Into<String>) -> DataError {
+    DataError::Invalid { what, msg: msg.into() }
+}

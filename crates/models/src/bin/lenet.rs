@@ -1,0 +1,526 @@
+//! `lenet` — train, evaluate and use LeNet-5 on MNIST-format data.
+//!
+//! ```text
+//! lenet train   [--dataset fashion-mnist] [--data DIR] [--epochs 10] [--optimizer sgd] …
+//! lenet eval    --weights model.safetensors [--dataset …] [--data DIR] [--json]
+//! lenet predict --weights model.safetensors IMAGE… | --idx FILE --index I   [--json]
+//! lenet info    [--batch-size 64]
+//! lenet fetch   mnist|fashion-mnist
+//! ```
+
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use convkit_models::data::{Normalization, preprocess};
+use convkit_models::fetch::{self, DATA_ENV, DatasetKind};
+use convkit_models::idx::{IdxSplit, read_idx_images};
+use convkit_models::lenet::{LeNet5, NUM_PARAMS};
+use convkit_models::train::{
+    OptimizerKind, ScheduleKind, TrainConfig, Trainer, evaluate, metrics_path, optimizer_path,
+};
+use convkit_models::{DataError, Dataset};
+use convkit_nn::checkpoint::Metadata;
+use convkit_tensor::Rng;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "lenet", version, about = "Train, evaluate and use LeNet-5 on MNIST-format data")]
+#[command(args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train LeNet-5, saving a checkpoint after every epoch.
+    Train(TrainArgs),
+    /// Accuracy, per-class accuracy and confusion matrix on the test split.
+    Eval(EvalArgs),
+    /// Top-3 classes of images (PNG/JPEG of any size) or of one image of an IDX file.
+    Predict(PredictArgs),
+    /// Layer table: output shapes, parameters, FLOPs, and the conv algorithm that runs.
+    Info(InfoArgs),
+    /// Download a dataset's four files into data/DATASET/, checking their SHA-256.
+    Fetch(FetchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DatasetArg {
+    Mnist,
+    FashionMnist,
+}
+
+impl From<DatasetArg> for DatasetKind {
+    fn from(d: DatasetArg) -> Self {
+        match d {
+            DatasetArg::Mnist => DatasetKind::Mnist,
+            DatasetArg::FashionMnist => DatasetKind::FashionMnist,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Cosine,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// Which dataset.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    dataset: DatasetArg,
+    /// Directory with the four IDX files (raw or .gz); otherwise $CONVKIT_DATA, data/DATASET/,
+    /// and for Fashion-MNIST /usr/share/datasets/fashion-mnist.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Number of epochs in total, counting those done before a resume [default: 10, or the
+    /// resumed run's].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many epochs of this invocation (continue later with --resume).
+    #[arg(long, value_name = "N")]
+    stop_after: Option<usize>,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: OptimizerArg,
+    /// Learning rate [default: 0.01 for sgd, 0.001 for adam].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Learning-rate schedule over the epochs.
+    #[arg(long, value_enum, default_value = "constant")]
+    schedule: ScheduleArg,
+    /// Mirror training images left-right at random (for Fashion-MNIST, not digits).
+    #[arg(long)]
+    hflip: bool,
+    /// Seed of initialization and shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Train on the first N training images only.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Checkpoint path (the optimizer state and metrics go beside it).
+    #[arg(long, default_value = "model.safetensors")]
+    out: PathBuf,
+    /// Continue the run saved in CKPT (recipe, weights, optimizer state and epoch).
+    #[arg(long, value_name = "CKPT")]
+    resume: Option<PathBuf>,
+    /// One JSON line per epoch on stdout, no progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Weights (ours or a PyTorch state_dict as safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Weights (ours or a PyTorch state_dict as safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// PNG or JPEG images.
+    images: Vec<PathBuf>,
+    /// An IDX image file (raw or .gz) instead of image files.
+    #[arg(long, value_name = "FILE", conflicts_with = "images")]
+    idx: Option<PathBuf>,
+    /// The image of --idx to classify.
+    #[arg(long, value_name = "I", requires = "idx")]
+    index: Option<usize>,
+    /// Class names of this dataset.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    dataset: DatasetArg,
+    /// JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Batch size the table (FLOPs, algorithm choice) is computed for.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// Which dataset.
+    #[arg(value_enum)]
+    dataset: DatasetArg,
+    /// Target directory [default: data/DATASET].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => with_threads(a.threads, || train(&a)),
+        Command::Eval(a) => with_threads(a.threads, || eval(&a)),
+        Command::Predict(a) => predict(&a),
+        Command::Info(a) => info(&a),
+        Command::Fetch(a) => fetch_cmd(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lenet: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `f` on a rayon pool of `threads` workers (the global pool when `None`).
+fn with_threads(threads: Option<usize>, f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+    match threads {
+        None => f(),
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .context("could not start the thread pool")?
+            .install(f),
+    }
+}
+
+/// Finds the dataset and reads both splits.
+fn load_splits(args: &DataArgs) -> Result<(IdxSplit, IdxSplit, DatasetKind, PathBuf)> {
+    let kind = DatasetKind::from(args.dataset);
+    let env = std::env::var_os(DATA_ENV).map(PathBuf::from);
+    let cwd = std::env::current_dir().context("no working directory")?;
+    let found = fetch::locate(kind, args.data.as_deref(), env.as_deref(), &cwd)?;
+    let f = &found.files;
+    let train = IdxSplit::read(&f.train_images, &f.train_labels, 28, 28, 10)?;
+    let test = IdxSplit::read(&f.test_images, &f.test_labels, 28, 28, 10)?;
+    Ok((train, test, kind, found.dir))
+}
+
+fn train(a: &TrainArgs) -> Result<()> {
+    let mut trainer = match &a.resume {
+        Some(ckpt) => Trainer::resume(ckpt, a.epochs)
+            .with_context(|| format!("cannot resume from {}", ckpt.display()))?,
+        None => {
+            let optimizer = match a.optimizer {
+                OptimizerArg::Sgd => OptimizerKind::Sgd,
+                OptimizerArg::Adam => OptimizerKind::Adam,
+            };
+            let default_lr = if matches!(optimizer, OptimizerKind::Sgd) { 0.01 } else { 0.001 };
+            let cfg = TrainConfig {
+                epochs: a.epochs.unwrap_or(10),
+                batch_size: a.batch_size,
+                optimizer,
+                lr: a.lr.unwrap_or(default_lr),
+                momentum: a.momentum,
+                weight_decay: a.weight_decay,
+                seed: a.seed,
+                schedule: match a.schedule {
+                    ScheduleArg::Constant => ScheduleKind::Constant,
+                    ScheduleArg::Cosine => ScheduleKind::Cosine,
+                },
+                hflip: a.hflip,
+                limit: a.limit,
+            };
+            Trainer::new(cfg, Normalization::default())?
+        }
+    };
+    let (train_split, test_split, kind, dir) = load_splits(&a.data)?;
+    let norm = trainer.normalization();
+    let cfg = *trainer.config();
+    if a.resume.is_some() && a.limit.is_some() && a.limit != cfg.limit {
+        bail!(
+            "--limit differs from the resumed run's ({:?}); leave it out when resuming",
+            cfg.limit
+        );
+    }
+    let train_set = Dataset::new(&train_split, norm, cfg.limit)?;
+    let test_set = Dataset::new(&test_split, norm, None)?;
+    drop((train_split, test_split));
+    if !a.json {
+        eprintln!(
+            "training LeNet-5 ({NUM_PARAMS} parameters) on {kind} from {}: {} training / {} test \
+             images, {} lr {} ({}), batch {}, epochs {}..={}, {} threads",
+            dir.display(),
+            train_set.len(),
+            test_set.len(),
+            cfg.optimizer.name(),
+            cfg.lr,
+            cfg.schedule.name(),
+            cfg.batch_size,
+            trainer.epochs_done() + 1,
+            cfg.epochs,
+            rayon::current_num_threads()
+        );
+    }
+    if trainer.epochs_done() >= cfg.epochs {
+        bail!(
+            "the checkpoint has {} epochs done already; pass a larger --epochs",
+            trainer.epochs_done()
+        );
+    }
+    let mpath = metrics_path(&a.out);
+    if a.resume.is_none() {
+        std::fs::write(&mpath, b"").with_context(|| format!("cannot write {}", mpath.display()))?;
+    }
+    let mut extra = Metadata::new();
+    extra.insert("dataset".into(), kind.name().into());
+    let show_bar = !a.json && std::io::stderr().is_terminal();
+    let stop_at = a.stop_after.map_or(cfg.epochs, |n| (trainer.epochs_done() + n).min(cfg.epochs));
+    while trainer.epochs_done() < stop_at {
+        let epoch = trainer.epochs_done() + 1;
+        let bar = if show_bar {
+            let bar = ProgressBar::new(train_set.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:25}] {pos}/{len} images, loss {msg}, ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
+            Some(bar)
+        } else {
+            None
+        };
+        let result = trainer.train_epoch(&train_set, &test_set, &mut |_, _, loss| {
+            if let Some(bar) = &bar {
+                let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
+                bar.inc((cfg.batch_size as u64).min(left));
+                let rate = bar.position() as f64 / bar.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{loss:.4}, {rate:.0} images/s"));
+            }
+        });
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        let m = match result {
+            Ok(m) => m,
+            Err(e @ DataError::NonFiniteLoss { .. }) => {
+                let kept = if trainer.epochs_done() > 0 || a.resume.is_some() {
+                    format!("the last good checkpoint is {}", a.out.display())
+                } else {
+                    "no checkpoint was written".to_owned()
+                };
+                bail!("{e}; {kept}");
+            }
+            Err(e) => return Err(e.into()),
+        };
+        trainer
+            .save(&a.out, &extra)
+            .with_context(|| format!("cannot save the checkpoint {}", a.out.display()))?;
+        let line = m.to_json();
+        let mut mf = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&mpath)
+            .with_context(|| format!("cannot write {}", mpath.display()))?;
+        writeln!(mf, "{line}").with_context(|| format!("cannot write {}", mpath.display()))?;
+        if a.json {
+            println!("{line}");
+        } else {
+            println!(
+                "epoch {:>2}/{}: train loss {:.4}  train acc {:.4}  test acc {:.4}  {:.1} s  {:.0} images/s",
+                m.epoch,
+                cfg.epochs,
+                m.train_loss,
+                m.train_acc,
+                m.test_acc,
+                m.seconds,
+                m.images_per_sec
+            );
+        }
+    }
+    if !a.json {
+        println!(
+            "checkpoint: {} (optimizer state {}, metrics {})",
+            a.out.display(),
+            optimizer_path(&a.out).display(),
+            mpath.display()
+        );
+    }
+    Ok(())
+}
+
+fn eval(a: &EvalArgs) -> Result<()> {
+    let (model, norm, _) = LeNet5::load(&a.weights)?;
+    let (_, test_split, kind, _) = load_splits(&a.data)?;
+    let test = Dataset::new(&test_split, norm, None)?;
+    let e = evaluate(&model, &test)?;
+    if a.json {
+        let v = serde_json::json!({
+            "accuracy": e.accuracy, "n": e.n, "per_class": e.per_class, "confusion": e.confusion,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let names = kind.class_names();
+    println!("accuracy {:.4} on {} {kind} test images ({})", e.accuracy, e.n, a.weights.display());
+    println!("\nper class:");
+    for (c, acc) in e.per_class.iter().enumerate() {
+        println!("  {c} {:<12} {acc:.4}", names[c]);
+    }
+    println!("\nconfusion (rows: true class, columns: predicted):");
+    print!("     ");
+    for c in 0..10 {
+        print!("{c:>6}");
+    }
+    println!();
+    for (t, row) in e.confusion.iter().enumerate() {
+        print!("  {t:>2} ");
+        for n in row {
+            print!("{n:>6}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// An image file as 28x28 bytes in MNIST's convention (light strokes on a dark background).
+fn load_picture(path: &Path) -> Result<Vec<u8>> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .decode()
+        .map_err(|e| DataError::Image { path: path.to_path_buf(), msg: e.to_string() })?
+        .into_luma8();
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        bail!("{}: empty image", path.display());
+    }
+    // The background is what the border shows: when the border is mostly light, invert so the
+    // object is light on dark as in the training data.
+    let border: Vec<u8> = (0..w)
+        .flat_map(|x| [img.get_pixel(x, 0)[0], img.get_pixel(x, h - 1)[0]])
+        .chain((0..h).flat_map(|y| [img.get_pixel(0, y)[0], img.get_pixel(w - 1, y)[0]]))
+        .collect();
+    let mean = border.iter().map(|&p| u32::from(p)).sum::<u32>() as f32 / border.len() as f32;
+    let small = image::imageops::resize(&img, 28, 28, image::imageops::FilterType::Triangle);
+    let mut px = small.into_raw();
+    if mean > 127.5 {
+        px.iter_mut().for_each(|p| *p = 255 - *p);
+    }
+    Ok(px)
+}
+
+fn predict(a: &PredictArgs) -> Result<()> {
+    let (model, norm, _) = LeNet5::load(&a.weights)?;
+    let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(idx) = &a.idx {
+        let Some(i) = a.index else { bail!("--idx needs --index I") };
+        let images = read_idx_images(idx)?;
+        if (images.rows, images.cols) != (28, 28) {
+            bail!("{}: images are {}x{}, expected 28x28", idx.display(), images.rows, images.cols);
+        }
+        let Some(px) = images.image(i) else {
+            bail!("{}: index {i} out of range ({} images)", idx.display(), images.count)
+        };
+        inputs.push((format!("{}[{i}]", idx.display()), px.to_vec()));
+    } else {
+        if a.images.is_empty() {
+            bail!("give image files (PNG/JPEG) or --idx FILE --index I");
+        }
+        for p in &a.images {
+            inputs.push((p.display().to_string(), load_picture(p)?));
+        }
+    }
+    let refs: Vec<&[u8]> = inputs.iter().map(|(_, px)| px.as_slice()).collect();
+    let probs = model.logits(&preprocess(&refs, norm)?)?.softmax(1)?;
+    let names = DatasetKind::from(a.dataset).class_names();
+    let mut out = Vec::new();
+    for ((name, _), row) in inputs.iter().zip(probs.as_slice().chunks_exact(10)) {
+        let mut order: Vec<usize> = (0..10).collect();
+        order.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
+        let top: Vec<(usize, f32)> = order[..3].iter().map(|&c| (c, row[c])).collect();
+        if a.json {
+            out.push(serde_json::json!({
+                "input": name,
+                "top3": top.iter().map(|&(c, p)| serde_json::json!({"class": c, "name": names[c], "probability": p})).collect::<Vec<_>>(),
+            }));
+        } else {
+            println!("{name}:");
+            for (c, p) in top {
+                println!("  {c} {:<12} {:.4}", names[c], p);
+            }
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Array(out));
+    }
+    Ok(())
+}
+
+fn info(a: &InfoArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let model = LeNet5::new(&mut Rng::new(0))?;
+    let rows = model.layer_table(a.batch_size)?;
+    println!("LeNet-5 at batch size {}", a.batch_size);
+    println!("{:<8} {:<18} {:>8} {:>14}  conv algorithm", "layer", "output", "params", "FLOPs");
+    let (mut params, mut flops) = (0, 0);
+    for r in &rows {
+        println!(
+            "{:<8} {:<18} {:>8} {:>14}  {}",
+            r.name,
+            format!("{:?}", r.output),
+            r.params,
+            r.flops,
+            r.algo.map(|x| x.name()).unwrap_or("")
+        );
+        params += r.params;
+        flops += r.flops;
+    }
+    println!("{:<8} {:<18} {:>8} {:>14}", "total", "", params, flops);
+    Ok(())
+}
+
+fn fetch_cmd(a: &FetchArgs) -> Result<()> {
+    let kind = DatasetKind::from(a.dataset);
+    let dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => fetch::cache_dir(&std::env::current_dir().context("no working directory")?, kind),
+    };
+    let files = fetch::fetch(kind, &dir, &mut |line| eprintln!("{line}"))?;
+    println!("{kind} is in {}", files.train_images.parent().unwrap_or(&dir).display());
+    Ok(())
+}

@@ -1,0 +1,468 @@
+//! The training loop, evaluation, and checkpoints that resume bit for bit.
+//!
+//! A [`Trainer`] owns the model and its optimizer. Everything an epoch depends on is either
+//! in the saved files or derived from them: the weights (model file), the optimizer's buffers
+//! and step counts (the `.optim.safetensors` file beside it), the epoch counter and the
+//! recipe (both files' metadata). The shuffling order of epoch `e` is a function of the seed
+//! and `e` only ([`crate::data::shuffle_rng`]), so there is no generator state to carry, and
+//! a resumed run continues exactly as the uninterrupted one would have.
+//!
+//! Batches are prepared on the training thread: building one (64 images through a lookup
+//! table) takes about 1% of a training step, so a loader thread would not pay for itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use convkit_autograd::Tape;
+use convkit_nn::checkpoint::{self, Metadata};
+use convkit_nn::{Adam, AdamConfig, Module, Optimizer, Sgd, SgdConfig, params};
+use convkit_tensor::Rng;
+
+use crate::data::{Dataset, Normalization};
+use crate::error::{DataError, Result, invalid};
+use crate::lenet::{CLASSES, LeNet5};
+
+/// The optimizer of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// SGD with momentum (PyTorch's `SGD`).
+    Sgd,
+    /// Adam (PyTorch's `Adam`, L2 weight decay).
+    Adam,
+}
+
+impl OptimizerKind {
+    /// `sgd` or `adam`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adam" => Ok(OptimizerKind::Adam),
+            other => Err(invalid(
+                "optimizer",
+                format!("unknown optimizer {other:?}; expected sgd or adam"),
+            )),
+        }
+    }
+}
+
+/// The learning-rate schedule over epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleKind {
+    /// The same rate every epoch.
+    Constant,
+    /// Cosine annealing from the base rate to 0 over the run, updated every step:
+    /// `lr·(1 + cos(π·s/S))/2` at step `s` of `S`.
+    Cosine,
+}
+
+impl ScheduleKind {
+    /// `constant` or `cosine`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScheduleKind::Constant => "constant",
+            ScheduleKind::Cosine => "cosine",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(ScheduleKind::Constant),
+            "cosine" => Ok(ScheduleKind::Cosine),
+            other => Err(invalid(
+                "schedule",
+                format!("unknown schedule {other:?}; expected constant or cosine"),
+            )),
+        }
+    }
+}
+
+/// The recipe of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    /// Total number of epochs (a resumed run stops at this count too).
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// SGD or Adam.
+    pub optimizer: OptimizerKind,
+    /// Base learning rate.
+    pub lr: f32,
+    /// SGD momentum (ignored by Adam).
+    pub momentum: f32,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+    /// Seed of the initialization and of the shuffling.
+    pub seed: u64,
+    /// Learning-rate schedule; a cosine runs over all the steps of `epochs` epochs.
+    pub schedule: ScheduleKind,
+    /// Randomly mirror training images left-right (sensible for Fashion-MNIST, not digits).
+    pub hflip: bool,
+    /// Train on the first `limit` training images only.
+    pub limit: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    /// The reference recipe: SGD lr 0.01, momentum 0.9, batch 64, 10 epochs, seed 0.
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 64,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            seed: 0,
+            schedule: ScheduleKind::Constant,
+            hflip: false,
+            limit: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(invalid("batch size", "must be at least 1"));
+        }
+        if self.limit == Some(0) {
+            return Err(invalid("limit", "--limit 0 leaves no training images"));
+        }
+        if self.epochs == 0 {
+            return Err(invalid("epochs", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid(
+                "learning rate",
+                format!("must be positive and finite, got {}", self.lr),
+            ));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(invalid("momentum", format!("must be in [0, 1), got {}", self.momentum)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(invalid(
+                "weight decay",
+                format!("must be non-negative, got {}", self.weight_decay),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The learning rate of batch `batch` of `n_batches` in epoch `epoch` (both 0-based).
+    pub fn lr_at(&self, epoch: usize, batch: usize, n_batches: usize) -> f32 {
+        match self.schedule {
+            ScheduleKind::Constant => self.lr,
+            ScheduleKind::Cosine => {
+                let total = (self.epochs * n_batches.max(1)) as f64;
+                let t = (epoch * n_batches.max(1) + batch) as f64;
+                let c = (std::f64::consts::PI * t / total).cos();
+                (f64::from(self.lr) * (1.0 + c) / 2.0) as f32
+            }
+        }
+    }
+
+    fn to_metadata(self, meta: &mut Metadata) {
+        meta.insert("train.optimizer".into(), self.optimizer.name().into());
+        meta.insert("train.lr".into(), bits32(self.lr));
+        meta.insert("train.momentum".into(), bits32(self.momentum));
+        meta.insert("train.weight_decay".into(), bits32(self.weight_decay));
+        meta.insert("train.batch_size".into(), self.batch_size.to_string());
+        meta.insert("train.seed".into(), self.seed.to_string());
+        meta.insert("train.schedule".into(), self.schedule.name().into());
+        meta.insert("train.epochs".into(), self.epochs.to_string());
+        meta.insert("train.hflip".into(), self.hflip.to_string());
+        meta.insert("train.limit".into(), self.limit.map_or("all".to_owned(), |l| l.to_string()));
+    }
+
+    fn from_metadata(meta: &Metadata, path: &Path) -> Result<Self> {
+        let get = |k: &str| {
+            meta.get(k).ok_or_else(|| DataError::Invalid {
+                what: "resume",
+                msg: format!(
+                    "{}: metadata has no {k}; not a checkpoint written by lenet train",
+                    path.display()
+                ),
+            })
+        };
+        let bad = |k: &str| DataError::Invalid {
+            what: "resume",
+            msg: format!("{}: bad metadata {k}", path.display()),
+        };
+        let f = |k: &str| -> Result<f32> {
+            u32::from_str_radix(get(k)?, 16).map(f32::from_bits).map_err(|_| bad(k))
+        };
+        let u = |k: &str| -> Result<u64> { get(k)?.parse::<u64>().map_err(|_| bad(k)) };
+        Ok(Self {
+            epochs: u("train.epochs")? as usize,
+            batch_size: u("train.batch_size")? as usize,
+            optimizer: OptimizerKind::parse(get("train.optimizer")?)?,
+            lr: f("train.lr")?,
+            momentum: f("train.momentum")?,
+            weight_decay: f("train.weight_decay")?,
+            seed: u("train.seed")?,
+            schedule: ScheduleKind::parse(get("train.schedule")?)?,
+            hflip: get("train.hflip")? == "true",
+            limit: match get("train.limit")?.as_str() {
+                "all" => None,
+                v => Some(v.parse::<usize>().map_err(|_| bad("train.limit"))?),
+            },
+        })
+    }
+}
+
+fn bits32(x: f32) -> String {
+    format!("{:08x}", x.to_bits())
+}
+
+/// The numbers of one epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches, weighted by batch size.
+    pub train_loss: f64,
+    /// Training accuracy (on the fly, while the weights change).
+    pub train_acc: f64,
+    /// Test accuracy after the epoch.
+    pub test_acc: f64,
+    /// Wall time of the training part of the epoch.
+    pub seconds: f64,
+    /// Training images per second.
+    pub images_per_sec: f64,
+    /// The learning rate at the start of the epoch.
+    pub lr: f32,
+}
+
+impl EpochMetrics {
+    /// One JSON object (what `--json` prints and the metrics file holds).
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"epoch\":{},\"train_loss\":{:.6},\"train_acc\":{:.6},\"test_acc\":{:.6},\"seconds\":{:.3},\"images_per_sec\":{:.1},\"lr\":{}}}",
+            self.epoch,
+            self.train_loss,
+            self.train_acc,
+            self.test_acc,
+            self.seconds,
+            self.images_per_sec,
+            self.lr
+        )
+    }
+}
+
+/// Accuracy, per-class accuracy and confusion matrix on a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Fraction of correct predictions.
+    pub accuracy: f64,
+    /// Number of examples.
+    pub n: usize,
+    /// Accuracy of each class (0 for a class without examples).
+    pub per_class: [f64; CLASSES],
+    /// `confusion[true][predicted]` counts.
+    pub confusion: [[usize; CLASSES]; CLASSES],
+}
+
+/// Evaluates `model` on every example of `data`, 1,000 at a time.
+pub fn evaluate(model: &LeNet5, data: &Dataset) -> Result<Evaluation> {
+    let mut confusion = [[0usize; CLASSES]; CLASSES];
+    let order: Vec<usize> = (0..data.len()).collect();
+    for batch in data.batches(&order, 1000)? {
+        let batch = batch?;
+        let pred = model.logits(&batch.images)?.argmax_axis(1)?;
+        for (&t, &p) in batch.labels.iter().zip(&pred) {
+            confusion[t][p] += 1;
+        }
+    }
+    let correct: usize = (0..CLASSES).map(|c| confusion[c][c]).sum();
+    let mut per_class = [0.0; CLASSES];
+    for (c, row) in confusion.iter().enumerate() {
+        let total: usize = row.iter().sum();
+        per_class[c] = if total == 0 { 0.0 } else { row[c] as f64 / total as f64 };
+    }
+    Ok(Evaluation {
+        accuracy: correct as f64 / data.len() as f64,
+        n: data.len(),
+        per_class,
+        confusion,
+    })
+}
+
+/// The optimizer-state file beside a checkpoint: `model.safetensors` →
+/// `model.optim.safetensors`.
+pub fn optimizer_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("optim.safetensors")
+}
+
+/// The metrics file beside a checkpoint: `model.safetensors` → `model.metrics.jsonl`.
+pub fn metrics_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("metrics.jsonl")
+}
+
+/// A model, its optimizer and the position in the run.
+pub struct Trainer {
+    /// The model being trained.
+    pub model: LeNet5,
+    opt: Box<dyn Optimizer>,
+    cfg: TrainConfig,
+    norm: Normalization,
+    epochs_done: usize,
+}
+
+impl Trainer {
+    /// A fresh run: the model initialized from `cfg.seed`.
+    pub fn new(cfg: TrainConfig, norm: Normalization) -> Result<Self> {
+        cfg.validate()?;
+        let model = LeNet5::new(&mut Rng::new(cfg.seed))?;
+        let opt = make_optimizer(&model, &cfg)?;
+        Ok(Self { model, opt, cfg, norm, epochs_done: 0 })
+    }
+
+    /// A fresh run from a given model (e.g. [`LeNet5::with_init`]); the seed still drives the
+    /// shuffling.
+    pub fn with_model(cfg: TrainConfig, norm: Normalization, model: LeNet5) -> Result<Self> {
+        cfg.validate()?;
+        let opt = make_optimizer(&model, &cfg)?;
+        Ok(Self { model, opt, cfg, norm, epochs_done: 0 })
+    }
+
+    /// Continues the run saved at `checkpoint` (and its optimizer file). The recipe comes
+    /// from the checkpoint (including `limit`); `epochs`, when given, replaces the total
+    /// number of epochs (with a cosine schedule this changes the remaining rates).
+    pub fn resume(checkpoint: &Path, epochs: Option<usize>) -> Result<Self> {
+        let (model, norm, meta) = LeNet5::load(checkpoint)?;
+        let mut cfg = TrainConfig::from_metadata(&meta, checkpoint)?;
+        if let Some(e) = epochs {
+            cfg.epochs = e;
+        }
+        cfg.validate()?;
+        let done = meta.get("train.epochs_done").and_then(|v| v.parse::<usize>().ok()).ok_or_else(
+            || {
+                invalid(
+                    "resume",
+                    format!("{}: metadata has no train.epochs_done", checkpoint.display()),
+                )
+            },
+        )?;
+        let opath = optimizer_path(checkpoint);
+        let (state, ometa) = checkpoint::load_optimizer(&opath)?;
+        if ometa.get("train.epochs_done") != meta.get("train.epochs_done") {
+            return Err(invalid(
+                "resume",
+                format!(
+                    "{} is not from the same epoch as {}",
+                    opath.display(),
+                    checkpoint.display()
+                ),
+            ));
+        }
+        let mut opt = make_optimizer(&model, &cfg)?;
+        opt.load_state(&state)?;
+        Ok(Self { model, opt, cfg, norm, epochs_done: done })
+    }
+
+    /// The recipe.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The normalization the model is trained with.
+    pub fn normalization(&self) -> Normalization {
+        self.norm
+    }
+
+    /// Epochs completed so far.
+    pub fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+
+    /// Trains one epoch on `train`, then measures accuracy on `test`. `on_batch` gets the
+    /// batch index (0-based), the number of batches and the batch's loss.
+    pub fn train_epoch(
+        &mut self,
+        train: &Dataset,
+        test: &Dataset,
+        on_batch: &mut dyn FnMut(usize, usize, f32),
+    ) -> Result<EpochMetrics> {
+        let epoch = self.epochs_done;
+        let order = train.epoch_order(self.cfg.seed, epoch);
+        let n_batches = order.len().div_ceil(self.cfg.batch_size);
+        let lr = self.cfg.lr_at(epoch, 0, n_batches);
+        let mut flip_rng = crate::data::shuffle_rng(self.cfg.seed ^ 0xF11F, epoch);
+        let start = Instant::now();
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for (b, batch) in train.batches(&order, self.cfg.batch_size)?.enumerate() {
+            let mut batch = batch?;
+            self.opt.set_lr(self.cfg.lr_at(epoch, b, n_batches));
+            if self.cfg.hflip {
+                crate::data::random_hflip(&mut batch.images, &mut flip_rng)?;
+            }
+            let tape = Tape::new();
+            let logits = self.model.forward(&tape.input(batch.images))?;
+            let loss = logits.cross_entropy(&batch.labels)?;
+            let lv = loss.value().as_slice()[0];
+            if !lv.is_finite() {
+                self.opt.zero_grad();
+                return Err(DataError::NonFiniteLoss { epoch: epoch + 1, batch: b + 1, loss: lv });
+            }
+            loss.backward()?;
+            self.opt.step()?;
+            self.opt.zero_grad();
+            let pred = logits.value().argmax_axis(1)?;
+            correct += pred.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
+            loss_sum += f64::from(lv) * batch.labels.len() as f64;
+            on_batch(b, n_batches, lv);
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let eval = evaluate(&self.model, test)?;
+        self.epochs_done += 1;
+        let n = train.len() as f64;
+        Ok(EpochMetrics {
+            epoch: self.epochs_done,
+            train_loss: loss_sum / n,
+            train_acc: correct as f64 / n,
+            test_acc: eval.accuracy,
+            seconds,
+            images_per_sec: n / seconds.max(1e-9),
+            lr,
+        })
+    }
+
+    /// Saves the model (with the normalization, the recipe and the epoch in its metadata)
+    /// and the optimizer state beside it, both atomically.
+    pub fn save(&self, path: &Path, extra: &Metadata) -> Result<()> {
+        let mut meta = extra.clone();
+        self.cfg.to_metadata(&mut meta);
+        meta.insert("train.epochs_done".into(), self.epochs_done.to_string());
+        self.model.save(path, self.norm, &meta)?;
+        let mut ometa = Metadata::new();
+        ometa.insert("train.epochs_done".into(), self.epochs_done.to_string());
+        checkpoint::save_optimizer(optimizer_path(path), &self.opt.state(), &ometa)?;
+        Ok(())
+    }
+}
+
+fn make_optimizer(model: &LeNet5, cfg: &TrainConfig) -> Result<Box<dyn Optimizer>> {
+    Ok(match cfg.optimizer {
+        OptimizerKind::Sgd => Box::new(Sgd::new(
+            params(model),
+            SgdConfig {
+                lr: cfg.lr,
+                momentum: cfg.momentum,
+                weight_decay: cfg.weight_decay,
+                ..Default::default()
+            },
+        )?),
+        OptimizerKind::Adam => Box::new(Adam::new(
+            params(model),
+            AdamConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() },
+        )?),
+    })
+}
