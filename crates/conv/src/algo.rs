@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use crate::direct::{conv2d_direct, direct_supports};
+use crate::direct_backward::conv2d_backward_direct;
 use crate::error::{ConvError, Result};
 use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};
@@ -140,7 +141,8 @@ pub fn env_algo() -> Option<ConvAlgo> {
 
 /// Whether `algo` can run the convolution `g` (forward and backward). `Auto` always can.
 ///
-/// Winograd and direct are forward kernels; their backward pass runs im2col/col2im.
+/// Winograd is a forward kernel: its backward pass runs im2col/col2im. Direct has a backward
+/// kernel of its own, used where [`backward_kernel`] says it beats im2col.
 pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
     match algo {
         ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col => true,
@@ -268,8 +270,35 @@ pub fn conv2d_forward(
     Ok(algo)
 }
 
+/// The kernel that computes the gradients of a convolution whose forward pass ran `algo`
+/// (already resolved, never `Auto`): `Naive`, `Im2col` or `Direct`.
+///
+/// Winograd has no backward of its own: im2col. `Direct` keeps its own backward
+/// ([`conv2d_backward_direct`]) on stride-1 shapes, where it reads the operands in place;
+/// with a stride its input gradient runs over the zero-stuffed output gradient and loses to
+/// col2im, so strided shapes run im2col.
+///
+/// Evidence: `RAYON_NUM_THREADS=1 cargo bench -p convkit-conv --bench conv -- --quick
+/// 'conv_(fwd|bwd)_t1/(lenet|depthwise)'`, one run on the shared 2-core Zen 3 under load
+/// (other builds running; compare within a row), GFLOP/s with backward counting twice the
+/// forward FLOPs:
+///
+/// | shape     | fwd direct | bwd im2col | bwd direct | bwd/fwd time, direct |
+/// |-----------|------------|------------|------------|----------------------|
+/// | lenet_c1  |  (pending) |            |            |                      |
+/// | lenet_c2  |            |            |            |                      |
+/// | depthwise |            |            |            |                      |
+pub fn backward_kernel(algo: ConvAlgo, g: &ConvGeometry) -> ConvAlgo {
+    match algo {
+        ConvAlgo::Naive => ConvAlgo::Naive,
+        ConvAlgo::Direct if g.params.stride == (1, 1) => ConvAlgo::Direct,
+        _ => ConvAlgo::Im2col,
+    }
+}
+
 /// Backward convolution with the algorithm `algo` (after [`resolve`]): writes each requested
-/// gradient; returns the algorithm that ran. Same contract as [`conv2d_backward_naive`].
+/// gradient; returns the algorithm that ran the forward pass (the gradients come from the
+/// kernel [`backward_kernel`] picks for it). Same contract as [`conv2d_backward_naive`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     g: &ConvGeometry,
@@ -282,31 +311,12 @@ pub fn conv2d_backward(
     algo: ConvAlgo,
 ) -> Result<ConvAlgo> {
     let algo = resolve(algo, g)?;
-    match algo {
-        ConvAlgo::Naive => conv2d_backward_naive(
-            g,
-            input,
-            weight,
-            grad_output,
-            grad_input,
-            grad_weight,
-            grad_bias,
-        )?,
-        // Winograd and direct are forward kernels: their gradients come from im2col/col2im.
-        ConvAlgo::Im2col
-        | ConvAlgo::Auto
-        | ConvAlgo::Winograd2
-        | ConvAlgo::Winograd4
-        | ConvAlgo::Direct => conv2d_backward_im2col(
-            g,
-            input,
-            weight,
-            grad_output,
-            grad_input,
-            grad_weight,
-            grad_bias,
-        )?,
-    }
+    let kernel = match backward_kernel(algo, g) {
+        ConvAlgo::Naive => conv2d_backward_naive,
+        ConvAlgo::Direct => conv2d_backward_direct,
+        _ => conv2d_backward_im2col,
+    };
+    kernel(g, input, weight, grad_output, grad_input, grad_weight, grad_bias)?;
     Ok(algo)
 }
 
