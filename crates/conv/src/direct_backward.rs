@@ -476,9 +476,9 @@ fn fill_stuffed(p: &Plan, dy_img: &[f32], dys: &mut [f32]) {
 fn weight_grad_image<S: Simd>(s: S, p: &Plan, xp: &[f32], dyf: &[f32], gwv: &mut [f32]) {
     let taps = p.taps();
     // Channel blocks that divide the group's channels, so that no thin tail block runs.
-    let kb_main = if p.kpg % 3 == 0 {
+    let kb_main = if p.kpg.is_multiple_of(3) {
         3
-    } else if p.kpg % 2 == 0 {
+    } else if p.kpg.is_multiple_of(2) {
         2
     } else {
         p.kpg.min(3)
