@@ -278,22 +278,25 @@ pub fn conv2d_forward(
 /// with a stride its input gradient runs over the zero-stuffed output gradient and loses to
 /// col2im, so strided shapes run im2col.
 ///
-/// Evidence: `RAYON_NUM_THREADS=1 cargo bench -p convkit-conv --bench conv -- --quick
-/// 'conv_(fwd|bwd)_t1/(lenet|depthwise)'`, one run on the shared 2-core Zen 3 under load
-/// (other builds running; compare within a row), GFLOP/s with backward counting twice the
-/// forward FLOPs:
+/// Evidence: `cargo bench -p convkit-conv --bench conv -- --quick
+/// 'conv_(fwd|bwd)_t1/(lenet|depthwise)'` (1-thread pool), two runs minutes apart on the
+/// shared 2-core Zen 3 while other builds ran (load 2–7; compare within a run), median
+/// milliseconds, run 1 / run 2. `direct` and `auto` run the same code on these shapes, so
+/// their spread is the machine's noise:
 ///
-/// | shape     | fwd direct | fwd auto | bwd im2col | bwd direct | bwd auto | auto bwd / fwd |
-/// |-----------|------------|----------|------------|------------|----------|----------------|
-/// | lenet_c1  | 28.8       | 19.1     | 12.3       | 24.4       | 22.2     | 1.7x           |
-/// | lenet_c2  | 42.2       | 32.8     | 17.2       | 23.6–35.1  | 35.1     | 1.9x           |
-/// | depthwise |  9.4       | 10.1     |  3.2       | 10.7       | 10.6     | 1.9x           |
+/// | shape     | fwd direct  | fwd auto    | bwd im2col  | bwd direct  | bwd auto    |
+/// |-----------|-------------|-------------|-------------|-------------|-------------|
+/// | lenet_c1  | 0.52 / 0.66 | 0.79 / 0.80 | 2.45 / 3.03 | 1.23 / 1.22 | 1.35 / 0.88 |
+/// | lenet_c2  | 0.73 / 1.09 | 0.94 / 1.11 | 3.56 / 3.22 | 2.60 / 2.47 | 1.75 / 2.64 |
+/// | depthwise | 1.54 / 1.52 | 1.44 / 1.34 | 9.02 / 8.27 | 2.71 / 2.26 | 2.72 / 2.02 |
 ///
-/// (`direct` and `auto` run the same backward code on these shapes; their spread is the
-/// machine's noise.) The direct backward is 2.0x (lenet_c1), 1.5–2.0x (lenet_c2) and 3.3x
-/// (depthwise) faster than im2col/col2im; in milliseconds 1.2–1.4, 1.7–2.6 and 2.7 against
-/// PyTorch's ~5.5 and ~1.9 (LeNet, 1 thread, from `REFERENCE.md`). No strided shape of the
-/// suite runs `Direct`, so the strided rule rests on the work count above, not a measurement.
+/// The direct backward beats im2col/col2im 2.0–3.4x on lenet_c1, 1.2–2.0x on lenet_c2 and
+/// 3.0–4.1x on depthwise. `auto` backward over `auto` forward in the same run is 1.7 / 1.1
+/// (lenet_c1), 1.9 / 2.4 (lenet_c2) and 1.9 / 1.5 (depthwise); pairing `direct` with `direct`
+/// instead gives up to 3.6 on lenet_c2 in the noisier run 1. PyTorch's
+/// backward alone (1 thread, quiet machine, `REFERENCE.md`) takes ~5.5 ms on lenet_c1 and
+/// ~1.9 ms on lenet_c2. No strided shape of the suite runs `Direct`, so the strided rule rests
+/// on the work count above, not a measurement.
 pub fn backward_kernel(algo: ConvAlgo, g: &ConvGeometry) -> ConvAlgo {
     match algo {
         ConvAlgo::Naive => ConvAlgo::Naive,
