@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use crate::direct::{conv2d_direct, direct_supports};
+use crate::direct_backward::conv2d_backward_direct;
 use crate::error::{ConvError, Result};
 use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};
@@ -140,7 +141,8 @@ pub fn env_algo() -> Option<ConvAlgo> {
 
 /// Whether `algo` can run the convolution `g` (forward and backward). `Auto` always can.
 ///
-/// Winograd and direct are forward kernels; their backward pass runs im2col/col2im.
+/// Winograd is a forward kernel: its backward pass runs im2col/col2im. Direct has a backward
+/// kernel of its own, used where [`backward_kernel`] says it beats im2col.
 pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
     match algo {
         ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col => true,
@@ -268,8 +270,44 @@ pub fn conv2d_forward(
     Ok(algo)
 }
 
+/// The kernel that computes the gradients of a convolution whose forward pass ran `algo`
+/// (already resolved, never `Auto`): `Naive`, `Im2col` or `Direct`.
+///
+/// Winograd has no backward of its own: im2col. `Direct` keeps its own backward
+/// ([`conv2d_backward_direct`]) on stride-1 shapes, where it reads the operands in place;
+/// with a stride its input gradient runs over the zero-stuffed output gradient and loses to
+/// col2im, so strided shapes run im2col.
+///
+/// Evidence: `cargo bench -p convkit-conv --bench conv -- --quick
+/// 'conv_(fwd|bwd)_t1/(lenet|depthwise)'` (1-thread pool), two runs minutes apart on the
+/// shared 2-core Zen 3 while other builds ran (load 2–7; compare within a run), median
+/// milliseconds, run 1 / run 2. `direct` and `auto` run the same code on these shapes, so
+/// their spread is the machine's noise:
+///
+/// | shape     | fwd direct  | fwd auto    | bwd im2col  | bwd direct  | bwd auto    |
+/// |-----------|-------------|-------------|-------------|-------------|-------------|
+/// | lenet_c1  | 0.52 / 0.66 | 0.79 / 0.80 | 2.45 / 3.03 | 1.23 / 1.22 | 1.35 / 0.88 |
+/// | lenet_c2  | 0.73 / 1.09 | 0.94 / 1.11 | 3.56 / 3.22 | 2.60 / 2.47 | 1.75 / 2.64 |
+/// | depthwise | 1.54 / 1.52 | 1.44 / 1.34 | 9.02 / 8.27 | 2.71 / 2.26 | 2.72 / 2.02 |
+///
+/// The direct backward beats im2col/col2im 2.0–3.4x on lenet_c1, 1.2–2.0x on lenet_c2 and
+/// 3.0–4.1x on depthwise. `auto` backward over `auto` forward in the same run is 1.7 / 1.1
+/// (lenet_c1), 1.9 / 2.4 (lenet_c2) and 1.9 / 1.5 (depthwise); pairing `direct` with `direct`
+/// instead gives up to 3.6 on lenet_c2 in the noisier run 1. PyTorch's
+/// backward alone (1 thread, quiet machine, `REFERENCE.md`) takes ~5.5 ms on lenet_c1 and
+/// ~1.9 ms on lenet_c2. No strided shape of the suite runs `Direct`, so the strided rule rests
+/// on the work count above, not a measurement.
+pub fn backward_kernel(algo: ConvAlgo, g: &ConvGeometry) -> ConvAlgo {
+    match algo {
+        ConvAlgo::Naive => ConvAlgo::Naive,
+        ConvAlgo::Direct if g.params.stride == (1, 1) => ConvAlgo::Direct,
+        _ => ConvAlgo::Im2col,
+    }
+}
+
 /// Backward convolution with the algorithm `algo` (after [`resolve`]): writes each requested
-/// gradient; returns the algorithm that ran. Same contract as [`conv2d_backward_naive`].
+/// gradient; returns the algorithm that ran the forward pass (the gradients come from the
+/// kernel [`backward_kernel`] picks for it). Same contract as [`conv2d_backward_naive`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     g: &ConvGeometry,
@@ -282,31 +320,12 @@ pub fn conv2d_backward(
     algo: ConvAlgo,
 ) -> Result<ConvAlgo> {
     let algo = resolve(algo, g)?;
-    match algo {
-        ConvAlgo::Naive => conv2d_backward_naive(
-            g,
-            input,
-            weight,
-            grad_output,
-            grad_input,
-            grad_weight,
-            grad_bias,
-        )?,
-        // Winograd and direct are forward kernels: their gradients come from im2col/col2im.
-        ConvAlgo::Im2col
-        | ConvAlgo::Auto
-        | ConvAlgo::Winograd2
-        | ConvAlgo::Winograd4
-        | ConvAlgo::Direct => conv2d_backward_im2col(
-            g,
-            input,
-            weight,
-            grad_output,
-            grad_input,
-            grad_weight,
-            grad_bias,
-        )?,
-    }
+    let kernel = match backward_kernel(algo, g) {
+        ConvAlgo::Naive => conv2d_backward_naive,
+        ConvAlgo::Direct => conv2d_backward_direct,
+        _ => conv2d_backward_im2col,
+    };
+    kernel(g, input, weight, grad_output, grad_input, grad_weight, grad_bias)?;
     Ok(algo)
 }
 

@@ -26,6 +26,7 @@
 //! | [`naive`]   | the reference: the loops of the definition, f64 accumulation         |
 //! | [`im2col`]  | im2col + `sgemm` forward, GEMM + col2im backward, parallel           |
 //! | [`gemm`]    | the bounds-checked wrapper over `matrixmultiply::sgemm`              |
+//! | [`direct_backward`] | SIMD direct input/weight/bias gradients (small channel counts) |
 //! | [`algo`]    | [`ConvAlgo`], the [`select`] rule, [`supports`], dispatch            |
 //! | [`pool`]    | max / average pooling forward and backward ([`PoolParams`])          |
 //! | [`api`]     | the same operations on [`Tensor`](convkit_tensor::Tensor)s           |
@@ -90,6 +91,7 @@
 pub mod algo;
 pub mod api;
 pub mod direct;
+pub mod direct_backward;
 pub mod error;
 pub mod gemm;
 pub mod im2col;
@@ -104,6 +106,7 @@ pub mod winograd;
 pub use algo::{ConvAlgo, conv2d_backward, conv2d_forward, select, supports};
 pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
 pub use direct::{conv2d_direct, conv2d_direct_with, direct_supports};
+pub use direct_backward::{conv2d_backward_direct, conv2d_backward_direct_with};
 pub use error::{ConvError, Result};
 pub use im2col::{conv2d_backward_im2col, conv2d_im2col};
 pub use naive::{conv2d_backward_naive, conv2d_naive};
