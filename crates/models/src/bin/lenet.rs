@@ -298,6 +298,12 @@ fn train(a: &TrainArgs) -> Result<()> {
         );
     }
     let mpath = metrics_path(&a.out);
+    // The checkpoint, optimizer state and metrics go next to each other: make their folder
+    // now, before an epoch's work could be lost to a missing directory.
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    }
     if a.resume.is_none() {
         std::fs::write(&mpath, b"").with_context(|| format!("cannot write {}", mpath.display()))?;
     }
