@@ -154,45 +154,32 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 
 /// The automatic choice for `g`: the fastest available algorithm by benchmark evidence.
 ///
-/// Evidence: `RAYON_NUM_THREADS=1 cargo bench -p convkit-conv --bench conv -- --quick`,
-/// forward, GFLOP/s, on the shared 2-core Zen 3 while two other builds ran (load ≈ 5; `sgemm`
-/// alone on the same products reached 43–50 instead of its quiet 84), so read the ratios, not
-/// the absolute values:
+/// Evidence: `cargo xtask bench --quick` on the 2-core Zen 3 with nothing else running
+/// (criterion medians, forward, 1 thread, GFLOP/s = direct-convolution FLOPs / time, so
+/// Winograd's are *effective* rates; `docs/benchmarks.md` has the full tables, 2 threads and
+/// backward):
 ///
-/// | shape        | naive | im2col | `sgemm` alone | notes                                   |
-/// |--------------|-------|--------|---------------|-----------------------------------------|
-/// | lenet_c1     | 0.34  |  13.4  |  15.7         | 6 output channels: GEMM rows half empty  |
-/// | lenet_c2     | 0.39  |  17.1  |  32.9         |                                         |
-/// | res3x3_56    |   –   |  38.1  |  34.1         |                                         |
-/// | res3x3_28b8  |   –   |  45.8  |  43.0         | im2col copy within the noise of GEMM     |
-/// | vgg3x3_14    |   –   |  41.3  |  43.0         |                                         |
-/// | strided      |   –   |  40.5  |  49.4         |                                         |
-/// | pointwise    |   –   |  38.4  |  49.8         | no column matrix                         |
-/// | depthwise    | 0.27  |   2.8  |   1.9         | 1-row products use row updates, not GEMM |
-/// | dilated      |   –   |  24–37 |  44.5         |                                         |
+/// | shape        | im2col | winograd F2 | winograd F4 | direct | picked     |
+/// |--------------|--------|-------------|-------------|--------|------------|
+/// | lenet_c1     |  13.0  |      –      |      –      |  22.8  | direct     |
+/// | lenet_c2     |  16.7  |      –      |      –      |  40.7  | direct     |
+/// | res3x3_56    |  47.5  |    51.9     |    63.3     |  31.1  | winograd4  |
+/// | res3x3_28b8  |  56.8  |    93.2     |   111.2     |  51.6  | winograd4  |
+/// | vgg3x3_14    |  62.5  |    35.1     |    17.2     |  28.8  | im2col     |
+/// | strided      |  51.9  |      –      |      –      |  44.2  | im2col     |
+/// | pointwise    |  41.3  |      –      |      –      |  16.3  | im2col     |
+/// | depthwise    |   5.0  |     0.6     |     1.2     |  13.4  | direct     |
+/// | dilated      |  57.5  |    80.7     |    67.0     |  52.9  | winograd2  |
 ///
-/// Naive never wins. Forward GFLOP/s of the fast kernels on the same (busy) machine, from
-/// the kernels' first quick benchmark (folded since into `benches/conv.rs`), with `sgemm` on the
-/// equivalent products as the yardstick of im2col:
-///
-/// | shape        | direct | winograd F2 | winograd F4 | `sgemm` equivalent |
-/// |--------------|--------|-------------|-------------|--------------------|
-/// | lenet_c1     |  16.0  |      –      |      –      |  15.4              |
-/// | lenet_c2     |  31.8  |      –      |      –      |  39.1 (im2col 17)  |
-/// | res3x3_56    |  25.2  |    42.7     |    54.7     |  41.1              |
-/// | res3x3_28b8  |  30.7  |    59.0     |    65.7     |  44.7              |
-/// | vgg3x3_14    |  29.5  |    51.7     |    43.1     |  48.5              |
-/// | depthwise    |   9.6  |     0.5     |     0.6     |   2.5              |
-/// | dilated      |  34.0  |    45.6     |    46.2     |  63.4              |
-///
-/// Hence the rule, in order:
+/// Naive never wins (0.3–0.6). Hence the rule, in order:
 /// 1. one input channel per group (LeNet's first layer, depthwise), or 5x5-and-larger kernels
 ///    with at most 16 outputs per group (LeNet's second layer): `Direct` — GEMM rows are too
 ///    short or too few to feed `sgemm`'s 8x8 micro-kernel;
-/// 2. 3x3, stride 1, dilation 1, at least 16 input channels per group: Winograd —
-///    `Winograd4` when each output plane has at least 256 pixels, `Winograd2` below, where
-///    F(4x4)'s 6x6 tiles waste more of the edge and its transforms cost more per output.
-///    Dilated 3x3 layers can run on Winograd (subsampled grids) but lose to im2col there;
+/// 2. 3x3, stride 1, at least 16 input channels per group, and at least 1024 output pixels
+///    per channel over the batch: Winograd — `Winograd4` without dilation, `Winograd2` with
+///    (a dilated layer is split into subsampled grids whose small planes suit F(2x2)'s 4x4
+///    tiles). Below 1024 pixels (vgg3x3_14: one 14x14 image) the transform-domain GEMMs are
+///    too narrow and im2col wins;
 /// 3. everything else (1x1, strided, few channels): `Im2col`.
 pub fn select(g: &ConvGeometry) -> ConvAlgo {
     let p = g.params;
@@ -200,9 +187,9 @@ pub fn select(g: &ConvGeometry) -> ConvAlgo {
     if cpg == 1 || (g.kh * g.kw >= 25 && kpg <= 16) {
         return ConvAlgo::Direct;
     }
-    let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1) && p.dilation == (1, 1);
-    if three && cpg >= 16 {
-        let algo = if g.oh * g.ow >= 256 { ConvAlgo::Winograd4 } else { ConvAlgo::Winograd2 };
+    let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1);
+    if three && cpg >= 16 && g.n * g.oh * g.ow >= 1024 {
+        let algo = if p.dilation == (1, 1) { ConvAlgo::Winograd4 } else { ConvAlgo::Winograd2 };
         if supports(algo, g) {
             return algo;
         }
@@ -368,7 +355,7 @@ mod tests {
             (geom([64, 6, 14, 14], [16, 6, 5, 5], p), ConvAlgo::Direct),
             (geom([1, 64, 56, 56], [64, 64, 3, 3], p.with_padding(1)), ConvAlgo::Winograd4),
             (geom([8, 128, 28, 28], [128, 128, 3, 3], p.with_padding(1)), ConvAlgo::Winograd4),
-            (geom([1, 256, 14, 14], [256, 256, 3, 3], p.with_padding(1)), ConvAlgo::Winograd2),
+            (geom([1, 256, 14, 14], [256, 256, 3, 3], p.with_padding(1)), ConvAlgo::Im2col),
             (
                 geom([8, 64, 56, 56], [128, 64, 3, 3], p.with_stride(2).with_padding(1)),
                 ConvAlgo::Im2col,
@@ -380,7 +367,7 @@ mod tests {
             ),
             (
                 geom([8, 64, 28, 28], [64, 64, 3, 3], p.with_padding(2).with_dilation(2)),
-                ConvAlgo::Im2col,
+                ConvAlgo::Winograd2,
             ),
             // Corners: a 1x1 image, few channels.
             (geom([1, 1, 1, 1], [1, 1, 1, 1], p), ConvAlgo::Direct),

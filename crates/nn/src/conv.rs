@@ -234,8 +234,8 @@ mod tests {
         let cfg =
             Conv2dConfig { params: Conv2dParams::default().with_padding(1), ..Default::default() };
         let conv = Conv2d::with_config(32, 32, (3, 3), cfg, &mut rng).unwrap();
-        let x = Tensor::rand_uniform(&[2, 32, 20, 20], -1.0, 1.0, &mut rng).unwrap();
-        let g = ConvGeometry::new([2, 32, 20, 20], [32, 32, 3, 3], cfg.params).unwrap();
+        let x = Tensor::rand_uniform(&[4, 32, 20, 20], -1.0, 1.0, &mut rng).unwrap();
+        let g = ConvGeometry::new([4, 32, 20, 20], [32, 32, 3, 3], cfg.params).unwrap();
         assert!(matches!(
             resolve(ConvAlgo::Auto, &g).unwrap(),
             ConvAlgo::Winograd2 | ConvAlgo::Winograd4
