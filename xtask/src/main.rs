@@ -206,9 +206,10 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         peak.one_thread, peak.all_threads, peak.kind
     );
 
-    // `--benches` runs only the criterion targets; the libtest harness of the library targets
-    // would reject criterion's options.
-    let mut cargo_args = vec!["bench", "--workspace", "--benches", "--"];
+    // `--bench '*'` selects only the `[[bench]]` targets (criterion); `--benches` would also
+    // run the libraries' unit tests in bench mode, whose libtest harness rejects criterion's
+    // options such as `--quick`.
+    let mut cargo_args = vec!["bench", "--workspace", "--bench", "*", "--"];
     if quick {
         cargo_args.push("--quick");
     }
