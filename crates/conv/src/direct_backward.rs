@@ -58,7 +58,7 @@
 use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
-use crate::params::{ConvGeometry, check_len};
+use crate::params::ConvGeometry;
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
 const OP: &str = "conv2d_backward_direct";
@@ -112,16 +112,12 @@ pub fn conv2d_backward_direct_with(
     grad_weight: Option<&mut [f32]>,
     grad_bias: Option<&mut [f32]>,
 ) -> Result<()> {
-    g.check_buffers(OP, input.len(), weight.len(), None, grad_output.len())?;
-    if let Some(gi) = &grad_input {
-        check_len(OP, "grad_input", &g.input_dims(), gi.len())?;
-    }
-    if let Some(gw) = &grad_weight {
-        check_len(OP, "grad_weight", &g.weight_dims(), gw.len())?;
-    }
-    if let Some(gb) = &grad_bias {
-        check_len(OP, "grad_bias", &[g.c_out], gb.len())?;
-    }
+    g.check_backward_buffers(
+        OP,
+        [input.len(), weight.len(), grad_output.len()],
+        [grad_input.as_deref(), grad_weight.as_deref(), grad_bias.as_deref()]
+            .map(|b| b.map(<[f32]>::len)),
+    )?;
     if !level.available() {
         return Err(ConvError::Unsupported {
             op: OP,

@@ -39,7 +39,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::gemm::{MatRef, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm};
-use crate::params::{ConvGeometry, check_len};
+use crate::params::ConvGeometry;
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
 /// more than it saves (a rayon task costs a few microseconds; 1 MFLOP takes ~15 µs here).
@@ -342,16 +342,12 @@ pub fn conv2d_backward_im2col(
     grad_bias: Option<&mut [f32]>,
 ) -> Result<()> {
     const OP: &str = "conv2d_backward_im2col";
-    g.check_buffers(OP, input.len(), weight.len(), None, grad_output.len())?;
-    if let Some(gi) = &grad_input {
-        check_len(OP, "grad_input", &g.input_dims(), gi.len())?;
-    }
-    if let Some(gw) = &grad_weight {
-        check_len(OP, "grad_weight", &g.weight_dims(), gw.len())?;
-    }
-    if let Some(gb) = &grad_bias {
-        check_len(OP, "grad_bias", &[g.c_out], gb.len())?;
-    }
+    g.check_backward_buffers(
+        OP,
+        [input.len(), weight.len(), grad_output.len()],
+        [grad_input.as_deref(), grad_weight.as_deref(), grad_bias.as_deref()]
+            .map(|b| b.map(<[f32]>::len)),
+    )?;
     let d = Dims::new(g);
     if let Some(gb) = grad_bias {
         bias_grad(g, &d, grad_output, gb);

@@ -11,7 +11,7 @@
 //! against these functions.
 
 use crate::error::Result;
-use crate::params::{ConvGeometry, check_len};
+use crate::params::ConvGeometry;
 
 /// Input coordinate of output position `o` and tap `t` along one axis, or `None` in padding.
 #[inline]
@@ -87,16 +87,12 @@ pub fn conv2d_backward_naive(
     grad_bias: Option<&mut [f32]>,
 ) -> Result<()> {
     const OP: &str = "conv2d_backward_naive";
-    g.check_buffers(OP, input.len(), weight.len(), None, grad_output.len())?;
-    if let Some(gi) = &grad_input {
-        check_len(OP, "grad_input", &g.input_dims(), gi.len())?;
-    }
-    if let Some(gw) = &grad_weight {
-        check_len(OP, "grad_weight", &g.weight_dims(), gw.len())?;
-    }
-    if let Some(gb) = &grad_bias {
-        check_len(OP, "grad_bias", &[g.c_out], gb.len())?;
-    }
+    g.check_backward_buffers(
+        OP,
+        [input.len(), weight.len(), grad_output.len()],
+        [grad_input.as_deref(), grad_weight.as_deref(), grad_bias.as_deref()]
+            .map(|b| b.map(<[f32]>::len)),
+    )?;
     let p = g.params;
     let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
     let mut gi = vec![0f64; if grad_input.is_some() { g.input_len() } else { 0 }];

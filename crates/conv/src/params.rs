@@ -250,6 +250,28 @@ impl ConvGeometry {
         }
         check_len(op, "output", &self.output_dims(), output)
     }
+
+    /// Checks the buffers of a backward pass: `[input, weight, grad_output]` lengths and the
+    /// lengths of the requested `[grad_input, grad_weight, grad_bias]` buffers; `op` names the
+    /// caller in the error.
+    pub fn check_backward_buffers(
+        &self,
+        op: &'static str,
+        [input, weight, grad_output]: [usize; 3],
+        [grad_input, grad_weight, grad_bias]: [Option<usize>; 3],
+    ) -> Result<()> {
+        self.check_buffers(op, input, weight, None, grad_output)?;
+        if let Some(len) = grad_input {
+            check_len(op, "grad_input", &self.input_dims(), len)?;
+        }
+        if let Some(len) = grad_weight {
+            check_len(op, "grad_weight", &self.weight_dims(), len)?;
+        }
+        if let Some(len) = grad_bias {
+            check_len(op, "grad_bias", &[self.c_out], len)?;
+        }
+        Ok(())
+    }
 }
 
 /// Returns a [`ConvError::BufferLength`] when `got` differs from the product of `shape`.
