@@ -251,12 +251,7 @@ pub fn conv2d_winograd(
     output: &mut [f32],
     variant: WinogradVariant,
 ) -> Result<()> {
-    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
-    if let Some(msg) = unsupported(g) {
-        return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
-    }
-    let filter = WinogradFilter::new(weight, g.weight_dims(), g.params.groups, variant)?;
-    conv2d_winograd_prepared(g, input, &filter, bias, output)
+    conv2d_winograd_with(simd::active(), g, input, weight, bias, output, variant)
 }
 
 /// [`conv2d_winograd`] with an explicit instruction set for the transforms, so tests and
