@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Operands, Results, compare};
+use common::{Operands, Results, compare, geom};
 use convkit_conv::algo::backward_kernel;
 use convkit_conv::suite::SHAPES;
 use convkit_conv::{
@@ -123,10 +123,6 @@ proptest! {
             prop_assert!(false, "{}", e);
         }
     }
-}
-
-fn geom(input: [usize; 4], weight: [usize; 4], params: Conv2dParams) -> ConvGeometry {
-    ConvGeometry::new(input, weight, params).unwrap()
 }
 
 /// Edge shapes: 1x1 everything, a kernel as large as the padded input, taps entirely in the

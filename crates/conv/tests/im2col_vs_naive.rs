@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Operands, compare, run};
+use common::{Operands, compare, geom, run};
 use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, conv2d_im2col, conv2d_naive};
 use proptest::prelude::*;
 
@@ -66,10 +66,6 @@ proptest! {
             prop_assert!(false, "{}", e);
         }
     }
-}
-
-fn geom(input: [usize; 4], weight: [usize; 4], params: Conv2dParams) -> ConvGeometry {
-    ConvGeometry::new(input, weight, params).unwrap()
 }
 
 /// Edge shapes: 1x1 everything, a kernel exactly as large as the padded input, taps that

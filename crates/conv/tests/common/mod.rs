@@ -3,9 +3,14 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use convkit_conv::{
-    ConvAlgo, ConvGeometry, Tolerance, conv2d_backward, conv2d_backward_naive, conv2d_forward,
-    conv2d_naive,
+    Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, conv2d_backward, conv2d_backward_naive,
+    conv2d_forward, conv2d_naive,
 };
+
+/// A validated geometry for a shape the test knows to be valid.
+pub fn geom(input: [usize; 4], weight: [usize; 4], params: Conv2dParams) -> ConvGeometry {
+    ConvGeometry::new(input, weight, params).unwrap()
+}
 
 /// Number of proptest cases: `PROPTEST_CASES` when set (for long soak runs), else `default`.
 pub fn cases(default: u32) -> u32 {
