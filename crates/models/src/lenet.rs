@@ -1,6 +1,7 @@
 //! LeNet-5 with ReLU and average pooling: the model, its layer table and its checkpoints.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use convkit_autograd::{Param, Var};
 use convkit_conv::{ConvAlgo, ConvGeometry, select};
@@ -10,6 +11,7 @@ use convkit_tensor::{Rng, Tensor};
 
 use crate::data::Normalization;
 use crate::error::{DataError, Result};
+use crate::infer::PackedLeNet;
 
 /// Side of the network's square input: 28x28 images padded by 2 on each side.
 pub const INPUT_SIZE: usize = 32;
@@ -48,6 +50,8 @@ pub struct LeNet5 {
     pub fc2: Linear,
     /// 84 → 10.
     pub fc3: Linear,
+    /// The weights repacked for [`LeNet5::logits`], rebuilt when a parameter changes.
+    packed: Arc<Mutex<Option<Arc<PackedLeNet>>>>,
 }
 
 /// The stages of [`LeNet5::forward_inspect`], in order.
@@ -65,6 +69,7 @@ impl LeNet5 {
             fc1: Linear::new(400, 120, rng)?,
             fc2: Linear::new(120, 84, rng)?,
             fc3: Linear::new(84, CLASSES, rng)?,
+            packed: Arc::default(),
         })
     }
 
@@ -89,6 +94,7 @@ impl LeNet5 {
             fc1: linear(400, 120, rng)?,
             fc2: linear(120, 84, rng)?,
             fc3: linear(84, CLASSES, rng)?,
+            packed: Arc::default(),
         })
     }
 
@@ -130,8 +136,27 @@ impl LeNet5 {
 
     /// Logits `[n, 10]` for a batch of preprocessed images `[n, 1, 32, 32]`, without
     /// recording anything (inference).
+    ///
+    /// Runs the fused inference kernels of [`crate::infer`] on weights repacked once and cached
+    /// until a parameter changes; the result equals [`LeNet5::forward_inspect`]'s up to float
+    /// rounding (the sums run in another order) and is the same for any batch size or thread
+    /// count.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_inspect(&Var::constant(x.clone()), &mut |_, _| {})?.into_value())
+        self.packed()?.logits(x)
+    }
+
+    /// The weights repacked for inference: from the cache when no parameter changed since
+    /// they were packed, else packed now (and cached).
+    pub fn packed(&self) -> Result<Arc<PackedLeNet>> {
+        let mut cache = self.packed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(p) = cache.as_ref()
+            && p.is_current(self)
+        {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(PackedLeNet::new(self)?);
+        *cache = Some(p.clone());
+        Ok(p)
     }
 
     /// Loads weights from a safetensors checkpoint with PyTorch names (ours or a PyTorch

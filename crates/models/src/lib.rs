@@ -13,6 +13,8 @@
 //! - [`fetch`]: where the data is ([`fetch::locate`]: `--data`, `$CONVKIT_DATA`,
 //!   `data/<dataset>/`, Debian's `/usr/share/datasets/fashion-mnist`) and downloads with
 //!   SHA-256 checks ([`fetch::fetch`]).
+//! - [`infer`]: fused inference (both convolutions with their ReLUs and pools in one pass per
+//!   image, then the dense layers), behind [`LeNet5::logits`].
 //! - [`lenet`]: the model, its layer table (shapes, parameters, FLOPs, conv algorithm), and
 //!   checkpoints that carry the normalization in their metadata.
 //! - [`train`]: [`Trainer`] (SGD or Adam, constant or cosine schedule), [`evaluate`].
@@ -64,6 +66,7 @@ pub mod data;
 pub mod error;
 pub mod fetch;
 pub mod idx;
+pub mod infer;
 pub mod lenet;
 pub mod train;
 

@@ -79,6 +79,11 @@ impl Simd for Avx2Fma {
         // SAFETY: the token proves FMA is available.
         unsafe { _mm256_fmadd_ps(a, b, c) }
     }
+    #[inline(always)]
+    fn max(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX is available.
+        unsafe { _mm256_max_ps(a, b) }
+    }
 }
 
 /// Off x86-64 the token can never be built; this impl only keeps generic code compiling.
@@ -113,5 +118,8 @@ impl Simd for Avx2Fma {
     }
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         super::Fallback.fma(a, b, c)
+    }
+    fn max(self, a: Self::V, b: Self::V) -> Self::V {
+        super::Fallback.max(a, b)
     }
 }

@@ -56,4 +56,9 @@ impl Simd for Fallback {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         std::array::from_fn(|i| a[i] * b[i] + c[i])
     }
+    /// `a > b ? a : b` per lane, like `maxps`: a NaN in either gives `b`.
+    #[inline(always)]
+    fn max(self, a: Self::V, b: Self::V) -> Self::V {
+        map2(a, b, |x, y| if x > y { x } else { y })
+    }
 }

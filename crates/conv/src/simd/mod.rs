@@ -63,6 +63,8 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a · b + c` (fused on FMA hardware).
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Lane-wise maximum (`max(x, 0)` is a ReLU); where either lane is NaN the result is `b`'s.
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
     /// The lanes as an array.
     #[inline(always)]
     fn to_array(self, v: Self::V) -> [f32; LANES] {
@@ -199,6 +201,10 @@ mod tests {
         assert_eq!(s.to_array(s.add(va, vb))[7], 9.0);
         assert_eq!(s.to_array(s.mul(va, vb))[3], 6.0);
         assert_eq!(s.to_array(s.zero()), [0.0; 8]);
+        assert_eq!(
+            s.to_array(s.max(s.sub(va, s.splat(3.0)), s.zero())),
+            [0., 0., 0., 0., 1., 2., 3., 4.]
+        );
     }
 
     #[test]

@@ -1,0 +1,537 @@
+//! Fused LeNet-5 inference: one pass per image through both convolutions, their ReLUs and
+//! average pools, with every intermediate in a few KiB of cache, then the three dense layers on
+//! blocks of images.
+//!
+//! The layer-by-layer path ([`LeNet5::forward_inspect`](crate::LeNet5::forward_inspect))
+//! writes each stage of the whole batch to memory and reads it back: at batch 256 the conv1
+//! output alone is 4.8 MB, and allocating, zeroing and faulting in those buffers costs more
+//! than the arithmetic. Here each image flows through the network on its own:
+//!
+//! 1. **conv1 + ReLU + pool.** The padded 32x32 image is split by column parity
+//!    (even columns, odd columns). Output column `2·px + b` with tap `j` then reads element
+//!    `px + ⌊(b+j)/2⌋` of parity `(b+j) mod 2`, so a vector holds eight *pooled* columns and
+//!    the 2x2 average pool is four lane-wise adds of ReLU'd accumulators: two output rows ×
+//!    two parities × two vectors (14 pooled columns in 16 lanes) = 8 accumulators per channel.
+//! 2. **conv2 + ReLU + pool.** Vectorized over the 16 output channels (two vectors, no lane
+//!    wasted): per output row, two tiles of 5 columns × 2 vectors = 10 accumulators; each tap
+//!    loads two weight vectors and broadcasts five inputs. The output is channels-last, so the
+//!    pool is again lane-wise adds.
+//! 3. **Dense layers** on blocks of up to 4 images × 24 outputs (12 accumulators), weights
+//!    stored transposed (`[in][out]`, outputs padded to 8) so that each input broadcasts once
+//!    per block. The pooled conv2 output is channels-last, so fc1's columns are permuted once to
+//!    match PyTorch's `[channel][row][column]` flatten order.
+//!
+//! Weights are repacked into these layouts once and cached (see [`PackedLeNet`]). Images are
+//! split into blocks of 16 for rayon; every image's arithmetic is the same whichever block it
+//! lands in, so results are bit-identical for any batch size and thread count. The instruction
+//! set comes from [`convkit_conv::simd`] (AVX2+FMA, or the portable fallback under
+//! `CONVKIT_SIMD=off`).
+
+use convkit_conv::simd::{self, LANES, Simd, SimdLevel, WithSimd};
+use convkit_nn::{Conv2d, Linear};
+use convkit_tensor::Tensor;
+use rayon::prelude::*;
+
+use crate::error::{DataError, Result};
+use crate::lenet::{CLASSES, INPUT_SIZE};
+
+/// Floats per input image.
+const IMG: usize = INPUT_SIZE * INPUT_SIZE;
+/// Row stride of a parity-split input row: 16 elements, then zeros read by the last vector.
+const PH_STRIDE: usize = 24;
+/// One parity plane of the split image.
+const PH_PLANE: usize = INPUT_SIZE * PH_STRIDE;
+/// conv1 channels, pooled side (28 / 2) and pooled row stride (two vectors).
+const C1: usize = 6;
+const P1: usize = 14;
+const P1_STRIDE: usize = 16;
+/// conv2 channels, output side, pooled side.
+const C2: usize = 16;
+const O2: usize = 10;
+const P2: usize = 5;
+/// Flattened features, fc widths and their padded widths.
+const FEAT: usize = C2 * P2 * P2;
+const H1: usize = 120;
+const H2_PAD: usize = 88;
+const OUT_PAD: usize = 16;
+/// Images per rayon task.
+const BLOCK: usize = 16;
+
+/// A dense layer with transposed, padded weights: `y[o] = b[o] + Σ_i x[i]·w[i·out + o]`.
+struct Dense {
+    /// Inputs read per image.
+    inp: usize,
+    /// Outputs per image, a multiple of 8.
+    out: usize,
+    /// `[inp][out]`, zero in the padding.
+    w: Vec<f32>,
+    /// `[out]`, zero in the padding.
+    b: Vec<f32>,
+}
+
+impl Dense {
+    /// Packs `layer` (`weight [o, i]`), reading input `i` of the layer from position
+    /// `perm(i)` of this layer's input vector of length `inp`.
+    fn pack(layer: &Linear, inp: usize, out: usize, perm: impl Fn(usize) -> usize) -> Result<Self> {
+        let wt = layer.weight.value();
+        let dims = wt.dims().to_vec();
+        let &[o_n, i_n] = dims.as_slice() else {
+            return Err(shape_error("linear", &dims));
+        };
+        if o_n > out || i_n > inp || perm(i_n - 1) >= inp {
+            return Err(shape_error("linear", &dims));
+        }
+        let mut w = vec![0f32; inp * out];
+        for (o, row) in wt.as_slice().chunks_exact(i_n).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                w[perm(i) * out + o] = v;
+            }
+        }
+        let mut b = vec![0f32; out];
+        if let Some(bias) = &layer.bias {
+            b[..o_n].copy_from_slice(bias.value().as_slice());
+        }
+        Ok(Dense { inp, out, w, b })
+    }
+}
+
+fn shape_error(what: &str, dims: &[usize]) -> DataError {
+    DataError::Invalid {
+        what: "LeNet5",
+        msg: format!("{what} parameter has shape {dims:?}, not LeNet-5's"),
+    }
+}
+
+/// LeNet-5's weights repacked for [`PackedLeNet::logits`], together with the parameter
+/// tensors they came from (so a cache can tell whether they are still current).
+pub struct PackedLeNet {
+    /// The ten parameter tensors at packing time, in `state_dict` order.
+    source: Vec<Tensor>,
+    /// conv1 `[6][25]`.
+    c1w: Vec<f32>,
+    c1b: [f32; C1],
+    /// conv2 tap-major `[6·25][16]`.
+    c2w: Vec<f32>,
+    c2b: [f32; C2],
+    fc1: Dense,
+    fc2: Dense,
+    fc3: Dense,
+}
+
+impl std::fmt::Debug for PackedLeNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedLeNet").finish_non_exhaustive()
+    }
+}
+
+fn conv_params(layer: &Conv2d, c_out: usize, c_in: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let w = layer.weight.value();
+    if w.dims() != [c_out, c_in, 5, 5] || layer.cfg.params != Default::default() {
+        return Err(shape_error("conv", w.dims()));
+    }
+    let b = match &layer.bias {
+        Some(b) => b.value().as_slice().to_vec(),
+        None => vec![0.0; c_out],
+    };
+    Ok((w.as_slice().to_vec(), b))
+}
+
+impl PackedLeNet {
+    /// Repacks the weights of `model`.
+    pub fn new(model: &crate::LeNet5) -> Result<Self> {
+        let (w1, b1) = conv_params(&model.conv1, C1, 1)?;
+        let (w2, b2) = conv_params(&model.conv2, C2, C1)?;
+        // conv2: [k][c][i][j] → [(c·5 + i)·5 + j][k].
+        let mut c2w = vec![0f32; C1 * 25 * C2];
+        for (k, filt) in w2.chunks_exact(C1 * 25).enumerate() {
+            for (t, &v) in filt.iter().enumerate() {
+                c2w[t * C2 + k] = v;
+            }
+        }
+        // Our features are [row][column][channel]; PyTorch flattens [channel][row][column].
+        let fc1 = Dense::pack(&model.fc1, FEAT, H1, |i| (i % 25) * C2 + i / 25)?;
+        let fc2 = Dense::pack(&model.fc2, H1, H2_PAD, |i| i)?;
+        let fc3 = Dense::pack(&model.fc3, H2_PAD, OUT_PAD, |i| i)?;
+        let mut source = Vec::with_capacity(10);
+        for layer in [&model.conv1, &model.conv2] {
+            source.push(layer.weight.value());
+            source.extend(layer.bias.as_ref().map(|b| b.value()));
+        }
+        for layer in [&model.fc1, &model.fc2, &model.fc3] {
+            source.push(layer.weight.value());
+            source.extend(layer.bias.as_ref().map(|b| b.value()));
+        }
+        let mut c1b = [0f32; C1];
+        c1b.copy_from_slice(&b1);
+        let mut c2b_arr = [0f32; C2];
+        c2b_arr.copy_from_slice(&b2);
+        Ok(PackedLeNet { source, c1w: w1, c1b, c2w, c2b: c2b_arr, fc1, fc2, fc3 })
+    }
+
+    /// Whether these packed weights were made from `model`'s current parameters (an optimizer
+    /// step or `set_value` replaces or copies the buffers, which this detects).
+    pub fn is_current(&self, model: &crate::LeNet5) -> bool {
+        let mut now = Vec::with_capacity(10);
+        for layer in [&model.conv1, &model.conv2] {
+            now.push(layer.weight.value());
+            now.extend(layer.bias.as_ref().map(|b| b.value()));
+        }
+        for layer in [&model.fc1, &model.fc2, &model.fc3] {
+            now.push(layer.weight.value());
+            now.extend(layer.bias.as_ref().map(|b| b.value()));
+        }
+        now.len() == self.source.len()
+            && now.iter().zip(&self.source).all(|(a, b)| a.shares_data_with(b))
+    }
+
+    /// Logits `[n, 10]` for preprocessed images `[n, 1, 32, 32]`.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1..] != [1, INPUT_SIZE, INPUT_SIZE] {
+            return Err(DataError::Invalid {
+                what: "LeNet5",
+                msg: format!("input {dims:?}, expected [batch, 1, 32, 32]"),
+            });
+        }
+        let n = dims[0];
+        let mut out = vec![0f32; n * CLASSES];
+        self.logits_into(simd::active(), x.as_slice(), &mut out);
+        Ok(Tensor::from_vec(&[n, CLASSES], out)?)
+    }
+
+    /// Slice form of [`PackedLeNet::logits`] at an instruction set the CPU supports: `input`
+    /// holds whole 32x32 images and `out` ten floats per image (the image count is
+    /// `out.len() / 10`).
+    fn logits_into(&self, level: SimdLevel, input: &[f32], out: &mut [f32]) {
+        let run = |(x, y): (&[f32], &mut [f32])| {
+            // `level` is `simd::active()` or, in tests, a level checked to be available, so
+            // dispatch cannot decline; the fallback covers it anyway.
+            if simd::dispatch(level, Block { net: self, input: x, out: &mut *y }).is_none() {
+                simd::dispatch_active(Block { net: self, input: x, out: y });
+            }
+        };
+        let n = out.len() / CLASSES;
+        if n <= BLOCK {
+            run((input, out));
+        } else {
+            input.par_chunks(BLOCK * IMG).zip(out.par_chunks_mut(BLOCK * CLASSES)).for_each(run);
+        }
+    }
+}
+
+/// One rayon task: up to [`BLOCK`] images.
+struct Block<'a> {
+    net: &'a PackedLeNet,
+    input: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Block<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Block { net, input, out } = self;
+        let n = out.len() / CLASSES;
+        let mut phases = vec![0f32; 2 * PH_PLANE];
+        let mut p1 = vec![0f32; C1 * P1 * P1_STRIDE];
+        let mut c2o = vec![0f32; O2 * O2 * C2];
+        let mut feats = vec![0f32; n * FEAT];
+        for (img, feat) in input.chunks_exact(IMG).zip(feats.chunks_exact_mut(FEAT)) {
+            split_parity(img, &mut phases);
+            conv1_pool(s, net, &phases, &mut p1);
+            conv2_pool(s, net, &p1, &mut c2o, feat);
+        }
+        let mut h1 = vec![0f32; n * H1];
+        let mut h2 = vec![0f32; n * H2_PAD];
+        let mut lg = vec![0f32; n * OUT_PAD];
+        dense(s, &net.fc1, &feats, &mut h1, true);
+        dense(s, &net.fc2, &h1, &mut h2, true);
+        dense(s, &net.fc3, &h2, &mut lg, false);
+        for (dst, src) in out.chunks_exact_mut(CLASSES).zip(lg.chunks_exact(OUT_PAD)) {
+            dst.copy_from_slice(&src[..CLASSES]);
+        }
+    }
+}
+
+/// Even columns of each row into plane 0, odd columns into plane 1; the tail of every row
+/// stays zero (it is never written).
+fn split_parity(img: &[f32], phases: &mut [f32]) {
+    let (even, odd) = phases.split_at_mut(PH_PLANE);
+    for ((row, e), o) in img
+        .chunks_exact(INPUT_SIZE)
+        .zip(even.chunks_exact_mut(PH_STRIDE))
+        .zip(odd.chunks_exact_mut(PH_STRIDE))
+    {
+        for (i, pair) in row.chunks_exact(2).enumerate() {
+            e[i] = pair[0];
+            o[i] = pair[1];
+        }
+    }
+}
+
+/// conv1 + bias + ReLU + 2x2 average pool: `phases` → `p1 [6][14][16]` (columns 14 and 15
+/// hold finite values that nothing reads).
+#[inline(always)]
+fn conv1_pool<S: Simd>(s: S, net: &PackedLeNet, phases: &[f32], p1: &mut [f32]) {
+    let phases = &phases[..2 * PH_PLANE];
+    let quarter = s.splat(0.25);
+    for k in 0..C1 {
+        let w = &net.c1w[k * 25..k * 25 + 25];
+        let bias = s.splat(net.c1b[k]);
+        for py in 0..P1 {
+            // acc[row][parity][vector]
+            let mut acc = [[[bias; 2]; 2]; 2];
+            for r in 0..6 {
+                let row = (2 * py + r) * PH_STRIDE;
+                for j in 0..5 {
+                    let mut xv = [[s.zero(); 2]; 2];
+                    for (b, xb) in xv.iter_mut().enumerate() {
+                        let q = b + j;
+                        let base = (q & 1) * PH_PLANE + row + q / 2;
+                        for (v, x) in xb.iter_mut().enumerate() {
+                            *x = s.load(&phases[base + v * LANES..]);
+                        }
+                    }
+                    if r < 5 {
+                        let wv = s.splat(w[r * 5 + j]);
+                        for (a, xb) in acc[0].iter_mut().zip(&xv) {
+                            for (av, &x) in a.iter_mut().zip(xb) {
+                                *av = s.fma(x, wv, *av);
+                            }
+                        }
+                    }
+                    if r > 0 {
+                        let wv = s.splat(w[(r - 1) * 5 + j]);
+                        for (a, xb) in acc[1].iter_mut().zip(&xv) {
+                            for (av, &x) in a.iter_mut().zip(xb) {
+                                *av = s.fma(x, wv, *av);
+                            }
+                        }
+                    }
+                }
+            }
+            let dst = &mut p1[(k * P1 + py) * P1_STRIDE..][..P1_STRIDE];
+            for v in 0..2 {
+                let z = s.zero();
+                let sum = s.add(
+                    s.add(s.max(acc[0][0][v], z), s.max(acc[0][1][v], z)),
+                    s.add(s.max(acc[1][0][v], z), s.max(acc[1][1][v], z)),
+                );
+                s.store(s.mul(sum, quarter), &mut dst[v * LANES..]);
+            }
+        }
+    }
+}
+
+/// conv2 + bias + ReLU + 2x2 average pool: `p1` → `feat [5][5][16]` (channels last), using
+/// `c2o [10][10][16]` for the conv2 output.
+#[inline(always)]
+fn conv2_pool<S: Simd>(s: S, net: &PackedLeNet, p1: &[f32], c2o: &mut [f32], feat: &mut [f32]) {
+    let p1 = &p1[..C1 * P1 * P1_STRIDE];
+    let w = &net.c2w[..C1 * 25 * C2];
+    let bias = [s.load(&net.c2b), s.load(&net.c2b[LANES..])];
+    for y in 0..O2 {
+        for x0 in [0, 5] {
+            let mut acc = [bias; 5];
+            for c in 0..C1 {
+                for i in 0..5 {
+                    let rb = (c * P1 + y + i) * P1_STRIDE + x0;
+                    let row = &p1[rb..rb + 9];
+                    let wr = &w[(c * 5 + i) * 5 * C2..][..5 * C2];
+                    for j in 0..5 {
+                        let w0 = s.load(&wr[j * C2..]);
+                        let w1 = s.load(&wr[j * C2 + LANES..]);
+                        for (x, a) in acc.iter_mut().enumerate() {
+                            let xb = s.splat(row[j + x]);
+                            a[0] = s.fma(xb, w0, a[0]);
+                            a[1] = s.fma(xb, w1, a[1]);
+                        }
+                    }
+                }
+            }
+            for (x, a) in acc.iter().enumerate() {
+                let at = (y * O2 + x0 + x) * C2;
+                s.store(a[0], &mut c2o[at..]);
+                s.store(a[1], &mut c2o[at + LANES..]);
+            }
+        }
+    }
+    let (z, quarter) = (s.zero(), s.splat(0.25));
+    for py in 0..P2 {
+        for px in 0..P2 {
+            let at = |dy: usize, dx: usize, v: usize| ((2 * py + dy) * O2 + 2 * px + dx) * C2 + v;
+            for v in [0, LANES] {
+                let sum = s.add(
+                    s.add(
+                        s.max(s.load(&c2o[at(0, 0, v)..]), z),
+                        s.max(s.load(&c2o[at(0, 1, v)..]), z),
+                    ),
+                    s.add(
+                        s.max(s.load(&c2o[at(1, 0, v)..]), z),
+                        s.max(s.load(&c2o[at(1, 1, v)..]), z),
+                    ),
+                );
+                s.store(s.mul(sum, quarter), &mut feat[(py * P2 + px) * C2 + v..]);
+            }
+        }
+    }
+}
+
+/// `y = x·Wᵀ + b` (then ReLU if `relu`) for every image: `x [n][layer.inp]`,
+/// `y [n][layer.out]`.
+#[inline(always)]
+fn dense<S: Simd>(s: S, layer: &Dense, x: &[f32], y: &mut [f32], relu: bool) {
+    let n = y.len() / layer.out;
+    let mut b0 = 0;
+    while b0 < n {
+        let nb = (n - b0).min(4);
+        let mut o0 = 0;
+        while o0 < layer.out {
+            let nv = ((layer.out - o0) / LANES).min(3);
+            match (nb, nv) {
+                (4, 3) => dense_tile::<S, 4, 3>(s, layer, x, y, b0, o0, relu),
+                (4, 2) => dense_tile::<S, 4, 2>(s, layer, x, y, b0, o0, relu),
+                (4, 1) => dense_tile::<S, 4, 1>(s, layer, x, y, b0, o0, relu),
+                (3, 3) => dense_tile::<S, 3, 3>(s, layer, x, y, b0, o0, relu),
+                (3, 2) => dense_tile::<S, 3, 2>(s, layer, x, y, b0, o0, relu),
+                (3, 1) => dense_tile::<S, 3, 1>(s, layer, x, y, b0, o0, relu),
+                (2, 3) => dense_tile::<S, 2, 3>(s, layer, x, y, b0, o0, relu),
+                (2, 2) => dense_tile::<S, 2, 2>(s, layer, x, y, b0, o0, relu),
+                (2, 1) => dense_tile::<S, 2, 1>(s, layer, x, y, b0, o0, relu),
+                (1, 3) => dense_tile::<S, 1, 3>(s, layer, x, y, b0, o0, relu),
+                (1, 2) => dense_tile::<S, 1, 2>(s, layer, x, y, b0, o0, relu),
+                _ => dense_tile::<S, 1, 1>(s, layer, x, y, b0, o0, relu),
+            }
+            o0 += nv * LANES;
+        }
+        b0 += nb;
+    }
+}
+
+/// `NB` images from `b0` × `NV·8` outputs from `o0`.
+#[inline(always)]
+fn dense_tile<S: Simd, const NB: usize, const NV: usize>(
+    s: S,
+    layer: &Dense,
+    x: &[f32],
+    y: &mut [f32],
+    b0: usize,
+    o0: usize,
+    relu: bool,
+) {
+    let (inp, out) = (layer.inp, layer.out);
+    let mut acc = [[s.zero(); NV]; NB];
+    for a in acc.iter_mut() {
+        for (v, av) in a.iter_mut().enumerate() {
+            *av = s.load(&layer.b[o0 + v * LANES..]);
+        }
+    }
+    let xs: [&[f32]; NB] = std::array::from_fn(|b| &x[(b0 + b) * inp..][..inp]);
+    let w = &layer.w[..inp * out];
+    for i in 0..inp {
+        let wr = &w[i * out + o0..][..NV * LANES];
+        let mut wv = [s.zero(); NV];
+        for (v, wvv) in wv.iter_mut().enumerate() {
+            *wvv = s.load(&wr[v * LANES..]);
+        }
+        for (a, xr) in acc.iter_mut().zip(&xs) {
+            let xb = s.splat(xr[i]);
+            for (av, &wvv) in a.iter_mut().zip(&wv) {
+                *av = s.fma(xb, wvv, *av);
+            }
+        }
+    }
+    let z = s.zero();
+    for (b, a) in acc.iter().enumerate() {
+        let dst = &mut y[(b0 + b) * out + o0..][..NV * LANES];
+        for (v, &av) in a.iter().enumerate() {
+            s.store(if relu { s.max(av, z) } else { av }, &mut dst[v * LANES..]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::LeNet5;
+    use convkit_autograd::Var;
+    use convkit_tensor::Rng;
+    use std::sync::Arc;
+
+    fn layered(model: &LeNet5, x: &Tensor) -> Tensor {
+        model.forward_inspect(&Var::constant(x.clone()), &mut |_, _| {}).unwrap().into_value()
+    }
+
+    fn assert_close(fast: &[f32], reference: &[f32]) {
+        let scale = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in fast.iter().zip(reference).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * scale, "logit {i}: fused {a}, layered {b}");
+        }
+    }
+
+    #[test]
+    fn matches_the_layered_forward_at_every_simd_level() {
+        let mut rng = Rng::new(7);
+        let model = LeNet5::new(&mut rng).unwrap();
+        // Inputs in the range of normalized images, plus a few large values.
+        let x = Tensor::rand_uniform(&[37, 1, 32, 32], -0.5, 2.8, &mut rng).unwrap();
+        let reference = layered(&model, &x);
+        let packed = model.packed().unwrap();
+        for level in [SimdLevel::Avx2Fma, SimdLevel::Fallback] {
+            if !level.available() {
+                eprintln!("skipping {level}: not available on this CPU");
+                continue;
+            }
+            let mut out = vec![0f32; 37 * CLASSES];
+            packed.logits_into(level, x.as_slice(), &mut out);
+            assert_close(&out, reference.as_slice());
+        }
+        assert_close(model.logits(&x).unwrap().as_slice(), reference.as_slice());
+    }
+
+    #[test]
+    fn same_bits_for_any_batch_split_and_thread_count() {
+        let mut rng = Rng::new(3);
+        let model = LeNet5::new(&mut rng).unwrap();
+        let x = Tensor::rand_uniform(&[41, 1, 32, 32], -0.5, 2.8, &mut rng).unwrap();
+        let whole = model.logits(&x).unwrap();
+        for i in [0, 16, 40] {
+            let one = Tensor::from_vec(&[1, 1, 32, 32], x.as_slice()[i * IMG..][..IMG].to_vec());
+            let y = model.logits(&one.unwrap()).unwrap();
+            assert_eq!(y.as_slice(), &whole.as_slice()[i * CLASSES..][..CLASSES]);
+        }
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let y = pool.install(|| model.logits(&x).unwrap());
+            assert_eq!(y.as_slice(), whole.as_slice(), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn repacks_when_a_parameter_changes() {
+        let mut rng = Rng::new(5);
+        let model = LeNet5::new(&mut rng).unwrap();
+        let x = Tensor::rand_uniform(&[2, 1, 32, 32], 0.0, 1.0, &mut rng).unwrap();
+        let first = model.packed().unwrap();
+        assert!(Arc::ptr_eq(&first, &model.packed().unwrap()), "cache reused");
+        let before = model.logits(&x).unwrap();
+        // An optimizer-style in-place update of one bias.
+        model.fc3.bias.as_ref().unwrap().update(|v, _| v.data_mut()[0] += 1.0);
+        assert!(!first.is_current(&model));
+        let after = model.logits(&x).unwrap();
+        assert_close(after.as_slice(), layered(&model, &x).as_slice());
+        assert!((after.as_slice()[0] - before.as_slice()[0] - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rejects_bad_input_shapes() {
+        let model = LeNet5::new(&mut Rng::new(1)).unwrap();
+        for dims in [&[2, 1, 28, 28][..], &[2, 3, 32, 32], &[1024]] {
+            let err = model.logits(&Tensor::zeros(dims)).unwrap_err();
+            assert!(err.to_string().contains("expected [batch, 1, 32, 32]"), "{err}");
+        }
+        assert_eq!(model.logits(&Tensor::zeros(&[0, 1, 32, 32])).unwrap().dims(), [0, 10]);
+    }
+}
