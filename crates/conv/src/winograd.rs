@@ -204,30 +204,7 @@ impl WinogradFilter {
             });
         }
         check_len(OP_F, "weight", &weight_dims, weight.len())?;
-        let a = variant.alpha();
-        let gm = variant.g_matrix();
-        let kpg = c_out / groups;
-        let mut u = vec![0f32; groups * a * a * kpg * cpg];
-        for k in 0..c_out {
-            let (grp, kl) = (k / kpg, k % kpg);
-            for c in 0..cpg {
-                let w = &weight[(k * cpg + c) * 9..][..9];
-                // t = G · w  (α × 3)
-                let mut t = [[0f64; 3]; 6];
-                for (ti, gr) in t.iter_mut().zip(gm) {
-                    for (col, tv) in ti.iter_mut().enumerate() {
-                        *tv = (0..3).map(|r| gr[r] * f64::from(w[r * 3 + col])).sum();
-                    }
-                }
-                // U = t · Gᵀ  (α × α)
-                for (xi, ti) in t.iter().take(a).enumerate() {
-                    for (xj, gr) in gm.iter().enumerate() {
-                        let v: f64 = (0..3).map(|r| ti[r] * gr[r]).sum();
-                        u[(((grp * a * a) + xi * a + xj) * kpg + kl) * cpg + c] = v as f32;
-                    }
-                }
-            }
-        }
+        let u = transform_filters(weight, c_out / groups, cpg, groups, variant);
         Ok(WinogradFilter { variant, c_out, cpg, groups, u })
     }
 
@@ -235,6 +212,77 @@ impl WinogradFilter {
     pub fn variant(&self) -> WinogradVariant {
         self.variant
     }
+}
+
+/// Filters per work item of the filter transform (and its staging buffer's row length).
+const FILTER_CHUNK: usize = 1024;
+
+/// `U = G g Gᵀ` for every 3x3 filter, laid out `[group][ξ][k][c]`.
+///
+/// Each of the `α²` planes `ξ = (ξi, ξj)` is a fixed combination of the nine taps,
+/// `U[ξ] = Σ_{r,s} G[ξi][r]·G[ξj][s]·g[r][s]` (zero coefficients skipped: 196 multiply-adds
+/// per F(4x4,3x3) filter, 36 per F(2x2,3x3)), so the transform runs as long unit-stride
+/// multiply-adds over a chunk of filters, which the compiler vectorizes. A chunk's taps are
+/// first transposed to `[tap][filter]` in a stack buffer that stays in cache across the planes.
+/// Chunks run in parallel for large layers (VGG's 256x256 filters: 65,536 of them); every value
+/// is computed the same way whatever the chunking, so the result does not depend on threads.
+fn transform_filters(
+    weight: &[f32],
+    kpg: usize,
+    cpg: usize,
+    groups: usize,
+    variant: WinogradVariant,
+) -> Vec<f32> {
+    let a = variant.alpha();
+    let a2 = a * a;
+    let gm = variant.g_matrix();
+    let coefs: Vec<Vec<(usize, f32)>> = (0..a2)
+        .map(|x| {
+            (0..9)
+                .filter_map(|rs| {
+                    let c = gm[x / a][rs / 3] * gm[x % a][rs % 3];
+                    (c != 0.0).then_some((rs, c as f32))
+                })
+                .collect()
+        })
+        .collect();
+    let per_group = kpg * cpg;
+    let mut u = vec![0f32; groups * a2 * per_group];
+    for (grp, ug) in u.chunks_exact_mut(a2 * per_group).enumerate() {
+        let wg = &weight[grp * per_group * 9..][..per_group * 9];
+        // tasks[t]: chunk t of every plane.
+        let mut tasks: Vec<Vec<&mut [f32]>> =
+            (0..per_group.div_ceil(FILTER_CHUNK)).map(|_| Vec::with_capacity(a2)).collect();
+        for plane in ug.chunks_exact_mut(per_group) {
+            for (task, piece) in tasks.iter_mut().zip(plane.chunks_mut(FILTER_CHUNK)) {
+                task.push(piece);
+            }
+        }
+        let work = |(t, pieces): (usize, Vec<&mut [f32]>)| {
+            let first = t * FILTER_CHUNK;
+            let len = FILTER_CHUNK.min(per_group - first);
+            let mut taps = [[0f32; FILTER_CHUNK]; 9];
+            for (i, f) in wg[first * 9..(first + len) * 9].chunks_exact(9).enumerate() {
+                for (row, &v) in taps.iter_mut().zip(f) {
+                    row[i] = v;
+                }
+            }
+            for (piece, plane_coefs) in pieces.into_iter().zip(&coefs) {
+                piece.fill(0.0);
+                for &(rs, c) in plane_coefs {
+                    for (d, &x) in piece.iter_mut().zip(&taps[rs][..len]) {
+                        *d += c * x;
+                    }
+                }
+            }
+        };
+        if per_group * a2 < 64 * FILTER_CHUNK {
+            tasks.into_iter().enumerate().for_each(work);
+        } else {
+            tasks.into_par_iter().enumerate().for_each(work);
+        }
+    }
+    u
 }
 
 /// Winograd convolution: transforms the filter and runs [`conv2d_winograd_prepared`].
