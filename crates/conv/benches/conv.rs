@@ -116,11 +116,10 @@ fn bench_threads(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
         group.throughput(Throughput::Elements(2 * g.flops()));
         group.sample_size(10).warm_up_time(Duration::from_millis(500));
         group.measurement_time(Duration::from_secs(2));
-        // Winograd has no backward of its own (it runs im2col's): measure the algorithms that
-        // do, and `auto`. `direct` runs its own kernel where `backward_kernel` picks it.
-        for algo in algos(&g).filter(|a| {
-            matches!(a, ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col | ConvAlgo::Direct)
-        }) {
+        // Every algorithm's backward: `direct` runs its own kernel where `backward_kernel`
+        // picks it; after Winograd the input gradient is a Winograd convolution and the weight
+        // and bias gradients run on im2col.
+        for algo in algos(&g) {
             group.bench_function(algo.name(), |bench| {
                 bench.iter(|| {
                     pool.install(|| {

@@ -24,7 +24,9 @@ use crate::error::{ConvError, Result};
 use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};
 use crate::params::ConvGeometry;
-use crate::winograd::{WinogradVariant, conv2d_winograd, winograd_supports};
+use crate::winograd::{
+    WinogradVariant, conv2d_input_grad_winograd, conv2d_winograd, winograd_supports,
+};
 
 /// A convolution algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -141,8 +143,10 @@ pub fn env_algo() -> Option<ConvAlgo> {
 
 /// Whether `algo` can run the convolution `g` (forward and backward). `Auto` always can.
 ///
-/// Winograd is a forward kernel: its backward pass runs im2col/col2im. Direct has a backward
-/// kernel of its own, used where [`backward_kernel`] says it beats im2col.
+/// After a Winograd forward, the input gradient is a Winograd convolution too (where the shape
+/// allows, see [`conv2d_input_grad_winograd`]) and the weight and bias gradients run on
+/// im2col. Direct has a backward kernel of its own, used where [`backward_kernel`] says it
+/// beats im2col.
 pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
     match algo {
         ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col => true,
@@ -260,7 +264,8 @@ pub fn conv2d_forward(
 /// The kernel that computes the gradients of a convolution whose forward pass ran `algo`
 /// (already resolved, never `Auto`): `Naive`, `Im2col` or `Direct`.
 ///
-/// Winograd has no backward of its own: im2col. `Direct` keeps its own backward
+/// Winograd: im2col, except that [`conv2d_backward`] computes the input gradient with
+/// [`conv2d_input_grad_winograd`] when the shape allows. `Direct` keeps its own backward
 /// ([`conv2d_backward_direct`]) on stride-1 shapes, where it reads the operands in place;
 /// with a stride its input gradient runs over the zero-stuffed output gradient and loses to
 /// col2im, so strided shapes run im2col.
@@ -312,6 +317,28 @@ pub fn conv2d_backward(
         ConvAlgo::Direct => conv2d_backward_direct,
         _ => conv2d_backward_im2col,
     };
+    // After a Winograd forward, the input gradient is a Winograd convolution too (see
+    // `conv2d_input_grad_winograd`); the weight and bias gradients stay on im2col.
+    let variant = match algo {
+        ConvAlgo::Winograd2 => Some(WinogradVariant::F2x2_3x3),
+        ConvAlgo::Winograd4 => Some(WinogradVariant::F4x4_3x3),
+        _ => None,
+    };
+    let mut grad_input = grad_input;
+    if let (Some(variant), Some(gx)) = (variant, grad_input.as_deref_mut()) {
+        g.check_backward_buffers(
+            "conv2d_backward",
+            [input.len(), weight.len(), grad_output.len()],
+            [
+                Some(gx.len()),
+                grad_weight.as_deref().map(<[f32]>::len),
+                grad_bias.as_deref().map(<[f32]>::len),
+            ],
+        )?;
+        if conv2d_input_grad_winograd(g, weight, grad_output, gx, variant)? {
+            grad_input = None;
+        }
+    }
     kernel(g, input, weight, grad_output, grad_input, grad_weight, grad_bias)?;
     Ok(algo)
 }

@@ -214,6 +214,57 @@ impl WinogradFilter {
     }
 }
 
+/// The input gradient of a Winograd-eligible convolution, computed by Winograd: for stride 1,
+/// `dX` is the convolution of `dY` with the filters flipped 180° and their input and output
+/// channels swapped (per group), padded by `d·(k−1) − p` — again a 3x3, stride-1 convolution,
+/// with `dX`'s shape. Returns `Ok(false)` without writing when `g` has no such form (stride
+/// above 1, a kernel other than 3x3, or padding above `2·dilation`), so the caller falls back to
+/// im2col. `grad_input` is overwritten.
+pub fn conv2d_input_grad_winograd(
+    g: &ConvGeometry,
+    weight: &[f32],
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<bool> {
+    const OP_G: &str = "conv2d_input_grad_winograd";
+    let (dh, dw) = g.params.dilation;
+    let (ph, pw) = g.params.padding;
+    if unsupported(g).is_some() || ph > 2 * dh || pw > 2 * dw {
+        return Ok(false);
+    }
+    check_len(OP_G, "weight", &g.weight_dims(), weight.len())?;
+    check_len(OP_G, "grad_output", &g.output_dims(), grad_output.len())?;
+    check_len(OP_G, "grad_input", &g.input_dims(), grad_input.len())?;
+    let (cpg, kpg, groups) = (g.c_in_per_group(), g.c_out_per_group(), g.params.groups);
+    // w'[grp·cpg + c][kl][i][j] = w[grp·kpg + kl][c][2−i][2−j]
+    let mut flipped = vec![0f32; weight.len()];
+    for grp in 0..groups {
+        for kl in 0..kpg {
+            for c in 0..cpg {
+                let src = &weight[((grp * kpg + kl) * cpg + c) * 9..][..9];
+                let dst = &mut flipped[((grp * cpg + c) * kpg + kl) * 9..][..9];
+                for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = v;
+                }
+            }
+        }
+    }
+    let params = crate::Conv2dParams {
+        stride: (1, 1),
+        padding: (2 * dh - ph, 2 * dw - pw),
+        dilation: (dh, dw),
+        groups,
+    };
+    let gt = ConvGeometry::new([g.n, g.c_out, g.oh, g.ow], [g.c_in, kpg, 3, 3], params)?;
+    debug_assert_eq!(gt.output_dims(), g.input_dims());
+    if gt.output_dims() != g.input_dims() {
+        return Ok(false);
+    }
+    conv2d_winograd(&gt, grad_output, &flipped, None, grad_input, variant)?;
+    Ok(true)
+}
+
 /// Filters per work item of the filter transform (and its staging buffer's row length).
 const FILTER_CHUNK: usize = 1024;
 
