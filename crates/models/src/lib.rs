@@ -16,6 +16,8 @@
 //! - [`lenet`]: the model, its layer table (shapes, parameters, FLOPs, conv algorithm), and
 //!   checkpoints that carry the normalization in their metadata.
 //! - [`train`]: [`Trainer`] (SGD or Adam, constant or cosine schedule), [`evaluate`].
+//! - [`preprocess`]: pictures of any size → 28x28 the way MNIST was made (crop to the ink,
+//!   scale to 20 pixels, centre by centre of mass).
 //! - [`error`]: [`DataError`], whose messages name the file or argument at fault.
 //!
 //! ## Files
@@ -65,6 +67,7 @@ pub mod error;
 pub mod fetch;
 pub mod idx;
 pub mod lenet;
+pub mod preprocess;
 pub mod train;
 
 pub use data::{Batch, Dataset, Normalization};
