@@ -5,7 +5,7 @@
 //! 16@5x5 → ReLU → avg-pool → 120 → 84 → 10, 61,706 parameters, PyTorch `state_dict` names),
 //! the MNIST / Fashion-MNIST IDX files it learns from, a training loop whose runs resume bit
 //! for bit, and the `lenet` command-line tool (`train`, `eval`, `predict`, `info`, `fetch`,
-//! `visualize`).
+//! `visualize`, `serve`).
 //!
 //! ## Layout
 //! - [`idx`]: IDX image and label files, raw or gzip, validated before allocating.
@@ -21,6 +21,8 @@
 //!   scale to 20 pixels, centre by centre of mass).
 //! - [`visualize`]: conv1's filters, feature maps and training curves as images, on a
 //!   blue–white–red colour map.
+//! - [`serve`]: the HTTP server of `lenet serve`: a page to draw on and watch the network,
+//!   and a JSON prediction API.
 //! - [`error`]: [`DataError`], whose messages name the file or argument at fault.
 //!
 //! ## Files
@@ -71,6 +73,7 @@ pub mod fetch;
 pub mod idx;
 pub mod lenet;
 pub mod preprocess;
+pub mod serve;
 pub mod train;
 pub mod visualize;
 
