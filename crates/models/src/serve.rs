@@ -34,9 +34,9 @@
 //!  "feature_maps": {"conv1": [[784 values], …6 maps of 28x28],
 //!                   "conv2": [[100 values], …16 maps of 10x10]}}
 //! ```
-//! Feature maps are the convolutions' outputs before their ReLU, row-major, rounded to 3
-//! decimals. Every error is `{"error": "what is wrong"}` with a 4xx status (5xx only for a
-//! fault of the server), and the server goes on serving.
+//! Probabilities are rounded to 6 decimals; feature maps are the convolutions' outputs before
+//! their ReLU, row-major, rounded to 3 decimals. Every error is `{"error": "what is wrong"}`
+//! with a 4xx status (5xx only for a fault of the server), and the server goes on serving.
 //!
 //! ## Class names
 //! From the checkpoint's `dataset` metadata, written by `lenet train` (`mnist` or
@@ -102,15 +102,18 @@ pub struct Prediction {
 impl Prediction {
     /// The JSON answer documented in the [module docs](self).
     pub fn to_json(&self) -> Value {
-        let round = |maps: &[Vec<f32>]| -> Vec<Vec<f32>> {
-            maps.iter().map(|m| m.iter().map(|v| (v * 1000.0).round() / 1000.0).collect()).collect()
+        // Rounded in f64, so that the JSON says 0.123 rather than the f32's 0.12300000339….
+        let round = |v: f32, scale: f64| (f64::from(v) * scale).round() / scale;
+        let maps = |maps: &[Vec<f32>]| -> Vec<Vec<f64>> {
+            maps.iter().map(|m| m.iter().map(|&v| round(v, 1e3)).collect()).collect()
         };
+        let probabilities: Vec<f64> = self.probabilities.iter().map(|&p| round(p, 1e6)).collect();
         json!({
-            "probabilities": self.probabilities,
+            "probabilities": probabilities,
             "class": self.class,
             "label": self.label,
             "input": self.input,
-            "feature_maps": {"conv1": round(&self.conv1), "conv2": round(&self.conv2)},
+            "feature_maps": {"conv1": maps(&self.conv1), "conv2": maps(&self.conv2)},
         })
     }
 }
