@@ -42,7 +42,7 @@
 //! From the checkpoint's `dataset` metadata, written by `lenet train` (`mnist` or
 //! `fashion-mnist`), unless the caller picks a dataset; digits otherwise.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
@@ -64,6 +64,14 @@ pub const MAX_BODY: usize = 1 << 20;
 
 /// The address `lenet serve` listens on by default (loopback only).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+/// Announced bodies larger than this are refused without reading or draining them. When a
+/// request is dropped with its body unread, tiny_http 0.12 reads and discards the rest into
+/// one buffer of the announced remaining size, so an absurd `Content-Length` (say 10^14)
+/// would be an allocation failure that aborts the process. Bodies over [`MAX_BODY`] up to
+/// this size are drained normally; larger ones get their 413 and the connection is
+/// abandoned instead.
+const DRAIN_LIMIT: usize = 64 << 20;
 
 /// Worker threads of [`Server::bind`].
 pub const WORKERS: usize = 4;
@@ -306,19 +314,37 @@ impl Reply {
 
 fn answer(predictor: &Predictor, mut request: Request) {
     let reply = route(predictor, &mut request);
-    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
-    let headers = [
-        Some(("Content-Type", reply.content_type)),
-        Some(("Cache-Control", "no-store")),
-        reply.allow.map(|a| ("Allow", a)),
+    let mut headers = vec![
+        ("Content-Type", reply.content_type.to_owned()),
+        ("Cache-Control", "no-store".to_owned()),
     ];
-    for (k, v) in headers.into_iter().flatten() {
+    if let Some(allow) = reply.allow {
+        headers.push(("Allow", allow.to_owned()));
+    }
+    if request.body_length().is_some_and(|n| n > DRAIN_LIMIT) {
+        // Answer, then keep tiny_http from draining the unread body (see DRAIN_LIMIT): the
+        // connection is taken over as a raw stream (tiny_http's only way to detach it from
+        // the request), the answer written on it, and the stream abandoned, costing one idle
+        // socket and connection thread.
+        headers.push(("Content-Length", reply.body.len().to_string()));
+        let head = with_headers(Response::empty(reply.status), &headers);
+        let mut stream = request.upgrade("close", head);
+        let _ = stream.write_all(&reply.body).and_then(|()| stream.flush());
+        std::mem::forget(stream);
+        return;
+    }
+    let response = with_headers(Response::from_data(reply.body), &headers);
+    // The client may have gone away; nothing to do about it.
+    let _ = request.respond(response.with_status_code(reply.status));
+}
+
+fn with_headers<R: Read>(mut response: Response<R>, headers: &[(&str, String)]) -> Response<R> {
+    for (k, v) in headers {
         if let Ok(h) = Header::from_bytes(k.as_bytes(), v.as_bytes()) {
             response.add_header(h);
         }
     }
-    // The client may have gone away; nothing to do about it.
-    let _ = request.respond(response);
+    response
 }
 
 fn route(predictor: &Predictor, request: &mut Request) -> Reply {

@@ -4,7 +4,7 @@
 //! with a JSON error while the server goes on answering.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Cursor;
+use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -255,6 +255,26 @@ fn bad_requests_get_clear_errors_and_the_server_carries_on() {
     let huge = vec![b'7'; MAX_BODY + 1024];
     predict(Some("image/png"), &huge).expect_error(413, "1 MiB");
     predict(Some("application/json"), &huge).expect_error(413, "1 MiB");
+
+    // An absurd announced length is refused at once, and does not bring the server down.
+    let mut raw = std::net::TcpStream::connect(s.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    raw.write_all(
+        b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n\
+          Content-Length: 100000000000000\r\n\r\n\x89PNG",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !answer.ends_with(b"}") {
+        let n = raw.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("the limit is 1 MiB"), "{answer}");
+    drop(raw);
 
     // Still serving, on every worker.
     for _ in 0..8 {
