@@ -284,7 +284,11 @@ fn worker(http: &tiny_http::Server, predictor: &Predictor, stopping: &AtomicBool
                 }
             }
             Err(_) if stopping.load(Ordering::SeqCst) => return,
-            Err(e) => eprintln!("lenet serve: {e}"),
+            Err(e) => {
+                // E.g. out of file descriptors: say so, and do not spin.
+                eprintln!("lenet serve: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
     }
 }
