@@ -4,7 +4,8 @@
 //! original write-up with ReLU and average pooling (conv 6@5x5 → ReLU → avg-pool → conv
 //! 16@5x5 → ReLU → avg-pool → 120 → 84 → 10, 61,706 parameters, PyTorch `state_dict` names),
 //! the MNIST / Fashion-MNIST IDX files it learns from, a training loop whose runs resume bit
-//! for bit, and the `lenet` command-line tool (`train`, `eval`, `predict`, `info`, `fetch`).
+//! for bit, and the `lenet` command-line tool (`train`, `eval`, `predict`, `info`, `fetch`,
+//! `visualize`, `serve`).
 //!
 //! ## Layout
 //! - [`idx`]: IDX image and label files, raw or gzip, validated before allocating.
@@ -18,6 +19,12 @@
 //! - [`lenet`]: the model, its layer table (shapes, parameters, FLOPs, conv algorithm), and
 //!   checkpoints that carry the normalization in their metadata.
 //! - [`train`]: [`Trainer`] (SGD or Adam, constant or cosine schedule), [`evaluate`].
+//! - [`preprocess`]: pictures of any size → 28x28 the way MNIST was made (crop to the ink,
+//!   scale to 20 pixels, centre by centre of mass).
+//! - [`visualize`]: conv1's filters, feature maps and training curves as images, on a
+//!   blue–white–red colour map.
+//! - [`serve`]: the HTTP server of `lenet serve`: a page to draw on and watch the network,
+//!   and a JSON prediction API.
 //! - [`error`]: [`DataError`], whose messages name the file or argument at fault.
 //!
 //! ## Files
@@ -68,7 +75,10 @@ pub mod fetch;
 pub mod idx;
 pub mod infer;
 pub mod lenet;
+pub mod preprocess;
+pub mod serve;
 pub mod train;
+pub mod visualize;
 
 pub use data::{Batch, Dataset, Normalization};
 pub use error::{DataError, Result};

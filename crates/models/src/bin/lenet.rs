@@ -5,6 +5,8 @@
 //! lenet eval    --weights model.safetensors [--dataset …] [--data DIR] [--json]
 //! lenet predict --weights model.safetensors IMAGE… | --idx FILE --index I   [--json]
 //! lenet info    [--batch-size 64]
+//! lenet visualize --weights model.safetensors [--image PNG | --idx FILE --index I] --out DIR
+//! lenet serve   --weights model.safetensors [--addr 127.0.0.1:8080] [--dataset …]
 //! lenet fetch   mnist|fashion-mnist
 //! ```
 
@@ -19,8 +21,14 @@ use convkit_models::data::{Normalization, preprocess};
 use convkit_models::fetch::{self, DATA_ENV, DatasetKind};
 use convkit_models::idx::{IdxSplit, read_idx_images};
 use convkit_models::lenet::{LeNet5, NUM_PARAMS};
+use convkit_models::preprocess::{decode_picture, picture_to_mnist};
+use convkit_models::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_models::train::{
     OptimizerKind, ScheduleKind, TrainConfig, Trainer, evaluate, metrics_path, optimizer_path,
+};
+use convkit_models::visualize::{
+    Inspection, MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics,
+    training_curves,
 };
 use convkit_models::{DataError, Dataset};
 use convkit_nn::checkpoint::Metadata;
@@ -47,6 +55,10 @@ enum Command {
     Info(InfoArgs),
     /// Download a dataset's four files into data/DATASET/, checking their SHA-256.
     Fetch(FetchArgs),
+    /// PNG pictures of conv1's filters, the feature maps of one input, and the training curves.
+    Visualize(VisualizeArgs),
+    /// A web page to draw on and watch the network classify the drawing, with a JSON API.
+    Serve(ServeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -176,6 +188,40 @@ struct PredictArgs {
 }
 
 #[derive(Args)]
+struct VisualizeArgs {
+    /// Weights (ours or a PyTorch state_dict as safetensors); training curves come from the
+    /// metrics file beside them (model.metrics.jsonl) when there is one.
+    #[arg(long)]
+    weights: PathBuf,
+    /// A PNG or JPEG picture whose feature maps to draw (28x28 as is; other sizes cropped,
+    /// scaled and centred as MNIST was made).
+    #[arg(long, value_name = "PNG", conflicts_with = "idx")]
+    image: Option<PathBuf>,
+    /// An IDX image file (raw or .gz) instead of a picture.
+    #[arg(long, value_name = "FILE")]
+    idx: Option<PathBuf>,
+    /// The image of --idx to use.
+    #[arg(long, value_name = "I", requires = "idx")]
+    index: Option<usize>,
+    /// Directory for the PNG files (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Weights (ours or a PyTorch state_dict as safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Address to listen on; the default is reachable from this machine only.
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    addr: String,
+    /// Class names of this dataset [default: from the checkpoint's metadata, else digits].
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetArg>,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     /// Batch size the table (FLOPs, algorithm choice) is computed for.
     #[arg(long, default_value_t = 64)]
@@ -200,6 +246,8 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict(&a),
         Command::Info(a) => info(&a),
         Command::Fetch(a) => fetch_cmd(&a),
+        Command::Visualize(a) => visualize(&a),
+        Command::Serve(a) => serve(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -452,15 +500,7 @@ fn predict(a: &PredictArgs) -> Result<()> {
     let (model, norm, _) = LeNet5::load(&a.weights)?;
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(idx) = &a.idx {
-        let Some(i) = a.index else { bail!("--idx needs --index I") };
-        let images = read_idx_images(idx)?;
-        if (images.rows, images.cols) != (28, 28) {
-            bail!("{}: images are {}x{}, expected 28x28", idx.display(), images.rows, images.cols);
-        }
-        let Some(px) = images.image(i) else {
-            bail!("{}: index {i} out of range ({} images)", idx.display(), images.count)
-        };
-        inputs.push((format!("{}[{i}]", idx.display()), px.to_vec()));
+        inputs.push(idx_image(idx, a.index)?);
     } else {
         if a.images.is_empty() {
             bail!("give image files (PNG/JPEG) or --idx FILE --index I");
@@ -492,6 +532,91 @@ fn predict(a: &PredictArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::Value::Array(out));
     }
+    Ok(())
+}
+
+/// Image `index` of an IDX file, with a name for messages.
+fn idx_image(idx: &Path, index: Option<usize>) -> Result<(String, Vec<u8>)> {
+    let Some(i) = index else { bail!("--idx needs --index I") };
+    let images = read_idx_images(idx)?;
+    if (images.rows, images.cols) != (28, 28) {
+        bail!("{}: images are {}x{}, expected 28x28", idx.display(), images.rows, images.cols);
+    }
+    let Some(px) = images.image(i) else {
+        bail!("{}: index {i} out of range ({} images)", idx.display(), images.count)
+    };
+    Ok((format!("{}[{i}]", idx.display()), px.to_vec()))
+}
+
+fn visualize(a: &VisualizeArgs) -> Result<()> {
+    let (model, norm, _) = LeNet5::load(&a.weights)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create the output folder {}", a.out.display()))?;
+    let save = |img: &image::RgbImage, name: &str| -> Result<()> {
+        let path = a.out.join(name);
+        img.save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {} ({}x{})", path.display(), img.width(), img.height());
+        Ok(())
+    };
+    save(&conv1_filters(&model)?, "conv1_filters.png")?;
+
+    let input = match (&a.image, &a.idx) {
+        (Some(p), _) => {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let img = decode_picture(&bytes).with_context(|| format!("{}", p.display()))?;
+            Some((p.display().to_string(), picture_to_mnist(&img)?))
+        }
+        (None, Some(idx)) => Some(idx_image(idx, a.index)?),
+        (None, None) => None,
+    };
+    match input {
+        Some((name, px)) => {
+            let ins = Inspection::run(&model, &px, norm)?;
+            save(&input_picture(&px, 8)?, "input.png")?;
+            for stage in MAP_STAGES {
+                let maps = ins.stage(stage).context("missing stage output")?;
+                save(&feature_grid(maps)?, &format!("feature_maps_{stage}.png"))?;
+            }
+            let c = ins.class();
+            println!("{name}: class {c}, probability {:.4}", ins.probabilities[c]);
+        }
+        None => println!("feature maps: skipped (give --image PNG or --idx FILE --index I)"),
+    }
+
+    let mpath = metrics_path(&a.weights);
+    if !mpath.is_file() {
+        println!(
+            "training curves: skipped, no metrics file {} beside the weights (lenet train \
+             writes one)",
+            mpath.display()
+        );
+        return Ok(());
+    }
+    let points = read_metrics(&mpath)?;
+    match training_curves(&points) {
+        Ok(img) => save(&img, "training_curves.png")?,
+        Err(e) => println!("training curves: skipped, {e}"),
+    }
+    Ok(())
+}
+
+fn serve(a: &ServeArgs) -> Result<()> {
+    let predictor = Predictor::from_checkpoint(&a.weights, a.dataset.map(DatasetKind::from))?;
+    let labels = predictor.labels().join(", ");
+    let server = Server::bind(a.addr.as_str(), predictor)?;
+    if !server.addr().ip().is_loopback() {
+        eprintln!(
+            "lenet serve: warning: listening on {}, reachable from other machines",
+            server.addr()
+        );
+    }
+    println!(
+        "LeNet-5 ({}) at {} (classes: {labels}); Ctrl-C to stop",
+        a.weights.display(),
+        server.url()
+    );
+    std::io::stdout().flush().context("cannot write to stdout")?;
+    server.wait();
     Ok(())
 }
 
