@@ -204,13 +204,60 @@ impl WinogradFilter {
             });
         }
         check_len(OP_F, "weight", &weight_dims, weight.len())?;
-        let u = transform_filters(weight, c_out / groups, cpg, groups, variant);
+        let u = transform_filters(Vec::new(), weight, c_out / groups, cpg, groups, variant);
         Ok(WinogradFilter { variant, c_out, cpg, groups, u })
     }
 
     /// The variant the filter was transformed for.
     pub fn variant(&self) -> WinogradVariant {
         self.variant
+    }
+}
+
+/// One chunk of filters for [`transform_filters`]: their taps, the chunk's slice of every
+/// transform plane, and each plane's nonzero tap coefficients.
+struct FilterChunk<'a> {
+    /// `[filter][9]`.
+    weights: &'a [f32],
+    /// One slice per plane `ξ`, each as long as the chunk.
+    pieces: Vec<&'a mut [f32]>,
+    coefs: &'a [Vec<(usize, f32)>],
+}
+
+impl WithSimd for FilterChunk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let FilterChunk { weights, pieces, coefs } = self;
+        let len = weights.len() / 9;
+        let mut taps = [[0f32; FILTER_CHUNK]; 9];
+        for (i, f) in weights.chunks_exact(9).enumerate() {
+            for (row, &v) in taps.iter_mut().zip(f) {
+                row[i] = v;
+            }
+        }
+        let whole = len / LANES * LANES;
+        for (piece, plane_coefs) in pieces.into_iter().zip(coefs) {
+            let Some((&(rs0, c0), rest)) = plane_coefs.split_first() else {
+                piece.fill(0.0);
+                continue;
+            };
+            let mut i = 0;
+            while i < whole {
+                let mut acc = s.mul(s.splat(c0), s.load(&taps[rs0][i..]));
+                for &(rs, c) in rest {
+                    acc = s.fma(s.splat(c), s.load(&taps[rs][i..]), acc);
+                }
+                s.store(acc, &mut piece[i..]);
+                i += LANES;
+            }
+            for (j, d) in piece.iter_mut().enumerate().skip(whole).take(len - whole) {
+                *d = rest
+                    .iter()
+                    .fold(c0 * taps[rs0][j], |acc, &(rs, c)| c.mul_add(taps[rs][j], acc));
+            }
+        }
     }
 }
 
@@ -278,6 +325,7 @@ const FILTER_CHUNK: usize = 1024;
 /// Chunks run in parallel for large layers (VGG's 256x256 filters: 65,536 of them); every value
 /// is computed the same way whatever the chunking, so the result does not depend on threads.
 fn transform_filters(
+    buf: Vec<f32>,
     weight: &[f32],
     kpg: usize,
     cpg: usize,
@@ -298,7 +346,13 @@ fn transform_filters(
         })
         .collect();
     let per_group = kpg * cpg;
-    let mut u = vec![0f32; groups * a2 * per_group];
+    // Every element is written below, so a recycled buffer of the right length needs no zeroing.
+    let len = groups * a2 * per_group;
+    let mut u = buf;
+    if u.len() != len {
+        u.clear();
+        u.resize(len, 0.0);
+    }
     for (grp, ug) in u.chunks_exact_mut(a2 * per_group).enumerate() {
         let wg = &weight[grp * per_group * 9..][..per_group * 9];
         // tasks[t]: chunk t of every plane.
@@ -312,20 +366,9 @@ fn transform_filters(
         let work = |(t, pieces): (usize, Vec<&mut [f32]>)| {
             let first = t * FILTER_CHUNK;
             let len = FILTER_CHUNK.min(per_group - first);
-            let mut taps = [[0f32; FILTER_CHUNK]; 9];
-            for (i, f) in wg[first * 9..(first + len) * 9].chunks_exact(9).enumerate() {
-                for (row, &v) in taps.iter_mut().zip(f) {
-                    row[i] = v;
-                }
-            }
-            for (piece, plane_coefs) in pieces.into_iter().zip(&coefs) {
-                piece.fill(0.0);
-                for &(rs, c) in plane_coefs {
-                    for (d, &x) in piece.iter_mut().zip(&taps[rs][..len]) {
-                        *d += c * x;
-                    }
-                }
-            }
+            let chunk =
+                FilterChunk { weights: &wg[first * 9..(first + len) * 9], pieces, coefs: &coefs };
+            simd::dispatch_active(chunk);
         };
         if per_group * a2 < 64 * FILTER_CHUNK {
             tasks.into_iter().enumerate().for_each(work);
@@ -370,8 +413,21 @@ pub fn conv2d_winograd_with(
     if let Some(msg) = unsupported(g) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }
-    let filter = WinogradFilter::new(weight, g.weight_dims(), g.params.groups, variant)?;
-    prepared_with(level, g, input, &filter, bias, output)
+    // The transformed filters (4x the weights for F(4x4,3x3): 9.4 MB on `vgg3x3_14`) go into
+    // a per-thread buffer kept between calls: a fresh allocation of that size is page-faulted
+    // in on every call, which cost as much as the transform itself.
+    let (c_out, cpg, groups) = (g.c_out, g.c_in_per_group(), g.params.groups);
+    let buf = FILTER_BUF.with(|b| b.take());
+    let u = transform_filters(buf, weight, c_out / groups, cpg, groups, variant);
+    let filter = WinogradFilter { variant, c_out, cpg, groups, u };
+    let result = prepared_with(level, g, input, &filter, bias, output);
+    FILTER_BUF.with(|b| b.replace(filter.u));
+    result
+}
+
+thread_local! {
+    /// Reused storage of the filters [`conv2d_winograd_with`] transforms on every call.
+    static FILTER_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Winograd convolution with a filter transformed beforehand by [`WinogradFilter::new`].
@@ -663,17 +719,16 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
         }
         // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ].
         for xi in 0..a2 {
-            gemm(
-                p.kc,
-                p.cpg,
-                nt,
-                &u[(xi * p.kpg + kl) * p.cpg..][..p.kc * p.cpg],
-                p.cpg,
-                &vbuf[xi * p.cpg * p.tb..][..p.cpg * p.tb],
-                p.tb,
-                &mut mbuf[xi * p.kc * p.tb..][..p.kc * p.tb],
-                p.tb,
-            );
+            let a_xi = &u[(xi * p.kpg + kl) * p.cpg..][..p.kc * p.cpg];
+            let b_xi = &vbuf[xi * p.cpg * p.tb..][..p.cpg * p.tb];
+            let c_xi = &mut mbuf[xi * p.kc * p.tb..][..p.kc * p.tb];
+            if p.tb <= SMALL_GEMM_MAX_N {
+                // Whole vectors: lanes past `nt` hold stale values that are never stored.
+                let n = nt.next_multiple_of(LANES);
+                gemm_small(s, p.kc, p.cpg, n, a_xi, p.cpg, b_xi, p.tb, c_xi, p.tb);
+            } else {
+                gemm_packed(s, p.kc, p.cpg, nt, a_xi, p.cpg, b_xi, p.tb, c_xi, p.tb);
+            }
         }
         // Output transform, bias, and scatter of the in-range outputs.
         for k in 0..p.kc {
@@ -842,7 +897,98 @@ fn at6<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
 /// `C[m×n] = A[m×k] · B[k×n]` for row-major matrices with row strides `lda`, `ldb`, `ldc`;
 /// a checked wrapper over `matrixmultiply::sgemm`.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+/// Largest tile block for which the transform-domain products run on [`gemm_small`] instead of
+/// matrixmultiply. `vgg3x3_14` (one 14x14 image: 16 tiles of F(4x4,3x3)) spends as long
+/// packing `U` for each of its 36 products as multiplying, and a kernel that reads `U` in place
+/// has no packing to amortize.
+const SMALL_GEMM_MAX_N: usize = 64;
+
+/// `C = A·B` for a narrow `B` (`n` a multiple of 8), without packing: register tiles of
+/// 6 rows of `A` × 16 columns, each step loading two vectors of a row of `B` and broadcasting
+/// six elements of a column of `A` for 12 fused multiply-adds.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_small<S: Simd>(
+    s: S,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    debug_assert!(n.is_multiple_of(LANES));
+    let mut i0 = 0;
+    while i0 < m {
+        let mb = (m - i0).min(6);
+        let mut j0 = 0;
+        while j0 + LANES <= n {
+            let nv = ((n - j0) / LANES).min(2);
+            let t = SmallTile { k, a, lda, b, ldb, i0, j0, ldc };
+            match (mb, nv) {
+                (6, 2) => small_tile::<S, 6, 2>(s, t, c),
+                (5, 2) => small_tile::<S, 5, 2>(s, t, c),
+                (4, 2) => small_tile::<S, 4, 2>(s, t, c),
+                (3, 2) => small_tile::<S, 3, 2>(s, t, c),
+                (2, 2) => small_tile::<S, 2, 2>(s, t, c),
+                (1, 2) => small_tile::<S, 1, 2>(s, t, c),
+                (6, _) => small_tile::<S, 6, 1>(s, t, c),
+                (5, _) => small_tile::<S, 5, 1>(s, t, c),
+                (4, _) => small_tile::<S, 4, 1>(s, t, c),
+                (3, _) => small_tile::<S, 3, 1>(s, t, c),
+                (2, _) => small_tile::<S, 2, 1>(s, t, c),
+                _ => small_tile::<S, 1, 1>(s, t, c),
+            }
+            j0 += nv * LANES;
+        }
+        i0 += mb;
+    }
+}
+
+/// Operands of one [`small_tile`]: rows from `i0`, columns from `j0`.
+#[derive(Clone, Copy)]
+struct SmallTile<'a> {
+    k: usize,
+    a: &'a [f32],
+    lda: usize,
+    b: &'a [f32],
+    ldb: usize,
+    i0: usize,
+    j0: usize,
+    ldc: usize,
+}
+
+#[inline(always)]
+fn small_tile<S: Simd, const MB: usize, const NV: usize>(s: S, t: SmallTile<'_>, c: &mut [f32]) {
+    let SmallTile { k, a, lda, b, ldb, i0, j0, ldc } = t;
+    let rows: [&[f32]; MB] = std::array::from_fn(|i| &a[(i0 + i) * lda..][..k]);
+    let mut acc = [[s.zero(); NV]; MB];
+    for p in 0..k {
+        let brow = &b[p * ldb + j0..][..NV * LANES];
+        let bv: [S::V; NV] = std::array::from_fn(|v| s.load(&brow[v * LANES..]));
+        for (acc_i, row) in acc.iter_mut().zip(&rows) {
+            let av = s.splat(row[p]);
+            for (x, &bvv) in acc_i.iter_mut().zip(&bv) {
+                *x = s.fma(av, bvv, *x);
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        let dst = &mut c[(i0 + i) * ldc + j0..][..NV * LANES];
+        for (v, &x) in acc_i.iter().enumerate() {
+            s.store(x, &mut dst[v * LANES..]);
+        }
+    }
+}
+
+/// `C = A·B` through matrixmultiply (packed panels), for wide tile blocks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_packed<S: Simd>(
+    _s: S,
     m: usize,
     k: usize,
     n: usize,
