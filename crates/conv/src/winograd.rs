@@ -14,7 +14,7 @@
 //! (2016). Summed over input channels, the element-wise products become `α²` independent
 //! matrix products: for every transform position `ξ`, `M[ξ] = U[ξ] · V[ξ]` with `U[ξ]` the
 //! `[K, C]` transformed filters and `V[ξ]` the `[C, tiles]` transformed inputs — done with
-//! `matrixmultiply::sgemm`.
+//! `matrixmultiply::sgemm`, or for narrow tile blocks with an unpacked register-tiled kernel.
 //!
 //! F(2x2,3x3), `α = 4`:
 //!
@@ -45,9 +45,14 @@
 //!
 //! # Implementation
 //!
-//! - **Filter transform** `U = G g Gᵀ` is computed in f64, rounded once, and stored as
-//!   `[group][ξ][k][c]` in a [`WinogradFilter`] that a layer can build once and reuse through
-//!   [`conv2d_winograd_prepared`].
+//! - **Filter transform** `U = G g Gᵀ` is stored as `[group][ξ][k][c]` in a
+//!   [`WinogradFilter`] that a layer can build once and reuse through
+//!   [`conv2d_winograd_prepared`]. Each plane `ξ` is a fixed combination of the nine taps, so
+//!   the transform runs as unit-stride SIMD multiply-adds over chunks of 1,024 filters (taps
+//!   transposed to `[tap][filter]` first), in parallel for large layers. The per-call path
+//!   ([`conv2d_winograd`]) keeps the transformed filters in a per-thread buffer between calls.
+//! - **Input gradient.** After a Winograd forward, [`conv2d_input_grad_winograd`] computes `dX`
+//!   as the Winograd convolution of `dY` with the filters flipped and their channels swapped.
 //! - **Work items** are `(images, group, chunk of output channels)`, each writing its own
 //!   contiguous output slice (`par_chunks_mut`). An item takes several images (at most 256
 //!   tiles, leaving at least two items) when there is one group, so that the GEMMs are wide
@@ -60,7 +65,10 @@
 //! - **Tile blocks.** Tiles are processed in blocks of at most a fixed amount of transform-domain
 //!   scratch (`α²·(C + K)·tiles` floats, 2 MiB; blocks much smaller than an image's tiles
 //!   make the sgemm calls too narrow to run at speed): input transform into `V[ξ][c][t]`, `α²`
-//!   sgemm calls, output transform from `M[ξ][k][t]`. The transforms run on 8 tiles at once in structure-of-arrays
+//!   products, output transform from `M[ξ][k][t]`. Blocks of at most 64 tiles (one 14x14
+//!   image has 16 F(4x4,3x3) tiles) skip matrixmultiply, whose packing of `U` for every
+//!   product cost as much as the product: a 6-row × 16-column register tile reads `U` and `V`
+//!   in place. The transforms run on 8 tiles at once in structure-of-arrays
 //!   form with the [`crate::simd`] vectors (AVX2 when available): `V[ξ][c][t..t+8]` and
 //!   `M[ξ][k][t..t+8]` are contiguous, so each transform position is one vector load or store.
 //! - **Dilation.** A convolution with dilation `(dh, dw)` and stride 1 splits into `dh·dw`
