@@ -214,6 +214,11 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         cargo_args.push("--quick");
     }
     let mut step = Step::new("bench", &cargo_args);
+    if quick {
+        // The benches read this to cap each measurement at 0.5 s (criterion's quick mode stops
+        // there) and to skip the naive convolution on shapes above 20 MFLOP.
+        step = step.env(QUICK_ENV, "1");
+    }
     if let Some(f) = &filter {
         step.args.push(f.clone());
     }
@@ -248,6 +253,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
                 );
             }
         }
+        lenet_peers(dir, &python, &out, bench_threads(), quick)?;
         peers = report::read_peers(&out)?;
     }
 
@@ -259,12 +265,65 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             machine: machine(),
             command: format!("cargo xtask bench {}", args.join(" ")).trim_end().to_owned(),
             quick,
+            threads: bench_threads(),
         };
         let (md, svg) = report::write(&root().join("docs"), &records, &peers, &ctx)?;
         println!("\nwrote {} and {} ({} benchmarks)", md.display(), svg.display(), records.len());
     }
     println!("bench finished in {:.0} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The environment variable `cargo xtask bench --quick` sets for the criterion benches.
+const QUICK_ENV: &str = "CONVKIT_BENCH_QUICK";
+
+/// The size of rayon's global pool in the benches: `RAYON_NUM_THREADS` when it is set to a
+/// positive number, otherwise every hardware thread.
+fn bench_threads() -> usize {
+    env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// PyTorch's LeNet-5 on the same number of threads as the `lenet/*` benches:
+/// `lenet_torch.py train` for one epoch of Fashion-MNIST (training images/s) and
+/// `lenet_torch.py infer` (batch-1 latency, batch-256 images/s), writing their JSON into
+/// `out`. Skipped, with a note, when Fashion-MNIST is not installed where the script looks.
+fn lenet_peers(dir: &Path, python: &str, out: &Path, threads: usize, quick: bool) -> Result<()> {
+    if !has_idx_files(Path::new(DEBIAN_FASHION_DIR)) {
+        println!(
+            "\npeers: no Fashion-MNIST in {DEBIAN_FASHION_DIR}; the LeNet-5 section has no PyTorch column"
+        );
+        return Ok(());
+    }
+    let script = dir.join("lenet_torch.py").display().to_string();
+    let (t, out_s) = (threads.to_string(), out.display().to_string());
+    let data = DEBIAN_FASHION_DIR.to_owned();
+    let mut train = vec![script.clone(), "train".into(), "--name".into(), "fashion".into()];
+    train.extend(["--data".into(), data.clone(), "--epochs".into(), "1".into()]);
+    train.extend(["--threads".into(), t.clone(), "--out".into(), out_s.clone()]);
+    let mut infer = vec![script, "infer".into(), "--data".into(), data];
+    infer.extend(["--threads-list".into(), t, "--out".into(), out_s]);
+    if quick {
+        infer.extend(["--rounds".into(), "1".into(), "--reps".into(), "3".into()]);
+        for cmd in [&mut train, &mut infer] {
+            cmd.extend(["--max-wait".into(), "0".into()]);
+        }
+    }
+    for cmd in [train, infer] {
+        println!("\n==> [peers] {python} {}", cmd.join(" "));
+        let status = Command::new(python)
+            .args(&cmd)
+            .current_dir(root())
+            .status()
+            .with_context(|| format!("could not run {python}"))?;
+        if !status.success() {
+            bail!("peers: `{}` failed", cmd.join(" "));
+        }
+    }
+    Ok(())
 }
 
 fn default_peers_dir() -> PathBuf {
