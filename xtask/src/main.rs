@@ -35,9 +35,13 @@ tasks:
                             every crate (FILTER selects benchmarks by name, e.g.
                             'conv_fwd_t1/res3x3'), then write docs/benchmarks.md and
                             docs/bench-chart.svg from criterion's estimates.
-                            --compare-peers also runs PyTorch/ONNX Runtime (conv_bench.py from
-                            DIR, $CONVKIT_PEERS_DIR or ../shared/peers) with PY ($CONVKIT_PEERS_PYTHON
-                            or python3) and adds ratio columns measured in the same run.
+                            --quick: criterion's quick mode, each benchmark capped at 0.5 s
+                            (the benches read CONVKIT_BENCH_QUICK=1) and the naive conv only
+                            on shapes under 20 MFLOP.
+                            --compare-peers also runs PyTorch/ONNX Runtime (conv_bench.py and
+                            lenet_torch.py from DIR, $CONVKIT_PEERS_DIR or ../shared/peers) with
+                            PY ($CONVKIT_PEERS_PYTHON or python3) and adds ratio columns measured
+                            in the same run.
   peak                      measure this machine's f32 FMA throughput (the bench report's peak).
   train [-- ARGS]           train LeNet-5 on Fashion-MNIST (installing Debian's
                             dataset-fashion-mnist with apt-get when no data is found);
