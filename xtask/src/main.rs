@@ -94,6 +94,25 @@ fn cargo() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
+/// A command running the cargo that invoked us, without the variables `cargo run` set for
+/// this binary (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …). Build scripts that watch them
+/// (ring's, through `rerun-if-env-changed`) would otherwise see them change between a plain
+/// `cargo bench` and one started from here, and rebuild — with the bench profile's LTO, minutes
+/// of compiling before `cargo xtask bench` measures anything.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(cargo());
+    for (key, _) in env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(k, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE")
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// One step of a task: a cargo command with extra environment variables.
 struct Step {
     name: &'static str,
@@ -116,7 +135,7 @@ impl Step {
         let shown_env: String = self.envs.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         println!("\n==> [{}] {shown_env}cargo {}", self.name, self.args.join(" "));
         let start = Instant::now();
-        let status = Command::new(cargo())
+        let status = cargo_command()
             .args(&self.args)
             .envs(self.envs.iter().copied())
             .current_dir(root())
@@ -339,7 +358,7 @@ fn default_peers_dir() -> PathBuf {
 /// The algorithm `ConvAlgo::Auto` picks for each suite shape, as printed by the
 /// `auto_choice` example of convkit-conv (`shape algo` per line); empty if it cannot run.
 fn auto_choices() -> std::collections::BTreeMap<String, String> {
-    let out = Command::new(cargo())
+    let out = cargo_command()
         .args(["run", "--release", "--quiet", "-p", "convkit-conv", "--example", "auto_choice"])
         .current_dir(root())
         .output();
@@ -481,7 +500,7 @@ fn ensure_data(args: &[String]) -> Result<()> {
     }
     println!("train: {dataset} not found; downloading it into data/{dataset}/");
     run_cmd(
-        Command::new(cargo())
+        cargo_command()
             .args(["run", "--release", "-p", "convkit-models", "--bin", "lenet", "--", "fetch"])
             .arg(&dataset)
             .current_dir(root()),
@@ -508,7 +527,7 @@ fn train(args: &[String]) -> Result<ExitCode> {
             dir.join(format!("lenet-{dataset}.safetensors"))
         }
     };
-    let mut cmd = Command::new(cargo());
+    let mut cmd = cargo_command();
     cmd.args(["run", "--release", "-p", "convkit-models", "--bin", "lenet", "--", "train"])
         .args(TRAIN_DEFAULTS)
         .arg("--out")

@@ -238,12 +238,7 @@ pub fn lenet_section(records: &[Record], peer: &LenetPeer, threads: usize) -> St
         return String::new();
     }
     let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "## LeNet-5, {threads} thread{}
-",
-        if threads == 1 { "" } else { "s" }
-    );
+    let _ = writeln!(md, "## LeNet-5, {threads} thread{}\n", if threads == 1 { "" } else { "s" });
     let _ = writeln!(
         md,
         "The `lenet/*` benches of convkit-models (`crates/models/benches/lenet.rs`) on rayon's \
@@ -258,8 +253,9 @@ pub fn lenet_section(records: &[Record], peer: &LenetPeer, threads: usize) -> St
         let th = |t: Option<usize>| t.map_or("?".to_owned(), |t| t.to_string());
         let _ = writeln!(
             md,
-            "PyTorch: `lenet_torch.py train` (one epoch of Fashion-MNIST, {} threads) and \
-             `lenet_torch.py infer` ({} threads), run by `--compare-peers` in the same session. \
+            "PyTorch: `lenet_torch.py train` (one epoch of Fashion-MNIST, {} threads: its \
+             images/s cover the whole epoch, batching included) and `lenet_torch.py infer` ({} \
+             threads), run by `--compare-peers` in the same session. \
              \"Speed ratio\" is convkit's speed over PyTorch's (above 1: convkit is faster).\n",
             th(peer.train_threads),
             th(peer.infer_threads)
