@@ -236,6 +236,9 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     if quick {
         cargo_args.push("--quick");
     }
+    // The report lists what this run measures: criterion results written before it (other
+    // filters, or benches quick mode skips) are left out.
+    let bench_start = std::time::SystemTime::now();
     let mut step = Step::new("bench", &cargo_args);
     if quick {
         // The benches read this to cap each measurement at 0.5 s (criterion's quick mode stops
@@ -281,7 +284,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     }
 
     if write_report {
-        let records = report::collect(&root().join("target/criterion"))?;
+        let records = report::collect(&root().join("target/criterion"), Some(bench_start))?;
         let ctx = report::ReportContext {
             peak,
             auto_choice: auto_choices(),

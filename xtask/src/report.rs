@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -39,28 +40,35 @@ impl Record {
     }
 }
 
-/// Reads every `new/benchmark.json` + `new/estimates.json` pair under `dir`.
-pub fn collect(dir: &Path) -> Result<Vec<Record>> {
+/// Reads every `new/benchmark.json` + `new/estimates.json` pair under `dir` whose estimates
+/// were written at or after `since` (all of them when `None`), so that a report lists only
+/// what its own run measured, not results left over from earlier runs.
+pub fn collect(dir: &Path, since: Option<SystemTime>) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     if dir.is_dir() {
-        walk(dir, &mut out)?;
+        walk(dir, since, &mut out)?;
     }
     out.sort_by(|a, b| (&a.group, &a.function).cmp(&(&b.group, &b.function)));
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<Record>) -> Result<()> {
+fn walk(dir: &Path, since: Option<SystemTime>, out: &mut Vec<Record>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if !path.is_dir() {
             continue;
         }
         if path.file_name().is_some_and(|n| n == "new") {
-            if let Some(r) = read_record(&path)? {
+            let fresh = since.is_none_or(|t| {
+                fs::metadata(path.join("estimates.json"))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m >= t)
+            });
+            if fresh && let Some(r) = read_record(&path)? {
                 out.push(r);
             }
         } else {
-            walk(&path, out)?;
+            walk(&path, since, out)?;
         }
     }
     Ok(())
@@ -656,6 +664,22 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| inference, batch 256 (images/s) | 40,000 | – | – |"), "{md}");
+    }
+
+    #[test]
+    fn collect_skips_results_older_than_the_run() {
+        let dir = std::env::temp_dir().join(format!("xtask-criterion-{}", std::process::id()));
+        let new = dir.join("lenet/infer_b1/new");
+        fs::create_dir_all(&new).unwrap();
+        let bench = r#"{"group_id":"lenet","function_id":"infer_b1","throughput":{"Elements":1}}"#;
+        fs::write(new.join("benchmark.json"), bench).unwrap();
+        fs::write(new.join("estimates.json"), r#"{"median":{"point_estimate":2000.0}}"#).unwrap();
+        let all = collect(&dir, None).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].median_ns, all[0].elements), (2000.0, Some(1.0)));
+        let later = SystemTime::now() + std::time::Duration::from_secs(3600);
+        assert!(collect(&dir, Some(later)).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
