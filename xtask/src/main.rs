@@ -332,11 +332,10 @@ fn lenet_peers(dir: &Path, python: &str, out: &Path, threads: usize, quick: bool
     train.extend(["--threads".into(), t.clone(), "--out".into(), out_s.clone()]);
     let mut infer = vec![script, "infer".into(), "--data".into(), data];
     infer.extend(["--threads-list".into(), t, "--out".into(), out_s]);
+    // The script waits (up to 20–30 s) for other processes to go quiet before it measures:
+    // PyTorch's OpenMP threads slow down several times when another process holds a core.
     if quick {
         infer.extend(["--rounds".into(), "1".into(), "--reps".into(), "3".into()]);
-        for cmd in [&mut train, &mut infer] {
-            cmd.extend(["--max-wait".into(), "0".into()]);
-        }
     }
     for cmd in [train, infer] {
         println!("\n==> [peers] {python} {}", cmd.join(" "));

@@ -93,7 +93,9 @@ fn read_record(new_dir: &Path) -> Result<Option<Record>> {
     };
     Ok(Some(Record {
         group: group.to_owned(),
-        function: b["function_id"].as_str().unwrap_or("").to_owned(),
+        // `BenchmarkId::from_parameter` leaves the function id null and names the bench by
+        // its parameter (`matmul_square/512`).
+        function: b["function_id"].as_str().or(b["value_str"].as_str()).unwrap_or("").to_owned(),
         median_ns,
         elements: b["throughput"]["Elements"].as_f64(),
     }))
@@ -672,11 +674,17 @@ mod tests {
         let new = dir.join("lenet/infer_b1/new");
         fs::create_dir_all(&new).unwrap();
         let bench = r#"{"group_id":"lenet","function_id":"infer_b1","throughput":{"Elements":1}}"#;
+        let by_param = dir.join("matmul_square/512/new");
+        fs::create_dir_all(&by_param).unwrap();
+        let param = r#"{"group_id":"matmul_square","function_id":null,"value_str":"512"}"#;
+        fs::write(by_param.join("benchmark.json"), param).unwrap();
+        fs::write(by_param.join("estimates.json"), r#"{"median":{"point_estimate":5.0}}"#).unwrap();
         fs::write(new.join("benchmark.json"), bench).unwrap();
         fs::write(new.join("estimates.json"), r#"{"median":{"point_estimate":2000.0}}"#).unwrap();
         let all = collect(&dir, None).unwrap();
-        assert_eq!(all.len(), 1);
+        assert_eq!(all.len(), 2);
         assert_eq!((all[0].median_ns, all[0].elements), (2000.0, Some(1.0)));
+        assert_eq!((all[1].group.as_str(), all[1].function.as_str()), ("matmul_square", "512"));
         let later = SystemTime::now() + std::time::Duration::from_secs(3600);
         assert!(collect(&dir, Some(later)).unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
