@@ -35,9 +35,13 @@ tasks:
                             every crate (FILTER selects benchmarks by name, e.g.
                             'conv_fwd_t1/res3x3'), then write docs/benchmarks.md and
                             docs/bench-chart.svg from criterion's estimates.
-                            --compare-peers also runs PyTorch/ONNX Runtime (conv_bench.py from
-                            DIR, $CONVKIT_PEERS_DIR or ../shared/peers) with PY ($CONVKIT_PEERS_PYTHON
-                            or python3) and adds ratio columns measured in the same run.
+                            --quick: criterion's quick mode, each benchmark capped at 0.5 s
+                            (the benches read CONVKIT_BENCH_QUICK=1) and the naive conv only
+                            on shapes under 20 MFLOP.
+                            --compare-peers also runs PyTorch/ONNX Runtime (conv_bench.py and
+                            lenet_torch.py from DIR, $CONVKIT_PEERS_DIR or ../shared/peers) with
+                            PY ($CONVKIT_PEERS_PYTHON or python3) and adds ratio columns measured
+                            in the same run.
   peak                      measure this machine's f32 FMA throughput (the bench report's peak).
   train [-- ARGS]           train LeNet-5 on Fashion-MNIST (installing Debian's
                             dataset-fashion-mnist with apt-get when no data is found);
@@ -90,6 +94,25 @@ fn cargo() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
+/// A command running the cargo that invoked us, without the variables `cargo run` set for
+/// this binary (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …). Build scripts that watch them
+/// (ring's, through `rerun-if-env-changed`) would otherwise see them change between a plain
+/// `cargo bench` and one started from here, and rebuild — with the bench profile's LTO, minutes
+/// of compiling before `cargo xtask bench` measures anything.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(cargo());
+    for (key, _) in env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(k, "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE")
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// One step of a task: a cargo command with extra environment variables.
 struct Step {
     name: &'static str,
@@ -112,7 +135,7 @@ impl Step {
         let shown_env: String = self.envs.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         println!("\n==> [{}] {shown_env}cargo {}", self.name, self.args.join(" "));
         let start = Instant::now();
-        let status = Command::new(cargo())
+        let status = cargo_command()
             .args(&self.args)
             .envs(self.envs.iter().copied())
             .current_dir(root())
@@ -213,7 +236,15 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     if quick {
         cargo_args.push("--quick");
     }
+    // The report lists what this run measures: criterion results written before it (other
+    // filters, or benches quick mode skips) are left out.
+    let bench_start = std::time::SystemTime::now();
     let mut step = Step::new("bench", &cargo_args);
+    if quick {
+        // The benches read this to cap each measurement at 0.5 s (criterion's quick mode stops
+        // there) and to skip the naive convolution on shapes above 20 MFLOP.
+        step = step.env(QUICK_ENV, "1");
+    }
     if let Some(f) = &filter {
         step.args.push(f.clone());
     }
@@ -248,23 +279,76 @@ fn bench(args: &[String]) -> Result<ExitCode> {
                 );
             }
         }
+        lenet_peers(dir, &python, &out, bench_threads(), quick)?;
         peers = report::read_peers(&out)?;
     }
 
     if write_report {
-        let records = report::collect(&root().join("target/criterion"))?;
+        let records = report::collect(&root().join("target/criterion"), Some(bench_start))?;
         let ctx = report::ReportContext {
             peak,
             auto_choice: auto_choices(),
             machine: machine(),
             command: format!("cargo xtask bench {}", args.join(" ")).trim_end().to_owned(),
             quick,
+            threads: bench_threads(),
         };
         let (md, svg) = report::write(&root().join("docs"), &records, &peers, &ctx)?;
         println!("\nwrote {} and {} ({} benchmarks)", md.display(), svg.display(), records.len());
     }
     println!("bench finished in {:.0} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The environment variable `cargo xtask bench --quick` sets for the criterion benches.
+const QUICK_ENV: &str = "CONVKIT_BENCH_QUICK";
+
+/// The size of rayon's global pool in the benches: `RAYON_NUM_THREADS` when it is set to a
+/// positive number, otherwise every hardware thread.
+fn bench_threads() -> usize {
+    env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// PyTorch's LeNet-5 on the same number of threads as the `lenet/*` benches:
+/// `lenet_torch.py train` for one epoch of Fashion-MNIST (training images/s) and
+/// `lenet_torch.py infer` (batch-1 latency, batch-256 images/s), writing their JSON into
+/// `out`. Skipped, with a note, when Fashion-MNIST is not installed where the script looks.
+fn lenet_peers(dir: &Path, python: &str, out: &Path, threads: usize, quick: bool) -> Result<()> {
+    if !has_idx_files(Path::new(DEBIAN_FASHION_DIR)) {
+        println!(
+            "\npeers: no Fashion-MNIST in {DEBIAN_FASHION_DIR}; the LeNet-5 section has no PyTorch column"
+        );
+        return Ok(());
+    }
+    let script = dir.join("lenet_torch.py").display().to_string();
+    let (t, out_s) = (threads.to_string(), out.display().to_string());
+    let data = DEBIAN_FASHION_DIR.to_owned();
+    let mut train = vec![script.clone(), "train".into(), "--name".into(), "fashion".into()];
+    train.extend(["--data".into(), data.clone(), "--epochs".into(), "1".into()]);
+    train.extend(["--threads".into(), t.clone(), "--out".into(), out_s.clone()]);
+    let mut infer = vec![script, "infer".into(), "--data".into(), data];
+    infer.extend(["--threads-list".into(), t, "--out".into(), out_s]);
+    // The script waits (up to 20–30 s) for other processes to go quiet before it measures:
+    // PyTorch's OpenMP threads slow down several times when another process holds a core.
+    if quick {
+        infer.extend(["--rounds".into(), "1".into(), "--reps".into(), "3".into()]);
+    }
+    for cmd in [train, infer] {
+        println!("\n==> [peers] {python} {}", cmd.join(" "));
+        let status = Command::new(python)
+            .args(&cmd)
+            .current_dir(root())
+            .status()
+            .with_context(|| format!("could not run {python}"))?;
+        if !status.success() {
+            bail!("peers: `{}` failed", cmd.join(" "));
+        }
+    }
+    Ok(())
 }
 
 fn default_peers_dir() -> PathBuf {
@@ -276,7 +360,7 @@ fn default_peers_dir() -> PathBuf {
 /// The algorithm `ConvAlgo::Auto` picks for each suite shape, as printed by the
 /// `auto_choice` example of convkit-conv (`shape algo` per line); empty if it cannot run.
 fn auto_choices() -> std::collections::BTreeMap<String, String> {
-    let out = Command::new(cargo())
+    let out = cargo_command()
         .args(["run", "--release", "--quiet", "-p", "convkit-conv", "--example", "auto_choice"])
         .current_dir(root())
         .output();
@@ -418,7 +502,7 @@ fn ensure_data(args: &[String]) -> Result<()> {
     }
     println!("train: {dataset} not found; downloading it into data/{dataset}/");
     run_cmd(
-        Command::new(cargo())
+        cargo_command()
             .args(["run", "--release", "-p", "convkit-models", "--bin", "lenet", "--", "fetch"])
             .arg(&dataset)
             .current_dir(root()),
@@ -445,7 +529,7 @@ fn train(args: &[String]) -> Result<ExitCode> {
             dir.join(format!("lenet-{dataset}.safetensors"))
         }
     };
-    let mut cmd = Command::new(cargo());
+    let mut cmd = cargo_command();
     cmd.args(["run", "--release", "-p", "convkit-models", "--bin", "lenet", "--", "train"])
         .args(TRAIN_DEFAULTS)
         .arg("--out")

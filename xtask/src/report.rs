@@ -5,12 +5,15 @@
 //! id, function id and throughput) and `estimates.json` (median time in ns). The report reads
 //! every such pair, so it needs no list of benchmark names; it knows the naming conventions of
 //! the conv suite (`conv_fwd_t{threads}/{shape}` and `conv_bwd_t{threads}/{shape}`, one
-//! function per algorithm) to lay those out as tables, and lists everything else as is.
+//! function per algorithm) to lay those out as tables, the LeNet-5 benches of convkit-models
+//! (`lenet/train_step_b64`, `lenet/infer_b1`, `lenet/infer_b256`) as their own section, and
+//! lists everything else as is.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -37,28 +40,35 @@ impl Record {
     }
 }
 
-/// Reads every `new/benchmark.json` + `new/estimates.json` pair under `dir`.
-pub fn collect(dir: &Path) -> Result<Vec<Record>> {
+/// Reads every `new/benchmark.json` + `new/estimates.json` pair under `dir` whose estimates
+/// were written at or after `since` (all of them when `None`), so that a report lists only
+/// what its own run measured, not results left over from earlier runs.
+pub fn collect(dir: &Path, since: Option<SystemTime>) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     if dir.is_dir() {
-        walk(dir, &mut out)?;
+        walk(dir, since, &mut out)?;
     }
     out.sort_by(|a, b| (&a.group, &a.function).cmp(&(&b.group, &b.function)));
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<Record>) -> Result<()> {
+fn walk(dir: &Path, since: Option<SystemTime>, out: &mut Vec<Record>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         if !path.is_dir() {
             continue;
         }
         if path.file_name().is_some_and(|n| n == "new") {
-            if let Some(r) = read_record(&path)? {
+            let fresh = since.is_none_or(|t| {
+                fs::metadata(path.join("estimates.json"))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m >= t)
+            });
+            if fresh && let Some(r) = read_record(&path)? {
                 out.push(r);
             }
         } else {
-            walk(&path, out)?;
+            walk(&path, since, out)?;
         }
     }
     Ok(())
@@ -83,7 +93,9 @@ fn read_record(new_dir: &Path) -> Result<Option<Record>> {
     };
     Ok(Some(Record {
         group: group.to_owned(),
-        function: b["function_id"].as_str().unwrap_or("").to_owned(),
+        // `BenchmarkId::from_parameter` leaves the function id null and names the bench by
+        // its parameter (`matmul_square/512`).
+        function: b["function_id"].as_str().or(b["value_str"].as_str()).unwrap_or("").to_owned(),
         median_ns,
         elements: b["throughput"]["Elements"].as_f64(),
     }))
@@ -94,6 +106,68 @@ fn read_record(new_dir: &Path) -> Result<Option<Record>> {
 pub struct Peers {
     /// `(threads, shape) → (torch fwd, ort fwd, torch bwd)` medians in ms.
     pub ms: BTreeMap<(usize, String), [Option<f64>; 3]>,
+    /// PyTorch's LeNet-5, from `lenet_torch.py`.
+    pub lenet: LenetPeer,
+}
+
+/// PyTorch's LeNet-5 numbers, read from the JSON `lenet_torch.py train` and `infer` write.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct LenetPeer {
+    /// Threads PyTorch ran on in the training run.
+    pub train_threads: Option<usize>,
+    /// Training images/s at batch 64 (median over the epochs run).
+    pub train_images_per_sec: Option<f64>,
+    /// Threads of the inference run.
+    pub infer_threads: Option<usize>,
+    /// Batch-1 latency in µs (median over rounds of the per-round medians).
+    pub b1_latency_us: Option<f64>,
+    /// Batch-256 images/s (median over rounds of the per-round medians).
+    pub b256_images_per_sec: Option<f64>,
+}
+
+impl LenetPeer {
+    /// Whether any number is present.
+    pub fn is_empty(&self) -> bool {
+        self.train_images_per_sec.is_none()
+            && self.b1_latency_us.is_none()
+            && self.b256_images_per_sec.is_none()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// The LeNet-5 numbers of `lenet_torch.py train` (`train`, the `lenet_fashion_sgd.json` it
+/// writes) and `lenet_torch.py infer` (`infer`, `lenet_infer_torch.json`, its first run).
+pub fn parse_lenet_peer(train: Option<&Value>, infer: Option<&Value>) -> LenetPeer {
+    let mut p = LenetPeer::default();
+    if let Some(t) = train {
+        p.train_images_per_sec = t["median_train_img_s"].as_f64();
+        p.train_threads = t["env"]["threads"].as_u64().map(|n| n as usize);
+    }
+    if let Some((name, run)) =
+        infer.and_then(|v| v["runs"].as_object()).and_then(|r| r.iter().next())
+    {
+        p.infer_threads = name.strip_suffix('t').and_then(|n| n.parse().ok());
+        let rounds = |key: &str, field: &str| {
+            median(
+                run[key]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|r| r[field].as_f64()).collect())
+                    .unwrap_or_default(),
+            )
+        };
+        p.b1_latency_us = rounds("b1_latency_us", "median");
+        p.b256_images_per_sec = rounds("b256_throughput", "img_s_median");
+    }
+    p
 }
 
 /// Reads the peer results written by `conv_bench.py --out DIR`.
@@ -115,6 +189,13 @@ pub fn read_peers(dir: &Path) -> Result<Peers> {
             );
         }
     }
+    let optional = |name: &str| -> Result<Option<Value>> {
+        let path = dir.join(name);
+        if path.is_file() { read_json(&path).map(Some) } else { Ok(None) }
+    };
+    let train = optional("lenet_fashion_sgd.json")?;
+    let infer = optional("lenet_infer_torch.json")?;
+    peers.lenet = parse_lenet_peer(train.as_ref(), infer.as_ref());
     Ok(peers)
 }
 
@@ -130,6 +211,108 @@ pub struct ReportContext {
     pub command: String,
     /// Whether criterion ran in `--quick` mode.
     pub quick: bool,
+    /// Threads of rayon's global pool, which the benches without a pool of their own use.
+    pub threads: usize,
+}
+
+/// The group id of the LeNet-5 benches and their function ids.
+const LENET_GROUP: &str = "lenet";
+const LENET_TRAIN: &str = "train_step_b64";
+const LENET_B1: &str = "infer_b1";
+const LENET_B256: &str = "infer_b256";
+
+/// Images per second of a bench whose throughput counts images.
+fn images_per_sec(r: &Record) -> Option<f64> {
+    r.elements.map(|e| e * 1e9 / r.median_ns)
+}
+
+/// Thousands separated by commas: 12345.6 → "12,346".
+fn fmt_count(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The "LeNet-5" section: the `lenet/*` benches, and PyTorch's numbers beside them when the
+/// peers ran. Empty when the run has no LeNet-5 bench.
+pub fn lenet_section(records: &[Record], peer: &LenetPeer, threads: usize) -> String {
+    let find = |f: &str| records.iter().find(|r| r.group == LENET_GROUP && r.function == f);
+    let (train, b1, b256) = (find(LENET_TRAIN), find(LENET_B1), find(LENET_B256));
+    if train.is_none() && b1.is_none() && b256.is_none() {
+        return String::new();
+    }
+    let mut md = String::new();
+    let _ = writeln!(md, "## LeNet-5, {threads} thread{}\n", if threads == 1 { "" } else { "s" });
+    let _ = writeln!(
+        md,
+        "The `lenet/*` benches of convkit-models (`crates/models/benches/lenet.rs`) on rayon's \
+         global pool of {threads} thread{} (`RAYON_NUM_THREADS` changes it), on synthetic \
+         seeded images: one training step of `lenet train` at batch 64 (forward, backward, SGD \
+         update) and `LeNet5::logits` at batch 1 and 256. Accuracy per epoch on the real data \
+         is in [training.md](training.md).\n",
+        if threads == 1 { "" } else { "s" }
+    );
+    let with_peer = !peer.is_empty();
+    if with_peer {
+        let th = |t: Option<usize>| t.map_or("?".to_owned(), |t| t.to_string());
+        let _ = writeln!(
+            md,
+            "PyTorch: `lenet_torch.py train` (one epoch of Fashion-MNIST, {} threads: its \
+             images/s cover the whole epoch, batching included) and `lenet_torch.py infer` ({} \
+             threads), run by `--compare-peers` in the same session. \
+             \"Speed ratio\" is convkit's speed over PyTorch's (above 1: convkit is faster).\n",
+            th(peer.train_threads),
+            th(peer.infer_threads)
+        );
+        let _ = writeln!(md, "| measurement | convkit | PyTorch | speed ratio |");
+        let _ = writeln!(md, "|---|---|---|---|");
+    } else {
+        let _ = writeln!(md, "| measurement | convkit |");
+        let _ = writeln!(md, "|---|---|");
+    }
+    let rows = [
+        (
+            "training, batch 64 (images/s)",
+            train.and_then(|r| {
+                images_per_sec(r)
+                    .map(|v| format!("{} ({} per step)", fmt_count(v), fmt_time(r.median_ns)))
+            }),
+            peer.train_images_per_sec,
+            train.and_then(images_per_sec).zip(peer.train_images_per_sec).map(|(a, b)| a / b),
+        ),
+        (
+            "inference, batch 1 (latency)",
+            b1.map(|r| fmt_time(r.median_ns)),
+            peer.b1_latency_us,
+            b1.zip(peer.b1_latency_us).map(|(r, us)| us * 1e3 / r.median_ns),
+        ),
+        (
+            "inference, batch 256 (images/s)",
+            b256.and_then(images_per_sec).map(fmt_count),
+            peer.b256_images_per_sec,
+            b256.and_then(images_per_sec).zip(peer.b256_images_per_sec).map(|(a, b)| a / b),
+        ),
+    ];
+    for (i, (name, ours, theirs, ratio)) in rows.into_iter().enumerate() {
+        let ours = ours.unwrap_or_else(|| "–".to_owned());
+        if with_peer {
+            let theirs = theirs.map_or("–".to_owned(), |v| {
+                if i == 1 { format!("{v:.1} µs") } else { fmt_count(v) }
+            });
+            let ratio = ratio.map_or("–".to_owned(), |r| format!("{r:.2}x"));
+            let _ = writeln!(md, "| {name} | {ours} | {theirs} | {ratio} |");
+        } else {
+            let _ = writeln!(md, "| {name} | {ours} |");
+        }
+    }
+    let _ = writeln!(md);
+    md
 }
 
 fn fmt_time(ns: f64) -> String {
@@ -171,7 +354,13 @@ pub fn write(
         "Generated by `{}`{}. Every number below is a criterion median measured in that run; \
          rerun the command to regenerate this page and `docs/bench-chart.svg`.\n",
         ctx.command,
-        if ctx.quick { " (quick mode: fewer samples, wider error bars)" } else { "" }
+        if ctx.quick {
+            " in quick mode: criterion's `--quick` (each benchmark measured until its estimate \
+             settles or 0.5 s have passed) and `naive` convolution only on shapes under 20 MFLOP, so \
+             fewer samples and wider error bars than a full run"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(md, "## Machine\n");
     let _ = writeln!(md, "- {}", ctx.machine);
@@ -281,9 +470,12 @@ pub fn write(
         }
     }
 
+    md.push_str(&lenet_section(records, &peers.lenet, ctx.threads));
+
     let others: Vec<&Record> = records
         .iter()
         .filter(|r| !r.group.starts_with("conv_fwd_t") && !r.group.starts_with("conv_bwd_t"))
+        .filter(|r| r.group != LENET_GROUP)
         .collect();
     if !others.is_empty() {
         let _ = writeln!(md, "## Other benchmarks\n");
@@ -389,4 +581,117 @@ fn chart(records: &[Record]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rec(function: &str, median_ns: f64, elements: f64) -> Record {
+        Record {
+            group: LENET_GROUP.to_owned(),
+            function: function.to_owned(),
+            median_ns,
+            elements: Some(elements),
+        }
+    }
+
+    #[test]
+    fn counts_get_thousands_separators() {
+        assert_eq!(fmt_count(0.4), "0");
+        assert_eq!(fmt_count(999.6), "1,000");
+        assert_eq!(fmt_count(12_345.6), "12,346");
+        assert_eq!(fmt_count(1_234_567.0), "1,234,567");
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+    }
+
+    #[test]
+    fn lenet_peer_is_read_from_the_scripts_json() {
+        let train = serde_json::json!({"median_train_img_s": 6517.0, "env": {"threads": 2}});
+        let infer = serde_json::json!({"runs": {"2t": {
+            "b1_latency_us": [{"median": 420.0}, {"median": 440.0}],
+            "b256_throughput": [{"img_s_median": 40000.0}],
+        }}});
+        let p = parse_lenet_peer(Some(&train), Some(&infer));
+        assert_eq!(p.train_images_per_sec, Some(6517.0));
+        assert_eq!(p.train_threads, Some(2));
+        assert_eq!(p.infer_threads, Some(2));
+        assert_eq!(p.b1_latency_us, Some(430.0));
+        assert_eq!(p.b256_images_per_sec, Some(40000.0));
+        assert!(parse_lenet_peer(None, None).is_empty());
+    }
+
+    #[test]
+    fn lenet_section_converts_medians_to_images_per_second_and_ratios() {
+        // 64 images in 8 ms: 8,000 images/s; 256 in 6.4 ms: 40,000 images/s.
+        let records = vec![
+            rec(LENET_TRAIN, 8e6, 64.0),
+            rec(LENET_B1, 200e3, 1.0),
+            rec(LENET_B256, 6.4e6, 256.0),
+            Record { group: "other".into(), function: "x".into(), median_ns: 1.0, elements: None },
+        ];
+        let md = lenet_section(&records, &LenetPeer::default(), 2);
+        assert!(md.starts_with("## LeNet-5, 2 threads"), "{md}");
+        assert!(
+            md.contains("| training, batch 64 (images/s) | 8,000 (8.00 ms per step) |"),
+            "{md}"
+        );
+        assert!(md.contains("| inference, batch 1 (latency) | 200.0 µs |"), "{md}");
+        assert!(md.contains("| inference, batch 256 (images/s) | 40,000 |"), "{md}");
+        assert!(!md.contains("PyTorch"), "{md}");
+
+        let peer = LenetPeer {
+            train_threads: Some(2),
+            train_images_per_sec: Some(4000.0),
+            infer_threads: Some(2),
+            b1_latency_us: Some(400.0),
+            b256_images_per_sec: None,
+        };
+        let md = lenet_section(&records, &peer, 2);
+        assert!(
+            md.contains(
+                "| training, batch 64 (images/s) | 8,000 (8.00 ms per step) | 4,000 | 2.00x |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| inference, batch 1 (latency) | 200.0 µs | 400.0 µs | 2.00x |"),
+            "{md}"
+        );
+        assert!(md.contains("| inference, batch 256 (images/s) | 40,000 | – | – |"), "{md}");
+    }
+
+    #[test]
+    fn collect_skips_results_older_than_the_run() {
+        let dir = std::env::temp_dir().join(format!("xtask-criterion-{}", std::process::id()));
+        let new = dir.join("lenet/infer_b1/new");
+        fs::create_dir_all(&new).unwrap();
+        let bench = r#"{"group_id":"lenet","function_id":"infer_b1","throughput":{"Elements":1}}"#;
+        let by_param = dir.join("matmul_square/512/new");
+        fs::create_dir_all(&by_param).unwrap();
+        let param = r#"{"group_id":"matmul_square","function_id":null,"value_str":"512"}"#;
+        fs::write(by_param.join("benchmark.json"), param).unwrap();
+        fs::write(by_param.join("estimates.json"), r#"{"median":{"point_estimate":5.0}}"#).unwrap();
+        fs::write(new.join("benchmark.json"), bench).unwrap();
+        fs::write(new.join("estimates.json"), r#"{"median":{"point_estimate":2000.0}}"#).unwrap();
+        let all = collect(&dir, None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].median_ns, all[0].elements), (2000.0, Some(1.0)));
+        assert_eq!((all[1].group.as_str(), all[1].function.as_str()), ("matmul_square", "512"));
+        let later = SystemTime::now() + std::time::Duration::from_secs(3600);
+        assert!(collect(&dir, Some(later)).unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_lenet_records_no_section() {
+        assert_eq!(lenet_section(&[], &LenetPeer::default(), 2), "");
+    }
 }

@@ -143,6 +143,11 @@ fn bench(c: &mut Criterion) {
     let params: Vec<(Param, Param)> =
         m.w.iter().zip(&m.b).map(|(w, b)| (Param::new(w.clone()), Param::new(b.clone()))).collect();
     let mut g = c.benchmark_group("lenet_step_b64");
+    // `cargo xtask bench --quick` sets CONVKIT_BENCH_QUICK=1: criterion's quick mode then stops
+    // at 0.5 s per benchmark instead of the default 5 s.
+    if std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1") {
+        g.measurement_time(std::time::Duration::from_millis(500));
+    }
     g.bench_function("direct_kernels", |bch| {
         bch.iter(|| black_box(direct_step(&x, &labels, &m).map(|v| v.len()).unwrap_or(0)))
     });

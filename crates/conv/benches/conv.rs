@@ -14,6 +14,11 @@
 //! are `conv_fwd_t{threads}/{shape}` and `conv_bwd_t{threads}/{shape}`, one function per
 //! algorithm — the names `cargo xtask bench` lays out in `docs/benchmarks.md`. Quick look:
 //! `cargo bench -p convkit-conv --bench conv -- --quick conv_fwd_t1/res3x3_28b8`.
+//!
+//! `CONVKIT_BENCH_QUICK=1` (set by `cargo xtask bench --quick`) shortens the run for criterion's
+//! `--quick` mode, which measures until the estimate settles or the measurement time is up:
+//! each group's measurement time is capped at 0.5 s (instead of 2 s, 1 s for pooling), and
+//! `naive`, the slow reference, is measured only below 20 MFLOP (`lenet_c1` and `depthwise`).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -24,6 +29,19 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Naive is only measured below this many FLOPs.
 const NAIVE_MAX_FLOPS: u64 = 50_000_000;
+/// The same limit when `CONVKIT_BENCH_QUICK=1`.
+const NAIVE_MAX_FLOPS_QUICK: u64 = 20_000_000;
+
+/// Whether `CONVKIT_BENCH_QUICK=1` asks for a short run (`cargo xtask bench --quick`).
+fn quick() -> bool {
+    std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1")
+}
+
+/// The measurement time of a group: `normal`, or 0.5 s in a quick run. In criterion's quick
+/// mode this is the cap on each benchmark's time.
+fn measurement_time(normal: Duration) -> Duration {
+    if quick() { normal.min(Duration::from_millis(500)) } else { normal }
+}
 
 fn data(len: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
@@ -38,9 +56,10 @@ fn data(len: usize, seed: u32) -> Vec<f32> {
 }
 
 fn algos(g: &ConvGeometry) -> impl Iterator<Item = ConvAlgo> + '_ {
+    let naive_max = if quick() { NAIVE_MAX_FLOPS_QUICK } else { NAIVE_MAX_FLOPS };
     ConvAlgo::ALL
         .into_iter()
-        .filter(move |&a| supports(a, g) && !(a == ConvAlgo::Naive && g.flops() > NAIVE_MAX_FLOPS))
+        .filter(move |&a| supports(a, g) && !(a == ConvAlgo::Naive && g.flops() > naive_max))
 }
 
 /// `sgemm` alone on the product im2col runs for each shape (`[K', C'RS] · [C'RS, OH·OW]` per
@@ -56,7 +75,7 @@ fn gemm_ceiling(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("gemm/{}", shape.name));
         group.throughput(Throughput::Elements(g.flops()));
         group.sample_size(10).warm_up_time(Duration::from_millis(500));
-        group.measurement_time(Duration::from_secs(2));
+        group.measurement_time(measurement_time(Duration::from_secs(2)));
         group.bench_function("sgemm", |bench| {
             bench.iter(|| {
                 for _ in 0..g.n * g.params.groups {
@@ -100,7 +119,7 @@ fn bench_threads(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
         let mut group = c.benchmark_group(format!("conv_fwd_t{threads}/{}", shape.name));
         group.throughput(Throughput::Elements(g.flops()));
         group.sample_size(10).warm_up_time(Duration::from_millis(500));
-        group.measurement_time(Duration::from_secs(2));
+        group.measurement_time(measurement_time(Duration::from_secs(2)));
         for algo in algos(&g) {
             group.bench_function(algo.name(), |bench| {
                 bench.iter(|| {
@@ -115,7 +134,7 @@ fn bench_threads(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
         let mut group = c.benchmark_group(format!("conv_bwd_t{threads}/{}", shape.name));
         group.throughput(Throughput::Elements(2 * g.flops()));
         group.sample_size(10).warm_up_time(Duration::from_millis(500));
-        group.measurement_time(Duration::from_secs(2));
+        group.measurement_time(measurement_time(Duration::from_secs(2)));
         // Every algorithm's backward: `direct` runs its own kernel where `backward_kernel`
         // picks it; after Winograd the input gradient is a Winograd convolution and the weight
         // and bias gradients run on im2col.
@@ -156,7 +175,7 @@ fn pooling(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("pool/{name}"));
         group.throughput(Throughput::Elements(g.input_len() as u64));
         group.sample_size(10).warm_up_time(Duration::from_millis(300));
-        group.measurement_time(Duration::from_secs(1));
+        group.measurement_time(measurement_time(Duration::from_secs(1)));
         group.bench_function("max", |b| {
             b.iter(|| max_pool2d(&g, black_box(&x), &mut out, &mut idx).ok())
         });

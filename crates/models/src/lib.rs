@@ -35,22 +35,20 @@
 //! loads with [`LeNet5::load`] unchanged.
 //!
 //! ## Recipes and results (Fashion-MNIST, 60,000 / 10,000 images)
-//! | recipe | test accuracy |
+//! | recipe | test accuracy after the last epoch |
 //! |---|---|
-//! | reference: SGD lr 0.01, momentum 0.9, batch 64, 10 epochs, seed 0 | 0.9019 (PyTorch 0.8943) |
-//! | the same over seeds 0–4 (PyTorch: seeds 0–2) | mean 0.8975 (PyTorch mean 0.8933) |
-//! | `cargo xtask train`: Adam lr 0.002, cosine per step, batch 64, 15 epochs, `--hflip` | 0.9136 |
+//! | reference: SGD lr 0.01, momentum 0.9, batch 64, 10 epochs, seed 0 | 0.9015 (PyTorch 0.8943) |
+//! | the same over seeds 0–4 (PyTorch: seeds 0–2) | mean 0.8974 (PyTorch mean 0.8933) |
+//! | `cargo xtask train`: Adam lr 0.002, cosine per step, batch 64, 15 epochs, `--hflip` | 0.9153 |
 //! | PyTorch's trained weights evaluated here (`lenet eval`) | 0.8943, identical |
 //!
-//! Reference recipe, final test accuracy per seed: 0.9019, 0.9002, 0.8924, 0.8969, 0.8961
+//! Reference recipe, final test accuracy per seed: 0.9015, 0.9002, 0.8924, 0.8969, 0.8961
 //! (seeds 0–4); PyTorch with `shared/peers/lenet_torch.py train --seed S`: 0.8943, 0.8918,
 //! 0.8938 (seeds 0–2). The seeds draw different initial weights and batch orders in the two
 //! libraries, so single runs differ by up to a point; the means differ by 0.4 points.
-//! Reference run per epoch (test accuracy): 0.8157, 0.8537, 0.8717, 0.8752, 0.8828, 0.8919,
-//! 0.8883, 0.8959, 0.8926, 0.9019 (PyTorch: 0.8127, 0.8445, 0.8640, 0.8726, 0.8817, …, 0.8943).
-//! The default recipe: 0.8340, 0.8647, 0.8828, 0.8834, 0.8939, 0.8981, 0.9005, 0.9053, 0.9064,
-//! 0.9086, 0.9108, 0.9126, 0.9132, 0.9134, 0.9136. Measured with `lenet train --json --threads
-//! 2` on a shared 2-core machine; the per-epoch metrics are in `<out>.metrics.jsonl`.
+//! `docs/training.md` has both recipes epoch by epoch (loss, accuracy, time), measured with
+//! `lenet train --json` on a 2-core machine, and the commands that reproduce them; the
+//! per-epoch metrics of any run are in `<out>.metrics.jsonl`.
 //!
 //! ## Threads and determinism
 //! The kernels run on rayon's pool (`--threads N` installs a pool of N). The same seed gives

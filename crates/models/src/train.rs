@@ -16,7 +16,7 @@ use std::time::Instant;
 use convkit_autograd::Tape;
 use convkit_nn::checkpoint::{self, Metadata};
 use convkit_nn::{Adam, AdamConfig, Module, Optimizer, Sgd, SgdConfig, params};
-use convkit_tensor::Rng;
+use convkit_tensor::{Rng, Tensor};
 
 use crate::data::{Dataset, Normalization};
 use crate::error::{DataError, Result, invalid};
@@ -257,6 +257,15 @@ impl EpochMetrics {
     }
 }
 
+/// What one [`Trainer::train_step`] reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutput {
+    /// The batch's mean cross-entropy loss, before the update.
+    pub loss: f32,
+    /// Correct predictions in the batch, before the update.
+    pub correct: usize,
+}
+
 /// Accuracy, per-class accuracy and confusion matrix on a dataset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
@@ -404,21 +413,10 @@ impl Trainer {
             if self.cfg.hflip {
                 crate::data::random_hflip(&mut batch.images, &mut flip_rng)?;
             }
-            let tape = Tape::new();
-            let logits = self.model.forward(&tape.input(batch.images))?;
-            let loss = logits.cross_entropy(&batch.labels)?;
-            let lv = loss.value().as_slice()[0];
-            if !lv.is_finite() {
-                self.opt.zero_grad();
-                return Err(DataError::NonFiniteLoss { epoch: epoch + 1, batch: b + 1, loss: lv });
-            }
-            loss.backward()?;
-            self.opt.step()?;
-            self.opt.zero_grad();
-            let pred = logits.value().argmax_axis(1)?;
-            correct += pred.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
-            loss_sum += f64::from(lv) * batch.labels.len() as f64;
-            on_batch(b, n_batches, lv);
+            let step = self.step(batch.images, &batch.labels, b)?;
+            correct += step.correct;
+            loss_sum += f64::from(step.loss) * batch.labels.len() as f64;
+            on_batch(b, n_batches, step.loss);
         }
         let seconds = start.elapsed().as_secs_f64();
         let eval = evaluate(&self.model, test)?;
@@ -433,6 +431,41 @@ impl Trainer {
             images_per_sec: n / seconds.max(1e-9),
             lr,
         })
+    }
+
+    /// One optimization step on a batch of preprocessed `images` `[n, 1, 32, 32]` with their
+    /// `labels`: forward on a fresh tape, cross-entropy, backward, the optimizer's update at
+    /// learning rate `lr`, gradients cleared. This is the step [`Trainer::train_epoch`] runs
+    /// for every batch (which sets `lr` from the schedule); it does not count epochs.
+    ///
+    /// A non-finite loss is an error ([`DataError::NonFiniteLoss`], batch 1 of the current
+    /// epoch) and leaves the weights unchanged.
+    pub fn train_step(&mut self, images: Tensor, labels: &[usize], lr: f32) -> Result<StepOutput> {
+        self.opt.set_lr(lr);
+        self.step(images, labels, 0)
+    }
+
+    /// [`Trainer::train_step`] at the optimizer's current learning rate; `batch` (0-based)
+    /// names the batch in the error for a non-finite loss.
+    fn step(&mut self, images: Tensor, labels: &[usize], batch: usize) -> Result<StepOutput> {
+        let tape = Tape::new();
+        let logits = self.model.forward(&tape.input(images))?;
+        let loss = logits.cross_entropy(labels)?;
+        let lv = loss.value().as_slice()[0];
+        if !lv.is_finite() {
+            self.opt.zero_grad();
+            return Err(DataError::NonFiniteLoss {
+                epoch: self.epochs_done + 1,
+                batch: batch + 1,
+                loss: lv,
+            });
+        }
+        loss.backward()?;
+        self.opt.step()?;
+        self.opt.zero_grad();
+        let pred = logits.value().argmax_axis(1)?;
+        let correct = pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+        Ok(StepOutput { loss: lv, correct })
     }
 
     /// Saves the model (with the normalization, the recipe and the epoch in its metadata)

@@ -9,7 +9,9 @@
 //!   `[out, in]` (transpose by strides).
 //! * `batched/…`: a batched product, to see the rayon split.
 //!
-//! `cargo bench -p convkit-tensor --bench matmul -- --quick` runs in well under a minute.
+//! `cargo bench -p convkit-tensor --bench matmul -- --quick` runs in well under a minute;
+//! with `CONVKIT_BENCH_QUICK=1` (set by `cargo xtask bench --quick`) each measurement is
+//! capped at 0.5 s, the time at which criterion's quick mode stops.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -24,6 +26,15 @@ fn random(dims: &[usize], seed: u64) -> Tensor {
     }
 }
 
+/// A group's measurement time: `normal`, or at most 0.5 s when `CONVKIT_BENCH_QUICK=1`.
+fn measurement_time(normal: Duration) -> Duration {
+    if std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1") {
+        normal.min(Duration::from_millis(500))
+    } else {
+        normal
+    }
+}
+
 fn flops(m: usize, k: usize, n: usize) -> Throughput {
     Throughput::Elements((2 * m * n * k) as u64)
 }
@@ -33,7 +44,7 @@ fn square(c: &mut Criterion) {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
+        .measurement_time(measurement_time(Duration::from_secs(2)));
     for n in [64usize, 128, 256, 512, 1024] {
         let (a, b) = (random(&[n, n], 1), random(&[n, n], 2));
         group.throughput(flops(n, n, n));
@@ -49,7 +60,7 @@ fn raw_sgemm(c: &mut Criterion) {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
+        .measurement_time(measurement_time(Duration::from_secs(2)));
     let n = 512usize;
     let (a, b) = (random(&[n, n], 1), random(&[n, n], 2));
     let mut out = vec![0.0f32; n * n];
@@ -87,7 +98,7 @@ fn lenet_fc(c: &mut Criterion) {
     group
         .sample_size(20)
         .warm_up_time(Duration::from_millis(200))
-        .measurement_time(Duration::from_secs(1));
+        .measurement_time(measurement_time(Duration::from_secs(1)));
     let batch = 64;
     for (inp, out) in [(400usize, 120usize), (120, 84), (84, 10)] {
         let x = random(&[batch, inp], 3);
@@ -106,7 +117,7 @@ fn batched(c: &mut Criterion) {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(200))
-        .measurement_time(Duration::from_secs(1));
+        .measurement_time(measurement_time(Duration::from_secs(1)));
     let (bs, m, k, n) = (16usize, 128usize, 128usize, 128usize);
     let (a, b) = (random(&[bs, m, k], 5), random(&[bs, k, n], 6));
     group.throughput(flops(bs * m, k, n));

@@ -1,0 +1,88 @@
+//! LeNet-5 end to end, through the code paths of the `lenet` tool, on rayon's global pool
+//! (all cores unless `RAYON_NUM_THREADS` says otherwise):
+//!
+//! - `lenet/train_step_b64`: one training step at batch 64 — [`Trainer::train_step`], the
+//!   step `lenet train` runs for every batch (forward on a tape, cross-entropy, backward, SGD
+//!   with momentum 0.9 at lr 0.01, the reference recipe).
+//! - `lenet/infer_b1`: the latency of [`LeNet5::logits`] on one image (what `lenet predict`
+//!   calls).
+//! - `lenet/infer_b256`: [`LeNet5::logits`] on 256 images at once.
+//!
+//! Throughput is `Throughput::Elements(batch)`, so criterion's "elem/s" reads as images per
+//! second. The data is synthetic (seeded random 28x28 bytes and labels, preprocessed by
+//! [`Dataset::batch`] as the real data is), so no dataset is needed. `cargo xtask bench`
+//! lists the three in the "LeNet-5" section of `docs/benchmarks.md`. With
+//! `CONVKIT_BENCH_QUICK=1` (set by `cargo xtask bench --quick`) each measurement is capped at
+//! 0.5 s instead of 3 s.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use convkit_models::{DataError, Dataset, LeNet5, Normalization, TrainConfig, Trainer};
+use convkit_tensor::Rng;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// Images per training step.
+const TRAIN_BATCH: usize = 64;
+/// Images per batch of the throughput measurement.
+const INFER_BATCH: usize = 256;
+
+/// `n` random 28x28 images with random labels, drawn from `seed`.
+fn synthetic(n: usize, seed: u64) -> Result<Dataset, DataError> {
+    let mut rng = Rng::new(seed);
+    let pixels = (0..n * 28 * 28).map(|_| rng.below(256) as u8).collect();
+    let labels = (0..n).map(|_| rng.below(10) as u8).collect();
+    Dataset::from_raw(pixels, labels, Normalization::default())
+}
+
+/// The cap on each measurement: criterion's quick mode stops at it.
+fn measurement_time() -> Duration {
+    if std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1") {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(3)
+    }
+}
+
+fn lenet(c: &mut Criterion) {
+    let setup = || -> Result<_, DataError> {
+        let data = synthetic(INFER_BATCH, 7)?;
+        let all: Vec<usize> = (0..INFER_BATCH).collect();
+        let train = data.batch(&all[..TRAIN_BATCH])?;
+        let one = data.batch(&all[..1])?;
+        let many = data.batch(&all)?;
+        let trainer = Trainer::new(TrainConfig::default(), Normalization::default())?;
+        let model = LeNet5::new(&mut Rng::new(1))?;
+        Ok((train, one, many, trainer, model))
+    };
+    let (train, one, many, mut trainer, model) = match setup() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lenet bench: setup failed: {e}");
+            return;
+        }
+    };
+    let lr = trainer.config().lr;
+
+    let mut group = c.benchmark_group("lenet");
+    group.sample_size(10).warm_up_time(Duration::from_millis(500));
+    group.measurement_time(measurement_time());
+
+    group.throughput(Throughput::Elements(TRAIN_BATCH as u64));
+    group.bench_function(format!("train_step_b{TRAIN_BATCH}"), |b| {
+        // The images tensor shares its buffer, so the clone is a reference count.
+        b.iter(|| trainer.train_step(black_box(train.images.clone()), &train.labels, lr).ok());
+    });
+
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("infer_b1", |b| b.iter(|| model.logits(black_box(&one.images)).ok()));
+
+    group.throughput(Throughput::Elements(INFER_BATCH as u64));
+    group.bench_function(format!("infer_b{INFER_BATCH}"), |b| {
+        b.iter(|| model.logits(black_box(&many.images)).ok())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lenet);
+criterion_main!(benches);
