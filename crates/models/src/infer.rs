@@ -33,7 +33,7 @@ use convkit_tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::lenet::{CLASSES, INPUT_SIZE};
+use crate::lenet::{CLASSES, INPUT_SIZE, check_input};
 
 /// Floats per input image.
 const IMG: usize = INPUT_SIZE * INPUT_SIZE;
@@ -136,6 +136,13 @@ fn conv_params(layer: &Conv2d, c_out: usize, c_in: usize) -> Result<(Vec<f32>, V
     Ok((w.as_slice().to_vec(), b))
 }
 
+/// The model's parameter tensors in `state_dict` order (shared buffers, no copy).
+fn param_values(model: &crate::LeNet5) -> Vec<Tensor> {
+    let mut values = Vec::with_capacity(10);
+    convkit_nn::Module::visit_params(model, "", &mut |_, p| values.push(p.value()));
+    values
+}
+
 impl PackedLeNet {
     /// Repacks the weights of `model`.
     pub fn new(model: &crate::LeNet5) -> Result<Self> {
@@ -152,15 +159,7 @@ impl PackedLeNet {
         let fc1 = Dense::pack(&model.fc1, FEAT, H1, |i| (i % 25) * C2 + i / 25)?;
         let fc2 = Dense::pack(&model.fc2, H1, H2_PAD, |i| i)?;
         let fc3 = Dense::pack(&model.fc3, H2_PAD, OUT_PAD, |i| i)?;
-        let mut source = Vec::with_capacity(10);
-        for layer in [&model.conv1, &model.conv2] {
-            source.push(layer.weight.value());
-            source.extend(layer.bias.as_ref().map(|b| b.value()));
-        }
-        for layer in [&model.fc1, &model.fc2, &model.fc3] {
-            source.push(layer.weight.value());
-            source.extend(layer.bias.as_ref().map(|b| b.value()));
-        }
+        let source = param_values(model);
         let mut c1b = [0f32; C1];
         c1b.copy_from_slice(&b1);
         let mut c2b_arr = [0f32; C2];
@@ -171,29 +170,15 @@ impl PackedLeNet {
     /// Whether these packed weights were made from `model`'s current parameters (an optimizer
     /// step or `set_value` replaces or copies the buffers, which this detects).
     pub fn is_current(&self, model: &crate::LeNet5) -> bool {
-        let mut now = Vec::with_capacity(10);
-        for layer in [&model.conv1, &model.conv2] {
-            now.push(layer.weight.value());
-            now.extend(layer.bias.as_ref().map(|b| b.value()));
-        }
-        for layer in [&model.fc1, &model.fc2, &model.fc3] {
-            now.push(layer.weight.value());
-            now.extend(layer.bias.as_ref().map(|b| b.value()));
-        }
+        let now = param_values(model);
         now.len() == self.source.len()
             && now.iter().zip(&self.source).all(|(a, b)| a.shares_data_with(b))
     }
 
     /// Logits `[n, 10]` for preprocessed images `[n, 1, 32, 32]`.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        if dims.len() != 4 || dims[1..] != [1, INPUT_SIZE, INPUT_SIZE] {
-            return Err(DataError::Invalid {
-                what: "LeNet5",
-                msg: format!("input {dims:?}, expected [batch, 1, 32, 32]"),
-            });
-        }
-        let n = dims[0];
+        check_input(x.dims())?;
+        let n = x.dims()[0];
         let mut out = vec![0f32; n * CLASSES];
         self.logits_into(simd::active(), x.as_slice(), &mut out);
         Ok(Tensor::from_vec(&[n, CLASSES], out)?)

@@ -102,13 +102,7 @@ impl LeNet5 {
     /// `fc1` and `fc2` are reported after their ReLU, `fc3` and `logits` are the same output)
     /// and output, e.g. to show feature maps.
     pub fn forward_inspect(&self, x: &Var, inspect: &mut dyn FnMut(&str, &Var)) -> Result<Var> {
-        let dims = x.dims();
-        if dims.len() != 4 || dims[1..] != [1, INPUT_SIZE, INPUT_SIZE] {
-            return Err(DataError::Invalid {
-                what: "LeNet5",
-                msg: format!("input {dims:?}, expected [batch, 1, 32, 32]"),
-            });
-        }
+        check_input(x.dims())?;
         let pool = AvgPool2d::new(2);
         let mut h = self.conv1.forward(x)?;
         inspect("conv1", &h);
@@ -242,6 +236,17 @@ impl LeNet5 {
             linear("fc3", &self.fc3),
         ])
     }
+}
+
+/// Checks that `dims` is a batch of preprocessed images, `[n, 1, 32, 32]`.
+pub(crate) fn check_input(dims: &[usize]) -> Result<()> {
+    if dims.len() != 4 || dims[1..] != [1, INPUT_SIZE, INPUT_SIZE] {
+        return Err(DataError::Invalid {
+            what: "LeNet5",
+            msg: format!("input {dims:?}, expected [batch, 1, 32, 32]"),
+        });
+    }
+    Ok(())
 }
 
 fn count(p: &Param) -> usize {
