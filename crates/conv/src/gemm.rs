@@ -1,8 +1,22 @@
-//! A safe, bounds-checked wrapper over `matrixmultiply::sgemm`.
+//! Matrix products for the convolution kernels: a packed AVX2 GEMM ([`packed`]), a safe,
+//! bounds-checked wrapper over `matrixmultiply::sgemm`, and two small-shape paths.
 //!
-//! `matrixmultiply` takes raw pointers and strides; this module checks once, before the call,
-//! that every element the strides can reach lies inside the slices, so the kernels above it
-//! never write `unsafe` for a GEMM.
+//! [`sgemm`] runs the packed 6x16 kernel of [`packed`] when the active SIMD level is AVX2+FMA
+//! and `matrixmultiply::sgemm` otherwise (the portable fallback, which `CONVKIT_SIMD=off`
+//! selects). Both take raw pointers and strides underneath; this module checks once, before
+//! the call, that every element the strides can reach lies inside the slices, so the kernels
+//! above it never write `unsafe` for a GEMM.
+//!
+//! Why a kernel of our own: `matrixmultiply` packs both operands for every call and runs an
+//! 8x8 micro-kernel. A convolution multiplies one weight matrix by a column matrix per image,
+//! so packing the weights once ([`PackedA`]) and using a 6x16 tile (12 accumulators instead
+//! of 8) lifts im2col on the suite's big layers from 60–74 to the figures in `docs/benchmarks.md`.
+
+pub mod packed;
+
+pub use packed::{MR, NR, PackedA, sgemm_packed_a_with, sgemm_with};
+
+use crate::simd::{self, SimdLevel};
 
 /// A read-only matrix view: `rows × cols` elements of `data`, element `(i, j)` at
 /// `data[i * row_stride + j * col_stride]`.
@@ -55,6 +69,26 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
 /// sizes from a validated [`ConvGeometry`](crate::ConvGeometry), so a panic here is a bug in
 /// this crate, never a consequence of user input.
 pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut [f32], ldc: usize) {
+    if simd::active() == SimdLevel::Avx2Fma
+        && sgemm_with(SimdLevel::Avx2Fma, alpha, a, b, beta, c, ldc).is_some()
+    {
+        return;
+    }
+    sgemm_matrixmultiply(alpha, a, b, beta, c, ldc);
+}
+
+/// [`sgemm`] through `matrixmultiply::sgemm`, whatever the SIMD level (the portable path).
+///
+/// # Panics
+/// As [`sgemm`].
+pub fn sgemm_matrixmultiply(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "sgemm: inner dimensions {m}x{k} · {}x{n}", b.rows);
     assert!(fits(a.data.len(), m, k, a.row_stride, a.col_stride), "sgemm: A out of bounds");
@@ -85,6 +119,28 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut [f32],
             ldc as isize,
             1,
         );
+    }
+}
+
+/// `C ← alpha · A[rows] · B + beta · C` for rows of a prepacked `A` at the [`simd::active`]
+/// level (the portable build of the packed kernel when SIMD is off); see
+/// [`sgemm_packed_a_with`].
+///
+/// # Panics
+/// As [`sgemm_packed_a_with`].
+pub fn sgemm_packed_a(
+    alpha: f32,
+    a: &PackedA,
+    rows: std::ops::Range<usize>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let done = sgemm_packed_a_with(simd::active(), alpha, a, rows.clone(), b, beta, c, ldc);
+    if done.is_none() {
+        // The active level is always available; the fallback cannot fail.
+        sgemm_packed_a_with(SimdLevel::Fallback, alpha, a, rows, b, beta, c, ldc);
     }
 }
 

@@ -38,7 +38,9 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::gemm::{MatRef, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm};
+use crate::gemm::{
+    MR, MatRef, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm, sgemm_packed_a,
+};
 use crate::params::ConvGeometry;
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
@@ -262,11 +264,19 @@ pub fn conv2d_im2col(
     let d = Dims::new(g);
     let out_block = d.kpg * d.ohw;
     let tasks = g.n * d.groups;
+    // Each group's weight matrix, packed once for every image (see `gemm::PackedA`).
+    let mut packs = if d.kpg > SMALL_DIM { take_packs() } else { Vec::new() };
+    if d.kpg > SMALL_DIM {
+        packs.resize_with(d.groups, PackedA::empty);
+        for (gi, pack) in packs.iter_mut().enumerate() {
+            pack.repack(MatRef::row_major(d.weight_block(weight, gi), d.kpg, d.crs));
+        }
+    }
+    let packs_ref = &packs;
 
     // Output rows `k0..` of image `b`, group `gi`, from the group's column matrix `col`.
     let product = |gi: usize, k0: usize, col: &[f32], out: &mut [f32]| {
         let rows = out.len() / d.ohw;
-        let wg = &d.weight_block(weight, gi)[k0 * d.crs..(k0 + rows) * d.crs];
         let beta = match bias {
             Some(bias) => {
                 for (k, row) in out.chunks_exact_mut(d.ohw).enumerate() {
@@ -276,11 +286,12 @@ pub fn conv2d_im2col(
             }
             None => 0.0,
         };
-        let wm = MatRef::row_major(wg, rows, d.crs);
+        let b = MatRef::row_major(col, d.crs, d.ohw);
         if d.kpg <= SMALL_DIM {
-            gemm_rows(wm, col, d.ohw, beta, out);
+            let wg = &d.weight_block(weight, gi)[k0 * d.crs..(k0 + rows) * d.crs];
+            gemm_rows(MatRef::row_major(wg, rows, d.crs), col, d.ohw, beta, out);
         } else {
-            sgemm(1.0, wm, MatRef::row_major(col, d.crs, d.ohw), beta, out, d.ohw);
+            sgemm_packed_a(1.0, &packs_ref[gi], k0..k0 + rows, b, beta, out, d.ohw);
         }
     };
     let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
@@ -306,8 +317,9 @@ pub fn conv2d_im2col(
             .enumerate()
             .for_each(|(t, out)| with_scratch(|col| block(t, out, col)));
     } else {
-        // Fewer blocks than threads (batch 1, one group): split each product by output rows.
-        let rows = d.rows_per_block(d.kpg);
+        // Fewer blocks than threads (batch 1, one group): split each product by output rows,
+        // in whole panels of the packed weights.
+        let rows = d.rows_per_block(d.kpg).next_multiple_of(MR);
         with_scratch(|col| {
             for (t, out) in output.chunks_mut(out_block).enumerate() {
                 let (b, gi) = (t / d.groups, t % d.groups);
@@ -324,7 +336,31 @@ pub fn conv2d_im2col(
             }
         });
     }
+    put_packs(packs);
     Ok(())
+}
+
+thread_local! {
+    /// The calling thread's packed weight buffers, kept between calls (a layer's packed
+    /// weights are as large as its weights; allocating them afresh page-faults every call).
+    static PACKS: RefCell<Vec<PackedA>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes this thread's packed-weight buffers (empty when another call on this thread holds
+/// them).
+fn take_packs() -> Vec<PackedA> {
+    PACKS.with(|p| p.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default())
+}
+
+/// Returns packed-weight buffers for the next call, unless they exceed [`SCRATCH_KEEP`] floats.
+fn put_packs(packs: Vec<PackedA>) {
+    if packs.iter().map(PackedA::capacity).sum::<usize>() <= SCRATCH_KEEP {
+        PACKS.with(|p| {
+            if let Ok(mut v) = p.try_borrow_mut() {
+                *v = packs;
+            }
+        });
+    }
 }
 
 /// Backward convolution by GEMM + col2im: writes (overwrites) each requested gradient.
