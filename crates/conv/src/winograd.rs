@@ -94,6 +94,7 @@
 use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
+use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab, packed_a_len, packed_a_positions};
 use crate::params::{ConvGeometry, check_len};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
@@ -181,7 +182,7 @@ pub struct WinogradFilter {
     c_out: usize,
     cpg: usize,
     groups: usize,
-    /// `[group][ξ][k][c]`, `k < c_out/groups`, `c < cpg`.
+    /// `[group][ξ]` × one packed `kpg × cpg` plane (see [`transform_filters`]).
     u: Vec<f32>,
 }
 
@@ -222,11 +223,16 @@ impl WinogradFilter {
     }
 }
 
-/// One chunk of filters for [`transform_filters`]: their taps, the chunk's slice of every
-/// transform plane, and each plane's nonzero tap coefficients.
+/// One chunk of packed positions for [`transform_filters`]: the group's taps, the chunk's slice
+/// of every transform plane, and each plane's nonzero tap coefficients.
 struct FilterChunk<'a> {
-    /// `[filter][9]`.
+    /// The group's filters, `[k][c][9]`.
     weights: &'a [f32],
+    /// Output and input channels per group (the packed plane is a `kpg × cpg` matrix).
+    kpg: usize,
+    cpg: usize,
+    /// First packed position of the chunk.
+    first: usize,
     /// One slice per plane `ξ`, each as long as the chunk.
     pieces: Vec<&'a mut [f32]>,
     coefs: &'a [Vec<(usize, f32)>],
@@ -237,12 +243,20 @@ impl WithSimd for FilterChunk<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let FilterChunk { weights, pieces, coefs } = self;
-        let len = weights.len() / 9;
+        let FilterChunk { weights, kpg, cpg, first, pieces, coefs } = self;
+        let len = pieces.first().map_or(0, |p| p.len());
         let mut taps = [[0f32; FILTER_CHUNK]; 9];
-        for (i, f) in weights.chunks_exact(9).enumerate() {
-            for (row, &v) in taps.iter_mut().zip(f) {
-                row[i] = v;
+        for (i, (k, c)) in packed_a_positions(kpg, cpg, first).take(len).enumerate() {
+            if k < kpg {
+                let f = &weights[(k * cpg + c) * 9..][..9];
+                for (row, &v) in taps.iter_mut().zip(f) {
+                    row[i] = v;
+                }
+            } else {
+                // Padding rows of the last panel.
+                for row in &mut taps {
+                    row[i] = 0.0;
+                }
             }
         }
         let whole = len / LANES * LANES;
@@ -323,7 +337,9 @@ pub fn conv2d_input_grad_winograd(
 /// Filters per work item of the filter transform (and its staging buffer's row length).
 const FILTER_CHUNK: usize = 1024;
 
-/// `U = G g Gᵀ` for every 3x3 filter, laid out `[group][ξ][k][c]`.
+/// `U = G g Gᵀ` for every 3x3 filter, laid out `[group][ξ]` × one `kpg × cpg` matrix per plane
+/// in the packed layout of the GEMM's left operand ([`PackedARef`]), so the products read it
+/// without packing.
 ///
 /// Each of the `α²` planes `ξ = (ξi, ξj)` is a fixed combination of the nine taps,
 /// `U[ξ] = Σ_{r,s} G[ξi][r]·G[ξj][s]·g[r][s]` (zero coefficients skipped: 196 multiply-adds
@@ -354,31 +370,30 @@ fn transform_filters(
         })
         .collect();
     let per_group = kpg * cpg;
+    let plen = packed_a_len(kpg, cpg);
     // Every element is written below, so a recycled buffer of the right length needs no zeroing.
-    let len = groups * a2 * per_group;
+    let len = groups * a2 * plen;
     let mut u = buf;
     if u.len() != len {
         u.clear();
         u.resize(len, 0.0);
     }
-    for (grp, ug) in u.chunks_exact_mut(a2 * per_group).enumerate() {
+    for (grp, ug) in u.chunks_exact_mut(a2 * plen).enumerate() {
         let wg = &weight[grp * per_group * 9..][..per_group * 9];
         // tasks[t]: chunk t of every plane.
         let mut tasks: Vec<Vec<&mut [f32]>> =
-            (0..per_group.div_ceil(FILTER_CHUNK)).map(|_| Vec::with_capacity(a2)).collect();
-        for plane in ug.chunks_exact_mut(per_group) {
+            (0..plen.div_ceil(FILTER_CHUNK)).map(|_| Vec::with_capacity(a2)).collect();
+        for plane in ug.chunks_exact_mut(plen) {
             for (task, piece) in tasks.iter_mut().zip(plane.chunks_mut(FILTER_CHUNK)) {
                 task.push(piece);
             }
         }
         let work = |(t, pieces): (usize, Vec<&mut [f32]>)| {
             let first = t * FILTER_CHUNK;
-            let len = FILTER_CHUNK.min(per_group - first);
-            let chunk =
-                FilterChunk { weights: &wg[first * 9..(first + len) * 9], pieces, coefs: &coefs };
+            let chunk = FilterChunk { weights: wg, kpg, cpg, first, pieces, coefs: &coefs };
             simd::dispatch_active(chunk);
         };
-        if per_group * a2 < 64 * FILTER_CHUNK {
+        if plen * a2 < 64 * FILTER_CHUNK {
             tasks.into_iter().enumerate().for_each(work);
         } else {
             tasks.into_par_iter().enumerate().for_each(work);
@@ -488,13 +503,19 @@ fn prepared_with(
         check_len(OP, "bias", &[g.c_out], b.len())?;
     }
     let plan = Plan::new(g, variant);
-    let chunk_len = plan.nb * plan.kc * g.oh * g.ow;
-    let chunks_per_image = g.c_out / plan.kc;
+    let ohw = g.oh * g.ow;
+    let chunk_len = plan.nb * plan.kc * ohw;
+    // A group's chunks: all `kc` channels but the last (only one image and one group are ever
+    // split unevenly, so every item's output is one contiguous `chunk_len` slice or the tail).
+    let chunks_per_group = plan.kpg.div_ceil(plan.kc);
+    let chunks_per_image = g.params.groups * chunks_per_group;
+    let plen = packed_a_len(plan.kpg, plan.cpg);
     let run = |scratch: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
         let b = idx / chunks_per_image * plan.nb;
-        let k0 = (idx % chunks_per_image) * plan.kc;
-        let grp = k0 / plan.kpg;
-        let kl = k0 % plan.kpg;
+        let grp = idx % chunks_per_image / chunks_per_group;
+        let kl = idx % chunks_per_group * plan.kc;
+        let kc = out.len() / (plan.nb * ohw);
+        let k0 = grp * plan.kpg + kl;
         // With `nb > 1` there is one group and one chunk per image, so the images' channels
         // are contiguous.
         let img_len = plan.nb * plan.cpg * g.h * g.w;
@@ -503,9 +524,10 @@ fn prepared_with(
         let item = Item {
             plan: &plan,
             input: &input[in_start..in_start + img_len],
-            u: &filter.u[grp * a2 * plan.kpg * plan.cpg..][..a2 * plan.kpg * plan.cpg],
+            u: &filter.u[grp * a2 * plen..][..a2 * plen],
             kl,
-            bias: bias.map(|b| &b[k0..k0 + plan.kc]),
+            kc,
+            bias: bias.map(|b| &b[k0..k0 + kc]),
             out,
             scratch,
         };
@@ -557,7 +579,7 @@ struct Plan {
     hp: usize,
     wp: usize,
     tiles: Vec<Tile>,
-    /// Tiles per block (a multiple of 8).
+    /// Tiles per block (a multiple of [`NR`], the GEMM's panel width).
     tb: usize,
 }
 
@@ -585,10 +607,11 @@ impl Plan {
             }
         }
         let mut kc = kpg;
-        // Split output channels only to give two threads work: every extra chunk repeats the
-        // image's input transform.
-        while g.n * (g.c_out / kc) < 2 && kc % 2 == 0 && kc >= 32 {
-            kc /= 2;
+        // Split output channels only to give two threads work (one image, one group): every
+        // extra chunk repeats the image's input transform. Chunks start on panels of the packed
+        // filters (multiples of `MR` rows); the last one may be shorter.
+        if g.n * g.params.groups < 2 && kpg >= 32 {
+            kc = kpg.div_ceil(2).next_multiple_of(MR);
         }
         // Several images per work item when a single image has few tiles: wider GEMMs amortize
         // matrixmultiply's packing of `U` (a quarter of the time with one 28x28 image per call).
@@ -603,9 +626,9 @@ impl Plan {
         }
         tiles = (0..nb).flat_map(|img| tiles.iter().map(move |t| Tile { img, ..*t })).collect();
         let a2 = a * a;
-        let tb_max = (BLOCK_FLOATS / (a2 * (cpg + kc))).clamp(8, 256) / LANES * LANES;
+        let tb_max = (BLOCK_FLOATS / (a2 * (cpg + kc))).clamp(NR, 256) / NR * NR;
         let nblocks = tiles.len().div_ceil(tb_max);
-        let tb = tiles.len().div_ceil(nblocks).next_multiple_of(LANES);
+        let tb = tiles.len().div_ceil(nblocks).next_multiple_of(NR);
         Plan {
             variant,
             a,
@@ -635,10 +658,12 @@ struct Item<'a> {
     plan: &'a Plan,
     /// The group's input channels of the images, `[nb, cpg, h, w]`.
     input: &'a [f32],
-    /// The group's transformed filters, `[ξ][kpg][cpg]`.
+    /// The group's transformed filters: `α²` packed `kpg × cpg` planes.
     u: &'a [f32],
-    /// First output channel of the chunk within the group.
+    /// First output channel of the chunk within the group (a multiple of [`MR`]).
     kl: usize,
+    /// Output channels in the chunk.
+    kc: usize,
     bias: Option<&'a [f32]>,
     /// `[nb, kc, oh, ow]`.
     out: &'a mut [f32],
@@ -661,11 +686,12 @@ impl WithSimd for Item<'_> {
 /// `T`.
 #[inline(always)]
 fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, item: Item<'_>) {
-    let Item { plan: p, input, u, kl, bias, out, scratch } = item;
+    let Item { plan: p, input, u, kl, kc, bias, out, scratch } = item;
     let a2 = A * A;
     let plane = p.hp * p.wp;
     let planes = p.nb * p.cpg;
-    let (padded_len, v_len, m_len) = (planes * plane, a2 * p.cpg * p.tb, a2 * p.kc * p.tb);
+    let plen = packed_a_len(p.kpg, p.cpg);
+    let (padded_len, v_len, m_len) = (planes * plane, a2 * p.cpg * p.tb, a2 * kc * p.tb);
     // Grown once per worker, never cleared: V and M are written before they are read (stale
     // values only reach lanes that are discarded), and the padding is zeroed below.
     let total = padded_len + v_len + m_len;
@@ -718,35 +744,33 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
                     }
                 }
                 let v = input_2d::<S, T, A, M>(s, &d);
+                // Packed-B layout: panels of NR tiles, each `cpg` steps of NR floats.
+                let at = (t0 / NR * p.cpg + c) * NR + t0 % NR;
                 for (xi, row) in v.iter().enumerate() {
                     for (xj, &val) in row.iter().enumerate() {
-                        s.store(val, &mut vbuf[((xi * A + xj) * p.cpg + c) * p.tb + t0..]);
+                        s.store(val, &mut vbuf[(xi * A + xj) * p.cpg * p.tb + at..]);
                     }
                 }
             }
         }
-        // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ].
+        // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
+        // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
+        let n = nt.next_multiple_of(NR);
         for xi in 0..a2 {
-            let a_xi = &u[(xi * p.kpg + kl) * p.cpg..][..p.kc * p.cpg];
+            let a_xi = PackedARef::new(&u[xi * plen..][..plen], p.kpg, p.cpg);
             let b_xi = &vbuf[xi * p.cpg * p.tb..][..p.cpg * p.tb];
-            let c_xi = &mut mbuf[xi * p.kc * p.tb..][..p.kc * p.tb];
-            if p.tb <= SMALL_GEMM_MAX_N {
-                // Whole vectors: lanes past `nt` hold stale values that are never stored.
-                let n = nt.next_multiple_of(LANES);
-                gemm_small(s, p.kc, p.cpg, n, a_xi, p.cpg, b_xi, p.tb, c_xi, p.tb);
-            } else {
-                gemm_packed(s, p.kc, p.cpg, nt, a_xi, p.cpg, b_xi, p.tb, c_xi, p.tb);
-            }
+            let c_xi = &mut mbuf[xi * kc * p.tb..][..kc * p.tb];
+            gemm_packed_ab(s, a_xi, kl..kl + kc, b_xi, n, c_xi, p.tb);
         }
         // Output transform, bias, and scatter of the in-range outputs.
-        for k in 0..p.kc {
+        for k in 0..kc {
             let bk = s.splat(bias.map_or(0.0, |b| b[k]));
             for (lg, group) in block.chunks(LANES).enumerate() {
                 let t0 = lg * LANES;
                 let mut mv = [[s.zero(); A]; A];
                 for (xi, mr) in mv.iter_mut().enumerate() {
                     for (xj, m) in mr.iter_mut().enumerate() {
-                        *m = s.load(&mbuf[((xi * A + xj) * p.kc + k) * p.tb + t0..]);
+                        *m = s.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
                     }
                 }
                 let y = output_2d::<S, T, A, M>(s, &mv);
@@ -759,7 +783,7 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
                     // In-range rows and columns of this tile's m×m block.
                     let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
                     let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
-                    let plane = &mut out[(t.img * p.kc + k) * p.oh * p.ow..][..p.oh * p.ow];
+                    let plane = &mut out[(t.img * kc + k) * p.oh * p.ow..][..p.oh * p.ow];
                     for i in 0..mi {
                         let orow = &mut plane[(t.oy + i * p.dh) * p.ow + t.ox..];
                         for j in 0..mj {
@@ -900,139 +924,4 @@ fn at6<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
         s.fma(s.splat(4.0), p34, p12),
         s.add(s.fma(s.splat(8.0), m34, m12), m[5]),
     ]
-}
-
-/// `C[m×n] = A[m×k] · B[k×n]` for row-major matrices with row strides `lda`, `ldb`, `ldc`;
-/// a checked wrapper over `matrixmultiply::sgemm`.
-#[allow(clippy::too_many_arguments)]
-/// Largest tile block for which the transform-domain products run on [`gemm_small`] instead of
-/// matrixmultiply. `vgg3x3_14` (one 14x14 image: 16 tiles of F(4x4,3x3)) spends as long
-/// packing `U` for each of its 36 products as multiplying, and a kernel that reads `U` in place
-/// has no packing to amortize.
-const SMALL_GEMM_MAX_N: usize = 64;
-
-/// `C = A·B` for a narrow `B` (`n` a multiple of 8), without packing: register tiles of
-/// 6 rows of `A` × 16 columns, each step loading two vectors of a row of `B` and broadcasting
-/// six elements of a column of `A` for 12 fused multiply-adds.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn gemm_small<S: Simd>(
-    s: S,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    debug_assert!(n.is_multiple_of(LANES));
-    let mut i0 = 0;
-    while i0 < m {
-        let mb = (m - i0).min(6);
-        let mut j0 = 0;
-        while j0 + LANES <= n {
-            let nv = ((n - j0) / LANES).min(2);
-            let t = SmallTile { k, a, lda, b, ldb, i0, j0, ldc };
-            match (mb, nv) {
-                (6, 2) => small_tile::<S, 6, 2>(s, t, c),
-                (5, 2) => small_tile::<S, 5, 2>(s, t, c),
-                (4, 2) => small_tile::<S, 4, 2>(s, t, c),
-                (3, 2) => small_tile::<S, 3, 2>(s, t, c),
-                (2, 2) => small_tile::<S, 2, 2>(s, t, c),
-                (1, 2) => small_tile::<S, 1, 2>(s, t, c),
-                (6, _) => small_tile::<S, 6, 1>(s, t, c),
-                (5, _) => small_tile::<S, 5, 1>(s, t, c),
-                (4, _) => small_tile::<S, 4, 1>(s, t, c),
-                (3, _) => small_tile::<S, 3, 1>(s, t, c),
-                (2, _) => small_tile::<S, 2, 1>(s, t, c),
-                _ => small_tile::<S, 1, 1>(s, t, c),
-            }
-            j0 += nv * LANES;
-        }
-        i0 += mb;
-    }
-}
-
-/// Operands of one [`small_tile`]: rows from `i0`, columns from `j0`.
-#[derive(Clone, Copy)]
-struct SmallTile<'a> {
-    k: usize,
-    a: &'a [f32],
-    lda: usize,
-    b: &'a [f32],
-    ldb: usize,
-    i0: usize,
-    j0: usize,
-    ldc: usize,
-}
-
-#[inline(always)]
-fn small_tile<S: Simd, const MB: usize, const NV: usize>(s: S, t: SmallTile<'_>, c: &mut [f32]) {
-    let SmallTile { k, a, lda, b, ldb, i0, j0, ldc } = t;
-    let rows: [&[f32]; MB] = std::array::from_fn(|i| &a[(i0 + i) * lda..][..k]);
-    let mut acc = [[s.zero(); NV]; MB];
-    for p in 0..k {
-        let brow = &b[p * ldb + j0..][..NV * LANES];
-        let bv: [S::V; NV] = std::array::from_fn(|v| s.load(&brow[v * LANES..]));
-        for (acc_i, row) in acc.iter_mut().zip(&rows) {
-            let av = s.splat(row[p]);
-            for (x, &bvv) in acc_i.iter_mut().zip(&bv) {
-                *x = s.fma(av, bvv, *x);
-            }
-        }
-    }
-    for (i, acc_i) in acc.iter().enumerate() {
-        let dst = &mut c[(i0 + i) * ldc + j0..][..NV * LANES];
-        for (v, &x) in acc_i.iter().enumerate() {
-            s.store(x, &mut dst[v * LANES..]);
-        }
-    }
-}
-
-/// `C = A·B` through matrixmultiply (packed panels), for wide tile blocks.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn gemm_packed<S: Simd>(
-    _s: S,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(k == 0 || a.len() >= (m - 1) * lda + k, "gemm: A too short");
-    assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "gemm: B too short");
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm: C too short");
-    let stride = |s: usize| isize::try_from(s).unwrap_or(isize::MAX);
-    // SAFETY: the asserts above prove that every element addressed by (m, k, n) with these
-    // row strides (column stride 1) lies inside the slices; `c` is a unique borrow and does
-    // not alias `a` or `b`. With beta = 0, `c` is only written.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            stride(lda),
-            1,
-            b.as_ptr(),
-            stride(ldb),
-            1,
-            0.0,
-            c.as_mut_ptr(),
-            stride(ldc),
-            1,
-        );
-    }
 }

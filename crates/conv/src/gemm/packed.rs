@@ -107,11 +107,145 @@ impl PackedA {
         self.k
     }
 
+    /// A borrowed view of the packed matrix.
+    pub fn view(&self) -> PackedARef<'_> {
+        PackedARef { data: &self.data, m: self.m, k: self.k }
+    }
+}
+
+/// A borrowed matrix in the layout of [`PackedA`], for producers that write that layout
+/// directly (the Winograd filter transform); see [`packed_a_len`] and [`packed_a_position`].
+#[derive(Debug, Clone, Copy)]
+pub struct PackedARef<'a> {
+    data: &'a [f32],
+    m: usize,
+    k: usize,
+}
+
+impl<'a> PackedARef<'a> {
+    /// Views `data` as a packed `m × k` matrix.
+    ///
+    /// # Panics
+    /// When `data` is shorter than [`packed_a_len`]`(m, k)`.
+    pub fn new(data: &'a [f32], m: usize, k: usize) -> Self {
+        let len = packed_a_len(m, k);
+        assert!(data.len() >= len, "PackedARef: {} floats for a packed {m}x{k}", data.len());
+        PackedARef { data: &data[..len], m, k }
+    }
+
     /// Panels of rows `i0..` (a multiple of [`MR`]) in the depth block starting at `k0`.
-    fn panels(&self, k0: usize, i0: usize) -> &[f32] {
+    fn panels(&self, k0: usize, i0: usize) -> &'a [f32] {
         let mp = self.m.next_multiple_of(MR);
         let kcb = KC.min(self.k - k0);
         &self.data[k0 * mp + i0 * kcb..k0 * mp + mp * kcb]
+    }
+}
+
+/// Floats in the packed layout of an `m × k` matrix (rows padded to a multiple of [`MR`]).
+pub fn packed_a_len(m: usize, k: usize) -> usize {
+    m.next_multiple_of(MR) * k
+}
+
+/// The `(row, column)` stored at position `q` of the packed layout of an `m × k` matrix; rows
+/// `≥ m` are padding (stored as zero).
+pub fn packed_a_position(m: usize, k: usize, q: usize) -> (usize, usize) {
+    let mp = m.next_multiple_of(MR);
+    let k0 = q / (mp * KC) * KC;
+    let kcb = KC.min(k - k0);
+    let within = q - k0 * mp;
+    let (panel, rem) = (within / (kcb * MR), within % (kcb * MR));
+    (panel * MR + rem % MR, k0 + rem / MR)
+}
+
+/// The `(row, column)` pairs stored at positions `start..` of the packed layout of an `m × k`
+/// matrix, in order: [`packed_a_position`] without a division per step.
+pub fn packed_a_positions(
+    m: usize,
+    k: usize,
+    start: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let mp = m.next_multiple_of(MR);
+    let total = mp * k;
+    let (i, c) = if start < total { packed_a_position(m, k, start) } else { (0, k) };
+    // Cursor: depth block `k0` of `kcb` columns, panel row base `i0`, step `p`, lane `r`.
+    let k0 = c / KC * KC;
+    let mut st = (k0, KC.min(k.saturating_sub(k0)).max(1), i / MR * MR, c - k0, i % MR);
+    (start..total).map(move |_| {
+        let (k0, kcb, i0, p, r) = st;
+        let out = (i0 + r, k0 + p);
+        st = if r + 1 < MR {
+            (k0, kcb, i0, p, r + 1)
+        } else if p + 1 < kcb {
+            (k0, kcb, i0, p + 1, 0)
+        } else if i0 + MR < mp {
+            (k0, kcb, i0 + MR, 0, 0)
+        } else {
+            let k1 = k0 + kcb;
+            (k1, KC.min(k.saturating_sub(k1)).max(1), 0, 0, 0)
+        };
+        out
+    })
+}
+
+/// Floats in the packed-B layout of a `k × n` matrix: panels of [`NR`] columns, each `k` steps
+/// of `NR` floats (`index(p, j) = (j / NR)·k·NR + p·NR + j % NR`; columns past `n` unused).
+pub fn packed_b_len(k: usize, n: usize) -> usize {
+    n.next_multiple_of(NR) * k
+}
+
+/// `C = A[rows] · B` for a packed `A` and a `B` already in the packed-B layout (see
+/// [`packed_b_len`]) with `n` columns (a multiple of [`NR`]); `c` is row-major with row stride
+/// `ldc ≥ n`. For kernels that already run inside a [`Simd`] dispatch and produce `B` in
+/// panel form themselves (the Winograd input transform), so the product packs nothing.
+///
+/// # Panics
+/// When `rows` does not start at a multiple of [`MR`], `n` is not a multiple of [`NR`], or a
+/// slice is too short (internal bugs).
+#[inline(always)]
+pub fn gemm_packed_ab<S: Simd>(
+    s: S,
+    a: PackedARef<'_>,
+    rows: Range<usize>,
+    b: &[f32],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let k = a.k;
+    assert!(rows.start.is_multiple_of(MR) && rows.end <= a.m && n.is_multiple_of(NR));
+    assert!(b.len() >= packed_b_len(k, n) && ldc >= n);
+    let m = rows.len();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm_packed_ab: C too short");
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    let mut pc = 0;
+    while pc < k {
+        let kcb = KC.min(k - pc);
+        let beta = if pc == 0 { 0.0 } else { 1.0 };
+        let mut ic = 0;
+        while ic < m {
+            let mc = MC.min(m - ic);
+            let apanels = &a.panels(pc, rows.start + ic)[..mc.next_multiple_of(MR) * kcb];
+            for (pj, bpanel) in b[..k * n].chunks_exact(k * NR).enumerate() {
+                let bp = &bpanel[pc * NR..][..kcb * NR];
+                for (pi, ap) in apanels.chunks_exact(MR * kcb).enumerate() {
+                    let i = ic + pi * MR;
+                    let acc = micro(s, kcb, ap, bp);
+                    let tile =
+                        Tile { i, j: pj * NR, mr: MR.min(m - i), nr: NR, alpha: 1.0, beta, ldc };
+                    store_tile(s, &acc, tile, c);
+                }
+            }
+            ic += mc;
+        }
+        pc += kcb;
     }
 }
 
@@ -188,7 +322,7 @@ enum ASrc<'a> {
     /// Pack from this matrix block by block.
     Plain(MatRef<'a>),
     /// Already packed: rows `r0..r0+rows` (`r0` a multiple of [`MR`]).
-    Packed(&'a PackedA, usize, usize),
+    Packed(PackedARef<'a>, usize, usize),
 }
 
 /// One product for the SIMD dispatcher.
@@ -426,7 +560,7 @@ pub fn sgemm_packed_a_with(
     if m == 0 || n == 0 {
         return Some(());
     }
-    run(level, alpha, ASrc::Packed(a, rows.start, m), b, beta, c, ldc)
+    run(level, alpha, ASrc::Packed(a.view(), rows.start, m), b, beta, c, ldc)
 }
 
 #[cfg(test)]
@@ -543,6 +677,50 @@ mod tests {
                 let mut part = vec![0.0; (r1 - r0) * n];
                 sgemm_packed_a_with(level, 1.0, &packed, r0..r1, b, 0.0, &mut part, n).unwrap();
                 assert_eq!(part, full[r0 * n..r1 * n], "{level} packed rows {r0}..{r1}");
+            }
+        }
+    }
+
+    /// The layout helpers agree with `PackedA`, and a product from a hand-packed B equals the
+    /// packing product.
+    #[test]
+    fn layout_helpers_and_prepacked_b() {
+        for &(m, k, n) in &[(7, 3, 16), (13, 300, 32), (6, 513, 48)] {
+            let (ad, bd) = (data(m * k, 3), data(k * n, 4));
+            let a = MatRef::row_major(&ad, m, k);
+            let packed = PackedA::new(a);
+            assert_eq!(packed.data.len(), packed_a_len(m, k));
+            for (q, &v) in packed.data.iter().enumerate() {
+                let (i, p) = packed_a_position(m, k, q);
+                assert_eq!(v, if i < m { ad[i * k + p] } else { 0.0 }, "{m}x{k} q={q}");
+            }
+            for start in [0, 1, 5, 6, 100, packed.data.len() - 1] {
+                let walked: Vec<_> = packed_a_positions(m, k, start).collect();
+                let direct: Vec<_> =
+                    (start..packed.data.len()).map(|q| packed_a_position(m, k, q)).collect();
+                assert_eq!(walked, direct, "{m}x{k} from {start}");
+            }
+            let mut bp = vec![0.0; packed_b_len(k, n)];
+            for p in 0..k {
+                for j in 0..n {
+                    bp[(j / NR) * k * NR + p * NR + j % NR] = bd[p * n + j];
+                }
+            }
+            let b = MatRef::row_major(&bd, k, n);
+            for level in levels() {
+                let mut want = vec![0.0; m * n];
+                sgemm_packed_a_with(level, 1.0, &packed, 0..m, b, 0.0, &mut want, n).unwrap();
+                struct Run<'a>(PackedARef<'a>, &'a [f32], usize, usize, &'a mut [f32]);
+                impl WithSimd for Run<'_> {
+                    type Output = ();
+                    fn with_simd<S: Simd>(self, s: S) {
+                        let Run(a, b, m, n, c) = self;
+                        gemm_packed_ab(s, a, 0..m, b, n, c, n);
+                    }
+                }
+                let mut got = vec![f32::NAN; m * n];
+                simd::dispatch(level, Run(packed.view(), &bp, m, n, &mut got)).unwrap();
+                assert_eq!(got, want, "{level} {m}x{k}x{n}");
             }
         }
     }
