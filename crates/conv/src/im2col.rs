@@ -39,7 +39,8 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::gemm::{
-    MR, MatRef, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm, sgemm_packed_a,
+    MR, MatRef, NR, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, packed_b_len, sgemm,
+    sgemm_packed_a, sgemm_packed_ab,
 };
 use crate::params::ConvGeometry;
 
@@ -184,6 +185,58 @@ fn im2col(g: &ConvGeometry, planes: &[f32], col: &mut Vec<f32>, parallel: bool) 
     }
 }
 
+/// Builds the column matrix of `planes` (`C'` channels of one image) straight into the packed-B
+/// layout of [`sgemm_packed_ab`] (panels of [`NR`] output pixels, each `C'RS` steps of `NR`
+/// floats) and returns it (the front of `buf`). Each channel's `RS` rows are built in a small
+/// cache-resident buffer at the end of `buf` and scattered into the panels from there, so the
+/// large matrix is written once and never re-read for packing.
+fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let (hw, ohw, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    let crs = g.c_in_per_group() * taps;
+    let plen = packed_b_len(crs, ohw);
+    buf.resize(plen + taps * ohw, 0.0);
+    let (packed, tmp) = buf.split_at_mut(plen);
+    for (c, plane) in planes.chunks_exact(hw).enumerate() {
+        im2col_plane(g, plane, tmp);
+        for (t, row) in tmp.chunks_exact(ohw).enumerate() {
+            scatter_row(row, c * taps + t, crs, packed);
+        }
+    }
+    &buf[..plen]
+}
+
+/// Copies row `r` of a `crs`-row column matrix into its place in every panel of `packed`
+/// (zeros past the last pixel).
+fn scatter_row(row: &[f32], r: usize, crs: usize, packed: &mut [f32]) {
+    for (panel, src) in packed.chunks_exact_mut(crs * NR).zip(row.chunks(NR)) {
+        let dst = &mut panel[r * NR..][..NR];
+        dst[..src.len()].copy_from_slice(src);
+        dst[src.len()..].fill(0.0);
+    }
+}
+
+/// [`im2col_packed`] for one large image on all threads: the row-major column matrix is built
+/// in parallel (at the front of `buf`), then packed panel by panel in parallel behind it.
+fn im2col_packed_par<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let ohw = g.oh * g.ow;
+    let crs = g.c_in_per_group() * g.kh * g.kw;
+    let (clen, plen) = (crs * ohw, packed_b_len(crs, ohw));
+    let mut col = std::mem::take(buf);
+    im2col(g, planes, &mut col, true);
+    col.resize(clen + plen, 0.0);
+    let (rows, packed) = col.split_at_mut(clen);
+    packed.par_chunks_mut(crs * NR).enumerate().for_each(|(jp, panel)| {
+        let j0 = jp * NR;
+        let n = NR.min(ohw - j0);
+        for (dst, row) in panel.chunks_exact_mut(NR).zip(rows.chunks_exact(ohw)) {
+            dst[..n].copy_from_slice(&row[j0..j0 + n]);
+            dst[n..].fill(0.0);
+        }
+    });
+    *buf = col;
+    &buf[clen..clen + plen]
+}
+
 /// Sizes shared by the forward and backward passes.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -294,11 +347,29 @@ pub fn conv2d_im2col(
             sgemm_packed_a(1.0, &packs_ref[gi], k0..k0 + rows, b, beta, out, d.ohw);
         }
     };
+    // The same product from a column matrix already in the packed-B layout.
+    let product_packed = |gi: usize, k0: usize, colp: &[f32], out: &mut [f32]| {
+        let rows = out.len() / d.ohw;
+        let beta = match bias {
+            Some(bias) => {
+                for (k, row) in out.chunks_exact_mut(d.ohw).enumerate() {
+                    row.fill(bias[gi * d.kpg + k0 + k]);
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        sgemm_packed_ab(&packs_ref[gi], k0..k0 + rows, colp, d.ohw, beta, out, d.ohw);
+    };
+    // Whether the column matrix is built straight into the GEMM's panels.
+    let packed_col = !d.pointwise && d.kpg > SMALL_DIM;
     let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
         let (b, gi) = (t / d.groups, t % d.groups);
         let x = d.input_block(g, input, b, gi);
         if d.pointwise {
             product(gi, 0, x, out);
+        } else if packed_col {
+            product_packed(gi, 0, im2col_packed(g, x, col), out);
         } else {
             im2col(g, x, col, false);
             product(gi, 0, col, out);
@@ -324,6 +395,13 @@ pub fn conv2d_im2col(
             for (t, out) in output.chunks_mut(out_block).enumerate() {
                 let (b, gi) = (t / d.groups, t % d.groups);
                 let x = d.input_block(g, input, b, gi);
+                if packed_col {
+                    let colp = im2col_packed_par(g, x, col);
+                    out.par_chunks_mut(rows * d.ohw)
+                        .enumerate()
+                        .for_each(|(r, out)| product_packed(gi, r * rows, colp, out));
+                    continue;
+                }
                 let col: &[f32] = if d.pointwise {
                     x
                 } else {

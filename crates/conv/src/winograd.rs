@@ -760,7 +760,7 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
             let a_xi = PackedARef::new(&u[xi * plen..][..plen], p.kpg, p.cpg);
             let b_xi = &vbuf[xi * p.cpg * p.tb..][..p.cpg * p.tb];
             let c_xi = &mut mbuf[xi * kc * p.tb..][..kc * p.tb];
-            gemm_packed_ab(s, a_xi, kl..kl + kc, b_xi, n, c_xi, p.tb);
+            gemm_packed_ab(s, a_xi, kl..kl + kc, b_xi, n, 0.0, c_xi, p.tb);
         }
         // Output transform, bias, and scatter of the in-range outputs.
         for k in 0..kc {

@@ -193,14 +193,16 @@ pub fn packed_b_len(k: usize, n: usize) -> usize {
     n.next_multiple_of(NR) * k
 }
 
-/// `C = A[rows] · B` for a packed `A` and a `B` already in the packed-B layout (see
-/// [`packed_b_len`]) with `n` columns (a multiple of [`NR`]); `c` is row-major with row stride
-/// `ldc ≥ n`. For kernels that already run inside a [`Simd`] dispatch and produce `B` in
-/// panel form themselves (the Winograd input transform), so the product packs nothing.
+/// `C = A[rows] · B + beta · C` (`beta` 0 or 1) for a packed `A` and a `B` already in the
+/// packed-B layout (see [`packed_b_len`]) with `n` columns; `c` is row-major with row stride
+/// `ldc ≥ n`. For kernels that produce `B` in panel form themselves (the Winograd input
+/// transform, im2col), so the product packs nothing; this entry point runs inside a [`Simd`]
+/// dispatch, [`sgemm_packed_ab`] dispatches itself.
 ///
 /// # Panics
-/// When `rows` does not start at a multiple of [`MR`], `n` is not a multiple of [`NR`], or a
-/// slice is too short (internal bugs).
+/// When `rows` does not start at a multiple of [`MR`], `beta` is neither 0 nor 1, or a slice
+/// is too short (internal bugs).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn gemm_packed_ab<S: Simd>(
     s: S,
@@ -208,11 +210,12 @@ pub fn gemm_packed_ab<S: Simd>(
     rows: Range<usize>,
     b: &[f32],
     n: usize,
+    beta: f32,
     c: &mut [f32],
     ldc: usize,
 ) {
     let k = a.k;
-    assert!(rows.start.is_multiple_of(MR) && rows.end <= a.m && n.is_multiple_of(NR));
+    assert!(rows.start.is_multiple_of(MR) && rows.end <= a.m && (beta == 0.0 || beta == 1.0));
     assert!(b.len() >= packed_b_len(k, n) && ldc >= n);
     let m = rows.len();
     if m == 0 || n == 0 {
@@ -220,26 +223,29 @@ pub fn gemm_packed_ab<S: Simd>(
     }
     assert!(c.len() >= (m - 1) * ldc + n, "gemm_packed_ab: C too short");
     if k == 0 {
-        for row in c.chunks_mut(ldc).take(m) {
-            row[..n].fill(0.0);
+        if beta == 0.0 {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
+    let np = n.next_multiple_of(NR);
     let mut pc = 0;
     while pc < k {
         let kcb = KC.min(k - pc);
-        let beta = if pc == 0 { 0.0 } else { 1.0 };
+        let beta = if pc == 0 { beta } else { 1.0 };
         let mut ic = 0;
         while ic < m {
             let mc = MC.min(m - ic);
             let apanels = &a.panels(pc, rows.start + ic)[..mc.next_multiple_of(MR) * kcb];
-            for (pj, bpanel) in b[..k * n].chunks_exact(k * NR).enumerate() {
+            for (pj, bpanel) in b[..k * np].chunks_exact(k * NR).enumerate() {
                 let bp = &bpanel[pc * NR..][..kcb * NR];
+                let (j, nr) = (pj * NR, NR.min(n - pj * NR));
                 for (pi, ap) in apanels.chunks_exact(MR * kcb).enumerate() {
                     let i = ic + pi * MR;
                     let acc = micro(s, kcb, ap, bp);
-                    let tile =
-                        Tile { i, j: pj * NR, mr: MR.min(m - i), nr: NR, alpha: 1.0, beta, ldc };
+                    let tile = Tile { i, j, mr: MR.min(m - i), nr, alpha: 1.0, beta, ldc };
                     store_tile(s, &acc, tile, c);
                 }
             }
@@ -500,6 +506,39 @@ fn combine<S: Simd>(s: S, t: Tile, x: S::V, old: S::V) -> S::V {
     }
 }
 
+/// [`gemm_packed_ab`] for rows of a [`PackedA`], dispatched at the [`simd::active`] level.
+///
+/// # Panics
+/// As [`gemm_packed_ab`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed_ab(
+    a: &PackedA,
+    rows: Range<usize>,
+    b: &[f32],
+    n: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    struct Run<'a> {
+        a: PackedARef<'a>,
+        rows: Range<usize>,
+        b: &'a [f32],
+        n: usize,
+        beta: f32,
+        c: &'a mut [f32],
+        ldc: usize,
+    }
+    impl WithSimd for Run<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, s: S) {
+            gemm_packed_ab(s, self.a, self.rows, self.b, self.n, self.beta, self.c, self.ldc);
+        }
+    }
+    simd::dispatch_active(Run { a: a.view(), rows, b, n, beta, c, ldc });
+}
+
 /// Checks the operands of a product and returns `(m, k, n)`.
 fn check(m: usize, k: usize, b: MatRef<'_>, c: &[f32], ldc: usize) -> (usize, usize, usize) {
     let n = b.cols;
@@ -685,7 +724,7 @@ mod tests {
     /// packing product.
     #[test]
     fn layout_helpers_and_prepacked_b() {
-        for &(m, k, n) in &[(7, 3, 16), (13, 300, 32), (6, 513, 48)] {
+        for &(m, k, n) in &[(7, 3, 16), (13, 300, 32), (6, 513, 48), (8, 20, 21)] {
             let (ad, bd) = (data(m * k, 3), data(k * n, 4));
             let a = MatRef::row_major(&ad, m, k);
             let packed = PackedA::new(a);
@@ -700,7 +739,7 @@ mod tests {
                     (start..packed.data.len()).map(|q| packed_a_position(m, k, q)).collect();
                 assert_eq!(walked, direct, "{m}x{k} from {start}");
             }
-            let mut bp = vec![0.0; packed_b_len(k, n)];
+            let mut bp = vec![f32::NAN; packed_b_len(k, n)];
             for p in 0..k {
                 for j in 0..n {
                     bp[(j / NR) * k * NR + p * NR + j % NR] = bd[p * n + j];
@@ -715,12 +754,23 @@ mod tests {
                     type Output = ();
                     fn with_simd<S: Simd>(self, s: S) {
                         let Run(a, b, m, n, c) = self;
-                        gemm_packed_ab(s, a, 0..m, b, n, c, n);
+                        gemm_packed_ab(s, a, 0..m, b, n, 0.0, c, n);
                     }
                 }
                 let mut got = vec![f32::NAN; m * n];
                 simd::dispatch(level, Run(packed.view(), &bp, m, n, &mut got)).unwrap();
                 assert_eq!(got, want, "{level} {m}x{k}x{n}");
+                if level == simd::active() {
+                    let mut acc = want.clone();
+                    sgemm_packed_ab(&packed, 0..m, &bp, n, 1.0, &mut acc, n);
+                    // Blocks are added to C one by one, so compare with a rounding margin.
+                    for (x, w) in acc.iter().zip(&want) {
+                        assert!(
+                            (x - 2.0 * w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{m}x{k}x{n} beta 1"
+                        );
+                    }
+                }
             }
         }
     }
