@@ -1,4 +1,4 @@
-//! Convolution as a matrix product: im2col + `sgemm`, and its backward (GEMM + col2im).
+//! Convolution as a matrix product: im2col + GEMM, and its backward (GEMM + col2im).
 //!
 //! For one image and one group, the *column matrix* `col` has one row per filter tap
 //! `(c, i, j)` (`C' · R · S` rows, `C' = c_in / groups`) and one column per output pixel
@@ -11,6 +11,12 @@
 //! d col [C'RS, OH·OW] = W_gᵀ · dY_g,    d in = col2im(d col)      (scatter-add of the rows)
 //! d W_g [K', C'RS] = Σ_images dY_g · colᵀ
 //! ```
+//!
+//! The products run on the crate's packed GEMM ([`crate::gemm`]): the forward packs each
+//! group's weights once per call ([`PackedA`], shared by every image) and builds `col` straight
+//! into the kernel's 16-pixel panels ([`sgemm_packed_ab`]), so nothing is packed per image; the
+//! backward products go through [`sgemm`]. With SIMD off, [`sgemm`] is `matrixmultiply::sgemm`
+//! and the forward runs the portable build of the packed kernel.
 //!
 //! A 1x1 kernel with stride 1 and no padding needs no column matrix: the input plane block
 //! `[C', H·W]` *is* `col`, and `d in` is the product itself. When a group has at most
@@ -25,8 +31,9 @@
 //! described below. Work is split over disjoint output slices with
 //! `par_chunks_mut`: over `(image, group)` blocks when there are at least as many as threads,
 //! otherwise over row blocks of one product (output channels forward, input channels for the
-//! input gradient), which gives the same bits because `sgemm` computes each row of `C` with
-//! the same sequence of operations whatever the number of rows around it.
+//! input gradient; forward blocks start on the packed weights' 6-row panels), which gives the
+//! same bits because both GEMMs compute each row of `C` with the same sequence of operations
+//! whatever the number of rows around it.
 //!
 //! The weight gradient is a sum over the batch. The batch is cut into at most
 //! [`WEIGHT_GRAD_PARTIALS`] fixed chunks (depending only on `n`, never on the thread count);

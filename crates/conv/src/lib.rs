@@ -24,8 +24,8 @@
 //! |-------------|----------------------------------------------------------------------|
 //! | [`params`]  | [`Conv2dParams`], [`out_size`], [`ConvGeometry`] (all validation)     |
 //! | [`naive`]   | the reference: the loops of the definition, f64 accumulation         |
-//! | [`im2col`]  | im2col + `sgemm` forward, GEMM + col2im backward, parallel           |
-//! | [`gemm`]    | the bounds-checked wrapper over `matrixmultiply::sgemm`              |
+//! | [`im2col`]  | im2col + GEMM forward, GEMM + col2im backward, parallel             |
+//! | [`gemm`]    | the packed 6x16 AVX2 GEMM, and the checked `matrixmultiply` fallback |
 //! | [`direct_backward`] | SIMD direct input/weight/bias gradients (small channel counts) |
 //! | [`algo`]    | [`ConvAlgo`], the [`select`] rule, [`supports`], dispatch            |
 //! | [`pool`]    | max / average pooling forward and backward ([`PoolParams`])          |
@@ -44,7 +44,8 @@
 //!   algorithm supports. Read once per process; an unknown name is ignored with one warning
 //!   on stderr. Explicitly requested algorithms are never overridden. Details in [`algo`].
 //! - `CONVKIT_SIMD=off` makes the SIMD kernels use their portable fallback (read by the
-//!   SIMD-dispatching kernels; the im2col path relies on `matrixmultiply`'s own detection).
+//!   SIMD-dispatching kernels, the packed GEMM included; the backward products then go through
+//!   `matrixmultiply`, which does its own detection).
 //!
 //! ## Threads and determinism
 //! Kernels run on the current rayon pool (install your own
