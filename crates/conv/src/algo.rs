@@ -270,10 +270,21 @@ pub fn conv2d_forward(
 /// [`conv2d_input_grad_winograd`] when the shape allows, and the weight gradient with
 /// [`conv2d_weight_grad_winograd`] on layers of at least 1024 output pixels per channel over
 /// the batch — F(4x4,3x3) without dilation, F(2x2,3x3) with, whatever variant the forward
-/// ran. Measured at 1 thread (min of 25 on the shared 2-core Zen 3, milliseconds, weight
-/// gradient alone): res3x3_56 im2col 4.5 / F2 3.7 / F4 3.0; res3x3_28b8 41.7 / 30.7 / 22.7;
-/// dilated 8.1 / 6.2 / 6.5; vgg3x3_14 (one 14x14 image, 196 pixels) 3.6 / 4.7 / 6.3, where
-/// the 16 or 49 tiles make the transform-domain products too short, so it stays on im2col.
+/// ran. Measured at 1 thread on the shared 2-core Zen 3 while other builds ran (weight
+/// gradient alone, milliseconds, min of 25 iterations, best of three runs, im2col / F2 / F4):
+///
+/// | shape       | im2col | winograd F2 | winograd F4 | picked |
+/// |-------------|--------|-------------|-------------|--------|
+/// | res3x3_56   |  4.0   |    2.5      |    1.9      | F4     |
+/// | res3x3_28b8 | 29.9   |   18.7      |   13.1      | F4     |
+/// | dilated     |  7.3   |    5.4      |    6.6      | F2     |
+/// | vgg3x3_14   |  2.9   |    3.0      |    4.2      | im2col |
+///
+/// On vgg3x3_14 (one 14x14 image, 196 output pixels) the 16 or 49 tiles make the
+/// transform-domain products too short to beat im2col. Full backward (input, weight and bias
+/// gradients) of `Auto` over its forward, same conditions: res3x3_56 4.5 / 2.1 ms (2.1x;
+/// 6.3 ms, 3.0x, with the im2col weight gradient), res3x3_28b8 28.4 / 13.8 ms (2.1x; 40.6 ms,
+/// 2.9x), dilated 11.3 / 4.8 ms (2.3x; 12.6 ms, 2.6x).
 /// The bias gradient always runs on im2col. `Direct` keeps its own backward
 /// ([`conv2d_backward_direct`]) on stride-1 shapes, where it reads the operands in place;
 /// with a stride its input gradient runs over the zero-stuffed output gradient and loses to
