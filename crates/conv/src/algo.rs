@@ -25,7 +25,8 @@ use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};
 use crate::params::ConvGeometry;
 use crate::winograd::{
-    WinogradVariant, conv2d_input_grad_winograd, conv2d_winograd, winograd_supports,
+    WinogradVariant, conv2d_input_grad_winograd, conv2d_weight_grad_winograd, conv2d_winograd,
+    winograd_supports,
 };
 
 /// A convolution algorithm.
@@ -144,8 +145,9 @@ pub fn env_algo() -> Option<ConvAlgo> {
 /// Whether `algo` can run the convolution `g` (forward and backward). `Auto` always can.
 ///
 /// After a Winograd forward, the input gradient is a Winograd convolution too (where the shape
-/// allows, see [`conv2d_input_grad_winograd`]) and the weight and bias gradients run on
-/// im2col. Direct has a backward kernel of its own, used where [`backward_kernel`] says it
+/// allows, see [`conv2d_input_grad_winograd`]), the weight gradient runs in the Winograd
+/// transform domain on layers with at least 1024 output pixels per channel over the batch
+/// ([`conv2d_weight_grad_winograd`]; im2col below), and the bias gradient on im2col. Direct has a backward kernel of its own, used where [`backward_kernel`] says it
 /// beats im2col.
 pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
     match algo {
@@ -265,7 +267,25 @@ pub fn conv2d_forward(
 /// (already resolved, never `Auto`): `Naive`, `Im2col` or `Direct`.
 ///
 /// Winograd: im2col, except that [`conv2d_backward`] computes the input gradient with
-/// [`conv2d_input_grad_winograd`] when the shape allows. `Direct` keeps its own backward
+/// [`conv2d_input_grad_winograd`] when the shape allows, and the weight gradient with
+/// [`conv2d_weight_grad_winograd`] on layers of at least 1024 output pixels per channel over
+/// the batch — F(4x4,3x3) without dilation, F(2x2,3x3) with, whatever variant the forward
+/// ran. Measured at 1 thread on the shared 2-core Zen 3 while other builds ran (weight
+/// gradient alone, milliseconds, min of 25 iterations, best of three runs, im2col / F2 / F4):
+///
+/// | shape       | im2col | winograd F2 | winograd F4 | picked |
+/// |-------------|--------|-------------|-------------|--------|
+/// | res3x3_56   |  4.0   |    2.5      |    1.9      | F4     |
+/// | res3x3_28b8 | 29.9   |   18.7      |   13.1      | F4     |
+/// | dilated     |  7.3   |    5.4      |    6.6      | F2     |
+/// | vgg3x3_14   |  2.9   |    3.0      |    4.2      | im2col |
+///
+/// On vgg3x3_14 (one 14x14 image, 196 output pixels) the 16 or 49 tiles make the
+/// transform-domain products too short to beat im2col. Full backward (input, weight and bias
+/// gradients) of `Auto` over its forward, same conditions: res3x3_56 4.5 / 2.1 ms (2.1x;
+/// 6.3 ms, 3.0x, with the im2col weight gradient), res3x3_28b8 28.4 / 13.8 ms (2.1x; 40.6 ms,
+/// 2.9x), dilated 11.3 / 4.8 ms (2.3x; 12.6 ms, 2.6x).
+/// The bias gradient always runs on im2col. `Direct` keeps its own backward
 /// ([`conv2d_backward_direct`]) on stride-1 shapes, where it reads the operands in place;
 /// with a stride its input gradient runs over the zero-stuffed output gradient and loses to
 /// col2im, so strided shapes run im2col.
@@ -299,7 +319,9 @@ pub fn backward_kernel(algo: ConvAlgo, g: &ConvGeometry) -> ConvAlgo {
 
 /// Backward convolution with the algorithm `algo` (after [`resolve`]): writes each requested
 /// gradient; returns the algorithm that ran the forward pass (the gradients come from the
-/// kernel [`backward_kernel`] picks for it). Same contract as [`conv2d_backward_naive`].
+/// kernel [`backward_kernel`] picks for it; after a Winograd forward, the input and weight
+/// gradients run on Winograd where [`backward_kernel`] says so). Same contract as
+/// [`conv2d_backward_naive`]; every gradient is bit-identical for any number of threads.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     g: &ConvGeometry,
@@ -318,29 +340,54 @@ pub fn conv2d_backward(
         _ => conv2d_backward_im2col,
     };
     // After a Winograd forward, the input gradient is a Winograd convolution too (see
-    // `conv2d_input_grad_winograd`); the weight and bias gradients stay on im2col.
+    // `conv2d_input_grad_winograd`), the weight gradient runs in the transform domain on large
+    // enough layers (`conv2d_weight_grad_winograd`), and the bias gradient stays on im2col.
     let variant = match algo {
         ConvAlgo::Winograd2 => Some(WinogradVariant::F2x2_3x3),
         ConvAlgo::Winograd4 => Some(WinogradVariant::F4x4_3x3),
         _ => None,
     };
-    let mut grad_input = grad_input;
-    if let (Some(variant), Some(gx)) = (variant, grad_input.as_deref_mut()) {
+    let (mut grad_input, mut grad_weight) = (grad_input, grad_weight);
+    if variant.is_some() && (grad_input.is_some() || grad_weight.is_some()) {
         g.check_backward_buffers(
             "conv2d_backward",
             [input.len(), weight.len(), grad_output.len()],
             [
-                Some(gx.len()),
+                grad_input.as_deref().map(<[f32]>::len),
                 grad_weight.as_deref().map(<[f32]>::len),
                 grad_bias.as_deref().map(<[f32]>::len),
             ],
         )?;
-        if conv2d_input_grad_winograd(g, weight, grad_output, gx, variant)? {
-            grad_input = None;
-        }
+    }
+    if let (Some(variant), Some(gx)) = (variant, grad_input.as_deref_mut())
+        && conv2d_input_grad_winograd(g, weight, grad_output, gx, variant)?
+    {
+        grad_input = None;
+    }
+    if let (Some(_), Some(gw)) = (variant, grad_weight.as_deref_mut())
+        && let Some(wvariant) = winograd_weight_grad_variant(g)
+        && conv2d_weight_grad_winograd(g, input, grad_output, gw, wvariant)?
+    {
+        grad_weight = None;
     }
     kernel(g, input, weight, grad_output, grad_input, grad_weight, grad_bias)?;
     Ok(algo)
+}
+
+/// The Winograd variant that computes the weight gradient after a Winograd forward, or `None`
+/// where im2col's is faster: F(4x4,3x3) without dilation, F(2x2,3x3) with (the subsampled
+/// grids of `dilated` are 14x14, which F(2x2)'s tiles cover exactly), and im2col below 1024
+/// output pixels per channel over the batch (`vgg3x3_14`), where the transform-domain products
+/// are too short (16 tiles of F(4x4,3x3)) to beat one im2col product.
+fn winograd_weight_grad_variant(g: &ConvGeometry) -> Option<WinogradVariant> {
+    if g.n * g.oh * g.ow < 1024 {
+        return None;
+    }
+    Some(if g.params.dilation == (1, 1) {
+        WinogradVariant::F4x4_3x3
+    } else {
+        WinogradVariant::F2x2_3x3
+    })
 }
 
 #[cfg(test)]

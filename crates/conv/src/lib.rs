@@ -116,6 +116,6 @@ pub use pool::{PoolGeometry, PoolParams};
 pub use simd::SimdLevel;
 pub use tolerance::{Tolerance, max_rel_error};
 pub use winograd::{
-    WinogradFilter, WinogradVariant, conv2d_input_grad_winograd, conv2d_winograd,
-    conv2d_winograd_prepared, conv2d_winograd_with, winograd_supports,
+    WinogradFilter, WinogradVariant, conv2d_input_grad_winograd, conv2d_weight_grad_winograd,
+    conv2d_winograd, conv2d_winograd_prepared, conv2d_winograd_with, winograd_supports,
 };

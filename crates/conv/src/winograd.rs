@@ -53,6 +53,15 @@
 //!   ([`conv2d_winograd`]) keeps the transformed filters in a per-thread buffer between calls.
 //! - **Input gradient.** After a Winograd forward, [`conv2d_input_grad_winograd`] computes `dX`
 //!   as the Winograd convolution of `dY` with the filters flipped and their channels swapped.
+//! - **Weight gradient.** [`conv2d_weight_grad_winograd`] differentiates the tile formula: the
+//!   transformed filter's gradient is `dU = Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)` and `dg = Gᵀ dU G`.
+//!   Per transform position `ξ` it is one product `dU[ξ] [K', C'] += dŶ[ξ] [K', tiles] ·
+//!   V[ξ] [C', tiles]ᵀ` (`sgemm`, the tiles as the inner dimension), with the same input
+//!   transform, tiles, padding, dilation phases and groups as the forward; output-gradient
+//!   values of edge tiles outside the output read as zero. The tiles of the whole batch are
+//!   taken image by image in blocks of at most 4 MiB of transform-domain scratch, and each
+//!   `dU[ξ]` accumulates the blocks in that order, so the batch reduction is the same for every
+//!   thread count (threads split the `α²` products of a block, never the sum).
 //! - **Work items** are `(images, group, chunk of output channels)`, each writing its own
 //!   contiguous output slice (`par_chunks_mut`). An item takes several images (at most 256
 //!   tiles, leaving at least two items) when there is one group, so that the GEMMs are wide
@@ -90,11 +99,22 @@
 //! | vgg3x3_14 1,256,14,14→256 3x3 p1 | 6.9e-7 | 1.1e-5 |
 //!
 //! F(4x4,3x3) loses about one decimal digit against F(2x2,3x3), well under the 1e-3 budget.
+//!
+//! The weight gradient ([`conv2d_weight_grad_winograd`], whole tensor, all images; input and
+//! output gradient uniform in [−1, 1], against `conv2d_backward_naive`; im2col's for scale):
+//!
+//! | shape | im2col | F(2x2,3x3) | F(4x4,3x3) |
+//! |---|---|---|---|
+//! | res3x3_56 1,64,56,56→64 3x3 p1 | 3.1e-7 | 6.3e-7 | 8.5e-6 |
+//! | res3x3_28b8 8,128,28,28→128 3x3 p1 | 3.2e-7 | 5.4e-7 | 6.0e-6 |
+//! | vgg3x3_14 1,256,14,14→256 3x3 p1 | 5.0e-7 | 4.0e-7 | 2.8e-6 |
 
 use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
-use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab, packed_a_len, packed_a_positions};
+use crate::gemm::{
+    MR, MatRef, NR, PackedARef, gemm_packed_ab, packed_a_len, packed_a_positions, sgemm,
+};
 use crate::params::{ConvGeometry, check_len};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
@@ -332,6 +352,255 @@ pub fn conv2d_input_grad_winograd(
     }
     conv2d_winograd(&gt, grad_output, &flipped, None, grad_input, variant)?;
     Ok(true)
+}
+
+/// Transform-domain scratch per tile block of the weight gradient, in floats (4 MiB).
+const WGRAD_BLOCK_FLOATS: usize = 1 << 20;
+
+/// The weight gradient of a 3x3, stride-1 convolution, computed by Winograd.
+///
+/// With `Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A` per tile, the gradient of the transformed filter is
+/// `dU = Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)` over every image and tile, and `dg = Gᵀ dU G`. Summed
+/// over channels, each transform position `ξ` is one product,
+/// `dU[ξ] [K', C'] += dŶ[ξ] [K', tiles] · V[ξ] [C', tiles]ᵀ`, accumulated over blocks of tiles
+/// taken in a fixed order (image by image), so the result does not depend on the number of
+/// threads (the `α²` products of a block run in parallel, each one on its own `dU[ξ]`).
+/// The input tiles, edge tiles, dilation (subsampled grids) and groups are handled as in
+/// [`conv2d_winograd`]; output-gradient values outside the output read as zero.
+///
+/// `variant` need not be the one the forward pass ran. Returns `Ok(false)` without writing
+/// when `g` is not a 3x3 stride-1 convolution. `grad_weight` (`[c_out, c_in/groups, 3, 3]`)
+/// is overwritten.
+pub fn conv2d_weight_grad_winograd(
+    g: &ConvGeometry,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<bool> {
+    const OP_W: &str = "conv2d_weight_grad_winograd";
+    if unsupported(g).is_some() {
+        return Ok(false);
+    }
+    check_len(OP_W, "input", &g.input_dims(), input.len())?;
+    check_len(OP_W, "grad_output", &g.output_dims(), grad_output.len())?;
+    check_len(OP_W, "grad_weight", &g.weight_dims(), grad_weight.len())?;
+    let (cpg, kpg, groups) = (g.c_in_per_group(), g.c_out_per_group(), g.params.groups);
+    let a = variant.alpha();
+    let a2 = a * a;
+    let (image_tiles, hp, wp) = tile_grid(g, variant);
+    let tiles: Vec<Tile> =
+        (0..g.n).flat_map(|img| image_tiles.iter().map(move |t| Tile { img, ..*t })).collect();
+    let tb_max = (WGRAD_BLOCK_FLOATS / (a2 * (cpg + kpg))).clamp(8, 512) / LANES * LANES;
+    let nblocks = tiles.len().div_ceil(tb_max);
+    let tb = tiles.len().div_ceil(nblocks).next_multiple_of(LANES);
+    let plane = hp * wp;
+    let (padded_len, v_len, w_len) = (g.n * cpg * plane, a2 * cpg * tb, a2 * kpg * tb);
+    let parallel = g.flops() >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
+    let (ph, pw) = g.params.padding;
+    let (dh, dw) = g.params.dilation;
+    let pads = Pads { h: g.h, w: g.w, ph, pw, wp };
+    let mut du = vec![0f32; a2 * kpg * cpg];
+    crate::direct::with_thread_scratch(|scratch| {
+        // Every element is written before it is read: the padded planes by `pad_planes`, the
+        // transform buffers lane group by lane group (stale lanes past a block's end are never
+        // part of a product).
+        let total = padded_len + v_len + w_len;
+        if scratch.len() < total {
+            scratch.resize(total, 0.0);
+        }
+        let (padded, rest) = scratch.split_at_mut(padded_len);
+        let (vbuf, rest) = rest.split_at_mut(v_len);
+        let wbuf = &mut rest[..w_len];
+        for grp in 0..groups {
+            let src = (0..g.n).flat_map(|b| {
+                let start = (b * g.c_in + grp * cpg) * g.h * g.w;
+                input[start..start + cpg * g.h * g.w].chunks_exact(g.h * g.w)
+            });
+            pad_planes(&pads, src, padded.chunks_exact_mut(plane));
+            let patches = Patches { padded: &*padded, plane, wp, dh, dw, cpg, tb };
+            for (bi, block) in tiles.chunks(tb).enumerate() {
+                let item = GradBlock {
+                    variant,
+                    patches: &patches,
+                    block,
+                    dy: grad_output,
+                    k0: grp * kpg,
+                    kpg,
+                    c_out: g.c_out,
+                    oh: g.oh,
+                    ow: g.ow,
+                    vbuf,
+                    wbuf,
+                };
+                simd::dispatch_active(item);
+                let nt = block.len();
+                let beta = if bi == 0 { 0.0 } else { 1.0 };
+                let (vb, wb) = (&*vbuf, &*wbuf);
+                let product = |(xi, c): (usize, &mut [f32])| {
+                    let dyt = &wb[xi * kpg * tb..][..kpg * tb];
+                    let v = &vb[xi * cpg * tb..][..cpg * tb];
+                    let dyt =
+                        MatRef { data: dyt, rows: kpg, cols: nt, row_stride: tb, col_stride: 1 };
+                    let vt = MatRef { data: v, rows: nt, cols: cpg, row_stride: 1, col_stride: tb };
+                    sgemm(1.0, dyt, vt, beta, c, cpg);
+                };
+                if parallel {
+                    du.par_chunks_mut(kpg * cpg).enumerate().for_each(product);
+                } else {
+                    du.chunks_mut(kpg * cpg).enumerate().for_each(product);
+                }
+            }
+            let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
+            filter_grad_transform(&du, gw, kpg, cpg, variant);
+        }
+    });
+    Ok(true)
+}
+
+/// `dg = Gᵀ dU G` for every filter: `dU` is `[ξ][k][c]`, `gw` is `[k][c][3][3]`. Separable
+/// (rows, then columns), accumulated in f64 over unit-stride rows of `c`.
+fn filter_grad_transform(
+    du: &[f32],
+    gw: &mut [f32],
+    kpg: usize,
+    cpg: usize,
+    variant: WinogradVariant,
+) {
+    let a = variant.alpha();
+    let gm = variant.g_matrix();
+    // tmp[ξi][s][c] = Σ_ξj G[ξj][s] · dU[ξi, ξj][k][c];  out[r][s][c] = Σ_ξi G[ξi][r] · tmp.
+    let mut tmp = vec![0f64; a * 3 * cpg];
+    let mut out = vec![0f64; 9 * cpg];
+    for k in 0..kpg {
+        tmp.fill(0.0);
+        for xi in 0..a {
+            for (xj, grow) in gm.iter().enumerate() {
+                let src = &du[((xi * a + xj) * kpg + k) * cpg..][..cpg];
+                for (s, &coef) in grow.iter().enumerate() {
+                    if coef == 0.0 {
+                        continue;
+                    }
+                    let dst = &mut tmp[(xi * 3 + s) * cpg..][..cpg];
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d += coef * f64::from(v);
+                    }
+                }
+            }
+        }
+        out.fill(0.0);
+        for (xi, grow) in gm.iter().enumerate() {
+            for (r, &coef) in grow.iter().enumerate() {
+                if coef == 0.0 {
+                    continue;
+                }
+                for s in 0..3 {
+                    let src = &tmp[(xi * 3 + s) * cpg..][..cpg];
+                    let dst = &mut out[(r * 3 + s) * cpg..][..cpg];
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d += coef * v;
+                    }
+                }
+            }
+        }
+        for (c, filt) in gw[k * cpg * 9..][..cpg * 9].chunks_exact_mut(9).enumerate() {
+            for (rs, f) in filt.iter_mut().enumerate() {
+                *f = out[rs * cpg + c] as f32;
+            }
+        }
+    }
+}
+
+/// One block of tiles of the weight gradient: the input transform into `vbuf[ξ][c][t]` and
+/// the output-gradient transform `A dY Aᵀ` into `wbuf[ξ][k][t]`.
+struct GradBlock<'a> {
+    variant: WinogradVariant,
+    patches: &'a Patches<'a>,
+    block: &'a [Tile],
+    /// The whole output gradient, `[n, c_out, oh, ow]`.
+    dy: &'a [f32],
+    /// First output channel of the group.
+    k0: usize,
+    kpg: usize,
+    c_out: usize,
+    oh: usize,
+    ow: usize,
+    vbuf: &'a mut [f32],
+    wbuf: &'a mut [f32],
+}
+
+impl WithSimd for GradBlock<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        match self.variant {
+            WinogradVariant::F2x2_3x3 => grad_block::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => grad_block::<S, F4, 6, 4>(s, self),
+        }
+    }
+}
+
+#[inline(always)]
+fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    b: GradBlock<'_>,
+) {
+    let GradBlock { patches: p, block, dy, k0, kpg, c_out, oh, ow, vbuf, wbuf, .. } = b;
+    input_transform_block::<S, T, A, M>(s, p, block, vbuf, false);
+    let (dh, dw, tb) = (p.dh, p.dw, p.tb);
+    for (lg, group) in block.chunks(LANES).enumerate() {
+        let t0 = lg * LANES;
+        // Lanes past the block's end gather zeros; their columns are never part of a product.
+        let lanes: [Option<Tile>; LANES] = std::array::from_fn(|l| group.get(l).copied());
+        // In-range rows and columns of each lane's m×m output block.
+        let extent: [(usize, usize); LANES] = std::array::from_fn(|l| {
+            lanes[l].map_or((0, 0), |t| {
+                (M.min((oh - t.oy).div_ceil(dh)), M.min((ow - t.ox).div_ceil(dw)))
+            })
+        });
+        // Eight whole tiles (the interior): gathers without tests.
+        let full = extent.iter().all(|&e| e == (M, M));
+        for k in 0..kpg {
+            let base: [usize; LANES] = std::array::from_fn(|l| {
+                lanes[l].map_or(0, |t| ((t.img * c_out + k0 + k) * oh + t.oy) * ow + t.ox)
+            });
+            let mut y = [[s.zero(); M]; M];
+            if full {
+                // One bounds check for the whole gather: the farthest element of any block.
+                let far = base.iter().copied().max().unwrap_or(0) + (M - 1) * (dh * ow + dw);
+                assert!(far < dy.len());
+                for (i, yr) in y.iter_mut().enumerate() {
+                    for (j, yv) in yr.iter_mut().enumerate() {
+                        let off = i * dh * ow + j * dw;
+                        let mut gathered = [0f32; LANES];
+                        for (g, &b) in gathered.iter_mut().zip(&base) {
+                            // SAFETY: `b + off ≤ far < dy.len()` (asserted above).
+                            *g = unsafe { *dy.get_unchecked(b + off) };
+                        }
+                        *yv = s.load(&gathered);
+                    }
+                }
+            } else {
+                for (i, yr) in y.iter_mut().enumerate() {
+                    for (j, yv) in yr.iter_mut().enumerate() {
+                        let off = i * dh * ow + j * dw;
+                        let gathered: [f32; LANES] = std::array::from_fn(|l| {
+                            let (mi, mj) = extent[l];
+                            if i < mi && j < mj { dy[base[l] + off] } else { 0.0 }
+                        });
+                        *yv = s.load(&gathered);
+                    }
+                }
+            }
+            let w = grad_2d::<S, T, A, M>(s, &y);
+            for (xi, row) in w.iter().enumerate() {
+                for (xj, &val) in row.iter().enumerate() {
+                    s.store(val, &mut wbuf[((xi * A + xj) * kpg + k) * tb + t0..]);
+                }
+            }
+        }
+    }
 }
 
 /// Filters per work item of the filter transform (and its staging buffer's row length).
@@ -583,29 +852,39 @@ struct Plan {
     tb: usize,
 }
 
-impl Plan {
-    fn new(g: &ConvGeometry, variant: WinogradVariant) -> Plan {
-        let (m, a) = (variant.m(), variant.alpha());
-        let (dh, dw) = g.params.dilation;
-        let (ph, pw) = g.params.padding;
-        let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
-        let mut tiles = Vec::new();
-        let (mut hp, mut wp) = (g.h + ph, g.w + pw);
-        for ry in 0..dh.min(g.oh) {
-            let ohr = (g.oh - ry).div_ceil(dh);
-            for rx in 0..dw.min(g.ow) {
-                let owr = (g.ow - rx).div_ceil(dw);
-                let (th, tw) = (ohr.div_ceil(m), owr.div_ceil(m));
-                hp = hp.max(ry + dh * ((th - 1) * m + a - 1) + 1);
-                wp = wp.max(rx + dw * ((tw - 1) * m + a - 1) + 1);
-                for ty in 0..th {
-                    for tx in 0..tw {
-                        let (oy, ox) = (ry + dh * ty * m, rx + dw * tx * m);
-                        tiles.push(Tile { img: 0, py: oy, px: ox, oy, ox });
-                    }
+/// The tiles of one image (`img` 0) for `g` and `variant`, phase by phase for a dilated
+/// layer, and the padded plane size `(hp, wp)` that covers every tile's patch.
+fn tile_grid(g: &ConvGeometry, variant: WinogradVariant) -> (Vec<Tile>, usize, usize) {
+    let (m, a) = (variant.m(), variant.alpha());
+    let (dh, dw) = g.params.dilation;
+    let (ph, pw) = g.params.padding;
+    let mut tiles = Vec::new();
+    let (mut hp, mut wp) = (g.h + ph, g.w + pw);
+    for ry in 0..dh.min(g.oh) {
+        let ohr = (g.oh - ry).div_ceil(dh);
+        for rx in 0..dw.min(g.ow) {
+            let owr = (g.ow - rx).div_ceil(dw);
+            let (th, tw) = (ohr.div_ceil(m), owr.div_ceil(m));
+            hp = hp.max(ry + dh * ((th - 1) * m + a - 1) + 1);
+            wp = wp.max(rx + dw * ((tw - 1) * m + a - 1) + 1);
+            for ty in 0..th {
+                for tx in 0..tw {
+                    let (oy, ox) = (ry + dh * ty * m, rx + dw * tx * m);
+                    tiles.push(Tile { img: 0, py: oy, px: ox, oy, ox });
                 }
             }
         }
+    }
+    (tiles, hp, wp)
+}
+
+impl Plan {
+    fn new(g: &ConvGeometry, variant: WinogradVariant) -> Plan {
+        let a = variant.alpha();
+        let (dh, dw) = g.params.dilation;
+        let (ph, pw) = g.params.padding;
+        let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
+        let (mut tiles, hp, wp) = tile_grid(g, variant);
         let mut kc = kpg;
         // Split output channels only to give two threads work (one image, one group): every
         // extra chunk repeats the image's input transform. Chunks start on panels of the packed
@@ -701,58 +980,18 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
     let (padded, rest) = scratch.split_at_mut(padded_len);
     let (vbuf, rest) = rest.split_at_mut(v_len);
     let mbuf = &mut rest[..m_len];
-    for (c, pl) in padded.chunks_exact_mut(plane).enumerate() {
-        pl[..p.ph * p.wp].fill(0.0);
-        pl[(p.ph + p.h) * p.wp..].fill(0.0);
-        for r in 0..p.h {
-            let row = &mut pl[(r + p.ph) * p.wp..][..p.wp];
-            row[..p.pw].fill(0.0);
-            row[p.pw..p.pw + p.w].copy_from_slice(&input[(c * p.h + r) * p.w..][..p.w]);
-            row[p.pw + p.w..].fill(0.0);
-        }
-    }
+    let planes_in = input.chunks_exact(p.h * p.w);
+    let pads = Pads { h: p.h, w: p.w, ph: p.ph, pw: p.pw, wp: p.wp };
+    pad_planes(&pads, planes_in, padded.chunks_exact_mut(plane));
     let padded = &*padded;
+    let patches = Patches { padded, plane, wp: p.wp, dh: p.dh, dw: p.dw, cpg: p.cpg, tb: p.tb };
 
     // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
     let mut vals = [[0f32; LANES]; 16];
     for block in p.tiles.chunks(p.tb) {
         let nt = block.len();
         // Input transform, 8 tiles at a time: V[ξ][c][t].
-        for (lg, group) in block.chunks(LANES).enumerate() {
-            let t0 = lg * LANES;
-            // Lanes past the block's end repeat its last tile; their results are never stored.
-            let lanes: [Tile; LANES] = std::array::from_fn(|l| group[l.min(group.len() - 1)]);
-            for c in 0..p.cpg {
-                // Top-left corner of each lane's patch in `padded`.
-                let base: [usize; LANES] = std::array::from_fn(|l| {
-                    let t = lanes[l];
-                    (t.img * p.cpg + c) * plane + t.py * p.wp + t.px
-                });
-                // One bounds check for the whole gather: the farthest element of any patch.
-                let far = base.iter().copied().max().unwrap_or(0) + (A - 1) * (p.dh * p.wp + p.dw);
-                assert!(far < padded.len());
-                let mut d = [[s.zero(); A]; A];
-                for (r, dr) in d.iter_mut().enumerate() {
-                    for (col, dv) in dr.iter_mut().enumerate() {
-                        let off = r * p.dh * p.wp + col * p.dw;
-                        let mut gathered = [0f32; LANES];
-                        for (g, &b) in gathered.iter_mut().zip(&base) {
-                            // SAFETY: `b + off ≤ far < padded.len()` (asserted above).
-                            *g = unsafe { *padded.get_unchecked(b + off) };
-                        }
-                        *dv = s.load(&gathered);
-                    }
-                }
-                let v = input_2d::<S, T, A, M>(s, &d);
-                // Packed-B layout: panels of NR tiles, each `cpg` steps of NR floats.
-                let at = (t0 / NR * p.cpg + c) * NR + t0 % NR;
-                for (xi, row) in v.iter().enumerate() {
-                    for (xj, &val) in row.iter().enumerate() {
-                        s.store(val, &mut vbuf[(xi * A + xj) * p.cpg * p.tb + at..]);
-                    }
-                }
-            }
-        }
+        input_transform_block::<S, T, A, M>(s, &patches, block, vbuf, true);
         // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
         // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
         let n = nt.next_multiple_of(NR);
@@ -796,6 +1035,97 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
     }
 }
 
+/// Sizes for [`pad_planes`].
+struct Pads {
+    h: usize,
+    w: usize,
+    ph: usize,
+    pw: usize,
+    /// Padded row length.
+    wp: usize,
+}
+
+/// Copies each `h × w` plane of `src` into the matching padded plane of `dst` at offset
+/// `(ph, pw)`, zeroing the rest of every padded plane.
+fn pad_planes<'a>(
+    p: &Pads,
+    src: impl Iterator<Item = &'a [f32]>,
+    dst: impl Iterator<Item = &'a mut [f32]>,
+) {
+    for (input, pl) in src.zip(dst) {
+        pl[..p.ph * p.wp].fill(0.0);
+        pl[(p.ph + p.h) * p.wp..].fill(0.0);
+        for r in 0..p.h {
+            let row = &mut pl[(r + p.ph) * p.wp..][..p.wp];
+            row[..p.pw].fill(0.0);
+            row[p.pw..p.pw + p.w].copy_from_slice(&input[r * p.w..][..p.w]);
+            row[p.pw + p.w..].fill(0.0);
+        }
+    }
+}
+
+/// Zero-padded input planes `[img][c][hp][wp]` and how the tiles read them.
+struct Patches<'a> {
+    padded: &'a [f32],
+    /// `hp · wp`.
+    plane: usize,
+    wp: usize,
+    dh: usize,
+    dw: usize,
+    /// Channels per image in `padded`.
+    cpg: usize,
+    /// Row length (tiles per block) of the transform-domain buffer.
+    tb: usize,
+}
+
+/// The input transform `V = Bᵀ d B` of a block of tiles, 8 at a time, into `vbuf[ξ]`: each
+/// plane a `cpg × tb` matrix, row-major (`[c][t]`) or, with `panels`, in the packed-B layout of
+/// the GEMM (panels of [`NR`] tiles, each `cpg` steps of `NR` floats; `tb` a multiple of `NR`).
+#[inline(always)]
+fn input_transform_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    p: &Patches<'_>,
+    block: &[Tile],
+    vbuf: &mut [f32],
+    panels: bool,
+) {
+    let padded = p.padded;
+    for (lg, group) in block.chunks(LANES).enumerate() {
+        let t0 = lg * LANES;
+        // Lanes past the block's end repeat its last tile; their results are never stored.
+        let lanes: [Tile; LANES] = std::array::from_fn(|l| group[l.min(group.len() - 1)]);
+        for c in 0..p.cpg {
+            // Top-left corner of each lane's patch in `padded`.
+            let base: [usize; LANES] = std::array::from_fn(|l| {
+                let t = lanes[l];
+                (t.img * p.cpg + c) * p.plane + t.py * p.wp + t.px
+            });
+            // One bounds check for the whole gather: the farthest element of any patch.
+            let far = base.iter().copied().max().unwrap_or(0) + (A - 1) * (p.dh * p.wp + p.dw);
+            assert!(far < padded.len());
+            let mut d = [[s.zero(); A]; A];
+            for (r, dr) in d.iter_mut().enumerate() {
+                for (col, dv) in dr.iter_mut().enumerate() {
+                    let off = r * p.dh * p.wp + col * p.dw;
+                    let mut gathered = [0f32; LANES];
+                    for (g, &b) in gathered.iter_mut().zip(&base) {
+                        // SAFETY: `b + off ≤ far < padded.len()` (asserted above).
+                        *g = unsafe { *padded.get_unchecked(b + off) };
+                    }
+                    *dv = s.load(&gathered);
+                }
+            }
+            let v = input_2d::<S, T, A, M>(s, &d);
+            let at = if panels { (t0 / NR * p.cpg + c) * NR + t0 % NR } else { c * p.tb + t0 };
+            for (xi, row) in v.iter().enumerate() {
+                for (xj, &val) in row.iter().enumerate() {
+                    s.store(val, &mut vbuf[(xi * A + xj) * p.cpg * p.tb + at..]);
+                }
+            }
+        }
+    }
+}
+
 /// The 1-D transforms of one variant, `α = A`, `m = M`. Static functions rather than closures:
 /// a closure body would be compiled without the caller's `#[target_feature]`s.
 trait Transforms<const A: usize, const M: usize> {
@@ -803,6 +1133,8 @@ trait Transforms<const A: usize, const M: usize> {
     fn bt<S: Simd>(s: S, d: [S::V; A]) -> [S::V; A];
     /// `Aᵀ m`.
     fn at<S: Simd>(s: S, m: [S::V; A]) -> [S::V; M];
+    /// `A y`: the transpose of the output transform, for the weight gradient.
+    fn a<S: Simd>(s: S, y: [S::V; M]) -> [S::V; A];
 }
 
 /// F(2x2,3x3).
@@ -819,6 +1151,10 @@ impl Transforms<4, 2> for F2 {
     fn at<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
         at4(s, m)
     }
+    #[inline(always)]
+    fn a<S: Simd>(s: S, y: [S::V; 2]) -> [S::V; 4] {
+        [y[0], s.add(y[0], y[1]), s.sub(y[0], y[1]), s.sub(s.zero(), y[1])]
+    }
 }
 
 impl Transforms<6, 4> for F4 {
@@ -829,6 +1165,16 @@ impl Transforms<6, 4> for F4 {
     #[inline(always)]
     fn at<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
         at6(s, m)
+    }
+    #[inline(always)]
+    fn a<S: Simd>(s: S, y: [S::V; 4]) -> [S::V; 6] {
+        // [y0, e + o, e − o, e2 + o2, e2 − o2, y3] with e = y0 + y2, o = y1 + y3,
+        // e2 = y0 + 4 y2, o2 = 2 y1 + 8 y3.
+        let e = s.add(y[0], y[2]);
+        let o = s.add(y[1], y[3]);
+        let e2 = s.fma(s.splat(4.0), y[2], y[0]);
+        let o2 = s.fma(s.splat(8.0), y[3], s.mul(s.splat(2.0), y[1]));
+        [y[0], s.add(e, o), s.sub(e, o), s.add(e2, o2), s.sub(e2, o2), y[3]]
     }
 }
 
@@ -876,6 +1222,30 @@ fn output_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     let mut o = [[s.zero(); M]; M];
     for r in 0..M {
         o[r] = T::at(s, t[r]);
+    }
+    o
+}
+
+/// `A y Aᵀ` for an `m×m` block `y`: the 1-D transform on the columns, then on the rows.
+#[inline(always)]
+fn grad_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    y: &[[S::V; M]; M],
+) -> [[S::V; A]; A] {
+    let mut t = [[s.zero(); M]; A];
+    for col in 0..M {
+        let mut c = [s.zero(); M];
+        for r in 0..M {
+            c[r] = y[r][col];
+        }
+        let v = T::a(s, c);
+        for r in 0..A {
+            t[r][col] = v[r];
+        }
+    }
+    let mut o = [[s.zero(); A]; A];
+    for r in 0..A {
+        o[r] = T::a(s, t[r]);
     }
     o
 }

@@ -1,14 +1,18 @@
 //! Backward after a Winograd forward: the input gradient runs as a Winograd convolution of
 //! `dY` with the flipped, channel-swapped filters (`conv2d_input_grad_winograd`); the weight
-//! and bias gradients run on im2col. Every gradient is checked against the f64 naive reference
-//! on random 3x3 stride-1 shapes (padding, dilation, groups, odd sizes), on a large layer, and
-//! the shapes without such a form (padding above twice the dilation) fall back to im2col.
+//! gradient runs in the Winograd transform domain (`conv2d_weight_grad_winograd`) on layers
+//! with at least 1024 output pixels per channel, on im2col below; the bias gradient on
+//! im2col. Every gradient is checked against the f64 naive reference on random 3x3 stride-1
+//! shapes (padding, dilation, groups, odd sizes), with the Winograd weight gradient of both
+//! variants also called directly (the random shapes are mostly below the 1024-pixel rule), on
+//! a large layer, and the shapes without such a form (padding above twice the dilation) fall
+//! back to im2col. The Winograd weight gradient is bit-identical for 1, 2 and 3 threads.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::{Operands, compare, geom, run};
-use convkit_conv::winograd::conv2d_input_grad_winograd;
+use common::{Operands, compare, geom, max_abs, run, sum_tolerance};
+use convkit_conv::winograd::{conv2d_input_grad_winograd, conv2d_weight_grad_winograd};
 use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, WinogradVariant};
 use proptest::prelude::*;
 
@@ -24,7 +28,22 @@ fn check(g: &ConvGeometry, seed: u64, bias: bool) -> Result<(), String> {
         let got = run(g, &o, algo);
         compare(g, &o, tol, &got, &reference).map_err(|e| format!("{algo}: {e}"))?;
     }
+    // The Winograd weight gradient of each variant, called directly.
+    for (_, variant, tol) in ALGOS {
+        let gw = weight_grad(g, &o, variant);
+        let bound = max_abs(&o.dy) * max_abs(&o.x);
+        sum_tolerance(tol, g.n * g.oh * g.ow, bound)
+            .check(&gw, &reference.gw)
+            .map_err(|e| format!("{} weight gradient: {e} ({g:?})", variant.name()))?;
+    }
     Ok(())
+}
+
+/// `conv2d_weight_grad_winograd` on `o`, into a buffer of NaNs (every element must be written).
+fn weight_grad(g: &ConvGeometry, o: &Operands, variant: WinogradVariant) -> Vec<f32> {
+    let mut gw = vec![f32::NAN; g.weight_len()];
+    assert!(conv2d_weight_grad_winograd(g, &o.x, &o.dy, &mut gw, variant).unwrap());
+    gw
 }
 
 /// A random 3x3 stride-1 convolution: channels 1..=16 with groups among the divisors of
@@ -96,4 +115,48 @@ fn only_eligible_shapes_take_the_winograd_input_gradient() {
     assert!(!run_on(&geom([2, 4, 8, 8], [4, 4, 5, 5], p), &mut gx));
     // Those shapes still give correct gradients through `conv2d_backward`.
     check(&geom([2, 4, 8, 8], [4, 4, 3, 3], p.with_padding(3)), 5, true).unwrap();
+}
+
+#[test]
+fn weight_gradient_through_the_dispatcher() {
+    // 2·24·24 = 1152 output pixels per channel: `conv2d_backward` takes the Winograd weight
+    // gradient after either Winograd forward (F(4x4,3x3) here, F(2x2,3x3) when dilated).
+    let p = Conv2dParams::default();
+    check(&geom([2, 16, 24, 24], [24, 16, 3, 3], p.with_padding(1)), 21, true).unwrap();
+    let pd = Conv2dParams { padding: (2, 2), dilation: (2, 2), groups: 2, ..p };
+    check(&geom([2, 16, 25, 23], [8, 8, 3, 3], pd), 22, false).unwrap();
+    // Shapes the weight gradient declines: written through im2col instead.
+    let mut gw = vec![0f32; 4 * 4 * 25];
+    let g5 = geom([2, 4, 8, 8], [4, 4, 5, 5], p);
+    let o = Operands::new(&g5, 1, false);
+    let f2 = WinogradVariant::F2x2_3x3;
+    assert!(!conv2d_weight_grad_winograd(&g5, &o.x, &o.dy, &mut gw, f2).unwrap());
+    let strided = geom([2, 4, 8, 8], [4, 4, 3, 3], Conv2dParams { stride: (2, 2), ..p });
+    let o = Operands::new(&strided, 1, false);
+    gw.truncate(4 * 4 * 9);
+    assert!(!conv2d_weight_grad_winograd(&strided, &o.x, &o.dy, &mut gw, f2).unwrap());
+}
+
+#[test]
+fn weight_gradient_same_bits_for_1_2_and_3_threads() {
+    let p = Conv2dParams::default();
+    // Several tile blocks (the accumulation chain), two groups, dilation, batch 1.
+    let shapes = [
+        geom([3, 64, 30, 30], [96, 64, 3, 3], p.with_padding(1)),
+        geom([2, 32, 29, 27], [32, 16, 3, 3], p.with_padding(2).with_dilation(2).with_groups(2)),
+        geom([1, 24, 40, 40], [24, 24, 3, 3], p),
+    ];
+    for (i, g) in shapes.iter().enumerate() {
+        let o = Operands::new(g, 70 + i as u64, false);
+        for (_, variant, _) in ALGOS {
+            let in_pool = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let gw = pool.install(|| weight_grad(g, &o, variant));
+                gw.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+            };
+            let one = in_pool(1);
+            assert_eq!(one, in_pool(2), "{} 2 threads {g:?}", variant.name());
+            assert_eq!(one, in_pool(3), "{} 3 threads {g:?}", variant.name());
+        }
+    }
 }
