@@ -63,13 +63,16 @@
 //!   computes the same values, so every store is a whole vector and every load stays inside
 //!   the padded row.
 //!
+//! The same path computes the input gradient of such a layer for
+//! [`crate::direct_backward`] (rotated filters, padding `2 − p`).
+//!
 //! Every stride, padding, dilation and group count is supported; bias is added by
 //! initializing the accumulators with it. The instruction set is chosen by [`crate::simd`].
 
 use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
-use crate::params::ConvGeometry;
+use crate::params::{Conv2dParams, ConvGeometry};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
 const OP: &str = "conv2d_direct";
@@ -252,6 +255,38 @@ impl Dw3Plan {
                 .for_each(|item| with_thread_scratch(|s| run(s, item)));
         }
     }
+}
+
+/// Input gradient of a depthwise 3x3 convolution with stride 1, no dilation and padding at
+/// most 2, through the forward depthwise path: `dX` is the output gradient correlated with the
+/// 180°-rotated filters under padding `2 − p`. Writes `grad_input` and returns `true` when the
+/// shape qualifies (input rows of at least 8 columns), else returns `false` untouched.
+/// `level` must be available and the buffers checked by the caller.
+pub(crate) fn depthwise3_input_grad(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    weight: &[f32],
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+) -> bool {
+    let p = g.params;
+    let depthwise = g.c_in_per_group() == 1 && g.c_out_per_group() == 1;
+    let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1) && p.dilation == (1, 1);
+    if !depthwise || !three || p.padding.0 > 2 || p.padding.1 > 2 {
+        return false;
+    }
+    let params = Conv2dParams { padding: (2 - p.padding.0, 2 - p.padding.1), ..p };
+    let Ok(gt) = ConvGeometry::new([g.n, g.c_out, g.oh, g.ow], [g.c_in, 1, 3, 3], params) else {
+        return false;
+    };
+    let Some(plan) = Dw3Plan::new(&gt) else { return false };
+    if (gt.oh, gt.ow) != (g.h, g.w) || grad_input.len() != gt.output_len() {
+        return false;
+    }
+    // Tap `t = i·3 + j` of the rotated filter is tap `8 − t` of the original.
+    let rotated: Vec<f32> = weight.chunks_exact(9).flat_map(|f| f.iter().rev().copied()).collect();
+    plan.run(level, grad_output, &rotated, None, grad_input);
+    true
 }
 
 /// One depthwise work item: planes `q0..` (plane `q` is channel `q mod c` of image `q / c`).
