@@ -64,7 +64,8 @@
 //!   the padded row.
 //!
 //! The same path computes the input gradient of such a layer for
-//! [`crate::direct_backward`] (rotated filters, padding `2 − p`).
+//! [`crate::direct_backward`] (rotated filters, padding `2 − p`); its weight gradient has a
+//! dedicated kernel here too (`depthwise3_weight_grad`).
 //!
 //! Every stride, padding, dilation and group count is supported; bias is added by
 //! initializing the accumulators with it. The instruction set is chosen by [`crate::simd`].
@@ -287,6 +288,147 @@ pub(crate) fn depthwise3_input_grad(
     let rotated: Vec<f32> = weight.chunks_exact(9).flat_map(|f| f.iter().rev().copied()).collect();
     plan.run(level, grad_output, &rotated, None, grad_input);
     true
+}
+
+/// Weight gradient of a depthwise 3x3 convolution with stride 1 and no dilation (any
+/// padding): `dW[k, i, j] = Σ_b Σ_{y,x} dY[b,k,y,x] · Xp[b,k, y+i, x+j]`. Work items are runs
+/// of whole channels, each summing its channels over every image in order, so the result
+/// needs no partials and does not depend on the thread count. Writes `grad_weight` and returns
+/// `true` when the shape qualifies, else returns `false` untouched. `level` must be available
+/// and the buffers checked by the caller.
+pub(crate) fn depthwise3_weight_grad(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+) -> bool {
+    let p = g.params;
+    let depthwise = g.c_in_per_group() == 1 && g.c_out_per_group() == 1;
+    let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1) && p.dilation == (1, 1);
+    if !depthwise || !three || grad_weight.len() != g.c_out * 9 {
+        return false;
+    }
+    let (ph, pw) = p.padding;
+    let nv = g.ow.div_ceil(LANES);
+    let plan = Dw3Grad {
+        n: g.n,
+        c: g.c_out,
+        h: g.h,
+        w: g.w,
+        ph,
+        pw,
+        oh: g.oh,
+        ow: g.ow,
+        nv,
+        // Whole vectors of output columns read up to column `8·nv + 1`.
+        lx: (g.w + 2 * pw).max(nv * LANES + 2),
+        ldy: nv * LANES,
+    };
+    // At most 16 items; depends on the shape only.
+    let kc = g.c_out.div_ceil(16);
+    let run = |scratch: &mut Vec<f32>, (idx, gw): (usize, &mut [f32])| {
+        let item = Dw3GradItem { p: &plan, k0: idx * kc, input, dy: grad_output, gw, scratch };
+        // The caller checked `level`, so dispatch cannot decline.
+        let _ = simd::dispatch(level, item);
+    };
+    if g.flops() < PARALLEL_MIN_FLOPS || g.c_out <= kc {
+        let chunks = grad_weight.chunks_mut(kc * 9).enumerate();
+        with_thread_scratch(|s| chunks.for_each(|item| run(s, item)));
+    } else {
+        grad_weight
+            .par_chunks_mut(kc * 9)
+            .enumerate()
+            .for_each(|item| with_thread_scratch(|s| run(s, item)));
+    }
+    true
+}
+
+/// Sizes of the depthwise 3x3 weight gradient.
+struct Dw3Grad {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+    /// Vectors per output row.
+    nv: usize,
+    /// Row length of the padded input plane (`oh + 2` rows).
+    lx: usize,
+    /// Row length of the output-gradient plane copy, `8·nv` (zeros past `ow`).
+    ldy: usize,
+}
+
+/// One weight-gradient work item: the filters of channels `k0..k0 + gw.len()/9`.
+struct Dw3GradItem<'a> {
+    p: &'a Dw3Grad,
+    k0: usize,
+    /// `[n, c, h, w]`.
+    input: &'a [f32],
+    /// `[n, c, oh, ow]`.
+    dy: &'a [f32],
+    /// `[channels, 3, 3]`.
+    gw: &'a mut [f32],
+    scratch: &'a mut Vec<f32>,
+}
+
+impl WithSimd for Dw3GradItem<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Dw3GradItem { p, k0, input, dy, gw, scratch } = self;
+        let (in_plane, out_plane) = (p.h * p.w, p.oh * p.ow);
+        let (x_len, dy_len) = ((p.oh + 2) * p.lx, p.oh * p.ldy);
+        // Zeroed once per item: every plane rewrites the same interior positions.
+        scratch.clear();
+        scratch.resize(x_len + dy_len, 0.0);
+        let (xb, db) = scratch.split_at_mut(x_len);
+        // The farthest float the taps read: row `oh + 1`, column `8·nv + 1`.
+        assert!(xb.len() == (p.oh + 2) * p.lx && p.nv * LANES + 2 <= p.lx);
+        assert!(p.oh * p.ldy <= db.len());
+        for (kk, gk) in gw.chunks_exact_mut(9).enumerate() {
+            let k = k0 + kk;
+            let mut acc = [s.zero(); 9];
+            for b in 0..p.n {
+                let q = b * p.c + k;
+                let src = &input[q * in_plane..][..in_plane];
+                for r in 0..p.h {
+                    // Rows outside the `oh + 2` read by the taps are not needed.
+                    if r + p.ph < p.oh + 2 {
+                        let dst = &mut xb[(r + p.ph) * p.lx + p.pw..][..p.w];
+                        copy_interior(s, dst, &src[r * p.w..][..p.w]);
+                    }
+                }
+                let dsrc = &dy[q * out_plane..][..out_plane];
+                for y in 0..p.oh {
+                    copy_interior(s, &mut db[y * p.ldy..][..p.ow], &dsrc[y * p.ow..][..p.ow]);
+                }
+                let (px, pd) = (xb.as_ptr(), db.as_ptr());
+                for y in 0..p.oh {
+                    for v in 0..p.nv {
+                        let x0 = v * LANES;
+                        // SAFETY: `y·ldy + x0 + 8 ≤ oh·ldy ≤ db.len()` (asserted above;
+                        // `x0 + 8 ≤ ldy`).
+                        let d = unsafe { s.load_ptr(pd.add(y * p.ldy + x0)) };
+                        for (t, a) in acc.iter_mut().enumerate() {
+                            let (i, j) = (t / 3, t % 3);
+                            // SAFETY: `(y + i)·lx + x0 + j + 8 ≤ (oh + 1)·lx + 8·nv + 2 ≤
+                            // (oh + 2)·lx = xb.len()` (asserted above).
+                            let xv = unsafe { s.load_ptr(px.add((y + i) * p.lx + x0 + j)) };
+                            *a = s.fma(d, xv, *a);
+                        }
+                    }
+                }
+            }
+            for (g, &a) in gk.iter_mut().zip(&acc) {
+                *g = s.to_array(a).iter().sum();
+            }
+        }
+    }
 }
 
 /// One depthwise work item: planes `q0..` (plane `q` is channel `q mod c` of image `q / c`).

@@ -48,6 +48,12 @@
 //!   columns) skips this kernel: its input gradient is a depthwise 3x3 forward convolution of
 //!   the output gradient with the 180°-rotated filters under padding `2 − p`, run by the
 //!   forward kernel's dedicated depthwise path ([`crate::direct`]).
+//! - **Depthwise 3x3 weight gradient** (stride 1, no dilation, any padding) also skips the
+//!   blocking above: work items are runs of whole channels, each copying one padded input
+//!   plane and one output-gradient plane (rows of whole vectors, zeros past `ow`) per image
+//!   into a buffer zeroed once per item, and summing the nine taps in nine vector
+//!   accumulators over every image in order. A channel's filter gradient depends on that
+//!   channel only, so this needs no per-chunk partials and is the same for any thread count.
 //! - **Bias gradient.** Sums of each output-gradient plane, in 8 lanes of f32, then f64.
 //!
 //! # Threads and determinism
@@ -137,6 +143,12 @@ pub fn conv2d_backward_direct_with(
         && crate::direct::depthwise3_input_grad(level, g, weight, grad_output, gx)
     {
         grad_input = None;
+    }
+    let mut grad_weight = grad_weight;
+    if let Some(gw) = grad_weight.as_deref_mut()
+        && crate::direct::depthwise3_weight_grad(level, g, input, grad_output, gw)
+    {
+        grad_weight = None;
     }
     let plan = Plan::new(g, grad_input.is_some(), grad_weight.is_some(), grad_bias.is_some());
     // Rotated, channel-minor weights for the input gradient: wr[grp][k][t'][c].
