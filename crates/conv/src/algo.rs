@@ -283,16 +283,17 @@ pub fn conv2d_forward(
 /// |-----------|-------------|-------------|-------------|-------------|-------------|
 /// | lenet_c1  | 0.52 / 0.66 | 0.79 / 0.80 | 2.45 / 3.03 | 1.23 / 1.22 | 1.35 / 0.88 |
 /// | lenet_c2  | 0.73 / 1.09 | 0.94 / 1.11 | 3.56 / 3.22 | 2.60 / 2.47 | 1.75 / 2.64 |
-/// | depthwise ¹ | 0.50 / 0.49 | 0.55 / 0.50 | 7.42 / 7.08 | 1.47 / 1.46 | 1.54 / 1.66 |
+/// | depthwise ¹ | 0.50 / 0.49 | 0.55 / 0.50 | 6.49 / 6.47 | 1.31 / 1.29 | 1.36 / 1.18 |
 ///
-/// ¹ After the dedicated depthwise 3x3 path (forward, and the input gradient through it):
-/// min of 25, 1 thread, two runs on the shared machine; the backward times include
-/// allocating the three gradient buffers.
+/// ¹ After the dedicated depthwise 3x3 paths (forward; input gradient through the forward
+/// path; weight gradient): min of 25, 1 thread, two runs on the shared machine, forward and
+/// backward columns from different runs; the backward times include allocating the three
+/// gradient buffers.
 ///
 /// The direct backward beats im2col/col2im 2.0–3.4x on lenet_c1, 1.2–2.0x on lenet_c2 and
-/// 4.8–5.0x on depthwise. `auto` backward over `auto` forward in the same run is 1.7 / 1.1
-/// (lenet_c1), 1.9 / 2.4 (lenet_c2) and 2.8 / 3.3 (depthwise); pairing `direct` with `direct`
-/// instead gives up to 3.6 on lenet_c2 in the noisier run 1. PyTorch's
+/// 5.0x on depthwise. `auto` backward over `auto` forward in the same run is 1.7 / 1.1
+/// (lenet_c1) and 1.9 / 2.4 (lenet_c2), and 2.5 / 2.4 on depthwise (separate runs); pairing
+/// `direct` with `direct` instead gives up to 3.6 on lenet_c2 in the noisier run 1. PyTorch's
 /// backward alone (1 thread, quiet machine, `REFERENCE.md`) takes ~5.5 ms on lenet_c1 and
 /// ~1.9 ms on lenet_c2. No strided shape of the suite runs `Direct`, so the strided rule rests
 /// on the work count above, not a measurement.
