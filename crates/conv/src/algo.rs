@@ -174,8 +174,11 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 /// | vgg3x3_14    |  62.5  |    35.1     |    17.2     |  28.8  | im2col     |
 /// | strided      |  51.9  |      –      |      –      |  44.2  | im2col     |
 /// | pointwise    |  41.3  |      –      |      –      |  16.3  | im2col     |
-/// | depthwise    |   5.0  |     0.6     |     1.2     |  13.4  | direct     |
+/// | depthwise ¹  |   5.4  |     1.1     |     4.0     |  29.6  | direct     |
 /// | dilated      |  57.5  |    80.7     |    67.0     |  52.9  | winograd2  |
+///
+/// ¹ After the dedicated depthwise 3x3 path ([`crate::direct`]): min of 25, 1 thread, one
+/// run on the shared machine (not criterion medians; the other rows are).
 ///
 /// Naive never wins (0.3–0.6). Hence the rule, in order:
 /// 1. one input channel per group (LeNet's first layer, depthwise), or 5x5-and-larger kernels
@@ -300,12 +303,17 @@ pub fn conv2d_forward(
 /// |-----------|-------------|-------------|-------------|-------------|-------------|
 /// | lenet_c1  | 0.52 / 0.66 | 0.79 / 0.80 | 2.45 / 3.03 | 1.23 / 1.22 | 1.35 / 0.88 |
 /// | lenet_c2  | 0.73 / 1.09 | 0.94 / 1.11 | 3.56 / 3.22 | 2.60 / 2.47 | 1.75 / 2.64 |
-/// | depthwise | 1.54 / 1.52 | 1.44 / 1.34 | 9.02 / 8.27 | 2.71 / 2.26 | 2.72 / 2.02 |
+/// | depthwise ¹ | 0.50 / 0.49 | 0.55 / 0.50 | 6.49 / 6.47 | 1.31 / 1.29 | 1.36 / 1.18 |
+///
+/// ¹ After the dedicated depthwise 3x3 paths (forward; input gradient through the forward
+/// path; weight gradient): min of 25, 1 thread, two runs on the shared machine, forward and
+/// backward columns from different runs; the backward times include allocating the three
+/// gradient buffers.
 ///
 /// The direct backward beats im2col/col2im 2.0–3.4x on lenet_c1, 1.2–2.0x on lenet_c2 and
-/// 3.0–4.1x on depthwise. `auto` backward over `auto` forward in the same run is 1.7 / 1.1
-/// (lenet_c1), 1.9 / 2.4 (lenet_c2) and 1.9 / 1.5 (depthwise); pairing `direct` with `direct`
-/// instead gives up to 3.6 on lenet_c2 in the noisier run 1. PyTorch's
+/// 5.0x on depthwise. `auto` backward over `auto` forward in the same run is 1.7 / 1.1
+/// (lenet_c1) and 1.9 / 2.4 (lenet_c2), and 2.5 / 2.4 on depthwise (separate runs); pairing
+/// `direct` with `direct` instead gives up to 3.6 on lenet_c2 in the noisier run 1. PyTorch's
 /// backward alone (1 thread, quiet machine, `REFERENCE.md`) takes ~5.5 ms on lenet_c1 and
 /// ~1.9 ms on lenet_c2. No strided shape of the suite runs `Direct`, so the strided rule rests
 /// on the work count above, not a measurement.

@@ -43,6 +43,17 @@
 //!   result are discarded when it is copied out. A stride wastes `1 − 1/(sh·sw)` of the work
 //!   on the stuffed zeros: strided shapes are correct here but belong to im2col (see
 //!   [`crate::algo::backward_kernel`]).
+//!
+//!   Depthwise 3x3 with stride 1, no dilation and padding `p ≤ 2` (input rows of at least 8
+//!   columns) skips this kernel: its input gradient is a depthwise 3x3 forward convolution of
+//!   the output gradient with the 180°-rotated filters under padding `2 − p`, run by the
+//!   forward kernel's dedicated depthwise path ([`crate::direct`]).
+//! - **Depthwise 3x3 weight gradient** (stride 1, no dilation, any padding) also skips the
+//!   blocking above: work items are runs of whole channels, each copying one padded input
+//!   plane and one output-gradient plane (rows of whole vectors, zeros past `ow`) per image
+//!   into a buffer zeroed once per item, and summing the nine taps in nine vector
+//!   accumulators over every image in order. A channel's filter gradient depends on that
+//!   channel only, so this needs no per-chunk partials and is the same for any thread count.
 //! - **Bias gradient.** Sums of each output-gradient plane, in 8 lanes of f32, then f64.
 //!
 //! # Threads and determinism
@@ -124,6 +135,20 @@ pub fn conv2d_backward_direct_with(
             algo: "direct",
             msg: format!("SIMD level {level} on this CPU"),
         });
+    }
+    // Depthwise 3x3, stride 1: the input gradient is a forward depthwise convolution, which
+    // the forward kernel's dedicated path runs faster than the general one below.
+    let mut grad_input = grad_input;
+    if let Some(gx) = grad_input.as_deref_mut()
+        && crate::direct::depthwise3_input_grad(level, g, weight, grad_output, gx)
+    {
+        grad_input = None;
+    }
+    let mut grad_weight = grad_weight;
+    if let Some(gw) = grad_weight.as_deref_mut()
+        && crate::direct::depthwise3_weight_grad(level, g, input, grad_output, gw)
+    {
+        grad_weight = None;
     }
     let plan = Plan::new(g, grad_input.is_some(), grad_weight.is_some(), grad_bias.is_some());
     // Rotated, channel-minor weights for the input gradient: wr[grp][k][t'][c].
@@ -786,6 +811,13 @@ mod tests {
             ),
             (p.with_groups(4).with_padding(1), [3, 4, 6, 6], [4, 1, 3, 3]),
             (p.with_dilation(2).with_padding(3), [1, 2, 5, 9], [3, 2, 3, 4]),
+            // Depthwise 3x3 stride 1: the input gradient runs the forward depthwise path.
+            (p.with_groups(3).with_padding(1), [2, 3, 9, 10], [3, 1, 3, 3]),
+            (p.with_groups(3).with_padding(1), [2, 3, 5, 8], [3, 1, 3, 3]),
+            (p.with_groups(2), [1, 2, 10, 12], [2, 1, 3, 3]),
+            (p.with_groups(2).with_padding(2), [1, 2, 8, 9], [2, 1, 3, 3]),
+            (Conv2dParams { padding: (2, 0), ..p.with_groups(2) }, [1, 2, 6, 11], [2, 1, 3, 3]),
+            (Conv2dParams { padding: (0, 2), ..p.with_groups(2) }, [1, 2, 6, 11], [2, 1, 3, 3]),
         ];
         for (params, xd, wd) in cases {
             let g = ConvGeometry::new(xd, wd, params).unwrap();

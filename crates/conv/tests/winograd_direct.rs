@@ -319,6 +319,7 @@ fn bit_identical_for_one_and_two_threads() {
     let shapes = [
         ([8, 16, 28, 28], [16, 16, 3, 3], Conv2dParams::default().with_padding(1)),
         ([4, 32, 20, 20], [32, 1, 3, 3], Conv2dParams::default().with_padding(1).with_groups(32)),
+        ([4, 96, 28, 28], [96, 1, 3, 3], Conv2dParams::default().with_padding(1).with_groups(96)),
         ([16, 1, 32, 32], [6, 1, 5, 5], Conv2dParams::default()),
         ([1, 128, 14, 14], [128, 128, 3, 3], Conv2dParams::default().with_padding(1)),
     ];
