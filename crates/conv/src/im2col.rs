@@ -110,8 +110,18 @@ fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32]) {
             let src = &plane[iy * g.w + sx..(iy + 1) * g.w];
             dst[..x0].fill(0.0);
             dst[x1..].fill(0.0);
+            let n = x1 - x0;
             if p.stride.1 == 1 {
-                dst[x0..x1].copy_from_slice(&src[..x1 - x0]);
+                dst[x0..x1].copy_from_slice(&src[..n]);
+            } else if p.stride.1 == 2 && n > 0 {
+                // Pairs: the compiler turns this into vector loads and shuffles, where
+                // `step_by` stays a scalar loop.
+                let (dst, src) = (&mut dst[x0..x1], &src[..2 * n - 1]);
+                let (pairs, last) = src.split_at(2 * (n - 1));
+                for (d, pair) in dst.iter_mut().zip(pairs.chunks_exact(2)) {
+                    *d = pair[0];
+                }
+                dst[n - 1] = last[0];
             } else {
                 for (d, s) in dst[x0..x1].iter_mut().zip(src.iter().step_by(p.stride.1)) {
                     *d = *s;
@@ -217,8 +227,14 @@ fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) ->
 fn scatter_row(row: &[f32], r: usize, crs: usize, packed: &mut [f32]) {
     for (panel, src) in packed.chunks_exact_mut(crs * NR).zip(row.chunks(NR)) {
         let dst = &mut panel[r * NR..][..NR];
-        dst[..src.len()].copy_from_slice(src);
-        dst[src.len()..].fill(0.0);
+        if let (Ok(d), Ok(s)) = (<&mut [f32; NR]>::try_from(&mut *dst), <&[f32; NR]>::try_from(src))
+        {
+            // A fixed-size copy, inlined (a slice copy of unknown length calls memcpy).
+            *d = *s;
+        } else {
+            dst[..src.len()].copy_from_slice(src);
+            dst[src.len()..].fill(0.0);
+        }
     }
 }
 

@@ -21,7 +21,8 @@
 //! weight matrix with one column matrix per image, and repacking it for each image costs
 //! 5–10% of a pointwise layer.
 //!
-//! Every element of `C` is the sum of its `k` products taken in the same order (blocks of `KC`
+//! Depth blocks are as even as possible (at most `KC` = 256 deep). Every element of `C` is the
+//! sum of its `k` products taken in the same order (the depth blocks
 //! in increasing `k`, each accumulated in increasing `k`), whatever `m` and `n` are and however
 //! a caller splits the rows or columns of `C` between threads: results are bit-identical for
 //! any work split.
@@ -36,8 +37,16 @@ use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 pub const MR: usize = 6;
 /// Columns of a micro-tile (two 8-lane vectors of B per step).
 pub const NR: usize = 2 * LANES;
-/// Depth of a packed block: a 6x256 A panel (6 KiB) and a 256x16 B panel (16 KiB) stay in L1.
+/// Largest depth of a packed block: a 6x256 A panel (6 KiB) and a 256x16 B panel (16 KiB) stay
+/// in L1.
 const KC: usize = 256;
+
+/// The depth of the blocks of a product of depth `k`: as even as possible and at most [`KC`]
+/// (depth 576 runs three blocks of 192, not 256 + 256 + 64: a short block costs a full pass
+/// over `C`). Every block but the last has exactly this depth.
+fn kblock(k: usize) -> usize {
+    if k == 0 { KC } else { k.div_ceil(k.div_ceil(KC)) }
+}
 /// Rows of a packed A block (144 x 256 floats = 144 KiB, in a 512 KiB L2).
 const MC: usize = 144;
 /// Columns of a packed B block (256 x 4080 floats, 4 MiB at most).
@@ -45,7 +54,7 @@ const NC: usize = 4080;
 
 /// The left operand of a product, packed once into 6-row panels for [`sgemm_packed_a`].
 ///
-/// Layout: for each depth block `k0..k0+kcb` (`kcb = min(KC, k - k0)`), the `⌈m/6⌉` panels in
+/// Layout: for each depth block `k0..k0+kcb` (`kcb = min(kblock(k), k - k0)`), the `⌈m/6⌉` panels in
 /// row order, each `kcb` steps of 6 consecutive floats (rows past `m` are zero). The block
 /// starting at `k0` therefore begins at `k0 · ⌈m/6⌉·6`.
 #[derive(Debug, Clone)]
@@ -88,9 +97,10 @@ impl PackedA {
         self.data.resize(mp * k, 0.0);
         self.m = m;
         self.k = k;
+        let kb = kblock(k);
         let mut k0 = 0;
         while k0 < k {
-            let kcb = KC.min(k - k0);
+            let kcb = kb.min(k - k0);
             let block = &mut self.data[k0 * mp..][..mp * kcb];
             pack_a(a, 0, m, k0, kcb, block);
             k0 += kcb;
@@ -136,7 +146,7 @@ impl<'a> PackedARef<'a> {
     /// Panels of rows `i0..` (a multiple of [`MR`]) in the depth block starting at `k0`.
     fn panels(&self, k0: usize, i0: usize) -> &'a [f32] {
         let mp = self.m.next_multiple_of(MR);
-        let kcb = KC.min(self.k - k0);
+        let kcb = kblock(self.k).min(self.k - k0);
         &self.data[k0 * mp + i0 * kcb..k0 * mp + mp * kcb]
     }
 }
@@ -150,8 +160,9 @@ pub fn packed_a_len(m: usize, k: usize) -> usize {
 /// `≥ m` are padding (stored as zero).
 pub fn packed_a_position(m: usize, k: usize, q: usize) -> (usize, usize) {
     let mp = m.next_multiple_of(MR);
-    let k0 = q / (mp * KC) * KC;
-    let kcb = KC.min(k - k0);
+    let kb = kblock(k);
+    let k0 = q / (mp * kb) * kb;
+    let kcb = kb.min(k - k0);
     let within = q - k0 * mp;
     let (panel, rem) = (within / (kcb * MR), within % (kcb * MR));
     (panel * MR + rem % MR, k0 + rem / MR)
@@ -168,8 +179,9 @@ pub fn packed_a_positions(
     let total = mp * k;
     let (i, c) = if start < total { packed_a_position(m, k, start) } else { (0, k) };
     // Cursor: depth block `k0` of `kcb` columns, panel row base `i0`, step `p`, lane `r`.
-    let k0 = c / KC * KC;
-    let mut st = (k0, KC.min(k.saturating_sub(k0)).max(1), i / MR * MR, c - k0, i % MR);
+    let kb = kblock(k);
+    let k0 = c / kb * kb;
+    let mut st = (k0, kb.min(k.saturating_sub(k0)).max(1), i / MR * MR, c - k0, i % MR);
     (start..total).map(move |_| {
         let (k0, kcb, i0, p, r) = st;
         let out = (i0 + r, k0 + p);
@@ -181,7 +193,7 @@ pub fn packed_a_positions(
             (k0, kcb, i0 + MR, 0, 0)
         } else {
             let k1 = k0 + kcb;
-            (k1, KC.min(k.saturating_sub(k1)).max(1), 0, 0, 0)
+            (k1, kb.min(k.saturating_sub(k1)).max(1), 0, 0, 0)
         };
         out
     })
@@ -231,9 +243,10 @@ pub fn gemm_packed_ab<S: Simd>(
         return;
     }
     let np = n.next_multiple_of(NR);
+    let kb = kblock(k);
     let mut pc = 0;
     while pc < k {
-        let kcb = KC.min(k - pc);
+        let kcb = kb.min(k - pc);
         let beta = if pc == 0 { beta } else { 1.0 };
         let mut ic = 0;
         while ic < m {
@@ -391,9 +404,10 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
     while jc < n {
         let nc = NC.min(n - jc);
         let ncp = nc.next_multiple_of(NR);
+        let kb = kblock(k);
         let mut pc = 0;
         while pc < k {
-            let kcb = KC.min(k - pc);
+            let kcb = kb.min(k - pc);
             if bpack.len() < ncp * kcb {
                 bpack.resize(ncp * kcb, 0.0);
             }
