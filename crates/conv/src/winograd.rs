@@ -325,31 +325,9 @@ pub fn conv2d_input_grad_winograd(
     check_len(OP_G, "weight", &g.weight_dims(), weight.len())?;
     check_len(OP_G, "grad_output", &g.output_dims(), grad_output.len())?;
     check_len(OP_G, "grad_input", &g.input_dims(), grad_input.len())?;
-    let (cpg, kpg, groups) = (g.c_in_per_group(), g.c_out_per_group(), g.params.groups);
-    // w'[grp·cpg + c][kl][i][j] = w[grp·kpg + kl][c][2−i][2−j]
-    let mut flipped = vec![0f32; weight.len()];
-    for grp in 0..groups {
-        for kl in 0..kpg {
-            for c in 0..cpg {
-                let src = &weight[((grp * kpg + kl) * cpg + c) * 9..][..9];
-                let dst = &mut flipped[((grp * cpg + c) * kpg + kl) * 9..][..9];
-                for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
-                    *d = v;
-                }
-            }
-        }
-    }
-    let params = crate::Conv2dParams {
-        stride: (1, 1),
-        padding: (2 * dh - ph, 2 * dw - pw),
-        dilation: (dh, dw),
-        groups,
-    };
-    let gt = ConvGeometry::new([g.n, g.c_out, g.oh, g.ow], [g.c_in, kpg, 3, 3], params)?;
-    debug_assert_eq!(gt.output_dims(), g.input_dims());
-    if gt.output_dims() != g.input_dims() {
+    let Some((gt, flipped)) = g.input_grad_as_forward(weight) else {
         return Ok(false);
-    }
+    };
     conv2d_winograd(&gt, grad_output, &flipped, None, grad_input, variant)?;
     Ok(true)
 }
