@@ -160,36 +160,37 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 
 /// The automatic choice for `g`: the fastest available algorithm by benchmark evidence.
 ///
-/// Evidence: `cargo xtask bench --quick` on the 2-core Zen 3 with nothing else running
-/// (criterion medians, forward, 1 thread, GFLOP/s = direct-convolution FLOPs / time, so
-/// Winograd's are *effective* rates; `docs/benchmarks.md` has the full tables, 2 threads and
-/// backward):
+/// Evidence: forward times at 1 thread on the 2-core Zen 3, milliseconds, minimum of 25 calls
+/// of each algorithm in turn (one run of a timing loop over the suite; the shared machine's
+/// medians drift by ±30% between runs, so within-run order is what counts). Winograd times
+/// include the per-call filter transform. `docs/benchmarks.md` has the criterion medians,
+/// 2 threads and backward:
 ///
 /// | shape        | im2col | winograd F2 | winograd F4 | direct | picked     |
 /// |--------------|--------|-------------|-------------|--------|------------|
-/// | lenet_c1     |  13.0  |      –      |      –      |  22.8  | direct     |
-/// | lenet_c2     |  16.7  |      –      |      –      |  40.7  | direct     |
-/// | res3x3_56    |  47.5  |    51.9     |    63.3     |  31.1  | winograd4  |
-/// | res3x3_28b8  |  56.8  |    93.2     |   111.2     |  51.6  | winograd4  |
-/// | vgg3x3_14    |  62.5  |    35.1     |    17.2     |  28.8  | im2col     |
-/// | strided      |  51.9  |      –      |      –      |  44.2  | im2col     |
-/// | pointwise    |  41.3  |      –      |      –      |  16.3  | im2col     |
-/// | depthwise ¹  |   5.4  |     1.1     |     4.0     |  29.6  | direct     |
-/// | dilated      |  57.5  |    80.7     |    67.0     |  52.9  | winograd2  |
+/// | lenet_c1     |  0.57  |      –      |      –      |  0.49  | direct     |
+/// | lenet_c2     |  1.19  |      –      |      –      |  0.52 ¹ | direct    |
+/// | res3x3_56    |  3.65  |    2.92     |    1.93     |  5.24  | winograd4  |
+/// | res3x3_28b8  | 24.99  |   14.75     |    9.75     | 39.83  | winograd4  |
+/// | vgg3x3_14    |  3.18  |    2.36     |    2.67     |  6.11  | winograd2  |
+/// | strided      | 12.67  |      –      |      –      | 23.91  | im2col     |
+/// | pointwise    |  3.99  |      –      |      –      | 13.80  | im2col     |
+/// | depthwise    |  3.65  |    7.88     |    6.44     |  0.64  | direct     |
+/// | dilated      |  8.26  |    6.29     |    5.43     | 11.96  | winograd4  |
 ///
-/// ¹ After the dedicated depthwise 3x3 path ([`crate::direct`]): min of 25, 1 thread, one
-/// run on the shared machine (not criterion medians; the other rows are).
+/// ¹ `auto` (the same kernel) in the same run; `direct`'s own minimum there was 0.78.
 ///
-/// Naive never wins (0.3–0.6). Hence the rule, in order:
+/// Naive never wins (30–80x slower). Hence the rule, in order:
 /// 1. one input channel per group (LeNet's first layer, depthwise), or 5x5-and-larger kernels
 ///    with at most 16 outputs per group (LeNet's second layer): `Direct` — GEMM rows are too
-///    short or too few to feed `sgemm`'s 8x8 micro-kernel;
+///    short or too few to feed the GEMM's 6x16 micro-kernel;
 /// 2. 3x3, stride 1, at least 16 input channels per group, and at least 1024 output pixels
-///    per channel over the batch: Winograd — `Winograd4` without dilation, `Winograd2` with
-///    (a dilated layer is split into subsampled grids whose small planes suit F(2x2)'s 4x4
-///    tiles). Below 1024 pixels (vgg3x3_14: one 14x14 image) the transform-domain GEMMs are
-///    too narrow and im2col wins;
-/// 3. everything else (1x1, strided, few channels): `Im2col`.
+///    per channel over the batch: `Winograd4` (a dilated layer is split into subsampled grids,
+///    see [`crate::winograd`]);
+/// 3. the same with fewer pixels but at least 32 F(2x2) tiles (two 16-tile panels of the
+///    GEMM; vgg3x3_14, one 14x14 image, has 49): `Winograd2`, whose 2x2 tiles waste less of
+///    the panels on small planes than F(4x4)'s 4x4 ones and whose filter transform is cheaper;
+/// 4. everything else (1x1, strided, few channels, tiny planes): `Im2col`.
 pub fn select(g: &ConvGeometry) -> ConvAlgo {
     let p = g.params;
     let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
@@ -197,9 +198,19 @@ pub fn select(g: &ConvGeometry) -> ConvAlgo {
         return ConvAlgo::Direct;
     }
     let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1);
-    if three && cpg >= 16 && g.n * g.oh * g.ow >= 1024 {
-        let algo = if p.dilation == (1, 1) { ConvAlgo::Winograd4 } else { ConvAlgo::Winograd2 };
-        if supports(algo, g) {
+    if three && cpg >= 16 {
+        // F(2x2,3x3) tiles over the batch (dilation phases ignored: a lower bound).
+        let tiles_f2 = g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
+        let algo = if g.n * g.oh * g.ow >= 1024 {
+            Some(ConvAlgo::Winograd4)
+        } else if tiles_f2 >= 2 * crate::gemm::NR {
+            Some(ConvAlgo::Winograd2)
+        } else {
+            None
+        };
+        if let Some(algo) = algo
+            && supports(algo, g)
+        {
             return algo;
         }
     }
@@ -437,7 +448,7 @@ mod tests {
             (geom([64, 6, 14, 14], [16, 6, 5, 5], p), ConvAlgo::Direct),
             (geom([1, 64, 56, 56], [64, 64, 3, 3], p.with_padding(1)), ConvAlgo::Winograd4),
             (geom([8, 128, 28, 28], [128, 128, 3, 3], p.with_padding(1)), ConvAlgo::Winograd4),
-            (geom([1, 256, 14, 14], [256, 256, 3, 3], p.with_padding(1)), ConvAlgo::Im2col),
+            (geom([1, 256, 14, 14], [256, 256, 3, 3], p.with_padding(1)), ConvAlgo::Winograd2),
             (
                 geom([8, 64, 56, 56], [128, 64, 3, 3], p.with_stride(2).with_padding(1)),
                 ConvAlgo::Im2col,
@@ -449,11 +460,14 @@ mod tests {
             ),
             (
                 geom([8, 64, 28, 28], [64, 64, 3, 3], p.with_padding(2).with_dilation(2)),
-                ConvAlgo::Winograd2,
+                ConvAlgo::Winograd4,
             ),
             // Corners: a 1x1 image, few channels.
             (geom([1, 1, 1, 1], [1, 1, 1, 1], p), ConvAlgo::Direct),
             (geom([2, 3, 9, 9], [4, 3, 3, 3], p), ConvAlgo::Im2col),
+            // Small planes: F(2x2) once there are two panels of tiles, im2col below.
+            (geom([1, 64, 12, 12], [64, 64, 3, 3], p.with_padding(1)), ConvAlgo::Winograd2),
+            (geom([1, 64, 7, 7], [64, 64, 3, 3], p.with_padding(1)), ConvAlgo::Im2col),
         ];
         for (g, want) in &cases {
             let a = select(g);

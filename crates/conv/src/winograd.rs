@@ -14,7 +14,8 @@
 //! (2016). Summed over input channels, the element-wise products become `α²` independent
 //! matrix products: for every transform position `ξ`, `M[ξ] = U[ξ] · V[ξ]` with `U[ξ]` the
 //! `[K, C]` transformed filters and `V[ξ]` the `[C, tiles]` transformed inputs — done with
-//! `matrixmultiply::sgemm`, or for narrow tile blocks with an unpacked register-tiled kernel.
+//! the crate's packed GEMM micro-kernel ([`crate::gemm`]), with both operands produced directly in
+//! its panel layouts so that no product packs anything.
 //!
 //! F(2x2,3x3), `α = 4`:
 //!
@@ -45,7 +46,7 @@
 //!
 //! # Implementation
 //!
-//! - **Filter transform** `U = G g Gᵀ` is stored as `[group][ξ][k][c]` in a
+//! - **Filter transform** `U = G g Gᵀ` is stored as `[group][ξ]` × a packed `[k][c]` matrix in a
 //!   [`WinogradFilter`] that a layer can build once and reuse through
 //!   [`conv2d_winograd_prepared`]. Each plane `ξ` is a fixed combination of the nine taps, so
 //!   the transform runs as unit-stride SIMD multiply-adds over chunks of 1,024 filters (taps
@@ -64,22 +65,25 @@
 //!   thread count (threads split the `α²` products of a block, never the sum).
 //! - **Work items** are `(images, group, chunk of output channels)`, each writing its own
 //!   contiguous output slice (`par_chunks_mut`). An item takes several images (at most 256
-//!   tiles, leaving at least two items) when there is one group, so that the GEMMs are wide
-//!   enough to amortize matrixmultiply's packing of `U`; it takes a slice of the output channels
-//!   only when there are too few images to keep two threads busy. Chunks depend on the shape
-//!   only, so results are bit-identical for every thread count. Each item copies its input
+//!   tiles, leaving at least two items) when there is one group, so that the GEMMs are wide;
+//!   it takes a slice of the output channels (two chunks starting on 6-row panels, the last
+//!   one shorter) only when one image and one group cannot keep two threads busy. Chunks
+//!   depend on the shape only, so results are bit-identical for every thread count. Each item copies its input
 //!   channels into zero-padded planes (per-thread scratch, reused across calls) so
 //!   tile gathers need no edge tests; edge tiles read zeros and only their in-range outputs are
 //!   written.
 //! - **Tile blocks.** Tiles are processed in blocks of at most a fixed amount of transform-domain
 //!   scratch (`α²·(C + K)·tiles` floats, 2 MiB; blocks much smaller than an image's tiles
-//!   make the sgemm calls too narrow to run at speed): input transform into `V[ξ][c][t]`, `α²`
-//!   products, output transform from `M[ξ][k][t]`. Blocks of at most 64 tiles (one 14x14
-//!   image has 16 F(4x4,3x3) tiles) skip matrixmultiply, whose packing of `U` for every
-//!   product cost as much as the product: a 6-row × 16-column register tile reads `U` and `V`
-//!   in place. The transforms run on 8 tiles at once in structure-of-arrays
-//!   form with the [`crate::simd`] vectors (AVX2 when available): `V[ξ][c][t..t+8]` and
-//!   `M[ξ][k][t..t+8]` are contiguous, so each transform position is one vector load or store.
+//!   make the products too narrow to run at speed; a multiple of 16 tiles): input transform
+//!   into `V[ξ]`, `α²` products, output transform from `M[ξ][k][t]`. The filter transform
+//!   writes each `U[ξ]` in the GEMM's packed-A layout (6-row panels) and the input transform
+//!   writes each `V[ξ]` in its packed-B layout (panels of 16 tiles, `[t/16][c][t%16]`), so each
+//!   product is the 6x16 micro-kernel run over ready panels ([`crate::gemm::gemm_packed_ab`]):
+//!   no packing, which had cost as much as the products on narrow blocks (one 14x14 image has
+//!   16 F(4x4,3x3) tiles). The transforms run on 8 tiles at once in structure-of-arrays
+//!   form with the [`crate::simd`] vectors (AVX2 when available): 8 consecutive tiles of
+//!   `V[ξ]` and `M[ξ][k]` are contiguous, so each transform position is one vector load or
+//!   store.
 //! - **Dilation.** A convolution with dilation `(dh, dw)` and stride 1 splits into `dh·dw`
 //!   undilated convolutions on subsampled grids: outputs `y ≡ ry (mod dh)` only read padded
 //!   input rows `≡ ry (mod dh)`. Tiles of every phase `(ry, rx)` are gathered and scattered with
@@ -112,9 +116,7 @@
 use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
-use crate::gemm::{
-    MR, MatRef, NR, PackedARef, gemm_packed_ab, packed_a_len, packed_a_positions, sgemm,
-};
+use crate::gemm::{MR, MatRef, NR, PackedARef, gemm_packed_ab, kblock, packed_a_len, sgemm};
 use crate::params::{ConvGeometry, check_len};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
@@ -243,19 +245,20 @@ impl WinogradFilter {
     }
 }
 
-/// One chunk of packed positions for [`transform_filters`]: the group's taps, the chunk's slice
-/// of every transform plane, and each plane's nonzero tap coefficients.
+/// One depth block of the packed planes for [`transform_filters`]: input channels
+/// `k0..k0+kcb` of every output channel, as `⌈kpg/6⌉` panels of 6 output channels × `kcb`.
 struct FilterChunk<'a> {
     /// The group's filters, `[k][c][9]`.
     weights: &'a [f32],
     /// Output and input channels per group (the packed plane is a `kpg × cpg` matrix).
     kpg: usize,
     cpg: usize,
-    /// First packed position of the chunk.
-    first: usize,
-    /// One slice per plane `ξ`, each as long as the chunk.
+    /// The block's first input channel and depth.
+    k0: usize,
+    kcb: usize,
+    /// One slice per plane `ξ`: the block's panels.
     pieces: Vec<&'a mut [f32]>,
-    coefs: &'a [Vec<(usize, f32)>],
+    variant: WinogradVariant,
 }
 
 impl WithSimd for FilterChunk<'_> {
@@ -263,43 +266,79 @@ impl WithSimd for FilterChunk<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let FilterChunk { weights, kpg, cpg, first, pieces, coefs } = self;
-        let len = pieces.first().map_or(0, |p| p.len());
-        let mut taps = [[0f32; FILTER_CHUNK]; 9];
-        for (i, (k, c)) in packed_a_positions(kpg, cpg, first).take(len).enumerate() {
-            if k < kpg {
-                let f = &weights[(k * cpg + c) * 9..][..9];
-                for (row, &v) in taps.iter_mut().zip(f) {
-                    row[i] = v;
-                }
-            } else {
-                // Padding rows of the last panel.
-                for row in &mut taps {
-                    row[i] = 0.0;
+        match self.variant {
+            WinogradVariant::F2x2_3x3 => filter_chunk::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => filter_chunk::<S, F4, 6, 4>(s, self),
+        }
+    }
+}
+
+/// `U = G g Gᵀ` for the filters of one chunk, eight at a time: `G` on the three columns of the
+/// taps, then on the `α` rows of the result, with the constant matrices of `T` unrolled.
+#[inline(always)]
+fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    chunk: FilterChunk<'_>,
+) {
+    let FilterChunk { weights, kpg, cpg, k0, kcb, mut pieces, .. } = chunk;
+    let panel = MR * kcb;
+    assert!(panel <= FILTER_CHUNK && pieces.iter().all(|p| p.len() == pieces[0].len()));
+    let panels = pieces.first().map_or(0, |p| p.len() / panel);
+    // One panel's taps, transposed to [tap][position] in the panel's order (row fastest).
+    let mut taps = [[0f32; FILTER_CHUNK]; 9];
+    for pi in 0..panels {
+        for r in 0..MR {
+            let k = pi * MR + r;
+            for p in 0..kcb {
+                let i = p * MR + r;
+                if k < kpg {
+                    let f = &weights[(k * cpg + k0 + p) * 9..][..9];
+                    for (row, &v) in taps.iter_mut().zip(f) {
+                        row[i] = v;
+                    }
+                } else {
+                    for row in &mut taps {
+                        row[i] = 0.0;
+                    }
                 }
             }
         }
-        let whole = len / LANES * LANES;
-        for (piece, plane_coefs) in pieces.into_iter().zip(coefs) {
-            let Some((&(rs0, c0), rest)) = plane_coefs.split_first() else {
-                piece.fill(0.0);
-                continue;
-            };
-            let mut i = 0;
-            while i < whole {
-                let mut acc = s.mul(s.splat(c0), s.load(&taps[rs0][i..]));
-                for &(rs, c) in rest {
-                    acc = s.fma(s.splat(c), s.load(&taps[rs][i..]), acc);
+        filter_panel::<S, T, A, M>(s, &taps, panel, pi * panel, &mut pieces);
+    }
+}
+
+/// The transform of one gathered panel (`len` positions of `taps`) into positions
+/// `at..at+len` of every plane piece.
+#[inline(always)]
+fn filter_panel<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    taps: &[[f32; FILTER_CHUNK]; 9],
+    len: usize,
+    at: usize,
+    pieces: &mut [&mut [f32]],
+) {
+    let mut i = 0;
+    while i < len {
+        // cols[s] = G · (column s of the 3x3 filter), α values each.
+        let mut cols = [[s.zero(); A]; 3];
+        for (sc, col) in cols.iter_mut().enumerate() {
+            let t =
+                [s.load(&taps[sc][i..]), s.load(&taps[3 + sc][i..]), s.load(&taps[6 + sc][i..])];
+            *col = T::g(s, t);
+        }
+        for a in 0..A {
+            let u = T::g(s, [cols[0][a], cols[1][a], cols[2][a]]);
+            for (b, &v) in u.iter().enumerate() {
+                let piece = &mut pieces[a * A + b][at + i..at + len];
+                if piece.len() >= LANES {
+                    s.store(v, piece);
+                } else {
+                    let n = piece.len();
+                    piece.copy_from_slice(&s.to_array(v)[..n]);
                 }
-                s.store(acc, &mut piece[i..]);
-                i += LANES;
-            }
-            for (j, d) in piece.iter_mut().enumerate().skip(whole).take(len - whole) {
-                *d = rest
-                    .iter()
-                    .fold(c0 * taps[rs0][j], |acc, &(rs, c)| c.mul_add(taps[rs][j], acc));
             }
         }
+        i += LANES;
     }
 }
 
@@ -581,18 +620,19 @@ fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     }
 }
 
-/// Filters per work item of the filter transform (and its staging buffer's row length).
-const FILTER_CHUNK: usize = 1024;
+/// Positions of one staged panel of the filter transform: 6 output channels × a depth block of
+/// at most 256 input channels (the GEMM's panel shape).
+const FILTER_CHUNK: usize = MR * 256;
 
 /// `U = G g Gᵀ` for every 3x3 filter, laid out `[group][ξ]` × one `kpg × cpg` matrix per plane
 /// in the packed layout of the GEMM's left operand ([`PackedARef`]), so the products read it
 /// without packing.
 ///
 /// Each of the `α²` planes `ξ = (ξi, ξj)` is a fixed combination of the nine taps,
-/// `U[ξ] = Σ_{r,s} G[ξi][r]·G[ξj][s]·g[r][s]` (zero coefficients skipped: 196 multiply-adds
-/// per F(4x4,3x3) filter, 36 per F(2x2,3x3)), so the transform runs as long unit-stride
-/// multiply-adds over a chunk of filters, which the compiler vectorizes. A chunk's taps are
-/// first transposed to `[tap][filter]` in a stack buffer that stays in cache across the planes.
+/// `U = G (G g)ᵀ` computed separably for eight filters at a time, in vector registers: `G` on
+/// the three tap columns, then on the `α` rows, with the constant entries of `G` unrolled
+/// (`Transforms::g`), each result stored straight into its plane. A chunk's taps are first
+/// transposed to `[tap][position]` in a stack buffer, in the packed order of the planes.
 /// Chunks run in parallel for large layers (VGG's 256x256 filters: 65,536 of them); every value
 /// is computed the same way whatever the chunking, so the result does not depend on threads.
 fn transform_filters(
@@ -605,17 +645,6 @@ fn transform_filters(
 ) -> Vec<f32> {
     let a = variant.alpha();
     let a2 = a * a;
-    let gm = variant.g_matrix();
-    let coefs: Vec<Vec<(usize, f32)>> = (0..a2)
-        .map(|x| {
-            (0..9)
-                .filter_map(|rs| {
-                    let c = gm[x / a][rs / 3] * gm[x % a][rs % 3];
-                    (c != 0.0).then_some((rs, c as f32))
-                })
-                .collect()
-        })
-        .collect();
     let per_group = kpg * cpg;
     let plen = packed_a_len(kpg, cpg);
     // Every element is written below, so a recycled buffer of the right length needs no zeroing.
@@ -627,20 +656,26 @@ fn transform_filters(
     }
     for (grp, ug) in u.chunks_exact_mut(a2 * plen).enumerate() {
         let wg = &weight[grp * per_group * 9..][..per_group * 9];
-        // tasks[t]: chunk t of every plane.
+        // tasks[t]: depth block t of every plane (see `PackedARef` for the layout).
+        let (kb, mp) = (kblock(cpg), kpg.next_multiple_of(MR));
+        let nblocks = cpg.div_ceil(kb);
         let mut tasks: Vec<Vec<&mut [f32]>> =
-            (0..plen.div_ceil(FILTER_CHUNK)).map(|_| Vec::with_capacity(a2)).collect();
+            (0..nblocks).map(|_| Vec::with_capacity(a2)).collect();
         for plane in ug.chunks_exact_mut(plen) {
-            for (task, piece) in tasks.iter_mut().zip(plane.chunks_mut(FILTER_CHUNK)) {
-                task.push(piece);
+            let mut rest = plane;
+            for (t, task) in tasks.iter_mut().enumerate() {
+                let kcb = kb.min(cpg - t * kb);
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(mp * kcb);
+                task.push(head);
+                rest = tail;
             }
         }
         let work = |(t, pieces): (usize, Vec<&mut [f32]>)| {
-            let first = t * FILTER_CHUNK;
-            let chunk = FilterChunk { weights: wg, kpg, cpg, first, pieces, coefs: &coefs };
+            let (k0, kcb) = (t * kb, kb.min(cpg - t * kb));
+            let chunk = FilterChunk { weights: wg, kpg, cpg, k0, kcb, pieces, variant };
             simd::dispatch_active(chunk);
         };
-        if plen * a2 < 64 * FILTER_CHUNK {
+        if plen * a2 < 64 * FILTER_CHUNK || nblocks < 2 {
             tasks.into_iter().enumerate().for_each(work);
         } else {
             tasks.into_par_iter().enumerate().for_each(work);
@@ -870,8 +905,8 @@ impl Plan {
         if g.n * g.params.groups < 2 && kpg >= 32 {
             kc = kpg.div_ceil(2).next_multiple_of(MR);
         }
-        // Several images per work item when a single image has few tiles: wider GEMMs amortize
-        // matrixmultiply's packing of `U` (a quarter of the time with one 28x28 image per call).
+        // Several images per work item when a single image has few tiles: wider products keep
+        // the micro-kernel's B panels full and amortize the per-block work.
         // Only with one group and unsplit channels, where the images' outputs are contiguous.
         let per_image = tiles.len();
         let mut nb = 1;
@@ -1111,6 +1146,8 @@ trait Transforms<const A: usize, const M: usize> {
     fn bt<S: Simd>(s: S, d: [S::V; A]) -> [S::V; A];
     /// `Aᵀ m`.
     fn at<S: Simd>(s: S, m: [S::V; A]) -> [S::V; M];
+    /// `G t`: the filter transform of one column (or row) of three taps.
+    fn g<S: Simd>(s: S, t: [S::V; 3]) -> [S::V; A];
     /// `A y`: the transpose of the output transform, for the weight gradient.
     fn a<S: Simd>(s: S, y: [S::V; M]) -> [S::V; A];
 }
@@ -1121,6 +1158,14 @@ struct F2;
 struct F4;
 
 impl Transforms<4, 2> for F2 {
+    #[inline(always)]
+    fn g<S: Simd>(s: S, t: [S::V; 3]) -> [S::V; 4] {
+        // [t0, (t0 + t1 + t2)/2, (t0 − t1 + t2)/2, t2]
+        let half = s.splat(0.5);
+        let e = s.mul(half, s.add(t[0], t[2]));
+        let o = s.mul(half, t[1]);
+        [t[0], s.add(e, o), s.sub(e, o), t[2]]
+    }
     #[inline(always)]
     fn bt<S: Simd>(s: S, d: [S::V; 4]) -> [S::V; 4] {
         bt4(s, d)
@@ -1136,6 +1181,17 @@ impl Transforms<4, 2> for F2 {
 }
 
 impl Transforms<6, 4> for F4 {
+    #[inline(always)]
+    fn g<S: Simd>(s: S, t: [S::V; 3]) -> [S::V; 6] {
+        // [t0/4, −(t0 + t1 + t2)/6, −(t0 − t1 + t2)/6, t0/24 + t1/12 + t2/6,
+        //  t0/24 − t1/12 + t2/6, t2]
+        let e = s.add(t[0], t[2]);
+        let m6 = s.splat(-1.0 / 6.0);
+        let (a1, a2) = (s.mul(m6, s.add(e, t[1])), s.mul(m6, s.sub(e, t[1])));
+        let e2 = s.fma(s.splat(1.0 / 24.0), t[0], s.mul(s.splat(1.0 / 6.0), t[2]));
+        let o2 = s.mul(s.splat(1.0 / 12.0), t[1]);
+        [s.mul(s.splat(0.25), t[0]), a1, a2, s.add(e2, o2), s.sub(e2, o2), t[2]]
+    }
     #[inline(always)]
     fn bt<S: Simd>(s: S, d: [S::V; 6]) -> [S::V; 6] {
         bt6(s, d)

@@ -41,10 +41,10 @@ pub const NR: usize = 2 * LANES;
 /// in L1.
 const KC: usize = 256;
 
-/// The depth of the blocks of a product of depth `k`: as even as possible and at most [`KC`]
+/// The depth of the blocks of a product of depth `k` (and of the packed layouts): as even as possible and at most [`KC`]
 /// (depth 576 runs three blocks of 192, not 256 + 256 + 64: a short block costs a full pass
 /// over `C`). Every block but the last has exactly this depth.
-fn kblock(k: usize) -> usize {
+pub fn kblock(k: usize) -> usize {
     if k == 0 { KC } else { k.div_ceil(k.div_ceil(KC)) }
 }
 /// Rows of a packed A block (144 x 256 floats = 144 KiB, in a 512 KiB L2).
