@@ -7,7 +7,8 @@
 //! reference tables.
 //!
 //! `gemm/<shape>/sgemm` times `sgemm` alone on the products im2col runs (the ceiling of the
-//! im2col forward) and `pool/…` LeNet's pooling layers.
+//! im2col forward), `winograd_prepared_t1/<shape>/{f2,f4}` Winograd with a filter transformed
+//! beforehand (as a layer caching it runs), and `pool/…` LeNet's pooling layers.
 //!
 //! Every algorithm that [`supports`] a shape is measured, except `naive` on shapes above
 //! 50 MFLOP (seconds per call), on 1 and on 2 threads (a rayon pool of each size). Group ids
@@ -161,6 +162,45 @@ fn bench_threads(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
     }
 }
 
+/// Winograd with the filter transformed once, outside the timed call — what a layer that
+/// caches its `WinogradFilter` (as `convkit-nn`'s `Conv2d` does for inference) pays per call —
+/// on 1 thread, beside the per-call `conv_fwd_t1/<shape>/winograd*` figures.
+fn winograd_prepared(c: &mut Criterion) {
+    use convkit_conv::{WinogradFilter, WinogradVariant, conv2d_winograd_prepared};
+    let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(1).build() else { return };
+    for shape in &SHAPES {
+        let Ok(g) = shape.geometry() else { continue };
+        let variants = [("f2", WinogradVariant::F2x2_3x3), ("f4", WinogradVariant::F4x4_3x3)];
+        let x = data(g.input_len(), 1);
+        let w = data(g.weight_len(), 2);
+        let b = data(g.c_out, 3);
+        let mut out = vec![0.0; g.output_len()];
+        let mut group = c.benchmark_group(format!("winograd_prepared_t1/{}", shape.name));
+        group.throughput(Throughput::Elements(g.flops()));
+        group.sample_size(10).warm_up_time(Duration::from_millis(500));
+        group.measurement_time(measurement_time(Duration::from_secs(2)));
+        for (name, variant) in variants {
+            // Winograd's own shapes only, and not depthwise (one input channel per group).
+            if g.c_in_per_group() < 2 || !convkit_conv::winograd_supports(&g, variant) {
+                continue;
+            }
+            let Ok(filter) = WinogradFilter::new(&w, g.weight_dims(), g.params.groups, variant)
+            else {
+                continue;
+            };
+            group.bench_function(name, |bench| {
+                bench.iter(|| {
+                    pool.install(|| {
+                        conv2d_winograd_prepared(&g, black_box(&x), &filter, Some(&b), &mut out)
+                            .ok()
+                    })
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
 /// LeNet's pooling layers (2x2, stride 2) forward and backward; throughput counts input
 /// elements, so "Gelem/s" reads as input elements per second.
 fn pooling(c: &mut Criterion) {
@@ -190,5 +230,5 @@ fn pooling(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench, gemm_ceiling, pooling);
+criterion_group!(benches, bench, gemm_ceiling, winograd_prepared, pooling);
 criterion_main!(benches);
