@@ -16,7 +16,7 @@ pub mod packed;
 
 pub use packed::{
     MR, NR, PackedA, PackedARef, gemm_packed_ab, kblock, packed_a_len, packed_a_position,
-    packed_a_positions, packed_b_len, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with,
+    packed_b_len, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with,
 };
 
 use crate::simd::{self, SimdLevel};

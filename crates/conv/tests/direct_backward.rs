@@ -157,6 +157,27 @@ fn suite_shapes() {
     }
 }
 
+/// LeNet-like layers (stride 1, one group, several input channels): every padding up to
+/// `k − 1`, 3x3 and 5x5, odd sizes, one image and several; and neighbours with one input
+/// channel, a narrow output, padding of `k` and groups.
+#[test]
+fn lenet_like_layers_every_padding() {
+    let p = Conv2dParams::default();
+    let mut cases = Vec::new();
+    for (k, pad) in [(3, 0), (3, 1), (3, 2), (5, 0), (5, 2), (5, 4)] {
+        cases.push(geom([3, 6, 14, 13], [16, 6, k, k], p.with_padding(pad)));
+        cases.push(geom([1, 2, 9 + k, 8 + k], [5, 2, k, k], p.with_padding(pad)));
+    }
+    // Outside: one input channel, a 7-wide output, padding of k, groups.
+    cases.push(geom([2, 1, 16, 16], [4, 1, 5, 5], p));
+    cases.push(geom([2, 3, 11, 11], [4, 3, 5, 5], p));
+    cases.push(geom([2, 3, 10, 10], [4, 3, 3, 3], p.with_padding(3)));
+    cases.push(geom([2, 4, 12, 12], [4, 2, 3, 3], p.with_groups(2)));
+    for (i, g) in cases.iter().enumerate() {
+        check(g, 100 + i as u64).unwrap_or_else(|e| panic!("{g:?}: {e}"));
+    }
+}
+
 /// Only the requested gradients are written; the others may be absent.
 #[test]
 fn partial_requests() {

@@ -41,12 +41,13 @@ pub const NR: usize = 2 * LANES;
 /// in L1.
 const KC: usize = 256;
 
-/// The depth of the blocks of a product of depth `k` (and of the packed layouts): as even as possible and at most [`KC`]
-/// (depth 576 runs three blocks of 192, not 256 + 256 + 64: a short block costs a full pass
-/// over `C`). Every block but the last has exactly this depth.
+/// The depth of the blocks of a product of depth `k` (and of the packed layouts): as even as
+/// possible and at most [`KC`] (depth 576 runs three blocks of 192, not 256 + 256 + 64: a short
+/// block costs a full pass over `C`). Every block but the last has exactly this depth.
 pub fn kblock(k: usize) -> usize {
     if k == 0 { KC } else { k.div_ceil(k.div_ceil(KC)) }
 }
+
 /// Rows of a packed A block (144 x 256 floats = 144 KiB, in a 512 KiB L2).
 const MC: usize = 144;
 /// Columns of a packed B block (256 x 4080 floats, 4 MiB at most).
@@ -166,37 +167,6 @@ pub fn packed_a_position(m: usize, k: usize, q: usize) -> (usize, usize) {
     let within = q - k0 * mp;
     let (panel, rem) = (within / (kcb * MR), within % (kcb * MR));
     (panel * MR + rem % MR, k0 + rem / MR)
-}
-
-/// The `(row, column)` pairs stored at positions `start..` of the packed layout of an `m × k`
-/// matrix, in order: [`packed_a_position`] without a division per step.
-pub fn packed_a_positions(
-    m: usize,
-    k: usize,
-    start: usize,
-) -> impl Iterator<Item = (usize, usize)> {
-    let mp = m.next_multiple_of(MR);
-    let total = mp * k;
-    let (i, c) = if start < total { packed_a_position(m, k, start) } else { (0, k) };
-    // Cursor: depth block `k0` of `kcb` columns, panel row base `i0`, step `p`, lane `r`.
-    let kb = kblock(k);
-    let k0 = c / kb * kb;
-    let mut st = (k0, kb.min(k.saturating_sub(k0)).max(1), i / MR * MR, c - k0, i % MR);
-    (start..total).map(move |_| {
-        let (k0, kcb, i0, p, r) = st;
-        let out = (i0 + r, k0 + p);
-        st = if r + 1 < MR {
-            (k0, kcb, i0, p, r + 1)
-        } else if p + 1 < kcb {
-            (k0, kcb, i0, p + 1, 0)
-        } else if i0 + MR < mp {
-            (k0, kcb, i0 + MR, 0, 0)
-        } else {
-            let k1 = k0 + kcb;
-            (k1, kb.min(k.saturating_sub(k1)).max(1), 0, 0, 0)
-        };
-        out
-    })
 }
 
 /// Floats in the packed-B layout of a `k × n` matrix: panels of [`NR`] columns, each `k` steps
@@ -746,12 +716,6 @@ mod tests {
             for (q, &v) in packed.data.iter().enumerate() {
                 let (i, p) = packed_a_position(m, k, q);
                 assert_eq!(v, if i < m { ad[i * k + p] } else { 0.0 }, "{m}x{k} q={q}");
-            }
-            for start in [0, 1, 5, 6, 100, packed.data.len() - 1] {
-                let walked: Vec<_> = packed_a_positions(m, k, start).collect();
-                let direct: Vec<_> =
-                    (start..packed.data.len()).map(|q| packed_a_position(m, k, q)).collect();
-                assert_eq!(walked, direct, "{m}x{k} from {start}");
             }
             let mut bp = vec![f32::NAN; packed_b_len(k, n)];
             for p in 0..k {
