@@ -42,7 +42,7 @@ pub const NR: usize = 2 * LANES;
 const KC: usize = 256;
 
 /// The depth of the blocks of a product of depth `k` (and of the packed layouts): as even as
-/// possible and at most [`KC`] (depth 576 runs three blocks of 192, not 256 + 256 + 64: a short
+/// possible and at most `KC` = 256 (depth 576 runs three blocks of 192, not 256 + 256 + 64: a short
 /// block costs a full pass over `C`). Every block but the last has exactly this depth.
 pub fn kblock(k: usize) -> usize {
     if k == 0 { KC } else { k.div_ceil(k.div_ceil(KC)) }
@@ -53,7 +53,7 @@ const MC: usize = 144;
 /// Columns of a packed B block (256 x 4080 floats, 4 MiB at most).
 const NC: usize = 4080;
 
-/// The left operand of a product, packed once into 6-row panels for [`sgemm_packed_a`].
+/// The left operand of a product, packed once into 6-row panels for [`super::sgemm_packed_a`].
 ///
 /// Layout: for each depth block `k0..k0+kcb` (`kcb = min(kblock(k), k - k0)`), the `⌈m/6⌉` panels in
 /// row order, each `kcb` steps of 6 consecutive floats (rows past `m` are zero). The block
