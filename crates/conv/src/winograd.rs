@@ -810,12 +810,55 @@ fn prepared_with(
             kl,
             kc,
             bias: bias.map(|b| &b[k0..k0 + kc]),
+            tiles: &plan.tiles,
+            y0: 0,
+            rows: g.oh,
             out,
             scratch,
         };
         // `level` was checked above, so dispatch cannot decline.
         let _ = simd::dispatch(level, item);
     };
+    if let Some((top, y1)) = plan.row_split {
+        // Two bands of output rows, each into its own buffer, then copied into the planes.
+        let a2 = plan.a * plan.a;
+        let bands = [(&plan.tiles[..top], 0, y1), (&plan.tiles[top..], y1, g.oh - y1)];
+        let band = |(tiles, y0, rows): (&[Tile], usize, usize)| {
+            let mut out = vec![0f32; g.c_out * rows * g.ow];
+            crate::direct::with_thread_scratch(|scratch| {
+                let item = Item {
+                    plan: &plan,
+                    input,
+                    u: &filter.u[..a2 * plen],
+                    kl: 0,
+                    kc: plan.kpg,
+                    bias,
+                    tiles,
+                    y0,
+                    rows,
+                    out: &mut out,
+                    scratch,
+                };
+                // `level` was checked above, so dispatch cannot decline.
+                let _ = simd::dispatch(level, item);
+            });
+            out
+        };
+        let (a, b) = if g.flops() < PARALLEL_MIN_FLOPS {
+            (band(bands[0]), band(bands[1]))
+        } else {
+            rayon::join(|| band(bands[0]), || band(bands[1]))
+        };
+        for (plane, (pa, pb)) in output
+            .chunks_exact_mut(ohw)
+            .zip(a.chunks_exact(y1 * g.ow).zip(b.chunks_exact((g.oh - y1) * g.ow)))
+        {
+            let (top_rows, bottom_rows) = plane.split_at_mut(y1 * g.ow);
+            top_rows.copy_from_slice(pa);
+            bottom_rows.copy_from_slice(pb);
+        }
+        return Ok(());
+    }
     if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
         let chunks = output.chunks_mut(chunk_len).enumerate();
         crate::direct::with_thread_scratch(|s| chunks.for_each(|it| run(s, it)));
@@ -863,6 +906,9 @@ struct Plan {
     tiles: Vec<Tile>,
     /// Tiles per block (a multiple of [`NR`], the GEMM's panel width).
     tb: usize,
+    /// For one undilated image: the tiles of the top band and the band's output rows, each
+    /// band one work item with every output channel.
+    row_split: Option<(usize, usize)>,
 }
 
 /// The tiles of one image (`img` 0) for `g` and `variant`, phase by phase for a dilated
@@ -899,11 +945,21 @@ impl Plan {
         let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
         let (mut tiles, hp, wp) = tile_grid(g, variant);
         let mut kc = kpg;
-        // Split output channels only to give two threads work (one image, one group): every
-        // extra chunk repeats the image's input transform. Chunks start on panels of the packed
-        // filters (multiples of `MR` rows); the last one may be shorter.
+        let mut row_split = None;
+        // One image and one group give two threads work by splitting. Undilated: the tiles, in
+        // two bands of tile rows, each with every output channel (no work is repeated).
+        // Dilated: the output channels, in chunks starting on panels of the packed filters
+        // (multiples of `MR` rows; the last one may be shorter), each repeating the input
+        // transform.
         if g.n * g.params.groups < 2 && kpg >= 32 {
-            kc = kpg.div_ceil(2).next_multiple_of(MR);
+            let m = variant.m();
+            let (th, tw) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
+            if (dh, dw) == (1, 1) && th >= 2 {
+                let top = th.div_ceil(2);
+                row_split = Some((top * tw, (top * m).min(g.oh)));
+            } else {
+                kc = kpg.div_ceil(2).next_multiple_of(MR);
+            }
         }
         // Several images per work item when a single image has few tiles: wider products keep
         // the micro-kernel's B panels full and amortize the per-block work.
@@ -919,8 +975,9 @@ impl Plan {
         tiles = (0..nb).flat_map(|img| tiles.iter().map(move |t| Tile { img, ..*t })).collect();
         let a2 = a * a;
         let tb_max = (BLOCK_FLOATS / (a2 * (cpg + kc))).clamp(NR, 256) / NR * NR;
-        let nblocks = tiles.len().div_ceil(tb_max);
-        let tb = tiles.len().div_ceil(nblocks).next_multiple_of(NR);
+        let per_item = row_split.map_or(tiles.len(), |(top, _)| top.max(tiles.len() - top));
+        let nblocks = per_item.div_ceil(tb_max);
+        let tb = per_item.div_ceil(nblocks).next_multiple_of(NR);
         Plan {
             variant,
             a,
@@ -940,6 +997,7 @@ impl Plan {
             wp,
             tiles,
             tb,
+            row_split,
         }
     }
 }
@@ -957,7 +1015,12 @@ struct Item<'a> {
     /// Output channels in the chunk.
     kc: usize,
     bias: Option<&'a [f32]>,
-    /// `[nb, kc, oh, ow]`.
+    /// The tiles of the item.
+    tiles: &'a [Tile],
+    /// Output rows `y0..y0+rows` are written (all rows except in a band of [`Plan::row_split`]).
+    y0: usize,
+    rows: usize,
+    /// `[nb, kc, rows, ow]`.
     out: &'a mut [f32],
     scratch: &'a mut Vec<f32>,
 }
@@ -978,7 +1041,7 @@ impl WithSimd for Item<'_> {
 /// `T`.
 #[inline(always)]
 fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, item: Item<'_>) {
-    let Item { plan: p, input, u, kl, kc, bias, out, scratch } = item;
+    let Item { plan: p, input, u, kl, kc, bias, tiles, y0, rows, out, scratch } = item;
     let a2 = A * A;
     let plane = p.hp * p.wp;
     let planes = p.nb * p.cpg;
@@ -1001,7 +1064,7 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
 
     // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
     let mut vals = [[0f32; LANES]; 16];
-    for block in p.tiles.chunks(p.tb) {
+    for block in tiles.chunks(p.tb) {
         let nt = block.len();
         // Input transform, 8 tiles at a time: V[ξ][c][t].
         input_transform_block::<S, T, A, M>(s, &patches, block, vbuf, true);
@@ -1035,9 +1098,9 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
                     // In-range rows and columns of this tile's m×m block.
                     let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
                     let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
-                    let plane = &mut out[(t.img * kc + k) * p.oh * p.ow..][..p.oh * p.ow];
+                    let plane = &mut out[(t.img * kc + k) * rows * p.ow..][..rows * p.ow];
                     for i in 0..mi {
-                        let orow = &mut plane[(t.oy + i * p.dh) * p.ow + t.ox..];
+                        let orow = &mut plane[(t.oy + i * p.dh - y0) * p.ow + t.ox..];
                         for j in 0..mj {
                             orow[j * p.dw] = vals[i * M + j][l];
                         }
