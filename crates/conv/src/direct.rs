@@ -493,7 +493,10 @@ impl WithSimd for Dw3Item<'_> {
 fn copy_interior<S: Simd>(s: S, dst: &mut [f32], src: &[f32]) {
     let n = src.len();
     if n < LANES {
-        dst.copy_from_slice(src);
+        // Element by element: a slice copy of unknown length is a `memcpy` call.
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v;
+        }
         return;
     }
     let mut j = 0;
@@ -824,23 +827,7 @@ fn copy_row<S: Simd>(s: S, row: &mut [f32], src: &[f32], pad: usize) {
     for v in row.chunks_exact_mut(LANES) {
         s.store(z, v);
     }
-    let dst = &mut row[pad..pad + src.len()];
-    if src.len() < LANES {
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = v;
-        }
-        return;
-    }
-    let mut j = 0;
-    while j + LANES <= src.len() {
-        s.store(s.load(&src[j..]), &mut dst[j..]);
-        j += LANES;
-    }
-    if j < src.len() {
-        // The last vector overlaps the previous one and rewrites the same values.
-        let last = src.len() - LANES;
-        s.store(s.load(&src[last..]), &mut dst[last..]);
-    }
+    copy_interior(s, &mut row[pad..pad + src.len()], src);
 }
 
 /// Where a register tile sits: output channels from `k0`, output row `y`, vectors from `xv0`.

@@ -92,15 +92,11 @@ pub fn sgemm_matrixmultiply(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "sgemm: inner dimensions {m}x{k} · {}x{n}", b.rows);
-    assert!(fits(a.data.len(), m, k, a.row_stride, a.col_stride), "sgemm: A out of bounds");
-    assert!(fits(b.data.len(), k, n, b.row_stride, b.col_stride), "sgemm: B out of bounds");
-    assert!(fits(c.len(), m, n, ldc, 1), "sgemm: C out of bounds");
+    check_a(a);
+    let (m, k, n) = check_bc(a.rows, a.cols, b, c, ldc);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(m == 1 || ldc >= n, "sgemm: C rows overlap");
     // SAFETY: the asserts above prove that every element A (m×k), B (k×n) and C (m×n) reach
     // through their strides lies inside the corresponding slice and that the strides fit in
     // `isize`. C has column stride 1 and, when it has several rows, `ldc ≥ n`, so no two of its
@@ -123,6 +119,25 @@ pub fn sgemm_matrixmultiply(
             1,
         );
     }
+}
+
+/// Checks that the left operand `a` lies inside its slice.
+fn check_a(a: MatRef<'_>) {
+    assert!(
+        fits(a.data.len(), a.rows, a.cols, a.row_stride, a.col_stride),
+        "sgemm: A out of bounds"
+    );
+}
+
+/// Checks the right operand and the result of an `m × k` by `b` product (inner dimensions,
+/// bounds, non-overlapping rows of `C`) and returns `(m, k, n)`.
+fn check_bc(m: usize, k: usize, b: MatRef<'_>, c: &[f32], ldc: usize) -> (usize, usize, usize) {
+    let n = b.cols;
+    assert_eq!(k, b.rows, "sgemm: inner dimensions {m}x{k} · {}x{n}", b.rows);
+    assert!(fits(b.data.len(), k, n, b.row_stride, b.col_stride), "sgemm: B out of bounds");
+    assert!(fits(c.len(), m, n, ldc, 1), "sgemm: C out of bounds");
+    assert!(m <= 1 || n == 0 || ldc >= n, "sgemm: C rows overlap");
+    (m, k, n)
 }
 
 /// `C ← alpha · A[rows] · B + beta · C` for rows of a prepacked `A` at the [`simd::active`]

@@ -341,8 +341,9 @@ pub fn conv2d_im2col(
     let out_block = d.kpg * d.ohw;
     let tasks = g.n * d.groups;
     // Each group's weight matrix, packed once for every image (see `gemm::PackedA`).
-    let mut packs = if d.kpg > SMALL_DIM { take_packs() } else { Vec::new() };
+    let mut packs = Vec::new();
     if d.kpg > SMALL_DIM {
+        packs = take_packs();
         packs.resize_with(d.groups, PackedA::empty);
         for (gi, pack) in packs.iter_mut().enumerate() {
             pack.repack(MatRef::row_major(d.weight_block(weight, gi), d.kpg, d.crs));
@@ -350,18 +351,20 @@ pub fn conv2d_im2col(
     }
     let packs_ref = &packs;
 
+    // Output rows `k0..` of group `gi` start as the bias; returns the products' `beta`.
+    let init = |gi: usize, k0: usize, out: &mut [f32]| match bias {
+        Some(bias) => {
+            for (k, row) in out.chunks_exact_mut(d.ohw).enumerate() {
+                row.fill(bias[gi * d.kpg + k0 + k]);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
     // Output rows `k0..` of image `b`, group `gi`, from the group's column matrix `col`.
     let product = |gi: usize, k0: usize, col: &[f32], out: &mut [f32]| {
         let rows = out.len() / d.ohw;
-        let beta = match bias {
-            Some(bias) => {
-                for (k, row) in out.chunks_exact_mut(d.ohw).enumerate() {
-                    row.fill(bias[gi * d.kpg + k0 + k]);
-                }
-                1.0
-            }
-            None => 0.0,
-        };
+        let beta = init(gi, k0, out);
         let b = MatRef::row_major(col, d.crs, d.ohw);
         if d.kpg <= SMALL_DIM {
             let wg = &d.weight_block(weight, gi)[k0 * d.crs..(k0 + rows) * d.crs];
@@ -373,15 +376,7 @@ pub fn conv2d_im2col(
     // The same product from a column matrix already in the packed-B layout.
     let product_packed = |gi: usize, k0: usize, colp: &[f32], out: &mut [f32]| {
         let rows = out.len() / d.ohw;
-        let beta = match bias {
-            Some(bias) => {
-                for (k, row) in out.chunks_exact_mut(d.ohw).enumerate() {
-                    row.fill(bias[gi * d.kpg + k0 + k]);
-                }
-                1.0
-            }
-            None => 0.0,
-        };
+        let beta = init(gi, k0, out);
         sgemm_packed_ab(&packs_ref[gi], k0..k0 + rows, colp, d.ohw, beta, out, d.ohw);
     };
     // Whether the column matrix is built straight into the GEMM's panels.

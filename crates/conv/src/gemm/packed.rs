@@ -30,7 +30,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::{MatRef, fits};
+use super::{MatRef, check_a, check_bc, fits};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
 /// Rows of a micro-tile (elements of A broadcast per step).
@@ -523,16 +523,6 @@ pub fn sgemm_packed_ab(
     simd::dispatch_active(Run { a: a.view(), rows, b, n, beta, c, ldc });
 }
 
-/// Checks the operands of a product and returns `(m, k, n)`.
-fn check(m: usize, k: usize, b: MatRef<'_>, c: &[f32], ldc: usize) -> (usize, usize, usize) {
-    let n = b.cols;
-    assert_eq!(k, b.rows, "sgemm: inner dimensions {m}x{k} · {}x{n}", b.rows);
-    assert!(fits(b.data.len(), k, n, b.row_stride, b.col_stride), "sgemm: B out of bounds");
-    assert!(fits(c.len(), m, n, ldc, 1), "sgemm: C out of bounds");
-    assert!(m <= 1 || ldc >= n, "sgemm: C rows overlap");
-    (m, k, n)
-}
-
 /// `C ← alpha · A · B + beta · C` with the packed kernel at SIMD level `level`; `None` when the
 /// CPU cannot run that level. Same contract as [`super::sgemm`].
 pub fn sgemm_with(
@@ -544,11 +534,8 @@ pub fn sgemm_with(
     c: &mut [f32],
     ldc: usize,
 ) -> Option<()> {
-    assert!(
-        fits(a.data.len(), a.rows, a.cols, a.row_stride, a.col_stride),
-        "sgemm: A out of bounds"
-    );
-    let (m, _, n) = check(a.rows, a.cols, b, c, ldc);
+    check_a(a);
+    let (m, _, n) = check_bc(a.rows, a.cols, b, c, ldc);
     if m == 0 || n == 0 {
         return Some(());
     }
@@ -579,7 +566,7 @@ pub fn sgemm_packed_a_with(
         "sgemm: rows {rows:?} of a {}-row PackedA",
         a.m
     );
-    let (m, _, n) = check(rows.len(), a.k, b, c, ldc);
+    let (m, _, n) = check_bc(rows.len(), a.k, b, c, ldc);
     if m == 0 || n == 0 {
         return Some(());
     }
