@@ -68,7 +68,7 @@
 //!   into a buffer zeroed once per item, and summing the nine taps in nine vector
 //!   accumulators over every image in order. A channel's filter gradient depends on that
 //!   channel only, so this needs no per-chunk partials and is the same for any thread count.
-//! - **Bias gradient.** Sums of each output-gradient plane, in 8 lanes of f32, then f64.
+//! - **Bias gradient.** Sums of each output-gradient plane in f64 ([`simd::sum_f64`]).
 //!
 //! # Threads and determinism
 //!
@@ -475,7 +475,7 @@ impl WithSimd for Task<'_> {
             let dy_img = &dy[b * dy_len..][..dy_len];
             if p.want_gb {
                 for (acc, plane) in gb.iter_mut().zip(dy_img.chunks_exact(ohw)) {
-                    *acc += plane_sum(plane);
+                    *acc += simd::sum_f64(plane);
                 }
             }
             if p.want_gw {
@@ -518,23 +518,6 @@ impl WithSimd for Task<'_> {
             }
         }
     }
-}
-
-/// Sum of one plane: 8 lanes of f32 in a fixed order, then f64.
-#[inline(always)]
-fn plane_sum(v: &[f32]) -> f64 {
-    let mut acc = [0f32; LANES];
-    let mut it = v.chunks_exact(LANES);
-    for ch in &mut it {
-        for (a, &x) in acc.iter_mut().zip(ch) {
-            *a += x;
-        }
-    }
-    let mut sum: f64 = acc.iter().map(|&a| f64::from(a)).sum();
-    for &x in it.remainder() {
-        sum += f64::from(x);
-    }
-    sum
 }
 
 /// Copies one image's input channels into the padded (phase-split when strided) planes.

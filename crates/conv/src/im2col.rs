@@ -50,6 +50,7 @@ use crate::gemm::{
     sgemm_packed_a, sgemm_packed_ab,
 };
 use crate::params::ConvGeometry;
+use crate::simd;
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
 /// more than it saves (a rayon task costs a few microseconds; 1 MFLOP takes ~15 µs here).
@@ -493,13 +494,14 @@ pub fn conv2d_backward_im2col(
     Ok(())
 }
 
-/// `grad_bias[k] = Σ_{b,y,x} dY[b,k,y,x]`, accumulated in f64 in index order.
+/// `grad_bias[k] = Σ_{b,y,x} dY[b,k,y,x]`, accumulated in f64 in a fixed order (image by
+/// image, each plane by [`simd::sum_f64`]).
 fn bias_grad(g: &ConvGeometry, d: &Dims, dy: &[f32], gb: &mut [f32]) {
     let sum = |k: usize, gb: &mut f32| {
         let mut acc = 0f64;
         for b in 0..g.n {
             let start = (b * g.c_out + k) * d.ohw;
-            acc += dy[start..start + d.ohw].iter().map(|&v| f64::from(v)).sum::<f64>();
+            acc += simd::sum_f64(&dy[start..start + d.ohw]);
         }
         *gb = acc as f32;
     };

@@ -32,6 +32,24 @@ pub use fallback::Fallback;
 /// Number of `f32` lanes in one vector of every [`Simd`] implementation.
 pub const LANES: usize = 8;
 
+/// Sum of `v` in f64, in a fixed order: eight running sums (element `i` goes to sum `i mod 8`)
+/// added at the end. Independent sums let the compiler vectorize the additions; a single
+/// running f64 sum is bound by the latency of one addition per element. Used for bias
+/// gradients.
+pub(crate) fn sum_f64(v: &[f32]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut it = v.chunks_exact(LANES);
+    for ch in &mut it {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += f64::from(x);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(it.remainder()) {
+        *a += f64::from(x);
+    }
+    acc.iter().sum()
+}
+
 /// An instruction set for the kernels: 8-lane `f32` vectors and the few operations the
 /// convolution kernels need.
 ///
