@@ -57,12 +57,16 @@
 //! - **Weight gradient.** [`conv2d_weight_grad_winograd`] differentiates the tile formula: the
 //!   transformed filter's gradient is `dU = Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)` and `dg = Gᵀ dU G`.
 //!   Per transform position `ξ` it is one product `dU[ξ] [K', C'] += dŶ[ξ] [K', tiles] ·
-//!   V[ξ] [C', tiles]ᵀ` (`sgemm`, the tiles as the inner dimension), with the same input
-//!   transform, tiles, padding, dilation phases and groups as the forward; output-gradient
-//!   values of edge tiles outside the output read as zero. The tiles of the whole batch are
-//!   taken image by image in blocks of at most 4 MiB of transform-domain scratch, and each
-//!   `dU[ξ]` accumulates the blocks in that order, so the batch reduction is the same for every
-//!   thread count (threads split the `α²` products of a block, never the sum).
+//!   V[ξ] [C', tiles]ᵀ` (`sgemm`, the tiles as the inner dimension), with the same tiles,
+//!   padding, dilation phases and groups as the forward; output-gradient values of edge tiles
+//!   outside the output read as zero. Both operands are first copied channel-last (`[y][x][c]`,
+//!   8×8 transposes in registers) a few images at a time, so that both transforms run on 8
+//!   channels per vector with contiguous loads, and write tile-major buffers (`[t][ξ][c]`) that
+//!   the products read as ordinary strided matrices. The tiles of the whole batch are taken
+//!   image by image in blocks of at most 4 MiB of transform-domain scratch, and each `dU[ξ]`
+//!   accumulates the blocks in that order, so the batch reduction is the same for every thread
+//!   count (threads split the tiles' transforms and the `α²` products of a block, never the
+//!   sum).
 //! - **Work items** are `(images, group, chunk of output channels)`, each writing its own
 //!   contiguous output slice (`par_chunks_mut`). An item takes several images (at most 256
 //!   tiles, leaving at least two items) when there is one group, so that the GEMMs are wide.
@@ -406,69 +410,77 @@ pub fn conv2d_weight_grad_winograd(
     check_len(OP_W, "grad_output", &g.output_dims(), grad_output.len())?;
     check_len(OP_W, "grad_weight", &g.weight_dims(), grad_weight.len())?;
     let (cpg, kpg, groups) = (g.c_in_per_group(), g.c_out_per_group(), g.params.groups);
-    let a = variant.alpha();
+    // Channels padded to whole vectors in the channel-last copies and transform buffers.
+    let (cv, kv) = (cpg.next_multiple_of(LANES), kpg.next_multiple_of(LANES));
+    let (a, m) = (variant.alpha(), variant.m());
     let a2 = a * a;
+    let (dh, dw) = g.params.dilation;
     let (image_tiles, hp, wp) = tile_grid(g, variant);
+    // The output-gradient extent the tiles' m×m blocks cover (zeros past the output).
+    let (ohp, owp) = image_tiles.iter().fold((g.oh, g.ow), |(eh, ew), t| {
+        (eh.max(t.oy + dh * (m - 1) + 1), ew.max(t.ox + dw * (m - 1) + 1))
+    });
+    // Images are taken `nb` at a time (as many as one block of tiles holds, at least one):
+    // their channel-last copies are made just before their tiles are transformed, so both
+    // stay in cache.
+    let per_image = image_tiles.len();
+    let tb_max = (WGRAD_BLOCK_FLOATS / (a2 * (cv + kv))).clamp(8, 512);
+    let nb = (tb_max / per_image).clamp(1, g.n);
     let tiles: Vec<Tile> =
-        (0..g.n).flat_map(|img| image_tiles.iter().map(move |t| Tile { img, ..*t })).collect();
-    let tb_max = (WGRAD_BLOCK_FLOATS / (a2 * (cpg + kpg))).clamp(8, 512) / LANES * LANES;
+        (0..nb).flat_map(|img| image_tiles.iter().map(move |t| Tile { img, ..*t })).collect();
     let nblocks = tiles.len().div_ceil(tb_max);
-    let tb = tiles.len().div_ceil(nblocks).next_multiple_of(LANES);
-    let plane = hp * wp;
-    let (padded_len, v_len, w_len) = (g.n * cpg * plane, a2 * cpg * tb, a2 * kpg * tb);
+    let tb = tiles.len().div_ceil(nblocks);
+    let (x_len, y_len) = (nb * hp * wp * cv, nb * ohp * owp * kv);
+    let (v_len, w_len) = (tb * a2 * cv, tb * a2 * kv);
     let parallel = g.flops() >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
     let (ph, pw) = g.params.padding;
-    let (dh, dw) = g.params.dilation;
-    let pads = Pads { h: g.h, w: g.w, ph, pw, wp };
     let mut du = vec![0f32; a2 * kpg * cpg];
     crate::direct::with_thread_scratch(|scratch| {
-        // Every element is written before it is read: the padded planes by `pad_planes`, the
-        // transform buffers lane group by lane group (stale lanes past a block's end are never
-        // part of a product).
-        let total = padded_len + v_len + w_len;
-        if scratch.len() < total {
-            scratch.resize(total, 0.0);
+        // Every float a product reads is written first: the channel-last copies with their
+        // zero borders (padding, and the output gradient past the output) by
+        // `ChannelLast::copy`, the transform buffers tile by tile.
+        if scratch.len() < x_len + y_len + v_len + w_len {
+            scratch.resize(x_len + y_len + v_len + w_len, 0.0);
         }
-        let (padded, rest) = scratch.split_at_mut(padded_len);
-        let (vbuf, rest) = rest.split_at_mut(v_len);
-        let wbuf = &mut rest[..w_len];
+        let (xcl, rest) = scratch.split_at_mut(x_len);
+        let (ycl, rest) = rest.split_at_mut(y_len);
+        let (vbuf, wbuf) = rest.split_at_mut(v_len);
+        let x_at = ChannelLast { h: g.h, w: g.w, y0: ph, x0: pw, hp, wp, channels: cpg, cv };
+        let y_at =
+            ChannelLast { h: g.oh, w: g.ow, y0: 0, x0: 0, hp: ohp, wp: owp, channels: kpg, cv: kv };
         for grp in 0..groups {
-            let src = (0..g.n).flat_map(|b| {
-                let start = (b * g.c_in + grp * cpg) * g.h * g.w;
-                input[start..start + cpg * g.h * g.w].chunks_exact(g.h * g.w)
-            });
-            pad_planes(&pads, src, padded.chunks_exact_mut(plane));
-            let patches = Patches { padded: &*padded, plane, wp, dh, dw, cpg, tb };
-            for (bi, block) in tiles.chunks(tb).enumerate() {
-                let item = GradBlock {
+            let mut first = true;
+            for b0 in (0..g.n).step_by(nb) {
+                let imgs = nb.min(g.n - b0);
+                for (b, dst) in xcl.chunks_exact_mut(hp * wp * cv).take(imgs).enumerate() {
+                    let start = ((b0 + b) * g.c_in + grp * cpg) * g.h * g.w;
+                    x_at.copy(&input[start..][..cpg * g.h * g.w], dst);
+                }
+                for (b, dst) in ycl.chunks_exact_mut(ohp * owp * kv).take(imgs).enumerate() {
+                    let start = ((b0 + b) * g.c_out + grp * kpg) * g.oh * g.ow;
+                    y_at.copy(&grad_output[start..][..kpg * g.oh * g.ow], dst);
+                }
+                let src = GradSource {
                     variant,
-                    patches: &patches,
-                    block,
-                    dy: grad_output,
-                    k0: grp * kpg,
+                    x: &*xcl,
+                    y: &*ycl,
+                    hp,
+                    wp,
+                    ohp,
+                    owp,
+                    cpg,
                     kpg,
-                    c_out: g.c_out,
-                    oh: g.oh,
-                    ow: g.ow,
-                    vbuf,
-                    wbuf,
+                    cv,
+                    kv,
+                    dh,
+                    dw,
                 };
-                simd::dispatch_active(item);
-                let nt = block.len();
-                let beta = if bi == 0 { 0.0 } else { 1.0 };
-                let (vb, wb) = (&*vbuf, &*wbuf);
-                let product = |(xi, c): (usize, &mut [f32])| {
-                    let dyt = &wb[xi * kpg * tb..][..kpg * tb];
-                    let v = &vb[xi * cpg * tb..][..cpg * tb];
-                    let dyt =
-                        MatRef { data: dyt, rows: kpg, cols: nt, row_stride: tb, col_stride: 1 };
-                    let vt = MatRef { data: v, rows: nt, cols: cpg, row_stride: 1, col_stride: tb };
-                    sgemm(1.0, dyt, vt, beta, c, cpg);
-                };
-                if parallel {
-                    du.par_chunks_mut(kpg * cpg).enumerate().for_each(product);
-                } else {
-                    du.chunks_mut(kpg * cpg).enumerate().for_each(product);
+                for block in tiles[..imgs * per_image].chunks(tb) {
+                    let beta = if first { 0.0 } else { 1.0 };
+                    first = false;
+                    grad_block_products(
+                        &src, block, &mut *vbuf, &mut *wbuf, beta, &mut du, parallel,
+                    );
                 }
             }
             let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
@@ -476,6 +488,233 @@ pub fn conv2d_weight_grad_winograd(
         }
     });
     Ok(true)
+}
+
+/// One block of tiles of the weight gradient: both transforms of every tile (split across
+/// threads when `parallel`), then `dU[ξ] (+)= dŶ[ξ] · V[ξ]ᵀ` for every transform position `ξ`
+/// (`beta` 0 overwrites `du`, 1 accumulates), the positions split across threads.
+fn grad_block_products(
+    src: &GradSource<'_>,
+    block: &[Tile],
+    vbuf: &mut [f32],
+    wbuf: &mut [f32],
+    beta: f32,
+    du: &mut [f32],
+    parallel: bool,
+) {
+    let (cpg, kpg, cv, kv) = (src.cpg, src.kpg, src.cv, src.kv);
+    let a = src.variant.alpha();
+    let a2 = a * a;
+    let nt = block.len();
+    // Each tile's transforms are written to its own rows: split across threads.
+    let per = if parallel { nt.div_ceil(2) } else { nt };
+    let parts: Vec<GradBlock<'_>> = block
+        .chunks(per)
+        .zip(vbuf.chunks_mut(per * a2 * cv))
+        .zip(wbuf.chunks_mut(per * a2 * kv))
+        .map(|((tiles, v), w)| GradBlock { src, tiles, v, w })
+        .collect();
+    if parallel {
+        parts.into_par_iter().for_each(simd::dispatch_active);
+    } else {
+        parts.into_iter().for_each(simd::dispatch_active);
+    }
+    let (vb, wb) = (&*vbuf, &*wbuf);
+    // dU[ξ] (K' × C') (+)= dŶ[ξ] (K' × tiles) · V[ξ]ᵀ (tiles × C'), both read from the
+    // tile-major buffers `[t][ξ][channel]`.
+    let product = |(xi, c): (usize, &mut [f32])| {
+        let dyt = MatRef {
+            data: &wb[xi * kv..],
+            rows: kpg,
+            cols: nt,
+            row_stride: 1,
+            col_stride: a2 * kv,
+        };
+        let vt = MatRef {
+            data: &vb[xi * cv..],
+            rows: nt,
+            cols: cpg,
+            row_stride: a2 * cv,
+            col_stride: 1,
+        };
+        sgemm(1.0, dyt, vt, beta, c, cpg);
+    };
+    if parallel {
+        du.par_chunks_mut(kpg * cpg).enumerate().for_each(product);
+    } else {
+        du.chunks_mut(kpg * cpg).enumerate().for_each(product);
+    }
+}
+
+/// Where [`ChannelLast::copy`] puts `channels` planes of `h × w`: at `(y0, x0)` of an
+/// `hp × wp` grid of pixels, each pixel `cv` floats (channels innermost).
+struct ChannelLast {
+    h: usize,
+    w: usize,
+    y0: usize,
+    x0: usize,
+    hp: usize,
+    wp: usize,
+    channels: usize,
+    cv: usize,
+}
+
+impl ChannelLast {
+    /// Copies the planes `src` (`[channels][h][w]`) into `dst` (`[hp][wp][cv]`), zeroing the
+    /// pixels around them; channels `channels..cv` of each pixel are left as they are.
+    fn copy(&self, src: &[f32], dst: &mut [f32]) {
+        simd::dispatch_active(ChannelLastCopy { at: self, src, dst });
+    }
+}
+
+/// [`ChannelLast::copy`] for the SIMD dispatcher.
+struct ChannelLastCopy<'a> {
+    at: &'a ChannelLast,
+    src: &'a [f32],
+    dst: &'a mut [f32],
+}
+
+impl WithSimd for ChannelLastCopy<'_> {
+    type Output = ();
+
+    /// Blocks of 8 channels × 8 pixels: eight row loads, one 8×8 transpose in registers, eight
+    /// pixel stores.
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let ChannelLastCopy { at: p, src, dst } = self;
+        let (hw, cv, wp) = (p.h * p.w, p.cv, p.wp);
+        assert!(p.y0 + p.h <= p.hp && p.x0 + p.w <= wp && p.channels <= cv);
+        let zero_px = |px: &mut [f32]| px[..p.channels].fill(0.0);
+        // (The hot loop below uses no closure: one would be compiled without `S`'s target
+        // features.)
+        dst[..p.y0 * wp * cv].chunks_exact_mut(cv).for_each(zero_px);
+        dst[(p.y0 + p.h) * wp * cv..p.hp * wp * cv].chunks_exact_mut(cv).for_each(zero_px);
+        let (full_c, full_x) = (p.channels / LANES * LANES, p.w / LANES * LANES);
+        for y in 0..p.h {
+            let line = &mut dst[(y + p.y0) * wp * cv..][..wp * cv];
+            line[..p.x0 * cv].chunks_exact_mut(cv).for_each(zero_px);
+            line[(p.x0 + p.w) * cv..].chunks_exact_mut(cv).for_each(zero_px);
+        }
+        // Bands of rows: each plane's rows of a band are one contiguous read, and the band's
+        // pixels (`YB · wp · cv` floats) stay in cache while every channel block fills them.
+        const YB: usize = 4;
+        for yb in (0..p.h).step_by(YB) {
+            let rows = YB.min(p.h - yb);
+            for c0 in (0..full_c).step_by(LANES) {
+                for y in yb..yb + rows {
+                    let row = &mut dst[((y + p.y0) * wp + p.x0) * cv..][..p.w * cv];
+                    for x0 in (0..full_x).step_by(LANES) {
+                        let mut v = [s.zero(); LANES];
+                        for (j, vj) in v.iter_mut().enumerate() {
+                            *vj = s.load(&src[(c0 + j) * hw + y * p.w + x0..]);
+                        }
+                        for (i, t) in s.transpose8(v).into_iter().enumerate() {
+                            s.store(t, &mut row[(x0 + i) * cv + c0..]);
+                        }
+                    }
+                    for x in full_x..p.w {
+                        for j in 0..LANES {
+                            row[x * cv + c0 + j] = src[(c0 + j) * hw + y * p.w + x];
+                        }
+                    }
+                }
+            }
+            for c in full_c..p.channels {
+                for y in yb..yb + rows {
+                    let row = &mut dst[((y + p.y0) * wp + p.x0) * cv..][..p.w * cv];
+                    for (px, &v) in row.chunks_exact_mut(cv).zip(&src[c * hw + y * p.w..][..p.w]) {
+                        px[c] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The channel-last operands of the weight gradient of one group and how tiles read them.
+struct GradSource<'a> {
+    variant: WinogradVariant,
+    /// Padded input, `[img][hp][wp][cv]`.
+    x: &'a [f32],
+    /// Output gradient, `[img][ohp][owp][kv]`.
+    y: &'a [f32],
+    hp: usize,
+    wp: usize,
+    ohp: usize,
+    owp: usize,
+    cpg: usize,
+    kpg: usize,
+    cv: usize,
+    kv: usize,
+    dh: usize,
+    dw: usize,
+}
+
+/// Transforms of a run of tiles of the weight gradient: `V = Bᵀ d B` into `v[t][ξ][c]` and
+/// `A dY Aᵀ` into `w[t][ξ][k]`.
+struct GradBlock<'a> {
+    src: &'a GradSource<'a>,
+    tiles: &'a [Tile],
+    v: &'a mut [f32],
+    w: &'a mut [f32],
+}
+
+impl WithSimd for GradBlock<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        match self.src.variant {
+            WinogradVariant::F2x2_3x3 => grad_block::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => grad_block::<S, F4, 6, 4>(s, self),
+        }
+    }
+}
+
+/// Both transforms of the weight gradient, vectorized over 8 channels: every tile element is
+/// one contiguous load from the channel-last operands, and every transformed value one
+/// contiguous store.
+#[inline(always)]
+fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    b: GradBlock<'_>,
+) {
+    let GradBlock { src: p, tiles, v, w } = b;
+    let a2 = A * A;
+    for ((t, vt), wt) in
+        tiles.iter().zip(v.chunks_exact_mut(a2 * p.cv)).zip(w.chunks_exact_mut(a2 * p.kv))
+    {
+        let xo = ((t.img * p.hp + t.py) * p.wp + t.px) * p.cv;
+        for c0 in (0..p.cpg).step_by(LANES) {
+            let mut d = [[s.zero(); A]; A];
+            for (r, dr) in d.iter_mut().enumerate() {
+                for (col, dv) in dr.iter_mut().enumerate() {
+                    *dv = s.load(&p.x[xo + (r * p.dh * p.wp + col * p.dw) * p.cv + c0..]);
+                }
+            }
+            let tv = input_2d::<S, T, A, M>(s, &d);
+            for (xi, row) in tv.iter().enumerate() {
+                for (xj, &val) in row.iter().enumerate() {
+                    s.store(val, &mut vt[(xi * A + xj) * p.cv + c0..]);
+                }
+            }
+        }
+        let yo = ((t.img * p.ohp + t.oy) * p.owp + t.ox) * p.kv;
+        for k0 in (0..p.kpg).step_by(LANES) {
+            let mut y = [[s.zero(); M]; M];
+            for (i, yr) in y.iter_mut().enumerate() {
+                for (j, yv) in yr.iter_mut().enumerate() {
+                    *yv = s.load(&p.y[yo + (i * p.dh * p.owp + j * p.dw) * p.kv + k0..]);
+                }
+            }
+            let tw = grad_2d::<S, T, A, M>(s, &y);
+            for (xi, row) in tw.iter().enumerate() {
+                for (xj, &val) in row.iter().enumerate() {
+                    s.store(val, &mut wt[(xi * A + xj) * p.kv + k0..]);
+                }
+            }
+        }
+    }
 }
 
 /// `dg = Gᵀ dU G` for every filter: `dU` is `[ξ][k][c]`, `gw` is `[k][c][3][3]`. Separable
@@ -526,98 +765,6 @@ fn filter_grad_transform(
         for (c, filt) in gw[k * cpg * 9..][..cpg * 9].chunks_exact_mut(9).enumerate() {
             for (rs, f) in filt.iter_mut().enumerate() {
                 *f = out[rs * cpg + c] as f32;
-            }
-        }
-    }
-}
-
-/// One block of tiles of the weight gradient: the input transform into `vbuf[ξ][c][t]` and
-/// the output-gradient transform `A dY Aᵀ` into `wbuf[ξ][k][t]`.
-struct GradBlock<'a> {
-    variant: WinogradVariant,
-    patches: &'a Patches<'a>,
-    block: &'a [Tile],
-    /// The whole output gradient, `[n, c_out, oh, ow]`.
-    dy: &'a [f32],
-    /// First output channel of the group.
-    k0: usize,
-    kpg: usize,
-    c_out: usize,
-    oh: usize,
-    ow: usize,
-    vbuf: &'a mut [f32],
-    wbuf: &'a mut [f32],
-}
-
-impl WithSimd for GradBlock<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        match self.variant {
-            WinogradVariant::F2x2_3x3 => grad_block::<S, F2, 4, 2>(s, self),
-            WinogradVariant::F4x4_3x3 => grad_block::<S, F4, 6, 4>(s, self),
-        }
-    }
-}
-
-#[inline(always)]
-fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
-    s: S,
-    b: GradBlock<'_>,
-) {
-    let GradBlock { patches: p, block, dy, k0, kpg, c_out, oh, ow, vbuf, wbuf, .. } = b;
-    input_transform_block::<S, T, A, M>(s, p, block, vbuf, false);
-    let (dh, dw, tb) = (p.dh, p.dw, p.tb);
-    for (lg, group) in block.chunks(LANES).enumerate() {
-        let t0 = lg * LANES;
-        // Lanes past the block's end gather zeros; their columns are never part of a product.
-        let lanes: [Option<Tile>; LANES] = std::array::from_fn(|l| group.get(l).copied());
-        // In-range rows and columns of each lane's m×m output block.
-        let extent: [(usize, usize); LANES] = std::array::from_fn(|l| {
-            lanes[l].map_or((0, 0), |t| {
-                (M.min((oh - t.oy).div_ceil(dh)), M.min((ow - t.ox).div_ceil(dw)))
-            })
-        });
-        // Eight whole tiles (the interior): gathers without tests.
-        let full = extent.iter().all(|&e| e == (M, M));
-        for k in 0..kpg {
-            let base: [usize; LANES] = std::array::from_fn(|l| {
-                lanes[l].map_or(0, |t| ((t.img * c_out + k0 + k) * oh + t.oy) * ow + t.ox)
-            });
-            let mut y = [[s.zero(); M]; M];
-            if full {
-                // One bounds check for the whole gather: the farthest element of any block.
-                let far = base.iter().copied().max().unwrap_or(0) + (M - 1) * (dh * ow + dw);
-                assert!(far < dy.len());
-                for (i, yr) in y.iter_mut().enumerate() {
-                    for (j, yv) in yr.iter_mut().enumerate() {
-                        let off = i * dh * ow + j * dw;
-                        let mut gathered = [0f32; LANES];
-                        for (g, &b) in gathered.iter_mut().zip(&base) {
-                            // SAFETY: `b + off ≤ far < dy.len()` (asserted above).
-                            *g = unsafe { *dy.get_unchecked(b + off) };
-                        }
-                        *yv = s.load(&gathered);
-                    }
-                }
-            } else {
-                for (i, yr) in y.iter_mut().enumerate() {
-                    for (j, yv) in yr.iter_mut().enumerate() {
-                        let off = i * dh * ow + j * dw;
-                        let gathered: [f32; LANES] = std::array::from_fn(|l| {
-                            let (mi, mj) = extent[l];
-                            if i < mi && j < mj { dy[base[l] + off] } else { 0.0 }
-                        });
-                        *yv = s.load(&gathered);
-                    }
-                }
-            }
-            let w = grad_2d::<S, T, A, M>(s, &y);
-            for (xi, row) in w.iter().enumerate() {
-                for (xj, &val) in row.iter().enumerate() {
-                    s.store(val, &mut wbuf[((xi * A + xj) * kpg + k) * tb + t0..]);
-                }
             }
         }
     }
@@ -1070,7 +1217,7 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
     for block in tiles.chunks(p.tb) {
         let nt = block.len();
         // Input transform, 8 tiles at a time: V[ξ][c][t].
-        input_transform_block::<S, T, A, M>(s, &patches, block, vbuf, true);
+        input_transform_block::<S, T, A, M>(s, &patches, block, vbuf);
         // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
         // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
         let n = nt.next_multiple_of(NR);
@@ -1158,15 +1305,14 @@ struct Patches<'a> {
 }
 
 /// The input transform `V = Bᵀ d B` of a block of tiles, 8 at a time, into `vbuf[ξ]`: each
-/// plane a `cpg × tb` matrix, row-major (`[c][t]`) or, with `panels`, in the packed-B layout of
-/// the GEMM (panels of [`NR`] tiles, each `cpg` steps of `NR` floats; `tb` a multiple of `NR`).
+/// plane a `cpg × tb` matrix in the packed-B layout of the GEMM (panels of [`NR`] tiles, each
+/// `cpg` steps of `NR` floats; `tb` a multiple of `NR`).
 #[inline(always)]
 fn input_transform_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
     p: &Patches<'_>,
     block: &[Tile],
     vbuf: &mut [f32],
-    panels: bool,
 ) {
     let padded = p.padded;
     for (lg, group) in block.chunks(LANES).enumerate() {
@@ -1195,7 +1341,7 @@ fn input_transform_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
                 }
             }
             let v = input_2d::<S, T, A, M>(s, &d);
-            let at = if panels { (t0 / NR * p.cpg + c) * NR + t0 % NR } else { c * p.tb + t0 };
+            let at = (t0 / NR * p.cpg + c) * NR + t0 % NR;
             for (xi, row) in v.iter().enumerate() {
                 for (xj, &val) in row.iter().enumerate() {
                     s.store(val, &mut vbuf[(xi * A + xj) * p.cpg * p.tb + at..]);

@@ -251,8 +251,14 @@ fn pack_a(a: MatRef<'_>, i0: usize, mc: usize, k0: usize, kcb: usize, dst: &mut 
         // each of the (up to) six rows.
         let (rs, cs) = (a.row_stride, a.col_stride);
         let base = r0 * rs + k0 * cs;
-        if rs == 1 {
-            // Each step's rows are adjacent (a transposed view): one short copy per step.
+        if rs == 1 && rows == MR {
+            // Each step's rows are adjacent (a transposed view): one fixed-size copy per step
+            // (no call to `memcpy`).
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let at = base + p * cs;
+                dst.copy_from_slice(&a.data[at..at + MR]);
+            }
+        } else if rs == 1 {
             for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
                 let at = base + p * cs;
                 dst[..rows].copy_from_slice(&a.data[at..at + rows]);
@@ -281,7 +287,13 @@ fn pack_b(b: MatRef<'_>, k0: usize, kcb: usize, j0: usize, nc: usize, dst: &mut 
     for (pj, panel) in dst.chunks_exact_mut(NR * kcb).take(nc.div_ceil(NR)).enumerate() {
         let c0 = j0 + pj * NR;
         let cols = NR.min(j0 + nc - c0);
-        if b.col_stride == 1 {
+        if b.col_stride == 1 && cols == NR {
+            // Whole panels: fixed-size copies (two vector moves, no call to `memcpy`).
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let src = &b.data[(k0 + p) * b.row_stride + c0..][..NR];
+                dst.copy_from_slice(src);
+            }
+        } else if b.col_stride == 1 {
             for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 let src = &b.data[(k0 + p) * b.row_stride + c0..][..cols];
                 dst[..cols].copy_from_slice(src);

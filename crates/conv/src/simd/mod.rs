@@ -90,6 +90,15 @@ pub trait Simd: Copy + Send + Sync + 'static {
         self.store(v, &mut out);
         out
     }
+    /// The 8×8 transpose: lane `j` of result `i` is lane `i` of input `j`.
+    #[inline(always)]
+    fn transpose8(self, rows: [Self::V; LANES]) -> [Self::V; LANES] {
+        let a = rows.map(|v| self.to_array(v));
+        std::array::from_fn(|i| {
+            let col: [f32; LANES] = std::array::from_fn(|j| a[j][i]);
+            self.load(&col)
+        })
+    }
 }
 
 /// Which instruction set a kernel ran with.
@@ -223,6 +232,14 @@ mod tests {
             s.to_array(s.max(s.sub(va, s.splat(3.0)), s.zero())),
             [0., 0., 0., 0., 1., 2., 3., 4.]
         );
+        let rows: [S::V; LANES] = std::array::from_fn(|i| {
+            let r: [f32; LANES] = std::array::from_fn(|j| (10 * i + j) as f32);
+            s.load(&r)
+        });
+        for (i, v) in s.transpose8(rows).into_iter().enumerate() {
+            let want: [f32; LANES] = std::array::from_fn(|j| (10 * j + i) as f32);
+            assert_eq!(s.to_array(v), want);
+        }
     }
 
     #[test]
