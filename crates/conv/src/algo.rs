@@ -146,9 +146,9 @@ pub fn env_algo() -> Option<ConvAlgo> {
 ///
 /// After a Winograd forward, the input gradient is a Winograd convolution too (where the shape
 /// allows, see [`conv2d_input_grad_winograd`]), the weight gradient runs in the Winograd
-/// transform domain on layers with at least 1024 output pixels per channel over the batch
-/// ([`conv2d_weight_grad_winograd`]; im2col below), and the bias gradient on im2col. Direct has a backward kernel of its own, used where [`backward_kernel`] says it
-/// beats im2col.
+/// transform domain on layers with at least 196 output pixels per channel over the batch
+/// ([`conv2d_weight_grad_winograd`]; im2col below), and the bias gradient on im2col. Direct
+/// has a backward kernel of its own, used where [`backward_kernel`] says it beats im2col.
 pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
     match algo {
         ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col => true,
@@ -282,23 +282,21 @@ pub fn conv2d_forward(
 ///
 /// Winograd: im2col, except that [`conv2d_backward`] computes the input gradient with
 /// [`conv2d_input_grad_winograd`] when the shape allows, and the weight gradient with
-/// [`conv2d_weight_grad_winograd`] on layers of at least 1024 output pixels per channel over
-/// the batch — F(4x4,3x3) without dilation, F(2x2,3x3) with, whatever variant the forward
-/// ran. Measured at 1 thread on the shared 2-core Zen 3 while other builds ran (weight
-/// gradient alone, milliseconds, min of 25 iterations, best of three runs, im2col / F2 / F4):
+/// [`conv2d_weight_grad_winograd`] on layers of at least 196 output pixels per channel over
+/// the batch — F(4x4,3x3) from 1024 pixels without dilation, F(2x2,3x3) otherwise, whatever
+/// variant the forward ran. Measured at 1 thread on the shared 2-core machine (weight gradient
+/// alone, milliseconds, min of 15 iterations, best of two runs, im2col / F2 / F4):
 ///
 /// | shape       | im2col | winograd F2 | winograd F4 | picked |
 /// |-------------|--------|-------------|-------------|--------|
-/// | res3x3_56   |  4.0   |    2.5      |    1.9      | F4     |
-/// | res3x3_28b8 | 29.9   |   18.7      |   13.1      | F4     |
-/// | dilated     |  7.3   |    5.4      |    6.6      | F2     |
-/// | vgg3x3_14   |  2.9   |    3.0      |    4.2      | im2col |
+/// | res3x3_56   |  4.0   |    2.4      |    1.6      | F4     |
+/// | res3x3_28b8 | 28.5   |   18.2      |   11.8      | F4     |
+/// | dilated     | 10.3   |    5.3      |    5.1      | F2     |
+/// | vgg3x3_14   |  3.0   |    2.2      |    3.0      | F2     |
 ///
-/// On vgg3x3_14 (one 14x14 image, 196 output pixels) the 16 or 49 tiles make the
-/// transform-domain products too short to beat im2col. Full backward (input, weight and bias
-/// gradients) of `Auto` over its forward, same conditions: res3x3_56 4.5 / 2.1 ms (2.1x;
-/// 6.3 ms, 3.0x, with the im2col weight gradient), res3x3_28b8 28.4 / 13.8 ms (2.1x; 40.6 ms,
-/// 2.9x), dilated 11.3 / 4.8 ms (2.3x; 12.6 ms, 2.6x).
+/// On vgg3x3_14 (one 14x14 image, 196 output pixels) F(4x4)'s 16 tiles make the
+/// transform-domain products too short; F(2x2)'s 49 are enough. On `dilated` both variants are
+/// within the noise, and F(2x2) covers the subsampled grids without edge tiles.
 /// The bias gradient always runs on im2col. `Direct` keeps its own backward
 /// ([`conv2d_backward_direct`]) on stride-1 shapes, where it reads the operands in place;
 /// with a stride its input gradient runs over the zero-stuffed output gradient and loses to
@@ -394,15 +392,17 @@ pub fn conv2d_backward(
 }
 
 /// The Winograd variant that computes the weight gradient after a Winograd forward, or `None`
-/// where im2col's is faster: F(4x4,3x3) without dilation, F(2x2,3x3) with (the subsampled
-/// grids of `dilated` are 14x14, which F(2x2)'s tiles cover exactly), and im2col below 1024
-/// output pixels per channel over the batch (`vgg3x3_14`), where the transform-domain products
-/// are too short (16 tiles of F(4x4,3x3)) to beat one im2col product.
+/// where im2col's is faster: from 1024 output pixels per channel over the batch, F(4x4,3x3)
+/// without dilation and F(2x2,3x3) with (the subsampled grids of `dilated` are 14x14, which
+/// F(2x2)'s tiles cover exactly); F(2x2,3x3) from 196 output pixels (`vgg3x3_14`, whose 16
+/// F(4x4) tiles make products too short, but whose 49 F(2x2) tiles beat one im2col product);
+/// im2col below.
 fn winograd_weight_grad_variant(g: &ConvGeometry) -> Option<WinogradVariant> {
-    if g.n * g.oh * g.ow < 1024 {
+    let pixels = g.n * g.oh * g.ow;
+    if pixels < 196 {
         return None;
     }
-    Some(if g.params.dilation == (1, 1) {
+    Some(if g.params.dilation == (1, 1) && pixels >= 1024 {
         WinogradVariant::F4x4_3x3
     } else {
         WinogradVariant::F2x2_3x3
@@ -417,6 +417,23 @@ mod tests {
 
     fn geom(input: [usize; 4], weight: [usize; 4], p: Conv2dParams) -> ConvGeometry {
         ConvGeometry::new(input, weight, p).unwrap()
+    }
+
+    #[test]
+    fn winograd_weight_gradient_variant_by_size() {
+        let p = Conv2dParams::default().with_padding(1);
+        let (f2, f4) = (WinogradVariant::F2x2_3x3, WinogradVariant::F4x4_3x3);
+        let wv =
+            |x: [usize; 4], k: usize, p| winograd_weight_grad_variant(&geom(x, [k, x[1], 3, 3], p));
+        assert_eq!(wv([1, 64, 56, 56], 64, p), Some(f4));
+        assert_eq!(wv([8, 128, 28, 28], 128, p), Some(f4));
+        assert_eq!(wv([1, 256, 14, 14], 256, p), Some(f2));
+        assert_eq!(
+            wv([8, 64, 28, 28], 64, Conv2dParams::default().with_padding(2).with_dilation(2)),
+            Some(f2)
+        );
+        assert_eq!(wv([1, 64, 13, 13], 64, p), None);
+        assert_eq!(wv([2, 64, 7, 7], 64, p), None);
     }
 
     #[test]

@@ -165,13 +165,6 @@ impl WinogradVariant {
             WinogradVariant::F4x4_3x3 => "winograd_f4",
         }
     }
-    /// The filter-transform matrix `G` (`α × 3`), in f64.
-    fn g_matrix(self) -> &'static [[f64; 3]] {
-        match self {
-            WinogradVariant::F2x2_3x3 => &G2,
-            WinogradVariant::F4x4_3x3 => &G4,
-        }
-    }
 }
 
 const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
@@ -718,7 +711,9 @@ fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
 }
 
 /// `dg = Gᵀ dU G` for every filter: `dU` is `[ξ][k][c]`, `gw` is `[k][c][3][3]`. Separable
-/// (rows, then columns), accumulated in f64 over unit-stride rows of `c`.
+/// (`dU G` on the rows, then `Gᵀ ·` on the columns), eight filters `c..c+8` per vector, the
+/// constant entries of `G` unrolled. Output channels split across threads for large layers;
+/// each filter is computed the same way either way.
 fn filter_grad_transform(
     du: &[f32],
     gw: &mut [f32],
@@ -726,45 +721,90 @@ fn filter_grad_transform(
     cpg: usize,
     variant: WinogradVariant,
 ) {
-    let a = variant.alpha();
-    let gm = variant.g_matrix();
-    // tmp[ξi][s][c] = Σ_ξj G[ξj][s] · dU[ξi, ξj][k][c];  out[r][s][c] = Σ_ξi G[ξi][r] · tmp.
-    let mut tmp = vec![0f64; a * 3 * cpg];
-    let mut out = vec![0f64; 9 * cpg];
-    for k in 0..kpg {
-        tmp.fill(0.0);
-        for xi in 0..a {
-            for (xj, grow) in gm.iter().enumerate() {
-                let src = &du[((xi * a + xj) * kpg + k) * cpg..][..cpg];
-                for (s, &coef) in grow.iter().enumerate() {
-                    if coef == 0.0 {
-                        continue;
-                    }
-                    let dst = &mut tmp[(xi * 3 + s) * cpg..][..cpg];
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d += coef * f64::from(v);
+    let per_k = cpg * 9;
+    // Output channels per task: about 64k floats of `dU` read each.
+    let kc = (65_536 / (variant.alpha().pow(2) * cpg)).clamp(1, kpg);
+    let run = |(t, gw): (usize, &mut [f32])| {
+        simd::dispatch_active(FilterGrad { du, gw, k0: t * kc, kpg, cpg, variant });
+    };
+    if kpg * per_k >= 1 << 18 && rayon::current_num_threads() > 1 {
+        gw.par_chunks_mut(kc * per_k).enumerate().for_each(run);
+    } else {
+        gw.chunks_mut(kc * per_k).enumerate().for_each(run);
+    }
+}
+
+/// [`filter_grad_transform`] of output channels `k0..k0 + gw.len() / (cpg·9)`.
+struct FilterGrad<'a> {
+    du: &'a [f32],
+    gw: &'a mut [f32],
+    k0: usize,
+    kpg: usize,
+    cpg: usize,
+    variant: WinogradVariant,
+}
+
+impl WithSimd for FilterGrad<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        match self.variant {
+            WinogradVariant::F2x2_3x3 => filter_grad::<S, 4>(s, self, &G2),
+            WinogradVariant::F4x4_3x3 => filter_grad::<S, 6>(s, self, &G4),
+        }
+    }
+}
+
+#[inline(always)]
+fn filter_grad<S: Simd, const A: usize>(s: S, f: FilterGrad<'_>, gm: &[[f64; 3]; A]) {
+    let FilterGrad { du, gw, k0, kpg, cpg, .. } = f;
+    let mut gs = [[s.zero(); 3]; A];
+    for (row, grow) in gs.iter_mut().zip(gm) {
+        for (v, &coef) in row.iter_mut().zip(grow) {
+            *v = s.splat(coef as f32);
+        }
+    }
+    for (kk, gw_k) in gw.chunks_exact_mut(cpg * 9).enumerate() {
+        let k = k0 + kk;
+        for c0 in (0..cpg).step_by(LANES) {
+            let n = LANES.min(cpg - c0);
+            // tmp[ξi][s] = Σ_ξj dU[ξi, ξj] · G[ξj][s]
+            let mut tmp = [[s.zero(); 3]; A];
+            for (xi, trow) in tmp.iter_mut().enumerate() {
+                for (xj, grow) in gm.iter().enumerate() {
+                    let at = ((xi * A + xj) * kpg + k) * cpg + c0;
+                    let v = if n == LANES {
+                        s.load(&du[at..])
+                    } else {
+                        let mut lanes = [0f32; LANES];
+                        lanes[..n].copy_from_slice(&du[at..at + n]);
+                        s.load(&lanes)
+                    };
+                    for (sc, t) in trow.iter_mut().enumerate() {
+                        if grow[sc] != 0.0 {
+                            *t = s.fma(gs[xj][sc], v, *t);
+                        }
                     }
                 }
             }
-        }
-        out.fill(0.0);
-        for (xi, grow) in gm.iter().enumerate() {
-            for (r, &coef) in grow.iter().enumerate() {
-                if coef == 0.0 {
-                    continue;
-                }
-                for s in 0..3 {
-                    let src = &tmp[(xi * 3 + s) * cpg..][..cpg];
-                    let dst = &mut out[(r * 3 + s) * cpg..][..cpg];
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d += coef * v;
+            // out[r][s] = Σ_ξi G[ξi][r] · tmp[ξi][s]
+            let mut out = [[0f32; LANES]; 9];
+            for (r, orow) in out.chunks_exact_mut(3).enumerate() {
+                for (sc, o) in orow.iter_mut().enumerate() {
+                    let mut acc = s.zero();
+                    for (xi, grow) in gm.iter().enumerate() {
+                        if grow[r] != 0.0 {
+                            acc = s.fma(gs[xi][r], tmp[xi][sc], acc);
+                        }
                     }
+                    s.store(acc, o);
                 }
             }
-        }
-        for (c, filt) in gw[k * cpg * 9..][..cpg * 9].chunks_exact_mut(9).enumerate() {
-            for (rs, f) in filt.iter_mut().enumerate() {
-                *f = out[rs * cpg + c] as f32;
+            for (l, filt) in gw_k[c0 * 9..][..n * 9].chunks_exact_mut(9).enumerate() {
+                for (f, o) in filt.iter_mut().zip(&out) {
+                    *f = o[l];
+                }
             }
         }
     }

@@ -1,10 +1,10 @@
 //! Backward after a Winograd forward: the input gradient runs as a Winograd convolution of
 //! `dY` with the flipped, channel-swapped filters (`conv2d_input_grad_winograd`); the weight
 //! gradient runs in the Winograd transform domain (`conv2d_weight_grad_winograd`) on layers
-//! with at least 1024 output pixels per channel, on im2col below; the bias gradient on
+//! with at least 196 output pixels per channel, on im2col below; the bias gradient on
 //! im2col. Every gradient is checked against the f64 naive reference on random 3x3 stride-1
 //! shapes (padding, dilation, groups, odd sizes), with the Winograd weight gradient of both
-//! variants also called directly (the random shapes are mostly below the 1024-pixel rule), on
+//! variants also called directly (the random shapes are mostly below the 196-pixel rule), on
 //! a large layer, and the shapes without such a form (padding above twice the dilation) fall
 //! back to im2col. The Winograd weight gradient is bit-identical for 1, 2 and 3 threads.
 #![allow(clippy::unwrap_used)]
