@@ -256,7 +256,9 @@ struct FilterChunk<'a> {
     /// The block's first input channel and depth.
     k0: usize,
     kcb: usize,
-    /// One slice per plane `ξ`: the block's panels.
+    /// Index of the first row panel (of `MR` output channels) in `pieces`.
+    pi0: usize,
+    /// One slice per plane `ξ`: a run of the block's panels.
     pieces: Vec<&'a mut [f32]>,
     variant: WinogradVariant,
 }
@@ -280,7 +282,7 @@ fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
     chunk: FilterChunk<'_>,
 ) {
-    let FilterChunk { weights, kpg, cpg, k0, kcb, mut pieces, .. } = chunk;
+    let FilterChunk { weights, kpg, cpg, k0, kcb, pi0, mut pieces, .. } = chunk;
     let panel = MR * kcb;
     assert!(panel <= FILTER_CHUNK && pieces.iter().all(|p| p.len() == pieces[0].len()));
     let panels = pieces.first().map_or(0, |p| p.len() / panel);
@@ -288,7 +290,7 @@ fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     let mut taps = [[0f32; FILTER_CHUNK]; 9];
     for pi in 0..panels {
         for r in 0..MR {
-            let k = pi * MR + r;
+            let k = (pi0 + pi) * MR + r;
             for p in 0..kcb {
                 let i = p * MR + r;
                 if k < kpg {
@@ -823,7 +825,8 @@ const FILTER_CHUNK: usize = MR * 256;
 /// the three tap columns, then on the `α` rows, with the constant entries of `G` unrolled
 /// (`Transforms::g`), each result stored straight into its plane. A chunk's taps are first
 /// transposed to `[tap][position]` in a stack buffer, in the packed order of the planes.
-/// Chunks run in parallel for large layers (VGG's 256x256 filters: 65,536 of them); every value
+/// Chunks (a depth block × a run of row panels, so that even one depth block gives every
+/// thread work) run in parallel for large layers (VGG's 256x256 filters: 65,536 of them); every value
 /// is computed the same way whatever the chunking, so the result does not depend on threads.
 fn transform_filters(
     buf: Vec<f32>,
@@ -860,15 +863,31 @@ fn transform_filters(
                 rest = tail;
             }
         }
-        let work = |(t, pieces): (usize, Vec<&mut [f32]>)| {
+        // Large layers: every depth block is also cut into runs of row panels, so that one
+        // depth block (VGG's 256 input channels) still gives every thread work.
+        let parallel = plen * a2 >= 64 * FILTER_CHUNK && rayon::current_num_threads() > 1;
+        let panels = mp / MR;
+        let runs = if parallel { rayon::current_num_threads().min(panels) } else { 1 };
+        let per_run = panels.div_ceil(runs);
+        let mut chunks = Vec::with_capacity(nblocks * runs);
+        for (t, pieces) in tasks.into_iter().enumerate() {
             let (k0, kcb) = (t * kb, kb.min(cpg - t * kb));
-            let chunk = FilterChunk { weights: wg, kpg, cpg, k0, kcb, pieces, variant };
-            simd::dispatch_active(chunk);
-        };
-        if plen * a2 < 64 * FILTER_CHUNK || nblocks < 2 {
-            tasks.into_iter().enumerate().for_each(work);
+            let mut parts: Vec<Vec<&mut [f32]>> =
+                (0..runs).map(|_| Vec::with_capacity(a2)).collect();
+            for piece in pieces {
+                for (part, run) in parts.iter_mut().zip(piece.chunks_mut(per_run * MR * kcb)) {
+                    part.push(run);
+                }
+            }
+            for (r, pieces) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                let pi0 = r * per_run;
+                chunks.push(FilterChunk { weights: wg, kpg, cpg, k0, kcb, pi0, pieces, variant });
+            }
+        }
+        if parallel {
+            chunks.into_par_iter().for_each(simd::dispatch_active);
         } else {
-            tasks.into_par_iter().enumerate().for_each(work);
+            chunks.into_iter().for_each(simd::dispatch_active);
         }
     }
     u
