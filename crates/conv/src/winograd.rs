@@ -70,15 +70,20 @@
 //! - **Work items** are `(images, group, chunk of output channels)`, each writing its own
 //!   contiguous output slice (`par_chunks_mut`). An item takes several images (at most 256
 //!   tiles, leaving at least two items) when there is one group, so that the GEMMs are wide.
-//!   One image with one group is split in two so that two threads have work: undilated, into
-//!   two bands of tile rows, each computing every output channel into its own buffer (copied
-//!   into the output planes afterwards), so no input transform is repeated (res3x3_56 went
-//!   from 1.5x to 1.8x on 2 threads); dilated, into two chunks of output channels starting on
-//!   6-row panels. Splits depend on the shape only, so results are bit-identical for every
-//!   thread count. Each item copies its input
-//!   channels into zero-padded planes (per-thread scratch, reused across calls) so
-//!   tile gathers need no edge tests; edge tiles read zeros and only their in-range outputs are
-//!   written.
+//!   One image with one group is split in two so that two threads have work: undilated with
+//!   at least 64 tiles, into two bands of tile rows, each computing every output channel into
+//!   its own buffer (copied into the output planes afterwards), so no input transform is
+//!   repeated (res3x3_56 went from 1.5x to 1.8x on 2 threads); undilated with fewer tiles
+//!   (vgg3x3_14: 49), one item whose stages are each split in two — the input transform by
+//!   tile panels, the products by transform position `ξ` (each transformed filter plane is
+//!   read by one thread; bands would read all of them twice and pad each band's products to
+//!   whole panels), the output transform by output channel (vgg3x3_14, min of 25 in one
+//!   sitting: 1.45 ms on 2 threads before this split and the parallel filter transform,
+//!   1.27–1.31 ms after, 2.2 ms on one thread); dilated, into two chunks of output channels starting on 6-row panels. Splits
+//!   depend on the shape only, so results are bit-identical for every thread count. Each item
+//!   copies its input channels into zero-padded planes (per-thread scratch, reused across
+//!   calls) so tile gathers need no edge tests; edge tiles read zeros and only their in-range
+//!   outputs are written.
 //! - **Tile blocks.** Tiles are processed in blocks of at most a fixed amount of transform-domain
 //!   scratch (`α²·(C + K)·tiles` floats, 2 MiB; blocks much smaller than an image's tiles
 //!   make the products too narrow to run at speed; a multiple of 16 tiles): input transform
@@ -1118,6 +1123,10 @@ struct Plan {
     /// For one undilated image: the tiles of the top band and the band's output rows, each
     /// band one work item with every output channel.
     row_split: Option<(usize, usize)>,
+    /// For one image with few tiles: its single work item splits its transform-domain products
+    /// (by transform position `ξ`) and its output transform (by output channel) between two
+    /// threads, so that each transformed filter plane is read by one thread only.
+    xi_split: bool,
 }
 
 /// The tiles of one image (`img` 0) for `g` and `variant`, phase by phase for a dilated
@@ -1155,6 +1164,7 @@ impl Plan {
         let (mut tiles, hp, wp) = tile_grid(g, variant);
         let mut kc = kpg;
         let mut row_split = None;
+        let mut xi_split = false;
         // One image and one group give two threads work by splitting. Undilated: the tiles, in
         // two bands of tile rows, each with every output channel (no work is repeated).
         // Dilated: the output channels, in chunks starting on panels of the packed filters
@@ -1163,7 +1173,11 @@ impl Plan {
         if g.n * g.params.groups < 2 && kpg >= 32 {
             let m = variant.m();
             let (th, tw) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
-            if (dh, dw) == (1, 1) && th >= 2 {
+            if (dh, dw) == (1, 1) && tiles.len() < 4 * NR {
+                // Bands of fewer than two 16-tile panels would each pad their products to
+                // whole panels and read every transformed filter plane again.
+                xi_split = true;
+            } else if (dh, dw) == (1, 1) && th >= 2 {
                 let top = th.div_ceil(2);
                 row_split = Some((top * tw, (top * m).min(g.oh)));
             } else {
@@ -1207,6 +1221,7 @@ impl Plan {
             tiles,
             tb,
             row_split,
+            xi_split,
         }
     }
 }
@@ -1269,50 +1284,196 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
     let pads = Pads { h: p.h, w: p.w, ph: p.ph, pw: p.pw, wp: p.wp };
     pad_planes(&pads, planes_in, padded.chunks_exact_mut(plane));
     let padded = &*padded;
-    let patches = Patches { padded, plane, wp: p.wp, dh: p.dh, dw: p.dw, cpg: p.cpg, tb: p.tb };
+    let patches = Patches { padded, plane, wp: p.wp, dh: p.dh, dw: p.dw, cpg: p.cpg };
 
-    // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
-    let mut vals = [[0f32; LANES]; 16];
+    let split = p.xi_split && rayon::current_num_threads() > 1;
     for block in tiles.chunks(p.tb) {
         let nt = block.len();
-        // Input transform, 8 tiles at a time: V[ξ][c][t].
-        input_transform_block::<S, T, A, M>(s, &patches, block, vbuf);
+        // Input transform, 8 tiles at a time: V[ξ] in panels of 16 tiles. Split mode: the
+        // tiles of the first half of the panels on one thread, the rest on the other.
+        let panels = nt.div_ceil(NR);
+        if split && panels >= 2 {
+            let cut = panels / 2 * NR;
+            let (mut lo, mut hi) = (Vec::with_capacity(a2), Vec::with_capacity(a2));
+            for plane in vbuf.chunks_exact_mut(p.cpg * p.tb) {
+                let (a, b) = plane.split_at_mut(cut * p.cpg);
+                lo.push(a);
+                hi.push(b);
+            }
+            let (patches, variant) = (&patches, p.variant);
+            let (tl, th) = block.split_at(cut);
+            rayon::join(
+                || simd::dispatch(S::LEVEL, InputJob { variant, patches, tiles: tl, planes: lo }),
+                || simd::dispatch(S::LEVEL, InputJob { variant, patches, tiles: th, planes: hi }),
+            );
+        } else {
+            let mut planes: Vec<&mut [f32]> = vbuf.chunks_exact_mut(p.cpg * p.tb).collect();
+            input_transform_block::<S, T, A, M>(s, &patches, block, &mut planes);
+        }
         // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
         // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
         let n = nt.next_multiple_of(NR);
-        for xi in 0..a2 {
-            let a_xi = PackedARef::new(&u[xi * plen..][..plen], p.kpg, p.cpg);
-            let b_xi = &vbuf[xi * p.cpg * p.tb..][..p.cpg * p.tb];
-            let c_xi = &mut mbuf[xi * kc * p.tb..][..kc * p.tb];
-            gemm_packed_ab(s, a_xi, kl..kl + kc, b_xi, n, 0.0, c_xi, p.tb);
+        let products = Products {
+            u,
+            plen,
+            kpg: p.kpg,
+            cpg: p.cpg,
+            ks: (kl, kl + kc),
+            v: &*vbuf,
+            n,
+            tb: p.tb,
+            xi0: 0,
+            m: &mut [],
+        };
+        // Output transform, bias, and scatter of the in-range outputs of channels `ks`.
+        let outputs =
+            OutputBlock { plan: p, block, m: &[], kc, bias, ks: (0, kc), y0, rows, out: &mut [] };
+        if split {
+            // Half of the transform positions each, then half of the output channels each
+            // (one image: the channels' planes are contiguous). Each half is dispatched again:
+            // a closure is compiled without `S`'s target features.
+            let half = a2 / 2 * kc * p.tb;
+            let (lo, hi) = mbuf.split_at_mut(half);
+            rayon::join(
+                || simd::dispatch(S::LEVEL, Products { m: lo, ..products }),
+                || simd::dispatch(S::LEVEL, Products { xi0: a2 / 2, m: hi, ..products }),
+            );
+            let kh = kc.div_ceil(2);
+            let (out_lo, out_hi) = out.split_at_mut(kh * rows * p.ow);
+            let (m, b) = (&*mbuf, bias);
+            let lo = OutputBlock { m, ks: (0, kh), out: out_lo, ..outputs };
+            let hi =
+                OutputBlock { m, ks: (kh, kc), bias: b.map(|b| &b[kh..]), out: out_hi, ..outputs };
+            rayon::join(|| simd::dispatch(S::LEVEL, lo), || simd::dispatch(S::LEVEL, hi));
+        } else {
+            Products { m: &mut *mbuf, ..products }.with_simd(s);
+            OutputBlock { m: &*mbuf, out: &mut *out, ..outputs }.with_simd(s);
         }
-        // Output transform, bias, and scatter of the in-range outputs.
-        for k in 0..kc {
-            let bk = s.splat(bias.map_or(0.0, |b| b[k]));
-            for (lg, group) in block.chunks(LANES).enumerate() {
-                let t0 = lg * LANES;
-                let mut mv = [[s.zero(); A]; A];
-                for (xi, mr) in mv.iter_mut().enumerate() {
-                    for (xj, m) in mr.iter_mut().enumerate() {
-                        *m = s.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
-                    }
+    }
+}
+
+/// [`input_transform_block`] of a run of tiles, for the SIMD dispatcher.
+struct InputJob<'a> {
+    variant: WinogradVariant,
+    patches: &'a Patches<'a>,
+    tiles: &'a [Tile],
+    planes: Vec<&'a mut [f32]>,
+}
+
+impl WithSimd for InputJob<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let InputJob { variant, patches, tiles, mut planes } = self;
+        match variant {
+            WinogradVariant::F2x2_3x3 => {
+                input_transform_block::<S, F2, 4, 2>(s, patches, tiles, &mut planes);
+            }
+            WinogradVariant::F4x4_3x3 => {
+                input_transform_block::<S, F4, 6, 4>(s, patches, tiles, &mut planes);
+            }
+        }
+    }
+}
+
+/// Transform-domain products `M[ξ] = U[ξ][ks] · V[ξ]` for `ξ = xi0..` (as many as `m` holds).
+struct Products<'a> {
+    /// The group's packed filter planes, `plen` floats each.
+    u: &'a [f32],
+    plen: usize,
+    kpg: usize,
+    cpg: usize,
+    /// Output channels `ks.0..ks.1` (rows of the planes) of the products.
+    ks: (usize, usize),
+    /// Input-transform planes, `cpg · tb` floats each, in panel form.
+    v: &'a [f32],
+    /// Columns computed (whole panels).
+    n: usize,
+    tb: usize,
+    xi0: usize,
+    /// `M[ξ]` for the positions from `xi0`, `ks.len() · tb` floats each.
+    m: &'a mut [f32],
+}
+
+impl WithSimd for Products<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Products { u, plen, kpg, cpg, ks, v, n, tb, xi0, m } = self;
+        for (i, c_xi) in m.chunks_exact_mut((ks.1 - ks.0) * tb).enumerate() {
+            let xi = xi0 + i;
+            let a_xi = PackedARef::new(&u[xi * plen..][..plen], kpg, cpg);
+            let b_xi = &v[xi * cpg * tb..][..cpg * tb];
+            gemm_packed_ab(s, a_xi, ks.0..ks.1, b_xi, n, 0.0, c_xi, tb);
+        }
+    }
+}
+
+/// The output transform of one block of tiles for output channels `ks` of an item's `kc`.
+struct OutputBlock<'a> {
+    plan: &'a Plan,
+    block: &'a [Tile],
+    /// `M[ξ]`, `kc · tb` floats each.
+    m: &'a [f32],
+    kc: usize,
+    /// Bias of the channels from `ks.0`.
+    bias: Option<&'a [f32]>,
+    /// Output channels `ks.0..ks.1` of the item's.
+    ks: (usize, usize),
+    y0: usize,
+    rows: usize,
+    /// `[img][ks][rows][ow]`.
+    out: &'a mut [f32],
+}
+
+impl WithSimd for OutputBlock<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        match self.plan.variant {
+            WinogradVariant::F2x2_3x3 => output_block::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => output_block::<S, F4, 6, 4>(s, self),
+        }
+    }
+}
+
+#[inline(always)]
+fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    o: OutputBlock<'_>,
+) {
+    let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, rows, out } = o;
+    let nk = ks.1 - ks.0;
+    // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
+    let mut vals = [[0f32; LANES]; 16];
+    for (kk, k) in (ks.0..ks.1).enumerate() {
+        let bk = s.splat(bias.map_or(0.0, |b| b[kk]));
+        for (lg, group) in block.chunks(LANES).enumerate() {
+            let t0 = lg * LANES;
+            let mut mv = [[s.zero(); A]; A];
+            for (xi, mr) in mv.iter_mut().enumerate() {
+                for (xj, m) in mr.iter_mut().enumerate() {
+                    *m = s.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
                 }
-                let y = output_2d::<S, T, A, M>(s, &mv);
-                for (i, row) in y.iter().enumerate() {
-                    for (j, &val) in row.iter().enumerate() {
-                        vals[i * M + j] = s.to_array(s.add(val, bk));
-                    }
+            }
+            let y = output_2d::<S, T, A, M>(s, &mv);
+            for (i, row) in y.iter().enumerate() {
+                for (j, &val) in row.iter().enumerate() {
+                    vals[i * M + j] = s.to_array(s.add(val, bk));
                 }
-                for (l, t) in group.iter().enumerate() {
-                    // In-range rows and columns of this tile's m×m block.
-                    let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
-                    let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
-                    let plane = &mut out[(t.img * kc + k) * rows * p.ow..][..rows * p.ow];
-                    for i in 0..mi {
-                        let orow = &mut plane[(t.oy + i * p.dh - y0) * p.ow + t.ox..];
-                        for j in 0..mj {
-                            orow[j * p.dw] = vals[i * M + j][l];
-                        }
+            }
+            for (l, t) in group.iter().enumerate() {
+                // In-range rows and columns of this tile's m×m block.
+                let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
+                let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
+                let plane = &mut out[(t.img * nk + kk) * rows * p.ow..][..rows * p.ow];
+                for i in 0..mi {
+                    let orow = &mut plane[(t.oy + i * p.dh - y0) * p.ow + t.ox..];
+                    for j in 0..mj {
+                        orow[j * p.dw] = vals[i * M + j][l];
                     }
                 }
             }
@@ -1359,19 +1520,17 @@ struct Patches<'a> {
     dw: usize,
     /// Channels per image in `padded`.
     cpg: usize,
-    /// Row length (tiles per block) of the transform-domain buffer.
-    tb: usize,
 }
 
-/// The input transform `V = Bᵀ d B` of a block of tiles, 8 at a time, into `vbuf[ξ]`: each
-/// plane a `cpg × tb` matrix in the packed-B layout of the GEMM (panels of [`NR`] tiles, each
-/// `cpg` steps of `NR` floats; `tb` a multiple of `NR`).
+/// The input transform `V = Bᵀ d B` of a run of tiles, 8 at a time, into `planes[ξ]`: each
+/// plane in the packed-B layout of the GEMM (panels of [`NR`] tiles, each `cpg` steps of `NR`
+/// floats), from the panel of the run's first tile (which starts a panel).
 #[inline(always)]
 fn input_transform_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
     p: &Patches<'_>,
     block: &[Tile],
-    vbuf: &mut [f32],
+    planes: &mut [&mut [f32]],
 ) {
     let padded = p.padded;
     for (lg, group) in block.chunks(LANES).enumerate() {
@@ -1403,7 +1562,7 @@ fn input_transform_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
             let at = (t0 / NR * p.cpg + c) * NR + t0 % NR;
             for (xi, row) in v.iter().enumerate() {
                 for (xj, &val) in row.iter().enumerate() {
-                    s.store(val, &mut vbuf[(xi * A + xj) * p.cpg * p.tb + at..]);
+                    s.store(val, &mut planes[xi * A + xj][at..]);
                 }
             }
         }
