@@ -137,8 +137,9 @@ fn bench_threads(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
         group.sample_size(10).warm_up_time(Duration::from_millis(500));
         group.measurement_time(measurement_time(Duration::from_secs(2)));
         // Every algorithm's backward: `direct` runs its own kernel where `backward_kernel`
-        // picks it; after Winograd the input gradient is a Winograd convolution and the weight
-        // and bias gradients run on im2col.
+        // picks it; after Winograd the input gradient is a Winograd convolution, the weight
+        // gradient runs in the Winograd domain where `backward_kernel` says so, and the bias
+        // gradient on im2col.
         for algo in algos(&g) {
             group.bench_function(algo.name(), |bench| {
                 bench.iter(|| {

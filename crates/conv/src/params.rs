@@ -194,29 +194,16 @@ impl ConvGeometry {
         Ok(Self { n, c_in, h, w, c_out, kh, kw, oh, ow, params })
     }
 
-    /// The stride-1 convolution whose output is this convolution's input gradient, and its
-    /// weights: `dX = conv(dY, W')` with `W'[grp·cpg + c][k][i][j] = W[grp·kpg + k][c][kh−1−i][kw−1−j]`
+    /// The stride-1 convolution whose output is this convolution's input gradient: `dX =
+    /// conv(dY, W')` with `W'[grp·cpg + c][k][i][j] = W[grp·kpg + k][c][kh−1−i][kw−1−j]`
     /// (filters rotated 180°, input and output channels swapped per group) and padding
     /// `d·(k−1) − p`. `None` when there is no such form: a stride above 1, or a padding above
-    /// `d·(k−1)`. `weight` must have this geometry's weight length.
-    pub fn input_grad_as_forward(&self, weight: &[f32]) -> Option<(ConvGeometry, Vec<f32>)> {
+    /// `d·(k−1)`.
+    pub fn input_grad_geometry(&self) -> Option<ConvGeometry> {
         let p = self.params;
         let (ah, aw) = ((self.kh - 1) * p.dilation.0, (self.kw - 1) * p.dilation.1);
         if p.stride != (1, 1) || p.padding.0 > ah || p.padding.1 > aw {
             return None;
-        }
-        let (cpg, kpg, taps) = (self.c_in_per_group(), self.c_out_per_group(), self.kh * self.kw);
-        let mut rotated = vec![0f32; weight.len()];
-        for grp in 0..p.groups {
-            for k in 0..kpg {
-                for c in 0..cpg {
-                    let src = &weight[((grp * kpg + k) * cpg + c) * taps..][..taps];
-                    let dst = &mut rotated[((grp * cpg + c) * kpg + k) * taps..][..taps];
-                    for (d, &v) in dst.iter_mut().zip(src.iter().rev()) {
-                        *d = v;
-                    }
-                }
-            }
         }
         let params = Conv2dParams {
             stride: (1, 1),
@@ -226,11 +213,11 @@ impl ConvGeometry {
         };
         let gt = ConvGeometry::new(
             [self.n, self.c_out, self.oh, self.ow],
-            [self.c_in, kpg, self.kh, self.kw],
+            [self.c_in, self.c_out_per_group(), self.kh, self.kw],
             params,
         )
         .ok()?;
-        (gt.output_dims() == self.input_dims()).then_some((gt, rotated))
+        (gt.output_dims() == self.input_dims()).then_some(gt)
     }
 
     /// Input channels per group.

@@ -240,7 +240,7 @@ impl WinogradFilter {
             });
         }
         check_len(OP_F, "weight", &weight_dims, weight.len())?;
-        let u = transform_filters(Vec::new(), weight, c_out / groups, cpg, groups, variant);
+        let u = transform_filters(Vec::new(), weight, c_out / groups, cpg, groups, variant, false);
         Ok(WinogradFilter { variant, c_out, cpg, groups, u })
     }
 
@@ -263,6 +263,9 @@ struct FilterChunk<'a> {
     kcb: usize,
     /// Index of the first row panel (of `MR` output channels) in `pieces`.
     pi0: usize,
+    /// `weights` are those of the convolution whose input gradient this one is: filter `(k, c)`
+    /// is `W[c][k]` rotated 180° (see [`conv2d_input_grad_winograd`]).
+    flipped: bool,
     /// One slice per plane `ξ`: a run of the block's panels.
     pieces: Vec<&'a mut [f32]>,
     variant: WinogradVariant,
@@ -287,7 +290,7 @@ fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
     chunk: FilterChunk<'_>,
 ) {
-    let FilterChunk { weights, kpg, cpg, k0, kcb, pi0, mut pieces, .. } = chunk;
+    let FilterChunk { weights, kpg, cpg, k0, kcb, pi0, flipped, mut pieces, .. } = chunk;
     let panel = MR * kcb;
     assert!(panel <= FILTER_CHUNK && pieces.iter().all(|p| p.len() == pieces[0].len()));
     let panels = pieces.first().map_or(0, |p| p.len() / panel);
@@ -298,7 +301,12 @@ fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
             let k = (pi0 + pi) * MR + r;
             for p in 0..kcb {
                 let i = p * MR + r;
-                if k < kpg {
+                if k < kpg && flipped {
+                    let f = &weights[((k0 + p) * kpg + k) * 9..][..9];
+                    for (row, &v) in taps.iter_mut().zip(f.iter().rev()) {
+                        row[i] = v;
+                    }
+                } else if k < kpg {
                     let f = &weights[(k * cpg + k0 + p) * 9..][..9];
                     for (row, &v) in taps.iter_mut().zip(f) {
                         row[i] = v;
@@ -371,10 +379,10 @@ pub fn conv2d_input_grad_winograd(
     check_len(OP_G, "weight", &g.weight_dims(), weight.len())?;
     check_len(OP_G, "grad_output", &g.output_dims(), grad_output.len())?;
     check_len(OP_G, "grad_input", &g.input_dims(), grad_input.len())?;
-    let Some((gt, flipped)) = g.input_grad_as_forward(weight) else {
+    let Some(gt) = g.input_grad_geometry() else {
         return Ok(false);
     };
-    conv2d_winograd(&gt, grad_output, &flipped, None, grad_input, variant)?;
+    winograd_call(simd::active(), &gt, grad_output, weight, true, None, grad_input, variant)?;
     Ok(true)
 }
 
@@ -840,6 +848,7 @@ fn transform_filters(
     cpg: usize,
     groups: usize,
     variant: WinogradVariant,
+    flipped: bool,
 ) -> Vec<f32> {
     let a = variant.alpha();
     let a2 = a * a;
@@ -886,7 +895,9 @@ fn transform_filters(
             }
             for (r, pieces) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
                 let pi0 = r * per_run;
-                chunks.push(FilterChunk { weights: wg, kpg, cpg, k0, kcb, pi0, pieces, variant });
+                let chunk =
+                    FilterChunk { weights: wg, kpg, cpg, k0, kcb, pi0, pieces, variant, flipped };
+                chunks.push(chunk);
             }
         }
         if parallel {
@@ -928,6 +939,23 @@ pub fn conv2d_winograd_with(
     output: &mut [f32],
     variant: WinogradVariant,
 ) -> Result<()> {
+    winograd_call(level, g, input, weight, false, bias, output, variant)
+}
+
+/// [`conv2d_winograd_with`]; with `flipped`, `weight` holds the filters of the convolution
+/// whose input gradient `g` computes, read rotated and channel-swapped in the filter transform
+/// (no rotated copy is made).
+#[allow(clippy::too_many_arguments)]
+fn winograd_call(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    flipped: bool,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<()> {
     g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
     if let Some(msg) = unsupported(g) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
@@ -937,7 +965,7 @@ pub fn conv2d_winograd_with(
     // in on every call, which cost as much as the transform itself.
     let (c_out, cpg, groups) = (g.c_out, g.c_in_per_group(), g.params.groups);
     let buf = FILTER_BUF.with(|b| b.take());
-    let u = transform_filters(buf, weight, c_out / groups, cpg, groups, variant);
+    let u = transform_filters(buf, weight, c_out / groups, cpg, groups, variant, flipped);
     let filter = WinogradFilter { variant, c_out, cpg, groups, u };
     let result = prepared_with(level, g, input, &filter, bias, output);
     FILTER_BUF.with(|b| b.replace(filter.u));
