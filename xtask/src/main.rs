@@ -117,7 +117,7 @@ fn cargo_command() -> Command {
 struct Step {
     name: &'static str,
     args: Vec<String>,
-    envs: Vec<(&'static str, &'static str)>,
+    envs: Vec<(&'static str, String)>,
 }
 
 impl Step {
@@ -125,8 +125,8 @@ impl Step {
         Self { name, args: args.iter().map(|a| (*a).to_owned()).collect(), envs: Vec::new() }
     }
 
-    fn env(mut self, key: &'static str, value: &'static str) -> Self {
-        self.envs.push((key, value));
+    fn env(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.envs.push((key, value.into()));
         self
     }
 
@@ -137,7 +137,7 @@ impl Step {
         let start = Instant::now();
         let status = cargo_command()
             .args(&self.args)
-            .envs(self.envs.iter().copied())
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .current_dir(root())
             .status()
             .with_context(|| format!("could not start cargo for step '{}'", self.name))?;
@@ -239,7 +239,11 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     // The report lists what this run measures: criterion results written before it (other
     // filters, or benches quick mode skips) are left out.
     let bench_start = std::time::SystemTime::now();
-    let mut step = Step::new("bench", &cargo_args);
+    let ratios_path = root().join("target/ratios.json");
+    // A stale file from an earlier run must not be reported as this run's.
+    let _ = std::fs::remove_file(&ratios_path);
+    let mut step = Step::new("bench", &cargo_args)
+        .env("CONVKIT_RATIOS_OUT", ratios_path.display().to_string());
     if quick {
         // The benches read this to cap each measurement at 0.5 s (criterion's quick mode stops
         // there) and to skip the naive convolution on shapes above 20 MFLOP.
@@ -292,6 +296,9 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             command: format!("cargo xtask bench {}", args.join(" ")).trim_end().to_owned(),
             quick,
             threads: bench_threads(),
+            ratios: std::fs::read_to_string(&ratios_path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
         };
         let (md, svg) = report::write(&root().join("docs"), &records, &peers, &ctx)?;
         println!("\nwrote {} and {} ({} benchmarks)", md.display(), svg.display(), records.len());

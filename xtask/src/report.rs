@@ -213,6 +213,51 @@ pub struct ReportContext {
     pub quick: bool,
     /// Threads of rayon's global pool, which the benches without a pool of their own use.
     pub threads: usize,
+    /// The interleaved ratios (`benches/ratios.rs` in `convkit-conv`), when they ran.
+    pub ratios: Option<Value>,
+}
+
+/// The section of the interleaved ratios: per shape, median timings and median per-round
+/// ratios, with the targets they are checked against.
+pub fn ratios_section(ratios: &Value) -> String {
+    let mut md = String::new();
+    let Some(shapes) = ratios["shapes"].as_array() else { return md };
+    let rounds = ratios["rounds"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "## Backward ÷ forward and 1 ÷ 2 threads, measured interleaved
+"
+    );
+    let _ = writeln!(
+        md,
+        "`Auto` only. In each of {rounds} rounds every shape's forward on 1 thread, backward on 1 \
+         thread and forward on 2 threads are timed back to back (each the minimum of a few \
+         calls), and the ratios are taken within the round: the tables above time each group \
+         minutes apart, and this machine's speed drifts by tens of percent over minutes. \
+         Medians over the rounds (`cargo bench -p convkit-conv --bench ratios`). Targets: \
+         backward ≤ 2.5x forward; 2 threads ≥ 1.7x 1 thread on the large shapes.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| shape | forward, 1 thread | backward, 1 thread | backward ÷ forward | forward, 2 threads | 1 thread ÷ 2 threads |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for s in shapes {
+        let ms = |k: &str| s[k].as_f64().map_or("–".to_owned(), |v| fmt_time(v * 1e6));
+        let x = |k: &str| s[k].as_f64().map_or("–".to_owned(), |v| format!("{v:.2}x"));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            s["name"].as_str().unwrap_or("?"),
+            ms("fwd_t1_ms"),
+            ms("bwd_t1_ms"),
+            x("bwd_over_fwd"),
+            ms("fwd_t2_ms"),
+            x("t1_over_t2"),
+        );
+    }
+    md.push('\n');
+    md
 }
 
 /// The group id of the LeNet-5 benches and their function ids.
@@ -470,6 +515,9 @@ pub fn write(
         }
     }
 
+    if let Some(r) = &ctx.ratios {
+        md.push_str(&ratios_section(r));
+    }
     md.push_str(&lenet_section(records, &peers.lenet, ctx.threads));
 
     let others: Vec<&Record> = records
@@ -693,5 +741,18 @@ mod tests {
     #[test]
     fn no_lenet_records_no_section() {
         assert_eq!(lenet_section(&[], &LenetPeer::default(), 2), "");
+    }
+
+    #[test]
+    fn ratios_section_lists_each_shape() {
+        let v: Value = serde_json::from_str(
+            r#"{"rounds": 15, "shapes": [{"name": "vgg3x3_14", "fwd_t1_ms": 2.2,
+                "bwd_t1_ms": 4.62, "fwd_t2_ms": 1.3, "bwd_over_fwd": 2.1, "t1_over_t2": 1.7}]}"#,
+        )
+        .unwrap();
+        let md = ratios_section(&v);
+        assert!(md.contains("In each of 15 rounds"), "{md}");
+        assert!(md.contains("| vgg3x3_14 | 2.20 ms | 4.62 ms | 2.10x | 1.30 ms | 1.70x |"), "{md}");
+        assert_eq!(ratios_section(&Value::Null), "");
     }
 }

@@ -24,7 +24,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use convkit_conv::suite::SHAPES;
+use convkit_conv::suite::{SHAPES, sample_data as data};
 use convkit_conv::{ConvAlgo, ConvGeometry, conv2d_backward, conv2d_forward, supports};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -42,18 +42,6 @@ fn quick() -> bool {
 /// mode this is the cap on each benchmark's time.
 fn measurement_time(normal: Duration) -> Duration {
     if quick() { normal.min(Duration::from_millis(500)) } else { normal }
-}
-
-fn data(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
 }
 
 fn algos(g: &ConvGeometry) -> impl Iterator<Item = ConvAlgo> + '_ {

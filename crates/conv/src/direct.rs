@@ -390,11 +390,14 @@ impl WithSimd for Dw3GradItem<'_> {
         // The farthest float the taps read: row `oh + 1`, column `8·nv + 1`.
         assert!(xb.len() == (p.oh + 2) * p.lx && p.nv * LANES + 2 <= p.lx);
         assert!(p.oh * p.ldy <= db.len());
-        for (kk, gk) in gw.chunks_exact_mut(9).enumerate() {
-            let k = k0 + kk;
-            let mut acc = [s.zero(); 9];
-            for b in 0..p.n {
-                let q = b * p.c + k;
+        // Images outer, channels inner: the item's planes of one image are contiguous in
+        // memory, so they stream in order. Each channel's sums run over the images in order.
+        let mut accs = vec![[s.zero(); 9]; gw.len() / 9];
+        for b in 0..p.n {
+            for (kk, acc_k) in accs.iter_mut().enumerate() {
+                // A local copy stays in registers through the loops below.
+                let mut acc = *acc_k;
+                let q = b * p.c + k0 + kk;
                 let src = &input[q * in_plane..][..in_plane];
                 for r in 0..p.h {
                     // Rows outside the `oh + 2` read by the taps are not needed.
@@ -423,8 +426,11 @@ impl WithSimd for Dw3GradItem<'_> {
                         }
                     }
                 }
+                *acc_k = acc;
             }
-            for (g, &a) in gk.iter_mut().zip(&acc) {
+        }
+        for (gk, acc) in gw.chunks_exact_mut(9).zip(&accs) {
+            for (g, &a) in gk.iter_mut().zip(acc) {
                 *g = s.to_array(a).iter().sum();
             }
         }

@@ -66,8 +66,10 @@
 //!   blocking above: work items are runs of whole channels, each copying one padded input
 //!   plane and one output-gradient plane (rows of whole vectors, zeros past `ow`) per image
 //!   into a buffer zeroed once per item, and summing the nine taps in nine vector
-//!   accumulators over every image in order. A channel's filter gradient depends on that
-//!   channel only, so this needs no per-chunk partials and is the same for any thread count.
+//!   accumulators per channel over every image in order (images outer, so that the item's
+//!   planes of one image, contiguous in memory, are read in order). A channel's filter
+//!   gradient depends on that channel only, so this needs no per-chunk partials and is the
+//!   same for any thread count.
 //! - **Bias gradient.** Sums of each output-gradient plane in f64 ([`simd::sum_f64`]).
 //!
 //! # Threads and determinism

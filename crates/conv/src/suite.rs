@@ -31,6 +31,20 @@ impl SuiteShape {
     }
 }
 
+/// `len` pseudo-random values in `[-0.5, 0.5)`, the same for the same `seed` (an xorshift
+/// sequence): operands for benchmarks, reproducible from run to run.
+pub fn sample_data(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
 const fn params(stride: usize, pad: usize, dilation: usize, groups: usize) -> Conv2dParams {
     Conv2dParams {
         stride: (stride, stride),

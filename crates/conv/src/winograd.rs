@@ -442,17 +442,21 @@ pub fn conv2d_weight_grad_winograd(
     let (v_len, w_len) = (tb * a2 * cv, tb * a2 * kv);
     let parallel = g.flops() >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
     let (ph, pw) = g.params.padding;
-    let mut du = vec![0f32; a2 * kpg * cpg];
+    let du_len = a2 * kpg * cpg;
     crate::direct::with_thread_scratch(|scratch| {
         // Every float a product reads is written first: the channel-last copies with their
         // zero borders (padding, and the output gradient past the output) by
         // `ChannelLast::copy`, the transform buffers tile by tile.
-        if scratch.len() < x_len + y_len + v_len + w_len {
-            scratch.resize(x_len + y_len + v_len + w_len, 0.0);
+        // `dU` too is overwritten (beta 0) by each group's first block before it is read.
+        let total = x_len + y_len + v_len + w_len + du_len;
+        if scratch.len() < total {
+            scratch.resize(total, 0.0);
         }
         let (xcl, rest) = scratch.split_at_mut(x_len);
         let (ycl, rest) = rest.split_at_mut(y_len);
-        let (vbuf, wbuf) = rest.split_at_mut(v_len);
+        let (vbuf, rest) = rest.split_at_mut(v_len);
+        let (wbuf, rest) = rest.split_at_mut(w_len);
+        let du = &mut rest[..du_len];
         let x_at = ChannelLast { h: g.h, w: g.w, y0: ph, x0: pw, hp, wp, channels: cpg, cv };
         let y_at =
             ChannelLast { h: g.oh, w: g.ow, y0: 0, x0: 0, hp: ohp, wp: owp, channels: kpg, cv: kv };
@@ -487,12 +491,12 @@ pub fn conv2d_weight_grad_winograd(
                     let beta = if first { 0.0 } else { 1.0 };
                     first = false;
                     grad_block_products(
-                        &src, block, &mut *vbuf, &mut *wbuf, beta, &mut du, parallel,
+                        &src, block, &mut *vbuf, &mut *wbuf, beta, &mut *du, parallel,
                     );
                 }
             }
             let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
-            filter_grad_transform(&du, gw, kpg, cpg, variant);
+            filter_grad_transform(du, gw, kpg, cpg, variant);
         }
     });
     Ok(true)
@@ -972,6 +976,11 @@ fn winograd_call(
     result
 }
 
+/// Reused band buffers of one image split in two bands of rows ([`Plan::row_split`]), shared
+/// by the threads: a fresh allocation of that size (400 KB per band on `res3x3_56`) is
+/// page-faulted in on every call. At most two are kept.
+static BAND_BUFS: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
 thread_local! {
     /// Reused storage of the filters [`conv2d_winograd_with`] transforms on every call.
     static FILTER_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -1066,7 +1075,11 @@ fn prepared_with(
         let a2 = plan.a * plan.a;
         let bands = [(&plan.tiles[..top], 0, y1), (&plan.tiles[top..], y1, g.oh - y1)];
         let band = |(tiles, y0, rows): (&[Tile], usize, usize)| {
-            let mut out = vec![0f32; g.c_out * rows * g.ow];
+            // Every float of the band is written by the output transform: a recycled buffer
+            // needs no zeroing.
+            let recycled = BAND_BUFS.lock().ok().and_then(|mut bufs| bufs.pop());
+            let mut out = recycled.unwrap_or_default();
+            out.resize(g.c_out * rows * g.ow, 0.0);
             crate::direct::with_thread_scratch(|scratch| {
                 let item = Item {
                     plan: &plan,
@@ -1098,6 +1111,10 @@ fn prepared_with(
             let (top_rows, bottom_rows) = plane.split_at_mut(y1 * g.ow);
             top_rows.copy_from_slice(pa);
             bottom_rows.copy_from_slice(pb);
+        }
+        if let Ok(mut bufs) = BAND_BUFS.lock() {
+            bufs.extend([a, b]);
+            bufs.truncate(2);
         }
         return Ok(());
     }

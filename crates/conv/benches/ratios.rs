@@ -1,0 +1,141 @@
+//! Ratios between convkit's own timings on the shape suite, measured interleaved: for every
+//! shape, the `Auto` forward on 1 thread, the `Auto` backward (input + weight + bias
+//! gradients) on 1 thread and the `Auto` forward on 2 threads are timed back to back in each
+//! round, and the ratios `backward ÷ forward` and `1 thread ÷ 2 threads` are taken within the
+//! round. On a shared machine whose speed drifts by tens of percent over minutes, criterion's
+//! groups (minutes apart) compare badly; ratios of timings taken within a second of each other
+//! do not drift with it. Each timing is the minimum of a few calls; the report quotes the
+//! median over the rounds of each timing and of each ratio.
+//!
+//! Run by `cargo xtask bench` (which writes the results into `docs/benchmarks.md`):
+//! `cargo bench -p convkit-conv --bench ratios [-- FILTER]`, where `FILTER` keeps the shapes
+//! whose id `ratios/<shape>` contains it. `CONVKIT_BENCH_QUICK=1` runs 3 rounds instead of 15;
+//! `CONVKIT_RATIOS_OUT=<path>` also writes the results as JSON.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use convkit_conv::suite::{SHAPES, sample_data};
+use convkit_conv::{ConvAlgo, conv2d_backward, conv2d_forward};
+
+/// Minimum of `calls` timed calls of `f`, in milliseconds.
+fn min_ms(calls: usize, mut f: impl FnMut()) -> f64 {
+    (0..calls)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench` (and criterion's options to every target); the first
+    // argument that is not an option is the filter.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let quick = std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1")
+        || std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 3 } else { 15 };
+    let shapes: Vec<_> = SHAPES
+        .iter()
+        .filter(|s| {
+            filter.as_ref().is_none_or(|f| format!("ratios/{}", s.name).contains(f.as_str()))
+        })
+        .collect();
+    if shapes.is_empty() {
+        return;
+    }
+    let pool = |n: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon thread pool")
+    };
+    let (one, two) = (pool(1), pool(2));
+    struct Case {
+        name: &'static str,
+        g: convkit_conv::ConvGeometry,
+        x: Vec<f32>,
+        w: Vec<f32>,
+        b: Vec<f32>,
+        dy: Vec<f32>,
+        y: Vec<f32>,
+        gx: Vec<f32>,
+        gw: Vec<f32>,
+        gb: Vec<f32>,
+        times: [Vec<f64>; 3],
+        ratios: [Vec<f64>; 2],
+    }
+    let mut cases: Vec<Case> = shapes
+        .iter()
+        .map(|s| {
+            let g = s.geometry().expect("suite shapes are valid");
+            Case {
+                name: s.name,
+                g,
+                x: sample_data(g.input_len(), 1),
+                w: sample_data(g.weight_len(), 2),
+                b: sample_data(g.c_out, 3),
+                dy: sample_data(g.output_len(), 4),
+                y: vec![0.0; g.output_len()],
+                gx: vec![0.0; g.input_len()],
+                gw: vec![0.0; g.weight_len()],
+                gb: vec![0.0; g.c_out],
+                times: Default::default(),
+                ratios: Default::default(),
+            }
+        })
+        .collect();
+    println!(
+        "ratios: {rounds} rounds over {} shapes (Auto; forward and backward interleaved)",
+        cases.len()
+    );
+    // Round 0 warms up (buffers, thread pools) and is not recorded.
+    for round in 0..=rounds {
+        for c in &mut cases {
+            let Case { g, x, w, b, dy, y, gx, gw, gb, .. } = c;
+            let mut fwd = || {
+                conv2d_forward(g, x, w, Some(b), y, ConvAlgo::Auto).expect("forward");
+            };
+            let f1 = one.install(|| min_ms(5, &mut fwd));
+            let b1 = one.install(|| {
+                min_ms(3, || {
+                    conv2d_backward(g, x, w, dy, Some(gx), Some(gw), Some(gb), ConvAlgo::Auto)
+                        .expect("backward");
+                })
+            });
+            let f2 = two.install(|| min_ms(5, &mut fwd));
+            if round > 0 {
+                for (t, v) in c.times.iter_mut().zip([f1, b1, f2]) {
+                    t.push(v);
+                }
+                c.ratios[0].push(b1 / f1);
+                c.ratios[1].push(f1 / f2);
+            }
+        }
+    }
+    let mut json = format!("{{\"rounds\": {rounds}, \"shapes\": [");
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "shape", "fwd 1t ms", "bwd 1t ms", "fwd 2t ms", "bwd/fwd", "1t/2t"
+    );
+    for (i, c) in cases.iter().enumerate() {
+        let [f1, b1, f2] = c.times.clone().map(median);
+        let [bf, scale] = c.ratios.clone().map(median);
+        println!("{:<12} {f1:>10.3} {b1:>10.3} {f2:>10.3} {bf:>9.2} {scale:>9.2}", c.name);
+        let _ = write!(
+            json,
+            "{}{{\"name\": \"{}\", \"fwd_t1_ms\": {f1}, \"bwd_t1_ms\": {b1}, \"fwd_t2_ms\": {f2}, \
+             \"bwd_over_fwd\": {bf}, \"t1_over_t2\": {scale}}}",
+            if i == 0 { "" } else { ", " },
+            c.name
+        );
+    }
+    json.push_str("]}\n");
+    if let Some(path) = std::env::var_os("CONVKIT_RATIOS_OUT") {
+        std::fs::write(&path, json).expect("could not write CONVKIT_RATIOS_OUT");
+    }
+}
