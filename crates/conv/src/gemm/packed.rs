@@ -283,10 +283,44 @@ fn pack_a(a: MatRef<'_>, i0: usize, mc: usize, k0: usize, kcb: usize, dst: &mut 
 
 /// Packs rows `k0..k0+kcb`, columns `j0..j0+nc` of `b` into 16-column panels (`dst` holds
 /// `⌈nc/16⌉·16·kcb` floats; columns past the end are zero).
-fn pack_b(b: MatRef<'_>, k0: usize, kcb: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+#[inline(always)]
+fn pack_b<S: Simd>(
+    s: S,
+    b: MatRef<'_>,
+    k0: usize,
+    kcb: usize,
+    j0: usize,
+    nc: usize,
+    dst: &mut [f32],
+) {
     for (pj, panel) in dst.chunks_exact_mut(NR * kcb).take(nc.div_ceil(NR)).enumerate() {
         let c0 = j0 + pj * NR;
         let cols = NR.min(j0 + nc - c0);
+        if b.row_stride == 1 && cols == NR && kcb >= LANES {
+            // A transposed view of a row-major matrix (each column contiguous): 8 steps × 8
+            // columns at a time, 8 vector loads down the columns, one 8×8 transpose in
+            // registers, 8 vector stores along the steps.
+            let full = kcb / LANES * LANES;
+            for p0 in (0..full).step_by(LANES) {
+                for half in 0..NR / LANES {
+                    let mut v = [s.zero(); LANES];
+                    for (j, vj) in v.iter_mut().enumerate() {
+                        let col = c0 + half * LANES + j;
+                        *vj = s.load(&b.data[col * b.col_stride + k0 + p0..]);
+                    }
+                    for (i, t) in s.transpose8(v).into_iter().enumerate() {
+                        s.store(t, &mut panel[(p0 + i) * NR + half * LANES..]);
+                    }
+                }
+            }
+            for p in full..kcb {
+                let at = (k0 + p) + c0 * b.col_stride;
+                for (c, d) in panel[p * NR..][..NR].iter_mut().enumerate() {
+                    *d = b.data[at + c * b.col_stride];
+                }
+            }
+            continue;
+        }
         if b.col_stride == 1 && cols == NR {
             // Whole panels: fixed-size copies (two vector moves, no call to `memcpy`).
             for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
@@ -393,7 +427,7 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
             if bpack.len() < ncp * kcb {
                 bpack.resize(ncp * kcb, 0.0);
             }
-            pack_b(b, pc, kcb, jc, nc, &mut bpack[..ncp * kcb]);
+            pack_b(s, b, pc, kcb, jc, nc, &mut bpack[..ncp * kcb]);
             let beta_block = if pc == 0 { beta } else { 1.0 };
             let mut ic = 0;
             while ic < m {
