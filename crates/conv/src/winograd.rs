@@ -71,9 +71,9 @@
 //!   contiguous output slice (`par_chunks_mut`). An item takes several images (at most 256
 //!   tiles, leaving at least two items) when there is one group, so that the GEMMs are wide.
 //!   One image with one group is split in two so that two threads have work: undilated with
-//!   at least 64 tiles, into two bands of tile rows, each computing every output channel into
-//!   its own buffer (copied into the output planes afterwards), so no input transform is
-//!   repeated (res3x3_56 went from 1.5x to 1.8x on 2 threads); undilated with fewer tiles
+//!   at least 64 tiles, into two bands of tile rows, each computing every output channel
+//!   straight into its rows of the output planes, so no input transform is repeated
+//!   (res3x3_56 went from 1.5x to 1.9x on 2 threads); undilated with fewer tiles
 //!   (vgg3x3_14: 49), one item whose stages are each split in two — the input transform by
 //!   tile panels, the products by transform position `ξ` (each transformed filter plane is
 //!   read by one thread; bands would read all of them twice and pad each band's products to
@@ -976,11 +976,6 @@ fn winograd_call(
     result
 }
 
-/// Reused band buffers of one image split in two bands of rows ([`Plan::row_split`]), shared
-/// by the threads: a fresh allocation of that size (400 KB per band on `res3x3_56`) is
-/// page-faulted in on every call. At most two are kept.
-static BAND_BUFS: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
-
 thread_local! {
     /// Reused storage of the filters [`conv2d_winograd_with`] transforms on every call.
     static FILTER_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -1063,23 +1058,23 @@ fn prepared_with(
             bias: bias.map(|b| &b[k0..k0 + kc]),
             tiles: &plan.tiles,
             y0: 0,
-            rows: g.oh,
-            out,
+            out: out.chunks_exact_mut(ohw).collect(),
             scratch,
         };
         // `level` was checked above, so dispatch cannot decline.
         let _ = simd::dispatch(level, item);
     };
     if let Some((top, y1)) = plan.row_split {
-        // Two bands of output rows, each into its own buffer, then copied into the planes.
+        // Two bands of output rows, each writing its rows of every output plane.
         let a2 = plan.a * plan.a;
-        let bands = [(&plan.tiles[..top], 0, y1), (&plan.tiles[top..], y1, g.oh - y1)];
-        let band = |(tiles, y0, rows): (&[Tile], usize, usize)| {
-            // Every float of the band is written by the output transform: a recycled buffer
-            // needs no zeroing.
-            let recycled = BAND_BUFS.lock().ok().and_then(|mut bufs| bufs.pop());
-            let mut out = recycled.unwrap_or_default();
-            out.resize(g.c_out * rows * g.ow, 0.0);
+        let (mut top_rows, mut bottom_rows) = (Vec::new(), Vec::new());
+        for plane in output.chunks_exact_mut(ohw) {
+            let (t, b) = plane.split_at_mut(y1 * g.ow);
+            top_rows.push(t);
+            bottom_rows.push(b);
+        }
+        let bands = [(&plan.tiles[..top], 0, top_rows), (&plan.tiles[top..], y1, bottom_rows)];
+        let band = |(tiles, y0, out): (&[Tile], usize, Vec<&mut [f32]>)| {
             crate::direct::with_thread_scratch(|scratch| {
                 let item = Item {
                     plan: &plan,
@@ -1090,31 +1085,19 @@ fn prepared_with(
                     bias,
                     tiles,
                     y0,
-                    rows,
-                    out: &mut out,
+                    out,
                     scratch,
                 };
                 // `level` was checked above, so dispatch cannot decline.
                 let _ = simd::dispatch(level, item);
             });
-            out
         };
-        let (a, b) = if g.flops() < PARALLEL_MIN_FLOPS {
-            (band(bands[0]), band(bands[1]))
+        let [first, second] = bands;
+        if g.flops() < PARALLEL_MIN_FLOPS {
+            band(first);
+            band(second);
         } else {
-            rayon::join(|| band(bands[0]), || band(bands[1]))
-        };
-        for (plane, (pa, pb)) in output
-            .chunks_exact_mut(ohw)
-            .zip(a.chunks_exact(y1 * g.ow).zip(b.chunks_exact((g.oh - y1) * g.ow)))
-        {
-            let (top_rows, bottom_rows) = plane.split_at_mut(y1 * g.ow);
-            top_rows.copy_from_slice(pa);
-            bottom_rows.copy_from_slice(pb);
-        }
-        if let Ok(mut bufs) = BAND_BUFS.lock() {
-            bufs.extend([a, b]);
-            bufs.truncate(2);
+            rayon::join(|| band(first), || band(second));
         }
         return Ok(());
     }
@@ -1286,11 +1269,10 @@ struct Item<'a> {
     bias: Option<&'a [f32]>,
     /// The tiles of the item.
     tiles: &'a [Tile],
-    /// Output rows `y0..y0+rows` are written (all rows except in a band of [`Plan::row_split`]).
+    /// First output row written (0 except in the second band of [`Plan::row_split`]).
     y0: usize,
-    rows: usize,
-    /// `[nb, kc, rows, ow]`.
-    out: &'a mut [f32],
+    /// The item's output planes (`[nb·kc]`) from row `y0`: all rows, or a band's.
+    out: Vec<&'a mut [f32]>,
     scratch: &'a mut Vec<f32>,
 }
 
@@ -1310,7 +1292,7 @@ impl WithSimd for Item<'_> {
 /// `T`.
 #[inline(always)]
 fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, item: Item<'_>) {
-    let Item { plan: p, input, u, kl, kc, bias, tiles, y0, rows, out, scratch } = item;
+    let Item { plan: p, input, u, kl, kc, bias, tiles, y0, mut out, scratch, .. } = item;
     let a2 = A * A;
     let plane = p.hp * p.wp;
     let planes = p.nb * p.cpg;
@@ -1372,7 +1354,7 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
         };
         // Output transform, bias, and scatter of the in-range outputs of channels `ks`.
         let outputs =
-            OutputBlock { plan: p, block, m: &[], kc, bias, ks: (0, kc), y0, rows, out: &mut [] };
+            OutputBlock { plan: p, block, m: &[], kc, bias, ks: (0, kc), y0, out: &mut [] };
         if split {
             // Half of the transform positions each, then half of the output channels each
             // (one image: the channels' planes are contiguous). Each half is dispatched again:
@@ -1384,7 +1366,7 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
                 || simd::dispatch(S::LEVEL, Products { xi0: a2 / 2, m: hi, ..products }),
             );
             let kh = kc.div_ceil(2);
-            let (out_lo, out_hi) = out.split_at_mut(kh * rows * p.ow);
+            let (out_lo, out_hi) = out.split_at_mut(kh);
             let (m, b) = (&*mbuf, bias);
             let lo = OutputBlock { m, ks: (0, kh), out: out_lo, ..outputs };
             let hi =
@@ -1392,7 +1374,7 @@ fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(s: S, 
             rayon::join(|| simd::dispatch(S::LEVEL, lo), || simd::dispatch(S::LEVEL, hi));
         } else {
             Products { m: &mut *mbuf, ..products }.with_simd(s);
-            OutputBlock { m: &*mbuf, out: &mut *out, ..outputs }.with_simd(s);
+            OutputBlock { m: &*mbuf, out: &mut out, ..outputs }.with_simd(s);
         }
     }
 }
@@ -1457,7 +1439,7 @@ impl WithSimd for Products<'_> {
 }
 
 /// The output transform of one block of tiles for output channels `ks` of an item's `kc`.
-struct OutputBlock<'a> {
+struct OutputBlock<'a, 'o> {
     plan: &'a Plan,
     block: &'a [Tile],
     /// `M[ξ]`, `kc · tb` floats each.
@@ -1468,12 +1450,11 @@ struct OutputBlock<'a> {
     /// Output channels `ks.0..ks.1` of the item's.
     ks: (usize, usize),
     y0: usize,
-    rows: usize,
-    /// `[img][ks][rows][ow]`.
-    out: &'a mut [f32],
+    /// The planes of the channels `ks` of each image (`[img][ks]`), from output row `y0`.
+    out: &'a mut [&'o mut [f32]],
 }
 
-impl WithSimd for OutputBlock<'_> {
+impl WithSimd for OutputBlock<'_, '_> {
     type Output = ();
 
     #[inline(always)]
@@ -1488,9 +1469,9 @@ impl WithSimd for OutputBlock<'_> {
 #[inline(always)]
 fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
-    o: OutputBlock<'_>,
+    o: OutputBlock<'_, '_>,
 ) {
-    let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, rows, out } = o;
+    let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, out } = o;
     let nk = ks.1 - ks.0;
     // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
     let mut vals = [[0f32; LANES]; 16];
@@ -1514,7 +1495,7 @@ fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
                 // In-range rows and columns of this tile's m×m block.
                 let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
                 let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
-                let plane = &mut out[(t.img * nk + kk) * rows * p.ow..][..rows * p.ow];
+                let plane = &mut *out[t.img * nk + kk];
                 for i in 0..mi {
                     let orow = &mut plane[(t.oy + i * p.dh - y0) * p.ow + t.ox..];
                     for j in 0..mj {
