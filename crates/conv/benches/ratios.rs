@@ -100,14 +100,14 @@ fn main() {
             let mut fwd = || {
                 conv2d_forward(g, x, w, Some(b), y, ConvAlgo::Auto).expect("forward");
             };
-            let f1 = one.install(|| min_ms(5, &mut fwd));
+            let f1 = one.install(|| min_ms(10, &mut fwd));
             let b1 = one.install(|| {
-                min_ms(3, || {
+                min_ms(5, || {
                     conv2d_backward(g, x, w, dy, Some(gx), Some(gw), Some(gb), ConvAlgo::Auto)
                         .expect("backward");
                 })
             });
-            let f2 = two.install(|| min_ms(5, &mut fwd));
+            let f2 = two.install(|| min_ms(10, &mut fwd));
             if round > 0 {
                 for (t, v) in c.times.iter_mut().zip([f1, b1, f2]) {
                     t.push(v);
