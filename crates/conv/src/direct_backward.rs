@@ -70,7 +70,8 @@
 //!   planes of one image, contiguous in memory, are read in order). A channel's filter
 //!   gradient depends on that channel only, so this needs no per-chunk partials and is the
 //!   same for any thread count.
-//! - **Bias gradient.** Sums of each output-gradient plane in f64 ([`simd::sum_f64`]).
+//! - **Bias gradient.** Sums of each output-gradient plane in f64 (eight running sums,
+//!   `simd::sum_f64`).
 //!
 //! # Threads and determinism
 //!
