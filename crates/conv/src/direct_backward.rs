@@ -54,8 +54,8 @@
 //!   vectors than rounding each row up to whole vectors (`lenet_c2`: 14-wide rows of pitch 18),
 //!   the plane is computed row by row instead, each row summing only the rotated filter rows
 //!   `i'` that reach an output-gradient row — the full correlation's rows of zeros are skipped
-//!   (on `lenet_c2` 50 of 70 row × filter-row pairs remain). A stride wastes `1 − 1/(sh·sw)` of the work
-//!   on the stuffed zeros: strided shapes are correct here but belong to im2col (see
+//!   (on `lenet_c2` 50 of 70 row × filter-row pairs remain). A stride wastes `1 − 1/(sh·sw)`
+//!   of the work on the stuffed zeros: strided shapes are correct here but belong to im2col (see
 //!   [`crate::algo::backward_kernel`]).
 //!
 //!   Depthwise 3x3 with stride 1, no dilation and padding `p ≤ 2` (input rows of at least 8

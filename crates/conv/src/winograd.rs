@@ -79,11 +79,11 @@
 //!   read by one thread; bands would read all of them twice and pad each band's products to
 //!   whole panels), the output transform by output channel (vgg3x3_14, min of 25 in one
 //!   sitting: 1.45 ms on 2 threads before this split and the parallel filter transform,
-//!   1.27–1.31 ms after, 2.2 ms on one thread); dilated, into two chunks of output channels starting on 6-row panels. Splits
-//!   depend on the shape only, so results are bit-identical for every thread count. Each item
-//!   copies its input channels into zero-padded planes (per-thread scratch, reused across
-//!   calls) so tile gathers need no edge tests; edge tiles read zeros and only their in-range
-//!   outputs are written.
+//!   1.27–1.31 ms after, 2.2 ms on one thread); dilated, into two chunks of output channels
+//!   starting on 6-row panels. Splits depend on the shape only, so results are bit-identical
+//!   for every thread count. Each item copies its input channels into zero-padded planes
+//!   (per-thread scratch, reused across calls) so tile gathers need no edge tests; edge tiles
+//!   read zeros and only their in-range outputs are written.
 //! - **Tile blocks.** Tiles are processed in blocks of at most a fixed amount of transform-domain
 //!   scratch (`α²·(C + K)·tiles` floats, 2 MiB; blocks much smaller than an image's tiles
 //!   make the products too narrow to run at speed; a multiple of 16 tiles): input transform
@@ -843,8 +843,9 @@ const FILTER_CHUNK: usize = MR * 256;
 /// (`Transforms::g`), each result stored straight into its plane. A chunk's taps are first
 /// transposed to `[tap][position]` in a stack buffer, in the packed order of the planes.
 /// Chunks (a depth block × a run of row panels, so that even one depth block gives every
-/// thread work) run in parallel for large layers (VGG's 256x256 filters: 65,536 of them); every value
-/// is computed the same way whatever the chunking, so the result does not depend on threads.
+/// thread work) run in parallel for large layers (VGG's 256x256 filters: 65,536 of them);
+/// every value is computed the same way whatever the chunking, so the result does not depend
+/// on threads.
 fn transform_filters(
     buf: Vec<f32>,
     weight: &[f32],
