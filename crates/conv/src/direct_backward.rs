@@ -88,6 +88,7 @@ use rayon::prelude::*;
 use crate::error::{ConvError, Result};
 use crate::params::ConvGeometry;
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
+use crate::winograd::ChannelLast;
 
 const OP: &str = "conv2d_backward_direct";
 
@@ -485,7 +486,7 @@ impl WithSimd for Task<'_> {
                 fill_padded_input(p, x_img, &mut xp);
             }
             if gw_kvec {
-                fill_pixel_major(p, dy_img, &mut dyt);
+                fill_pixel_major(s, p, dy_img, &mut dyt);
                 weight_grad_image_kvec(s, p, &xp, &dyt, &mut gwt);
             }
             if gw_lanes {
@@ -559,16 +560,23 @@ fn fill_stuffed(p: &Plan, dy_img: &[f32], dys: &mut [f32]) {
 }
 
 /// Copies one image's output gradient pixel-major within each group:
-/// `dyt[(grp·oh·ow + q)·kpg + k] = dY[grp·kpg + k, q]`.
+/// `dyt[(grp·oh·ow + q)·kpg + k] = dY[grp·kpg + k, q]` (`kpg` a multiple of 8): each group's
+/// planes copied channel-last by 8×8 register transposes.
 #[inline(always)]
-fn fill_pixel_major(p: &Plan, dy_img: &[f32], dyt: &mut [f32]) {
+fn fill_pixel_major<S: Simd>(s: S, p: &Plan, dy_img: &[f32], dyt: &mut [f32]) {
     let ohw = p.oh * p.ow;
+    let at = ChannelLast {
+        h: p.oh,
+        w: p.ow,
+        y0: 0,
+        x0: 0,
+        hp: p.oh,
+        wp: p.ow,
+        channels: p.kpg,
+        cv: p.kpg,
+    };
     for (dst, src) in dyt.chunks_exact_mut(ohw * p.kpg).zip(dy_img.chunks_exact(p.kpg * ohw)) {
-        for (k, plane) in src.chunks_exact(ohw).enumerate() {
-            for (q, &v) in plane.iter().enumerate() {
-                dst[q * p.kpg + k] = v;
-            }
-        }
+        at.copy_with(s, src, dst);
     }
 }
 

@@ -559,16 +559,17 @@ fn grad_block_products(
 }
 
 /// Where [`ChannelLast::copy`] puts `channels` planes of `h × w`: at `(y0, x0)` of an
-/// `hp × wp` grid of pixels, each pixel `cv` floats (channels innermost).
-struct ChannelLast {
-    h: usize,
-    w: usize,
-    y0: usize,
-    x0: usize,
-    hp: usize,
-    wp: usize,
-    channels: usize,
-    cv: usize,
+/// `hp × wp` grid of pixels, each pixel `cv` floats (channels innermost). Also the pixel-major
+/// output gradient of the direct weight gradient ([`crate::direct_backward`]).
+pub(crate) struct ChannelLast {
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) y0: usize,
+    pub(crate) x0: usize,
+    pub(crate) hp: usize,
+    pub(crate) wp: usize,
+    pub(crate) channels: usize,
+    pub(crate) cv: usize,
 }
 
 impl ChannelLast {
@@ -577,23 +578,13 @@ impl ChannelLast {
     fn copy(&self, src: &[f32], dst: &mut [f32]) {
         simd::dispatch_active(ChannelLastCopy { at: self, src, dst });
     }
-}
 
-/// [`ChannelLast::copy`] for the SIMD dispatcher.
-struct ChannelLastCopy<'a> {
-    at: &'a ChannelLast,
-    src: &'a [f32],
-    dst: &'a mut [f32],
-}
-
-impl WithSimd for ChannelLastCopy<'_> {
-    type Output = ();
-
-    /// Blocks of 8 channels × 8 pixels: eight row loads, one 8×8 transpose in registers, eight
-    /// pixel stores.
+    /// [`ChannelLast::copy`] with the instruction set of the caller's kernel: blocks of 8
+    /// channels × 8 pixels, eight row loads, one 8×8 transpose in registers, eight pixel
+    /// stores.
     #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
-        let ChannelLastCopy { at: p, src, dst } = self;
+    pub(crate) fn copy_with<S: Simd>(&self, s: S, src: &[f32], dst: &mut [f32]) {
+        let p = self;
         let (hw, cv, wp) = (p.h * p.w, p.cv, p.wp);
         assert!(p.y0 + p.h <= p.hp && p.x0 + p.w <= wp && p.channels <= cv);
         let zero_px = |px: &mut [f32]| px[..p.channels].fill(0.0);
@@ -640,6 +631,22 @@ impl WithSimd for ChannelLastCopy<'_> {
                 }
             }
         }
+    }
+}
+
+/// [`ChannelLast::copy`] for the SIMD dispatcher.
+struct ChannelLastCopy<'a> {
+    at: &'a ChannelLast,
+    src: &'a [f32],
+    dst: &'a mut [f32],
+}
+
+impl WithSimd for ChannelLastCopy<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        self.at.copy_with(s, self.src, self.dst);
     }
 }
 
