@@ -7,19 +7,37 @@
 //! do not drift with it. Each timing is the minimum of a few calls; the report quotes the
 //! median over the rounds of each timing and of each ratio.
 //!
+//! Each timing starts with untimed calls for at least [`WARM_UP`], so that it measures the
+//! steady speed a training loop sees. This matters for the 2-thread timings: a pool whose
+//! workers slept through the 1-thread timings first runs at about 1-thread speed for several
+//! milliseconds, until the scheduler has spread its workers over both cores again (on a
+//! 2-core virtual machine, the first 2-thread calls after 30 ms of idleness took 2.5 ms on
+//! `pointwise` against 1.3 ms from the sixth call on, with one thread migration per switch).
+//!
 //! Run by `cargo xtask bench` (which writes the results into `docs/benchmarks.md`):
 //! `cargo bench -p convkit-conv --bench ratios [-- FILTER]`, where `FILTER` keeps the shapes
 //! whose id `ratios/<shape>` contains it. `CONVKIT_BENCH_QUICK=1` runs 3 rounds instead of 15;
 //! `CONVKIT_RATIOS_OUT=<path>` also writes the results as JSON.
 
 use std::fmt::Write as _;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use convkit_conv::suite::{SHAPES, sample_data};
 use convkit_conv::{ConvAlgo, conv2d_backward, conv2d_forward};
 
-/// Minimum of `calls` timed calls of `f`, in milliseconds.
+/// How long each timing first runs its calls untimed: a pool whose workers slept through the
+/// other timings takes this long to reach its steady speed (see the module docs).
+const WARM_UP: Duration = Duration::from_millis(40);
+
+/// Minimum of `calls` timed calls of `f`, in milliseconds, after calling `f` untimed for at
+/// least [`WARM_UP`] (and at least twice).
 fn min_ms(calls: usize, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut warm = 0;
+    while warm < 2 || start.elapsed() < WARM_UP {
+        f();
+        warm += 1;
+    }
     (0..calls)
         .map(|_| {
             let t = Instant::now();
