@@ -41,7 +41,8 @@ tasks:
                             --compare-peers also runs PyTorch/ONNX Runtime (conv_bench.py and
                             lenet_torch.py from DIR, $CONVKIT_PEERS_DIR or ../shared/peers) with
                             PY ($CONVKIT_PEERS_PYTHON or python3) and adds ratio columns measured
-                            in the same run.
+                            in the same run, and times convkit and PyTorch interleaved, shape by
+                            shape (the versus bench of convkit-conv, with PY).
   peak                      measure this machine's f32 FMA throughput (the bench report's peak).
   train [-- ARGS]           train LeNet-5 on Fashion-MNIST (installing Debian's
                             dataset-fashion-mnist with apt-get when no data is found);
@@ -242,8 +243,16 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     let ratios_path = root().join("target/ratios.json");
     // A stale file from an earlier run must not be reported as this run's.
     let _ = std::fs::remove_file(&ratios_path);
+    let versus_path = root().join("target/versus.json");
+    let _ = std::fs::remove_file(&versus_path);
     let mut step = Step::new("bench", &cargo_args)
         .env("CONVKIT_RATIOS_OUT", ratios_path.display().to_string());
+    if peers_dir.is_some() {
+        // `benches/versus.rs` times PyTorch beside convkit, interleaved, with this Python.
+        step = step
+            .env("CONVKIT_VERSUS_PYTHON", python.clone())
+            .env("CONVKIT_VERSUS_OUT", versus_path.display().to_string());
+    }
     if quick {
         // The benches read this to cap each measurement at 0.5 s (criterion's quick mode stops
         // there) and to skip the naive convolution on shapes above 20 MFLOP.
@@ -297,6 +306,9 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             quick,
             threads: bench_threads(),
             ratios: std::fs::read_to_string(&ratios_path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
+            versus: std::fs::read_to_string(&versus_path)
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok()),
         };

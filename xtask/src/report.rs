@@ -215,6 +215,8 @@ pub struct ReportContext {
     pub threads: usize,
     /// The interleaved ratios (`benches/ratios.rs` in `convkit-conv`), when they ran.
     pub ratios: Option<Value>,
+    /// The interleaved comparison with PyTorch (`benches/versus.rs`), when it ran.
+    pub versus: Option<Value>,
 }
 
 /// The section of the interleaved ratios: per shape, median timings and median per-round
@@ -255,6 +257,44 @@ pub fn ratios_section(ratios: &Value) -> String {
             ms("fwd_t2_ms"),
             x("t1_over_t2"),
         );
+    }
+    md.push('\n');
+    md
+}
+
+/// The section of the interleaved comparison with PyTorch: per shape and timing, median
+/// milliseconds of each side and the median per-round speed ratio.
+pub fn versus_section(versus: &Value) -> String {
+    let mut md = String::new();
+    let Some(shapes) = versus["shapes"].as_array() else { return md };
+    let rounds = versus["rounds"].as_u64().unwrap_or(0);
+    let torch = versus["torch"].as_str().unwrap_or("?");
+    let _ = writeln!(md, "## convkit against PyTorch, measured interleaved\n");
+    let _ = writeln!(
+        md,
+        "`Auto` against PyTorch {torch} (`F.conv2d`; its backward is `y.backward(dy)`). In \
+         each of {rounds} rounds every timing below is taken by convkit and by PyTorch (in a \
+         child process) one right after the other, each the fastest of a few calls after 40 ms \
+         of untimed calls, with a pause before each so that the other side is idle; the order \
+         alternates by round. Speed = PyTorch's time ÷ convkit's, taken within the round; the \
+         table gives medians over the rounds (`cargo bench -p convkit-conv --bench versus`). \
+         Unlike the PyTorch columns above, which come from a separate script minutes away from \
+         our groups, these ratios do not move with the host's drift.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| shape | forward 1 thread: convkit / PyTorch | speed | forward 2 threads: convkit / PyTorch | speed | backward 1 thread: convkit / PyTorch | speed |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for s in shapes {
+        let mut row = format!("| {} |", s["name"].as_str().unwrap_or("?"));
+        for key in ["fwd_t1", "fwd_t2", "bwd_t1"] {
+            let t = &s[key];
+            let ms = |k: &str| t[k].as_f64().map_or("–".to_owned(), |v| fmt_time(v * 1e6));
+            let speed = t["speedup"].as_f64().map_or("–".to_owned(), |v| format!("{v:.2}x"));
+            let _ = write!(row, " {} / {} | {speed} |", ms("ours_ms"), ms("torch_ms"));
+        }
+        let _ = writeln!(md, "{row}");
     }
     md.push('\n');
     md
@@ -515,6 +555,9 @@ pub fn write(
         }
     }
 
+    if let Some(v) = &ctx.versus {
+        md.push_str(&versus_section(v));
+    }
     if let Some(r) = &ctx.ratios {
         md.push_str(&ratios_section(r));
     }
@@ -754,5 +797,25 @@ mod tests {
         assert!(md.contains("In each of 15 rounds"), "{md}");
         assert!(md.contains("| vgg3x3_14 | 2.20 ms | 4.62 ms | 2.10x | 1.30 ms | 1.70x |"), "{md}");
         assert_eq!(ratios_section(&Value::Null), "");
+    }
+
+    #[test]
+    fn versus_section_lists_each_shape_and_timing() {
+        let v: Value = serde_json::from_str(
+            r#"{"rounds": 9, "torch": "2.15.0", "shapes": [{"name": "pointwise",
+                "fwd_t1": {"ours_ms": 2.5, "torch_ms": 2.75, "speedup": 1.1},
+                "fwd_t2": {"ours_ms": 1.3, "torch_ms": 1.3, "speedup": 1.0},
+                "bwd_t1": {"ours_ms": 5.2, "torch_ms": 4.16, "speedup": 0.8}}]}"#,
+        )
+        .unwrap();
+        let md = versus_section(&v);
+        assert!(md.contains("PyTorch 2.15.0") && md.contains("In each of 9 rounds"), "{md}");
+        assert!(
+            md.contains(
+                "| pointwise | 2.50 ms / 2.75 ms | 1.10x | 1.30 ms / 1.30 ms | 1.00x | 5.20 ms / 4.16 ms | 0.80x |"
+            ),
+            "{md}"
+        );
+        assert_eq!(versus_section(&Value::Null), "");
     }
 }

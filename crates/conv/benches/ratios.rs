@@ -20,37 +20,18 @@
 //! `CONVKIT_RATIOS_OUT=<path>` also writes the results as JSON.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use convkit_conv::suite::{SHAPES, sample_data};
+use convkit_conv::suite::{SHAPES, median, min_ms_after_warm_up, sample_data};
 use convkit_conv::{ConvAlgo, conv2d_backward, conv2d_forward};
 
 /// How long each timing first runs its calls untimed: a pool whose workers slept through the
 /// other timings takes this long to reach its steady speed (see the module docs).
 const WARM_UP: Duration = Duration::from_millis(40);
 
-/// Minimum of `calls` timed calls of `f`, in milliseconds, after calling `f` untimed for at
-/// least [`WARM_UP`] (and at least twice).
-fn min_ms(calls: usize, mut f: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    let mut warm = 0;
-    while warm < 2 || start.elapsed() < WARM_UP {
-        f();
-        warm += 1;
-    }
-    (0..calls)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+/// Minimum of `calls` timed calls of `f`, in milliseconds, after [`WARM_UP`].
+fn min_ms(calls: usize, f: impl FnMut()) -> f64 {
+    min_ms_after_warm_up(calls, WARM_UP, f)
 }
 
 fn main() {

@@ -8,6 +8,8 @@
 //! assert_eq!(g.flops(), 2 * 8 * 128 * 128 * 9 * 28 * 28);
 //! ```
 
+use std::time::{Duration, Instant};
+
 use crate::error::Result;
 use crate::params::{Conv2dParams, ConvGeometry};
 
@@ -43,6 +45,39 @@ pub fn sample_data(len: usize, seed: u32) -> Vec<f32> {
             (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         })
         .collect()
+}
+
+/// The fastest of `calls` timed calls of `f`, in milliseconds, after calling `f` untimed for
+/// at least `warm_up` (and at least twice).
+///
+/// The interleaved benches time one configuration right after another; the untimed calls let
+/// caches, thread pools and the scheduler settle first, so the minimum is the steady speed a
+/// loop of calls sees.
+pub fn min_ms_after_warm_up(calls: usize, warm_up: Duration, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut warm = 0;
+    while warm < 2 || start.elapsed() < warm_up {
+        f();
+        warm += 1;
+    }
+    (0..calls)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The median of `v` (the mean of the two middle values for an even count); NaN when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 const fn params(stride: usize, pad: usize, dilation: usize, groups: usize) -> Conv2dParams {
@@ -115,6 +150,21 @@ pub const SHAPES: [SuiteShape; 9] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn min_ms_warms_up_then_times_each_call() {
+        let mut n = 0;
+        let t = min_ms_after_warm_up(3, Duration::ZERO, || n += 1);
+        assert_eq!(n, 5, "two untimed calls, then three timed ones");
+        assert!(t >= 0.0 && t.is_finite());
+    }
 
     #[test]
     fn every_shape_is_valid() {

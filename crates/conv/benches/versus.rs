@@ -1,0 +1,266 @@
+//! convkit against PyTorch on the shape suite, measured interleaved: for every shape, in each
+//! round, the `Auto` forward on 1 and 2 threads and the `Auto` backward (input + weight + bias
+//! gradients) on 1 thread are timed in this process, and the same operations are timed by
+//! PyTorch in a child process (`torch_timer.py`, one per thread count), one right after the
+//! other. The speed ratio `PyTorch time ÷ convkit time` is taken within the round, and the
+//! report quotes its median over the rounds. The host's speed drifts by tens of percent over
+//! minutes; a ratio of two timings taken a second apart does not drift with it, where the
+//! criterion groups and PyTorch's own script, minutes apart, can.
+//!
+//! Both sides time alike: untimed calls for at least [`WARM_UP`], then the fastest of a few
+//! single calls (PyTorch's forward allocates its output, as `F.conv2d` always does; its
+//! backward is `y.backward(dy)` with the forward outside the timer). Neither side runs while
+//! the other is timed: each timing starts [`SETTLE`] after the other side's last call, which
+//! leaves PyTorch's OpenMP threads and rayon's workers time to stop spinning and sleep. The
+//! order alternates from round to round.
+//!
+//! Run by `cargo xtask bench --compare-peers` (which writes the results into
+//! `docs/benchmarks.md`); by hand: `CONVKIT_VERSUS_PYTHON=<python with torch> cargo bench -p
+//! convkit-conv --bench versus [-- FILTER]`, where `FILTER` keeps the shapes whose id
+//! `versus/<shape>` contains it. Without `CONVKIT_VERSUS_PYTHON` it does nothing.
+//! `CONVKIT_BENCH_QUICK=1` runs 3 rounds instead of 9; `CONVKIT_VERSUS_OUT=<path>` also writes
+//! the results as JSON.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use convkit_conv::suite::{SHAPES, median, min_ms_after_warm_up, sample_data};
+use convkit_conv::{ConvAlgo, ConvGeometry, conv2d_backward, conv2d_forward};
+
+/// Untimed calls before each timing, on both sides.
+const WARM_UP: Duration = Duration::from_millis(40);
+/// Pause before each timing, so that the side timed before has gone idle.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Timed calls per timing: forward and backward.
+const CALLS: [usize; 2] = [10, 5];
+
+/// The three timings of a shape, in report order: forward 1 thread, forward 2 threads,
+/// backward 1 thread.
+const TIMINGS: [(&str, usize, &str); 3] =
+    [("fwd", 1, "fwd_t1"), ("fwd", 2, "fwd_t2"), ("bwd", 1, "bwd_t1")];
+
+/// A `torch_timer.py` child process with a fixed number of PyTorch threads.
+struct Torch {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    version: String,
+}
+
+impl Torch {
+    fn spawn(python: &str, threads: usize) -> Result<Torch, String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_timer.py");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not run {python}: {e}"))?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut torch = Torch { child, stdin, stdout, version: String::new() };
+        let ready = torch.read_line()?;
+        torch.version = ready
+            .strip_prefix("ready ")
+            .ok_or_else(|| format!("{} did not start: {ready:?}", script.display()))?
+            .to_owned();
+        Ok(torch)
+    }
+
+    fn read_line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => Err("torch_timer.py exited (is PyTorch importable?)".to_owned()),
+            Ok(_) => Ok(line.trim().to_owned()),
+            Err(e) => Err(format!("reading from torch_timer.py: {e}")),
+        }
+    }
+
+    /// PyTorch's fastest of `calls` calls of `op` (`fwd` or `bwd`) on `g`, in milliseconds.
+    fn time(&mut self, op: &str, g: &ConvGeometry, calls: usize) -> Result<f64, String> {
+        let p = g.params;
+        let request = format!(
+            "{op} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {calls} {}\n",
+            g.n,
+            g.c_in,
+            g.h,
+            g.w,
+            g.c_out,
+            g.kh,
+            g.kw,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+            p.dilation.0,
+            p.dilation.1,
+            p.groups,
+            WARM_UP.as_millis()
+        );
+        let stdin = self.stdin.as_mut().expect("stdin is open until drop");
+        stdin
+            .write_all(request.as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("writing to torch_timer.py: {e}"))?;
+        let answer = self.read_line()?;
+        answer.parse().map_err(|_| format!("torch_timer.py answered {answer:?} to {request:?}"))
+    }
+}
+
+impl Drop for Torch {
+    fn drop(&mut self) {
+        // Closing stdin ends the script's loop.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// convkit's fastest of `calls` calls of `op` on `g` on `pool`, in milliseconds.
+fn ours(pool: &rayon::ThreadPool, op: &str, g: &ConvGeometry, d: &mut Data, calls: usize) -> f64 {
+    let Data { x, w, b, dy, y, gx, gw, gb } = d;
+    pool.install(|| {
+        min_ms_after_warm_up(calls, WARM_UP, || {
+            if op == "fwd" {
+                conv2d_forward(g, x, w, Some(b), y, ConvAlgo::Auto).expect("forward");
+            } else {
+                conv2d_backward(g, x, w, dy, Some(gx), Some(gw), Some(gb), ConvAlgo::Auto)
+                    .expect("backward");
+            }
+        })
+    })
+}
+
+/// A shape's operands and result buffers.
+struct Data {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+    y: Vec<f32>,
+    gx: Vec<f32>,
+    gw: Vec<f32>,
+    gb: Vec<f32>,
+}
+
+fn main() {
+    let Some(python) = std::env::var("CONVKIT_VERSUS_PYTHON").ok().filter(|p| !p.is_empty()) else {
+        println!("versus: skipped (set CONVKIT_VERSUS_PYTHON to a Python that imports torch)");
+        return;
+    };
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let quick = std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1")
+        || std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 3 } else { 9 };
+    let shapes: Vec<_> = SHAPES
+        .iter()
+        .filter(|s| {
+            filter.as_ref().is_none_or(|f| format!("versus/{}", s.name).contains(f.as_str()))
+        })
+        .collect();
+    if shapes.is_empty() {
+        return;
+    }
+    let spawn = |t| Torch::spawn(&python, t).unwrap_or_else(|e| panic!("versus: {e}"));
+    let mut torch = [spawn(1), spawn(2)];
+    let pool = |n: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon thread pool")
+    };
+    let pools = [pool(1), pool(2)];
+    println!(
+        "versus: {rounds} rounds over {} shapes, convkit Auto against PyTorch {}",
+        shapes.len(),
+        torch[0].version
+    );
+    struct Case {
+        name: &'static str,
+        g: ConvGeometry,
+        data: Data,
+        /// Per timing: convkit's and PyTorch's milliseconds and PyTorch ÷ convkit, per round.
+        ours: [Vec<f64>; 3],
+        torch: [Vec<f64>; 3],
+        speedup: [Vec<f64>; 3],
+    }
+    let mut cases: Vec<Case> = shapes
+        .iter()
+        .map(|s| {
+            let g = s.geometry().expect("suite shapes are valid");
+            Case {
+                name: s.name,
+                g,
+                data: Data {
+                    x: sample_data(g.input_len(), 1),
+                    w: sample_data(g.weight_len(), 2),
+                    b: sample_data(g.c_out, 3),
+                    dy: sample_data(g.output_len(), 4),
+                    y: vec![0.0; g.output_len()],
+                    gx: vec![0.0; g.input_len()],
+                    gw: vec![0.0; g.weight_len()],
+                    gb: vec![0.0; g.c_out],
+                },
+                ours: Default::default(),
+                torch: Default::default(),
+                speedup: Default::default(),
+            }
+        })
+        .collect();
+    for round in 0..rounds {
+        for c in &mut cases {
+            for (i, &(op, threads, _)) in TIMINGS.iter().enumerate() {
+                let calls = CALLS[usize::from(op == "bwd")];
+                let mut time_ours = || {
+                    std::thread::sleep(SETTLE);
+                    ours(&pools[threads - 1], op, &c.g, &mut c.data, calls)
+                };
+                let mut time_torch = || {
+                    std::thread::sleep(SETTLE);
+                    torch[threads - 1]
+                        .time(op, &c.g, calls)
+                        .unwrap_or_else(|e| panic!("versus/{}: {e}", c.name))
+                };
+                let (a, b) = if round % 2 == 0 {
+                    let a = time_ours();
+                    (a, time_torch())
+                } else {
+                    let b = time_torch();
+                    (time_ours(), b)
+                };
+                c.ours[i].push(a);
+                c.torch[i].push(b);
+                c.speedup[i].push(b / a);
+            }
+        }
+        println!("versus: round {} of {rounds} done", round + 1);
+    }
+    println!(
+        "{:<12} {:>22} {:>22} {:>22}",
+        "shape", "fwd 1t ours/torch ms", "fwd 2t ours/torch ms", "bwd 1t ours/torch ms"
+    );
+    let mut json =
+        format!("{{\"rounds\": {rounds}, \"torch\": \"{}\", \"shapes\": [", torch[0].version);
+    for (k, c) in cases.iter().enumerate() {
+        let mut line = format!("{:<12}", c.name);
+        let _ = write!(json, "{}{{\"name\": \"{}\"", if k == 0 { "" } else { ", " }, c.name);
+        for (i, &(_, _, key)) in TIMINGS.iter().enumerate() {
+            let (o, t, s) = (
+                median(c.ours[i].clone()),
+                median(c.torch[i].clone()),
+                median(c.speedup[i].clone()),
+            );
+            let _ = write!(line, " {o:>7.3}/{t:>7.3} {s:>5.2}x");
+            let _ = write!(
+                json,
+                ", \"{key}\": {{\"ours_ms\": {o}, \"torch_ms\": {t}, \"speedup\": {s}}}"
+            );
+        }
+        json.push('}');
+        println!("{line}");
+    }
+    json.push_str("]}\n");
+    if let Some(path) = std::env::var_os("CONVKIT_VERSUS_OUT") {
+        std::fs::write(&path, json).expect("could not write CONVKIT_VERSUS_OUT");
+    }
+}
