@@ -205,38 +205,114 @@ fn im2col(g: &ConvGeometry, planes: &[f32], col: &mut Vec<f32>, parallel: bool) 
 
 /// Builds the column matrix of `planes` (`C'` channels of one image) straight into the packed-B
 /// layout of [`sgemm_packed_ab`] (panels of [`NR`] output pixels, each `C'RS` steps of `NR`
-/// floats) and returns it (the front of `buf`). Each channel's `RS` rows are built in a small
-/// cache-resident buffer at the end of `buf` and scattered into the panels from there, so the
-/// large matrix is written once and never re-read for packing.
+/// floats) and returns it (the front of `buf`).
+///
+/// Row `(c, i, j)` of the matrix at output row `y` reads input row `y·sh + i·dh − ph` at
+/// padded columns `x·sw + j·dw` for `x < ow`. The input row is copied once into a small
+/// zero-padded buffer and split into its `sw` phases (phase `q` holds padded columns
+/// `q + sw·k`); every tap `j` of the row is then the contiguous run of `ow` values that starts
+/// at `k = j·dw / sw` of phase `j·dw mod sw`, copied straight into its panels. A strided layer
+/// thus gathers each input row once instead of once per tap, and the large matrix is written
+/// once and never re-read for packing.
 fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let p = g.params;
     let (hw, ohw, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let crs = g.c_in_per_group() * taps;
     let plen = packed_b_len(crs, ohw);
-    buf.resize(plen + taps * ohw, 0.0);
-    let (packed, tmp) = buf.split_at_mut(plen);
+    let (sw, dw, pw) = (p.stride.1, p.dilation.1, p.padding.1);
+    // Padded columns read by a row, and the length of each of its `sw` phases.
+    let span = (g.ow - 1) * sw + (g.kw - 1) * dw + 1;
+    let phase_len = span.div_ceil(sw);
+    buf.resize(plen + span.next_multiple_of(sw) + sw * phase_len, 0.0);
+    let (packed, rest) = buf.split_at_mut(plen);
+    let (padded, phases) = rest.split_at_mut(span.next_multiple_of(sw));
+    // The last panel's lanes past the last pixel must be zero.
+    if !ohw.is_multiple_of(NR) {
+        packed[plen - crs * NR..].fill(0.0);
+    }
+    // Copies `src` (pixels `p0..p0 + src.len()` of row `r`) into the panels.
+    let put = |packed: &mut [f32], r: usize, p0: usize, src: &[f32]| {
+        let mut pix = p0;
+        let mut src = src;
+        while !src.is_empty() {
+            let lane = pix % NR;
+            let n = (NR - lane).min(src.len());
+            let dst = &mut packed[(pix / NR) * crs * NR + r * NR + lane..][..n];
+            for (d, v) in dst.iter_mut().zip(&src[..n]) {
+                *d = *v;
+            }
+            src = &src[n..];
+            pix += n;
+        }
+    };
+    let zeros = [0.0f32; 64];
+    // Input columns `x0..x1` land at padded columns `x0 + pw..x1 + pw` (within `span`).
+    let x0 = pw.min(span);
+    let x1 = (g.w + pw).min(span);
     for (c, plane) in planes.chunks_exact(hw).enumerate() {
-        im2col_plane(g, plane, tmp);
-        for (t, row) in tmp.chunks_exact(ohw).enumerate() {
-            scatter_row(row, c * taps + t, crs, packed);
+        for i in 0..g.kh {
+            let r0 = c * taps + i * g.kw;
+            for y in 0..g.oh {
+                let p0 = y * g.ow;
+                let iy = (y * p.stride.0 + i * p.dilation.0).checked_sub(p.padding.0);
+                let Some(iy) = iy.filter(|&iy| iy < g.h) else {
+                    // The whole row of taps falls into the padding.
+                    for j in 0..g.kw {
+                        for chunk in (0..g.ow).step_by(zeros.len()) {
+                            let n = zeros.len().min(g.ow - chunk);
+                            put(packed, r0 + j, p0 + chunk, &zeros[..n]);
+                        }
+                    }
+                    continue;
+                };
+                let src = &plane[iy * g.w..(iy + 1) * g.w];
+                let row: &[f32] = if sw == 2 {
+                    // Input column `x` is padded column `x + pw`: even columns go to phase
+                    // `pw mod 2` at `x/2 + pw/2`, odd ones to the other phase at
+                    // `x/2 + (pw+1)/2`. Pairs are split straight from the input row (vector
+                    // loads and shuffles), the padding written as zeros around them.
+                    let n = g.w.min(span.saturating_sub(pw));
+                    let (first, second) = phases.split_at_mut(phase_len);
+                    let (ev, od) = if pw % 2 == 0 { (first, second) } else { (second, first) };
+                    let (oe, oo) = (pw / 2, pw.div_ceil(2));
+                    ev[..oe].fill(0.0);
+                    od[..oo].fill(0.0);
+                    for ((e, o), pair) in
+                        ev[oe..].iter_mut().zip(od[oo..].iter_mut()).zip(src[..n].chunks_exact(2))
+                    {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                    if n % 2 == 1 {
+                        ev[oe + n / 2] = src[n - 1];
+                    }
+                    ev[oe + n.div_ceil(2)..].fill(0.0);
+                    od[oo + n / 2..].fill(0.0);
+                    phases
+                } else {
+                    padded[..x0].fill(0.0);
+                    if x1 > x0 {
+                        padded[x0..x1].copy_from_slice(&src[..x1 - x0]);
+                    }
+                    padded[x1.max(x0)..].fill(0.0);
+                    if sw == 1 {
+                        padded
+                    } else {
+                        for (k, v) in padded.iter().enumerate() {
+                            phases[(k % sw) * phase_len + k / sw] = *v;
+                        }
+                        phases
+                    }
+                };
+                for j in 0..g.kw {
+                    let o = j * dw;
+                    let start = (o % sw) * phase_len + o / sw;
+                    put(packed, r0 + j, p0, &row[start..start + g.ow]);
+                }
+            }
         }
     }
     &buf[..plen]
-}
-
-/// Copies row `r` of a `crs`-row column matrix into its place in every panel of `packed`
-/// (zeros past the last pixel).
-fn scatter_row(row: &[f32], r: usize, crs: usize, packed: &mut [f32]) {
-    for (panel, src) in packed.chunks_exact_mut(crs * NR).zip(row.chunks(NR)) {
-        let dst = &mut panel[r * NR..][..NR];
-        if let (Ok(d), Ok(s)) = (<&mut [f32; NR]>::try_from(&mut *dst), <&[f32; NR]>::try_from(src))
-        {
-            // A fixed-size copy, inlined (a slice copy of unknown length calls memcpy).
-            *d = *s;
-        } else {
-            dst[..src.len()].copy_from_slice(src);
-            dst[src.len()..].fill(0.0);
-        }
-    }
 }
 
 /// [`im2col_packed`] for one large image on all threads: the row-major column matrix is built
@@ -734,6 +810,34 @@ mod tests {
             [2, 2, 2, 3],
             Conv2dParams { stride: (3, 2), padding: (1, 3), dilation: (2, 3), groups: 1 },
         );
+    }
+
+    #[test]
+    fn packed_columns_exact_for_every_stride_padding_and_width() {
+        // More than `SMALL_DIM` output channels: the column matrix is built straight into the
+        // GEMM's panels, each input row split into its stride phases. Odd and even widths,
+        // padding of either parity, dilated taps, a tap row wholly in the padding, and output
+        // rows that straddle panels.
+        let p = Conv2dParams::default();
+        for (w, pad, stride, dil) in [
+            (9, 0, 2, 1),
+            (10, 1, 2, 1),
+            (11, 2, 2, 1),
+            (12, 3, 2, 2),
+            (7, 1, 3, 1),
+            (13, 2, 3, 2),
+            (8, 4, 2, 1),
+            (6, 1, 1, 2),
+        ] {
+            let params = Conv2dParams {
+                stride: (stride, stride),
+                padding: (pad, pad),
+                dilation: (dil, dil),
+                groups: 1,
+            };
+            check([2, 3, 7, w], [6, 3, 3, 3], params);
+        }
+        check([1, 2, 5, 37], [8, 2, 1, 3], p.with_stride(2));
     }
 
     #[test]
