@@ -217,6 +217,74 @@ pub fn select(g: &ConvGeometry) -> ConvAlgo {
     ConvAlgo::Im2col
 }
 
+/// Winograd F(m×m, 3x3) tiles of one image of `g`, over its dilation phases (see
+/// [`crate::winograd`]): `Σ ⌈ohᵣ/m⌉ · Σ ⌈owᵣ/m⌉`.
+fn tiles_per_image(g: &ConvGeometry, m: usize) -> usize {
+    let axis = |out: usize, d: usize| -> usize {
+        (0..d.min(out)).map(|r| (out - r).div_ceil(d).div_ceil(m)).sum()
+    };
+    axis(g.oh, g.params.dilation.0) * axis(g.ow, g.params.dilation.1)
+}
+
+/// The automatic choice for `g` when the Winograd filter transform is already done — a layer
+/// that caches it ([`WinogradFilter`](crate::WinogradFilter), as `convkit-nn`'s `Conv2d`
+/// does at inference) runs only the input transform, the products and the output transform.
+///
+/// Without the filter transform to pay for, Winograd wins on smaller planes than [`select`]
+/// allows, and F(4x4) wins wherever it fills a panel of the GEMM. Evidence: 3x3, padding 1,
+/// K = C, 1 thread, milliseconds, fastest of 5 × 10 calls after a warm-up, each shape's three
+/// timings interleaved:
+///
+/// | input `[n, c, h, w]` | prepared F2 | prepared F4 | im2col | [`select`] |
+/// |----------------------|-------------|-------------|--------|------------|
+/// | 1, 512, 3, 3         |  2.08       |  5.09       |  3.19  | im2col     |
+/// | 1, 256, 4, 4         |  0.39       |  0.89       |  0.42  | im2col     |
+/// | 1, 64, 6, 6          |  0.051      |  0.082      |  0.074 | im2col     |
+/// | 1, 512, 7, 7         |  1.73       |  4.02       |  4.65  | im2col     |
+/// | 2, 512, 7, 7         |  3.95       |  9.23       |  9.18  | winograd2  |
+/// | 1, 16, 8, 8          |  0.012      |  0.017      |  0.017 | im2col     |
+/// | 1, 128, 10, 10       |  0.28       |  0.34       |  0.49  | im2col     |
+/// | 1, 64, 12, 12        |  0.135      |  0.122      |  0.176 | winograd2  |
+/// | 8, 64, 6, 6          |  0.399      |  0.363      |  0.855 | winograd2  |
+/// | 4, 64, 12, 12        |  0.477      |  0.420      |  0.679 | winograd2  |
+/// | 1, 256, 14, 14 (vgg) |  1.72       |  1.09       |  3.08  | winograd2  |
+/// | 2, 32, 16, 16        |  0.166      |  0.098      |  0.175 | winograd2  |
+/// | 1, 128, 28, 28       |  1.95       |  1.33       |  2.82  | winograd2  |
+///
+/// The report's `winograd_prepared_t1` group has F(4x4) ahead of F(2x2) on every suite shape
+/// Winograd runs (vgg3x3_14 1.36 against 2.18 ms, dilated 4.80 against 6.18). Hence: on the
+/// shapes where [`select`] would consider Winograd (3x3, stride 1, at least 16 input channels
+/// per group), `Winograd4` when its tiles over the batch fill at least one 16-column panel and
+/// its transform-domain work, `α² · ⌈tiles / 16⌉ · 16`, is below F(2x2)'s; otherwise
+/// `Winograd2`. With fewer than 16 F(4x4) tiles, the products' panels are mostly padding and
+/// each transformed filter plane (2.25x larger than F(2x2)'s) is read for very little work.
+/// Every other shape gets [`select`]'s choice.
+pub fn select_prepared(g: &ConvGeometry) -> ConvAlgo {
+    let p = g.params;
+    let three = g.kh == 3 && g.kw == 3 && p.stride == (1, 1);
+    if three && g.c_in_per_group() >= 16 && select(g) != ConvAlgo::Direct {
+        let nr = crate::gemm::NR;
+        let (t2, t4) = (g.n * tiles_per_image(g, 2), g.n * tiles_per_image(g, 4));
+        let f4 = t4 >= nr && 36 * t4.next_multiple_of(nr) < 16 * t2.next_multiple_of(nr);
+        for algo in [ConvAlgo::Winograd4, ConvAlgo::Winograd2] {
+            if (algo == ConvAlgo::Winograd4) == f4 && supports(algo, g) {
+                return algo;
+            }
+        }
+    }
+    select(g)
+}
+
+/// [`resolve`] for a layer whose Winograd filter transform is cached: `Auto` runs
+/// [`select_prepared`]'s choice (or `CONVKIT_CONV_ALGO`'s, as for [`resolve`]).
+pub fn resolve_prepared(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
+    match (requested, env_algo()) {
+        (ConvAlgo::Auto, Some(forced)) if supports(forced, g) => Ok(forced),
+        (ConvAlgo::Auto, _) => Ok(select_prepared(g)),
+        (algo, _) => resolve_with(algo, None, g),
+    }
+}
+
 /// The algorithm that will run for `requested` on `g`, after `CONVKIT_CONV_ALGO` and
 /// [`select`]; an explicit algorithm that cannot run `g` is an [`ConvError::Unsupported`].
 pub fn resolve(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
@@ -454,6 +522,52 @@ mod tests {
         assert_eq!(parse_env_algo(Some("auto")), Ok(None));
         assert_eq!(parse_env_algo(Some("Naive")), Ok(Some(ConvAlgo::Naive)));
         assert!(parse_env_algo(Some("fast")).is_err());
+    }
+
+    #[test]
+    fn select_prepared_rule() {
+        let p = Conv2dParams::default().with_padding(1);
+        let sq = |n: usize, c: usize, hw: usize| geom([n, c, hw, hw], [c, c, 3, 3], p);
+        let cases = [
+            // The evidence table of `select_prepared`.
+            (sq(1, 512, 3), ConvAlgo::Winograd2),
+            (sq(1, 256, 4), ConvAlgo::Winograd2),
+            (sq(1, 64, 6), ConvAlgo::Winograd2),
+            (sq(1, 512, 7), ConvAlgo::Winograd2),
+            (sq(2, 512, 7), ConvAlgo::Winograd2),
+            (sq(1, 16, 8), ConvAlgo::Winograd2),
+            (sq(1, 128, 10), ConvAlgo::Winograd2),
+            // 9 F(4x4) tiles: under one panel (measured 0.122 against 0.135 ms, a near tie).
+            (sq(1, 64, 12), ConvAlgo::Winograd2),
+            (sq(8, 64, 6), ConvAlgo::Winograd4),
+            (sq(4, 64, 12), ConvAlgo::Winograd4),
+            (sq(1, 256, 14), ConvAlgo::Winograd4),
+            (sq(2, 32, 16), ConvAlgo::Winograd4),
+            (sq(1, 128, 28), ConvAlgo::Winograd4),
+            // Suite shapes: Winograd4 wherever Winograd runs, the rest as `select`.
+            (geom([1, 64, 56, 56], [64, 64, 3, 3], p), ConvAlgo::Winograd4),
+            (
+                geom([8, 64, 28, 28], [64, 64, 3, 3], p.with_padding(2).with_dilation(2)),
+                ConvAlgo::Winograd4,
+            ),
+            (geom([8, 64, 56, 56], [128, 64, 3, 3], p.with_stride(2)), ConvAlgo::Im2col),
+            (geom([8, 128, 28, 28], [128, 1, 3, 3], p.with_groups(128)), ConvAlgo::Direct),
+            (geom([8, 256, 14, 14], [256, 256, 1, 1], Conv2dParams::default()), ConvAlgo::Im2col),
+            // Few input channels: as `select`.
+            (sq(1, 8, 28), ConvAlgo::Im2col),
+        ];
+        for (g, want) in cases {
+            assert_eq!(select_prepared(&g), want, "{:?} {:?}", g.input_dims(), g.params);
+        }
+        // An explicit algorithm is kept; Auto follows the prepared rule.
+        let vgg = sq(1, 256, 14);
+        assert_eq!(resolve_prepared(ConvAlgo::Im2col, &vgg).unwrap(), ConvAlgo::Im2col);
+        if env_algo().is_none() {
+            assert_eq!(resolve_prepared(ConvAlgo::Auto, &vgg).unwrap(), ConvAlgo::Winograd4);
+        }
+        assert!(
+            resolve_prepared(ConvAlgo::Winograd4, &geom([1, 8, 9, 9], [4, 8, 1, 1], p)).is_err()
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub mod suite;
 pub mod tolerance;
 pub mod winograd;
 
-pub use algo::{ConvAlgo, conv2d_backward, conv2d_forward, select, supports};
+pub use algo::{ConvAlgo, conv2d_backward, conv2d_forward, select, select_prepared, supports};
 pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
 pub use direct::{conv2d_direct, conv2d_direct_with, direct_supports};
 pub use direct_backward::{conv2d_backward_direct, conv2d_backward_direct_with};

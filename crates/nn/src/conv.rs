@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use convkit_autograd::{Param, Var};
-use convkit_conv::algo::resolve;
+use convkit_conv::algo::resolve_prepared;
 use convkit_conv::{
     Conv2dParams, ConvAlgo, ConvGeometry, PoolParams, WinogradFilter, WinogradVariant,
     conv2d_winograd_prepared,
@@ -125,13 +125,15 @@ impl Conv2d {
         Ok(filter)
     }
 
-    /// Inference through cached Winograd filters, when the shape resolves to Winograd.
+    /// Inference through cached Winograd filters, when the shape resolves to Winograd with the
+    /// filter transform already paid for ([`resolve_prepared`]: F(4x4) on more shapes, and
+    /// Winograd on smaller planes, than a call that transforms its filters).
     fn forward_cached(&self, x: &Var) -> Result<Option<Var>> {
         let Ok(dims) = <[usize; 4]>::try_from(x.dims()) else { return Ok(None) };
         let wdims = self.weight.dims();
         let Ok(wdims) = <[usize; 4]>::try_from(wdims.as_slice()) else { return Ok(None) };
         let Ok(g) = ConvGeometry::new(dims, wdims, self.cfg.params) else { return Ok(None) };
-        let variant = match resolve(self.cfg.algo, &g) {
+        let variant = match resolve_prepared(self.cfg.algo, &g) {
             Ok(ConvAlgo::Winograd2) => WinogradVariant::F2x2_3x3,
             Ok(ConvAlgo::Winograd4) => WinogradVariant::F4x4_3x3,
             _ => return Ok(None),
@@ -227,6 +229,7 @@ mod tests {
     use super::*;
     use convkit_autograd::Tape;
     use convkit_conv::Tolerance;
+    use convkit_conv::algo::resolve;
 
     #[test]
     fn inference_reuses_winograd_filters_until_the_weight_changes() {
@@ -240,9 +243,16 @@ mod tests {
             resolve(ConvAlgo::Auto, &g).unwrap(),
             ConvAlgo::Winograd2 | ConvAlgo::Winograd4
         ));
+        // With the transform cached, F(4x4) (100 tiles over the batch).
+        if convkit_conv::algo::env_algo().is_none() {
+            assert_eq!(resolve_prepared(ConvAlgo::Auto, &g).unwrap(), ConvAlgo::Winograd4);
+        }
 
         let eval = conv.forward(&Var::constant(x.clone())).unwrap();
         let first = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
+        if convkit_conv::algo::env_algo().is_none() {
+            assert_eq!(first.variant(), WinogradVariant::F4x4_3x3);
+        }
         let again = conv.forward(&Var::constant(x.clone())).unwrap();
         let second = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
         assert!(Arc::ptr_eq(&first, &second), "the cached transform is reused");
