@@ -234,7 +234,8 @@ pub fn ratios_section(ratios: &Value) -> String {
         md,
         "`Auto` only. In each of {rounds} rounds every shape's forward on 1 thread, backward on 1 \
          thread and forward on 2 threads are timed back to back (each the minimum of a few \
-         calls), and the ratios are taken within the round: the tables above time each group \
+         calls after 40 ms of untimed ones, so that a thread pool that sat idle has settled), \
+         and the ratios are taken within the round: the tables above time each group \
          minutes apart, and this machine's speed drifts by tens of percent over minutes. \
          Medians over the rounds (`cargo bench -p convkit-conv --bench ratios`). Targets: \
          backward ≤ 2.5x forward; 2 threads ≥ 1.7x 1 thread on the large shapes.\n"
