@@ -266,10 +266,9 @@ pub fn select_prepared(g: &ConvGeometry) -> ConvAlgo {
         let nr = crate::gemm::NR;
         let (t2, t4) = (g.n * tiles_per_image(g, 2), g.n * tiles_per_image(g, 4));
         let f4 = t4 >= nr && 36 * t4.next_multiple_of(nr) < 16 * t2.next_multiple_of(nr);
-        for algo in [ConvAlgo::Winograd4, ConvAlgo::Winograd2] {
-            if (algo == ConvAlgo::Winograd4) == f4 && supports(algo, g) {
-                return algo;
-            }
+        let algo = if f4 { ConvAlgo::Winograd4 } else { ConvAlgo::Winograd2 };
+        if supports(algo, g) {
+            return algo;
         }
     }
     select(g)
@@ -278,11 +277,7 @@ pub fn select_prepared(g: &ConvGeometry) -> ConvAlgo {
 /// [`resolve`] for a layer whose Winograd filter transform is cached: `Auto` runs
 /// [`select_prepared`]'s choice (or `CONVKIT_CONV_ALGO`'s, as for [`resolve`]).
 pub fn resolve_prepared(requested: ConvAlgo, g: &ConvGeometry) -> Result<ConvAlgo> {
-    match (requested, env_algo()) {
-        (ConvAlgo::Auto, Some(forced)) if supports(forced, g) => Ok(forced),
-        (ConvAlgo::Auto, _) => Ok(select_prepared(g)),
-        (algo, _) => resolve_with(algo, None, g),
-    }
+    resolve_by(requested, env_algo(), g, select_prepared)
 }
 
 /// The algorithm that will run for `requested` on `g`, after `CONVKIT_CONV_ALGO` and
@@ -297,10 +292,21 @@ pub fn resolve_with(
     env: Option<ConvAlgo>,
     g: &ConvGeometry,
 ) -> Result<ConvAlgo> {
+    resolve_by(requested, env, g, select)
+}
+
+/// `requested` itself when it can run `g`; for `Auto`, the forced `env` algorithm when it can,
+/// otherwise `auto`'s choice.
+fn resolve_by(
+    requested: ConvAlgo,
+    env: Option<ConvAlgo>,
+    g: &ConvGeometry,
+    auto: fn(&ConvGeometry) -> ConvAlgo,
+) -> Result<ConvAlgo> {
     match requested {
         ConvAlgo::Auto => Ok(match env {
             Some(forced) if supports(forced, g) => forced,
-            _ => select(g),
+            _ => auto(g),
         }),
         algo if supports(algo, g) => Ok(algo),
         algo => Err(unsupported(algo, g)),
