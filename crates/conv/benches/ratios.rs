@@ -22,8 +22,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use convkit_conv::suite::{SHAPES, median, min_ms_after_warm_up, sample_data};
-use convkit_conv::{ConvAlgo, conv2d_backward, conv2d_forward};
+use convkit_conv::suite::{median, min_ms_after_warm_up};
+
+mod common;
+use common::Operands;
 
 /// How long each timing first runs its calls untimed: a pool whose workers slept through the
 /// other timings takes this long to reach its steady speed (see the module docs).
@@ -35,57 +37,23 @@ fn min_ms(calls: usize, f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench` (and criterion's options to every target); the first
-    // argument that is not an option is the filter.
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let quick = std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1")
-        || std::env::args().any(|a| a == "--quick");
-    let rounds = if quick { 3 } else { 15 };
-    let shapes: Vec<_> = SHAPES
-        .iter()
-        .filter(|s| {
-            filter.as_ref().is_none_or(|f| format!("ratios/{}", s.name).contains(f.as_str()))
-        })
-        .collect();
+    let (shapes, quick) = common::selection("ratios");
     if shapes.is_empty() {
         return;
     }
-    let pool = |n: usize| {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon thread pool")
-    };
-    let (one, two) = (pool(1), pool(2));
+    let rounds = if quick { 3 } else { 15 };
+    let (one, two) = (common::pool(1), common::pool(2));
     struct Case {
-        name: &'static str,
-        g: convkit_conv::ConvGeometry,
-        x: Vec<f32>,
-        w: Vec<f32>,
-        b: Vec<f32>,
-        dy: Vec<f32>,
-        y: Vec<f32>,
-        gx: Vec<f32>,
-        gw: Vec<f32>,
-        gb: Vec<f32>,
+        op: Operands,
         times: [Vec<f64>; 3],
         ratios: [Vec<f64>; 2],
     }
     let mut cases: Vec<Case> = shapes
         .iter()
-        .map(|s| {
-            let g = s.geometry().expect("suite shapes are valid");
-            Case {
-                name: s.name,
-                g,
-                x: sample_data(g.input_len(), 1),
-                w: sample_data(g.weight_len(), 2),
-                b: sample_data(g.c_out, 3),
-                dy: sample_data(g.output_len(), 4),
-                y: vec![0.0; g.output_len()],
-                gx: vec![0.0; g.input_len()],
-                gw: vec![0.0; g.weight_len()],
-                gb: vec![0.0; g.c_out],
-                times: Default::default(),
-                ratios: Default::default(),
-            }
+        .map(|s| Case {
+            op: Operands::new(s),
+            times: Default::default(),
+            ratios: Default::default(),
         })
         .collect();
     println!(
@@ -95,18 +63,10 @@ fn main() {
     // Round 0 warms up (buffers, thread pools) and is not recorded.
     for round in 0..=rounds {
         for c in &mut cases {
-            let Case { g, x, w, b, dy, y, gx, gw, gb, .. } = c;
-            let mut fwd = || {
-                conv2d_forward(g, x, w, Some(b), y, ConvAlgo::Auto).expect("forward");
-            };
-            let f1 = one.install(|| min_ms(10, &mut fwd));
-            let b1 = one.install(|| {
-                min_ms(5, || {
-                    conv2d_backward(g, x, w, dy, Some(gx), Some(gw), Some(gb), ConvAlgo::Auto)
-                        .expect("backward");
-                })
-            });
-            let f2 = two.install(|| min_ms(10, &mut fwd));
+            let op = &mut c.op;
+            let f1 = one.install(|| min_ms(10, || op.forward()));
+            let b1 = one.install(|| min_ms(5, || op.backward()));
+            let f2 = two.install(|| min_ms(10, || op.forward()));
             if round > 0 {
                 for (t, v) in c.times.iter_mut().zip([f1, b1, f2]) {
                     t.push(v);
@@ -124,13 +84,13 @@ fn main() {
     for (i, c) in cases.iter().enumerate() {
         let [f1, b1, f2] = c.times.clone().map(median);
         let [bf, scale] = c.ratios.clone().map(median);
-        println!("{:<12} {f1:>10.3} {b1:>10.3} {f2:>10.3} {bf:>9.2} {scale:>9.2}", c.name);
+        println!("{:<12} {f1:>10.3} {b1:>10.3} {f2:>10.3} {bf:>9.2} {scale:>9.2}", c.op.name);
         let _ = write!(
             json,
             "{}{{\"name\": \"{}\", \"fwd_t1_ms\": {f1}, \"bwd_t1_ms\": {b1}, \"fwd_t2_ms\": {f2}, \
              \"bwd_over_fwd\": {bf}, \"t1_over_t2\": {scale}}}",
             if i == 0 { "" } else { ", " },
-            c.name
+            c.op.name
         );
     }
     json.push_str("]}\n");

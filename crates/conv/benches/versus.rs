@@ -27,8 +27,11 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use convkit_conv::suite::{SHAPES, median, min_ms_after_warm_up, sample_data};
-use convkit_conv::{ConvAlgo, ConvGeometry, conv2d_backward, conv2d_forward};
+use convkit_conv::ConvGeometry;
+use convkit_conv::suite::{median, min_ms_after_warm_up};
+
+mod common;
+use common::Operands;
 
 /// Untimed calls before each timing, on both sides.
 const WARM_UP: Duration = Duration::from_millis(40);
@@ -119,31 +122,17 @@ impl Drop for Torch {
     }
 }
 
-/// convkit's fastest of `calls` calls of `op` on `g` on `pool`, in milliseconds.
-fn ours(pool: &rayon::ThreadPool, op: &str, g: &ConvGeometry, d: &mut Data, calls: usize) -> f64 {
-    let Data { x, w, b, dy, y, gx, gw, gb } = d;
+/// convkit's fastest of `calls` calls of `op` (`fwd` or `bwd`) on `pool`, in milliseconds.
+fn ours(pool: &rayon::ThreadPool, op: &str, d: &mut Operands, calls: usize) -> f64 {
     pool.install(|| {
-        min_ms_after_warm_up(calls, WARM_UP, || {
-            if op == "fwd" {
-                conv2d_forward(g, x, w, Some(b), y, ConvAlgo::Auto).expect("forward");
-            } else {
-                conv2d_backward(g, x, w, dy, Some(gx), Some(gw), Some(gb), ConvAlgo::Auto)
-                    .expect("backward");
-            }
-        })
+        min_ms_after_warm_up(
+            calls,
+            WARM_UP,
+            || {
+                if op == "fwd" { d.forward() } else { d.backward() }
+            },
+        )
     })
-}
-
-/// A shape's operands and result buffers.
-struct Data {
-    x: Vec<f32>,
-    w: Vec<f32>,
-    b: Vec<f32>,
-    dy: Vec<f32>,
-    y: Vec<f32>,
-    gx: Vec<f32>,
-    gw: Vec<f32>,
-    gb: Vec<f32>,
 }
 
 fn main() {
@@ -151,34 +140,21 @@ fn main() {
         println!("versus: skipped (set CONVKIT_VERSUS_PYTHON to a Python that imports torch)");
         return;
     };
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let quick = std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1")
-        || std::env::args().any(|a| a == "--quick");
-    let rounds = if quick { 3 } else { 9 };
-    let shapes: Vec<_> = SHAPES
-        .iter()
-        .filter(|s| {
-            filter.as_ref().is_none_or(|f| format!("versus/{}", s.name).contains(f.as_str()))
-        })
-        .collect();
+    let (shapes, quick) = common::selection("versus");
     if shapes.is_empty() {
         return;
     }
+    let rounds = if quick { 3 } else { 9 };
     let spawn = |t| Torch::spawn(&python, t).unwrap_or_else(|e| panic!("versus: {e}"));
     let mut torch = [spawn(1), spawn(2)];
-    let pool = |n: usize| {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon thread pool")
-    };
-    let pools = [pool(1), pool(2)];
+    let pools = [common::pool(1), common::pool(2)];
     println!(
         "versus: {rounds} rounds over {} shapes, convkit Auto against PyTorch {}",
         shapes.len(),
         torch[0].version
     );
     struct Case {
-        name: &'static str,
-        g: ConvGeometry,
-        data: Data,
+        op: Operands,
         /// Per timing: convkit's and PyTorch's milliseconds and PyTorch ÷ convkit, per round.
         ours: [Vec<f64>; 3],
         torch: [Vec<f64>; 3],
@@ -186,40 +162,27 @@ fn main() {
     }
     let mut cases: Vec<Case> = shapes
         .iter()
-        .map(|s| {
-            let g = s.geometry().expect("suite shapes are valid");
-            Case {
-                name: s.name,
-                g,
-                data: Data {
-                    x: sample_data(g.input_len(), 1),
-                    w: sample_data(g.weight_len(), 2),
-                    b: sample_data(g.c_out, 3),
-                    dy: sample_data(g.output_len(), 4),
-                    y: vec![0.0; g.output_len()],
-                    gx: vec![0.0; g.input_len()],
-                    gw: vec![0.0; g.weight_len()],
-                    gb: vec![0.0; g.c_out],
-                },
-                ours: Default::default(),
-                torch: Default::default(),
-                speedup: Default::default(),
-            }
+        .map(|s| Case {
+            op: Operands::new(s),
+            ours: Default::default(),
+            torch: Default::default(),
+            speedup: Default::default(),
         })
         .collect();
     for round in 0..rounds {
         for c in &mut cases {
             for (i, &(op, threads, _)) in TIMINGS.iter().enumerate() {
                 let calls = CALLS[usize::from(op == "bwd")];
+                let (g, name) = (c.op.g, c.op.name);
                 let mut time_ours = || {
                     std::thread::sleep(SETTLE);
-                    ours(&pools[threads - 1], op, &c.g, &mut c.data, calls)
+                    ours(&pools[threads - 1], op, &mut c.op, calls)
                 };
                 let mut time_torch = || {
                     std::thread::sleep(SETTLE);
                     torch[threads - 1]
-                        .time(op, &c.g, calls)
-                        .unwrap_or_else(|e| panic!("versus/{}: {e}", c.name))
+                        .time(op, &g, calls)
+                        .unwrap_or_else(|e| panic!("versus/{name}: {e}"))
                 };
                 let (a, b) = if round % 2 == 0 {
                     let a = time_ours();
@@ -242,8 +205,8 @@ fn main() {
     let mut json =
         format!("{{\"rounds\": {rounds}, \"torch\": \"{}\", \"shapes\": [", torch[0].version);
     for (k, c) in cases.iter().enumerate() {
-        let mut line = format!("{:<12}", c.name);
-        let _ = write!(json, "{}{{\"name\": \"{}\"", if k == 0 { "" } else { ", " }, c.name);
+        let mut line = format!("{:<12}", c.op.name);
+        let _ = write!(json, "{}{{\"name\": \"{}\"", if k == 0 { "" } else { ", " }, c.op.name);
         for (i, &(_, _, key)) in TIMINGS.iter().enumerate() {
             let (o, t, s) = (
                 median(c.ours[i].clone()),

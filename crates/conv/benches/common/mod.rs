@@ -1,0 +1,71 @@
+//! What the interleaved benches (`ratios.rs`, `versus.rs`) share: the shapes a run selects
+//! and each shape's operands.
+
+use convkit_conv::suite::{SHAPES, SuiteShape, sample_data};
+use convkit_conv::{ConvAlgo, ConvGeometry, conv2d_backward, conv2d_forward};
+
+/// The suite shapes whose id `<bench>/<shape>` contains the command line's filter (its first
+/// argument that is not an option: `cargo bench` passes `--bench`, and criterion's options,
+/// to every target), and whether to run quick (`CONVKIT_BENCH_QUICK=1` or `--quick`).
+pub fn selection(bench: &str) -> (Vec<&'static SuiteShape>, bool) {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let quick = std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1")
+        || std::env::args().any(|a| a == "--quick");
+    let shapes = SHAPES
+        .iter()
+        .filter(|s| {
+            filter.as_ref().is_none_or(|f| format!("{bench}/{}", s.name).contains(f.as_str()))
+        })
+        .collect();
+    (shapes, quick)
+}
+
+/// A rayon pool of `n` threads.
+pub fn pool(n: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon thread pool")
+}
+
+/// One shape's geometry, seeded operands and result buffers, for timing `Auto` on it.
+pub struct Operands {
+    pub name: &'static str,
+    pub g: ConvGeometry,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+    y: Vec<f32>,
+    gx: Vec<f32>,
+    gw: Vec<f32>,
+    gb: Vec<f32>,
+}
+
+impl Operands {
+    pub fn new(s: &SuiteShape) -> Operands {
+        let g = s.geometry().expect("suite shapes are valid");
+        Operands {
+            name: s.name,
+            g,
+            x: sample_data(g.input_len(), 1),
+            w: sample_data(g.weight_len(), 2),
+            b: sample_data(g.c_out, 3),
+            dy: sample_data(g.output_len(), 4),
+            y: vec![0.0; g.output_len()],
+            gx: vec![0.0; g.input_len()],
+            gw: vec![0.0; g.weight_len()],
+            gb: vec![0.0; g.c_out],
+        }
+    }
+
+    /// One `Auto` forward call.
+    pub fn forward(&mut self) {
+        let Operands { g, x, w, b, y, .. } = self;
+        conv2d_forward(g, x, w, Some(b), y, ConvAlgo::Auto).expect("forward");
+    }
+
+    /// One `Auto` backward call: input, weight and bias gradients.
+    pub fn backward(&mut self) {
+        let Operands { g, x, w, dy, gx, gw, gb, .. } = self;
+        conv2d_backward(g, x, w, dy, Some(gx), Some(gw), Some(gb), ConvAlgo::Auto)
+            .expect("backward");
+    }
+}
