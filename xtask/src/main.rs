@@ -305,18 +305,19 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             command: format!("cargo xtask bench {}", args.join(" ")).trim_end().to_owned(),
             quick,
             threads: bench_threads(),
-            ratios: std::fs::read_to_string(&ratios_path)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok()),
-            versus: std::fs::read_to_string(&versus_path)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok()),
+            ratios: read_json(&ratios_path),
+            versus: read_json(&versus_path),
         };
         let (md, svg) = report::write(&root().join("docs"), &records, &peers, &ctx)?;
         println!("\nwrote {} and {} ({} benchmarks)", md.display(), svg.display(), records.len());
     }
     println!("bench finished in {:.0} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON a bench wrote to `path`, if it ran and wrote valid JSON.
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok())
 }
 
 /// The environment variable `cargo xtask bench --quick` sets for the criterion benches.
