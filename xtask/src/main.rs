@@ -189,13 +189,51 @@ fn test_all(args: &[String]) -> Result<ExitCode> {
             failed.push(step.name);
         }
     }
-    let passed = steps.len() - failed.len();
+    if !library_dependencies()? {
+        failed.push("library dependencies");
+    }
+    let passed = steps.len() + 1 - failed.len();
     println!("\ntest-all finished in {:.0} s", start.elapsed().as_secs_f64());
     if !failed.is_empty() {
         println!("failed steps: {}", failed.join(", "));
     }
     println!("test-all: {passed} passed, {} failed", failed.len());
     Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Most crates a program depending on one library crate may compile (normal dependencies,
+/// the crate itself included): the tools' weight belongs in `convkit-cli`.
+const LIBRARY_CRATE_LIMIT: usize = 60;
+
+/// Counts the distinct crates `cargo tree -e normal` lists for each library crate and fails
+/// when one exceeds [`LIBRARY_CRATE_LIMIT`].
+fn library_dependencies() -> Result<bool> {
+    println!(
+        "\n==> [library dependencies] cargo tree -e normal, at most {LIBRARY_CRATE_LIMIT} crates"
+    );
+    let mut ok = true;
+    for krate in
+        ["convkit-tensor", "convkit-conv", "convkit-autograd", "convkit-nn", "convkit-models"]
+    {
+        let out = cargo_command()
+            .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none"])
+            .current_dir(root())
+            .output()
+            .context("could not start cargo tree")?;
+        if !out.status.success() {
+            println!("cargo tree -p {krate} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            ok = false;
+            continue;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let crates: std::collections::BTreeSet<&str> =
+            text.lines().map(|l| l.trim_end_matches(" (*)")).filter(|l| !l.is_empty()).collect();
+        let within = crates.len() <= LIBRARY_CRATE_LIMIT;
+        println!("    {krate}: {} crates{}", crates.len(), if within { "" } else { "  TOO MANY" });
+        ok &= within;
+    }
+    println!("<== [library dependencies] {}", if ok { "ok" } else { "FAILED" });
+    Ok(ok)
 }
 
 fn bench(args: &[String]) -> Result<ExitCode> {
@@ -523,7 +561,7 @@ fn ensure_data(args: &[String]) -> Result<()> {
     println!("train: {dataset} not found; downloading it into data/{dataset}/");
     run_cmd(
         cargo_command()
-            .args(["run", "--release", "-p", "convkit-models", "--bin", "lenet", "--", "fetch"])
+            .args(["run", "--release", "-p", "convkit-cli", "--bin", "lenet", "--", "fetch"])
             .arg(&dataset)
             .current_dir(root()),
     )
@@ -550,7 +588,7 @@ fn train(args: &[String]) -> Result<ExitCode> {
         }
     };
     let mut cmd = cargo_command();
-    cmd.args(["run", "--release", "-p", "convkit-models", "--bin", "lenet", "--", "train"])
+    cmd.args(["run", "--release", "-p", "convkit-cli", "--bin", "lenet", "--", "train"])
         .args(TRAIN_DEFAULTS)
         .arg("--out")
         .arg(&out)
@@ -560,7 +598,7 @@ fn train(args: &[String]) -> Result<ExitCode> {
     let out = if out.is_absolute() { out } else { root().join(out) };
     println!("\ntrain: the checkpoint is {}", out.display());
     println!(
-        "train: evaluate it with `cargo run --release -p convkit-models --bin lenet -- eval --weights {}`",
+        "train: evaluate it with `cargo run --release -p convkit-cli --bin lenet -- eval --weights {}`",
         out.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -46,3 +46,8 @@ pub mod tape;
 pub use check::{GradCheck, GradMismatch, check_gradients};
 pub use error::{AutogradError, Result};
 pub use tape::{BackwardFn, Gradients, Param, Tape, Var};
+
+/// This crate's README, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

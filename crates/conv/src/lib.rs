@@ -119,3 +119,8 @@ pub use winograd::{
     WinogradFilter, WinogradVariant, conv2d_input_grad_winograd, conv2d_weight_grad_winograd,
     conv2d_winograd, conv2d_winograd_prepared, conv2d_winograd_with, winograd_supports,
 };
+
+/// This crate's README, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

@@ -11,7 +11,7 @@
 //! per epoch from `Rng::new(seed)` split `epoch` times, so epoch `e` of a resumed run shuffles
 //! exactly as epoch `e` of an uninterrupted one.
 
-use convkit_nn::checkpoint::Metadata;
+use convkit_nn::checkpoint::{self, Metadata};
 use convkit_tensor::{Rng, Tensor};
 
 use crate::error::{DataError, Result, invalid};
@@ -57,10 +57,11 @@ impl Normalization {
         (f32::from(pixel) / 255.0 - self.mean) / self.std
     }
 
-    /// Writes `norm.mean` and `norm.std` (exact decimal forms of the `f32`s).
+    /// Writes `norm.mean` and `norm.std` as decimals that read back exactly
+    /// ([`checkpoint::format_f32`]).
     pub fn to_metadata(&self, meta: &mut Metadata) {
-        meta.insert("norm.mean".into(), self.mean.to_string());
-        meta.insert("norm.std".into(), self.std.to_string());
+        meta.insert("norm.mean".into(), checkpoint::format_f32(self.mean));
+        meta.insert("norm.std".into(), checkpoint::format_f32(self.std));
     }
 
     /// Reads the constants written by [`Normalization::to_metadata`]; the default when
@@ -69,7 +70,7 @@ impl Normalization {
         let get = |key: &str, default: f32| -> Result<f32> {
             match meta.get(key) {
                 None => Ok(default),
-                Some(v) => v.parse::<f32>().map_err(|_| {
+                Some(v) => checkpoint::parse_f32(v).ok_or_else(|| {
                     invalid("checkpoint metadata", format!("{key} = {v:?} is not a number"))
                 }),
             }

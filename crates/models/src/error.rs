@@ -103,11 +103,11 @@ pub enum DataError {
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// An [`DataError::Io`] for `path`.
-pub(crate) fn io_err(path: impl Into<PathBuf>, e: &std::io::Error) -> DataError {
+pub fn io_err(path: impl Into<PathBuf>, e: &std::io::Error) -> DataError {
     DataError::Io { path: path.into(), msg: e.to_string() }
 }
 
 /// An [`DataError::Invalid`].
-pub(crate) fn invalid(what: &'static str, msg: impl Into<String>) -> DataError {
+pub fn invalid(what: &'static str, msg: impl Into<String>) -> DataError {
     DataError::Invalid { what, msg: msg.into() }
 }

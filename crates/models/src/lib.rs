@@ -1,19 +1,20 @@
-//! # convkit-models — LeNet-5, MNIST-format datasets and the `lenet` tool
+//! # convkit-models — LeNet-5 and MNIST-format datasets
 //!
 //! The model most users come for, trained end to end on the CPU: [`LeNet5`] as in the
 //! original write-up with ReLU and average pooling (conv 6@5x5 → ReLU → avg-pool → conv
 //! 16@5x5 → ReLU → avg-pool → 120 → 84 → 10, 61,706 parameters, PyTorch `state_dict` names),
-//! the MNIST / Fashion-MNIST IDX files it learns from, a training loop whose runs resume bit
-//! for bit, and the `lenet` command-line tool (`train`, `eval`, `predict`, `info`, `fetch`,
-//! `visualize`, `serve`).
+//! the MNIST / Fashion-MNIST IDX files it learns from, and a training loop whose runs resume bit
+//! for bit. The `lenet` command-line tool built on it (`train`, `eval`, `predict`, `info`,
+//! `fetch`, `visualize`, `serve`) lives in `convkit-cli`, so that this library carries no
+//! tool weight: no argument parser, progress bars, HTTP or plotting.
 //!
 //! ## Layout
 //! - [`idx`]: IDX image and label files, raw or gzip, validated before allocating.
 //! - [`data`]: preprocessing (pad 28→32, `/255`, `(x − mean)/std` with [`Normalization`],
 //!   MNIST's 0.1307/0.3081 by default), [`Dataset`], seeded per-epoch shuffling, batches.
 //! - [`fetch`]: where the data is ([`fetch::locate`]: `--data`, `$CONVKIT_DATA`,
-//!   `data/<dataset>/`, Debian's `/usr/share/datasets/fashion-mnist`) and downloads with
-//!   SHA-256 checks ([`fetch::fetch`]).
+//!   `data/<dataset>/`, Debian's `/usr/share/datasets/fashion-mnist`), and each dataset's
+//!   mirrors and checksums (the download itself is `convkit-cli`'s).
 //! - [`infer`]: fused inference (both convolutions with their ReLUs and pools in one pass per
 //!   image, then the dense layers), behind [`LeNet5::logits`].
 //! - [`lenet`]: the model, its layer table (shapes, parameters, FLOPs, conv algorithm), and
@@ -21,10 +22,6 @@
 //! - [`train`]: [`Trainer`] (SGD or Adam, constant or cosine schedule), [`evaluate`].
 //! - [`preprocess`]: pictures of any size → 28x28 the way MNIST was made (crop to the ink,
 //!   scale to 20 pixels, centre by centre of mass).
-//! - [`visualize`]: conv1's filters, feature maps and training curves as images, on a
-//!   blue–white–red colour map.
-//! - [`serve`]: the HTTP server of `lenet serve`: a page to draw on and watch the network,
-//!   and a JSON prediction API.
 //! - [`error`]: [`DataError`], whose messages name the file or argument at fault.
 //!
 //! ## Files
@@ -79,11 +76,14 @@ pub mod idx;
 pub mod infer;
 pub mod lenet;
 pub mod preprocess;
-pub mod serve;
 pub mod train;
-pub mod visualize;
 
 pub use data::{Batch, Dataset, Normalization};
-pub use error::{DataError, Result};
+pub use error::{DataError, Result, invalid, io_err};
 pub use lenet::LeNet5;
 pub use train::{EpochMetrics, Evaluation, TrainConfig, Trainer, evaluate};
+
+/// This crate's README, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

@@ -171,9 +171,9 @@ impl TrainConfig {
 
     fn to_metadata(self, meta: &mut Metadata) {
         meta.insert("train.optimizer".into(), self.optimizer.name().into());
-        meta.insert("train.lr".into(), bits32(self.lr));
-        meta.insert("train.momentum".into(), bits32(self.momentum));
-        meta.insert("train.weight_decay".into(), bits32(self.weight_decay));
+        meta.insert("train.lr".into(), checkpoint::format_f32(self.lr));
+        meta.insert("train.momentum".into(), checkpoint::format_f32(self.momentum));
+        meta.insert("train.weight_decay".into(), checkpoint::format_f32(self.weight_decay));
         meta.insert("train.batch_size".into(), self.batch_size.to_string());
         meta.insert("train.seed".into(), self.seed.to_string());
         meta.insert("train.schedule".into(), self.schedule.name().into());
@@ -196,9 +196,7 @@ impl TrainConfig {
             what: "resume",
             msg: format!("{}: bad metadata {k}", path.display()),
         };
-        let f = |k: &str| -> Result<f32> {
-            u32::from_str_radix(get(k)?, 16).map(f32::from_bits).map_err(|_| bad(k))
-        };
+        let f = |k: &str| -> Result<f32> { checkpoint::parse_f32(get(k)?).ok_or_else(|| bad(k)) };
         let u = |k: &str| -> Result<u64> { get(k)?.parse::<u64>().map_err(|_| bad(k)) };
         Ok(Self {
             epochs: u("train.epochs")? as usize,
@@ -216,10 +214,6 @@ impl TrainConfig {
             },
         })
     }
-}
-
-fn bits32(x: f32) -> String {
-    format!("{:08x}", x.to_bits())
 }
 
 /// The numbers of one epoch.

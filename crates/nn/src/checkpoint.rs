@@ -29,8 +29,9 @@ pub fn state_dict(m: &dyn Module) -> BTreeMap<String, Tensor> {
 }
 
 /// Loads named tensors into a module. With `strict`, every parameter and buffer must be
-/// present and no other key may be; shapes must always match. Either every tensor is loaded
-/// or, on error, none is.
+/// present and no other key may be; shapes must always match, and every value must be finite
+/// (a NaN or infinity is an error naming the tensor, never a model that silently predicts
+/// one class). Either every tensor is loaded or, on error, none is.
 pub fn load_state_dict(
     m: &dyn Module,
     tensors: &BTreeMap<String, Tensor>,
@@ -49,7 +50,14 @@ pub fn load_state_dict(
                 t.dims(),
                 p.dims()
             )),
-            Some(t) => updates.push((p, t.clone())),
+            Some(t) => match t.as_slice().iter().position(|v| !v.is_finite()) {
+                Some(i) => problems.push(format!(
+                    "{name} {:?} holds a non-finite value ({} at flat index {i})",
+                    t.dims(),
+                    t.as_slice()[i]
+                )),
+                None => updates.push((p, t.clone())),
+            },
         }
     }
     if strict {
@@ -92,7 +100,38 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, Tensor>, Metadata)> {
     Ok((tensors, meta.into_iter().collect()))
 }
 
-/// Saves an optimizer's state (buffers as tensors, numbers bit-exactly in the header).
+/// A metadata value for an `f32`: the shortest decimal that reads back to the same bits
+/// (`0.002`, `1e-8`, `inf`; Rust's `Debug` form, which always has a `.` or an `e` when finite).
+pub fn format_f32(x: f32) -> String {
+    format!("{x:?}")
+}
+
+/// A metadata value for an `f64`, as [`format_f32`].
+pub fn format_f64(x: f64) -> String {
+    format!("{x:?}")
+}
+
+/// Reads a metadata `f32` written by [`format_f32`], or by earlier versions as the 8 hex
+/// digits of its bits (`3b03126f`). A value of exactly 8 hex digits is read as bits: no
+/// decimal [`format_f32`] writes has that form.
+pub fn parse_f32(s: &str) -> Option<f32> {
+    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return u32::from_str_radix(s, 16).ok().map(f32::from_bits);
+    }
+    s.parse().ok()
+}
+
+/// Reads a metadata `f64` written by [`format_f64`], or by earlier versions as the 16 hex
+/// digits of its bits.
+pub fn parse_f64(s: &str) -> Option<f64> {
+    if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return u64::from_str_radix(s, 16).ok().map(f64::from_bits);
+    }
+    s.parse().ok()
+}
+
+/// Saves an optimizer's state (buffers as tensors, numbers in the header as decimals that
+/// read back bit for bit).
 pub fn save_optimizer(
     path: impl AsRef<Path>,
     state: &OptimizerState,
@@ -100,7 +139,7 @@ pub fn save_optimizer(
 ) -> Result<()> {
     let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     for (k, v) in &state.scalars {
-        meta.insert(format!("scalar.{k}"), format!("{:016x}", v.to_bits()));
+        meta.insert(format!("scalar.{k}"), format_f64(*v));
     }
     save_safetensors(path.as_ref(), &state.tensors, Some(meta))?;
     Ok(())
@@ -115,11 +154,11 @@ pub fn load_optimizer(path: impl AsRef<Path>) -> Result<(OptimizerState, Metadat
     for (k, v) in meta {
         match k.strip_prefix("scalar.") {
             Some(name) => {
-                let bits = u64::from_str_radix(&v, 16).map_err(|_| NnError::Checkpoint {
+                let x = parse_f64(&v).ok_or_else(|| NnError::Checkpoint {
                     path: path.display().to_string(),
-                    problems: vec![format!("metadata {k} = {v:?} is not a hex f64")],
+                    problems: vec![format!("metadata {k} = {v:?} is not a number")],
                 })?;
-                state.scalars.insert(name.to_owned(), f64::from_bits(bits));
+                state.scalars.insert(name.to_owned(), x);
             }
             None => {
                 rest.insert(k, v);

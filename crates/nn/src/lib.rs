@@ -67,3 +67,8 @@ pub use sched::{Constant, CosineAnnealing, LinearWarmup, LrSchedule, StepLr, The
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// This crate's README, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

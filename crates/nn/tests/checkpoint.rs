@@ -170,3 +170,47 @@ fn pytorch_lenet_fixture_loads_with_expected_names_and_shapes() {
     checkpoint::load(&path, &model, true).unwrap();
     assert_eq!(checkpoint::state_dict(&model), tensors);
 }
+
+#[test]
+fn metadata_floats_are_decimals_that_read_back_bit_for_bit() {
+    let mut rng = Rng::new(3);
+    let mut cases = vec![0.002f32, 0.01, 0.9, 1.0, 0.1307, 1e-8, 3.4e38, -0.0, f32::MIN_POSITIVE];
+    cases
+        .extend((0..2000).map(|_| f32::from_bits(rng.next_u64() as u32)).filter(|x| x.is_finite()));
+    for x in cases {
+        let s = checkpoint::format_f32(x);
+        assert!(!(s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit())), "{s} looks like hex");
+        assert_eq!(checkpoint::parse_f32(&s).map(f32::to_bits), Some(x.to_bits()), "{s}");
+        let d = f64::from(x) * 1.000_000_1;
+        let s = checkpoint::format_f64(d);
+        assert_eq!(checkpoint::parse_f64(&s).map(f64::to_bits), Some(d.to_bits()), "{s}");
+    }
+    assert_eq!(checkpoint::format_f32(0.002), "0.002");
+    // What earlier versions wrote: the bits in hex.
+    assert_eq!(checkpoint::parse_f32("3b03126f"), Some(0.002));
+    assert_eq!(checkpoint::parse_f64(&format!("{:016x}", 0.9f64.to_bits())), Some(0.9));
+    assert_eq!(checkpoint::parse_f32("fast"), None);
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor_and_nothing_changes() {
+    let model = lenet(0);
+    let path = tmp("nan");
+    checkpoint::save(&path, &model, &Metadata::new()).unwrap();
+    let (mut tensors, _) = checkpoint::read(&path).unwrap();
+    let w = &tensors["fc2.weight"];
+    let mut v = w.as_slice().to_vec();
+    v[17] = f32::NAN;
+    tensors.insert("fc2.weight".into(), convkit_tensor::Tensor::from_vec(w.dims(), v).unwrap());
+    let target = lenet(1);
+    let before: Vec<_> = named_params(&target).iter().map(|(_, p)| p.value().clone()).collect();
+    for strict in [true, false] {
+        let e = checkpoint::load_state_dict(&target, &tensors, strict, "x").unwrap_err();
+        let p = problems(e);
+        assert!(p.iter().any(|m| m.contains("fc2.weight") && m.contains("non-finite")), "{p:?}");
+    }
+    let after: Vec<_> = named_params(&target).iter().map(|(_, p)| p.value().clone()).collect();
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!(a.as_slice(), b.as_slice());
+    }
+}

@@ -89,3 +89,8 @@ pub use matmul::{PAR_MIN_FLOPS, gemm, matmul, matmul_t};
 pub use ops::broadcast_shapes;
 pub use rng::Rng;
 pub use tensor::{Tensor, numel, strides};
+
+/// This crate's README, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

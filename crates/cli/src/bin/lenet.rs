@@ -17,18 +17,18 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use convkit_cli::serve::{DEFAULT_ADDR, Predictor, Server};
+use convkit_cli::visualize::{
+    Inspection, MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics,
+    training_curves,
+};
 use convkit_models::data::{Normalization, preprocess};
 use convkit_models::fetch::{self, DATA_ENV, DatasetKind};
 use convkit_models::idx::{IdxSplit, read_idx_images};
 use convkit_models::lenet::{LeNet5, NUM_PARAMS};
 use convkit_models::preprocess::{decode_picture, picture_to_mnist};
-use convkit_models::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_models::train::{
     OptimizerKind, ScheduleKind, TrainConfig, Trainer, evaluate, metrics_path, optimizer_path,
-};
-use convkit_models::visualize::{
-    Inspection, MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics,
-    training_curves,
 };
 use convkit_models::{DataError, Dataset};
 use convkit_nn::checkpoint::Metadata;
@@ -140,10 +140,12 @@ struct TrainArgs {
     /// Train on the first N training images only.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
-    /// Checkpoint path (the optimizer state and metrics go beside it).
-    #[arg(long, default_value = "model.safetensors")]
-    out: PathBuf,
-    /// Continue the run saved in CKPT (recipe, weights, optimizer state and epoch).
+    /// Checkpoint path (the optimizer state and metrics go beside it) [default:
+    /// model.safetensors, or the resumed checkpoint].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in CKPT (recipe, weights, optimizer state and epoch), writing
+    /// to CKPT and appending to its metrics unless --out names another checkpoint.
     #[arg(long, value_name = "CKPT")]
     resume: Option<PathBuf>,
     /// One JSON line per epoch on stdout, no progress bar.
@@ -345,16 +347,32 @@ fn train(a: &TrainArgs) -> Result<()> {
             trainer.epochs_done()
         );
     }
-    let mpath = metrics_path(&a.out);
+    let out = match (&a.out, &a.resume) {
+        (Some(out), _) => out.clone(),
+        (None, Some(resumed)) => resumed.clone(),
+        (None, None) => PathBuf::from("model.safetensors"),
+    };
+    let mpath = metrics_path(&out);
     // The checkpoint, optimizer state and metrics go next to each other: make their folder
     // now, before an epoch's work could be lost to a missing directory.
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
     }
-    if a.resume.is_none() {
-        std::fs::write(&mpath, b"").with_context(|| format!("cannot write {}", mpath.display()))?;
+    match &a.resume {
+        None => std::fs::write(&mpath, b"")
+            .with_context(|| format!("cannot write {}", mpath.display()))?,
+        Some(resumed) => {
+            // Resumed into another checkpoint: its metrics start with the run's history.
+            let old = metrics_path(resumed);
+            if old != mpath && old.is_file() {
+                std::fs::copy(&old, &mpath).with_context(|| {
+                    format!("cannot copy {} to {}", old.display(), mpath.display())
+                })?;
+            }
+        }
     }
+    let first_epoch = trainer.epochs_done();
     let mut extra = Metadata::new();
     extra.insert("dataset".into(), kind.name().into());
     let show_bar = !a.json && std::io::stderr().is_terminal();
@@ -389,18 +407,20 @@ fn train(a: &TrainArgs) -> Result<()> {
         let m = match result {
             Ok(m) => m,
             Err(e @ DataError::NonFiniteLoss { .. }) => {
-                let kept = if trainer.epochs_done() > 0 || a.resume.is_some() {
-                    format!("the last good checkpoint is {}", a.out.display())
-                } else {
-                    "no checkpoint was written".to_owned()
+                let kept = match &a.resume {
+                    _ if trainer.epochs_done() > first_epoch => {
+                        format!("the last good checkpoint is {}", out.display())
+                    }
+                    Some(resumed) => format!("the last good checkpoint is {}", resumed.display()),
+                    None => "no checkpoint was written".to_owned(),
                 };
                 bail!("{e}; {kept}");
             }
             Err(e) => return Err(e.into()),
         };
         trainer
-            .save(&a.out, &extra)
-            .with_context(|| format!("cannot save the checkpoint {}", a.out.display()))?;
+            .save(&out, &extra)
+            .with_context(|| format!("cannot save the checkpoint {}", out.display()))?;
         let line = m.to_json();
         let mut mf = OpenOptions::new()
             .append(true)
@@ -426,8 +446,8 @@ fn train(a: &TrainArgs) -> Result<()> {
     if !a.json {
         println!(
             "checkpoint: {} (optimizer state {}, metrics {})",
-            a.out.display(),
-            optimizer_path(&a.out).display(),
+            out.display(),
+            optimizer_path(&out).display(),
             mpath.display()
         );
     }
@@ -651,7 +671,7 @@ fn fetch_cmd(a: &FetchArgs) -> Result<()> {
         Some(d) => d.clone(),
         None => fetch::cache_dir(&std::env::current_dir().context("no working directory")?, kind),
     };
-    let files = fetch::fetch(kind, &dir, &mut |line| eprintln!("{line}"))?;
+    let files = convkit_cli::download::fetch(kind, &dir, &mut |line| eprintln!("{line}"))?;
     println!("{kind} is in {}", files.train_images.parent().unwrap_or(&dir).display());
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use convkit_models::serve::{Predictor, Server};
+use convkit_cli::serve::{Predictor, Server};
 use serde_json::{Value, json};
 
 const REQUIRE_ENV: &str = "CONVKIT_REQUIRE_BROWSER";
@@ -190,7 +190,7 @@ fn drawing_on_the_page_shows_a_prediction() {
     std::fs::create_dir_all(&out_dir).unwrap();
 
     let weights = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/lenet_fashion_torch.safetensors");
+        .join("../models/tests/fixtures/lenet_fashion_torch.safetensors");
     let server =
         Server::bind("127.0.0.1:0", Predictor::from_checkpoint(&weights, None).unwrap()).unwrap();
     let mut driver = Driver::start(&chromedriver, &out_dir.join("chromedriver.log"));

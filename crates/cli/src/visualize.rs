@@ -17,9 +17,9 @@ use convkit_autograd::Var;
 use convkit_tensor::Tensor;
 use image::{Rgb, RgbImage};
 
-use crate::data::{Normalization, preprocess};
-use crate::error::{DataError, Result, invalid, io_err};
-use crate::lenet::{CLASSES, LeNet5};
+use convkit_models::data::{Normalization, preprocess};
+use convkit_models::lenet::{CLASSES, LeNet5};
+use convkit_models::{DataError, Result, invalid, io_err};
 
 /// The stages whose feature maps are drawn, in order: after each convolution (before its
 /// ReLU, so the sign shows) and after each pooling layer.
@@ -142,7 +142,7 @@ pub fn input_picture(pixels: &[u8], scale: u32) -> Result<RgbImage> {
 /// The outputs of one forward pass over one 28x28 image.
 #[derive(Debug, Clone)]
 pub struct Inspection {
-    /// The output of each stage of [`crate::lenet::STAGES`] (batch of one), in order.
+    /// The output of each stage of [`convkit_models::lenet::STAGES`] (batch of one), in order.
     pub stages: Vec<(&'static str, Tensor)>,
     /// Softmax of the logits, one per class.
     pub probabilities: Vec<f32>,
@@ -155,7 +155,7 @@ impl Inspection {
         let x = preprocess(&[pixels], norm)?;
         let mut stages = Vec::new();
         let logits = model.forward_inspect(&Var::constant(x), &mut |name, v| {
-            if let Some(s) = crate::lenet::STAGES.iter().find(|s| **s == name) {
+            if let Some(s) = convkit_models::lenet::STAGES.iter().find(|s| **s == name) {
                 stages.push((*s, v.value().clone()));
             }
         })?;

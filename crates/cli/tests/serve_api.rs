@@ -8,14 +8,14 @@ use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use convkit_cli::serve::{MAX_BODY, Predictor, Server};
 use convkit_models::data::Normalization;
-use convkit_models::serve::{MAX_BODY, Predictor, Server};
 use convkit_tensor::load_safetensors;
 use image::{GrayImage, ImageFormat, Luma, Rgb, RgbImage};
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(name)
 }
 
 fn start() -> Server {

@@ -17,7 +17,7 @@
 //! - **A picture**, PNG or JPEG (`Content-Type: image/png` or `image/jpeg`), any size up to
 //!   4096 on a side, gray, RGB or RGBA (converted to gray; transparency ignored). A 28x28
 //!   picture is used as is, in MNIST's convention (light object on a dark background). Any
-//!   other size is preprocessed as MNIST was made ([`crate::preprocess`]): inverted if its
+//!   other size is preprocessed as MNIST was made ([`convkit_models::preprocess`]): inverted if its
 //!   border is mostly light, cropped to the ink, scaled to 20 pixels on the larger side, and
 //!   centred by centre of mass in 28x28.
 //! - **JSON pixels** (`Content-Type: application/json`): `{"pixels": P}` or `P` alone, where
@@ -52,12 +52,12 @@ use std::thread::JoinHandle;
 use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::data::{IMAGE_SIZE, Normalization};
-use crate::error::{Result, invalid};
-use crate::fetch::DatasetKind;
-use crate::lenet::{CLASSES, LeNet5};
-use crate::preprocess::{decode_picture, picture_to_mnist};
 use crate::visualize::Inspection;
+use convkit_models::data::{IMAGE_SIZE, Normalization};
+use convkit_models::fetch::DatasetKind;
+use convkit_models::lenet::{CLASSES, LeNet5};
+use convkit_models::preprocess::{decode_picture, picture_to_mnist};
+use convkit_models::{Result, invalid};
 
 /// Largest request body accepted: 1 MiB.
 pub const MAX_BODY: usize = 1 << 20;

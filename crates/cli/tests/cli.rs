@@ -379,3 +379,126 @@ fn no_data_anywhere_names_every_place_and_the_fix() {
     assert!(err.contains("data/mnist") && err.contains("lenet fetch mnist"), "{err}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Rewrites a checkpoint's metadata with `edit`, keeping its tensors.
+fn edit_metadata(path: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, String>)) {
+    let (tensors, meta) = load_safetensors_with_metadata(path).unwrap();
+    let mut meta: std::collections::HashMap<String, String> = meta.into_iter().collect();
+    edit(&mut meta);
+    convkit_tensor::save_safetensors(path, &tensors, Some(meta)).unwrap();
+}
+
+#[test]
+fn resume_writes_in_place_and_appends_to_its_metrics() {
+    let dir = scratch("resume-in-place");
+    write_dataset(&dir, 200, 50);
+    let d = dir.to_str().unwrap();
+    let run = dir.join("run.safetensors");
+    let common = ["--data", d, "--batch-size", "32", "--json", "--optimizer", "adam"];
+    let mut first = vec!["train", "--epochs", "3", "--stop-after", "1", "--out"];
+    first.push(run.to_str().unwrap());
+    first.extend_from_slice(&common);
+    ok(&first, &dir);
+    // Readable metadata: the recipe's floats are decimals.
+    let (_, meta) = load_safetensors_with_metadata(&run).unwrap();
+    assert_eq!(meta["train.lr"], "0.001", "{meta:?}");
+    assert_eq!(meta["norm.mean"], "0.1307", "{meta:?}");
+
+    // Resumed without --out: the same files go on, nothing is written to ./model.safetensors.
+    let mut second = vec!["train", "--stop-after", "1", "--resume", run.to_str().unwrap()];
+    second.extend_from_slice(&common);
+    ok(&second, &dir);
+    assert!(!dir.join("model.safetensors").exists(), "resume wrote ./model.safetensors");
+    let (_, meta) = load_safetensors_with_metadata(&run).unwrap();
+    assert_eq!(meta["train.epochs_done"], "2");
+    let metrics = fs::read_to_string(dir.join("run.metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+    assert!(metrics.lines().nth(1).unwrap().starts_with("{\"epoch\":2,"), "{metrics}");
+
+    // Resumed into another checkpoint: its metrics start with the run's history.
+    let other = dir.join("other.safetensors");
+    let mut third =
+        vec!["train", "--resume", run.to_str().unwrap(), "--out", other.to_str().unwrap()];
+    third.extend_from_slice(&common);
+    ok(&third, &dir);
+    let metrics = fs::read_to_string(dir.join("other.metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    let (_, meta) = load_safetensors_with_metadata(&run).unwrap();
+    assert_eq!(meta["train.epochs_done"], "2", "the resumed checkpoint was changed");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn checkpoints_with_hex_metadata_from_earlier_versions_still_resume() {
+    let dir = scratch("old-metadata");
+    write_dataset(&dir, 200, 50);
+    let d = dir.to_str().unwrap();
+    let new = dir.join("new.safetensors");
+    let old = dir.join("old.safetensors");
+    let common = ["--data", d, "--batch-size", "32", "--json", "--lr", "0.002"];
+    for out in [&new, &old] {
+        let mut a = vec!["train", "--epochs", "2", "--stop-after", "1", "--out"];
+        a.push(out.to_str().unwrap());
+        a.extend_from_slice(&common);
+        ok(&a, &dir);
+    }
+    // The format written before decimals: the 8 hex digits of each f32's bits, and the
+    // optimizer's f64 scalars as 16 hex digits.
+    edit_metadata(&old, |m| {
+        for k in ["train.lr", "train.momentum", "train.weight_decay"] {
+            let v: f32 = m[k].parse().unwrap();
+            m.insert(k.to_owned(), format!("{:08x}", v.to_bits()));
+        }
+    });
+    assert_eq!(load_safetensors_with_metadata(&old).unwrap().1["train.lr"], "3b03126f");
+    let old_opt = dir.join("old.optim.safetensors");
+    edit_metadata(&old_opt, |m| {
+        for (k, v) in m.iter_mut() {
+            if k.starts_with("scalar.") {
+                let x: f64 = v.parse().unwrap();
+                *v = format!("{:016x}", x.to_bits());
+            }
+        }
+    });
+    for out in [&new, &old] {
+        let mut a = vec!["train", "--resume", out.to_str().unwrap()];
+        a.extend_from_slice(&common[..4]);
+        ok(&a, &dir);
+    }
+    let (a, ma) = load_safetensors_with_metadata(&new).unwrap();
+    let (b, mb) = load_safetensors_with_metadata(&old).unwrap();
+    for (k, t) in &a {
+        let same =
+            t.as_slice().iter().zip(b[k].as_slice()).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{k} differs after resuming from hex metadata");
+    }
+    assert_eq!(ma, mb, "the resumed run rewrites its metadata as decimals");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn weights_with_nan_or_infinity_are_refused_naming_the_tensor() {
+    let dir = scratch("nan-weights");
+    write_dataset(&dir, 100, 50);
+    let d = dir.to_str().unwrap();
+    let w = dir.join("w.safetensors");
+    ok(&["train", "--data", d, "--epochs", "1", "--json", "--out", w.to_str().unwrap()], &dir);
+    for (name, bad) in [("fc2.weight", f32::NAN), ("conv1.bias", f32::INFINITY)] {
+        let (mut tensors, meta) = load_safetensors_with_metadata(&w).unwrap();
+        let t = &tensors[name];
+        let mut v = t.as_slice().to_vec();
+        v[3] = bad;
+        let replaced = convkit_tensor::Tensor::from_vec(t.dims(), v).unwrap();
+        tensors.insert(name.to_owned(), replaced);
+        let bad_path = dir.join("bad.safetensors");
+        let meta: std::collections::HashMap<String, String> = meta.into_iter().collect();
+        convkit_tensor::save_safetensors(&bad_path, &tensors, Some(meta)).unwrap();
+        let p = bad_path.to_str().unwrap();
+        fails(&["eval", "--weights", p, "--data", d], &dir, name);
+        fails(&["eval", "--weights", p, "--data", d], &dir, "non-finite");
+        let idx = dir.join("t10k-images-idx3-ubyte");
+        let idx = idx.to_str().unwrap();
+        fails(&["predict", "--weights", p, "--idx", idx, "--index", "0"], &dir, name);
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -7,13 +7,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use convkit_models::visualize::{CURVES_SIZE, feature_grid_size};
+use convkit_cli::visualize::{CURVES_SIZE, feature_grid_size};
 use image::{Rgb, RgbImage};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lenet");
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures").join(name)
 }
 
 fn scratch(name: &str) -> PathBuf {
