@@ -12,7 +12,8 @@
 //!   [`Gradients`], and the reverse pass.
 //! - [`ops`]: the differentiable operations — arithmetic with broadcasting, matmul, linear,
 //!   shape ops, reductions, activations, softmax, cross-entropy, MSE, dropout.
-//! - [`conv`]: conv2d and pooling on top of `convkit-conv`'s kernels.
+//! - [`conv`]: conv2d and pooling on top of `convkit-conv`'s kernels; [`norm`]: batch
+//!   normalization (training and evaluation) on its dedicated kernels.
 //! - [`check`]: [`check_gradients`], the finite-difference checker every op is tested with.
 //!
 //! ## Example: one gradient step on `L = mean((x·wᵀ − y)²)`
@@ -40,11 +41,13 @@
 pub mod check;
 pub mod conv;
 pub mod error;
+pub mod norm;
 pub mod ops;
 pub mod tape;
 
 pub use check::{GradCheck, GradMismatch, check_gradients};
 pub use error::{AutogradError, Result};
+pub use norm::BatchStats;
 pub use tape::{BackwardFn, Gradients, Param, Tape, Var};
 
 /// This crate's README, compiled and run as a doctest so that it stays true.

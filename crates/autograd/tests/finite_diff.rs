@@ -187,3 +187,21 @@ fn the_checker_catches_a_wrong_gradient() {
     assert_eq!((w.analytic, w.input), (1.0, 0));
     assert!((w.numeric - 2.0).abs() < 1e-3, "{w:?}");
 }
+
+#[test]
+fn batch_norm2d_training_and_evaluation() {
+    let mut rng = Rng::new(21);
+    for dims in [[2, 3, 3, 2], [1, 2, 4, 4], [5, 1, 1, 3]] {
+        let x = rand(&dims, &mut rng);
+        let gamma = away_from_zero(&[dims[1]], &mut rng);
+        let beta = rand(&[dims[1]], &mut rng);
+        check("batch_norm2d", &[x.clone(), gamma.clone(), beta.clone()], |v| {
+            Ok(v[0].batch_norm2d(&v[1], &v[2], 1e-5)?.0)
+        });
+        let mean = rand(&[dims[1]], &mut rng);
+        let var = Tensor::rand_uniform(&[dims[1]], 0.5, 2.0, &mut rng).unwrap();
+        check("batch_norm2d_eval", &[x, gamma, beta], |v| {
+            v[0].batch_norm2d_eval(&v[1], &v[2], &mean, &var, 1e-5)
+        });
+    }
+}

@@ -29,6 +29,7 @@
 //! | [`direct_backward`] | SIMD direct input/weight/bias gradients (small channel counts) |
 //! | [`algo`]    | [`ConvAlgo`], the [`select`] rule, [`supports`], dispatch            |
 //! | [`pool`]    | max / average pooling forward and backward ([`PoolParams`])          |
+//! | [`batchnorm`] | batch normalization: channel statistics, affine pass, backward   |
 //! | [`api`]     | the same operations on [`Tensor`](convkit_tensor::Tensor)s           |
 //! | [`tolerance`] | the tolerance of each algorithm against the reference             |
 //! | [`suite`]   | the benchmark shape suite                                            |
@@ -91,6 +92,7 @@
 
 pub mod algo;
 pub mod api;
+pub mod batchnorm;
 pub mod direct;
 pub mod direct_backward;
 pub mod error;

@@ -83,42 +83,34 @@ impl Module for BatchNorm2d {
         let gamma = bind(&self.weight, x);
         let beta = bind(&self.bias, x);
         if !self.training {
-            let stat =
-                |p: &Param| -> Result<Var> { Ok(Var::constant(p.value().reshape(&[1, c, 1, 1])?)) };
-            let std = stat(&self.running_var)?.add_scalar(self.cfg.eps).sqrt();
-            let y = x.sub(&stat(&self.running_mean)?)?.div(&std)?;
-            return Ok(y
-                .mul(&gamma.reshape(&[1, c, 1, 1])?)?
-                .add(&beta.reshape(&[1, c, 1, 1])?)?);
+            return Ok(x.batch_norm2d_eval(
+                &gamma,
+                &beta,
+                &self.running_mean.value(),
+                &self.running_var.value(),
+                self.cfg.eps,
+            )?);
         }
-        let count = n * h * w;
-        if count < 2 {
+        if n * h * w < 2 {
             return Err(NnError::Input {
                 layer: "BatchNorm2d",
                 got: x.dims().to_vec(),
                 msg: "training needs more than one value per channel".into(),
             });
         }
-        // Channels first, everything else flattened: statistics are row reductions.
-        let xt = x.permute(&[1, 0, 2, 3])?.reshape(&[c, count])?;
-        let mean = xt.mean_axis(1, true)?;
-        let centered = xt.sub(&mean)?;
-        let var = centered.mul(&centered)?.mean_axis(1, true)?;
-        let normed = centered.div(&var.add_scalar(self.cfg.eps).sqrt())?;
-        let y = normed.mul(&gamma.reshape(&[c, 1])?)?.add(&beta.reshape(&[c, 1])?)?;
+        let (y, stats) = x.batch_norm2d(&gamma, &beta, self.cfg.eps)?;
         let m = self.cfg.momentum;
-        let unbias = count as f32 / (count - 1) as f32;
+        let unbias = stats.count as f32 / (stats.count - 1) as f32;
         for (running, batch, scale) in
-            [(&self.running_mean, mean.value(), 1.0), (&self.running_var, var.value(), unbias)]
+            [(&self.running_mean, &stats.mean, 1.0), (&self.running_var, &stats.var, unbias)]
         {
-            let batch = batch.reshape(&[c])?;
             running.update(|r, _| -> Result<()> {
                 r.map_inplace(|v| v * (1.0 - m));
-                r.axpy(m * scale, &batch)?;
+                r.axpy(m * scale, batch)?;
                 Ok(())
             })?;
         }
-        Ok(y.reshape(&[c, n, h, w])?.permute(&[1, 0, 2, 3])?)
+        Ok(y)
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {

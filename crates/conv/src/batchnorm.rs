@@ -1,0 +1,520 @@
+//! Batch normalization over the channels of NCHW activations: the kernels behind
+//! `BatchNorm2d`, on plain slices.
+//!
+//! Channel `k` of `x [n, c, h, w]` is `n` contiguous planes of `h·w` values, one per image.
+//! Every per-channel quantity is a sum over those planes, taken by one thread in a fixed
+//! order (eight `f32` vector lanes over blocks of 512 values, then `f64`), so results are
+//! bit-identical for any number of threads at a given SIMD level; the elementwise passes run
+//! over planes. The loops are written once over [`Simd`](crate::simd::Simd) and run at the
+//! active level (AVX2+FMA or the portable fallback, which may differ in the last bits).
+//!
+//! - [`batch_norm2d_stats`]: the batch mean and biased variance of each channel in one pass
+//!   over the deviations from the channel's first value (a shift inside the data, so a large
+//!   mean against a small spread does not cancel).
+//! - [`batch_norm2d_apply`]: `y = x·scale[k] + shift[k]`, the one elementwise pass of both
+//!   training (`scale = γ/√(σ²+ε)`, `shift = β − μ·scale`) and evaluation (running statistics).
+//! - [`batch_norm2d_backward`]: `∂β = Σ∂y`, `∂γ = Σ∂y·x̂` and `∂x`, from one pass of sums
+//!   over each channel and one elementwise pass, for batch (training) or running
+//!   (evaluation) statistics.
+//!
+//! Work of at least [`PAR_MIN_WORK`] elements runs on rayon's pool: the sums split over
+//! channels, the elementwise passes over planes.
+
+use rayon::prelude::*;
+
+use crate::error::{ConvError, Result};
+use crate::params::check_len;
+use crate::simd::{self, LANES, Simd, WithSimd};
+
+/// Values summed in `f32` vector lanes before the partial sums move to `f64`: short enough
+/// that the `f32` partial sums lose nothing that matters, long enough to amortize the move.
+const BLOCK: usize = 512;
+
+/// Adds the lanes of `v` to `acc` in `f64`.
+#[inline(always)]
+fn flush<S: Simd>(s: S, v: S::V, acc: &mut f64) {
+    let a = s.to_array(v);
+    *acc += ((f64::from(a[0]) + f64::from(a[4])) + (f64::from(a[1]) + f64::from(a[5])))
+        + ((f64::from(a[2]) + f64::from(a[6])) + (f64::from(a[3]) + f64::from(a[7])));
+}
+
+/// `Σ(a − shift)` and `Σ(a − shift)²` of one plane (`b` unused), or `Σa` and `Σa·(b − shift)`
+/// (the backward's sums, `a` = ∂y, `b` = x), in `f32` lanes per [`BLOCK`], then `f64`.
+struct PlaneSums<'a> {
+    a: &'a [f32],
+    b: Option<&'a [f32]>,
+    shift: f32,
+}
+
+impl WithSimd for PlaneSums<'_> {
+    type Output = (f64, f64);
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) -> (f64, f64) {
+        let (mut s1, mut s2) = (0f64, 0f64);
+        let shift = s.splat(self.shift);
+        for (i, block) in self.a.chunks(BLOCK).enumerate() {
+            let other = self.b.map(|b| &b[i * BLOCK..i * BLOCK + block.len()]);
+            let (mut v1, mut v2) = (s.zero(), s.zero());
+            let full = block.len() / LANES * LANES;
+            let mut j = 0;
+            while j < full {
+                let va = s.load(&block[j..]);
+                match other {
+                    None => {
+                        let d = s.sub(va, shift);
+                        v1 = s.add(v1, d);
+                        v2 = s.fma(d, d, v2);
+                    }
+                    Some(b) => {
+                        let d = s.sub(s.load(&b[j..]), shift);
+                        v1 = s.add(v1, va);
+                        v2 = s.fma(va, d, v2);
+                    }
+                }
+                j += LANES;
+            }
+            flush(s, v1, &mut s1);
+            flush(s, v2, &mut s2);
+            for j in full..block.len() {
+                match other {
+                    None => {
+                        let d = f64::from(block[j] - self.shift);
+                        s1 += d;
+                        s2 += d * d;
+                    }
+                    Some(b) => {
+                        let (g, d) = (f64::from(block[j]), f64::from(b[j] - self.shift));
+                        s1 += g;
+                        s2 += g * d;
+                    }
+                }
+            }
+        }
+        (s1, s2)
+    }
+}
+
+/// `out = x·scale + shift`, or with `g` the training input gradient
+/// `out = scale·((g − shift) − (x − mu)·c1)`.
+struct PlaneMap<'a> {
+    out: &'a mut [f32],
+    x: &'a [f32],
+    g: Option<&'a [f32]>,
+    scale: f32,
+    shift: f32,
+    mu: f32,
+    c1: f32,
+}
+
+impl WithSimd for PlaneMap<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let PlaneMap { out, x, g, scale, shift, mu, c1 } = self;
+        let full = out.len() / LANES * LANES;
+        let (vs, vh, vm, vc) = (s.splat(scale), s.splat(shift), s.splat(mu), s.splat(c1));
+        let mut j = 0;
+        while j < full {
+            let vx = s.load(&x[j..]);
+            let r = match g {
+                None => s.fma(vx, vs, vh),
+                Some(g) => {
+                    let t = s.sub(s.load(&g[j..]), vh);
+                    s.mul(vs, s.sub(t, s.mul(s.sub(vx, vm), vc)))
+                }
+            };
+            s.store(r, &mut out[j..]);
+            j += LANES;
+        }
+        for j in full..out.len() {
+            out[j] = match g {
+                // The same operations as the vector lanes on the fallback.
+                None => x[j] * scale + shift,
+                Some(g) => scale * ((g[j] - shift) - (x[j] - mu) * c1),
+            };
+        }
+    }
+}
+
+/// Runs a plane kernel at the active SIMD level.
+fn run<W: WithSimd>(kernel: W) -> W::Output {
+    let level = simd::active();
+    match simd::dispatch(level, kernel) {
+        Some(out) => out,
+        // `active` only names levels this CPU has.
+        None => unreachable!("the active SIMD level {level} is available"),
+    }
+}
+
+/// Smallest tensor (elements) whose passes run in parallel; below it one thread is faster.
+pub const PAR_MIN_WORK: usize = 1 << 15;
+
+fn check_dims(
+    op: &'static str,
+    dims: [usize; 4],
+    per_channel: &[(&'static str, usize)],
+) -> Result<()> {
+    let [_, c, _, _] = dims;
+    for &(what, len) in per_channel {
+        if len != c {
+            return Err(ConvError::ShapeMismatch {
+                op,
+                msg: format!("{what} has {len} values, input {dims:?} has {c} channels"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f(k)` for every channel `k`, in parallel when the tensor is large, collecting the
+/// results in channel order.
+fn per_channel<T: Send>(dims: [usize; 4], f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    let [n, c, h, w] = dims;
+    if n * c * h * w >= PAR_MIN_WORK && c > 1 {
+        (0..c).into_par_iter().map(f).collect()
+    } else {
+        (0..c).map(f).collect()
+    }
+}
+
+/// Runs `f(k, plane_out, plane_index)` over the planes of `out` (`plane_index` = image·c + k).
+fn per_plane(
+    dims: [usize; 4],
+    out: &mut [f32],
+    f: impl Fn(usize, &mut [f32], usize) + Sync + Send,
+) {
+    let [n, c, h, w] = dims;
+    let hw = h * w;
+    if hw == 0 {
+        return;
+    }
+    if n * c * hw >= PAR_MIN_WORK {
+        let min_planes = (PAR_MIN_WORK / 8 / hw).max(1);
+        out.par_chunks_mut(hw)
+            .with_min_len(min_planes)
+            .enumerate()
+            .for_each(|(p, o)| f(p % c, o, p));
+    } else {
+        out.chunks_mut(hw).enumerate().for_each(|(p, o)| f(p % c, o, p));
+    }
+}
+
+/// The batch mean and biased variance (`Σ(x−μ)²/(n·h·w)`) of each channel of `x [n, c, h, w]`,
+/// into `mean [c]` and `var [c]`.
+pub fn batch_norm2d_stats(
+    dims: [usize; 4],
+    x: &[f32],
+    mean: &mut [f32],
+    var: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "batch_norm2d";
+    check_len(OP, "input", &dims, x.len())?;
+    check_dims(OP, dims, &[("mean", mean.len()), ("var", var.len())])?;
+    let [n, c, h, w] = dims;
+    let hw = h * w;
+    let count = n * hw;
+    if count == 0 {
+        return Err(ConvError::ShapeMismatch {
+            op: OP,
+            msg: format!("input {dims:?} has no values per channel"),
+        });
+    }
+    let stats = per_channel(dims, |k| {
+        // Sums of the deviations from the channel's first value, one pass: with a shift
+        // inside the data, `E[d²] − E[d]²` does not cancel the way `E[x²] − E[x]²` does.
+        let shift = x[k * hw];
+        let (mut s1, mut s2) = (0f64, 0f64);
+        for i in 0..n {
+            let plane = &x[(i * c + k) * hw..(i * c + k + 1) * hw];
+            let (a, b) = run(PlaneSums { a: plane, b: None, shift });
+            s1 += a;
+            s2 += b;
+        }
+        let m = s1 / count as f64;
+        (f64::from(shift) + m, (s2 / count as f64 - m * m).max(0.0))
+    });
+    for (k, (m, v)) in stats.into_iter().enumerate() {
+        mean[k] = m as f32;
+        var[k] = v as f32;
+    }
+    Ok(())
+}
+
+/// `y = x·scale[k] + shift[k]` for every value of channel `k` of `x [n, c, h, w]`.
+pub fn batch_norm2d_apply(
+    dims: [usize; 4],
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "batch_norm2d";
+    check_len(OP, "input", &dims, x.len())?;
+    check_len(OP, "output", &dims, y.len())?;
+    check_dims(OP, dims, &[("scale", scale.len()), ("shift", shift.len())])?;
+    let hw = dims[2] * dims[3];
+    per_plane(dims, y, |k, out, p| {
+        let x = &x[p * hw..(p + 1) * hw];
+        run(PlaneMap { out, x, g: None, scale: scale[k], shift: shift[k], mu: 0.0, c1: 0.0 });
+    });
+    Ok(())
+}
+
+/// The per-channel affine map of batch normalization: `scale = γ/√(var+ε)`,
+/// `shift = β − mean·scale` (with the batch statistics in training, the running ones in
+/// evaluation).
+pub fn batch_norm2d_affine(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma.iter().zip(var).map(|(&g, &v)| g / (v + eps).sqrt()).collect();
+    let shift = beta.iter().zip(mean).zip(&scale).map(|((&b, &m), &s)| b - m * s).collect();
+    (scale, shift)
+}
+
+/// Gradients of batch normalization in training mode (batch statistics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormGrads {
+    /// `∂x [n, c, h, w]`, when asked for.
+    pub input: Option<Vec<f32>>,
+    /// `∂γ [c]`.
+    pub gamma: Vec<f32>,
+    /// `∂β [c]`.
+    pub beta: Vec<f32>,
+}
+
+/// The per-channel statistics a batch normalization used: the batch's (training) or the
+/// running ones (evaluation), and `ε`.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelStats<'a> {
+    /// Mean of each channel `[c]`.
+    pub mean: &'a [f32],
+    /// (Biased) variance of each channel `[c]`.
+    pub var: &'a [f32],
+    /// Added to the variance before the square root.
+    pub eps: f32,
+}
+
+/// Backward of `y = (x−μ)/√(σ²+ε)·γ + β` for `x [n, c, h, w]`: `∂γ = Σ∂y·x̂`, `∂β = Σ∂y` and,
+/// when `want_input`, `∂x`. With `batch_stats` the statistics are the batch's own
+/// ([`batch_norm2d_stats`], training mode), so they depend on `x` and
+/// `∂x = γ/√(σ²+ε)·(∂y − mean(∂y) − x̂·mean(∂y·x̂))`; otherwise (evaluation, running statistics)
+/// they are constants and `∂x = ∂y·γ/√(σ²+ε)`.
+pub fn batch_norm2d_backward(
+    dims: [usize; 4],
+    dy: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    stats: ChannelStats<'_>,
+    batch_stats: bool,
+    want_input: bool,
+) -> Result<BatchNormGrads> {
+    const OP: &str = "batch_norm2d_backward";
+    let ChannelStats { mean, var, eps } = stats;
+    check_len(OP, "input", &dims, x.len())?;
+    check_len(OP, "grad_output", &dims, dy.len())?;
+    check_dims(OP, dims, &[("gamma", gamma.len()), ("mean", mean.len()), ("var", var.len())])?;
+    let [n, c, h, w] = dims;
+    let hw = h * w;
+    let count = (n * hw).max(1) as f64;
+    let invstd: Vec<f32> = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
+    // Σ∂y and Σ∂y·(x−μ) per channel.
+    let sums = per_channel(dims, |k| {
+        let mu = mean[k];
+        let (mut s_dy, mut s_dyx) = (0f64, 0f64);
+        for i in 0..n {
+            let at = (i * c + k) * hw;
+            let (a, b) =
+                run(PlaneSums { a: &dy[at..at + hw], b: Some(&x[at..at + hw]), shift: mu });
+            s_dy += a;
+            s_dyx += b;
+        }
+        (s_dy, s_dyx)
+    });
+    let beta_grad: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+    let gamma_grad: Vec<f32> =
+        sums.iter().zip(&invstd).map(|(s, &is)| (s.1 * f64::from(is)) as f32).collect();
+    let input = want_input.then(|| {
+        // ∂x = kk·((∂y − mdy) − (x−μ)·c1) with kk = γ·invstd; in training mdy = mean(∂y) and
+        // c1 = invstd²·Σ∂y(x−μ)/count, in evaluation both are zero.
+        let coef: Vec<(f32, f32, f32, f32)> = (0..c)
+            .map(|k| {
+                let is = f64::from(invstd[k]);
+                let kk = (f64::from(gamma[k]) * is) as f32;
+                if batch_stats {
+                    let mdy = (sums[k].0 / count) as f32;
+                    let c1 = (is * is * sums[k].1 / count) as f32;
+                    (kk, mdy, c1, mean[k])
+                } else {
+                    (kk, 0.0, 0.0, 0.0)
+                }
+            })
+            .collect();
+        let mut dx = vec![0f32; dy.len()];
+        per_plane(dims, &mut dx, |k, out, p| {
+            let (scale, shift, c1, mu) = coef[k];
+            let (g, x) = (&dy[p * hw..(p + 1) * hw], &x[p * hw..(p + 1) * hw]);
+            run(PlaneMap { out, x, g: Some(g), scale, shift, mu, c1 });
+        });
+        dx
+    });
+    Ok(BatchNormGrads { input, gamma: gamma_grad, beta: beta_grad })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Deterministic values with a large common offset per channel (the case that breaks a
+    /// one-pass `Σx² − (Σx)²/n` variance in f32).
+    fn data(dims: [usize; 4], seed: u32) -> Vec<f32> {
+        let len: usize = dims.iter().product();
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                let k = (i / (dims[2] * dims[3])) % dims[1];
+                (s as f32 / u32::MAX as f32 - 0.5) * (1.0 + k as f32) + 100.0 * k as f32
+            })
+            .collect()
+    }
+
+    /// Reference in f64 straight from the definition.
+    fn reference(dims: [usize; 4], x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let [n, c, h, w] = dims;
+        let hw = h * w;
+        let mut mean = vec![0f64; c];
+        let mut var = vec![0f64; c];
+        for k in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| {
+                    x[(i * c + k) * hw..(i * c + k + 1) * hw].iter().map(|&v| f64::from(v))
+                })
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            mean[k] = m;
+            var[k] = vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / vals.len() as f64;
+        }
+        (mean, var)
+    }
+
+    #[test]
+    fn stats_match_the_definition_on_odd_shapes() {
+        for dims in [[1, 1, 1, 2], [3, 5, 7, 1], [2, 3, 17, 9], [8, 4, 13, 13], [64, 3, 16, 16]] {
+            let x = data(dims, 7);
+            let (rm, rv) = reference(dims, &x);
+            let mut mean = vec![0.0; dims[1]];
+            let mut var = vec![0.0; dims[1]];
+            batch_norm2d_stats(dims, &x, &mut mean, &mut var).unwrap();
+            for k in 0..dims[1] {
+                assert!(
+                    (f64::from(mean[k]) - rm[k]).abs() <= 1e-6 * (1.0 + rm[k].abs()),
+                    "{dims:?} mean"
+                );
+                assert!(
+                    (f64::from(var[k]) - rv[k]).abs() <= 1e-6 * (1.0 + rv[k]),
+                    "{dims:?} var {} vs {}",
+                    var[k],
+                    rv[k]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences_of_a_weighted_sum() {
+        let dims = [3, 2, 4, 5];
+        let eps = 1e-5;
+        let x = data(dims, 3);
+        let dy = data(dims, 9).iter().map(|v| v.fract()).collect::<Vec<_>>();
+        let gamma = [0.7f32, -1.3];
+        let beta = [0.2f32, 0.5];
+        // L(x, γ, β) = Σ dy·y, in f64 from the definition.
+        let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
+            let (m, v) = reference(dims, x);
+            let hw = 20;
+            (0..x.len())
+                .map(|i| {
+                    let k = (i / hw) % 2;
+                    let y = (f64::from(x[i]) - m[k]) / (v[k] + f64::from(eps)).sqrt()
+                        * f64::from(gamma[k])
+                        + f64::from(beta[k]);
+                    y * f64::from(dy[i])
+                })
+                .sum()
+        };
+        let mut mean = [0.0; 2];
+        let mut var = [0.0; 2];
+        batch_norm2d_stats(dims, &x, &mut mean, &mut var).unwrap();
+        let stats = ChannelStats { mean: &mean, var: &var, eps };
+        let g = batch_norm2d_backward(dims, &dy, &x, &gamma, stats, true, true).unwrap();
+        let dx = g.input.unwrap();
+        for i in [0, 7, 33, 59, 119] {
+            let h = 1e-3f32;
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            let fd =
+                (loss(&xp, &gamma, &beta) - loss(&xm, &gamma, &beta)) / f64::from(xp[i] - xm[i]);
+            assert!(
+                (fd - f64::from(dx[i])).abs() < 2e-3 * (1.0 + fd.abs()),
+                "dx[{i}]: {fd} vs {}",
+                dx[i]
+            );
+        }
+        for k in 0..2 {
+            let h = 1e-3;
+            let (mut gp, mut gm) = (gamma, gamma);
+            gp[k] += h;
+            gm[k] -= h;
+            let fd = (loss(&x, &gp, &beta) - loss(&x, &gm, &beta)) / f64::from(2.0 * h);
+            assert!(
+                (fd - f64::from(g.gamma[k])).abs() < 1e-3 * (1.0 + fd.abs()),
+                "dgamma {fd} vs {}",
+                g.gamma[k]
+            );
+            let sum_dy: f64 =
+                (0..x.len()).filter(|i| (i / 20) % 2 == k).map(|i| f64::from(dy[i])).sum();
+            assert!((sum_dy - f64::from(g.beta[k])).abs() < 1e-4, "dbeta");
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let dims = [16, 8, 32, 32];
+        let x = data(dims, 1);
+        let dy = data(dims, 2);
+        let gamma: Vec<f32> = (0..8).map(|k| 0.5 + k as f32).collect();
+        let run = || {
+            let mut mean = vec![0.0; 8];
+            let mut var = vec![0.0; 8];
+            batch_norm2d_stats(dims, &x, &mut mean, &mut var).unwrap();
+            let stats = ChannelStats { mean: &mean, var: &var, eps: 1e-5 };
+            let g = batch_norm2d_backward(dims, &dy, &x, &gamma, stats, true, true).unwrap();
+            (mean, var, g)
+        };
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
+        let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(run);
+        assert_eq!(one, three);
+    }
+
+    #[test]
+    fn mismatched_lengths_are_errors() {
+        let x = vec![0.0; 2 * 3 * 4];
+        let mut m = vec![0.0; 2];
+        let mut v = vec![0.0; 3];
+        let e = batch_norm2d_stats([2, 3, 2, 2], &x, &mut m, &mut v).unwrap_err().to_string();
+        assert!(e.contains("mean has 2 values") && e.contains("3 channels"), "{e}");
+        let e =
+            batch_norm2d_stats([2, 3, 2, 3], &x, &mut v.clone(), &mut v).unwrap_err().to_string();
+        assert!(e.contains("input"), "{e}");
+    }
+}

@@ -1,0 +1,170 @@
+//! `BatchNorm2d` on its dedicated kernels: a training step of the layer (forward with batch
+//! statistics, then the backward for the input, γ and β) and an evaluation forward, at the
+//! shapes of a conv-BN-ReLU network on 28x28 images at batch 64.
+//!
+//! The criterion group `batchnorm/*` times convkit alone. With `CONVKIT_VERSUS_PYTHON=<python
+//! with torch>`, the group `batchnorm_versus` also times PyTorch's `nn.BatchNorm2d` in a child
+//! process (`bn_timer.py`) interleaved with convkit, as the conv `versus` bench does: in each of
+//! 9 rounds (3 with `CONVKIT_BENCH_QUICK=1`) both sides take the fastest of 10 calls after
+//! 40 ms of untimed calls, one right after the other, and the median of the per-round ratios
+//! `PyTorch time ÷ convkit time` is printed (> 1: convkit is faster). Both sides use rayon's /
+//! PyTorch's default thread count unless `RAYON_NUM_THREADS` says otherwise.
+
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use convkit_autograd::{Tape, Var};
+use convkit_conv::suite::{median, min_ms_after_warm_up};
+use convkit_nn::{BatchNorm2d, Module};
+use convkit_tensor::{Rng, Tensor};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+// As the other benches that allocate activations: glibc hands out large buffers as fresh
+// mmaps whose pages fault in on first touch, a cost of the allocator, not of the kernels.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The shapes: after the first and second conv of a VGG-style network on 28x28 at batch 64.
+const SHAPES: [[usize; 4]; 2] = [[64, 16, 28, 28], [64, 32, 14, 14]];
+
+struct Case {
+    layer: BatchNorm2d,
+    x: Tensor,
+    dy: Tensor,
+}
+
+impl Case {
+    fn new(dims: [usize; 4]) -> Case {
+        let mut rng = Rng::new(1);
+        let layer = BatchNorm2d::new(dims[1], Default::default()).expect("valid layer");
+        let x = Tensor::rand_uniform(&dims, -1.5, 2.5, &mut rng).expect("valid shape");
+        let dy = Tensor::rand_uniform(&dims, -1.0, 1.0, &mut rng).expect("valid shape");
+        Case { layer, x, dy }
+    }
+
+    /// Training forward and the backward for the input and the parameters.
+    fn train_step(&mut self) {
+        self.layer.set_training(true);
+        let tape = Tape::new();
+        let x = tape.var(self.x.clone());
+        let y = self.layer.forward(&x).expect("forward");
+        let grads = y.backward_with(self.dy.clone()).expect("backward");
+        black_box(grads.wrt(&x).expect("input gradient"));
+        self.layer.weight.zero_grad();
+        self.layer.bias.zero_grad();
+    }
+
+    fn eval_forward(&mut self) {
+        self.layer.set_training(false);
+        black_box(self.layer.forward(&Var::constant(self.x.clone())).expect("forward"));
+    }
+}
+
+fn id(dims: [usize; 4]) -> String {
+    format!("{}x{}x{}x{}", dims[0], dims[1], dims[2], dims[3])
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("batchnorm");
+    for dims in SHAPES {
+        let mut case = Case::new(dims);
+        g.bench_function(format!("train_fwd_bwd/{}", id(dims)), |b| b.iter(|| case.train_step()));
+        g.bench_function(format!("eval_fwd/{}", id(dims)), |b| b.iter(|| case.eval_forward()));
+    }
+    g.finish();
+}
+
+/// The interleaved comparison with PyTorch, printed as a table.
+fn versus(_: &mut Criterion) {
+    let Ok(python) = std::env::var("CONVKIT_VERSUS_PYTHON") else {
+        return;
+    };
+    let rounds = if std::env::var_os("CONVKIT_BENCH_QUICK").is_some() { 3 } else { 9 };
+    let threads = rayon::current_num_threads();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bn_timer.py");
+    let mut child = match Command::new(&python)
+        .arg(&script)
+        .arg(threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("batchnorm_versus: cannot start {python}: {e}");
+            return;
+        }
+    };
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return;
+    };
+    let mut stdout = BufReader::new(stdout);
+    let mut line = String::new();
+    if stdout.read_line(&mut line).is_err() || !line.starts_with("ready") {
+        eprintln!("batchnorm_versus: {python} did not start bn_timer.py: {line}");
+        return;
+    }
+    let version = line.trim_start_matches("ready").trim().to_owned();
+    let mut ask = |req: &str| -> Option<f64> {
+        writeln!(stdin, "{req}").ok()?;
+        let mut answer = String::new();
+        stdout.read_line(&mut answer).ok()?;
+        answer.trim().parse().ok()
+    };
+    let warm = Duration::from_millis(40);
+    let settle = Duration::from_millis(100);
+    println!(
+        "\nBatchNorm2d, convkit against PyTorch {version}, {threads} threads, {rounds} rounds \
+         interleaved (median ratio PyTorch ms / convkit ms; > 1: convkit is faster)"
+    );
+    println!("| shape | op | convkit ms | PyTorch ms | ratio |\n|---|---|---|---|---|");
+    for dims in SHAPES {
+        let mut case = Case::new(dims);
+        for op in ["train", "eval"] {
+            let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..rounds {
+                let mut time_ours = || {
+                    std::thread::sleep(settle);
+                    if op == "train" {
+                        min_ms_after_warm_up(10, warm, || case.train_step())
+                    } else {
+                        min_ms_after_warm_up(10, warm, || case.eval_forward())
+                    }
+                };
+                let [n, c, h, w] = dims;
+                let req = format!("{op} {n} {c} {h} {w} 10 40");
+                let (a, b) = if round % 2 == 0 {
+                    let a = time_ours();
+                    std::thread::sleep(settle);
+                    (a, ask(&req))
+                } else {
+                    std::thread::sleep(settle);
+                    let b = ask(&req);
+                    (time_ours(), b)
+                };
+                let Some(b) = b else {
+                    eprintln!("batchnorm_versus: PyTorch gave no timing for {req}");
+                    return;
+                };
+                ours.push(a);
+                theirs.push(b);
+                ratios.push(b / a);
+            }
+            println!(
+                "| {} | {op} | {:.3} | {:.3} | {:.2} |",
+                id(dims),
+                median(ours),
+                median(theirs),
+                median(ratios)
+            );
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+}
+
+criterion_group!(benches, criterion_benches, versus);
+criterion_main!(benches);
