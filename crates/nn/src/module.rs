@@ -101,6 +101,13 @@ impl Sequential {
         self
     }
 
+    /// Appends an already boxed layer under a name (for builders that choose layer types at
+    /// run time, such as importers).
+    pub fn push_boxed(mut self, name: &str, layer: Box<dyn Module + Send>) -> Self {
+        self.layers.push((name.to_owned(), layer));
+        self
+    }
+
     /// Number of layers.
     pub fn len(&self) -> usize {
         self.layers.len()
