@@ -19,7 +19,9 @@ pub enum OnnxError {
         supported: &'static str,
     },
     /// Import met an operator it cannot build a layer for.
-    #[error("import: node `{node}` has op type `{op}`, which is not supported; supported: {supported}")]
+    #[error(
+        "import: node `{node}` has op type `{op}`, which is not supported; supported: {supported}"
+    )]
     UnsupportedOp {
         /// The op type (with its domain when not the default one).
         op: String,

@@ -16,9 +16,9 @@ use prost::Message;
 
 use crate::error::{OnnxError, Result};
 use crate::proto::{
-    AttributeProto, DATA_TYPE_FLOAT, Dimension, DimensionValue, GraphProto, ModelProto,
-    NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor,
-    ValueInfoProto, attribute_type,
+    AttributeProto, DATA_TYPE_FLOAT, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
+    attribute_type,
 };
 
 /// The ONNX operator set version export writes (default domain).
@@ -98,7 +98,9 @@ pub(crate) fn export_model(
         )));
     }
     if input_chw.contains(&0) {
-        return Err(OnnxError::Invalid(format!("export: input [c, h, w] = {input_chw:?} is empty")));
+        return Err(OnnxError::Invalid(format!(
+            "export: input [c, h, w] = {input_chw:?} is empty"
+        )));
     }
     let [c, h, w] = input_chw;
     let trace = Var::constant(Tensor::zeros(&[1, c, h, w]));
@@ -348,7 +350,10 @@ fn tensor_proto(name: &str, t: &Tensor) -> Result<TensorProto> {
 fn value_info(name: &str, batch: DimensionValue, rest: &[usize]) -> Result<ValueInfoProto> {
     let mut dim = vec![Dimension { value: Some(batch), ..Default::default() }];
     for &d in rest {
-        dim.push(Dimension { value: Some(DimensionValue::DimValue(to_i64(d)?)), ..Default::default() });
+        dim.push(Dimension {
+            value: Some(DimensionValue::DimValue(to_i64(d)?)),
+            ..Default::default()
+        });
     }
     Ok(ValueInfoProto {
         name: name.into(),

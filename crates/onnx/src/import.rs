@@ -53,7 +53,8 @@ const MAX_JOIN_WORK: usize = 10_000_000;
 /// that are not chains with residual joins.
 pub fn import(bytes: &[u8]) -> Result<Sequential> {
     let model = ModelProto::decode(bytes)?;
-    let graph = model.graph.as_ref().ok_or_else(|| OnnxError::Graph("the model has no graph".into()))?;
+    let graph =
+        model.graph.as_ref().ok_or_else(|| OnnxError::Graph("the model has no graph".into()))?;
     let opset = model
         .opset_import
         .iter()
@@ -64,7 +65,9 @@ pub fn import(bytes: &[u8]) -> Result<Sequential> {
         return Err(OnnxError::Graph("the model imports no default-domain operator set".into()));
     };
     if !(7..=30).contains(&opset) {
-        return Err(OnnxError::Graph(format!("operator set {opset} is not supported (7 to 30 are)")));
+        return Err(OnnxError::Graph(format!(
+            "operator set {opset} is not supported (7 to 30 are)"
+        )));
     }
     let mut builder = Builder::new(graph)?;
     let layers = builder.build()?;
@@ -236,7 +239,8 @@ impl<'g> Builder<'g> {
                     [] => return Ok((layers, cur, dims)),
                     &[i] => i,
                     &[a, b] => {
-                        let (name, block, out, out_dims) = self.residual(cur, a, b, &dims, depth)?;
+                        let (name, block, out, out_dims) =
+                            self.residual(cur, a, b, &dims, depth)?;
                         layers.push((name, block));
                         cur = out;
                         dims = out_dims;
@@ -259,7 +263,11 @@ impl<'g> Builder<'g> {
             }
             self.used[i] = true;
             let n = self.node(i);
-            if n.op_type == "Add" && n.domain.is_empty() && n.input.len() == 2 && n.input[0] == n.input[1] {
+            if n.op_type == "Add"
+                && n.domain.is_empty()
+                && n.input.len() == 2
+                && n.input[0] == n.input[1]
+            {
                 // x + x: a residual block whose body is the identity.
                 layers.push((scope_name(n), Box::new(Residual::new(Sequential::new()))));
                 cur = single_output(n)?;
@@ -295,7 +303,10 @@ impl<'g> Builder<'g> {
         // The join: the first Add both branches reach (nodes are in topological order).
         let join = (a.max(b)..self.graph.node.len()).find(|&j| {
             let n = self.node(j);
-            n.op_type == "Add" && n.domain.is_empty() && reach_a.contains(&j) && reach_b.contains(&j)
+            n.op_type == "Add"
+                && n.domain.is_empty()
+                && reach_a.contains(&j)
+                && reach_b.contains(&j)
         });
         let Some(j) = join else {
             return Err(OnnxError::Graph(format!(
@@ -322,7 +333,8 @@ impl<'g> Builder<'g> {
                     node_name(add)
                 )));
             };
-            let (layers, end, d) = self.chain(cur, Some(operand), Some(start), dims.clone(), depth + 1)?;
+            let (layers, end, d) =
+                self.chain(cur, Some(operand), Some(start), dims.clone(), depth + 1)?;
             if end != operand {
                 return Err(OnnxError::Graph(format!(
                     "Add `{}`: the branch from `{cur}` ends at `{end}`, not at `{operand}`",
@@ -416,13 +428,22 @@ impl<'g> Builder<'g> {
                 let w = self.tensor(n, 1)?;
                 let bias = self.optional_tensor(n, 2)?;
                 let &[c_out, _, kh, kw] = w.dims() else {
-                    return Err(unsupported_attr(n, format!("weight {:?} is not a 2-D convolution's [c_out, c_in/groups, kh, kw]", w.dims())));
+                    return Err(unsupported_attr(
+                        n,
+                        format!(
+                            "weight {:?} is not a 2-D convolution's [c_out, c_in/groups, kh, kw]",
+                            w.dims()
+                        ),
+                    ));
                 };
                 a.auto_pad_notset()?;
                 if let Some(k) = a.ints("kernel_shape")?
                     && k != [kh, kw]
                 {
-                    return Err(unsupported_attr(n, format!("kernel_shape {k:?} does not match weight {:?}", w.dims())));
+                    return Err(unsupported_attr(
+                        n,
+                        format!("kernel_shape {k:?} does not match weight {:?}", w.dims()),
+                    ));
                 }
                 let params = Conv2dParams {
                     stride: a.pair("strides", 1)?,
@@ -444,8 +465,14 @@ impl<'g> Builder<'g> {
             "Gemm" => {
                 a.allow(&["alpha", "beta", "transA", "transB"])?;
                 self.no_extra_outputs(n)?;
-                if a.float("alpha", 1.0)? != 1.0 || a.float("beta", 1.0)? != 1.0 || a.int("transA", 0)? != 0 {
-                    return Err(unsupported_attr(n, "only alpha = 1, beta = 1, transA = 0 are supported"));
+                if a.float("alpha", 1.0)? != 1.0
+                    || a.float("beta", 1.0)? != 1.0
+                    || a.int("transA", 0)? != 0
+                {
+                    return Err(unsupported_attr(
+                        n,
+                        "only alpha = 1, beta = 1, transA = 0 are supported",
+                    ));
                 }
                 let w = self.tensor(n, 1)?;
                 let w = match a.int("transB", 0)? {
@@ -481,9 +508,25 @@ impl<'g> Builder<'g> {
             "MaxPool" | "AveragePool" => {
                 let avg = op == "AveragePool";
                 if avg {
-                    a.allow(&["auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides", "dilations"])?;
+                    a.allow(&[
+                        "auto_pad",
+                        "ceil_mode",
+                        "count_include_pad",
+                        "kernel_shape",
+                        "pads",
+                        "strides",
+                        "dilations",
+                    ])?;
                 } else {
-                    a.allow(&["auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"])?;
+                    a.allow(&[
+                        "auto_pad",
+                        "ceil_mode",
+                        "dilations",
+                        "kernel_shape",
+                        "pads",
+                        "storage_order",
+                        "strides",
+                    ])?;
                 }
                 self.no_extra_outputs(n)?;
                 a.auto_pad_notset()?;
@@ -539,7 +582,10 @@ impl<'g> Builder<'g> {
                 let axis = a.signed_int("axis", 1)?;
                 let rank = dims.as_ref().map(|d| d.len() + 1);
                 if axis != 1 && rank.is_none_or(|r| i64::try_from(r).map(|r| axis + r) != Ok(1)) {
-                    return Err(unsupported_attr(n, format!("axis = {axis} (only 1 is supported)")));
+                    return Err(unsupported_attr(
+                        n,
+                        format!("axis = {axis} (only 1 is supported)"),
+                    ));
                 }
                 (scope_name(n), Box::new(Flatten), flat(dims))
             }
@@ -555,7 +601,9 @@ impl<'g> Builder<'g> {
                 if !is_flatten {
                     return Err(unsupported_attr(
                         n,
-                        format!("shape {shape:?} with input dims [batch, {dims:?}] is not a flatten; only [0, -1] or [-1, features] are supported"),
+                        format!(
+                            "shape {shape:?} with input dims [batch, {dims:?}] is not a flatten; only [0, -1] or [-1, features] are supported"
+                        ),
                     ));
                 }
                 (scope_name(n), Box::new(Flatten), flat(dims))
@@ -564,7 +612,10 @@ impl<'g> Builder<'g> {
                 a.allow(&["epsilon", "momentum", "training_mode", "spatial"])?;
                 self.no_extra_outputs(n)?;
                 if a.int("training_mode", 0)? != 0 {
-                    return Err(unsupported_attr(n, "training_mode = 1 is not supported (only inference)"));
+                    return Err(unsupported_attr(
+                        n,
+                        "training_mode = 1 is not supported (only inference)",
+                    ));
                 }
                 if a.int("spatial", 1)? != 1 {
                     return Err(unsupported_attr(n, "spatial = 0 is not supported"));
@@ -573,10 +624,16 @@ impl<'g> Builder<'g> {
                 let (scale, b, mean, var) = (scale?, b?, mean?, var?);
                 let c = scale.numel();
                 if [&scale, &b, &mean, &var].iter().any(|t| t.dims() != [c]) {
-                    return Err(unsupported_attr(n, format!(
-                        "scale, bias, mean and variance must all be [c]; got {:?}, {:?}, {:?}, {:?}",
-                        scale.dims(), b.dims(), mean.dims(), var.dims()
-                    )));
+                    return Err(unsupported_attr(
+                        n,
+                        format!(
+                            "scale, bias, mean and variance must all be [c]; got {:?}, {:?}, {:?}, {:?}",
+                            scale.dims(),
+                            b.dims(),
+                            mean.dims(),
+                            var.dims()
+                        ),
+                    ));
                 }
                 let eps = a.float("epsilon", 1e-5)?;
                 let momentum = 1.0 - a.float("momentum", 0.9)?;
@@ -592,7 +649,12 @@ impl<'g> Builder<'g> {
                 self.no_extra_outputs(n)?;
                 let ratio = match self.optional_tensor(n, 1)? {
                     Some(t) if t.numel() == 1 => t.as_slice()[0],
-                    Some(t) => return Err(unsupported_attr(n, format!("ratio {:?} is not a scalar", t.dims()))),
+                    Some(t) => {
+                        return Err(unsupported_attr(
+                            n,
+                            format!("ratio {:?} is not a scalar", t.dims()),
+                        ));
+                    }
                     None => a.float("ratio", 0.5)?,
                 };
                 if let Some(t) = self.optional_tensor_any(n, 2)?
@@ -623,7 +685,10 @@ impl<'g> Builder<'g> {
     fn no_extra_outputs(&self, n: &NodeProto) -> Result<()> {
         for o in n.output.iter().skip(1) {
             if !o.is_empty() && (self.consumers.contains_key(o.as_str()) || o == self.output) {
-                return Err(unsupported_attr(n, format!("its extra output `{o}` is used; only the first output is supported")));
+                return Err(unsupported_attr(
+                    n,
+                    format!("its extra output `{o}` is used; only the first output is supported"),
+                ));
             }
         }
         Ok(())
@@ -631,8 +696,9 @@ impl<'g> Builder<'g> {
 
     /// The constant float tensor at input `k` of `n`.
     fn tensor(&self, n: &NodeProto, k: usize) -> Result<Tensor> {
-        self.optional_tensor(n, k)?
-            .ok_or_else(|| unsupported_attr(n, format!("input {k} must be an initializer or constant")))
+        self.optional_tensor(n, k)?.ok_or_else(|| {
+            unsupported_attr(n, format!("input {k} must be an initializer or constant"))
+        })
     }
 
     fn optional_tensor(&self, n: &NodeProto, k: usize) -> Result<Option<Tensor>> {
@@ -640,7 +706,10 @@ impl<'g> Builder<'g> {
             None | Some("") => Ok(None),
             Some(v) => match self.constants.get(v) {
                 Some(t) => Ok(Some(to_tensor(t)?)),
-                None => Err(unsupported_attr(n, format!("input `{v}` must be an initializer or constant"))),
+                None => Err(unsupported_attr(
+                    n,
+                    format!("input `{v}` must be an initializer or constant"),
+                )),
             },
         }
     }
@@ -690,7 +759,11 @@ fn node_name(n: &NodeProto) -> &str {
 }
 
 fn unsupported_op(n: &NodeProto) -> OnnxError {
-    let op = if n.domain.is_empty() { n.op_type.clone() } else { format!("{}::{}", n.domain, n.op_type) };
+    let op = if n.domain.is_empty() {
+        n.op_type.clone()
+    } else {
+        format!("{}::{}", n.domain, n.op_type)
+    };
     OnnxError::UnsupportedOp { op, node: node_name(n).to_owned(), supported: SUPPORTED_OPS }
 }
 
@@ -749,7 +822,10 @@ fn linear(n: &NodeProto, w: Tensor, bias: Option<Tensor>) -> Result<Linear> {
     let bias = match bias {
         Some(b) if b.numel() == out => Some(Param::new(b.reshape(&[out])?)),
         Some(b) => {
-            return Err(unsupported_attr(n, format!("bias {:?} does not fit weight {:?}", b.dims(), w.dims())));
+            return Err(unsupported_attr(
+                n,
+                format!("bias {:?} does not fit weight {:?}", b.dims(), w.dims()),
+            ));
         }
         None => None,
     };
@@ -815,7 +891,10 @@ fn to_ints(t: &TensorProto) -> Result<Vec<i64>> {
     if !t.raw_data.is_empty() {
         let want = numel.checked_mul(width).ok_or_else(|| bad("dims overflow".into()))?;
         if t.raw_data.len() != want {
-            return Err(bad(format!("needs {want} bytes of raw data, the file has {}", t.raw_data.len())));
+            return Err(bad(format!(
+                "needs {want} bytes of raw data, the file has {}",
+                t.raw_data.len()
+            )));
         }
         return Ok(t
             .raw_data
@@ -848,7 +927,10 @@ impl<'n> Attrs<'n> {
         let mut seen = HashSet::new();
         for a in &node.attribute {
             if !seen.insert(a.name.as_str()) {
-                return Err(unsupported_attr(node, format!("attribute `{}` appears twice", a.name)));
+                return Err(unsupported_attr(
+                    node,
+                    format!("attribute `{}` appears twice", a.name),
+                ));
             }
             if !a.ref_attr_name.is_empty() {
                 return Err(unsupported_attr(node, "attribute references are not supported"));
@@ -861,7 +943,11 @@ impl<'n> Attrs<'n> {
         match self.node.attribute.iter().find(|a| !names.contains(&a.name.as_str())) {
             Some(a) => Err(unsupported_attr(
                 self.node,
-                format!("attribute `{}` is not supported; supported: {}", a.name, if names.is_empty() { "none".to_owned() } else { names.join(", ") }),
+                format!(
+                    "attribute `{}` is not supported; supported: {}",
+                    a.name,
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
             )),
             None => Ok(()),
         }
@@ -892,12 +978,18 @@ impl<'n> Attrs<'n> {
 
     fn float(&self, name: &str, default: f32) -> Result<f32> {
         let f = self.get(name, attribute_type::FLOAT)?.map_or(default, |a| a.f);
-        if f.is_finite() { Ok(f) } else { Err(unsupported_attr(self.node, format!("attribute `{name}` = {f}"))) }
+        if f.is_finite() {
+            Ok(f)
+        } else {
+            Err(unsupported_attr(self.node, format!("attribute `{name}` = {f}")))
+        }
     }
 
     fn ints(&self, name: &str) -> Result<Option<Vec<usize>>> {
         match self.get(name, attribute_type::INTS)? {
-            Some(a) => Ok(Some(a.ints.iter().map(|&v| to_usize(self.node, name, v)).collect::<Result<_>>()?)),
+            Some(a) => Ok(Some(
+                a.ints.iter().map(|&v| to_usize(self.node, name, v)).collect::<Result<_>>()?,
+            )),
             None => Ok(None),
         }
     }
@@ -907,7 +999,9 @@ impl<'n> Attrs<'n> {
         match self.ints(name)?.as_deref() {
             None => Ok((default, default)),
             Some(&[h, w]) => Ok((h, w)),
-            Some(other) => Err(unsupported_attr(self.node, format!("{name} = {other:?} is not 2-D"))),
+            Some(other) => {
+                Err(unsupported_attr(self.node, format!("{name} = {other:?} is not 2-D")))
+            }
         }
     }
 
@@ -927,10 +1021,18 @@ impl<'n> Attrs<'n> {
         match self.get("auto_pad", attribute_type::STRING)? {
             None => Ok(()),
             Some(a) if a.s == b"NOTSET" || a.s.is_empty() => Ok(()),
-            Some(a) if a.s == b"VALID" && self.ints("pads")?.is_none_or(|p| p.iter().all(|&v| v == 0)) => Ok(()),
+            Some(a)
+                if a.s == b"VALID"
+                    && self.ints("pads")?.is_none_or(|p| p.iter().all(|&v| v == 0)) =>
+            {
+                Ok(())
+            }
             Some(a) => Err(unsupported_attr(
                 self.node,
-                format!("auto_pad = {:?} is not supported (only NOTSET with explicit pads, or VALID)", String::from_utf8_lossy(&a.s)),
+                format!(
+                    "auto_pad = {:?} is not supported (only NOTSET with explicit pads, or VALID)",
+                    String::from_utf8_lossy(&a.s)
+                ),
             )),
         }
     }
