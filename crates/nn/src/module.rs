@@ -163,6 +163,19 @@ impl Module for Sequential {
     }
 }
 
+impl std::fmt::Debug for Sequential {
+    /// The children by name and kind, with their configuration ([`Layer`]'s `Debug`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sequential {:?}", self.describe())
+    }
+}
+
+impl std::fmt::Debug for Residual {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.describe().fmt(f)
+    }
+}
+
 /// A residual block: `y = body(x) + shortcut(x)`, the shortcut being the identity unless a
 /// module is given (a strided 1x1 convolution when the body changes the shape). Both
 /// branches must produce the same dims; no broadcasting is done.
