@@ -87,8 +87,23 @@ pub fn load(path: impl AsRef<Path>) -> Result<Sequential> {
 /// A layer under construction, with its name in the enclosing sequence.
 type Named = (String, Box<dyn Module + Send>);
 
+/// The sequence of `layers`; an empty or repeated name becomes the layer's position (as in
+/// PyTorch's `nn.Sequential`), or `name_position` when that is taken too.
 fn into_sequential(layers: Vec<Named>) -> Sequential {
-    layers.into_iter().fold(Sequential::new(), |s, (name, m)| s.push_boxed(&name, m))
+    let mut taken = HashSet::new();
+    let mut seq = Sequential::new();
+    for (i, (name, m)) in layers.into_iter().enumerate() {
+        let name = if !name.is_empty() && !taken.contains(&name) {
+            name
+        } else if !taken.contains(&i.to_string()) {
+            i.to_string()
+        } else {
+            format!("{name}_{i}")
+        };
+        seq = seq.push_boxed(&name, m);
+        taken.insert(name);
+    }
+    seq
 }
 
 /// Shape knowledge along the chain: the dims after the batch axis, when known.
@@ -360,22 +375,29 @@ impl<'g> Builder<'g> {
             )));
         }
         let out_dims = b_dims.or(s_dims);
-        let strip = |layers: Vec<Named>| -> Sequential {
-            let prefix = format!("{name}.");
+        // Children named inside the block (`layer1.conv1`, or `layer1.body.conv1` as convkit
+        // exports them) lose the block's prefix.
+        let strip = |layers: Vec<Named>, branch: &str| -> Sequential {
+            let prefixes = [format!("{name}.{branch}."), format!("{name}.")];
             into_sequential(
                 layers
                     .into_iter()
-                    .map(|(n, m)| match n.strip_prefix(&prefix) {
-                        Some(rest) if !name.is_empty() && !rest.is_empty() => (rest.to_owned(), m),
-                        _ => (n, m),
+                    .map(|(n, m)| {
+                        let short = prefixes
+                            .iter()
+                            .find_map(|p| n.strip_prefix(p.as_str()))
+                            .filter(|rest| !name.is_empty() && !rest.is_empty());
+                        (short.map_or(n.clone(), str::to_owned), m)
                     })
                     .collect(),
             )
         };
         let block: Box<dyn Module + Send> = match (body.is_empty(), shortcut.is_empty()) {
-            (_, true) => Box::new(Residual::new(strip(body))),
-            (true, false) => Box::new(Residual::new(strip(shortcut))),
-            (false, false) => Box::new(Residual::with_shortcut(strip(body), strip(shortcut))),
+            (_, true) => Box::new(Residual::new(strip(body, "body"))),
+            (true, false) => Box::new(Residual::new(strip(shortcut, "shortcut"))),
+            (false, false) => {
+                Box::new(Residual::with_shortcut(strip(body, "body"), strip(shortcut, "shortcut")))
+            }
         };
         Ok((name, block, out, out_dims))
     }
@@ -743,15 +765,25 @@ impl<'g> Builder<'g> {
     }
 }
 
-/// The scope of a node named like torch's exporter does (`/layer1/layer1.0/conv1/Conv` →
-/// `layer1.0.conv1`... the last module segment, which torch writes as a full dotted path);
-/// empty when there is none.
+/// The module path of a node named as torch's exporter names them: the scope segments
+/// before the op, where a segment that extends the one before it (`stem` then `stem.0`,
+/// children of a `Sequential`) replaces it: `/layer2/downsample/downsample.0/Conv` →
+/// `layer2.downsample.0`. Empty for a node outside any module (`/Relu_1`).
 fn scope_name(n: &NodeProto) -> String {
     let segments: Vec<&str> = n.name.split('/').filter(|s| !s.is_empty()).collect();
-    match segments.as_slice() {
-        [.., module, _op] => (*module).to_owned(),
-        _ => String::new(),
+    let Some((_op, scopes)) = segments.split_last() else { return String::new() };
+    let mut path: Vec<&str> = Vec::new();
+    for &seg in scopes {
+        match path.last() {
+            Some(prev) if seg.strip_prefix(prev).is_some_and(|rest| rest.starts_with('.')) => {
+                if let Some(last) = path.last_mut() {
+                    *last = seg;
+                }
+            }
+            _ => path.push(seg),
+        }
     }
+    path.join(".")
 }
 
 fn node_name(n: &NodeProto) -> &str {

@@ -55,4 +55,14 @@ fn residual_net_from_pytorch() {
     let Layer::Sequential(children) = m.describe() else { panic!() };
     let residuals = children.iter().filter(|(_, c)| c.describe().kind() == "Residual").count();
     assert_eq!(residuals, 2, "{:?}", m.describe());
+    // Folded convolutions have generated initializer names; the node scopes name them.
+    let got = names(&m);
+    for name in [
+        "stem.0.weight",
+        "layer1.body.conv1.weight",
+        "layer2.shortcut.downsample.0.weight",
+        "fc.weight",
+    ] {
+        assert!(got.iter().any(|n| n == name), "no {name} in {got:?}");
+    }
 }
