@@ -127,7 +127,7 @@ impl<'g> Builder<'g> {
         let mut constants: HashMap<&str, &TensorProto> =
             graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
         for n in &graph.node {
-            if n.op_type == "Constant" && n.domain.is_empty() {
+            if is_constant(n) {
                 let value = match n.attribute.as_slice() {
                     [a] if a.name == "value" && a.r#type == attribute_type::TENSOR => a.t.as_ref(),
                     _ => None,
@@ -204,7 +204,7 @@ impl<'g> Builder<'g> {
             .node
             .iter()
             .zip(&self.used)
-            .filter(|(n, used)| !**used && !(n.op_type == "Constant" && n.domain.is_empty()))
+            .filter(|(n, used)| !(**used || is_constant(n)))
             .map(|(n, _)| node_name(n))
             .collect();
         if !unused.is_empty() {
@@ -784,6 +784,10 @@ fn scope_name(n: &NodeProto) -> String {
         }
     }
     path.join(".")
+}
+
+fn is_constant(n: &NodeProto) -> bool {
+    n.op_type == "Constant" && n.domain.is_empty()
 }
 
 fn node_name(n: &NodeProto) -> &str {
