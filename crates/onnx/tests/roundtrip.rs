@@ -57,3 +57,95 @@ fn export_does_not_change_the_model() {
         named_buffers(&m).iter().map(|(_, p)| p.value().as_slice().to_vec()).collect();
     assert_eq!(before, after, "running statistics moved during export");
 }
+
+#[test]
+fn exported_graph_has_the_documented_layout() {
+    use convkit_onnx::proto::{DimensionValue, ModelProto};
+    use prost::Message;
+
+    let m = common::lenet5();
+    let model =
+        ModelProto::decode(export(&m, [1, 32, 32], &ExportOptions::default()).unwrap().as_slice())
+            .unwrap();
+    assert_eq!(model.ir_version, 8);
+    assert_eq!(model.opset_import.len(), 1);
+    assert_eq!((model.opset_import[0].domain.as_str(), model.opset_import[0].version), ("", 17));
+    let g = model.graph.unwrap();
+    let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+    assert_eq!(
+        ops,
+        [
+            "Conv",
+            "Relu",
+            "AveragePool",
+            "Conv",
+            "Relu",
+            "AveragePool",
+            "Flatten",
+            "Gemm",
+            "Relu",
+            "Gemm",
+            "Relu",
+            "Gemm"
+        ]
+    );
+    assert_eq!(g.node[0].name, "/conv1/Conv");
+    assert_eq!(g.node[0].input, ["input", "conv1.weight", "conv1.bias"]);
+    assert_eq!(g.node.last().unwrap().output, ["logits"]);
+    let inits: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(inits.len(), 10);
+    assert!(inits.contains(&"fc3.bias"));
+    let dims = |v: &convkit_onnx::proto::ValueInfoProto| -> Vec<DimensionValue> {
+        let t = v.r#type.as_ref().unwrap().tensor_type.as_ref().unwrap();
+        t.shape.as_ref().unwrap().dim.iter().map(|d| d.value.clone().unwrap()).collect()
+    };
+    assert_eq!(g.input[0].name, "input");
+    assert_eq!(
+        dims(&g.input[0]),
+        [
+            DimensionValue::DimParam("batch".into()),
+            DimensionValue::DimValue(1),
+            DimensionValue::DimValue(32),
+            DimensionValue::DimValue(32)
+        ]
+    );
+    assert_eq!(g.output[0].name, "logits");
+    assert_eq!(
+        dims(&g.output[0]),
+        [DimensionValue::DimParam("batch".into()), DimensionValue::DimValue(10)]
+    );
+
+    // A fixed batch, other names.
+    let opts = ExportOptions {
+        input_name: "x".into(),
+        output_name: "y".into(),
+        batch_dim: None,
+        ..Default::default()
+    };
+    let g = ModelProto::decode(export(&m, [1, 32, 32], &opts).unwrap().as_slice())
+        .unwrap()
+        .graph
+        .unwrap();
+    assert_eq!(dims(&g.input[0])[0], DimensionValue::DimValue(1));
+    assert_eq!((g.input[0].name.as_str(), g.output[0].name.as_str()), ("x", "y"));
+    // Without an operator set import does not guess the operators' semantics.
+    let e = import(&ModelProto { graph: Some(g), ..Default::default() }.encode_to_vec());
+    assert!(e.unwrap_err().to_string().contains("operator set"));
+}
+
+#[test]
+fn dropout_is_omitted_and_an_identity_model_still_exports() {
+    use convkit_nn::{Dropout, ReLU};
+    let m = Sequential::new()
+        .push(Dropout::new(0.5, 1).unwrap())
+        .push(ReLU)
+        .push(Dropout::new(0.2, 2).unwrap());
+    let back = import(&export(&m, [2, 3, 3], &ExportOptions::default()).unwrap()).unwrap();
+    assert_eq!(back.len(), 1);
+    let x = Tensor::rand_uniform(&[2, 2, 3, 3], -1.0, 1.0, &mut Rng::new(0)).unwrap();
+    assert_eq!(run(&back, &x), x.map(|v| v.max(0.0)));
+    let only_dropout = Sequential::new().push(Dropout::new(0.5, 1).unwrap());
+    let back =
+        import(&export(&only_dropout, [2, 3, 3], &ExportOptions::default()).unwrap()).unwrap();
+    assert_eq!(run(&back, &x), x);
+}
