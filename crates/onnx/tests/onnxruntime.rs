@@ -105,3 +105,59 @@ fn residual_export_runs_in_onnxruntime_with_any_batch() {
         );
     }
 }
+
+/// Every layer option export writes, checked against ONNX Runtime's reading of it: strided,
+/// padded, dilated, grouped convolution without bias; padded max pooling; average pooling
+/// with and without counting the padding; tanh, sigmoid, batch norm, dropout.
+#[test]
+fn every_layer_option_runs_in_onnxruntime() {
+    use convkit_nn::{
+        AvgPool2d, BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, Conv2dParams, Dropout,
+        Flatten, Linear, MaxPool2d, PoolParams, Sequential, Sigmoid, Tanh,
+    };
+    let Some(py) = python() else { return };
+    let mut rng = Rng::new(21);
+    let params = Conv2dParams { stride: (2, 1), padding: (1, 2), dilation: (2, 1), groups: 2 };
+    let conv = Conv2d::with_config(
+        4,
+        6,
+        (3, 2),
+        Conv2dConfig { params, bias: false, ..Default::default() },
+        &mut rng,
+    )
+    .unwrap();
+    let mut bn = BatchNorm2d::new(6, BatchNormConfig { eps: 1e-3, momentum: 0.3 }).unwrap();
+    bn.running_mean =
+        convkit_autograd::Param::new(Tensor::rand_uniform(&[6], -0.5, 0.5, &mut rng).unwrap());
+    bn.running_var =
+        convkit_autograd::Param::new(Tensor::rand_uniform(&[6], 0.5, 2.0, &mut rng).unwrap());
+    bn.weight =
+        convkit_autograd::Param::new(Tensor::rand_uniform(&[6], 0.5, 1.5, &mut rng).unwrap());
+    let mut m = Sequential::new()
+        .push(conv)
+        .push(Tanh)
+        .push(MaxPool2d(PoolParams::new(3).with_stride(2).with_padding(1)))
+        .push(AvgPool2d(
+            PoolParams::new(3).with_stride(1).with_padding(1).with_count_include_pad(false),
+        ))
+        .push(AvgPool2d(PoolParams::new(2).with_stride(1).with_padding(1)))
+        .push(Sigmoid)
+        .push(bn)
+        .push(Dropout::new(0.3, 4).unwrap())
+        .push(Flatten);
+    let x = Tensor::rand_uniform(&[3, 4, 11, 9], -2.0, 2.0, &mut rng).unwrap();
+    let features = run(&m, &x).dims()[1];
+    m = m.push(Linear::new(features, 7, &mut rng).unwrap());
+    m.set_training(false);
+    let ort = ort_logits(&py, "options", &m, [4, 11, 9], &x);
+    assert_close("every option ORT vs convkit", &ort, &run(&m, &x), ATOL_PEER);
+    // And convkit reads every option back.
+    let bytes = convkit_onnx::export(&m, [4, 11, 9], &ExportOptions::default()).unwrap();
+    let back = convkit_onnx::import(&bytes).unwrap();
+    assert_close(
+        "every option export→import",
+        &run(&back, &x),
+        &run(&m, &x),
+        common::ATOL_ROUND_TRIP,
+    );
+}
