@@ -1,5 +1,6 @@
 //! Corrupt, truncated and hostile files give errors, never panics, and never make import
-//! allocate much more than the file's size.
+//! allocate much more than the file's size. `CONVKIT_ONNX_FUZZ_CASES` sets the number of
+//! mutations per property (default 3000).
 //!
 //! A counting global allocator measures, per thread, the peak bytes live during each
 //! `import`; the bound checked is `4 × file size + 256 KiB` (the decoded messages, the
@@ -145,8 +146,33 @@ fn apply(bytes: &[u8], m: &Mutation) -> Vec<u8> {
     b
 }
 
+/// Cases per property: `CONVKIT_ONNX_FUZZ_CASES`, default 3000.
+fn cases() -> u32 {
+    std::env::var("CONVKIT_ONNX_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+}
+
+/// PyTorch's files (torch's node names, `Gemm`, `Flatten`, folded and unfolded batch norm,
+/// residual `Add`s), one picked per case.
+fn pytorch_bytes(pick: usize) -> Vec<u8> {
+    static FILES: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    let files = FILES.get_or_init(|| {
+        ["convbn.onnx", "convbn_fused.onnx", "resnet_tiny.onnx"]
+            .iter()
+            .map(|f| std::fs::read(common::fixture(f)).unwrap())
+            .collect()
+    });
+    files[pick % files.len()].clone()
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_pytorch_files_never_panic(pick in any::<usize>(), m in mutation()) {
+        let bytes = apply(&pytorch_bytes(pick), &m);
+        let hw = if pick % 3 == 2 { 12 } else { 16 };
+        let _ = import_bounded(&bytes, &small_input(3, hw));
+    }
 
     #[test]
     fn mutated_conv_bn_files_never_panic(m in mutation()) {
