@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use convkit_autograd::{Param, Var};
-use convkit_nn::{Layer, Module, PoolParams, module::join};
+use convkit_nn::{Conv2dParams, Layer, Module, PoolParams, module::join};
 use convkit_tensor::Tensor;
 use prost::Message;
 
@@ -43,6 +43,12 @@ pub struct ExportOptions {
     pub batch_dim: Option<String>,
     /// The graph's name (default `"convkit"`).
     pub graph_name: String,
+    /// Fold each batch norm that directly follows a convolution in a `Sequential` into that
+    /// convolution's weight and bias (`w·γ/√(σ²+ε)`, `(b−μ)·γ/√(σ²+ε)+β`, computed in f64),
+    /// as PyTorch's exporter does in eval mode: fewer nodes, the same function up to
+    /// rounding. Default `false`: batch norms are `BatchNormalization` nodes, and import
+    /// gives back the same layers and parameters.
+    pub fold_batch_norm: bool,
 }
 
 impl Default for ExportOptions {
@@ -52,6 +58,7 @@ impl Default for ExportOptions {
             output_name: "logits".into(),
             batch_dim: Some("batch".into()),
             graph_name: "convkit".into(),
+            fold_batch_norm: false,
         }
     }
 }
@@ -104,7 +111,7 @@ pub(crate) fn export_model(
     }
     let [c, h, w] = input_chw;
     let trace = Var::constant(Tensor::zeros(&[1, c, h, w]));
-    let mut ex = Exporter::default();
+    let mut ex = Exporter { fold_batch_norm: opts.fold_batch_norm, ..Default::default() };
     let (out, mut out_name) = ex.emit(module, "", trace, opts.input_name.clone())?;
     if out_name == opts.input_name {
         // A model that is the identity at inference (empty, or only dropout).
@@ -146,6 +153,7 @@ pub(crate) fn export_model(
 struct Exporter {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
+    fold_batch_norm: bool,
 }
 
 impl Exporter {
@@ -162,8 +170,21 @@ impl Exporter {
         let (op, attrs, params): (&str, Vec<AttributeProto>, Vec<(&str, &Param)>) = match layer {
             Layer::Sequential(children) => {
                 let (mut x, mut name) = (x, x_name);
-                for (child, m) in children {
+                let mut i = 0;
+                while let Some(&(child, m)) = children.get(i) {
+                    let next = children.get(i + 1).map(|(_, bn)| bn.describe());
+                    if self.fold_batch_norm
+                        && let Layer::Conv2d { weight, bias, params } = m.describe()
+                        && let Some(bn @ Layer::BatchNorm2d { .. }) = next
+                    {
+                        let child_path = join(path, child);
+                        (x, name) =
+                            self.emit_folded(&child_path, m, (weight, bias, params), &bn, x, name)?;
+                        i += 2;
+                        continue;
+                    }
                     (x, name) = self.emit(m, &join(path, child), x, name)?;
+                    i += 1;
                 }
                 return Ok((x, name));
             }
@@ -207,17 +228,7 @@ impl Exporter {
                 return Ok((x, name));
             }
             Layer::Conv2d { weight, bias, params } => {
-                let wd = weight.dims();
-                let attrs = vec![
-                    attr_ints("dilations", &[params.dilation.0, params.dilation.1])?,
-                    attr_i("group", params.groups)?,
-                    attr_ints("kernel_shape", wd.get(2..).unwrap_or_default())?,
-                    attr_ints(
-                        "pads",
-                        &[params.padding.0, params.padding.1, params.padding.0, params.padding.1],
-                    )?,
-                    attr_ints("strides", &[params.stride.0, params.stride.1])?,
-                ];
+                let attrs = conv_attrs(&weight.dims(), &params)?;
                 let mut ps = vec![("weight", weight)];
                 ps.extend(bias.map(|b| ("bias", b)));
                 ("Conv", attrs, ps)
@@ -252,6 +263,60 @@ impl Exporter {
         let names = self.add_params(path, &params)?;
         let inputs = std::iter::once(x_name).chain(names).collect();
         let name = self.push(path, op, inputs, attrs);
+        Ok((y, name))
+    }
+
+    /// Emits the convolution at `path` with the batch norm `bn` folded in.
+    fn emit_folded(
+        &mut self,
+        path: &str,
+        conv: &dyn Module,
+        (weight, bias, params): (&Param, Option<&Param>, Conv2dParams),
+        bn: &Layer<'_>,
+        x: Var,
+        x_name: String,
+    ) -> Result<(Var, String)> {
+        let Layer::BatchNorm2d {
+            weight: gamma, bias: beta, running_mean, running_var, eps, ..
+        } = bn
+        else {
+            return Err(OnnxError::Invalid(format!(
+                "export: `{path}` is not followed by a batch norm"
+            )));
+        };
+        let y = conv.forward(&x)?;
+        let w = weight.value();
+        let c_out = w.dims().first().copied().unwrap_or(0);
+        let stats = [gamma.value(), beta.value(), running_mean.value(), running_var.value()];
+        if y.dims().get(1) != Some(&c_out) || stats.iter().any(|t| t.dims() != [c_out]) {
+            return Err(OnnxError::Invalid(format!(
+                "export: the batch norm after `{path}` does not have its {c_out} channels"
+            )));
+        }
+        let [g, b, mean, var] = stats.each_ref().map(Tensor::as_slice);
+        let scale: Vec<f64> = (0..c_out)
+            .map(|o| f64::from(g[o]) / (f64::from(var[o]) + f64::from(*eps)).sqrt())
+            .collect();
+        let per_out = w.numel() / c_out.max(1);
+        let folded_w: Vec<f32> = w
+            .as_slice()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (f64::from(v) * scale[i / per_out]) as f32)
+            .collect();
+        let conv_bias = bias.map(Param::value);
+        let folded_b: Vec<f32> = (0..c_out)
+            .map(|o| {
+                let b0 = conv_bias.as_ref().map_or(0.0, |t| f64::from(t.as_slice()[o]));
+                ((b0 - f64::from(mean[o])) * scale[o] + f64::from(b[o])) as f32
+            })
+            .collect();
+        let w_name = join(path, "weight");
+        let b_name = join(path, "bias");
+        self.initializers.push(tensor_proto(&w_name, &Tensor::from_vec(w.dims(), folded_w)?)?);
+        self.initializers.push(tensor_proto(&b_name, &Tensor::from_vec(&[c_out], folded_b)?)?);
+        let attrs = conv_attrs(w.dims(), &params)?;
+        let name = self.push(path, "Conv", vec![x_name, w_name, b_name], attrs);
         Ok((y, name))
     }
 
@@ -298,6 +363,17 @@ fn node(
         attribute,
         ..Default::default()
     }
+}
+
+/// ONNX convolution attributes for weight dims `[c_out, c_in/groups, kh, kw]`.
+fn conv_attrs(wd: &[usize], p: &Conv2dParams) -> Result<Vec<AttributeProto>> {
+    Ok(vec![
+        attr_ints("dilations", &[p.dilation.0, p.dilation.1])?,
+        attr_i("group", p.groups)?,
+        attr_ints("kernel_shape", wd.get(2..).unwrap_or_default())?,
+        attr_ints("pads", &[p.padding.0, p.padding.1, p.padding.0, p.padding.1])?,
+        attr_ints("strides", &[p.stride.0, p.stride.1])?,
+    ])
 }
 
 /// ONNX pooling attributes (no ceil mode; pads as `[top, left, bottom, right]`).

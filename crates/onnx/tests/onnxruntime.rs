@@ -50,10 +50,21 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// Exports `m`, runs it in ONNX Runtime on `x`, returns ORT's logits.
 fn ort_logits(py: &Path, tag: &str, m: &dyn Module, chw: [usize; 3], x: &Tensor) -> Tensor {
+    ort_logits_with(py, tag, m, chw, x, &ExportOptions::default())
+}
+
+fn ort_logits_with(
+    py: &Path,
+    tag: &str,
+    m: &dyn Module,
+    chw: [usize; 3],
+    x: &Tensor,
+    opts: &ExportOptions,
+) -> Tensor {
     let dir = scratch(tag);
     let (model, inputs, outputs) =
         (dir.join("model.onnx"), dir.join("in.safetensors"), dir.join("out.safetensors"));
-    save(m, chw, &ExportOptions::default(), &model).unwrap();
+    save(m, chw, opts, &model).unwrap();
     save_safetensors(&inputs, [("input", x)], None).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ort_run.py");
     let out = Command::new(py).arg(&script).args([&model, &inputs, &outputs]).output().unwrap();
@@ -160,4 +171,18 @@ fn every_layer_option_runs_in_onnxruntime() {
         &run(&m, &x),
         common::ATOL_ROUND_TRIP,
     );
+}
+
+#[test]
+fn folded_batch_norm_exports_run_in_onnxruntime() {
+    let Some(py) = python() else { return };
+    let opts = ExportOptions { fold_batch_norm: true, ..Default::default() };
+    let m = common::conv_bn_net();
+    let x = tensors("convbn_io.safetensors")["input"].clone();
+    let ort = ort_logits_with(&py, "convbn-folded", &m, [3, 16, 16], &x, &opts);
+    assert_close("conv-bn folded, ORT vs convkit", &ort, &run(&m, &x), ATOL_PEER);
+    let m = common::residual_net(13);
+    let x = Tensor::rand_uniform(&[4, 3, 12, 12], -1.0, 1.0, &mut Rng::new(14)).unwrap();
+    let ort = ort_logits_with(&py, "residual-folded", &m, [3, 12, 12], &x, &opts);
+    assert_close("residual folded, ORT vs convkit", &ort, &run(&m, &x), ATOL_PEER);
 }

@@ -149,3 +149,30 @@ fn dropout_is_omitted_and_an_identity_model_still_exports() {
         import(&export(&only_dropout, [2, 3, 3], &ExportOptions::default()).unwrap()).unwrap();
     assert_eq!(run(&back, &x), x);
 }
+
+#[test]
+fn folding_batch_norm_removes_it_and_keeps_the_function() {
+    use convkit_onnx::proto::ModelProto;
+    use prost::Message;
+
+    let opts = ExportOptions { fold_batch_norm: true, ..Default::default() };
+    for (what, m, chw) in [
+        ("conv-bn", common::conv_bn_net(), [3, 16, 16]),
+        ("residual", common::residual_net(3), [3, 12, 12]),
+    ] {
+        let bytes = export(&m, chw, &opts).unwrap();
+        let g = ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap();
+        assert!(g.node.iter().all(|n| n.op_type != "BatchNormalization"), "{what}");
+        let back = import(&bytes).unwrap();
+        let [c, h, w] = chw;
+        let x = Tensor::rand_uniform(&[3, c, h, w], -1.0, 1.0, &mut Rng::new(1)).unwrap();
+        // Folding rounds differently from normalizing: the peers' tolerance, not exact.
+        assert_close(
+            &format!("{what} folded export→import"),
+            &run(&back, &x),
+            &run(&m, &x),
+            common::ATOL_PEER,
+        );
+        assert!(named_buffers(&back).is_empty());
+    }
+}

@@ -31,7 +31,9 @@ pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
 /// `--nocapture` to see them).
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f32) {
     let d = max_abs_diff(got, want);
-    println!("{what}: max |Δlogit| = {d:.3e} (tolerance {atol:.0e})");
+    let scale = want.as_slice().iter().fold(0f32, |m, v| m.max(v.abs()));
+    println!("{what}: max |Δlogit| = {d:.3e} (tolerance {atol:.0e}; logits up to {scale:.3})");
+    assert!(scale > 0.01, "{what}: logits {scale:e} too small for the comparison to mean much");
     assert!(d <= atol, "{what}: max |Δlogit| = {d:e} > {atol:e}");
 }
 
