@@ -58,10 +58,10 @@ pub mod norm;
 pub mod optim;
 pub mod sched;
 
-/// Convolution and pooling hyper-parameters and the output-size formula, re-exported from `convkit-conv` because layer
-/// configurations and [`Layer`] descriptions carry them.
-pub use convkit_conv::{Conv2dParams, PoolParams, out_size};
 pub use conv::{AvgPool2d, Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d};
+// Re-exported from convkit-conv because layer configurations and `Layer` descriptions carry
+// them: a user of nn (or of convkit-onnx) needs no direct dependency on the kernels.
+pub use convkit_conv::{Conv2dParams, PoolParams, out_size};
 pub use describe::Layer;
 pub use error::{NnError, Result};
 pub use init::Init;
