@@ -288,7 +288,10 @@ impl Exporter {
         let w = weight.value();
         let c_out = w.dims().first().copied().unwrap_or(0);
         let stats = [gamma.value(), beta.value(), running_mean.value(), running_var.value()];
-        if y.dims().get(1) != Some(&c_out) || stats.iter().any(|t| t.dims() != [c_out]) {
+        let conv_bias = bias.map(Param::value);
+        if y.dims().get(1) != Some(&c_out)
+            || stats.iter().chain(&conv_bias).any(|t| t.dims() != [c_out])
+        {
             return Err(OnnxError::Invalid(format!(
                 "export: the batch norm after `{path}` does not have its {c_out} channels"
             )));
@@ -304,7 +307,6 @@ impl Exporter {
             .enumerate()
             .map(|(i, &v)| (f64::from(v) * scale[i / per_out]) as f32)
             .collect();
-        let conv_bias = bias.map(Param::value);
         let folded_b: Vec<f32> = (0..c_out)
             .map(|o| {
                 let b0 = conv_bias.as_ref().map_or(0.0, |t| f64::from(t.as_slice()[o]));
