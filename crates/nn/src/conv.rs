@@ -10,6 +10,7 @@ use convkit_conv::{
 };
 use convkit_tensor::{Rng, Tensor};
 
+use crate::describe::Layer;
 use crate::error::{NnError, Result, config};
 use crate::init::{Init, default_bias, fans};
 use crate::module::{Module, bind, join};
@@ -100,6 +101,42 @@ impl Conv2d {
         Ok(Self { weight, bias, cfg, winograd: Arc::default() })
     }
 
+    /// A layer with given filters `[c_out, c_in/groups, kh, kw]` and optional bias `[c_out]`
+    /// (loading a model from another framework), automatic algorithm choice.
+    pub fn from_tensors(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        params: Conv2dParams,
+    ) -> Result<Self> {
+        let &[c_out, _, kh, kw] = weight.dims() else {
+            return Err(config("Conv2d", format!("weight {:?} is not 4-D", weight.dims())));
+        };
+        if weight.numel() == 0 {
+            return Err(config("Conv2d", format!("weight {:?} is empty", weight.dims())));
+        }
+        if params.groups == 0 || !c_out.is_multiple_of(params.groups) {
+            return Err(config(
+                "Conv2d",
+                format!("groups = {} must divide {c_out} output channels", params.groups),
+            ));
+        }
+        if let Some(b) = &bias
+            && b.dims() != [c_out]
+        {
+            return Err(config(
+                "Conv2d",
+                format!("bias {:?} does not fit weight [{c_out}, _, {kh}, {kw}]", b.dims()),
+            ));
+        }
+        let cfg = Conv2dConfig { params, bias: bias.is_some(), ..Default::default() };
+        Ok(Self {
+            weight: Param::new(weight),
+            bias: bias.map(Param::new),
+            cfg,
+            winograd: Arc::default(),
+        })
+    }
+
     /// The transformed filters for `variant`, from the cache when the weight is unchanged.
     /// A weight that changed — replaced, or updated in place, which copies a buffer the cache
     /// shares — no longer shares its buffer with the cached one, so identity of the buffer is
@@ -169,6 +206,10 @@ impl Module for Conv2d {
             f(join(prefix, "bias"), b);
         }
     }
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::Conv2d { weight: &self.weight, bias: self.bias.as_ref(), params: self.cfg.params }
+    }
 }
 
 /// Max pooling layer (PyTorch's `nn.MaxPool2d`).
@@ -212,6 +253,10 @@ impl Module for MaxPool2d {
     }
 
     fn visit_params(&self, _: &str, _: &mut dyn FnMut(String, &Param)) {}
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::MaxPool2d(self.0)
+    }
 }
 
 impl Module for AvgPool2d {
@@ -221,6 +266,35 @@ impl Module for AvgPool2d {
     }
 
     fn visit_params(&self, _: &str, _: &mut dyn FnMut(String, &Param)) {}
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::AvgPool2d(self.0)
+    }
+}
+
+/// Global average pooling (PyTorch's `nn.AdaptiveAvgPool2d(1)`): the mean of each channel's
+/// plane, `[n, c, h, w]` → `[n, c, 1, 1]`. Follow it with [`Flatten`](crate::Flatten) to
+/// feed a linear layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GlobalAvgPool2d;
+
+impl Module for GlobalAvgPool2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        let (&[n, c, h, w], true) = (x.dims(), x.value().numel() > 0) else {
+            return Err(NnError::Input {
+                layer: "GlobalAvgPool2d",
+                got: x.dims().to_vec(),
+                msg: "expected a non-empty [batch, channels, height, width]".into(),
+            });
+        };
+        Ok(x.reshape(&[n, c, h * w])?.mean_axis(2, false)?.reshape(&[n, c, 1, 1])?)
+    }
+
+    fn visit_params(&self, _: &str, _: &mut dyn FnMut(String, &Param)) {}
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::GlobalAvgPool2d
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use convkit_autograd::{Param, Var};
 use convkit_tensor::Rng;
 
+use crate::describe::Layer;
 use crate::error::{NnError, Result, config};
 use crate::init::{Init, default_bias};
 use crate::module::{Module, bind, join};
@@ -82,6 +83,10 @@ impl Module for Linear {
             f(join(prefix, "bias"), b);
         }
     }
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::Linear { weight: &self.weight, bias: self.bias.as_ref() }
+    }
 }
 
 /// Declares a parameter-free layer that applies one infallible `Var` method.
@@ -97,6 +102,10 @@ macro_rules! activation {
             }
 
             fn visit_params(&self, _: &str, _: &mut dyn FnMut(String, &Param)) {}
+
+            fn describe(&self) -> Layer<'_> {
+                Layer::$name
+            }
         }
     };
 }
@@ -134,6 +143,10 @@ impl Module for Flatten {
     }
 
     fn visit_params(&self, _: &str, _: &mut dyn FnMut(String, &Param)) {}
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::Flatten
+    }
 }
 
 /// Inverted dropout: in training mode zeroes each element with probability `p` and scales
@@ -166,5 +179,9 @@ impl Module for Dropout {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::Dropout { p: self.p }
     }
 }

@@ -2,7 +2,8 @@
 
 use convkit_autograd::{Param, Var};
 
-use crate::error::Result;
+use crate::describe::Layer;
+use crate::error::{NnError, Result};
 
 /// A layer or a model: a forward function with named parameters and a train/eval mode.
 ///
@@ -27,6 +28,13 @@ pub trait Module {
     /// Switches between training (`true`) and evaluation mode. Layers whose behaviour
     /// differs (dropout, batch norm) override it; containers pass it to their children.
     fn set_training(&mut self, _training: bool) {}
+
+    /// What this module is: its kind, configuration and parameters ([`Layer`]), for tools
+    /// that inspect a model (exporters, summaries, fused inference). Modules that do not
+    /// override it are [`Layer::Opaque`] with their type name.
+    fn describe(&self) -> Layer<'_> {
+        Layer::Opaque(std::any::type_name::<Self>())
+    }
 }
 
 /// All parameters of a module with their dotted names, in visiting order.
@@ -93,6 +101,13 @@ impl Sequential {
         self
     }
 
+    /// Appends an already boxed layer under a name (for builders that choose layer types at
+    /// run time, such as importers).
+    pub fn push_boxed(mut self, name: &str, layer: Box<dyn Module + Send>) -> Self {
+        self.layers.push((name.to_owned(), layer));
+        self
+    }
+
     /// Number of layers.
     pub fn len(&self) -> usize {
         self.layers.len()
@@ -135,6 +150,99 @@ impl Module for Sequential {
     fn set_training(&mut self, training: bool) {
         for (_, layer) in &mut self.layers {
             layer.set_training(training);
+        }
+    }
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::Sequential(
+            self.layers
+                .iter()
+                .map(|(name, layer)| (name.as_str(), &**layer as &dyn Module))
+                .collect(),
+        )
+    }
+}
+
+impl std::fmt::Debug for Sequential {
+    /// The children by name and kind, with their configuration ([`Layer`]'s `Debug`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sequential {:?}", self.describe())
+    }
+}
+
+impl std::fmt::Debug for Residual {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.describe().fmt(f)
+    }
+}
+
+/// A residual block: `y = body(x) + shortcut(x)`, the shortcut being the identity unless a
+/// module is given (a strided 1x1 convolution when the body changes the shape). Both
+/// branches must produce the same dims; no broadcasting is done.
+///
+/// Parameter names: `body.…` and `shortcut.…`.
+pub struct Residual {
+    body: Box<dyn Module + Send>,
+    shortcut: Option<Box<dyn Module + Send>>,
+}
+
+impl Residual {
+    /// `y = body(x) + x`.
+    pub fn new(body: impl Module + Send + 'static) -> Self {
+        Self { body: Box::new(body), shortcut: None }
+    }
+
+    /// `y = body(x) + shortcut(x)`.
+    pub fn with_shortcut(
+        body: impl Module + Send + 'static,
+        shortcut: impl Module + Send + 'static,
+    ) -> Self {
+        Self { body: Box::new(body), shortcut: Some(Box::new(shortcut)) }
+    }
+}
+
+impl Module for Residual {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        let y = self.body.forward(x)?;
+        let s = match &self.shortcut {
+            Some(m) => m.forward(x)?,
+            None => x.clone(),
+        };
+        if y.dims() != s.dims() {
+            return Err(NnError::Input {
+                layer: "Residual",
+                got: x.dims().to_vec(),
+                msg: format!("body gives {:?} but shortcut gives {:?}", y.dims(), s.dims()),
+            });
+        }
+        Ok(y.add(&s)?)
+    }
+
+    fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+        self.body.visit_params(&join(prefix, "body"), f);
+        if let Some(m) = &self.shortcut {
+            m.visit_params(&join(prefix, "shortcut"), f);
+        }
+    }
+
+    fn visit_buffers(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
+        self.body.visit_buffers(&join(prefix, "body"), f);
+        if let Some(m) = &self.shortcut {
+            m.visit_buffers(&join(prefix, "shortcut"), f);
+        }
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.body.set_training(training);
+        if let Some(m) = &mut self.shortcut {
+            m.set_training(training);
+        }
+    }
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::Residual {
+            body: &*self.body,
+            shortcut: self.shortcut.as_deref().map(|m| m as &dyn Module),
         }
     }
 }

@@ -3,6 +3,7 @@
 use convkit_autograd::{Param, Var};
 use convkit_tensor::Tensor;
 
+use crate::describe::Layer;
 use crate::error::{NnError, Result, config};
 use crate::module::{Module, bind, join};
 
@@ -125,5 +126,16 @@ impl Module for BatchNorm2d {
 
     fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    fn describe(&self) -> Layer<'_> {
+        Layer::BatchNorm2d {
+            weight: &self.weight,
+            bias: &self.bias,
+            running_mean: &self.running_mean,
+            running_var: &self.running_var,
+            eps: self.cfg.eps,
+            momentum: self.cfg.momentum,
+        }
     }
 }

@@ -219,8 +219,10 @@ fn io_error(op: &'static str, path: &Path, e: &std::io::Error) -> TensorError {
     TensorError::Io { op, path: path.display().to_string(), msg: e.to_string() }
 }
 
-/// Writes `bytes` to `path` via a synced temporary sibling and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` atomically: a temporary sibling, `fsync`, rename (and a sync of
+/// the directory on Unix). A crash leaves either the old file or the new one; on error the
+/// temporary is removed. Shared by every crate that saves files.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().ok_or_else(|| TensorError::Io {
         op: "writing",

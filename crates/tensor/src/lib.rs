@@ -83,7 +83,7 @@ pub mod tensor;
 pub use error::{Result, TensorError};
 pub use io::{
     from_safetensors_bytes, from_safetensors_bytes_with_metadata, load_safetensors,
-    load_safetensors_with_metadata, save_safetensors, to_safetensors_bytes,
+    load_safetensors_with_metadata, save_safetensors, to_safetensors_bytes, write_atomic,
 };
 pub use matmul::{PAR_MIN_FLOPS, gemm, matmul, matmul_t};
 pub use ops::broadcast_shapes;
