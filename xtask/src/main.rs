@@ -212,9 +212,14 @@ fn library_dependencies() -> Result<bool> {
         "\n==> [library dependencies] cargo tree -e normal, at most {LIBRARY_CRATE_LIMIT} crates"
     );
     let mut ok = true;
-    for krate in
-        ["convkit-tensor", "convkit-conv", "convkit-autograd", "convkit-nn", "convkit-models"]
-    {
+    for krate in [
+        "convkit-tensor",
+        "convkit-conv",
+        "convkit-autograd",
+        "convkit-nn",
+        "convkit-onnx",
+        "convkit-models",
+    ] {
         let out = cargo_command()
             .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none"])
             .current_dir(root())

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 use convkit_autograd::{Param, Var};
 use convkit_conv::{ConvAlgo, ConvGeometry, select};
 use convkit_nn::checkpoint::{self, Metadata};
-use convkit_nn::{AvgPool2d, Conv2d, Conv2dConfig, Init, Linear, LinearConfig, Module, num_params};
+use convkit_nn::{
+    AvgPool2d, Conv2d, Conv2dConfig, Flatten, Init, Layer, Linear, LinearConfig, Module, ReLU,
+    num_params,
+};
 use convkit_tensor::{Rng, Tensor};
 
 use crate::data::Normalization;
@@ -50,6 +53,8 @@ pub struct LeNet5 {
     pub fc2: Linear,
     /// 84 → 10.
     pub fc3: Linear,
+    /// The 2x2 average pooling after each convolution (no parameters).
+    pool: AvgPool2d,
     /// The weights repacked for [`LeNet5::logits`], rebuilt when a parameter changes.
     packed: Arc<Mutex<Option<Arc<PackedLeNet>>>>,
 }
@@ -69,6 +74,7 @@ impl LeNet5 {
             fc1: Linear::new(400, 120, rng)?,
             fc2: Linear::new(120, 84, rng)?,
             fc3: Linear::new(84, CLASSES, rng)?,
+            pool: AvgPool2d::new(2),
             packed: Arc::default(),
         })
     }
@@ -94,6 +100,7 @@ impl LeNet5 {
             fc1: linear(400, 120, rng)?,
             fc2: linear(120, 84, rng)?,
             fc3: linear(84, CLASSES, rng)?,
+            pool: AvgPool2d::new(2),
             packed: Arc::default(),
         })
     }
@@ -278,6 +285,25 @@ impl Module for LeNet5 {
                 msg: other.to_string(),
             },
         })
+    }
+
+    /// The layers in order, under PyTorch's `state_dict` names, so that tools that walk a
+    /// model (ONNX export, summaries) see LeNet-5 as the `Sequential` it is.
+    fn describe(&self) -> Layer<'_> {
+        Layer::Sequential(vec![
+            ("conv1", &self.conv1),
+            ("relu1", &ReLU),
+            ("pool1", &self.pool),
+            ("conv2", &self.conv2),
+            ("relu2", &ReLU),
+            ("pool2", &self.pool),
+            ("flatten", &Flatten),
+            ("fc1", &self.fc1),
+            ("relu3", &ReLU),
+            ("fc2", &self.fc2),
+            ("relu4", &ReLU),
+            ("fc3", &self.fc3),
+        ])
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {

@@ -8,6 +8,7 @@
 //! lenet visualize --weights model.safetensors [--image PNG | --idx FILE --index I] --out DIR
 //! lenet serve   --weights model.safetensors [--addr 127.0.0.1:8080] [--dataset …]
 //! lenet fetch   mnist|fashion-mnist
+//! lenet export  --weights model.safetensors --onnx model.onnx [--fixed-batch]
 //! ```
 
 use std::fs::OpenOptions;
@@ -25,7 +26,7 @@ use convkit_cli::visualize::{
 use convkit_models::data::{Normalization, preprocess};
 use convkit_models::fetch::{self, DATA_ENV, DatasetKind};
 use convkit_models::idx::{IdxSplit, read_idx_images};
-use convkit_models::lenet::{LeNet5, NUM_PARAMS};
+use convkit_models::lenet::{INPUT_SIZE, LeNet5, NUM_PARAMS};
 use convkit_models::preprocess::{decode_picture, picture_to_mnist};
 use convkit_models::train::{
     OptimizerKind, ScheduleKind, TrainConfig, Trainer, evaluate, metrics_path, optimizer_path,
@@ -59,6 +60,21 @@ enum Command {
     Visualize(VisualizeArgs),
     /// A web page to draw on and watch the network classify the drawing, with a JSON API.
     Serve(ServeArgs),
+    /// Write the model as ONNX (opset 17, input `input` [batch, 1, 32, 32], output `logits`).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Weights (ours or a PyTorch state_dict as safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// The ONNX file to write (atomically).
+    #[arg(long, value_name = "FILE")]
+    onnx: PathBuf,
+    /// Fix the batch size to 1 instead of a dynamic `batch` axis.
+    #[arg(long)]
+    fixed_batch: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -250,6 +266,7 @@ fn main() -> ExitCode {
         Command::Fetch(a) => fetch_cmd(&a),
         Command::Visualize(a) => visualize(&a),
         Command::Serve(a) => serve(&a),
+        Command::Export(a) => export(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -258,6 +275,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn export(a: &ExportArgs) -> Result<()> {
+    let (model, norm, _) = LeNet5::load(&a.weights)
+        .with_context(|| format!("cannot load the weights {}", a.weights.display()))?;
+    let opts = convkit_onnx::ExportOptions {
+        batch_dim: (!a.fixed_batch).then(|| "batch".to_owned()),
+        ..Default::default()
+    };
+    convkit_onnx::save(&model, [1, INPUT_SIZE, INPUT_SIZE], &opts, &a.onnx)
+        .with_context(|| format!("cannot export {}", a.onnx.display()))?;
+    println!(
+        "{}: LeNet-5 as ONNX opset {}, input `{}` [{}, 1, {INPUT_SIZE}, {INPUT_SIZE}] (28x28 images \
+         padded by 2, /255, (x - {}) / {}), output `{}` [{}, 10]",
+        a.onnx.display(),
+        convkit_onnx::OPSET_VERSION,
+        opts.input_name,
+        opts.batch_dim.as_deref().unwrap_or("1"),
+        norm.mean,
+        norm.std,
+        opts.output_name,
+        opts.batch_dim.as_deref().unwrap_or("1"),
+    );
+    Ok(())
 }
 
 /// Runs `f` on a rayon pool of `threads` workers (the global pool when `None`).
