@@ -28,3 +28,9 @@
 pub mod download;
 pub mod serve;
 pub mod visualize;
+
+/// The workspace README's examples, compiled and run as doctests so the README stays true
+/// (this crate depends on every crate they use).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -39,7 +39,7 @@ struct Case {
 impl Case {
     fn new(dims: [usize; 4]) -> Case {
         let mut rng = Rng::new(1);
-        let layer = BatchNorm2d::new(dims[1], Default::default()).expect("valid layer");
+        let layer = BatchNorm2d::new(dims[1]).expect("valid layer");
         let x = Tensor::rand_uniform(&dims, -1.5, 2.5, &mut rng).expect("valid shape");
         let dy = Tensor::rand_uniform(&dims, -1.0, 1.0, &mut rng).expect("valid shape");
         Case { layer, x, dy }

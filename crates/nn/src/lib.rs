@@ -73,12 +73,6 @@ pub use norm::{BatchNorm2d, BatchNormConfig};
 pub use optim::{Adam, AdamConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
 pub use sched::{Constant, CosineAnnealing, LinearWarmup, LrSchedule, StepLr, Then};
 
-/// The README's examples, compiled and run as doctests so the README stays true (this is the
-/// highest crate they use).
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;
-
 /// This crate's README, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

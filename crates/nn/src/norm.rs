@@ -45,8 +45,14 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
-    /// A layer for `channels` channels, in training mode.
-    pub fn new(channels: usize, cfg: BatchNormConfig) -> Result<Self> {
+    /// A layer for `channels` channels with PyTorch's defaults (ε = 1e-5, momentum 0.1), in
+    /// training mode: `BatchNorm2d::new(16)` is PyTorch's `nn.BatchNorm2d(16)`.
+    pub fn new(channels: usize) -> Result<Self> {
+        Self::with_config(channels, BatchNormConfig::default())
+    }
+
+    /// A layer for `channels` channels with the given ε and momentum, in training mode.
+    pub fn with_config(channels: usize, cfg: BatchNormConfig) -> Result<Self> {
         if channels == 0 {
             return Err(config("BatchNorm2d", "channels must be positive"));
         }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use convkit_nn::checkpoint::{self, Metadata};
 use convkit_nn::{
-    AvgPool2d, BatchNorm2d, BatchNormConfig, Conv2d, Flatten, Linear, NnError, ReLU, Sequential,
-    named_params, num_params,
+    AvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, NnError, ReLU, Sequential, named_params,
+    num_params,
 };
 use convkit_tensor::Rng;
 
@@ -74,7 +74,7 @@ fn buffers_are_saved_and_restored() {
     let make = |rng: &mut Rng| {
         Sequential::new()
             .push_named("conv", Conv2d::new(1, 2, 3, rng).unwrap())
-            .push_named("bn", BatchNorm2d::new(2, BatchNormConfig::default()).unwrap())
+            .push_named("bn", BatchNorm2d::new(2).unwrap())
     };
     let a = make(&mut rng);
     let b = make(&mut rng);

@@ -93,7 +93,7 @@ fn residual_gradient_matches_finite_differences() {
 
 #[test]
 fn residual_passes_buffers_and_mode_to_its_branches() {
-    let mut block = Residual::new(BatchNorm2d::new(2, BatchNormConfig::default()).unwrap());
+    let mut block = Residual::new(BatchNorm2d::new(2).unwrap());
     let names: Vec<String> = named_buffers(&block).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["body.running_mean", "body.running_var"]);
     // In evaluation mode with fresh statistics the batch norm is (almost) the identity.
@@ -125,7 +125,7 @@ fn every_layer_describes_itself() {
     )
     .unwrap();
     let pool = PoolParams::new(3).with_stride(2).with_padding(1).with_count_include_pad(false);
-    let bn = BatchNorm2d::new(6, BatchNormConfig { eps: 1e-3, momentum: 0.2 }).unwrap();
+    let bn = BatchNorm2d::with_config(6, BatchNormConfig { eps: 1e-3, momentum: 0.2 }).unwrap();
     let model = Sequential::new()
         .push_named("conv", conv)
         .push_named("bn", bn)

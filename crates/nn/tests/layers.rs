@@ -25,8 +25,8 @@
 use convkit_autograd::{Tape, Var};
 use convkit_conv::Conv2dParams;
 use convkit_nn::{
-    AvgPool2d, BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, Dropout, Flatten, Linear,
-    MaxPool2d, Module, ReLU, Sequential, Sigmoid, Tanh, named_params,
+    AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Linear, MaxPool2d, Module,
+    ReLU, Sequential, Sigmoid, Tanh, named_params,
 };
 use convkit_tensor::{Rng, Tensor};
 
@@ -48,7 +48,7 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
 
 #[test]
 fn batchnorm_matches_pytorch_in_both_modes() {
-    let mut bn = BatchNorm2d::new(3, BatchNormConfig::default()).unwrap();
+    let mut bn = BatchNorm2d::new(3).unwrap();
     bn.weight.set_value(Tensor::from_vec(&[3], vec![1.5, -0.5, 2.0]).unwrap()).unwrap();
     bn.bias.set_value(Tensor::from_vec(&[3], vec![0.1, 0.2, -0.3]).unwrap()).unwrap();
     let tape = Tape::new();
@@ -159,7 +159,7 @@ fn layers_reject_bad_inputs_with_shapes() {
     let e =
         AvgPool2d::new(2).forward(&Var::constant(Tensor::ones(&[4, 4]))).unwrap_err().to_string();
     assert!(e.contains("[4, 4]"), "{e}");
-    let bn = BatchNorm2d::new(3, BatchNormConfig::default()).unwrap();
+    let bn = BatchNorm2d::new(3).unwrap();
     let e = bn.forward(&Var::constant(Tensor::ones(&[1, 2, 2, 2]))).unwrap_err().to_string();
     assert!(e.contains("3 channels"), "{e}");
     assert!(

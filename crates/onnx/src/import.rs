@@ -659,7 +659,7 @@ impl<'g> Builder<'g> {
                 }
                 let eps = a.float("epsilon", 1e-5)?;
                 let momentum = 1.0 - a.float("momentum", 0.9)?;
-                let mut bn = BatchNorm2d::new(c, BatchNormConfig { eps, momentum })?;
+                let mut bn = BatchNorm2d::with_config(c, BatchNormConfig { eps, momentum })?;
                 bn.weight = Param::new(scale);
                 bn.bias = Param::new(b);
                 bn.running_mean = Param::new(mean);

@@ -137,7 +137,7 @@ fn every_layer_option_runs_in_onnxruntime() {
         &mut rng,
     )
     .unwrap();
-    let mut bn = BatchNorm2d::new(6, BatchNormConfig { eps: 1e-3, momentum: 0.3 }).unwrap();
+    let mut bn = BatchNorm2d::with_config(6, BatchNormConfig { eps: 1e-3, momentum: 0.3 }).unwrap();
     bn.running_mean =
         convkit_autograd::Param::new(Tensor::rand_uniform(&[6], -0.5, 0.5, &mut rng).unwrap());
     bn.running_var =

@@ -112,6 +112,29 @@ fn lenet_fc(c: &mut Criterion) {
     group.finish();
 }
 
+/// A linear layer at batch 1 (the dot-product path) on 1 and 2 threads: the flattened
+/// 64x7x7 features of a small CNN into 128 units, and LeNet-5's fc1.
+fn linear_batch1(c: &mut Criterion) {
+    let mut group = c.benchmark_group("linear_b1");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(measurement_time(Duration::from_secs(1)));
+    for (inp, out) in [(3136usize, 128usize), (400, 120)] {
+        let x = random(&[1, inp], 7);
+        let w = random(&[out, inp], 8);
+        group.throughput(flops(1, inp, out));
+        for threads in [1, 2] {
+            let pool =
+                rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+            group.bench_function(format!("1x{inp}·{out}x{inp}T/t{threads}"), |bench| {
+                pool.install(|| bench.iter(|| matmul_t(black_box(&x), false, black_box(&w), true)))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn batched(c: &mut Criterion) {
     let mut group = c.benchmark_group("batched");
     group
@@ -127,5 +150,5 @@ fn batched(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, square, raw_sgemm, lenet_fc, batched);
+criterion_group!(benches, square, raw_sgemm, lenet_fc, linear_batch1, batched);
 criterion_main!(benches);

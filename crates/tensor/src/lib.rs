@@ -85,7 +85,7 @@ pub use io::{
     from_safetensors_bytes, from_safetensors_bytes_with_metadata, load_safetensors,
     load_safetensors_with_metadata, save_safetensors, to_safetensors_bytes, write_atomic,
 };
-pub use matmul::{PAR_MIN_FLOPS, gemm, matmul, matmul_t};
+pub use matmul::{DOT_MAX_ROWS, PAR_MIN_FLOPS, gemm, matmul, matmul_t};
 pub use ops::broadcast_shapes;
 pub use rng::Rng;
 pub use tensor::{Tensor, numel, strides};

@@ -14,6 +14,15 @@
 //! has at least [`PAR_MIN_FLOPS`] floating point operations. Each item writes its own disjoint
 //! output chunk (`par_chunks_mut`) with the same sgemm call it would make sequentially, so the
 //! result is bit-identical whatever the number of threads.
+//!
+//! **Few rows.** A product with at most [`DOT_MAX_ROWS`] rows whose operands are both
+//! contiguous along the inner dimension — a linear layer `x·Wᵀ` at batch 1 to 4 — skips
+//! sgemm's packing of the whole right operand (the weight matrix, copied on every call) and
+//! computes each output as a dot product of two contiguous rows, in eight running sums. Its
+//! outputs split over threads above [`PAR_MIN_FLOPS`], each computed by one thread in the same
+//! order, so it too is bit-identical for any number of threads. Its sums run in another
+//! order than sgemm's, so a row's result can differ in the last bits from the same row inside
+//! a larger batch.
 
 use rayon::prelude::*;
 
@@ -26,6 +35,52 @@ use crate::tensor::{Tensor, checked_numel};
 /// a few µs per item, so below this the overhead is a visible fraction and above it the
 /// split pays off (batch 4 of 64×64×64 is exactly at the threshold).
 pub const PAR_MIN_FLOPS: usize = 1 << 21;
+
+/// Most rows of a product that [`matmul_t`] computes as dot products instead of with sgemm.
+pub const DOT_MAX_ROWS: usize = 4;
+
+/// `Σ a[i]·b[i]` in eight running sums (element `i` to sum `i mod 8`) added pairwise at the
+/// end: a fixed order the compiler vectorizes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    for (j, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[j] += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// `out [m, n] = a [m, k] · b [k, n]` (`n = out.len() / m`) where row `i` of `a` starts at `i·a_rs` and column `j`
+/// of `b` at `j·b_cs`, both contiguous along `k`: one dot product per output.
+fn matmul_dots(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_cs: usize,
+    out: &mut [f32],
+) {
+    let n = out.len() / m.max(1);
+    let column = |j: usize| &b[j * b_cs..j * b_cs + k];
+    let fill =
+        |(j, o): (usize, &mut f32), i: usize| *o = dot(&a[i * a_rs..i * a_rs + k], column(j));
+    for (i, row) in out.chunks_mut(n).enumerate().take(m) {
+        if 2 * k * n >= PAR_MIN_FLOPS && rayon::current_num_threads() > 1 {
+            // Chunks of outputs large enough that the fork/join is a small part of each.
+            let min_len = (PAR_MIN_FLOPS / 8 / (2 * k).max(1)).max(1);
+            row.par_iter_mut().enumerate().with_min_len(min_len).for_each(|jo| fill(jo, i));
+        } else {
+            row.iter_mut().enumerate().for_each(|jo| fill(jo, i));
+        }
+    }
+}
 
 /// Index one past the last element a `rows × cols` matrix with these strides touches
 /// (0 for an empty matrix), or `None` on overflow.
@@ -260,6 +315,11 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
     }
     let (xa, xb) = (a.as_slice(), b.as_slice());
 
+    if batch.is_none() && m <= DOT_MAX_ROWS && oa.cs == 1 && ob.rs == 1 && k > 0 {
+        matmul_dots(m, k, xa, oa.rs, xb, ob.cs, &mut out);
+        return Tensor::from_vec(&out_dims, out);
+    }
+
     // Fold the batch into the rows: [b, m, k] (row-major, not transposed) is [b·m, k].
     if oa.batch.is_some() && ob.batch.is_none() && !trans_a {
         gemm(total / n, k, n, 1.0, xa, oa.rs, oa.cs, xb, ob.rs, ob.cs, 0.0, &mut out, n, 1)?;
@@ -324,6 +384,35 @@ mod tests {
         let c = matmul_t(&a, true, &b, true).unwrap();
         assert_eq!(c.dims(), &[3, 3]);
         assert_eq!(c, a.t().unwrap().matmul(&b.t().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn few_rows_take_dot_products_that_match_f64_and_any_thread_count() {
+        let mut rng = Rng::new(4);
+        // A linear layer at batch 1 and 3, large enough to split over threads.
+        for m in [1, 3] {
+            let x = Tensor::rand_uniform(&[m, 3136], -1.0, 1.0, &mut rng).unwrap();
+            let w = Tensor::rand_uniform(&[128, 3136], -0.05, 0.05, &mut rng).unwrap();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| matmul_t(&x, false, &w, true).unwrap())
+            };
+            let one = run(1);
+            assert_eq!(one.as_slice(), run(2).as_slice(), "1 vs 2 threads");
+            assert_eq!(one.as_slice(), run(3).as_slice(), "1 vs 3 threads");
+            for i in 0..m {
+                for j in 0..128 {
+                    let want: f64 = (0..3136)
+                        .map(|t| {
+                            f64::from(x.as_slice()[i * 3136 + t])
+                                * f64::from(w.as_slice()[j * 3136 + t])
+                        })
+                        .sum();
+                    let got = f64::from(one.as_slice()[i * 128 + j]);
+                    assert!((got - want).abs() < 1e-4, "[{i},{j}]: {got} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]

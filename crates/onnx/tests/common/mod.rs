@@ -6,9 +6,8 @@ use std::path::PathBuf;
 
 use convkit_autograd::Var;
 use convkit_nn::{
-    AvgPool2d, BatchNorm2d, BatchNormConfig, Conv2d, Conv2dConfig, Conv2dParams, Flatten,
-    GlobalAvgPool2d, Linear, MaxPool2d, Module, ReLU, Residual, Sequential, named_buffers,
-    named_params,
+    AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Conv2dParams, Flatten, GlobalAvgPool2d, Linear,
+    MaxPool2d, Module, ReLU, Residual, Sequential, named_buffers, named_params,
 };
 use convkit_tensor::{Rng, Tensor, load_safetensors};
 
@@ -93,7 +92,7 @@ fn conv(
 }
 
 fn bn(c: usize) -> BatchNorm2d {
-    BatchNorm2d::new(c, BatchNormConfig::default()).unwrap()
+    BatchNorm2d::new(c).unwrap()
 }
 
 /// The conv-BN-ReLU net of `make_fixtures.py`, with its PyTorch state (eval mode).
