@@ -70,9 +70,9 @@ fn direct_step(
     let conv = Conv2dParams::default();
     let pool = PoolParams::new(2);
     let algo = ConvAlgo::Auto;
-    let c1 = conv2d(x, &m.w[0], Some(&m.b[0]), &conv, algo)?;
+    let (c1, _) = conv2d(x, &m.w[0], Some(&m.b[0]), &conv, algo)?;
     let p1 = avg_pool2d(&c1.relu(), &pool)?;
-    let c2 = conv2d(&p1, &m.w[1], Some(&m.b[1]), &conv, algo)?;
+    let (c2, _) = conv2d(&p1, &m.w[1], Some(&m.b[1]), &conv, algo)?;
     let p2 = avg_pool2d(&c2.relu(), &pool)?;
     let f = p2.reshape(&[BATCH, 400])?;
     let h1 = matmul_t(&f, false, &m.w[2], true)?.add(&m.b[2])?;

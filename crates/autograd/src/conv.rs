@@ -1,8 +1,8 @@
 //! Convolution and pooling on the tape, using `convkit-conv`'s kernels for both directions.
 //!
 //! The forward pass runs the algorithm chosen by `algo` (normally [`ConvAlgo::Auto`]); the
-//! backward rule calls [`convkit_conv::api::conv2d_backward`] for just the gradients that are
-//! needed — the first layer of a network, whose input is data, never computes `∂input`.
+//! backward rule calls [`convkit_conv::api::conv2d_backward`] with the algorithm the forward
+//! actually ran, for just the gradients that are needed — the first layer of a network, whose input is data, never computes `∂input`.
 
 use convkit_conv::api::{
     GradsWanted, avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward, max_pool2d,
@@ -23,7 +23,9 @@ impl Var {
         params: &Conv2dParams,
         algo: ConvAlgo,
     ) -> Result<Var> {
-        let value = conv2d(self.value(), weight.value(), bias.map(Var::value), params, algo)?;
+        // The backward follows the algorithm the forward ran, not a new resolution of `algo`.
+        let (value, algo) =
+            conv2d(self.value(), weight.value(), bias.map(Var::value), params, algo)?;
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         if !Var::any_requires_grad(&inputs) {

@@ -49,7 +49,7 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     }
 }
 
-/// Downloads the four files of `kind` into `dir` (usually [`cache_dir`]), skipping files
+/// Downloads the four files of `kind` into `dir` (usually [`cache_dir`](convkit_models::fetch::cache_dir)), skipping files
 /// already there with the right checksum. `log` receives one line per step.
 pub fn fetch(kind: DatasetKind, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<IdxFiles> {
     fs::create_dir_all(dir).map_err(|e| io_err(dir, &e))?;

@@ -58,22 +58,23 @@ fn check_bias(op: &'static str, bias: &Tensor, g: &ConvGeometry) -> Result<()> {
 }
 
 /// 2-D convolution of `input [n, c_in, h, w]` with `weight [c_out, c_in/groups, kh, kw]` and
-/// an optional `bias [c_out]`; returns `[n, c_out, oh, ow]`. `algo` as in
-/// [`conv2d_forward`].
+/// an optional `bias [c_out]`; returns `[n, c_out, oh, ow]` and the algorithm that ran
+/// (`algo` resolved as in [`conv2d_forward`], never `Auto`), which the backward pass should be
+/// given so that it follows the forward's choice.
 pub fn conv2d(
     input: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     params: &Conv2dParams,
     algo: ConvAlgo,
-) -> Result<Tensor> {
+) -> Result<(Tensor, ConvAlgo)> {
     const OP: &str = "conv2d";
     let g = geometry(OP, input, weight, params)?;
     if let Some(b) = bias {
         check_bias(OP, b, &g)?;
     }
     let mut out = vec![0f32; g.output_len()];
-    conv2d_forward(
+    let ran = conv2d_forward(
         &g,
         input.as_slice(),
         weight.as_slice(),
@@ -81,7 +82,7 @@ pub fn conv2d(
         &mut out,
         algo,
     )?;
-    Ok(Tensor::from_vec(&g.output_dims(), out)?)
+    Ok((Tensor::from_vec(&g.output_dims(), out)?, ran))
 }
 
 /// Which gradients [`conv2d_backward`] computes.

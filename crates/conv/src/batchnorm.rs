@@ -5,7 +5,7 @@
 //! Every per-channel quantity is a sum over those planes, taken by one thread in a fixed
 //! order (eight `f32` vector lanes over blocks of 512 values, then `f64`), so results are
 //! bit-identical for any number of threads at a given SIMD level; the elementwise passes run
-//! over planes. The loops are written once over [`Simd`](crate::simd::Simd) and run at the
+//! over planes. The loops are written once over [`Simd`] and run at the
 //! active level (AVX2+FMA or the portable fallback, which may differ in the last bits).
 //!
 //! - [`batch_norm2d_stats`]: the batch mean and biased variance of each channel in one pass

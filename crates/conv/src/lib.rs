@@ -71,13 +71,14 @@
 //! let w = Tensor::from_vec(&[6, 1, 5, 5], vec![0.1; 6 * 25])?;
 //! let b = Tensor::from_vec(&[6], vec![0.0; 6])?;
 //! let params = Conv2dParams::default();
-//! let y = api::conv2d(&x, &w, Some(&b), &params, ConvAlgo::Auto)?;
+//! let (y, ran) = api::conv2d(&x, &w, Some(&b), &params, ConvAlgo::Auto)?;
 //! assert_eq!(y.dims(), [2, 6, 28, 28]);
+//! assert_ne!(ran, ConvAlgo::Auto); // the algorithm that ran, for the backward pass
 //! assert!((y.as_slice()[0] - 1.25).abs() < 1e-6); // 25 taps · 0.5 · 0.1
 //! let pooled = api::avg_pool2d(&y, &PoolParams::new(2))?;
 //! assert_eq!(pooled.dims(), [2, 6, 14, 14]);
 //! let dy = Tensor::from_vec(y.dims(), vec![1.0; y.numel()])?;
-//! let grads = api::conv2d_backward(&x, &w, &dy, &params, GradsWanted::ALL, ConvAlgo::Auto)?;
+//! let grads = api::conv2d_backward(&x, &w, &dy, &params, GradsWanted::ALL, ran)?;
 //! assert_eq!(grads.bias.map(|b| b.into_vec()), Some(vec![2.0 * 28.0 * 28.0; 6]));
 //!
 //! // Slice API: the same convolution on plain buffers, asking for im2col explicitly.

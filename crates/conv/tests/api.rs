@@ -15,9 +15,17 @@ fn t(dims: &[usize], seed: u64) -> Tensor {
 fn conv2d_and_backward_through_tensors() {
     let p = Conv2dParams::default().with_padding(1).with_stride(2);
     let (x, w, b) = (t(&[2, 4, 9, 7], 1), t(&[6, 4, 3, 3], 2), t(&[6], 3));
-    let out = api::conv2d(&x, &w, Some(&b), &p, ConvAlgo::Auto).unwrap();
+    let (out, ran) = api::conv2d(&x, &w, Some(&b), &p, ConvAlgo::Auto).unwrap();
     assert_eq!(out.dims(), [2, 6, 5, 4]);
-    let reference = api::conv2d(&x, &w, Some(&b), &p, ConvAlgo::Naive).unwrap();
+    let g0 = ConvGeometry::new([2, 4, 9, 7], [6, 4, 3, 3], p).unwrap();
+    assert_eq!(
+        ran,
+        convkit_conv::algo::resolve(ConvAlgo::Auto, &g0).unwrap(),
+        "the algorithm that ran"
+    );
+    assert_ne!(ran, ConvAlgo::Auto);
+    let (reference, ran) = api::conv2d(&x, &w, Some(&b), &p, ConvAlgo::Naive).unwrap();
+    assert_eq!(ran, ConvAlgo::Naive);
     let g = ConvGeometry::new([2, 4, 9, 7], [6, 4, 3, 3], p).unwrap();
     let tol = common::sum_tolerance(convkit_conv::Tolerance::F32_SUM, 37, 1.0);
     tol.check(out.as_slice(), reference.as_slice()).unwrap();
@@ -32,7 +40,7 @@ fn conv2d_and_backward_through_tensors() {
     assert!(grads.input.is_none() && grads.weight.is_some() && grads.bias.is_none());
 }
 
-fn err(r: Result<Tensor, ConvError>) -> String {
+fn err<T: std::fmt::Debug>(r: Result<T, ConvError>) -> String {
     r.unwrap_err().to_string()
 }
 

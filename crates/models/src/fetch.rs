@@ -71,7 +71,7 @@ impl DatasetKind {
         }
     }
 
-    /// The published SHA-256 of each `.gz` file, in the order of [`STANDARD_NAMES`].
+    /// The published SHA-256 of each `.gz` file, in the order of [`STANDARD_NAMES`](crate::idx::STANDARD_NAMES).
     pub fn sha256(self) -> [&'static str; 4] {
         match self {
             DatasetKind::Mnist => [

@@ -16,7 +16,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use convkit_tensor::{Rng, Tensor, matmul_t};
+use convkit_tensor::{Rng, Tensor, gemm, matmul_t};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn random(dims: &[usize], seed: u64) -> Tensor {
@@ -131,6 +131,14 @@ fn linear_batch1(c: &mut Criterion) {
                 pool.install(|| bench.iter(|| matmul_t(black_box(&x), false, black_box(&w), true)))
             });
         }
+        // The same product through sgemm (what matmul_t ran before its dot-product path).
+        let mut y = vec![0f32; out];
+        group.bench_function(format!("1x{inp}·{out}x{inp}T/sgemm"), |bench| {
+            bench.iter(|| {
+                let (xs, ws) = (black_box(x.as_slice()), black_box(w.as_slice()));
+                gemm(1, inp, out, 1.0, xs, inp, 1, ws, 1, inp, 0.0, &mut y, out, 1)
+            })
+        });
     }
     group.finish();
 }
