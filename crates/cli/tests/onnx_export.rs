@@ -11,11 +11,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use convkit_autograd::Var;
 use convkit_models::LeNet5;
 use convkit_models::data::preprocess;
 use convkit_models::fetch::DEBIAN_FASHION_DIR;
 use convkit_models::idx::{IdxFiles, IdxSplit};
-use convkit_tensor::{load_safetensors, save_safetensors};
+use convkit_models::zoo::ZooModel;
+use convkit_nn::{Module, checkpoint};
+use convkit_tensor::{Rng, Tensor, load_safetensors, save_safetensors};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lenet");
 
@@ -40,6 +43,52 @@ fn python() -> Option<PathBuf> {
     );
     eprintln!("skipping: no onnx/onnxruntime python (set CONVKIT_ONNX_PYTHON)");
     None
+}
+
+/// Runs `onnx` in ONNX Runtime on `x` (graph input `input`), returning output `logits`.
+fn ort_logits(python: &Path, dir: &Path, onnx: &Path, x: &Tensor) -> Tensor {
+    let (inputs, outputs) = (dir.join("inputs.safetensors"), dir.join("outputs.safetensors"));
+    save_safetensors(&inputs, [("input", x)], None).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../onnx/scripts/ort_run.py");
+    let run = Command::new(python).arg(&script).args([onnx, &inputs, &outputs]).output().unwrap();
+    assert!(run.status.success(), "ort_run.py failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    eprint!("{}", String::from_utf8_lossy(&run.stdout));
+    load_safetensors(&outputs).unwrap().remove("logits").unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    a.as_slice().iter().zip(b.as_slice()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+#[test]
+fn exported_zoo_models_run_in_onnxruntime() {
+    let Some(python) = python() else { return };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("convkit-onnx-zoo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for model in ZooModel::ALL {
+        let name = model.name();
+        let mut m = model.build([1, 28, 28], 10, &mut Rng::new(1)).unwrap();
+        checkpoint::load(fixtures.join(format!("{name}_state.safetensors")), &m, true).unwrap();
+        m.set_training(false);
+        let x = load_safetensors(fixtures.join(format!("{name}_io.safetensors")))
+            .unwrap()
+            .remove("inputs")
+            .unwrap();
+        let ours = m.forward(&Var::constant(x.clone())).unwrap().into_value();
+        for fold in [false, true] {
+            let onnx = dir.join(format!("{name}-{fold}.onnx"));
+            let opts = convkit_onnx::ExportOptions { fold_batch_norm: fold, ..Default::default() };
+            convkit_onnx::save(&m, [1, 28, 28], &opts, &onnx).unwrap();
+            let diff = max_abs_diff(&ours, &ort_logits(&python, &dir, &onnx, &x));
+            eprintln!(
+                "{name} (batch norm folded: {fold}): max |ONNX Runtime - convkit| = {diff:e}"
+            );
+            assert!(diff <= 1e-5, "{name}: {diff}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -71,20 +120,8 @@ fn exported_lenet_runs_in_onnxruntime_with_pytorchs_accuracy() {
     let images: Vec<&[u8]> = (0..test.len()).map(|i| test.images.image(i).unwrap()).collect();
     let x = preprocess(&images, norm).unwrap();
     let ours = model.logits(&x).unwrap();
-    let (inputs, outputs) = (dir.join("inputs.safetensors"), dir.join("outputs.safetensors"));
-    save_safetensors(&inputs, [("input", &x)], None).unwrap();
-    let script = root.join("../onnx/scripts/ort_run.py");
-    let run = Command::new(&python).arg(&script).args([&onnx, &inputs, &outputs]).output().unwrap();
-    assert!(run.status.success(), "ort_run.py failed:\n{}", String::from_utf8_lossy(&run.stderr));
-    eprint!("{}", String::from_utf8_lossy(&run.stdout));
-    let theirs = load_safetensors(&outputs).unwrap().remove("logits").unwrap();
-    assert_eq!(theirs.dims(), ours.dims());
-    let max_diff = ours
-        .as_slice()
-        .iter()
-        .zip(theirs.as_slice())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let theirs = ort_logits(&python, &dir, &onnx, &x);
+    let max_diff = max_abs_diff(&ours, &theirs);
     let predicted = theirs.argmax_axis(1).unwrap();
     let correct =
         predicted.iter().zip(&test.labels.labels).filter(|(p, l)| **p == usize::from(**l)).count();

@@ -22,6 +22,8 @@
 //! - [`train`]: [`Trainer`] (SGD or Adam, constant or cosine schedule), [`evaluate`].
 //! - [`preprocess`]: pictures of any size → 28x28 the way MNIST was made (crop to the ink,
 //!   scale to 20 pixels, centre by centre of mass).
+//! - [`zoo`]: networks beyond LeNet-5 for small images — a VGG-style conv-BN-ReLU stack and
+//!   a small ResNet — with the `state_dict` names of their PyTorch twins.
 //! - [`error`]: [`DataError`], whose messages name the file or argument at fault.
 //!
 //! ## Files
@@ -77,6 +79,7 @@ pub mod infer;
 pub mod lenet;
 pub mod preprocess;
 pub mod train;
+pub mod zoo;
 
 pub use data::{Batch, Dataset, Normalization};
 pub use error::{DataError, Result, invalid, io_err};

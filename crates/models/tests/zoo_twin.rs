@@ -1,0 +1,40 @@
+//! The zoo against its PyTorch twins (`scripts/zoo_twin.py`): the twins' `state_dict`s load
+//! strictly into the convkit models, which then give the twins' evaluation-mode logits on
+//! the stored inputs.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use convkit_autograd::Var;
+use convkit_models::zoo::ZooModel;
+use convkit_nn::{Module, checkpoint};
+use convkit_tensor::{Rng, load_safetensors};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn zoo_models_give_their_pytorch_twins_logits() {
+    for model in ZooModel::ALL {
+        let name = model.name();
+        let mut m = model.build([1, 28, 28], 10, &mut Rng::new(1)).unwrap();
+        checkpoint::load(fixture(&format!("{name}_state.safetensors")), &m, true).unwrap();
+        m.set_training(false);
+        let io = load_safetensors(fixture(&format!("{name}_io.safetensors"))).unwrap();
+        let (x, want) = (&io["inputs"], &io["logits"]);
+        let got = m.forward(&Var::constant(x.clone())).unwrap().into_value();
+        assert_eq!(got.dims(), want.dims());
+        let max_diff = got
+            .as_slice()
+            .iter()
+            .zip(want.as_slice())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let largest = want.as_slice().iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("{name}: max |logit - PyTorch| = {max_diff:e} (largest logit {largest})");
+        assert!(largest > 0.3, "{name}: logits too small for the comparison to mean much");
+        assert!(max_diff <= 1e-5, "{name}: max abs logit difference {max_diff}");
+        assert_eq!(got.argmax_axis(1).unwrap(), want.argmax_axis(1).unwrap());
+    }
+}
