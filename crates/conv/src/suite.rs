@@ -80,6 +80,72 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// A peer implementation timing operations in a child process, one request line on stdin,
+/// one answer line on stdout: the protocol of the interleaved benches' Python timers
+/// (`bn_timer.py`, `zoo_twin.py --serve`). The child prints `ready <version>` first; each
+/// answer is a time in milliseconds or `error <message>`. Dropping it closes stdin, which ends
+/// the child's loop, and waits for the child.
+#[derive(Debug)]
+pub struct PeerTimer {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// What the child printed after `ready` (its library's version).
+    pub version: String,
+}
+
+impl PeerTimer {
+    /// Starts `program args…` and waits for its `ready` line.
+    pub fn spawn(program: &str, args: &[&str]) -> std::result::Result<PeerTimer, String> {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not run {program}: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(format!("{program}: no pipes"));
+        };
+        let stdout = std::io::BufReader::new(stdout);
+        let mut peer = PeerTimer { child, stdin: Some(stdin), stdout, version: String::new() };
+        let ready = peer.read_line()?;
+        peer.version = ready
+            .strip_prefix("ready ")
+            .ok_or_else(|| format!("{program} {args:?} did not start: {ready:?}"))?
+            .to_owned();
+        Ok(peer)
+    }
+
+    fn read_line(&mut self) -> std::result::Result<String, String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => Err("the peer exited".to_owned()),
+            Ok(_) => Ok(line.trim().to_owned()),
+            Err(e) => Err(format!("reading from the peer: {e}")),
+        }
+    }
+
+    /// Sends one request line and returns the peer's time for it, in milliseconds.
+    pub fn time(&mut self, request: &str) -> std::result::Result<f64, String> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().ok_or("the peer's stdin is closed")?;
+        writeln!(stdin, "{request}")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("writing to the peer: {e}"))?;
+        let answer = self.read_line()?;
+        answer.parse().map_err(|_| format!("the peer answered {answer:?} to {request:?}"))
+    }
+}
+
+impl Drop for PeerTimer {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
 const fn params(stride: usize, pad: usize, dilation: usize, groups: usize) -> Conv2dParams {
     Conv2dParams {
         stride: (stride, stride),

@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch twins of convkit's model zoo (`convkit_models::zoo`), and the fixtures that check them.
 
-    python zoo_twin.py OUT_DIR
+    python zoo_twin.py OUT_DIR           write the fixtures
+    python zoo_twin.py --serve THREADS   time the twins for `benches/zoo.rs`
+
+With `--serve`, it sets PyTorch's threads, prints `ready <torch version>` and answers each
+request line `train|infer MODEL BATCH CALLS WARM_MS` with the fastest of CALLS timed calls in
+milliseconds, after WARM_MS of untimed calls: `train` is one Adam step at the batch (forward,
+cross-entropy, backward, update), `infer` an evaluation-mode forward under `no_grad`.
 
 For each model (vgg-small on [1, 28, 28], resnet-small on [1, 28, 28], 10 classes) it builds the
 twin with seeded weights, runs a few training-mode batches so that the batch norms' running
@@ -113,5 +119,63 @@ def main(out_dir):
               f"logits max |{logits.abs().max().item():.4f}|")
 
 
+def serve(threads):
+    import time
+
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    makers = {"vgg-small": VggSmall, "resnet-small": ResnetSmall}
+    cache = {}
+    print("ready", torch.__version__, flush=True)
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            op, name = parts[0], parts[1]
+            batch, calls, warm_ms = map(int, parts[2:])
+            if name not in cache:
+                torch.manual_seed(0)
+                model = makers[name]()
+                cache[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+            model, opt = cache[name]
+            x = torch.randn(batch, 1, 28, 28)
+            y = torch.randint(0, 10, (batch,))
+            if op == "train":
+                model.train()
+
+                def call():
+                    t0 = time.perf_counter()
+                    opt.zero_grad()
+                    F.cross_entropy(model(x), y).backward()
+                    opt.step()
+                    return time.perf_counter() - t0
+            elif op == "infer":
+                model.eval()
+
+                def call():
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        model(x)
+                    return time.perf_counter() - t0
+            else:
+                raise ValueError(f"unknown op {op}")
+            start, warm = time.perf_counter(), 0
+            while warm < 2 or time.perf_counter() - start < warm_ms / 1e3:
+                call()
+                warm += 1
+            print(f"{min(call() for _ in range(calls)) * 1e3:.6f}", flush=True)
+        except Exception as e:  # noqa: BLE001 - reported to the bench
+            print("error", str(e).replace("\n", " "), flush=True)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "crates/models/tests/fixtures")
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]))
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "crates/models/tests/fixtures")

@@ -213,6 +213,27 @@ mod tests {
     }
 
     #[test]
+    fn summaries_cover_every_parameter_and_name_the_conv_algorithms() {
+        use convkit_nn::summary::{summary, table};
+        let mut rng = Rng::new(0);
+        for which in ZooModel::ALL {
+            let m = which.build([1, 28, 28], 10, &mut rng).unwrap();
+            let rows = summary(&m, &[64, 1, 28, 28]).unwrap();
+            assert_eq!(rows.iter().map(|r| r.params).sum::<usize>(), num_params(&m));
+            assert_eq!(rows.last().unwrap().output, [64, 10]);
+            let convs: Vec<_> = rows.iter().filter_map(|r| r.conv).collect();
+            assert!(!convs.is_empty());
+            assert!(convs.iter().all(|c| c.training != convkit_conv::ConvAlgo::Auto));
+            let text = table(&rows);
+            assert!(text.contains("Conv2d") && text.contains("total"), "{text}");
+        }
+        let lenet = crate::LeNet5::new(&mut rng).unwrap();
+        let rows = summary(&lenet, &[1, 1, 32, 32]).unwrap();
+        assert_eq!(rows.iter().map(|r| r.params).sum::<usize>(), crate::lenet::NUM_PARAMS);
+        assert_eq!(rows[0].path, "conv1");
+    }
+
+    #[test]
     fn bad_configurations_are_errors() {
         let mut rng = Rng::new(0);
         let e = vgg_small([1, 30, 28], 10, &mut rng).unwrap_err().to_string();

@@ -11,13 +11,11 @@
 //! PyTorch's default thread count unless `RAYON_NUM_THREADS` says otherwise.
 
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use convkit_autograd::{Tape, Var};
-use convkit_conv::suite::{median, min_ms_after_warm_up};
+use convkit_conv::suite::{PeerTimer, median, min_ms_after_warm_up};
 use convkit_nn::{BatchNorm2d, Module};
 use convkit_tensor::{Rng, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -85,35 +83,16 @@ fn versus(_: &mut Criterion) {
     let rounds = if std::env::var_os("CONVKIT_BENCH_QUICK").is_some() { 3 } else { 9 };
     let threads = rayon::current_num_threads();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bn_timer.py");
-    let mut child = match Command::new(&python)
-        .arg(&script)
-        .arg(threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
+    let script = script.to_string_lossy();
+    let mut peer = match PeerTimer::spawn(&python, &[&script, &threads.to_string()]) {
+        Ok(peer) => peer,
         Err(e) => {
-            eprintln!("batchnorm_versus: cannot start {python}: {e}");
+            eprintln!("batchnorm_versus: {e}");
             return;
         }
     };
-    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        return;
-    };
-    let mut stdout = BufReader::new(stdout);
-    let mut line = String::new();
-    if stdout.read_line(&mut line).is_err() || !line.starts_with("ready") {
-        eprintln!("batchnorm_versus: {python} did not start bn_timer.py: {line}");
-        return;
-    }
-    let version = line.trim_start_matches("ready").trim().to_owned();
-    let mut ask = |req: &str| -> Option<f64> {
-        writeln!(stdin, "{req}").ok()?;
-        let mut answer = String::new();
-        stdout.read_line(&mut answer).ok()?;
-        answer.trim().parse().ok()
-    };
+    let version = peer.version.clone();
+    let mut ask = |req: &str| -> Option<f64> { peer.time(req).ok() };
     let warm = Duration::from_millis(40);
     let settle = Duration::from_millis(100);
     println!(
@@ -162,8 +141,6 @@ fn versus(_: &mut Criterion) {
             );
         }
     }
-    drop(stdin);
-    let _ = child.wait();
 }
 
 criterion_group!(benches, criterion_benches, versus);

@@ -208,7 +208,12 @@ impl Module for Conv2d {
     }
 
     fn describe(&self) -> Layer<'_> {
-        Layer::Conv2d { weight: &self.weight, bias: self.bias.as_ref(), params: self.cfg.params }
+        Layer::Conv2d {
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+            params: self.cfg.params,
+            algo: self.cfg.algo,
+        }
     }
 }
 

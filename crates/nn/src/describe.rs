@@ -21,7 +21,7 @@
 //! ```
 
 use convkit_autograd::Param;
-use convkit_conv::{Conv2dParams, PoolParams};
+use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams};
 
 use crate::module::Module;
 
@@ -37,6 +37,8 @@ pub enum Layer<'a> {
         bias: Option<&'a Param>,
         /// Stride, padding, dilation and groups.
         params: Conv2dParams,
+        /// The algorithm asked for ([`ConvAlgo::Auto`] unless the layer's config forces one).
+        algo: ConvAlgo,
     },
     /// `y = x·Wᵀ + b` on `[batch, in]`.
     Linear {
@@ -122,11 +124,12 @@ impl std::fmt::Debug for Layer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let dims = |p: Option<&Param>| p.map(Param::dims);
         match self {
-            Layer::Conv2d { weight, bias, params } => f
+            Layer::Conv2d { weight, bias, params, algo } => f
                 .debug_struct("Conv2d")
                 .field("weight", &weight.dims())
                 .field("bias", &dims(*bias))
                 .field("params", params)
+                .field("algo", algo)
                 .finish(),
             Layer::Linear { weight, bias } => f
                 .debug_struct("Linear")

@@ -16,6 +16,8 @@
 //! - [`loss`]: cross-entropy (with label smoothing), NLL, MSE.
 //! - [`optim`]: [`Sgd`] (momentum, Nesterov, weight decay), [`Adam`] and AdamW, with
 //!   savable state; [`sched`]: step, cosine and linear warm-up schedules.
+//! - [`summary`]: a layer table of any model (shapes, parameters, FLOPs, the conv
+//!   algorithm each layer runs in training and evaluation).
 //! - [`checkpoint`]: safetensors with PyTorch `state_dict` names, atomic writes, strict loads.
 //!
 //! ## Training and evaluation
@@ -57,6 +59,7 @@ pub mod module;
 pub mod norm;
 pub mod optim;
 pub mod sched;
+pub mod summary;
 
 pub use conv::{AvgPool2d, Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d};
 // Re-exported from convkit-conv because layer configurations and `Layer` descriptions carry

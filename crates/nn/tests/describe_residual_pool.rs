@@ -160,7 +160,7 @@ fn every_layer_describes_itself() {
         ]
     );
     match children[0].1.describe() {
-        Layer::Conv2d { weight, bias, params: p } => {
+        Layer::Conv2d { weight, bias, params: p, .. } => {
             assert_eq!(weight.dims(), [6, 2, 3, 3]);
             assert!(bias.is_none());
             assert_eq!(p, params);

@@ -174,7 +174,7 @@ impl Exporter {
                 while let Some(&(child, m)) = children.get(i) {
                     let next = children.get(i + 1).map(|(_, bn)| bn.describe());
                     if self.fold_batch_norm
-                        && let Layer::Conv2d { weight, bias, params } = m.describe()
+                        && let Layer::Conv2d { weight, bias, params, .. } = m.describe()
                         && let Some(bn @ Layer::BatchNorm2d { .. }) = next
                     {
                         let child_path = join(path, child);
@@ -227,7 +227,7 @@ impl Exporter {
                 let name = self.push(path, "BatchNormalization", inputs, attrs);
                 return Ok((x, name));
             }
-            Layer::Conv2d { weight, bias, params } => {
+            Layer::Conv2d { weight, bias, params, .. } => {
                 let attrs = conv_attrs(&weight.dims(), &params)?;
                 let mut ps = vec![("weight", weight)];
                 ps.extend(bias.map(|b| ("bias", b)));

@@ -4,7 +4,7 @@
 //! lenet train   [--dataset fashion-mnist] [--data DIR] [--epochs 10] [--optimizer sgd] …
 //! lenet eval    --weights model.safetensors [--dataset …] [--data DIR] [--json]
 //! lenet predict --weights model.safetensors IMAGE… | --idx FILE --index I   [--json]
-//! lenet info    [--batch-size 64]
+//! lenet info    [--batch-size 64] [--model vgg-small|resnet-small]
 //! lenet visualize --weights model.safetensors [--image PNG | --idx FILE --index I] --out DIR
 //! lenet serve   --weights model.safetensors [--addr 127.0.0.1:8080] [--dataset …]
 //! lenet fetch   mnist|fashion-mnist
@@ -31,6 +31,7 @@ use convkit_models::preprocess::{decode_picture, picture_to_mnist};
 use convkit_models::train::{
     OptimizerKind, ScheduleKind, TrainConfig, Trainer, evaluate, metrics_path, optimizer_path,
 };
+use convkit_models::zoo::ZooModel;
 use convkit_models::{DataError, Dataset};
 use convkit_nn::checkpoint::Metadata;
 use convkit_tensor::Rng;
@@ -244,6 +245,11 @@ struct InfoArgs {
     /// Batch size the table (FLOPs, algorithm choice) is computed for.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// A zoo model (vgg-small, resnet-small) on 1x28x28 inputs with 10 classes, instead of
+    /// LeNet-5: its layer table, with the conv algorithm of each layer in training and in
+    /// evaluation.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
 }
 
 #[derive(Args)]
@@ -684,6 +690,14 @@ fn serve(a: &ServeArgs) -> Result<()> {
 fn info(a: &InfoArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    if let Some(name) = &a.model {
+        let which = ZooModel::parse(name)?;
+        let model = which.build([1, 28, 28], 10, &mut Rng::new(0))?;
+        let rows = convkit_nn::summary::summary(&model, &[a.batch_size, 1, 28, 28])?;
+        println!("{} on [{}, 1, 28, 28], 10 classes", which.name(), a.batch_size);
+        print!("{}", convkit_nn::summary::table(&rows));
+        return Ok(());
     }
     let model = LeNet5::new(&mut Rng::new(0))?;
     let rows = model.layer_table(a.batch_size)?;

@@ -1,0 +1,156 @@
+//! The zoo's networks, the general path a user's own CNN takes: one Adam training step at
+//! batch 64 (forward, cross-entropy, backward, update), an evaluation forward at batch 256 and
+//! at batch 1, on rayon's global pool, synthetic seeded 28x28 images.
+//!
+//! The criterion group `zoo/*` times convkit alone. With `CONVKIT_VERSUS_PYTHON=<python with
+//! torch>`, `zoo_versus` also times the PyTorch twins (`scripts/zoo_twin.py --serve`, with as
+//! many threads as rayon's pool) interleaved with convkit: in each of 5 rounds (2 with
+//! `CONVKIT_BENCH_QUICK=1`) both sides take the fastest of a few calls after 40 ms of untimed
+//! calls, one right after the other, and the median of the per-round ratios `PyTorch time ÷
+//! convkit time` is printed (> 1: convkit is faster).
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+use convkit_autograd::{Tape, Var};
+use convkit_conv::suite::{PeerTimer, median, min_ms_after_warm_up};
+use convkit_models::zoo::ZooModel;
+use convkit_nn::{Adam, AdamConfig, Module, Optimizer, Sequential, loss, params};
+use convkit_tensor::{Rng, Tensor};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+// As the other benches that allocate activations: glibc hands out large buffers as fresh
+// mmaps whose pages fault in on first touch, a cost of the allocator, not of the kernels.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The timings of a model: (op, batch, timed calls).
+const OPS: [(&str, usize, usize); 3] = [("train", 64, 5), ("infer", 256, 5), ("infer", 1, 20)];
+
+struct Case {
+    model: Sequential,
+    opt: Adam,
+    rng: Rng,
+}
+
+impl Case {
+    fn new(which: ZooModel) -> Case {
+        let mut rng = Rng::new(0);
+        let model = which.build([1, 28, 28], 10, &mut rng).expect("zoo model");
+        let opt = Adam::new(params(&model), AdamConfig::default()).expect("optimizer");
+        Case { model, opt, rng }
+    }
+
+    fn images(&mut self, batch: usize) -> Tensor {
+        Tensor::rand_uniform(&[batch, 1, 28, 28], -1.0, 2.0, &mut self.rng).expect("images")
+    }
+
+    /// A closure running `op` at `batch` on fixed operands.
+    fn op(&mut self, op: &str, batch: usize) -> impl FnMut() + '_ {
+        let x = self.images(batch);
+        let labels: Vec<usize> = (0..batch).map(|i| (i * 7) % 10).collect();
+        let train = op == "train";
+        self.model.set_training(train);
+        move || {
+            if train {
+                let tape = Tape::new();
+                let logits = self.model.forward(&tape.input(x.clone())).expect("forward");
+                loss::cross_entropy(&logits, &labels, 0.0)
+                    .expect("loss")
+                    .backward()
+                    .expect("backward");
+                self.opt.step().expect("step");
+                self.opt.zero_grad();
+            } else {
+                black_box(self.model.forward(&Var::constant(x.clone())).expect("forward"));
+            }
+        }
+    }
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("zoo");
+    g.sample_size(10).measurement_time(Duration::from_secs(2));
+    for which in ZooModel::ALL {
+        let mut case = Case::new(which);
+        for (op, batch, _) in OPS {
+            let mut f = case.op(op, batch);
+            g.bench_function(format!("{}/{op}_b{batch}", which.name()), |b| b.iter(&mut f));
+        }
+    }
+    g.finish();
+}
+
+/// The interleaved comparison with the PyTorch twins, printed as a table.
+fn versus(_: &mut Criterion) {
+    let Ok(python) = std::env::var("CONVKIT_VERSUS_PYTHON") else {
+        return;
+    };
+    let rounds = if std::env::var_os("CONVKIT_BENCH_QUICK").is_some() { 2 } else { 5 };
+    let threads = rayon::current_num_threads();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zoo_twin.py");
+    let script = script.to_string_lossy();
+    let mut peer = match PeerTimer::spawn(&python, &[&script, "--serve", &threads.to_string()]) {
+        Ok(peer) => peer,
+        Err(e) => {
+            eprintln!("zoo_versus: {e}");
+            return;
+        }
+    };
+    let (warm, settle) = (Duration::from_millis(40), Duration::from_millis(100));
+    println!(
+        "\nThe zoo, convkit against the PyTorch {} twins, {threads} threads, {rounds} rounds \
+         interleaved (median ratio PyTorch ms / convkit ms; > 1: convkit is faster)",
+        peer.version
+    );
+    println!(
+        "| model | op | convkit ms | PyTorch ms | convkit images/s | PyTorch images/s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for which in ZooModel::ALL {
+        let mut case = Case::new(which);
+        for (op, batch, calls) in OPS {
+            let req = format!("{op} {} {batch} {calls} {}", which.name(), warm.as_millis());
+            let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let mut f = case.op(op, batch);
+            for round in 0..rounds {
+                let mut time_ours = || {
+                    std::thread::sleep(settle);
+                    min_ms_after_warm_up(calls, warm, &mut f)
+                };
+                let (a, b) = if round % 2 == 0 {
+                    let a = time_ours();
+                    std::thread::sleep(settle);
+                    (a, peer.time(&req))
+                } else {
+                    std::thread::sleep(settle);
+                    let b = peer.time(&req);
+                    (time_ours(), b)
+                };
+                let b = match b {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!("zoo_versus: {e}");
+                        return;
+                    }
+                };
+                ours.push(a);
+                theirs.push(b);
+                ratios.push(b / a);
+            }
+            let (a, b) = (median(ours), median(theirs));
+            let per_s = |ms: f64| batch as f64 / ms * 1e3;
+            println!(
+                "| {} | {op}_b{batch} | {a:.3} | {b:.3} | {:.0} | {:.0} | {:.2} |",
+                which.name(),
+                per_s(a),
+                per_s(b),
+                median(ratios)
+            );
+        }
+    }
+}
+
+criterion_group!(benches, criterion_benches, versus);
+criterion_main!(benches);
