@@ -1,0 +1,38 @@
+//! # convkit-data — datasets as NCHW tensors
+//!
+//! Loading a user's own images for `convkit-nn` models, independent of any model.
+//!
+//! ## Layout
+//! - [`folder`]: [`ImageFolder`], a folder with one sub-folder of PNG/JPEG images per class
+//!   (`root/<class>/*.png`), as torchvision's `ImageFolder`: classes sorted by name, files in
+//!   sorted path order, decoded in parallel, resized to one size, grayscale or RGB, values in
+//!   `[0, 1]`; [`ImageFolder::channel_stats`] and [`ImageFolder::normalize`] for
+//!   `(x − mean) / std`.
+//! - [`error`]: [`DataError`], whose messages name the file or folder at fault.
+//!
+//! ## Untrusted files
+//! A file that is not a PNG or JPEG, is corrupt, or declares a side above
+//! [`ImageFolderConfig::max_side`] (a decompression bomb) is an error naming it, or with
+//! [`BadFile::Skip`] a warning and an entry of [`ImageFolder::skipped`]; never a panic.
+//!
+//! ## Example
+//! ```no_run
+//! use convkit_data::{ImageFolder, ImageFolderConfig};
+//!
+//! let mut train = ImageFolder::load("photos/train", &ImageFolderConfig::default())?;
+//! let (mean, std) = train.channel_stats();
+//! train.normalize(&mean, &std)?;
+//! println!("{} images of {} classes: {:?}", train.len(), train.classes.len(), train.images.dims());
+//! # Ok::<(), convkit_data::DataError>(())
+//! ```
+
+pub mod error;
+pub mod folder;
+
+pub use error::{DataError, Result};
+pub use folder::{BadFile, ImageFolder, ImageFolderConfig};
+
+/// This crate's README, compiled and run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;
