@@ -39,10 +39,13 @@
 //!
 //! ## Threads
 //!
-//! Only batched matmul uses threads: items of a batch run on rayon's pool when the product
-//! has at least [`PAR_MIN_FLOPS`] flops, each item writing its own output chunk. Everything
-//! else is single-threaded and visits elements in a fixed order, so every result is
-//! bit-identical whatever the number of threads (`RAYON_NUM_THREADS` sets the pool size).
+//! Batched matmul runs the items of a batch on rayon's pool when the product has at least
+//! [`PAR_MIN_FLOPS`] flops, each item writing its own output chunk; a product of at most
+//! [`DOT_MAX_ROWS`] rows splits its outputs the same way. Elementwise operations (`map`,
+//! same-shape and scalar arithmetic, `axpy`, the in-place forms) split tensors of at least
+//! [`PAR_MIN_ELEMENTS`] elements into chunks. Reductions are single-threaded and visit
+//! elements in a fixed order. Every result is therefore bit-identical whatever the number of
+//! threads (`RAYON_NUM_THREADS` sets the pool size).
 //! There are no environment variables or cargo features of this crate's own.
 //!
 //! ## Example
@@ -86,7 +89,7 @@ pub use io::{
     load_safetensors_with_metadata, save_safetensors, to_safetensors_bytes, write_atomic,
 };
 pub use matmul::{DOT_MAX_ROWS, PAR_MIN_FLOPS, gemm, matmul, matmul_t};
-pub use ops::broadcast_shapes;
+pub use ops::{PAR_MIN_ELEMENTS, broadcast_shapes};
 pub use rng::Rng;
 pub use tensor::{Tensor, numel, strides};
 

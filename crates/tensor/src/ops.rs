@@ -10,6 +10,8 @@
 //! [`Tensor::map_inplace`], which write into `self` (copy-on-write, see [`Tensor`]). Loops are single-threaded and visit the
 //! elements in row-major order, so results never depend on the thread count.
 
+use rayon::prelude::*;
+
 use crate::error::{Result, TensorError};
 use crate::tensor::{Tensor, checked_numel, strides};
 
@@ -90,26 +92,61 @@ fn for_each_row(out: &[usize], sa: &[usize], sb: &[usize], mut f: impl FnMut(usi
     }
 }
 
+/// Tensors of at least this many elements are processed elementwise on rayon's pool (in
+/// chunks of at least [`PAR_CHUNK`]); below it, one thread is faster than the fork and join.
+/// Each element is computed the same way on any thread, so results do not depend on the
+/// number of threads.
+pub const PAR_MIN_ELEMENTS: usize = 1 << 17;
+
+/// The smallest chunk of elements one rayon task takes.
+const PAR_CHUNK: usize = 1 << 14;
+
+/// `f(x)` for every element of `src`, on rayon's pool when the slice is large.
+fn map_slice(src: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    if src.len() >= PAR_MIN_ELEMENTS {
+        src.par_iter().with_min_len(PAR_CHUNK).map(|&x| f(x)).collect()
+    } else {
+        src.iter().map(|&x| f(x)).collect()
+    }
+}
+
+/// `f(a[i], b[i])` for slices of equal length, on rayon's pool when they are large.
+fn zip_slices(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    if a.len() >= PAR_MIN_ELEMENTS {
+        a.par_iter().zip(b).with_min_len(PAR_CHUNK).map(|(&x, &y)| f(x, y)).collect()
+    } else {
+        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+    }
+}
+
+/// `d[i] = f(d[i], b[i])` for slices of equal length, on rayon's pool when they are large.
+fn zip_assign(d: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) {
+    if d.len() >= PAR_MIN_ELEMENTS {
+        d.par_iter_mut().zip(b).with_min_len(PAR_CHUNK).for_each(|(d, &y)| *d = f(*d, y));
+    } else {
+        d.iter_mut().zip(b).for_each(|(d, &y)| *d = f(*d, y));
+    }
+}
+
 /// `out[i] = f(a[i], b[i])` over the broadcast of two tensors.
 fn broadcast_zip(
     op: &'static str,
     a: &Tensor,
     b: &Tensor,
-    f: impl Fn(f32, f32) -> f32,
+    f: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) -> Result<Tensor> {
     if a.dims() == b.dims() {
-        let data = a.as_slice().iter().zip(b.as_slice()).map(|(&x, &y)| f(x, y)).collect();
-        return Tensor::from_vec(a.dims(), data);
+        return Tensor::from_vec(a.dims(), zip_slices(a.as_slice(), b.as_slice(), f));
     }
     let out_dims = broadcast_shape_for(op, a.dims(), b.dims())?;
     let n = checked_numel(op, &out_dims)?;
     if b.numel() == 1 && out_dims == a.dims() {
         let y = b.as_slice()[0];
-        return Tensor::from_vec(&out_dims, a.as_slice().iter().map(|&x| f(x, y)).collect());
+        return Tensor::from_vec(&out_dims, map_slice(a.as_slice(), |x| f(x, y)));
     }
     if a.numel() == 1 && out_dims == b.dims() {
         let x = a.as_slice()[0];
-        return Tensor::from_vec(&out_dims, b.as_slice().iter().map(|&y| f(x, y)).collect());
+        return Tensor::from_vec(&out_dims, map_slice(b.as_slice(), |y| f(x, y)));
     }
     let sa = broadcast_strides(a.dims(), &out_dims);
     let sb = broadcast_strides(b.dims(), &out_dims);
@@ -149,8 +186,12 @@ fn broadcast_assign(
     op: &'static str,
     lhs: &mut Tensor,
     rhs: &Tensor,
-    f: impl Fn(f32, f32) -> f32,
+    f: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) -> Result<()> {
+    if lhs.dims() == rhs.dims() {
+        zip_assign(lhs.data_mut(), rhs.as_slice(), f);
+        return Ok(());
+    }
     let out_dims = broadcast_shape_for(op, lhs.dims(), rhs.dims())?;
     if out_dims != lhs.dims() {
         return Err(TensorError::mismatch(
@@ -267,7 +308,11 @@ impl Tensor {
     /// assert_eq!(dx.as_slice(), &[0., 6., 7.]);
     /// # Ok::<(), convkit_tensor::TensorError>(())
     /// ```
-    pub fn zip_map(&self, rhs: &Tensor, f: impl Fn(f32, f32) -> f32) -> Result<Tensor> {
+    pub fn zip_map(
+        &self,
+        rhs: &Tensor,
+        f: impl Fn(f32, f32) -> f32 + Sync + Send,
+    ) -> Result<Tensor> {
         broadcast_zip("zip_map", self, rhs, f)
     }
 
@@ -330,9 +375,7 @@ impl Tensor {
                 "shapes must be equal",
             ));
         }
-        for (d, &y) in self.data_mut().iter_mut().zip(rhs.as_slice()) {
-            *d += alpha * y;
-        }
+        zip_assign(self.data_mut(), rhs.as_slice(), |d, y| d + alpha * y);
         Ok(())
     }
 
@@ -344,8 +387,8 @@ impl Tensor {
     /// assert_eq!(x.map(|v| v * 10.0).as_slice(), &[10., 20.]);
     /// # Ok::<(), convkit_tensor::TensorError>(())
     /// ```
-    pub fn map(&self, f: impl Fn(f32) -> f32) -> Tensor {
-        let data = self.as_slice().iter().map(|&x| f(x)).collect();
+    pub fn map(&self, f: impl Fn(f32) -> f32 + Sync + Send) -> Tensor {
+        let data = map_slice(self.as_slice(), f);
         Tensor::from_parts(self.dims().to_vec(), std::sync::Arc::new(data))
     }
 
@@ -358,8 +401,13 @@ impl Tensor {
     /// assert_eq!(x.as_slice(), &[-1., -2.]);
     /// # Ok::<(), convkit_tensor::TensorError>(())
     /// ```
-    pub fn map_inplace(&mut self, f: impl Fn(f32) -> f32) {
-        self.data_mut().iter_mut().for_each(|v| *v = f(*v));
+    pub fn map_inplace(&mut self, f: impl Fn(f32) -> f32 + Sync + Send) {
+        let d = self.data_mut();
+        if d.len() >= PAR_MIN_ELEMENTS {
+            d.par_iter_mut().with_min_len(PAR_CHUNK).for_each(|v| *v = f(*v));
+        } else {
+            d.iter_mut().for_each(|v| *v = f(*v));
+        }
     }
 
     /// `self + value` elementwise.
