@@ -80,6 +80,48 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Medians of an interleaved comparison: ours, theirs (ms) and the per-round ratio
+/// `theirs ÷ ours` (> 1: ours is faster).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interleaved {
+    /// Median of our timings, in milliseconds.
+    pub ours_ms: f64,
+    /// Median of the peer's timings, in milliseconds.
+    pub theirs_ms: f64,
+    /// Median over the rounds of `theirs ÷ ours` taken within each round.
+    pub ratio: f64,
+}
+
+/// Times two sides `rounds` times, one right after the other, alternating which goes first,
+/// each after `settle` of idleness (so that the other side's threads have gone to sleep),
+/// and returns the medians. `ours` and `theirs` each return one timing in milliseconds
+/// (e.g. [`min_ms_after_warm_up`] and [`PeerTimer::time`]); the first error of `theirs` ends
+/// the comparison.
+pub fn interleaved(
+    rounds: usize,
+    settle: Duration,
+    mut ours: impl FnMut() -> f64,
+    mut theirs: impl FnMut() -> std::result::Result<f64, String>,
+) -> std::result::Result<Interleaved, String> {
+    let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        std::thread::sleep(settle);
+        let (x, y) = if round % 2 == 0 {
+            let x = ours();
+            std::thread::sleep(settle);
+            (x, theirs()?)
+        } else {
+            let y = theirs()?;
+            std::thread::sleep(settle);
+            (ours(), y)
+        };
+        a.push(x);
+        b.push(y);
+        r.push(y / x);
+    }
+    Ok(Interleaved { ours_ms: median(a), theirs_ms: median(b), ratio: median(r) })
+}
+
 /// A peer implementation timing operations in a child process, one request line on stdin,
 /// one answer line on stdout: the protocol of the interleaved benches' Python timers
 /// (`bn_timer.py`, `zoo_twin.py --serve`). The child prints `ready <version>` first; each

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use convkit_autograd::{Tape, Var};
-use convkit_conv::suite::{PeerTimer, median, min_ms_after_warm_up};
+use convkit_conv::suite::{Interleaved, PeerTimer, interleaved, min_ms_after_warm_up};
 use convkit_models::zoo::ZooModel;
 use convkit_nn::{Adam, AdamConfig, Module, Optimizer, Sequential, loss, params};
 use convkit_tensor::{Rng, Tensor};
@@ -112,41 +112,27 @@ fn versus(_: &mut Criterion) {
         let mut case = Case::new(which);
         for (op, batch, calls) in OPS {
             let req = format!("{op} {} {batch} {calls} {}", which.name(), warm.as_millis());
-            let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
             let mut f = case.op(op, batch);
-            for round in 0..rounds {
-                let mut time_ours = || {
-                    std::thread::sleep(settle);
-                    min_ms_after_warm_up(calls, warm, &mut f)
-                };
-                let (a, b) = if round % 2 == 0 {
-                    let a = time_ours();
-                    std::thread::sleep(settle);
-                    (a, peer.time(&req))
-                } else {
-                    std::thread::sleep(settle);
-                    let b = peer.time(&req);
-                    (time_ours(), b)
-                };
-                let b = match b {
-                    Ok(b) => b,
-                    Err(e) => {
-                        eprintln!("zoo_versus: {e}");
-                        return;
-                    }
-                };
-                ours.push(a);
-                theirs.push(b);
-                ratios.push(b / a);
-            }
-            let (a, b) = (median(ours), median(theirs));
+            let result = interleaved(
+                rounds,
+                settle,
+                || min_ms_after_warm_up(calls, warm, &mut f),
+                || peer.time(&req),
+            );
+            let Interleaved { ours_ms: a, theirs_ms: b, ratio } = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("zoo_versus: {e}");
+                    return;
+                }
+            };
             let per_s = |ms: f64| batch as f64 / ms * 1e3;
             println!(
                 "| {} | {op}_b{batch} | {a:.3} | {b:.3} | {:.0} | {:.0} | {:.2} |",
                 which.name(),
                 per_s(a),
                 per_s(b),
-                median(ratios)
+                ratio
             );
         }
     }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use convkit_autograd::{Tape, Var};
-use convkit_conv::suite::{PeerTimer, median, min_ms_after_warm_up};
+use convkit_conv::suite::{PeerTimer, interleaved, min_ms_after_warm_up};
 use convkit_nn::{BatchNorm2d, Module};
 use convkit_tensor::{Rng, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -92,7 +92,6 @@ fn versus(_: &mut Criterion) {
         }
     };
     let version = peer.version.clone();
-    let mut ask = |req: &str| -> Option<f64> { peer.time(req).ok() };
     let warm = Duration::from_millis(40);
     let settle = Duration::from_millis(100);
     println!(
@@ -103,42 +102,28 @@ fn versus(_: &mut Criterion) {
     for dims in SHAPES {
         let mut case = Case::new(dims);
         for op in ["train", "eval"] {
-            let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..rounds {
-                let mut time_ours = || {
-                    std::thread::sleep(settle);
-                    if op == "train" {
-                        min_ms_after_warm_up(10, warm, || case.train_step())
-                    } else {
-                        min_ms_after_warm_up(10, warm, || case.eval_forward())
-                    }
-                };
-                let [n, c, h, w] = dims;
-                let req = format!("{op} {n} {c} {h} {w} 10 40");
-                let (a, b) = if round % 2 == 0 {
-                    let a = time_ours();
-                    std::thread::sleep(settle);
-                    (a, ask(&req))
+            let [n, c, h, w] = dims;
+            let req = format!("{op} {n} {c} {h} {w} 10 40");
+            let ours = || {
+                if op == "train" {
+                    min_ms_after_warm_up(10, warm, || case.train_step())
                 } else {
-                    std::thread::sleep(settle);
-                    let b = ask(&req);
-                    (time_ours(), b)
-                };
-                let Some(b) = b else {
-                    eprintln!("batchnorm_versus: PyTorch gave no timing for {req}");
+                    min_ms_after_warm_up(10, warm, || case.eval_forward())
+                }
+            };
+            match interleaved(rounds, settle, ours, || peer.time(&req)) {
+                Ok(r) => println!(
+                    "| {} | {op} | {:.3} | {:.3} | {:.2} |",
+                    id(dims),
+                    r.ours_ms,
+                    r.theirs_ms,
+                    r.ratio
+                ),
+                Err(e) => {
+                    eprintln!("batchnorm_versus: {e}");
                     return;
-                };
-                ours.push(a);
-                theirs.push(b);
-                ratios.push(b / a);
+                }
             }
-            println!(
-                "| {} | {op} | {:.3} | {:.3} | {:.2} |",
-                id(dims),
-                median(ours),
-                median(theirs),
-                median(ratios)
-            );
         }
     }
 }
