@@ -93,7 +93,7 @@ fn for_each_row(out: &[usize], sa: &[usize], sb: &[usize], mut f: impl FnMut(usi
 }
 
 /// Tensors of at least this many elements are processed elementwise on rayon's pool (in
-/// chunks of at least [`PAR_CHUNK`]); below it, one thread is faster than the fork and join.
+/// chunks of at least 16K elements); below it, one thread is faster than the fork and join.
 /// Each element is computed the same way on any thread, so results do not depend on the
 /// number of threads.
 pub const PAR_MIN_ELEMENTS: usize = 1 << 17;
