@@ -218,6 +218,7 @@ fn library_dependencies() -> Result<bool> {
         "convkit-autograd",
         "convkit-nn",
         "convkit-onnx",
+        "convkit-data",
         "convkit-models",
     ] {
         let out = cargo_command()
