@@ -57,22 +57,12 @@ impl Var {
         let mut mean = vec![0f32; c];
         let mut var = vec![0f32; c];
         batch_norm2d_stats(dims, self.value().as_slice(), &mut mean, &mut var)?;
-        let (scale, shift) = batch_norm2d_affine(
-            gamma.value().as_slice(),
-            beta.value().as_slice(),
-            &mean,
-            &var,
-            eps,
-        );
-        let mut y = vec![0f32; self.value().numel()];
-        batch_norm2d_apply(dims, self.value().as_slice(), &scale, &shift, &mut y)?;
-        let value = Tensor::from_vec(&dims, y)?;
         let stats = BatchStats {
             mean: Tensor::from_vec(&[c], mean)?,
             var: Tensor::from_vec(&[c], var)?,
             count: dims[0] * dims[2] * dims[3],
         };
-        let out = self.record_batch_norm(gamma, beta, value, &stats.mean, &stats.var, eps, true)?;
+        let out = self.normalize(gamma, beta, &stats.mean, &stats.var, eps, true)?;
         Ok((out, stats))
     }
 
@@ -88,37 +78,39 @@ impl Var {
     ) -> Result<Var> {
         const OP: &str = "batch_norm2d";
         let c = gamma.value().numel();
-        let dims = dims4(OP, self, c)?;
+        dims4(OP, self, c)?;
         check_channels(
             OP,
             c,
             &[("bias", beta.value()), ("running_mean", running_mean), ("running_var", running_var)],
         )?;
-        let (scale, shift) = batch_norm2d_affine(
-            gamma.value().as_slice(),
-            beta.value().as_slice(),
-            running_mean.as_slice(),
-            running_var.as_slice(),
-            eps,
-        );
-        let mut y = vec![0f32; self.value().numel()];
-        batch_norm2d_apply(dims, self.value().as_slice(), &scale, &shift, &mut y)?;
-        let value = Tensor::from_vec(&dims, y)?;
-        self.record_batch_norm(gamma, beta, value, running_mean, running_var, eps, false)
+        self.normalize(gamma, beta, running_mean, running_var, eps, false)
     }
 
-    /// Records a batch normalization's output with its backward rule.
-    #[allow(clippy::too_many_arguments)]
-    fn record_batch_norm(
+    /// `y = x·scale + shift` per channel with `scale = γ/√(var+ε)`, `shift = β − mean·scale`
+    /// (the checked `[n, c, h, w]` input), recorded with its backward rule: with
+    /// `batch_stats`, `mean` and `var` are the batch's own and depend on `x`.
+    fn normalize(
         &self,
         gamma: &Var,
         beta: &Var,
-        value: Tensor,
         mean: &Tensor,
         var: &Tensor,
         eps: f32,
         batch_stats: bool,
     ) -> Result<Var> {
+        let d = self.dims();
+        let dims = [d[0], d[1], d[2], d[3]];
+        let (scale, shift) = batch_norm2d_affine(
+            gamma.value().as_slice(),
+            beta.value().as_slice(),
+            mean.as_slice(),
+            var.as_slice(),
+            eps,
+        );
+        let mut y = vec![0f32; self.value().numel()];
+        batch_norm2d_apply(dims, self.value().as_slice(), &scale, &shift, &mut y)?;
+        let value = Tensor::from_vec(&dims, y)?;
         let inputs = [self, gamma, beta];
         if !Var::any_requires_grad(&inputs) {
             return Var::untracked(&inputs, value);
@@ -130,7 +122,6 @@ impl Var {
             &inputs,
             value,
             Box::new(move |dy, needs| {
-                let dims = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
                 let stats = ChannelStats { mean: mean.as_slice(), var: var.as_slice(), eps };
                 let grads = batch_norm2d_backward(
                     dims,

@@ -33,9 +33,7 @@ const BLOCK: usize = 512;
 /// Adds the lanes of `v` to `acc` in `f64`.
 #[inline(always)]
 fn flush<S: Simd>(s: S, v: S::V, acc: &mut f64) {
-    let a = s.to_array(v);
-    *acc += ((f64::from(a[0]) + f64::from(a[4])) + (f64::from(a[1]) + f64::from(a[5])))
-        + ((f64::from(a[2]) + f64::from(a[6])) + (f64::from(a[3]) + f64::from(a[7])));
+    *acc += simd::sum_f64(&s.to_array(v));
 }
 
 /// `Σ(a − shift)` and `Σ(a − shift)²` of one plane (`b` unused), or `Σa` and `Σa·(b − shift)`
@@ -277,7 +275,7 @@ pub fn batch_norm2d_affine(
     (scale, shift)
 }
 
-/// Gradients of batch normalization in training mode (batch statistics).
+/// Gradients of batch normalization ([`batch_norm2d_backward`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchNormGrads {
     /// `∂x [n, c, h, w]`, when asked for.
@@ -374,17 +372,10 @@ mod tests {
     /// Deterministic values with a large common offset per channel (the case that breaks a
     /// one-pass `Σx² − (Σx)²/n` variance in f32).
     fn data(dims: [usize; 4], seed: u32) -> Vec<f32> {
-        let len: usize = dims.iter().product();
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                let k = (i / (dims[2] * dims[3])) % dims[1];
-                (s as f32 / u32::MAX as f32 - 0.5) * (1.0 + k as f32) + 100.0 * k as f32
-            })
-            .collect()
+        let values = crate::suite::sample_data(dims.iter().product(), seed);
+        let plane = dims[2] * dims[3];
+        let k = |i: usize| ((i / plane) % dims[1]) as f32;
+        values.iter().enumerate().map(|(i, v)| v * (1.0 + k(i)) + 100.0 * k(i)).collect()
     }
 
     /// Reference in f64 straight from the definition.

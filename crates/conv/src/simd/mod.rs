@@ -35,7 +35,7 @@ pub const LANES: usize = 8;
 /// Sum of `v` in f64, in a fixed order: eight running sums (element `i` goes to sum `i mod 8`)
 /// added at the end. Independent sums let the compiler vectorize the additions; a single
 /// running f64 sum is bound by the latency of one addition per element. Used for bias
-/// gradients.
+/// gradients and for the lanes of batch normalization's partial sums.
 pub(crate) fn sum_f64(v: &[f32]) -> f64 {
     let mut acc = [0f64; LANES];
     let mut it = v.chunks_exact(LANES);
