@@ -51,8 +51,8 @@ pub struct SummaryRow {
     pub output: Vec<usize>,
     /// Trainable parameters of the layer.
     pub params: usize,
-    /// Forward multiply-adds counted as two flops (convolutions and linear layers; 0 for the
-    /// rest).
+    /// Forward flops of convolutions and linear layers: each multiply-add counts as two, each
+    /// bias add as one (0 for the other layers).
     pub flops: u64,
     /// For convolutions, the algorithms that run.
     pub conv: Option<ConvChoice>,
@@ -131,7 +131,8 @@ fn walk(
             let (out_f, in_f) = (weight.dims()[0], weight.dims()[1]);
             match x.as_slice() {
                 [n, i] if *i == in_f => {
-                    let flops = 2 * (n * in_f * out_f) as u64;
+                    // As for convolutions: the multiply-adds, plus one add per output for a bias.
+                    let flops = (2 * n * in_f * out_f + bias.map_or(0, |_| n * out_f)) as u64;
                     row(vec![*n, out_f], count(weight) + bias.map_or(0, count), flops, None)
                 }
                 _ => Err(shape_err(path, kind, &x, format!("expected [batch, {in_f}]"))),

@@ -56,8 +56,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
-/// `out [m, n] = a [m, k] · b [k, n]` (`n = out.len() / m`) where row `i` of `a` starts at `i·a_rs` and column `j`
-/// of `b` at `j·b_cs`, both contiguous along `k`: one dot product per output.
+/// `out [m, n] = a [m, k] · b [k, n]` (`n = out.len() / m`) where row `i` of `a` starts at
+/// `i·a_rs` and column `j` of `b` at `j·b_cs`, both contiguous along `k`: one dot product per
+/// output.
 fn matmul_dots(
     m: usize,
     k: usize,

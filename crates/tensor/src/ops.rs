@@ -7,8 +7,10 @@
 //! bias; `[3, 1] * [1, 4]` is an outer product.
 //!
 //! All operations here return a new tensor except the `*_assign` forms, [`Tensor::axpy`] and
-//! [`Tensor::map_inplace`], which write into `self` (copy-on-write, see [`Tensor`]). Loops are single-threaded and visit the
-//! elements in row-major order, so results never depend on the thread count.
+//! [`Tensor::map_inplace`], which write into `self` (copy-on-write, see [`Tensor`]). Same-shape,
+//! scalar and unary operations on at least [`PAR_MIN_ELEMENTS`] elements split into chunks on
+//! rayon's pool; general broadcasts run on one thread. Every element is computed the same way
+//! either way, so results never depend on the thread count.
 
 use rayon::prelude::*;
 
