@@ -7,6 +7,7 @@ use convkit_tensor::Tensor;
 use image::imageops::FilterType;
 use rayon::prelude::*;
 
+use crate::decode::decode_picture;
 use crate::error::{DataError, Result};
 
 /// What to do with a file that cannot be read or decoded.
@@ -88,21 +89,9 @@ fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// Decodes one file into `c·h·w` planar values in `[0, 1]`.
 fn decode(path: &Path, cfg: &ImageFolderConfig) -> std::result::Result<Vec<f32>, String> {
     let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read the image: {e}"))?;
-    match reader.format() {
-        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
-        Some(other) => return Err(format!("not a PNG or JPEG image (looks like {other:?})")),
-        None => return Err("not a PNG or JPEG image (unrecognized content)".to_owned()),
-    }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(cfg.max_side);
-    limits.max_image_height = Some(cfg.max_side);
     // Room for the largest allowed picture in 16-bit RGBA, and no more.
-    limits.max_alloc = Some(u64::from(cfg.max_side).pow(2) * 8);
-    reader.limits(limits);
-    let picture = reader.decode().map_err(|e| format!("cannot decode the image: {e}"))?;
+    let max_alloc = u64::from(cfg.max_side).pow(2) * 8;
+    let picture = decode_picture(&bytes, cfg.max_side, max_alloc)?;
     let (h, w) = cfg.size;
     let resize = |p: image::DynamicImage| {
         if p.width() == w && p.height() == h {

@@ -8,6 +8,8 @@
 //!   sorted path order, decoded in parallel, resized to one size, grayscale or RGB, values in
 //!   `[0, 1]`; [`ImageFolder::channel_stats`] and [`ImageFolder::normalize`] for
 //!   `(x − mean) / std`.
+//! - [`decode`]: [`decode_picture`], PNG/JPEG bytes with bounded sizes (also behind
+//!   `convkit-models`' picture preprocessing).
 //! - [`error`]: [`DataError`], whose messages name the file or folder at fault.
 //!
 //! ## Untrusted files
@@ -26,9 +28,11 @@
 //! # Ok::<(), convkit_data::DataError>(())
 //! ```
 
+pub mod decode;
 pub mod error;
 pub mod folder;
 
+pub use decode::decode_picture;
 pub use error::{DataError, Result};
 pub use folder::{BadFile, ImageFolder, ImageFolderConfig};
 

@@ -142,25 +142,8 @@ pub const MAX_PICTURE_SIDE: u32 = 4096;
 /// Decodes PNG or JPEG bytes (format guessed from the content), refusing pictures larger than
 /// [`MAX_PICTURE_SIDE`] on a side so that a small file cannot demand a huge allocation.
 pub fn decode_picture(bytes: &[u8]) -> Result<DynamicImage> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| invalid("image", format!("cannot read the image: {e}")))?;
-    match reader.format() {
-        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
-        Some(other) => {
-            return Err(invalid(
-                "image",
-                format!("not a PNG or JPEG image (looks like {other:?}, which is not supported)"),
-            ));
-        }
-        None => return Err(invalid("image", "not a PNG or JPEG image (unrecognized content)")),
-    }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_PICTURE_SIDE);
-    limits.max_image_height = Some(MAX_PICTURE_SIDE);
-    limits.max_alloc = Some(256 * 1024 * 1024);
-    reader.limits(limits);
-    reader.decode().map_err(|e| invalid("image", format!("cannot decode the image: {e}")))
+    convkit_data::decode_picture(bytes, MAX_PICTURE_SIDE, 256 * 1024 * 1024)
+        .map_err(|msg| invalid("image", msg))
 }
 
 #[cfg(test)]
