@@ -74,6 +74,11 @@ fn run() -> Result<ExitCode> {
                 "f32 FMA peak: {:.1} GFLOP/s (1 thread), {:.1} GFLOP/s ({threads} threads), {}",
                 p.one_thread, p.all_threads, p.kind
             );
+            if let Some((one, all)) = p.avx512 {
+                println!(
+                    "f32 FMA peak: {one:.1} GFLOP/s (1 thread), {all:.1} GFLOP/s ({threads} threads), AVX-512F, 16 f32 lanes"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         "help" | "--help" | "-h" => {
@@ -273,6 +278,11 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         "<== [probe] {:.1} GFLOP/s (1 thread), {:.1} GFLOP/s ({threads} threads), {}",
         peak.one_thread, peak.all_threads, peak.kind
     );
+    if let Some((one, all)) = peak.avx512 {
+        println!(
+            "<== [probe] {one:.1} GFLOP/s (1 thread), {all:.1} GFLOP/s ({threads} threads), AVX-512F"
+        );
+    }
 
     // `--bench '*'` selects only the `[[bench]]` targets (criterion); `--benches` would also
     // run the libraries' unit tests in bench mode, whose libtest harness rejects criterion's
