@@ -6,9 +6,10 @@
 //! gradient and one for the weight gradient — so "fwd + bwd" totals the 3x convention of the
 //! reference tables.
 //!
-//! `gemm/<shape>/sgemm` times `sgemm` alone on the products im2col runs (the ceiling of the
-//! im2col forward), `winograd_prepared_t1/<shape>/{f2,f4}` Winograd with a filter transformed
-//! beforehand (as a layer caching it runs), and `pool/…` LeNet's pooling layers.
+//! `gemm/<shape>/<level>` times `sgemm` alone, at each SIMD level the CPU has, on the products
+//! im2col runs (the ceiling of the im2col forward), `winograd_prepared_t1/<shape>/{f2,f4}`
+//! Winograd with a filter transformed beforehand (as a layer caching it runs), and `pool/…`
+//! LeNet's pooling layers.
 //!
 //! Every algorithm that [`supports`] a shape is measured, except `naive` on shapes above
 //! 50 MFLOP (seconds per call), on 1 and on 2 threads (a rayon pool of each size). Group ids
@@ -54,7 +55,8 @@ fn algos(g: &ConvGeometry) -> impl Iterator<Item = ConvAlgo> + '_ {
 /// `sgemm` alone on the product im2col runs for each shape (`[K', C'RS] · [C'RS, OH·OW]` per
 /// image and group): the ceiling of the im2col forward, measured beside it.
 fn gemm_ceiling(c: &mut Criterion) {
-    use convkit_conv::gemm::{MatRef, sgemm};
+    use convkit_conv::gemm::{MatRef, sgemm_with};
+    use convkit_conv::simd::SimdLevel;
     for shape in &SHAPES {
         let Ok(g) = shape.geometry() else { continue };
         let (m, k, n) = (g.c_out_per_group(), g.c_in_per_group() * g.kh * g.kw, g.oh * g.ow);
@@ -65,20 +67,28 @@ fn gemm_ceiling(c: &mut Criterion) {
         group.throughput(Throughput::Elements(g.flops()));
         group.sample_size(10).warm_up_time(Duration::from_millis(500));
         group.measurement_time(measurement_time(Duration::from_secs(2)));
-        group.bench_function("sgemm", |bench| {
-            bench.iter(|| {
-                for _ in 0..g.n * g.params.groups {
-                    sgemm(
-                        1.0,
-                        MatRef::row_major(black_box(&a), m, k),
-                        MatRef::row_major(&b, k, n),
-                        0.0,
-                        &mut out,
-                        n,
-                    );
-                }
+        // Each SIMD level the CPU runs, so that a level's kernel is compared with its twin
+        // in the same run (the active level is what `sgemm` uses).
+        for level in SimdLevel::available_levels() {
+            if level == SimdLevel::Fallback {
+                continue;
+            }
+            group.bench_function(level.name(), |bench| {
+                bench.iter(|| {
+                    for _ in 0..g.n * g.params.groups {
+                        sgemm_with(
+                            level,
+                            1.0,
+                            MatRef::row_major(black_box(&a), m, k),
+                            MatRef::row_major(&b, k, n),
+                            0.0,
+                            &mut out,
+                            n,
+                        );
+                    }
+                });
             });
-        });
+        }
         group.finish();
     }
 }

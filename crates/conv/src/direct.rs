@@ -1170,9 +1170,9 @@ mod tests {
         let bias: Vec<f32> = (0..6).map(|i| i as f32).collect();
         let mut want = vec![0.0; g.output_len()];
         conv2d_naive(&g, &input, &weight, Some(&bias), &mut want).unwrap();
-        for level in [SimdLevel::Fallback, SimdLevel::Avx2Fma] {
+        for level in SimdLevel::ALL {
             if !level.available() {
-                eprintln!("skipping: no avx2");
+                eprintln!("skipping {level}: not available on this CPU");
                 continue;
             }
             let mut got = vec![f32::NAN; g.output_len()];
@@ -1202,7 +1202,7 @@ mod tests {
             for b in [None, Some(&bias[..])] {
                 let mut want = vec![0.0; g.output_len()];
                 conv2d_naive(&g, &input, &weight, b, &mut want).unwrap();
-                for level in [SimdLevel::Fallback, SimdLevel::Avx2Fma] {
+                for level in SimdLevel::ALL {
                     if !level.available() {
                         continue;
                     }

@@ -13,6 +13,8 @@
 //! of 8) lifts im2col on the suite's big layers from 60–74 to the figures in `docs/benchmarks.md`.
 
 pub mod packed;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 pub use packed::{
     MR, NR, PackedA, PackedARef, gemm_packed_ab, kblock, packed_a_len, packed_a_position,
@@ -72,9 +74,8 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
 /// sizes from a validated [`ConvGeometry`](crate::ConvGeometry), so a panic here is a bug in
 /// this crate, never a consequence of user input.
 pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut [f32], ldc: usize) {
-    if simd::active() == SimdLevel::Avx2Fma
-        && sgemm_with(SimdLevel::Avx2Fma, alpha, a, b, beta, c, ldc).is_some()
-    {
+    let level = simd::active();
+    if level != SimdLevel::Fallback && sgemm_with(level, alpha, a, b, beta, c, ldc).is_some() {
         return;
     }
     sgemm_matrixmultiply(alpha, a, b, beta, c, ldc);

@@ -87,15 +87,13 @@ fn direct(g: &ConvGeometry, o: &Operands, level: SimdLevel) -> Results {
     r
 }
 
-/// The levels this CPU can run; says so when the AVX2 path is skipped.
+/// The levels this CPU can run; says which are skipped.
 fn levels() -> Vec<SimdLevel> {
-    let mut v = vec![SimdLevel::Fallback];
-    if SimdLevel::Avx2Fma.available() {
-        v.push(SimdLevel::Avx2Fma);
-    } else {
-        eprintln!("skipping: no avx2");
+    let l = SimdLevel::available_levels();
+    for missing in SimdLevel::ALL.into_iter().filter(|x| !l.contains(x)) {
+        eprintln!("skipping the {missing} path: this CPU lacks it");
     }
-    v
+    l
 }
 
 fn check(g: &ConvGeometry, seed: u64) -> Result<(), String> {

@@ -66,11 +66,9 @@ impl Case {
 }
 
 fn levels() -> Vec<SimdLevel> {
-    let mut l = vec![SimdLevel::Fallback];
-    if SimdLevel::Avx2Fma.available() {
-        l.push(SimdLevel::Avx2Fma);
-    } else {
-        eprintln!("skipping avx2 path: no avx2");
+    let l = SimdLevel::available_levels();
+    for missing in SimdLevel::ALL.into_iter().filter(|x| !l.contains(x)) {
+        eprintln!("skipping the {missing} path: this CPU lacks it");
     }
     l
 }
@@ -143,25 +141,30 @@ proptest! {
     }
 }
 
-/// The SIMD path must really run on a CPU that has it, unless `CONVKIT_SIMD` turns it off.
+/// The best level the CPU has must really run, unless `CONVKIT_SIMD` caps it. With
+/// `CONVKIT_REQUIRE_AVX512=1` (set by `.ci/run`) a CPU that reports avx512f must run the
+/// AVX-512 level.
 #[test]
-fn simd_path_is_active_on_avx2_machines() {
+fn best_simd_level_is_active() {
+    let cap = simd::cap_from_env();
+    let best = SimdLevel::available_levels()[0];
+    let rank = |l: SimdLevel| SimdLevel::ALL.iter().position(|&x| x == l).unwrap();
+    let want = if rank(best) >= rank(cap) { best } else { cap };
+    assert_eq!(simd::active(), want, "best available {best}, CONVKIT_SIMD cap {cap}");
     #[cfg(target_arch = "x86_64")]
-    let has = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    let has_avx512f = is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
-    let has = false;
-    if !has {
-        eprintln!("skipping: no avx2");
-        assert_eq!(simd::active(), SimdLevel::Fallback);
-        return;
+    let has_avx512f = false;
+    if std::env::var("CONVKIT_REQUIRE_AVX512").is_ok_and(|v| v == "1") && has_avx512f {
+        assert_eq!(
+            simd::active(),
+            SimdLevel::Avx512,
+            "the CPU reports avx512f but the AVX-512 path is not active"
+        );
     }
-    if simd::disabled_by_env() {
-        eprintln!("skipping: CONVKIT_SIMD disables SIMD");
-        assert_eq!(simd::active(), SimdLevel::Fallback);
-        return;
+    if !has_avx512f {
+        eprintln!("skipping the AVX-512 check: no avx512f");
     }
-    assert_eq!(simd::active(), SimdLevel::Avx2Fma, "AVX2+FMA detected but not selected");
-    assert!(SimdLevel::Avx2Fma.available());
 }
 
 /// Asking for AVX2 where it is missing is an error, not undefined behaviour.

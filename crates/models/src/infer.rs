@@ -464,7 +464,7 @@ mod tests {
         let x = Tensor::rand_uniform(&[37, 1, 32, 32], -0.5, 2.8, &mut rng).unwrap();
         let reference = layered(&model, &x);
         let packed = model.packed().unwrap();
-        for level in [SimdLevel::Avx2Fma, SimdLevel::Fallback] {
+        for level in SimdLevel::ALL {
             if !level.available() {
                 eprintln!("skipping {level}: not available on this CPU");
                 continue;

@@ -50,8 +50,9 @@ pub fn kblock(k: usize) -> usize {
 
 /// Rows of a packed A block (144 x 256 floats = 144 KiB, in a 512 KiB L2).
 const MC: usize = 144;
-/// Columns of a packed B block (256 x 4080 floats, 4 MiB at most).
-const NC: usize = 4080;
+/// Columns of a packed B block (256 x 4032 floats, 4 MiB at most): 252 panels, a multiple of
+/// the AVX-512 kernel's panel group.
+const NC: usize = 4032;
 
 /// The left operand of a product, packed once into 6-row panels for [`super::sgemm_packed_a`].
 ///
@@ -222,16 +223,9 @@ pub fn gemm_packed_ab<S: Simd>(
         while ic < m {
             let mc = MC.min(m - ic);
             let apanels = &a.panels(pc, rows.start + ic)[..mc.next_multiple_of(MR) * kcb];
-            for (pj, bpanel) in b[..k * np].chunks_exact(k * NR).enumerate() {
-                let bp = &bpanel[pc * NR..][..kcb * NR];
-                let (j, nr) = (pj * NR, NR.min(n - pj * NR));
-                for (pi, ap) in apanels.chunks_exact(MR * kcb).enumerate() {
-                    let i = ic + pi * MR;
-                    let acc = micro(s, kcb, ap, bp);
-                    let tile = Tile { i, j, mr: MR.min(m - i), nr, alpha: 1.0, beta, ldc };
-                    store_tile(s, &acc, tile, c);
-                }
-            }
+            let bpanels = BPanels { data: b, stride: k * NR, offset: pc * NR, count: np / NR, kcb };
+            let blk = Block { i0: ic, j0: 0, m, n, alpha: 1.0, beta, ldc };
+            tiles(s, apanels, bpanels, blk, c);
             ic += mc;
         }
         pc += kcb;
@@ -443,22 +437,82 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
                     }
                     ASrc::Packed(a, r0, _) => &a.panels(pc, r0 + ic)[..mcp * kcb],
                 };
-                for (pj, bp) in bpack[..ncp * kcb].chunks_exact(NR * kcb).enumerate() {
-                    let j = jc + pj * NR;
-                    let nr = NR.min(n - j);
-                    for (pi, ap) in apanels.chunks_exact(MR * kcb).enumerate() {
-                        let i = ic + pi * MR;
-                        let mr = MR.min(m - i);
-                        let acc = micro(s, kcb, ap, bp);
-                        let tile = Tile { i, j, mr, nr, alpha, beta: beta_block, ldc };
-                        store_tile(s, &acc, tile, c);
-                    }
-                }
+                let bpanels = BPanels {
+                    data: &bpack[..ncp * kcb],
+                    stride: NR * kcb,
+                    offset: 0,
+                    count: ncp / NR,
+                    kcb,
+                };
+                let blk = Block { i0: ic, j0: jc, m, n, alpha, beta: beta_block, ldc };
+                tiles(s, apanels, bpanels, blk, c);
                 ic += mc;
             }
             pc += kcb;
         }
         jc += nc;
+    }
+}
+
+/// The B panels of one depth block: panel `pj` starts at `pj · stride + offset` of `data` and
+/// holds `kcb` steps of 16 floats.
+#[derive(Clone, Copy)]
+pub(super) struct BPanels<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) stride: usize,
+    pub(super) offset: usize,
+    pub(super) count: usize,
+    pub(super) kcb: usize,
+}
+
+impl<'a> BPanels<'a> {
+    /// Panel `pj`.
+    #[inline(always)]
+    pub(super) fn panel(&self, pj: usize) -> &'a [f32] {
+        &self.data[pj * self.stride + self.offset..][..self.kcb * NR]
+    }
+}
+
+/// Where one block of tiles lands: its first row and column in `C`, the size of `C`, and how
+/// the tiles are combined with it.
+#[derive(Clone, Copy)]
+pub(super) struct Block {
+    pub(super) i0: usize,
+    pub(super) j0: usize,
+    pub(super) m: usize,
+    pub(super) n: usize,
+    pub(super) alpha: f32,
+    pub(super) beta: f32,
+    pub(super) ldc: usize,
+}
+
+impl Block {
+    /// The tile at row `i`, column `j`, at most `width` columns wide.
+    #[inline(always)]
+    pub(super) fn tile(&self, i: usize, j: usize, width: usize) -> Tile {
+        let (mr, nr) = (MR.min(self.m - i), width.min(self.n - j));
+        Tile { i, j, mr, nr, alpha: self.alpha, beta: self.beta, ldc: self.ldc }
+    }
+}
+
+/// Every tile of one block: each B panel of `b` against each A panel in `ap`. At the AVX-512
+/// level, the 16-lane kernel of [`super::wide`] takes several B panels at a time.
+#[inline(always)]
+fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Block, c: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(w) = s.avx512() {
+        // SAFETY: the token `w` proves the CPU has the features `tiles` is compiled for.
+        unsafe { super::wide::tiles(w, ap, b, blk, c) };
+        return;
+    }
+    for pj in 0..b.count {
+        let bp = b.panel(pj);
+        let j = blk.j0 + pj * NR;
+        for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
+            let i = blk.i0 + pi * MR;
+            let acc = micro(s, b.kcb, a, bp);
+            store_tile(s, &acc, blk.tile(i, j, NR), c);
+        }
     }
 }
 
@@ -486,14 +540,14 @@ fn micro<S: Simd>(s: S, kc: usize, ap: &[f32], bp: &[f32]) -> [[S::V; 2]; MR] {
 
 /// Where one micro-tile lands in `C`, and how it is combined.
 #[derive(Clone, Copy)]
-struct Tile {
-    i: usize,
-    j: usize,
-    mr: usize,
-    nr: usize,
-    alpha: f32,
-    beta: f32,
-    ldc: usize,
+pub(super) struct Tile {
+    pub(super) i: usize,
+    pub(super) j: usize,
+    pub(super) mr: usize,
+    pub(super) nr: usize,
+    pub(super) alpha: f32,
+    pub(super) beta: f32,
+    pub(super) ldc: usize,
 }
 
 /// `C[tile] = alpha · acc + beta · C[tile]` (`beta == 0` ignores the old contents).
@@ -643,7 +697,35 @@ mod tests {
     }
 
     fn levels() -> Vec<SimdLevel> {
-        [SimdLevel::Avx2Fma, SimdLevel::Fallback].into_iter().filter(|l| l.available()).collect()
+        SimdLevel::available_levels()
+    }
+
+    /// The SIMD levels add the same products in the same order with fused multiply-adds, so
+    /// they agree bit for bit, across the AVX-512 kernel's column groups and a B block edge.
+    #[test]
+    fn simd_levels_are_bit_identical() {
+        let simd: Vec<SimdLevel> =
+            levels().into_iter().filter(|&l| l != SimdLevel::Fallback).collect();
+        if simd.len() < 2 {
+            eprintln!("skipping: fewer than two SIMD levels on this CPU");
+            return;
+        }
+        for (m, k, n) in [(7, 300, 1), (13, 40, 33), (6, 17, 49), (20, 257, 80), (5, 9, 4100)] {
+            let (ad, bd) = (data(m * k, n), data(k * n, m));
+            let (a, b) = (MatRef::row_major(&ad, m, k), MatRef::row_major(&bd, k, n));
+            let old = data(m * (n + 2), k);
+            let runs: Vec<Vec<f32>> = simd
+                .iter()
+                .map(|&level| {
+                    let mut c = old.clone();
+                    sgemm_with(level, 0.5, a, b, 1.0, &mut c, n + 2).unwrap();
+                    c
+                })
+                .collect();
+            for (level, c) in simd.iter().zip(&runs).skip(1) {
+                assert_eq!(c, &runs[0], "{level} differs from {} at {m}x{k}x{n}", simd[0]);
+            }
+        }
     }
 
     /// Every size class: below, at and above one tile, one block in each dimension, and both

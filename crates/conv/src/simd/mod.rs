@@ -10,23 +10,36 @@
 //!
 //! - a `#[target_feature(enable = "avx2,fma")]` wrapper that calls the body with [`Avx2Fma`],
 //!   so the whole body (and every intrinsic it uses) is compiled for AVX2+FMA;
+//! - a `#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]` wrapper that calls it with
+//!   [`Avx512`]: the same 8-lane operations with 32 registers, and [`Simd::avx512`] returns the
+//!   token so that a body can branch to 16-lane kernels (the GEMM micro-kernel does);
 //! - a plain function that calls the body with [`Fallback`], whose vectors are `[f32; 8]`
 //!   arrays that the compiler turns into whatever the baseline target offers (SSE2 on x86-64).
 //!
 //! # Detection
 //!
 //! [`active`] runs one detection ladder the first time it is called and caches the answer in
-//! a [`OnceLock`]: AVX2 *and* FMA must both be present (`is_x86_feature_detected!`), and the
-//! environment variable `CONVKIT_SIMD` must not be `off`, `0` or `false` (case-insensitive).
+//! a [`OnceLock`]: the best of [`SimdLevel::ALL`] that the CPU runs (`is_x86_feature_detected!`;
+//! AVX-512 needs F and VL besides AVX2 and FMA), capped by the environment variable
+//! `CONVKIT_SIMD`: `avx512`, `avx2`, or `off` (also `0`, `false`) for the portable fallback.
 //! Tests and benchmarks can name a level explicitly (`conv2d_direct_with(level, ..)`); asking
-//! for [`SimdLevel::Avx2Fma`] on a CPU without it is an error, never undefined behaviour.
+//! for a level the CPU lacks is an error, never undefined behaviour.
+//!
+//! # Rounding across levels
+//!
+//! Every level adds each output's products in the same order with fused multiply-adds, so the
+//! AVX2 and AVX-512 levels give bit-identical results; the fallback uses `f32::mul_add`, which
+//! is also fused, and matches them except where a kernel documents otherwise. Within a level
+//! results never depend on the number of threads.
 
 use std::sync::OnceLock;
 
 mod avx2;
+mod avx512;
 mod fallback;
 
 pub use avx2::Avx2Fma;
+pub use avx512::Avx512;
 pub use fallback::Fallback;
 
 /// Number of `f32` lanes in one vector of every [`Simd`] implementation.
@@ -90,6 +103,12 @@ pub trait Simd: Copy + Send + Sync + 'static {
         self.store(v, &mut out);
         out
     }
+    /// The AVX-512 token when this level is AVX-512, so that a generic body can take a 16-lane
+    /// path; `None` at every other level.
+    #[inline(always)]
+    fn avx512(self) -> Option<Avx512> {
+        None
+    }
     /// The 8×8 transpose: lane `j` of result `i` is lane `i` of input `j`.
     #[inline(always)]
     fn transpose8(self, rows: [Self::V; LANES]) -> [Self::V; LANES] {
@@ -104,6 +123,8 @@ pub trait Simd: Copy + Send + Sync + 'static {
 /// Which instruction set a kernel ran with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SimdLevel {
+    /// x86-64 AVX-512 F and VL (with AVX2 and FMA): 32 vector registers, 16-lane kernels.
+    Avx512,
     /// x86-64 AVX2 with FMA: 8-lane vectors, fused multiply-add.
     Avx2Fma,
     /// Portable code: `[f32; 8]` arrays, vectorized by the compiler for the baseline target.
@@ -111,17 +132,27 @@ pub enum SimdLevel {
 }
 
 impl SimdLevel {
+    /// Every level, best first: the detection ladder.
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Avx512, SimdLevel::Avx2Fma, SimdLevel::Fallback];
+
+    /// The levels this CPU can run, best first (always ends with the fallback).
+    pub fn available_levels() -> Vec<SimdLevel> {
+        SimdLevel::ALL.into_iter().filter(|l| l.available()).collect()
+    }
+
     /// Whether this CPU can run the level (the fallback always can).
     pub fn available(self) -> bool {
         match self {
+            SimdLevel::Avx512 => Avx512::new().is_some(),
             SimdLevel::Avx2Fma => Avx2Fma::new().is_some(),
             SimdLevel::Fallback => true,
         }
     }
 
-    /// Short lowercase name (`"avx2+fma"`, `"fallback"`).
+    /// Short lowercase name (`"avx512"`, `"avx2+fma"`, `"fallback"`).
     pub fn name(self) -> &'static str {
         match self {
+            SimdLevel::Avx512 => "avx512",
             SimdLevel::Avx2Fma => "avx2+fma",
             SimdLevel::Fallback => "fallback",
         }
@@ -149,6 +180,19 @@ pub trait WithSimd {
 /// that level.
 pub fn dispatch<W: WithSimd>(level: SimdLevel, kernel: W) -> Option<W::Output> {
     match level {
+        SimdLevel::Avx512 => {
+            let token = Avx512::new()?;
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: `token` exists, so the CPU supports AVX-512F/VL, AVX2 and FMA, the
+                // features the wrapper is compiled for.
+                Some(unsafe { run_avx512(token, kernel) })
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                Some(kernel.with_simd(token))
+            }
+        }
         SimdLevel::Avx2Fma => {
             let token = Avx2Fma::new()?;
             #[cfg(target_arch = "x86_64")]
@@ -170,6 +214,12 @@ pub fn dispatch<W: WithSimd>(level: SimdLevel, kernel: W) -> Option<W::Output> {
 pub fn dispatch_active<W: WithSimd>(kernel: W) -> W::Output {
     match active() {
         #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => match Avx512::new() {
+            // SAFETY: the token proves the CPU supports AVX-512F/VL, AVX2 and FMA.
+            Some(token) => unsafe { run_avx512(token, kernel) },
+            None => kernel.with_simd(Fallback),
+        },
+        #[cfg(target_arch = "x86_64")]
         SimdLevel::Avx2Fma => match Avx2Fma::new() {
             // SAFETY: the token proves the CPU supports AVX2 and FMA.
             Some(token) => unsafe { run_avx2(token, kernel) },
@@ -189,12 +239,47 @@ unsafe fn run_avx2<W: WithSimd>(token: Avx2Fma, kernel: W) -> W::Output {
     kernel.with_simd(token)
 }
 
-/// Whether `CONVKIT_SIMD` asks to disable SIMD (`off`, `0` or `false`, any case).
+/// The AVX-512 wrapper: the inlined kernel body is compiled with AVX-512F/VL, AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support those features (guaranteed by the caller holding `token`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn run_avx512<W: WithSimd>(token: Avx512, kernel: W) -> W::Output {
+    kernel.with_simd(token)
+}
+
+/// The highest level `CONVKIT_SIMD` allows: `avx512` (or unset: no cap), `avx2`, or `off`,
+/// `0`, `false` for the fallback, any case. Any other value is reported on stderr once and
+/// ignored.
+pub fn cap_from_env() -> SimdLevel {
+    let Ok(v) = std::env::var("CONVKIT_SIMD") else {
+        return SimdLevel::Avx512;
+    };
+    match parse_cap(&v) {
+        Some(level) => level,
+        None => {
+            eprintln!(
+                "convkit: ignoring CONVKIT_SIMD={v:?} (expected avx512, avx2, or off/0/false)"
+            );
+            SimdLevel::Avx512
+        }
+    }
+}
+
+/// The level a `CONVKIT_SIMD` value names, `None` when it names none.
+fn parse_cap(v: &str) -> Option<SimdLevel> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "avx512" | "avx-512" | "on" | "auto" => Some(SimdLevel::Avx512),
+        "avx2" | "avx2+fma" => Some(SimdLevel::Avx2Fma),
+        "off" | "0" | "false" | "fallback" => Some(SimdLevel::Fallback),
+        _ => None,
+    }
+}
+
+/// Whether `CONVKIT_SIMD` asks to disable SIMD (`off`, `0`, `false` or `fallback`, any case).
 pub fn disabled_by_env() -> bool {
-    std::env::var("CONVKIT_SIMD").is_ok_and(|v| {
-        let v = v.trim().to_ascii_lowercase();
-        v == "off" || v == "0" || v == "false"
-    })
+    std::env::var("CONVKIT_SIMD").is_ok_and(|v| parse_cap(&v) == Some(SimdLevel::Fallback))
 }
 
 /// The level the kernels use by default: detected once, then cached.
@@ -203,15 +288,14 @@ pub fn active() -> SimdLevel {
     *LEVEL.get_or_init(detect)
 }
 
-/// The detection ladder, best level first.
+/// The detection ladder: the best available level at or below the environment's cap.
 fn detect() -> SimdLevel {
-    if disabled_by_env() {
-        return SimdLevel::Fallback;
-    }
-    if SimdLevel::Avx2Fma.available() {
-        return SimdLevel::Avx2Fma;
-    }
-    SimdLevel::Fallback
+    let cap = cap_from_env();
+    let rank = |l: SimdLevel| SimdLevel::ALL.iter().position(|&x| x == l);
+    SimdLevel::ALL
+        .into_iter()
+        .find(|&l| rank(l) >= rank(cap) && l.available())
+        .unwrap_or(SimdLevel::Fallback)
 }
 
 #[cfg(test)]
@@ -245,6 +329,28 @@ mod tests {
     #[test]
     fn fallback_ops() {
         ops(Fallback);
+    }
+
+    #[test]
+    fn avx512_ops() {
+        match Avx512::new() {
+            Some(t) => {
+                assert!(t.avx512().is_some());
+                ops(t)
+            }
+            None => eprintln!("skipping: no avx512f"),
+        }
+    }
+
+    #[test]
+    fn env_values() {
+        assert_eq!(parse_cap("AVX512"), Some(SimdLevel::Avx512));
+        assert_eq!(parse_cap(" avx2 "), Some(SimdLevel::Avx2Fma));
+        for off in ["off", "0", "False", "fallback"] {
+            assert_eq!(parse_cap(off), Some(SimdLevel::Fallback));
+        }
+        assert_eq!(parse_cap("sse9"), None);
+        assert_eq!(SimdLevel::available_levels().last(), Some(&SimdLevel::Fallback));
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! The AVX-512 micro-kernel: one 6-row A panel times `P` consecutive 16-column B panels, in
+//! `6·P` 16-lane accumulators, with masked stores for edge columns.
+//!
+//! The packed layouts are those of the 8-lane kernel (a B panel step is 16 floats, one
+//! `__m512`), so the same packing serves both levels. Each step loads `P` vectors of B,
+//! broadcasts six elements of A and issues `6·P` fused multiply-adds; with `P = 3` that is 18
+//! accumulators of the 32 registers, and 9 loads per 18 FMAs instead of the 8-lane kernel's 8
+//! per 12. Every output is still the sum of its products in increasing `k`, fused, so results
+//! are bit-identical to the 8-lane kernel's.
+
+use std::arch::x86_64::*;
+
+use super::packed::{BPanels, Block, MR, NR, Tile};
+use crate::simd::Avx512;
+
+/// B panels per micro-tile at the AVX-512 level (see `docs/benchmarks.md` for the choice).
+pub(super) const P: usize = 3;
+
+/// Every tile of one block: all A panels in `ap` against all B panels of `b`, `P` B panels at
+/// a time (the last group may be narrower).
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Block, c: &mut [f32]) {
+    let mut pj = 0;
+    while pj < b.count {
+        let np = P.min(b.count - pj);
+        match np {
+            3 => group::<3>(w, ap, b, pj, blk, c),
+            2 => group::<2>(w, ap, b, pj, blk, c),
+            _ => group::<1>(w, ap, b, pj, blk, c),
+        }
+        pj += np;
+    }
+}
+
+/// The tiles of B panels `pj..pj+N` against every A panel in `ap`.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+fn group<const N: usize>(
+    w: Avx512,
+    ap: &[f32],
+    b: BPanels<'_>,
+    pj: usize,
+    blk: Block,
+    c: &mut [f32],
+) {
+    let bps: [&[f32]; N] = std::array::from_fn(|h| b.panel(pj + h));
+    let j = blk.j0 + pj * NR;
+    for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
+        let i = blk.i0 + pi * MR;
+        let acc = micro(w, b.kcb, a, bps);
+        store(w, &acc, blk.tile(i, j, N * NR), c);
+    }
+}
+
+/// `A panel (6 × kc) · [B panels] (kc × 16·N)`: `acc[r][h]` holds row `r`, panel `h`.
+///
+/// # Panics
+/// When a panel holds fewer than `kc` steps (an internal bug).
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+pub(super) fn micro<const N: usize>(
+    _: Avx512,
+    kc: usize,
+    ap: &[f32],
+    bps: [&[f32]; N],
+) -> [[__m512; N]; MR] {
+    assert!(ap.len() >= kc * MR && bps.iter().all(|b| b.len() >= kc * NR));
+    let a = ap.as_ptr();
+    let b = bps.map(|b| b.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); N]; MR];
+    for p in 0..kc {
+        // SAFETY: `p < kc`, and the assert above shows that `ap` holds `kc` steps of 6 floats
+        // and each B panel `kc` steps of 16, so every read is inside its slice; the token
+        // passed in proves the CPU has the features this function is compiled for.
+        unsafe {
+            let mut bv = [_mm512_setzero_ps(); N];
+            for (v, ptr) in bv.iter_mut().zip(b) {
+                *v = _mm512_loadu_ps(ptr.add(p * NR));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(p * MR + r));
+                for (x, &bh) in acc_r.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, bh, *x);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// `C[tile] = alpha · acc + beta · C[tile]` for a tile of up to `16·N` columns (`t.nr`), each
+/// 16-column part written with a masked load and store so that no column past `t.nr` is touched.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+pub(super) fn store<const N: usize>(_: Avx512, acc: &[[__m512; N]; MR], t: Tile, c: &mut [f32]) {
+    for (r, acc_r) in acc.iter().enumerate().take(t.mr) {
+        let row = &mut c[(t.i + r) * t.ldc + t.j..][..t.nr];
+        for (h, &x) in acc_r.iter().enumerate() {
+            let cols = t.nr.saturating_sub(h * NR).min(NR);
+            if cols == 0 {
+                break;
+            }
+            let mask: __mmask16 = if cols == NR { !0 } else { (1 << cols) - 1 };
+            let dst = row[h * NR..].as_mut_ptr();
+            // SAFETY: `row` holds `t.nr` floats and `dst` is at `h·16 < t.nr`; the mask keeps
+            // the load and the store to the first `cols = min(16, t.nr − h·16)` lanes, all
+            // inside `row` (masked-off lanes are neither read nor written, and do not fault).
+            unsafe {
+                let x = if t.alpha == 1.0 { x } else { _mm512_mul_ps(_mm512_set1_ps(t.alpha), x) };
+                let v = if t.beta == 0.0 {
+                    x
+                } else {
+                    let old = _mm512_maskz_loadu_ps(mask, dst);
+                    if t.beta == 1.0 {
+                        _mm512_add_ps(x, old)
+                    } else {
+                        _mm512_fmadd_ps(_mm512_set1_ps(t.beta), old, x)
+                    }
+                };
+                _mm512_mask_storeu_ps(dst, mask, v);
+            }
+        }
+    }
+}
