@@ -27,9 +27,10 @@ usage: cargo xtask <task> [options]
 
 tasks:
   test-all [--no-release]   fmt check, clippy (-D warnings), tests (debug, then release),
-                            tests with CONVKIT_SIMD=off, rustdoc (-D warnings); prints
-                            'test-all: N passed, M failed' and fails if any step failed.
-                            --no-release skips the two release-mode test steps.
+                            tests with CONVKIT_SIMD=off (and =avx2 on an AVX-512 CPU),
+                            rustdoc (-D warnings); prints 'test-all: N passed, M failed'
+                            and fails if any step failed.
+                            --no-release skips the release-mode test steps.
   bench [--quick] [FILTER] [--compare-peers[=DIR]] [--python PY] [--no-report]
                             measure this machine's FMA peak, run the criterion benches of
                             every crate (FILTER selects benchmarks by name, e.g.
@@ -182,6 +183,17 @@ fn test_all(args: &[String]) -> Result<ExitCode> {
             )
             .env("CONVKIT_SIMD", "off"),
         );
+        // On an AVX-512 machine the default run takes the AVX-512 level; the AVX2 level gets
+        // its own pass through the kernels and the packed LeNet-5.
+        if avx512_cpu() {
+            steps.push(
+                Step::new(
+                    "test (release, CONVKIT_SIMD=avx2)",
+                    &["test", "--release", "-p", "convkit-conv", "-p", "convkit-models"],
+                )
+                .env("CONVKIT_SIMD", "avx2"),
+            );
+        }
     }
     steps.push(
         Step::new("doc", &["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"),
@@ -618,6 +630,18 @@ fn train(args: &[String]) -> Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether this CPU reports AVX-512F (and VL), the features of convkit's AVX-512 level.
+fn avx512_cpu() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[cfg(test)]
