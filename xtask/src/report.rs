@@ -263,37 +263,91 @@ pub fn ratios_section(ratios: &Value) -> String {
     md
 }
 
-/// The section of the interleaved comparison with PyTorch: per shape and timing, median
-/// milliseconds of each side and the median per-round speed ratio.
+/// The section of the interleaved comparison with PyTorch and ONNX Runtime: per shape and
+/// timing, median milliseconds of each side and the median per-round speed ratios.
 pub fn versus_section(versus: &Value) -> String {
     let mut md = String::new();
     let Some(shapes) = versus["shapes"].as_array() else { return md };
     let rounds = versus["rounds"].as_u64().unwrap_or(0);
     let torch = versus["torch"].as_str().unwrap_or("?");
-    let _ = writeln!(md, "## convkit against PyTorch, measured interleaved\n");
+    let torch_isa = versus["torch_isa"].as_str().unwrap_or("?");
+    let ours_isa = versus["convkit_isa"].as_str().unwrap_or("?");
+    let ort = versus["ort"].as_str();
+    let peers = match ort {
+        Some(v) => format!("PyTorch {torch} and ONNX Runtime {v}"),
+        None => format!("PyTorch {torch}"),
+    };
+    let _ = writeln!(md, "## convkit against {peers}, measured interleaved\n");
     let _ = writeln!(
         md,
-        "`Auto` against PyTorch {torch} (`F.conv2d`; its backward is `y.backward(dy)`). In \
-         each of {rounds} rounds every timing below is taken by convkit and by PyTorch (in a \
-         child process) one right after the other, each the fastest of a few calls after 40 ms \
-         of untimed calls, with a pause before each so that the other side is idle; the order \
-         alternates by round. Speed = PyTorch's time ÷ convkit's, taken within the round; the \
-         table gives medians over the rounds (`cargo bench -p convkit-conv --bench versus`). \
-         Unlike the PyTorch columns above, which come from a separate script minutes away from \
-         our groups, these ratios do not move with the host's drift.\n"
+        "`Auto` (SIMD level {ours_isa}) against PyTorch's `F.conv2d` (CPU capability \
+         {torch_isa}; its backward is `y.backward(dy)`){}. In each of {rounds} rounds every \
+         timing below is taken by convkit and by the peers (in a child process) one right after \
+         the other, each the fastest of a few calls after 40 ms of untimed calls, with a pause \
+         before each so that the other side is idle; the order alternates by round. Speed = the \
+         peer's time ÷ convkit's, taken within the round (\"vs best\": the faster peer of that \
+         round); the tables give medians over the rounds (`cargo bench -p convkit-conv --bench \
+         versus`). Unlike the PyTorch columns above, which come from a separate script minutes \
+         away from our groups, these ratios do not move with the host's drift.\n",
+        if ort.is_some() {
+            " and an ONNX Runtime session of one `Conv` node (its MLAS kernels pick their ISA at \
+             run time)"
+        } else {
+            ""
+        }
     );
-    let _ = writeln!(
-        md,
-        "| shape | forward 1 thread: convkit / PyTorch | speed | forward 2 threads: convkit / PyTorch | speed | backward 1 thread: convkit / PyTorch | speed |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let name = |s: &Value| s["name"].as_str().unwrap_or("?").to_owned();
+    let ms = |t: &Value, k: &str| t[k].as_f64().map_or("–".to_owned(), |v| fmt_time(v * 1e6));
+    let x = |t: &Value, k: &str| t[k].as_f64().map_or("–".to_owned(), |v| format!("{v:.2}x"));
+    if ort.is_some() {
+        let _ = writeln!(
+            md,
+            "| shape | forward 1 thread: convkit / PyTorch / ORT | vs PyTorch | vs ORT | vs best | forward 2 threads: convkit / PyTorch / ORT | vs PyTorch | vs ORT | vs best |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        for s in shapes {
+            let mut row = format!("| {} |", name(s));
+            for key in ["fwd_t1", "fwd_t2"] {
+                let t = &s[key];
+                let _ = write!(
+                    row,
+                    " {} / {} / {} | {} | {} | **{}** |",
+                    ms(t, "ours_ms"),
+                    ms(t, "torch_ms"),
+                    ms(t, "ort_ms"),
+                    x(t, "speedup"),
+                    x(t, "speedup_ort"),
+                    x(t, "speedup_best")
+                );
+            }
+            let _ = writeln!(md, "{row}");
+        }
+        md.push('\n');
+    }
+    let keys: &[&str] = if ort.is_some() {
+        &["bwd_t1", "bwd_t2"]
+    } else {
+        &["fwd_t1", "fwd_t2", "bwd_t1", "bwd_t2"]
+    };
+    let mut header = "| shape |".to_owned();
+    for key in keys {
+        let what = if key.starts_with("fwd") { "forward" } else { "backward" };
+        let threads = if key.ends_with("t1") { "1 thread" } else { "2 threads" };
+        let _ = write!(header, " {what} {threads}: convkit / PyTorch | speed |");
+    }
+    let _ = writeln!(md, "{header}");
+    let _ = writeln!(md, "|---|{}", "---|---|".repeat(keys.len()));
     for s in shapes {
-        let mut row = format!("| {} |", s["name"].as_str().unwrap_or("?"));
-        for key in ["fwd_t1", "fwd_t2", "bwd_t1"] {
-            let t = &s[key];
-            let ms = |k: &str| t[k].as_f64().map_or("–".to_owned(), |v| fmt_time(v * 1e6));
-            let speed = t["speedup"].as_f64().map_or("–".to_owned(), |v| format!("{v:.2}x"));
-            let _ = write!(row, " {} / {} | {speed} |", ms("ours_ms"), ms("torch_ms"));
+        let mut row = format!("| {} |", name(s));
+        for key in keys {
+            let t = &s[*key];
+            let _ = write!(
+                row,
+                " {} / {} | {} |",
+                ms(t, "ours_ms"),
+                ms(t, "torch_ms"),
+                x(t, "speedup")
+            );
         }
         let _ = writeln!(md, "{row}");
     }
@@ -817,19 +871,43 @@ mod tests {
 
     #[test]
     fn versus_section_lists_each_shape_and_timing() {
-        let v: Value = serde_json::from_str(
+        let torch_only: Value = serde_json::from_str(
             r#"{"rounds": 9, "torch": "2.15.0", "shapes": [{"name": "pointwise",
                 "fwd_t1": {"ours_ms": 2.5, "torch_ms": 2.75, "speedup": 1.1},
                 "fwd_t2": {"ours_ms": 1.3, "torch_ms": 1.3, "speedup": 1.0},
                 "bwd_t1": {"ours_ms": 5.2, "torch_ms": 4.16, "speedup": 0.8}}]}"#,
         )
         .unwrap();
-        let md = versus_section(&v);
+        let md = versus_section(&torch_only);
         assert!(md.contains("PyTorch 2.15.0") && md.contains("In each of 9 rounds"), "{md}");
         assert!(
             md.contains(
-                "| pointwise | 2.50 ms / 2.75 ms | 1.10x | 1.30 ms / 1.30 ms | 1.00x | 5.20 ms / 4.16 ms | 0.80x |"
+                "| pointwise | 2.50 ms / 2.75 ms | 1.10x | 1.30 ms / 1.30 ms | 1.00x | 5.20 ms / 4.16 ms | 0.80x | – / – | – |"
             ),
+            "{md}"
+        );
+        let with_ort: Value = serde_json::from_str(
+            r#"{"rounds": 3, "torch": "2.9.1", "torch_isa": "AVX512", "ort": "1.23.2",
+                "convkit_isa": "avx512", "shapes": [{"name": "strided",
+                "fwd_t1": {"ours_ms": 1.0, "torch_ms": 1.5, "speedup": 1.5, "ort_ms": 1.2,
+                           "speedup_ort": 1.2, "speedup_best": 1.2},
+                "fwd_t2": {"ours_ms": 0.5, "torch_ms": 0.6, "speedup": 1.2, "ort_ms": 0.7,
+                           "speedup_ort": 1.4, "speedup_best": 1.2},
+                "bwd_t1": {"ours_ms": 2.0, "torch_ms": 3.0, "speedup": 1.5},
+                "bwd_t2": {"ours_ms": 1.0, "torch_ms": 1.3, "speedup": 1.3}}]}"#,
+        )
+        .unwrap();
+        let md = versus_section(&with_ort);
+        assert!(md.contains("ONNX Runtime 1.23.2") && md.contains("SIMD level avx512"), "{md}");
+        assert!(md.contains("CPU capability AVX512"), "{md}");
+        assert!(
+            md.contains(
+                "| strided | 1.00 ms / 1.50 ms / 1.20 ms | 1.50x | 1.20x | **1.20x** | 500.0 µs / 600.0 µs / 700.0 µs | 1.20x | 1.40x | **1.20x** |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| strided | 2.00 ms / 3.00 ms | 1.50x | 1.00 ms / 1.30 ms | 1.30x |"),
             "{md}"
         );
         assert_eq!(versus_section(&Value::Null), "");

@@ -1,9 +1,10 @@
-//! convkit against PyTorch on the shape suite, measured interleaved: for every shape, in each
-//! round, the `Auto` forward on 1 and 2 threads and the `Auto` backward (input + weight + bias
-//! gradients) on 1 thread are timed in this process, and the same operations are timed by
-//! PyTorch in a child process (`torch_timer.py`, one per thread count), one right after the
-//! other. The speed ratio `PyTorch time ÷ convkit time` is taken within the round, and the
-//! report quotes its median over the rounds. The host's speed drifts by tens of percent over
+//! convkit against PyTorch and ONNX Runtime on the shape suite, measured interleaved: for every
+//! shape, in each round, the `Auto` forward and the `Auto` backward (input + weight + bias
+//! gradients) on 1 and 2 threads are timed in this process, and the same operations are timed
+//! by PyTorch (and the forward by ONNX Runtime, when the Python has it) in a child process
+//! (`torch_timer.py`, one per thread count), one right after the other. Each speed ratio
+//! (`peer time ÷ convkit time`, and against the faster peer) is taken within the round, and
+//! the report quotes its median over the rounds, with the instruction set each side ran. The host's speed drifts by tens of percent over
 //! minutes; a ratio of two timings taken a second apart does not drift with it, where the
 //! criterion groups and PyTorch's own script, minutes apart, can.
 //!
@@ -40,17 +41,21 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Timed calls per timing: forward and backward.
 const CALLS: [usize; 2] = [10, 5];
 
-/// The three timings of a shape, in report order: forward 1 thread, forward 2 threads,
-/// backward 1 thread.
-const TIMINGS: [(&str, usize, &str); 3] =
-    [("fwd", 1, "fwd_t1"), ("fwd", 2, "fwd_t2"), ("bwd", 1, "bwd_t1")];
+/// The timings of a shape, in report order: forward and backward on 1 and 2 threads.
+const TIMINGS: [(&str, usize, &str); 4] =
+    [("fwd", 1, "fwd_t1"), ("fwd", 2, "fwd_t2"), ("bwd", 1, "bwd_t1"), ("bwd", 2, "bwd_t2")];
 
 /// A `torch_timer.py` child process with a fixed number of PyTorch threads.
 struct Torch {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
+    /// PyTorch's version.
     version: String,
+    /// PyTorch's CPU capability (`AVX512`, `AVX2`, …).
+    isa: String,
+    /// ONNX Runtime's version, `None` when the Python lacks it.
+    ort: Option<String>,
 }
 
 impl Torch {
@@ -65,12 +70,19 @@ impl Torch {
             .map_err(|e| format!("could not run {python}: {e}"))?;
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut torch = Torch { child, stdin, stdout, version: String::new() };
+        let mut torch =
+            Torch { child, stdin, stdout, version: String::new(), isa: String::new(), ort: None };
         let ready = torch.read_line()?;
-        torch.version = ready
-            .strip_prefix("ready ")
-            .ok_or_else(|| format!("{} did not start: {ready:?}", script.display()))?
-            .to_owned();
+        let words: Vec<&str> = ready.split_whitespace().collect();
+        let [ready_word, version, isa, ort] = words[..] else {
+            return Err(format!("{} did not start: {ready:?}", script.display()));
+        };
+        if ready_word != "ready" {
+            return Err(format!("{} did not start: {ready:?}", script.display()));
+        }
+        torch.version = version.to_owned();
+        torch.isa = isa.to_owned();
+        torch.ort = (ort != "none").then(|| ort.to_owned());
         Ok(torch)
     }
 
@@ -83,7 +95,8 @@ impl Torch {
         }
     }
 
-    /// PyTorch's fastest of `calls` calls of `op` (`fwd` or `bwd`) on `g`, in milliseconds.
+    /// The peer's fastest of `calls` calls of `op` on `g`, in milliseconds: PyTorch's forward
+    /// (`fwd`) or backward (`bwd`), or ONNX Runtime's forward (`ort`).
     fn time(&mut self, op: &str, g: &ConvGeometry, calls: usize) -> Result<f64, String> {
         let p = g.params;
         let request = format!(
@@ -148,17 +161,23 @@ fn main() {
     let spawn = |t| Torch::spawn(&python, t).unwrap_or_else(|e| panic!("versus: {e}"));
     let mut torch = [spawn(1), spawn(2)];
     let pools = [common::pool(1), common::pool(2)];
+    let ort = torch[0].ort.clone();
+    let isa = convkit_conv::simd::active().name();
     println!(
-        "versus: {rounds} rounds over {} shapes, convkit Auto against PyTorch {}",
+        "versus: {rounds} rounds over {} shapes, convkit Auto ({isa}) against PyTorch {} ({}){}",
         shapes.len(),
-        torch[0].version
+        torch[0].version,
+        torch[0].isa,
+        ort.as_deref().map_or(" (no onnxruntime in this Python)".to_owned(), |v| format!(
+            " and ONNX Runtime {v}"
+        ))
     );
+    /// Per timing, per round: convkit's, PyTorch's and ONNX Runtime's milliseconds.
     struct Case {
         op: Operands,
-        /// Per timing: convkit's and PyTorch's milliseconds and PyTorch ÷ convkit, per round.
-        ours: [Vec<f64>; 3],
-        torch: [Vec<f64>; 3],
-        speedup: [Vec<f64>; 3],
+        ours: [Vec<f64>; 4],
+        torch: [Vec<f64>; 4],
+        ort: [Vec<f64>; 4],
     }
     let mut cases: Vec<Case> = shapes
         .iter()
@@ -166,7 +185,7 @@ fn main() {
             op: Operands::new(s),
             ours: Default::default(),
             torch: Default::default(),
-            speedup: Default::default(),
+            ort: Default::default(),
         })
         .collect();
     for round in 0..rounds {
@@ -174,50 +193,77 @@ fn main() {
             for (i, &(op, threads, _)) in TIMINGS.iter().enumerate() {
                 let calls = CALLS[usize::from(op == "bwd")];
                 let (g, name) = (c.op.g, c.op.name);
-                let mut time_ours = || {
-                    std::thread::sleep(SETTLE);
-                    ours(&pools[threads - 1], op, &mut c.op, calls)
+                let mut peers = vec![op];
+                if op == "fwd" && ort.is_some() {
+                    peers.push("ort");
+                }
+                let mut time_peers = |c: &mut Case| {
+                    for &peer in &peers {
+                        std::thread::sleep(SETTLE);
+                        let ms = torch[threads - 1]
+                            .time(peer, &g, calls)
+                            .unwrap_or_else(|e| panic!("versus/{name} ({peer}): {e}"));
+                        if peer == "ort" { &mut c.ort[i] } else { &mut c.torch[i] }.push(ms);
+                    }
                 };
-                let mut time_torch = || {
+                let time_ours = |c: &mut Case| {
                     std::thread::sleep(SETTLE);
-                    torch[threads - 1]
-                        .time(op, &g, calls)
-                        .unwrap_or_else(|e| panic!("versus/{name}: {e}"))
+                    let ms = ours(&pools[threads - 1], op, &mut c.op, calls);
+                    c.ours[i].push(ms);
                 };
-                let (a, b) = if round % 2 == 0 {
-                    let a = time_ours();
-                    (a, time_torch())
+                if round % 2 == 0 {
+                    time_ours(c);
+                    time_peers(c);
                 } else {
-                    let b = time_torch();
-                    (time_ours(), b)
-                };
-                c.ours[i].push(a);
-                c.torch[i].push(b);
-                c.speedup[i].push(b / a);
+                    time_peers(c);
+                    time_ours(c);
+                }
             }
         }
         println!("versus: round {} of {rounds} done", round + 1);
     }
     println!(
-        "{:<12} {:>22} {:>22} {:>22}",
-        "shape", "fwd 1t ours/torch ms", "fwd 2t ours/torch ms", "bwd 1t ours/torch ms"
+        "{:<12} {:>30} {:>30} {:>22} {:>22}",
+        "shape",
+        "fwd 1t ours/torch/ort ms",
+        "fwd 2t ours/torch/ort ms",
+        "bwd 1t ours/torch ms",
+        "bwd 2t ours/torch ms"
     );
-    let mut json =
-        format!("{{\"rounds\": {rounds}, \"torch\": \"{}\", \"shapes\": [", torch[0].version);
+    let mut json = format!(
+        "{{\"rounds\": {rounds}, \"torch\": \"{}\", \"torch_isa\": \"{}\", \"ort\": {}, \
+         \"convkit_isa\": \"{isa}\", \"shapes\": [",
+        torch[0].version,
+        torch[0].isa,
+        ort.as_deref().map_or("null".to_owned(), |v| format!("\"{v}\""))
+    );
     for (k, c) in cases.iter().enumerate() {
         let mut line = format!("{:<12}", c.op.name);
         let _ = write!(json, "{}{{\"name\": \"{}\"", if k == 0 { "" } else { ", " }, c.op.name);
         for (i, &(_, _, key)) in TIMINGS.iter().enumerate() {
-            let (o, t, s) = (
-                median(c.ours[i].clone()),
-                median(c.torch[i].clone()),
-                median(c.speedup[i].clone()),
-            );
-            let _ = write!(line, " {o:>7.3}/{t:>7.3} {s:>5.2}x");
+            let ratio = |peer: &[f64]| -> Vec<f64> {
+                peer.iter().zip(&c.ours[i]).map(|(p, o)| p / o).collect()
+            };
+            let (o, t) = (median(c.ours[i].clone()), median(c.torch[i].clone()));
+            let s = median(ratio(&c.torch[i]));
             let _ = write!(
                 json,
-                ", \"{key}\": {{\"ours_ms\": {o}, \"torch_ms\": {t}, \"speedup\": {s}}}"
+                ", \"{key}\": {{\"ours_ms\": {o}, \"torch_ms\": {t}, \"speedup\": {s}"
             );
+            if c.ort[i].is_empty() {
+                let _ = write!(line, " {o:>7.3}/{t:>7.3} {s:>5.2}x");
+            } else {
+                let r = median(c.ort[i].clone());
+                let best: Vec<f64> =
+                    c.torch[i].iter().zip(&c.ort[i]).map(|(t, r)| t.min(*r)).collect();
+                let (sr, sb) = (median(ratio(&c.ort[i])), median(ratio(&best)));
+                let _ = write!(line, " {o:>7.3}/{t:>7.3}/{r:>7.3} {sb:>5.2}x");
+                let _ = write!(
+                    json,
+                    ", \"ort_ms\": {r}, \"speedup_ort\": {sr}, \"speedup_best\": {sb}"
+                );
+            }
+            json.push('}');
         }
         json.push('}');
         println!("{line}");
