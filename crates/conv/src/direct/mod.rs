@@ -33,7 +33,7 @@
 //!      the FMA latency even though every tap has a single weight.
 //!    - *channels × columns* when vectorizing over output channels fills more lanes than over
 //!      the width (`kc ≥ 8` and `kc/⌈kc/8⌉·8 > ow/⌈ow/8⌉·8`): 16 channels × 6 columns or
-//!      8 × 8. LeNet conv2 (`ow = 10`, 16 channels) would waste 37% of the lanes along the
+//!      8 × 8 (at the AVX-512 level, 16 channels in one vector × up to 12 columns: `wide`). LeNet conv2 (`ow = 10`, 16 channels) would waste 37% of the lanes along the
 //!      width and wastes none along the channels. Each tap loads 1–2 weight vectors and
 //!      broadcasts one input value per column; results are scattered lane by lane, one scalar
 //!      store per output against `C/g·R·S` multiply-adds.
@@ -75,6 +75,9 @@ use rayon::prelude::*;
 use crate::error::{ConvError, Result};
 use crate::params::{Conv2dParams, ConvGeometry};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
+
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 const OP: &str = "conv2d_direct";
 
@@ -771,6 +774,12 @@ impl WithSimd for Chunk<'_> {
 
         let xb_main = p.nv.min(4);
         if p.kpath {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(w) = s.avx512() {
+                // SAFETY: the token `w` proves the CPU has the features `kpath` is compiled for.
+                unsafe { wide::kpath(w, p, planes, wp, bias, out) };
+                return;
+            }
             // Vectorized over output channels: 16 channels × 6 columns or 8 × 8.
             for y in 0..p.oh {
                 let mut k0 = 0;
@@ -1184,6 +1193,51 @@ mod tests {
 
     /// The depthwise 3x3 path: every padding up to 3, widths around whole vectors, 1–4 rows,
     /// with and without bias, on both instruction sets; small integers, so sums are exact.
+    /// The SIMD levels add each output's products in the same order, fused, so they agree bit
+    /// for bit on real-valued data: the channel path (16 and 24 channels: a masked tail of
+    /// 8 at AVX-512; rows of 10 and 13 columns) and the width path.
+    #[test]
+    fn simd_levels_are_bit_identical() {
+        let simd: Vec<SimdLevel> = SimdLevel::available_levels()
+            .into_iter()
+            .filter(|&l| l != SimdLevel::Fallback)
+            .collect();
+        if simd.len() < 2 {
+            eprintln!("skipping: fewer than two SIMD levels on this CPU");
+            return;
+        }
+        let p = Conv2dParams::default();
+        for (input, weight) in [
+            ([8, 6, 14, 14], [16, 6, 5, 5]),
+            ([8, 5, 15, 15], [24, 5, 3, 3]),
+            ([8, 3, 17, 15], [40, 3, 3, 3]),
+            ([2, 1, 32, 32], [6, 1, 5, 5]),
+        ] {
+            let g = ConvGeometry::new(input, weight, p).unwrap();
+            let x: Vec<f32> =
+                (0..g.input_len()).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+            let w: Vec<f32> =
+                (0..g.weight_len()).map(|i| ((i * 53) % 97) as f32 / 97.0 - 0.5).collect();
+            let b: Vec<f32> = (0..g.c_out).map(|i| i as f32 / 7.0).collect();
+            let mut want = vec![0.0; g.output_len()];
+            conv2d_naive(&g, &x, &w, Some(&b), &mut want).unwrap();
+            let runs: Vec<Vec<f32>> = simd
+                .iter()
+                .map(|&level| {
+                    let mut got = vec![f32::NAN; g.output_len()];
+                    conv2d_direct_with(level, &g, &x, &w, Some(&b), &mut got).unwrap();
+                    got
+                })
+                .collect();
+            for (a, e) in runs[0].iter().zip(&want) {
+                assert!((a - e).abs() <= 1e-4 * (1.0 + e.abs()), "{input:?}: {a} vs {e}");
+            }
+            for (level, got) in simd.iter().zip(&runs).skip(1) {
+                assert_eq!(got, &runs[0], "{level} differs from {} on {input:?}", simd[0]);
+            }
+        }
+    }
+
     #[test]
     fn depthwise3_matches_naive() {
         for (pad, h, w) in (0..=3).flat_map(|p| {
