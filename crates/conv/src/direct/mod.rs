@@ -815,6 +815,12 @@ impl WithSimd for Chunk<'_> {
             }
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(w) = s.avx512() {
+            // SAFETY: the token `w` proves the CPU has the features `width` is compiled for.
+            unsafe { wide::width(w, p, planes, wp, bias, out) };
+            return;
+        }
         let kb_main = Plan::kb_max(xb_main);
         for y in 0..p.oh {
             let mut k0 = 0;
@@ -1195,7 +1201,8 @@ mod tests {
     /// with and without bias, on both instruction sets; small integers, so sums are exact.
     /// The SIMD levels add each output's products in the same order, fused, so they agree bit
     /// for bit on real-valued data: the channel path (16 and 24 channels: a masked tail of
-    /// 8 at AVX-512; rows of 10 and 13 columns) and the width path.
+    /// 8 at AVX-512; rows of 10 and 13 columns) and the width path (rows of 28 and 67
+    /// columns: 2 and 5 vectors of 16, the last masked).
     #[test]
     fn simd_levels_are_bit_identical() {
         let simd: Vec<SimdLevel> = SimdLevel::available_levels()
@@ -1212,6 +1219,7 @@ mod tests {
             ([8, 5, 15, 15], [24, 5, 3, 3]),
             ([8, 3, 17, 15], [40, 3, 3, 3]),
             ([2, 1, 32, 32], [6, 1, 5, 5]),
+            ([2, 4, 40, 69], [10, 4, 3, 3]),
         ] {
             let g = ConvGeometry::new(input, weight, p).unwrap();
             let x: Vec<f32> =

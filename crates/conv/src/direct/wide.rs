@@ -1,11 +1,15 @@
-//! The AVX-512 channel-vectorized micro-kernel: 16 output channels in one `__m512` per output
-//! column, up to 12 columns of one output row per tile.
+//! The AVX-512 micro-kernels of the direct convolution, 16 lanes per vector:
 //!
-//! It replaces the 8-lane channel path (two `__m256` of channels × 6 columns) at the AVX-512
-//! level: per filter tap one weight vector (a masked load when fewer than 16 channels remain)
-//! and one broadcast per column feed 16-lane multiply-adds. Accumulators start at the bias and
-//! add the taps in the same order as the 8-lane kernel, fused, so the results are the same
-//! bits.
+//! - the *channel path*: 16 output channels in one `__m512` per output column, up to 12
+//!   columns of one output row per tile (the 8-lane kernel holds 16 channels in two vectors
+//!   × 6 columns); per tap one weight vector (a masked load when fewer than 16 channels remain)
+//!   and one broadcast per column;
+//! - the *width path*: up to 8 output channels × up to 4 vectors of 16 output columns (24 of
+//!   the 32 registers accumulate); the last vector of a row is loaded and stored with a mask,
+//!   so a 28-column row is two vectors.
+//!
+//! Accumulators start at the bias and add the taps in the same order as the 8-lane kernels,
+//! fused, so the results are the same bits.
 
 use std::arch::x86_64::*;
 
@@ -16,6 +20,139 @@ use crate::simd::Avx512;
 const KL: usize = 16;
 /// Most output columns per tile (12 of the 32 registers accumulate).
 const XP_MAX: usize = 12;
+
+/// Every output of a work item on the width path (more than one output channel, not the channel
+/// path): tiles of `kb` channels × `xb` vectors of 16 columns.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) fn width(
+    w: Avx512,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let nv = p.ow.div_ceil(KL);
+    let xb_main = nv.min(4);
+    let kb_main = if xb_main <= 2 { 8 } else { 6 };
+    for y in 0..p.oh {
+        let mut k0 = 0;
+        while k0 < p.kc {
+            let kb = kb_main.min(p.kc - k0);
+            let mut xv0 = 0;
+            while xv0 < nv {
+                let xb = xb_main.min(nv - xv0);
+                let t = TileAt { k0, y, xv0 };
+                macro_rules! arms {
+                    ($(($k:literal, $x:literal)),*) => {
+                        match (kb, xb) {
+                            $(($k, $x) => tile_w::<$k, $x>(w, p, planes, wp, bias, out, t),)*
+                            // Not produced by the blocking above.
+                            _ => unreachable!("direct: no {kb}x{xb} AVX-512 tile"),
+                        }
+                    };
+                }
+                arms!(
+                    (1, 1),
+                    (2, 1),
+                    (3, 1),
+                    (4, 1),
+                    (5, 1),
+                    (6, 1),
+                    (7, 1),
+                    (8, 1),
+                    (1, 2),
+                    (2, 2),
+                    (3, 2),
+                    (4, 2),
+                    (5, 2),
+                    (6, 2),
+                    (7, 2),
+                    (8, 2),
+                    (1, 3),
+                    (2, 3),
+                    (3, 3),
+                    (4, 3),
+                    (5, 3),
+                    (6, 3),
+                    (1, 4),
+                    (2, 4),
+                    (3, 4),
+                    (4, 4),
+                    (5, 4),
+                    (6, 4)
+                );
+                xv0 += xb;
+            }
+            k0 += kb;
+        }
+    }
+}
+
+/// Output channels `k0..k0+KB` × `XB` vectors of 16 output columns from vector `t.xv0` of row
+/// `t.y`; lanes past the row's end are masked off on load and store.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+fn tile_w<const KB: usize, const XB: usize>(
+    _: Avx512,
+    p: &Plan,
+    planes: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    t: TileAt,
+) {
+    let TileAt { k0, y, xv0 } = t;
+    let x0 = xv0 * KL;
+    let mut acc = [[_mm512_setzero_ps(); XB]; KB];
+    if let Some(b) = bias {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = [_mm512_set1_ps(b[k0 + k]); XB];
+        }
+    }
+    // Lanes of each vector inside the row: all 16 but in the row's last vector.
+    let masks: [__mmask16; XB] = std::array::from_fn(|v| {
+        let lanes = (p.ow - (x0 + v * KL).min(p.ow)).min(KL);
+        if lanes == KL { !0 } else { (1u16 << lanes) - 1 }
+    });
+    let cols = (p.ow - x0).min(XB * KL);
+    let last_in =
+        ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len + x0 + p.max_off + cols;
+    assert!(last_in <= planes.len() && x0 + p.max_off + cols <= p.row_len);
+    assert!((p.cpg * p.kh * p.kw - 1) * p.ks + k0 + KB <= wp.len());
+    let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
+    for c in 0..p.cpg {
+        for i in 0..p.kh {
+            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
+            for (j, &off) in p.tap_off.iter().enumerate() {
+                let mut xs = [_mm512_setzero_ps(); XB];
+                for (v, x) in xs.iter_mut().enumerate() {
+                    // SAFETY: the mask keeps the load to the lanes of columns below `x0 + cols`,
+                    // so it reads at most up to `row + off + cols ≤ last_in ≤ planes.len()`
+                    // (`c`, `i` and `off` are at most the values `last_in` was computed with).
+                    *x = unsafe { _mm512_maskz_loadu_ps(masks[v], pin.add(row + off + v * KL)) };
+                }
+                for (kk, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: `wrow + j·ks + kk < (cpg·kh·kw − 1)·ks + k0 + KB ≤ wp.len()`
+                    // (asserted above).
+                    let wv = _mm512_set1_ps(unsafe { *pw.add(wrow + j * p.ks + kk) });
+                    for (av, &xv) in a.iter_mut().zip(&xs) {
+                        *av = _mm512_fmadd_ps(xv, wv, *av);
+                    }
+                }
+            }
+        }
+    }
+    for (k, a) in acc.iter().enumerate() {
+        let orow = &mut out[((k0 + k) * p.oh + y) * p.ow..][..p.ow];
+        for (v, &av) in a.iter().enumerate() {
+            // SAFETY: the mask keeps the store to columns `x0 + v·16 ..` below `ow`, inside
+            // `orow`.
+            unsafe { _mm512_mask_storeu_ps(orow.as_mut_ptr().add(x0 + v * KL), masks[v], av) };
+        }
+    }
+}
 
 /// Every output of a work item on the channel path (see [`Plan::kpath`]).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
