@@ -1581,7 +1581,24 @@ fn input_transform_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
             let far = base.iter().copied().max().unwrap_or(0) + (A - 1) * (p.dh * p.wp + p.dw);
             assert!(far < padded.len());
             let mut d = [[s.zero(); A]; A];
+            // Where a patch row fits in one vector (`(α−1)·dw < 8`) and 8 floats can be read
+            // from every row start: load each lane's patch row as a vector and transpose, so
+            // that vector `q` holds element `q` of every lane's row (8 loads and a transpose
+            // instead of `α·8` scalar loads per row). The values are the same either way.
+            let rows_fit = (A - 1) * p.dw < LANES && far - (A - 1) * p.dw + LANES <= padded.len();
             for (r, dr) in d.iter_mut().enumerate() {
+                if rows_fit {
+                    let rows: [S::V; LANES] = std::array::from_fn(|l| {
+                        // SAFETY: `base[l] + r·dh·wp + 8 ≤ far − (α−1)·dw + 8 ≤ padded.len()`
+                        // (checked in `rows_fit`).
+                        unsafe { s.load_ptr(padded.as_ptr().add(base[l] + r * p.dh * p.wp)) }
+                    });
+                    let cols = s.transpose8(rows);
+                    for (col, dv) in dr.iter_mut().enumerate() {
+                        *dv = cols[col * p.dw];
+                    }
+                    continue;
+                }
                 for (col, dv) in dr.iter_mut().enumerate() {
                     let off = r * p.dh * p.wp + col * p.dw;
                     let mut gathered = [0f32; LANES];
