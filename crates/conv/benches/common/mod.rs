@@ -2,7 +2,10 @@
 //! and each shape's operands.
 
 use convkit_conv::suite::{SHAPES, SuiteShape, sample_data};
-use convkit_conv::{ConvAlgo, ConvGeometry, conv2d_backward, conv2d_forward};
+use convkit_conv::{
+    ConvAlgo, ConvGeometry, WinogradFilter, WinogradVariant, conv2d_backward, conv2d_forward,
+    conv2d_winograd_prepared, select_prepared,
+};
 
 /// The suite shapes whose id `<bench>/<shape>` contains the command line's filter (its first
 /// argument that is not an option: `cargo bench` passes `--bench`, and criterion's options,
@@ -37,6 +40,9 @@ pub struct Operands {
     gx: Vec<f32>,
     gw: Vec<f32>,
     gb: Vec<f32>,
+    /// The transformed filter of [`Operands::forward_prepared`], made on its first call.
+    #[allow(dead_code)] // used by versus.rs, not ratios.rs
+    filter: Option<WinogradFilter>,
 }
 
 impl Operands {
@@ -53,6 +59,7 @@ impl Operands {
             gx: vec![0.0; g.input_len()],
             gw: vec![0.0; g.weight_len()],
             gb: vec![0.0; g.c_out],
+            filter: None,
         }
     }
 
@@ -60,6 +67,30 @@ impl Operands {
     pub fn forward(&mut self) {
         let Operands { g, x, w, b, y, .. } = self;
         conv2d_forward(g, x, w, Some(b), y, ConvAlgo::Auto).expect("forward");
+    }
+
+    /// Whether [`Operands::forward_prepared`] runs something other than [`Operands::forward`]:
+    /// a layer that keeps its Winograd filter transformed picks Winograd for this shape.
+    #[allow(dead_code)] // used by versus.rs, not ratios.rs
+    pub fn prepared_differs(&self) -> bool {
+        matches!(select_prepared(&self.g), ConvAlgo::Winograd2 | ConvAlgo::Winograd4)
+    }
+
+    /// One forward call as a layer at inference runs it, with whatever can be prepared from
+    /// the weights prepared once (the first call): the Winograd filter transform when
+    /// [`select_prepared`] picks Winograd, as `convkit-nn`'s `Conv2d` caches it in eval mode.
+    #[allow(dead_code)] // used by versus.rs, not ratios.rs
+    pub fn forward_prepared(&mut self) {
+        let variant = match select_prepared(&self.g) {
+            ConvAlgo::Winograd2 => WinogradVariant::F2x2_3x3,
+            ConvAlgo::Winograd4 => WinogradVariant::F4x4_3x3,
+            _ => return self.forward(),
+        };
+        let Operands { g, x, w, b, y, filter, .. } = self;
+        let f = filter.get_or_insert_with(|| {
+            WinogradFilter::new(w, g.weight_dims(), g.params.groups, variant).expect("3x3 filter")
+        });
+        conv2d_winograd_prepared(g, x, f, Some(b), y).expect("prepared forward");
     }
 
     /// One `Auto` backward call: input, weight and bias gradients.
