@@ -708,6 +708,21 @@ impl Plan {
         }
     }
 
+    /// Checks the input a tile reads against the planes, once per tile instead of once per
+    /// load: its end is one past the farthest float of output row `y_last`'s footprint (last
+    /// channel, last kernel row, farthest tap) up to column `x_end`.
+    ///
+    /// # Panics
+    /// When that footprint reaches past `planes_len` or past the padded row (a kernel bug).
+    #[inline]
+    fn check_reads(&self, planes_len: usize, y_last: usize, x_end: usize) {
+        let last_in = ((self.cpg - 1) * self.hp + y_last * self.sh + (self.kh - 1) * self.dh)
+            * self.row_len
+            + self.max_off
+            + x_end;
+        assert!(last_in <= planes_len && self.max_off + x_end <= self.row_len);
+    }
+
     /// Largest channel block for a register tile of `xb` vectors (at most 12 accumulators).
     fn kb_max(xb: usize) -> usize {
         match xb {
@@ -977,9 +992,7 @@ fn tile_k<S: Simd, const KV: usize, const XP: usize>(
             }
         }
     }
-    let last_in =
-        ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len + p.max_off + x0 + XP;
-    assert!(last_in <= planes.len() && p.max_off + x0 + XP <= p.row_len);
+    p.check_reads(planes.len(), y, x0 + XP);
     assert!(k0 + KV * LANES <= p.ks && (p.cpg * p.kh * p.kw - 1) * p.ks + p.ks <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
@@ -994,7 +1007,7 @@ fn tile_k<S: Simd, const KV: usize, const XP: usize>(
                     *w = unsafe { s.load_ptr(pw.add(wrow + j * p.ks + v * LANES)) };
                 }
                 for (x, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: `row + off + x < last_in ≤ planes.len()` (asserted above).
+                    // SAFETY: `row + off + x` is below the end `check_reads` asserted above.
                     let xb = s.splat(unsafe { *pin.add(row + off + x) });
                     for (av, &w) in a.iter_mut().zip(&wv) {
                         *av = s.fma(xb, w, *av);
@@ -1069,11 +1082,7 @@ fn tile_rows<S: Simd, const YB: usize, const XB: usize>(
     let TileAt { y, xv0, .. } = t;
     let mut acc = [[s.splat(bias.map_or(0.0, |b| b[0])); XB]; YB];
     let x0 = xv0 * LANES;
-    let last_in = ((p.cpg - 1) * p.hp + (y + YB - 1) * p.sh + (p.kh - 1) * p.dh) * p.row_len
-        + x0
-        + p.max_off
-        + XB * LANES;
-    assert!(last_in <= planes.len() && x0 + p.max_off + XB * LANES <= p.row_len);
+    p.check_reads(planes.len(), y + YB - 1, x0 + XB * LANES);
     assert!(p.kc == 1 && p.cpg * p.kh * p.kw <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
@@ -1085,8 +1094,8 @@ fn tile_rows<S: Simd, const YB: usize, const XB: usize>(
                 for (r, a) in acc.iter_mut().enumerate() {
                     let row = (c * p.hp + (y + r) * p.sh + i * p.dh) * p.row_len + x0 + off;
                     for (v, av) in a.iter_mut().enumerate() {
-                        // SAFETY: `row + v·8 + 8 ≤ last_in ≤ planes.len()`: every index is at
-                        // most the one `last_in` was computed with (asserted above).
+                        // SAFETY: `row + v·8 + 8` is at most the end `check_reads` asserted above:
+                        // every index is at most the one it was given.
                         let xv = unsafe { s.load_ptr(pin.add(row + v * LANES)) };
                         *av = s.fma(xv, wv, *av);
                     }
@@ -1136,11 +1145,7 @@ fn tile<S: Simd, const KB: usize, const XB: usize>(
     let x0 = xv0 * LANES;
     // One bounds check per tile instead of one per load: the farthest float any load below
     // reads (last channel, last kernel row, farthest tap, last vector) and the last weight.
-    let last_in = ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len
-        + x0
-        + p.max_off
-        + XB * LANES;
-    assert!(last_in <= planes.len() && x0 + p.max_off + XB * LANES <= p.row_len);
+    p.check_reads(planes.len(), y, x0 + XB * LANES);
     assert!((p.cpg * p.kh * p.kw - 1) * p.ks + k0 + KB <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
@@ -1150,8 +1155,8 @@ fn tile<S: Simd, const KB: usize, const XB: usize>(
             for (j, &off) in p.tap_off.iter().enumerate() {
                 let mut xs = [s.zero(); XB];
                 for (v, x) in xs.iter_mut().enumerate() {
-                    // SAFETY: `row + off + v·8 + 8 ≤ last_in ≤ planes.len()`: `c`, `i`, `off`
-                    // and `v` are at most the values `last_in` was computed with (asserted).
+                    // SAFETY: `row + off + v·8 + 8` is at most the end `check_reads` asserted
+                    // above: `c`, `i`, `off` and `v` are at most the values it was given.
                     *x = unsafe { s.load_ptr(pin.add(row + off + v * LANES)) };
                 }
                 for (kk, a) in acc.iter_mut().enumerate() {

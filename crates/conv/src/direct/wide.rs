@@ -116,9 +116,7 @@ fn tile_w<const KB: usize, const XB: usize>(
         if lanes == KL { !0 } else { (1u16 << lanes) - 1 }
     });
     let cols = (p.ow - x0).min(XB * KL);
-    let last_in =
-        ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len + x0 + p.max_off + cols;
-    assert!(last_in <= planes.len() && x0 + p.max_off + cols <= p.row_len);
+    p.check_reads(planes.len(), y, x0 + cols);
     assert!((p.cpg * p.kh * p.kw - 1) * p.ks + k0 + KB <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
@@ -129,8 +127,8 @@ fn tile_w<const KB: usize, const XB: usize>(
                 let mut xs = [_mm512_setzero_ps(); XB];
                 for (v, x) in xs.iter_mut().enumerate() {
                     // SAFETY: the mask keeps the load to the lanes of columns below `x0 + cols`,
-                    // so it reads at most up to `row + off + cols ≤ last_in ≤ planes.len()`
-                    // (`c`, `i` and `off` are at most the values `last_in` was computed with).
+                    // so it reads at most up to `row + off + cols`, the end `check_reads`
+                    // asserted above (`c`, `i` and `off` are at most the values it was given).
                     *x = unsafe { _mm512_maskz_loadu_ps(masks[v], pin.add(row + off + v * KL)) };
                 }
                 for (kk, a) in acc.iter_mut().enumerate() {
@@ -218,9 +216,7 @@ fn tile_k<const XP: usize>(
     }
     // SAFETY: `bl` holds 16 floats; the token passed in proves AVX-512F.
     let mut acc = [unsafe { _mm512_loadu_ps(bl.as_ptr()) }; XP];
-    let last_in =
-        ((p.cpg - 1) * p.hp + y * p.sh + (p.kh - 1) * p.dh) * p.row_len + p.max_off + x0 + XP;
-    assert!(last_in <= planes.len() && p.max_off + x0 + XP <= p.row_len);
+    p.check_reads(planes.len(), y, x0 + XP);
     assert!(k0 + lanes <= p.ks && (p.cpg * p.kh * p.kw - 1) * p.ks + p.ks <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
@@ -233,7 +229,7 @@ fn tile_k<const XP: usize>(
                 // `k0 + lanes ≤ ks` (asserted above); masked-off lanes are not read.
                 let wv = unsafe { _mm512_maskz_loadu_ps(mask, pw.add(wrow + j * p.ks)) };
                 for (x, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: `row + off + x < last_in ≤ planes.len()` (asserted above).
+                    // SAFETY: `row + off + x` is below the end `check_reads` asserted above.
                     let xb = _mm512_set1_ps(unsafe { *pin.add(row + off + x) });
                     *a = _mm512_fmadd_ps(xb, wv, *a);
                 }
