@@ -86,9 +86,9 @@
 use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
+use crate::layout::ChannelLast;
 use crate::params::ConvGeometry;
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
-use crate::winograd::ChannelLast;
 
 const OP: &str = "conv2d_backward_direct";
 

@@ -40,8 +40,6 @@
 //! each chunk's partial gradient is accumulated image by image in order, and the partials are
 //! added in chunk order. Every gradient is therefore bit-identical for any number of threads.
 
-use std::cell::RefCell;
-
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -50,6 +48,7 @@ use crate::gemm::{
     sgemm_packed_a, sgemm_packed_ab,
 };
 use crate::params::ConvGeometry;
+use crate::scratch::{self, Slot};
 use crate::simd;
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
@@ -159,33 +158,6 @@ fn col2im_plane_add(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
             }
         }
     }
-}
-
-thread_local! {
-    /// Each thread's column-matrix buffer, kept between calls so a training loop allocates
-    /// (and page-faults) it once per thread rather than once per call and task.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Scratch buffers up to this many floats (16 MiB) stay allocated between calls; larger ones
-/// (a column matrix of a big image, e.g. 64 channels 3x3 at 224x224 is 115 MiB) are freed
-/// after the call that needed them.
-const SCRATCH_KEEP: usize = 1 << 22;
-
-/// Runs `f` with this thread's scratch buffer, which keeps its allocation between calls up to
-/// [`SCRATCH_KEEP`] floats. If the buffer is already in use — rayon let this thread pick up
-/// another convolution's task while it waited — `f` gets a temporary buffer instead.
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut col) => {
-            let r = f(&mut col);
-            if col.capacity() > SCRATCH_KEEP {
-                *col = Vec::new();
-            }
-            r
-        }
-        Err(_) => f(&mut Vec::new()),
-    })
 }
 
 /// Builds the column matrix of `planes` (`C'` channels of one image) into `col`, resizing it.
@@ -472,7 +444,7 @@ pub fn conv2d_im2col(
     };
 
     if !d.par {
-        with_scratch(|col| {
+        scratch::with(Slot::Columns, |col| {
             for (t, out) in output.chunks_mut(out_block).enumerate() {
                 block(t, out, col);
             }
@@ -481,12 +453,12 @@ pub fn conv2d_im2col(
         output
             .par_chunks_mut(out_block)
             .enumerate()
-            .for_each(|(t, out)| with_scratch(|col| block(t, out, col)));
+            .for_each(|(t, out)| scratch::with(Slot::Columns, |col| block(t, out, col)));
     } else {
         // Fewer blocks than threads (batch 1, one group): split each product by output rows,
         // in whole panels of the packed weights.
         let rows = d.rows_per_block(d.kpg).next_multiple_of(MR);
-        with_scratch(|col| {
+        scratch::with(Slot::Columns, |col| {
             for (t, out) in output.chunks_mut(out_block).enumerate() {
                 let (b, gi) = (t / d.groups, t % d.groups);
                 let x = d.input_block(g, input, b, gi);
@@ -513,27 +485,15 @@ pub fn conv2d_im2col(
     Ok(())
 }
 
-thread_local! {
-    /// The calling thread's packed weight buffers, kept between calls (a layer's packed
-    /// weights are as large as its weights; allocating them afresh page-faults every call).
-    static PACKS: RefCell<Vec<PackedA>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Takes this thread's packed-weight buffers (empty when another call on this thread holds
 /// them).
 fn take_packs() -> Vec<PackedA> {
-    PACKS.with(|p| p.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default())
+    scratch::take_list().into_iter().map(PackedA::from_buffer).collect()
 }
 
-/// Returns packed-weight buffers for the next call, unless they exceed [`SCRATCH_KEEP`] floats.
+/// Returns packed-weight buffers for the next call (see [`scratch::put_list`]).
 fn put_packs(packs: Vec<PackedA>) {
-    if packs.iter().map(PackedA::capacity).sum::<usize>() <= SCRATCH_KEEP {
-        PACKS.with(|p| {
-            if let Ok(mut v) = p.try_borrow_mut() {
-                *v = packs;
-            }
-        });
-    }
+    scratch::put_list(packs.into_iter().map(PackedA::into_buffer).collect());
 }
 
 /// Backward convolution by GEMM + col2im: writes (overwrites) each requested gradient.
@@ -642,7 +602,7 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
         input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col);
     };
     if !d.par {
-        with_scratch(|col| {
+        scratch::with(Slot::Columns, |col| {
             for (t, gx) in gx.chunks_mut(in_block).enumerate() {
                 block(t, gx, col);
             }
@@ -650,13 +610,13 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
     } else if tasks >= d.threads {
         gx.par_chunks_mut(in_block)
             .enumerate()
-            .for_each(|(t, gx)| with_scratch(|col| block(t, gx, col)));
+            .for_each(|(t, gx)| scratch::with(Slot::Columns, |col| block(t, gx, col)));
     } else {
         // Few blocks: split each block by input channels (col2im never crosses channels).
         let per = d.rows_per_block(d.cpg);
         for (t, gx) in gx.chunks_mut(in_block).enumerate() {
             gx.par_chunks_mut(per * d.hw).enumerate().for_each(|(r, gx)| {
-                with_scratch(|col| {
+                scratch::with(Slot::Columns, |col| {
                     let (b, gi) = (t / d.groups, t % d.groups);
                     input_grad_block(g, d, weight, dy, b, gi, r * per, gx, col);
                 });
@@ -707,7 +667,7 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
     let mut partials = vec![0f32; if parts > 1 { parts * wlen } else { 0 }];
     let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
     if !d.par {
-        with_scratch(|col| {
+        scratch::with(Slot::Columns, |col| {
             for (t, out) in target.chunks_mut(w_block).enumerate() {
                 block(t, out, col);
             }
@@ -716,12 +676,12 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
         target
             .par_chunks_mut(w_block)
             .enumerate()
-            .for_each(|(t, out)| with_scratch(|col| block(t, out, col)));
+            .for_each(|(t, out)| scratch::with(Slot::Columns, |col| block(t, out, col)));
     } else {
         // Batch 1 and one group, or few of each: split each product by output-channel rows;
         // every row is computed exactly as in the unsplit product.
         let rows = d.rows_per_block(d.kpg);
-        with_scratch(|col| {
+        scratch::with(Slot::Columns, |col| {
             for (t, out) in target.chunks_mut(w_block).enumerate() {
                 let (p, gi) = (t / d.groups, t % d.groups);
                 for (i, b) in chunk(p).enumerate() {

@@ -55,9 +55,10 @@
 //! product when there are fewer of those than threads — and problems under about a megaflop
 //! stay on the calling thread. The one reduction across tasks, the weight gradient over the
 //! batch, uses chunks that depend only on the batch size and adds them in a fixed order, so
-//! **every result is bit-identical for any number of threads**. Scratch memory is one column
-//! matrix (one image, one group) per thread, kept between calls for reuse up to 16 MiB;
-//! nothing scales with the batch except up to 8 partial weight gradients in the backward pass.
+//! **every result is bit-identical for any number of threads**. Scratch memory (a column
+//! matrix, packing panels, padded planes: one work item's worth) comes from one per-thread
+//! pool whose buffers are kept between calls up to 16 MiB each and freed above that; nothing
+//! scales with the batch except up to 8 partial weight gradients in the backward pass.
 //!
 //! ## Example
 //! ```
@@ -99,9 +100,11 @@ pub mod direct_backward;
 pub mod error;
 pub mod gemm;
 pub mod im2col;
+mod layout;
 pub mod naive;
 pub mod params;
 pub mod pool;
+mod scratch;
 pub mod simd;
 pub mod suite;
 pub mod tolerance;

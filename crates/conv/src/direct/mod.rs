@@ -74,6 +74,7 @@ use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
 use crate::params::{Conv2dParams, ConvGeometry};
+use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
 #[cfg(target_arch = "x86_64")]
@@ -161,12 +162,12 @@ pub fn conv2d_direct_with(
     };
     if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
         let chunks = output.chunks_mut(chunk_len).enumerate();
-        with_thread_scratch(|s| chunks.for_each(|item| run(s, item)));
+        scratch::with(Slot::Tiles, |s| chunks.for_each(|item| run(s, item)));
     } else {
         output
             .par_chunks_mut(chunk_len)
             .enumerate()
-            .for_each(|item| with_thread_scratch(|s| run(s, item)));
+            .for_each(|item| scratch::with(Slot::Tiles, |s| run(s, item)));
     }
     Ok(())
 }
@@ -251,12 +252,12 @@ impl Dw3Plan {
         };
         if !self.parallel || self.planes <= self.per_item {
             let chunks = output.chunks_mut(item_len).enumerate();
-            with_thread_scratch(|s| chunks.for_each(|item| run(s, item)));
+            scratch::with(Slot::Tiles, |s| chunks.for_each(|item| run(s, item)));
         } else {
             output
                 .par_chunks_mut(item_len)
                 .enumerate()
-                .for_each(|item| with_thread_scratch(|s| run(s, item)));
+                .for_each(|item| scratch::with(Slot::Tiles, |s| run(s, item)));
         }
     }
 }
@@ -337,12 +338,12 @@ pub(crate) fn depthwise3_weight_grad(
     };
     if g.flops() < PARALLEL_MIN_FLOPS || g.c_out <= kc {
         let chunks = grad_weight.chunks_mut(kc * 9).enumerate();
-        with_thread_scratch(|s| chunks.for_each(|item| run(s, item)));
+        scratch::with(Slot::Tiles, |s| chunks.for_each(|item| run(s, item)));
     } else {
         grad_weight
             .par_chunks_mut(kc * 9)
             .enumerate()
-            .for_each(|item| with_thread_scratch(|s| run(s, item)));
+            .for_each(|item| scratch::with(Slot::Tiles, |s| run(s, item)));
     }
     true
 }
@@ -603,21 +604,6 @@ impl<S: Simd> Dw3Tile<'_, S> {
             }
         }
     }
-}
-
-thread_local! {
-    /// Per-thread scratch of the fast kernels, kept between calls: allocating and zeroing a few
-    /// MiB per call cost ~8% of a Winograd layer. It holds at most the largest work item's
-    /// scratch seen on that thread (bounded per image, never per batch).
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this thread's reusable scratch buffer (a fresh one if it is already in use).
-pub(crate) fn with_thread_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => f(&mut v),
-        Err(_) => f(&mut Vec::new()),
-    })
 }
 
 /// Sizes derived once per call.

@@ -27,10 +27,10 @@
 //! a caller splits the rows or columns of `C` between threads: results are bit-identical for
 //! any work split.
 
-use std::cell::RefCell;
 use std::ops::Range;
 
 use super::{MatRef, check_a, check_bc, fits};
+use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
 /// Rows of a micro-tile (elements of A broadcast per step).
@@ -82,6 +82,16 @@ impl PackedA {
     /// Floats the buffer can hold without reallocating.
     pub fn capacity(&self) -> usize {
         self.data.capacity()
+    }
+
+    /// An empty packed matrix that reuses `buf`'s allocation.
+    pub(crate) fn from_buffer(buf: Vec<f32>) -> Self {
+        PackedA { data: buf, m: 0, k: 0 }
+    }
+
+    /// The buffer, for reuse by [`PackedA::from_buffer`].
+    pub(crate) fn into_buffer(self) -> Vec<f32> {
+        self.data
     }
 
     /// Packs `a` into this buffer, reusing its allocation.
@@ -340,11 +350,6 @@ fn pack_b<S: Simd>(
     }
 }
 
-thread_local! {
-    /// Per-thread packing buffers (A block, B block), grown on demand and reused.
-    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
 /// Where the A panels come from.
 #[derive(Clone, Copy)]
 enum ASrc<'a> {
@@ -387,9 +392,10 @@ fn run(
     c: &mut [f32],
     ldc: usize,
 ) -> Option<()> {
-    let mut bufs = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let mut bufs = (scratch::take(Slot::PackA), scratch::take(Slot::PackB));
     let out = simd::dispatch(level, Gemm { alpha, a, b, beta, c, ldc, bufs: &mut bufs });
-    PACK.with(|p| *p.borrow_mut() = bufs);
+    scratch::put(Slot::PackA, bufs.0);
+    scratch::put(Slot::PackB, bufs.1);
     out
 }
 

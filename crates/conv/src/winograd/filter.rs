@@ -1,0 +1,252 @@
+//! The filter transform `U = G g Gᵀ`, written in the packed GEMM's A-panel layout.
+
+use rayon::prelude::*;
+
+use super::WinogradVariant;
+use super::transforms::{F2, F4, Transforms};
+use crate::error::{ConvError, Result};
+use crate::gemm::{MR, kblock, packed_a_len};
+use crate::params::check_len;
+use crate::simd::{self, LANES, Simd, WithSimd};
+
+/// Transformed 3x3 filters `U = G g Gᵀ`, ready for [`conv2d_winograd_prepared`].
+///
+/// Build it once per weight update and reuse it across calls (and input sizes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WinogradFilter {
+    pub(super) variant: WinogradVariant,
+    pub(super) c_out: usize,
+    pub(super) cpg: usize,
+    pub(super) groups: usize,
+    /// `[group][ξ]` × one packed `kpg × cpg` plane (see [`transform_filters`]).
+    pub(super) u: Vec<f32>,
+}
+
+impl WinogradFilter {
+    /// Transforms `weight` of dims `[c_out, c_in/groups, 3, 3]`.
+    ///
+    /// Errors when the dims are not 3x3, `groups` is zero or does not divide `c_out`, or the
+    /// slice length does not match the dims.
+    pub fn new(
+        weight: &[f32],
+        weight_dims: [usize; 4],
+        groups: usize,
+        variant: WinogradVariant,
+    ) -> Result<Self> {
+        const OP_F: &str = "WinogradFilter::new";
+        let [c_out, cpg, kh, kw] = weight_dims;
+        if (kh, kw) != (3, 3) {
+            return Err(ConvError::Unsupported {
+                op: OP_F,
+                algo: variant.name(),
+                msg: format!("weight {weight_dims:?}: a {kh}x{kw} kernel (only 3x3)"),
+            });
+        }
+        if groups == 0 || c_out % groups != 0 || c_out == 0 || cpg == 0 {
+            return Err(ConvError::ShapeMismatch {
+                op: OP_F,
+                msg: format!("weight {weight_dims:?} cannot be split into {groups} groups"),
+            });
+        }
+        check_len(OP_F, "weight", &weight_dims, weight.len())?;
+        let u = transform_filters(Vec::new(), weight, c_out / groups, cpg, groups, variant, false);
+        Ok(WinogradFilter { variant, c_out, cpg, groups, u })
+    }
+
+    /// The variant the filter was transformed for.
+    pub fn variant(&self) -> WinogradVariant {
+        self.variant
+    }
+}
+
+/// One depth block of the packed planes for [`transform_filters`]: input channels
+/// `k0..k0+kcb` of every output channel, as `⌈kpg/6⌉` panels of 6 output channels × `kcb`.
+pub(super) struct FilterChunk<'a> {
+    /// The group's filters, `[k][c][9]`.
+    weights: &'a [f32],
+    /// Output and input channels per group (the packed plane is a `kpg × cpg` matrix).
+    kpg: usize,
+    cpg: usize,
+    /// The block's first input channel and depth.
+    k0: usize,
+    kcb: usize,
+    /// Index of the first row panel (of `MR` output channels) in `pieces`.
+    pi0: usize,
+    /// `weights` are those of the convolution whose input gradient this one is: filter `(k, c)`
+    /// is `W[c][k]` rotated 180° (see [`conv2d_input_grad_winograd`]).
+    flipped: bool,
+    /// One slice per plane `ξ`: a run of the block's panels.
+    pieces: Vec<&'a mut [f32]>,
+    variant: WinogradVariant,
+}
+
+impl WithSimd for FilterChunk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        match self.variant {
+            WinogradVariant::F2x2_3x3 => filter_chunk::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => filter_chunk::<S, F4, 6, 4>(s, self),
+        }
+    }
+}
+
+/// `U = G g Gᵀ` for the filters of one chunk, eight at a time: `G` on the three columns of the
+/// taps, then on the `α` rows of the result, with the constant matrices of `T` unrolled.
+#[inline(always)]
+pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    chunk: FilterChunk<'_>,
+) {
+    let FilterChunk { weights, kpg, cpg, k0, kcb, pi0, flipped, mut pieces, .. } = chunk;
+    let panel = MR * kcb;
+    assert!(panel <= FILTER_CHUNK && pieces.iter().all(|p| p.len() == pieces[0].len()));
+    let panels = pieces.first().map_or(0, |p| p.len() / panel);
+    // One panel's taps, transposed to [tap][position] in the panel's order (row fastest).
+    let mut taps = [[0f32; FILTER_CHUNK]; 9];
+    for pi in 0..panels {
+        for r in 0..MR {
+            let k = (pi0 + pi) * MR + r;
+            for p in 0..kcb {
+                let i = p * MR + r;
+                if k < kpg && flipped {
+                    let f = &weights[((k0 + p) * kpg + k) * 9..][..9];
+                    for (row, &v) in taps.iter_mut().zip(f.iter().rev()) {
+                        row[i] = v;
+                    }
+                } else if k < kpg {
+                    let f = &weights[(k * cpg + k0 + p) * 9..][..9];
+                    for (row, &v) in taps.iter_mut().zip(f) {
+                        row[i] = v;
+                    }
+                } else {
+                    for row in &mut taps {
+                        row[i] = 0.0;
+                    }
+                }
+            }
+        }
+        filter_panel::<S, T, A, M>(s, &taps, panel, pi * panel, &mut pieces);
+    }
+}
+
+/// The transform of one gathered panel (`len` positions of `taps`) into positions
+/// `at..at+len` of every plane piece.
+#[inline(always)]
+pub(super) fn filter_panel<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    taps: &[[f32; FILTER_CHUNK]; 9],
+    len: usize,
+    at: usize,
+    pieces: &mut [&mut [f32]],
+) {
+    let mut i = 0;
+    while i < len {
+        // cols[s] = G · (column s of the 3x3 filter), α values each.
+        let mut cols = [[s.zero(); A]; 3];
+        for (sc, col) in cols.iter_mut().enumerate() {
+            let t =
+                [s.load(&taps[sc][i..]), s.load(&taps[3 + sc][i..]), s.load(&taps[6 + sc][i..])];
+            *col = T::g(s, t);
+        }
+        for a in 0..A {
+            let u = T::g(s, [cols[0][a], cols[1][a], cols[2][a]]);
+            for (b, &v) in u.iter().enumerate() {
+                let piece = &mut pieces[a * A + b][at + i..at + len];
+                if piece.len() >= LANES {
+                    s.store(v, piece);
+                } else {
+                    let n = piece.len();
+                    piece.copy_from_slice(&s.to_array(v)[..n]);
+                }
+            }
+        }
+        i += LANES;
+    }
+}
+
+/// Positions of one staged panel of the filter transform: 6 output channels × a depth block of
+/// at most 256 input channels (the GEMM's panel shape).
+pub(super) const FILTER_CHUNK: usize = MR * 256;
+
+/// `U = G g Gᵀ` for every 3x3 filter, laid out `[group][ξ]` × one `kpg × cpg` matrix per plane
+/// in the packed layout of the GEMM's left operand ([`PackedARef`]), so the products read it
+/// without packing.
+///
+/// Each of the `α²` planes `ξ = (ξi, ξj)` is a fixed combination of the nine taps,
+/// `U = G (G g)ᵀ` computed separably for eight filters at a time, in vector registers: `G` on
+/// the three tap columns, then on the `α` rows, with the constant entries of `G` unrolled
+/// (`Transforms::g`), each result stored straight into its plane. A chunk's taps are first
+/// transposed to `[tap][position]` in a stack buffer, in the packed order of the planes.
+/// Chunks (a depth block × a run of row panels, so that even one depth block gives every
+/// thread work) run in parallel for large layers (VGG's 256x256 filters: 65,536 of them);
+/// every value is computed the same way whatever the chunking, so the result does not depend
+/// on threads.
+pub(super) fn transform_filters(
+    buf: Vec<f32>,
+    weight: &[f32],
+    kpg: usize,
+    cpg: usize,
+    groups: usize,
+    variant: WinogradVariant,
+    flipped: bool,
+) -> Vec<f32> {
+    let a = variant.alpha();
+    let a2 = a * a;
+    let per_group = kpg * cpg;
+    let plen = packed_a_len(kpg, cpg);
+    // Every element is written below, so a recycled buffer of the right length needs no zeroing.
+    let len = groups * a2 * plen;
+    let mut u = buf;
+    if u.len() != len {
+        u.clear();
+        u.resize(len, 0.0);
+    }
+    for (grp, ug) in u.chunks_exact_mut(a2 * plen).enumerate() {
+        let wg = &weight[grp * per_group * 9..][..per_group * 9];
+        // tasks[t]: depth block t of every plane (see `PackedARef` for the layout).
+        let (kb, mp) = (kblock(cpg), kpg.next_multiple_of(MR));
+        let nblocks = cpg.div_ceil(kb);
+        let mut tasks: Vec<Vec<&mut [f32]>> =
+            (0..nblocks).map(|_| Vec::with_capacity(a2)).collect();
+        for plane in ug.chunks_exact_mut(plen) {
+            let mut rest = plane;
+            for (t, task) in tasks.iter_mut().enumerate() {
+                let kcb = kb.min(cpg - t * kb);
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(mp * kcb);
+                task.push(head);
+                rest = tail;
+            }
+        }
+        // Large layers: every depth block is also cut into runs of row panels, so that one
+        // depth block (VGG's 256 input channels) still gives every thread work.
+        let parallel = plen * a2 >= 64 * FILTER_CHUNK && rayon::current_num_threads() > 1;
+        let panels = mp / MR;
+        let runs = if parallel { rayon::current_num_threads().min(panels) } else { 1 };
+        let per_run = panels.div_ceil(runs);
+        let mut chunks = Vec::with_capacity(nblocks * runs);
+        for (t, pieces) in tasks.into_iter().enumerate() {
+            let (k0, kcb) = (t * kb, kb.min(cpg - t * kb));
+            let mut parts: Vec<Vec<&mut [f32]>> =
+                (0..runs).map(|_| Vec::with_capacity(a2)).collect();
+            for piece in pieces {
+                for (part, run) in parts.iter_mut().zip(piece.chunks_mut(per_run * MR * kcb)) {
+                    part.push(run);
+                }
+            }
+            for (r, pieces) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                let pi0 = r * per_run;
+                let chunk =
+                    FilterChunk { weights: wg, kpg, cpg, k0, kcb, pi0, pieces, variant, flipped };
+                chunks.push(chunk);
+            }
+        }
+        if parallel {
+            chunks.into_par_iter().for_each(simd::dispatch_active);
+        } else {
+            chunks.into_iter().for_each(simd::dispatch_active);
+        }
+    }
+    u
+}

@@ -1,0 +1,610 @@
+//! The forward pass: tile plan, work items, input transform, products, output transform.
+
+use rayon::prelude::*;
+
+use super::transforms::{F2, F4, Transforms, input_2d, output_2d};
+use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant};
+use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab, packed_a_len};
+use crate::params::ConvGeometry;
+use crate::scratch::{self, Slot};
+use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
+
+/// Runs the forward pass on checked buffers: `u` is the transformed filter of every group,
+/// `level` an available SIMD level.
+pub(super) fn run(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    variant: WinogradVariant,
+) {
+    let plan = Plan::new(g, variant);
+    let ohw = g.oh * g.ow;
+    let chunk_len = plan.nb * plan.kc * ohw;
+    // A group's chunks: all `kc` channels but the last (only one image and one group are ever
+    // split unevenly, so every item's output is one contiguous `chunk_len` slice or the tail).
+    let chunks_per_group = plan.kpg.div_ceil(plan.kc);
+    let chunks_per_image = g.params.groups * chunks_per_group;
+    let plen = packed_a_len(plan.kpg, plan.cpg);
+    let run = |scratch: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
+        let b = idx / chunks_per_image * plan.nb;
+        let grp = idx % chunks_per_image / chunks_per_group;
+        let kl = idx % chunks_per_group * plan.kc;
+        let kc = out.len() / (plan.nb * ohw);
+        let k0 = grp * plan.kpg + kl;
+        // With `nb > 1` there is one group and one chunk per image, so the images' channels
+        // are contiguous.
+        let img_len = plan.nb * plan.cpg * g.h * g.w;
+        let in_start = (b * g.c_in + grp * plan.cpg) * g.h * g.w;
+        let a2 = plan.a * plan.a;
+        let item = Item {
+            plan: &plan,
+            input: &input[in_start..in_start + img_len],
+            u: &u[grp * a2 * plen..][..a2 * plen],
+            kl,
+            kc,
+            bias: bias.map(|b| &b[k0..k0 + kc]),
+            tiles: &plan.tiles,
+            y0: 0,
+            out: out.chunks_exact_mut(ohw).collect(),
+            scratch,
+        };
+        // `level` was checked above, so dispatch cannot decline.
+        let _ = simd::dispatch(level, item);
+    };
+    if let Some((top, y1)) = plan.row_split {
+        // Two bands of output rows, each writing its rows of every output plane.
+        let a2 = plan.a * plan.a;
+        let (mut top_rows, mut bottom_rows) = (Vec::new(), Vec::new());
+        for plane in output.chunks_exact_mut(ohw) {
+            let (t, b) = plane.split_at_mut(y1 * g.ow);
+            top_rows.push(t);
+            bottom_rows.push(b);
+        }
+        let bands = [(&plan.tiles[..top], 0, top_rows), (&plan.tiles[top..], y1, bottom_rows)];
+        let band = |(tiles, y0, out): (&[Tile], usize, Vec<&mut [f32]>)| {
+            scratch::with(Slot::Tiles, |scratch| {
+                let item = Item {
+                    plan: &plan,
+                    input,
+                    u: &u[..a2 * plen],
+                    kl: 0,
+                    kc: plan.kpg,
+                    bias,
+                    tiles,
+                    y0,
+                    out,
+                    scratch,
+                };
+                // `level` was checked above, so dispatch cannot decline.
+                let _ = simd::dispatch(level, item);
+            });
+        };
+        let [first, second] = bands;
+        if g.flops() < PARALLEL_MIN_FLOPS {
+            band(first);
+            band(second);
+        } else {
+            rayon::join(|| band(first), || band(second));
+        }
+        return;
+    }
+    if g.flops() < PARALLEL_MIN_FLOPS || output.len() == chunk_len {
+        let chunks = output.chunks_mut(chunk_len).enumerate();
+        scratch::with(Slot::Tiles, |s| chunks.for_each(|it| run(s, it)));
+    } else {
+        output
+            .par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|it| scratch::with(Slot::Tiles, |s| run(s, it)));
+    }
+}
+
+/// One tile: the top-left corner of its `α×α` input patch in padded coordinates and of its
+/// `m×m` output block; both advance by the dilation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tile {
+    /// Image within the work item.
+    pub(super) img: usize,
+    pub(super) py: usize,
+    pub(super) px: usize,
+    pub(super) oy: usize,
+    pub(super) ox: usize,
+}
+
+/// Sizes and the tile list, derived once per call.
+pub(super) struct Plan {
+    variant: WinogradVariant,
+    a: usize,
+    cpg: usize,
+    kpg: usize,
+    kc: usize,
+    /// Images per work item.
+    nb: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    ph: usize,
+    pw: usize,
+    dh: usize,
+    dw: usize,
+    /// Padded plane size (covers every tile's patch).
+    hp: usize,
+    wp: usize,
+    tiles: Vec<Tile>,
+    /// Tiles per block (a multiple of [`NR`], the GEMM's panel width).
+    tb: usize,
+    /// For one undilated image: the tiles of the top band and the band's output rows, each
+    /// band one work item with every output channel.
+    row_split: Option<(usize, usize)>,
+    /// For one image with few tiles: its single work item splits its transform-domain products
+    /// (by transform position `ξ`) and its output transform (by output channel) between two
+    /// threads, so that each transformed filter plane is read by one thread only.
+    xi_split: bool,
+}
+
+/// The tiles of one image (`img` 0) for `g` and `variant`, phase by phase for a dilated
+/// layer, and the padded plane size `(hp, wp)` that covers every tile's patch.
+pub(super) fn tile_grid(g: &ConvGeometry, variant: WinogradVariant) -> (Vec<Tile>, usize, usize) {
+    let (m, a) = (variant.m(), variant.alpha());
+    let (dh, dw) = g.params.dilation;
+    let (ph, pw) = g.params.padding;
+    let mut tiles = Vec::new();
+    let (mut hp, mut wp) = (g.h + ph, g.w + pw);
+    for ry in 0..dh.min(g.oh) {
+        let ohr = (g.oh - ry).div_ceil(dh);
+        for rx in 0..dw.min(g.ow) {
+            let owr = (g.ow - rx).div_ceil(dw);
+            let (th, tw) = (ohr.div_ceil(m), owr.div_ceil(m));
+            hp = hp.max(ry + dh * ((th - 1) * m + a - 1) + 1);
+            wp = wp.max(rx + dw * ((tw - 1) * m + a - 1) + 1);
+            for ty in 0..th {
+                for tx in 0..tw {
+                    let (oy, ox) = (ry + dh * ty * m, rx + dw * tx * m);
+                    tiles.push(Tile { img: 0, py: oy, px: ox, oy, ox });
+                }
+            }
+        }
+    }
+    (tiles, hp, wp)
+}
+
+impl Plan {
+    fn new(g: &ConvGeometry, variant: WinogradVariant) -> Plan {
+        let a = variant.alpha();
+        let (dh, dw) = g.params.dilation;
+        let (ph, pw) = g.params.padding;
+        let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
+        let (mut tiles, hp, wp) = tile_grid(g, variant);
+        let mut kc = kpg;
+        let mut row_split = None;
+        let mut xi_split = false;
+        // One image and one group give two threads work by splitting. Undilated: the tiles, in
+        // two bands of tile rows, each with every output channel (no work is repeated).
+        // Dilated: the output channels, in chunks starting on panels of the packed filters
+        // (multiples of `MR` rows; the last one may be shorter), each repeating the input
+        // transform.
+        if g.n * g.params.groups < 2 && kpg >= 32 {
+            let m = variant.m();
+            let (th, tw) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
+            if (dh, dw) == (1, 1) && tiles.len() < 4 * NR {
+                // Bands of fewer than two 16-tile panels would each pad their products to
+                // whole panels and read every transformed filter plane again.
+                xi_split = true;
+            } else if (dh, dw) == (1, 1) && th >= 2 {
+                let top = th.div_ceil(2);
+                row_split = Some((top * tw, (top * m).min(g.oh)));
+            } else {
+                kc = kpg.div_ceil(2).next_multiple_of(MR);
+            }
+        }
+        // Several images per work item when a single image has few tiles: wider products keep
+        // the micro-kernel's B panels full and amortize the per-block work.
+        // Only with one group and unsplit channels, where the images' outputs are contiguous.
+        let per_image = tiles.len();
+        let mut nb = 1;
+        if g.params.groups == 1 && kc == kpg {
+            nb = (1..=g.n)
+                .rev()
+                .find(|&d| g.n.is_multiple_of(d) && g.n / d >= 2 && d * per_image <= 256)
+                .unwrap_or(1);
+        }
+        tiles = (0..nb).flat_map(|img| tiles.iter().map(move |t| Tile { img, ..*t })).collect();
+        let a2 = a * a;
+        let tb_max = (BLOCK_FLOATS / (a2 * (cpg + kc))).clamp(NR, 256) / NR * NR;
+        let per_item = row_split.map_or(tiles.len(), |(top, _)| top.max(tiles.len() - top));
+        let nblocks = per_item.div_ceil(tb_max);
+        let tb = per_item.div_ceil(nblocks).next_multiple_of(NR);
+        Plan {
+            variant,
+            a,
+            cpg,
+            kpg,
+            kc,
+            nb,
+            h: g.h,
+            w: g.w,
+            oh: g.oh,
+            ow: g.ow,
+            ph,
+            pw,
+            dh,
+            dw,
+            hp,
+            wp,
+            tiles,
+            tb,
+            row_split,
+            xi_split,
+        }
+    }
+}
+
+/// One work item: output channels `kl..kl+kc` (within the group) of one group, for `nb`
+/// consecutive images.
+pub(super) struct Item<'a> {
+    plan: &'a Plan,
+    /// The group's input channels of the images, `[nb, cpg, h, w]`.
+    input: &'a [f32],
+    /// The group's transformed filters: `α²` packed `kpg × cpg` planes.
+    u: &'a [f32],
+    /// First output channel of the chunk within the group (a multiple of [`MR`]).
+    kl: usize,
+    /// Output channels in the chunk.
+    kc: usize,
+    bias: Option<&'a [f32]>,
+    /// The tiles of the item.
+    tiles: &'a [Tile],
+    /// First output row written (0 except in the second band of [`Plan::row_split`]).
+    y0: usize,
+    /// The item's output planes (`[nb·kc]`) from row `y0`: all rows, or a band's.
+    out: Vec<&'a mut [f32]>,
+    scratch: &'a mut Vec<f32>,
+}
+
+impl WithSimd for Item<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        match self.plan.variant {
+            WinogradVariant::F2x2_3x3 => run_item::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => run_item::<S, F4, 6, 4>(s, self),
+        }
+    }
+}
+
+/// Processes one work item with tile size `A = α`, output block `M = m` and the transforms of
+/// `T`.
+#[inline(always)]
+pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    item: Item<'_>,
+) {
+    let Item { plan: p, input, u, kl, kc, bias, tiles, y0, mut out, scratch, .. } = item;
+    let a2 = A * A;
+    let plane = p.hp * p.wp;
+    let planes = p.nb * p.cpg;
+    let plen = packed_a_len(p.kpg, p.cpg);
+    let (padded_len, v_len, m_len) = (planes * plane, a2 * p.cpg * p.tb, a2 * kc * p.tb);
+    // Grown once per worker, never cleared: V and M are written before they are read (stale
+    // values only reach lanes that are discarded), and the padding is zeroed below.
+    let total = padded_len + v_len + m_len;
+    if scratch.len() < total {
+        scratch.resize(total, 0.0);
+    }
+    let (padded, rest) = scratch.split_at_mut(padded_len);
+    let (vbuf, rest) = rest.split_at_mut(v_len);
+    let mbuf = &mut rest[..m_len];
+    let planes_in = input.chunks_exact(p.h * p.w);
+    let pads = Pads { h: p.h, w: p.w, ph: p.ph, pw: p.pw, wp: p.wp };
+    pad_planes(&pads, planes_in, padded.chunks_exact_mut(plane));
+    let padded = &*padded;
+    let patches = Patches { padded, plane, wp: p.wp, dh: p.dh, dw: p.dw, cpg: p.cpg };
+
+    let split = p.xi_split && rayon::current_num_threads() > 1;
+    for block in tiles.chunks(p.tb) {
+        let nt = block.len();
+        // Input transform, 8 tiles at a time: V[ξ] in panels of 16 tiles. Split mode: the
+        // tiles of the first half of the panels on one thread, the rest on the other.
+        let panels = nt.div_ceil(NR);
+        if split && panels >= 2 {
+            let cut = panels / 2 * NR;
+            let (mut lo, mut hi) = (Vec::with_capacity(a2), Vec::with_capacity(a2));
+            for plane in vbuf.chunks_exact_mut(p.cpg * p.tb) {
+                let (a, b) = plane.split_at_mut(cut * p.cpg);
+                lo.push(a);
+                hi.push(b);
+            }
+            let (patches, variant) = (&patches, p.variant);
+            let (tl, th) = block.split_at(cut);
+            rayon::join(
+                || simd::dispatch(S::LEVEL, InputJob { variant, patches, tiles: tl, planes: lo }),
+                || simd::dispatch(S::LEVEL, InputJob { variant, patches, tiles: th, planes: hi }),
+            );
+        } else {
+            let mut planes: Vec<&mut [f32]> = vbuf.chunks_exact_mut(p.cpg * p.tb).collect();
+            input_transform_block::<S, T, A, M>(s, &patches, block, &mut planes);
+        }
+        // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
+        // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
+        let n = nt.next_multiple_of(NR);
+        let products = Products {
+            u,
+            plen,
+            kpg: p.kpg,
+            cpg: p.cpg,
+            ks: (kl, kl + kc),
+            v: &*vbuf,
+            n,
+            tb: p.tb,
+            xi0: 0,
+            m: &mut [],
+        };
+        // Output transform, bias, and scatter of the in-range outputs of channels `ks`.
+        let outputs =
+            OutputBlock { plan: p, block, m: &[], kc, bias, ks: (0, kc), y0, out: &mut [] };
+        if split {
+            // Half of the transform positions each, then half of the output channels each
+            // (one image: the channels' planes are contiguous). Each half is dispatched again:
+            // a closure is compiled without `S`'s target features.
+            let half = a2 / 2 * kc * p.tb;
+            let (lo, hi) = mbuf.split_at_mut(half);
+            rayon::join(
+                || simd::dispatch(S::LEVEL, Products { m: lo, ..products }),
+                || simd::dispatch(S::LEVEL, Products { xi0: a2 / 2, m: hi, ..products }),
+            );
+            let kh = kc.div_ceil(2);
+            let (out_lo, out_hi) = out.split_at_mut(kh);
+            let (m, b) = (&*mbuf, bias);
+            let lo = OutputBlock { m, ks: (0, kh), out: out_lo, ..outputs };
+            let hi =
+                OutputBlock { m, ks: (kh, kc), bias: b.map(|b| &b[kh..]), out: out_hi, ..outputs };
+            rayon::join(|| simd::dispatch(S::LEVEL, lo), || simd::dispatch(S::LEVEL, hi));
+        } else {
+            Products { m: &mut *mbuf, ..products }.with_simd(s);
+            OutputBlock { m: &*mbuf, out: &mut out, ..outputs }.with_simd(s);
+        }
+    }
+}
+
+/// [`input_transform_block`] of a run of tiles, for the SIMD dispatcher.
+pub(super) struct InputJob<'a> {
+    variant: WinogradVariant,
+    patches: &'a Patches<'a>,
+    tiles: &'a [Tile],
+    planes: Vec<&'a mut [f32]>,
+}
+
+impl WithSimd for InputJob<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let InputJob { variant, patches, tiles, mut planes } = self;
+        match variant {
+            WinogradVariant::F2x2_3x3 => {
+                input_transform_block::<S, F2, 4, 2>(s, patches, tiles, &mut planes);
+            }
+            WinogradVariant::F4x4_3x3 => {
+                input_transform_block::<S, F4, 6, 4>(s, patches, tiles, &mut planes);
+            }
+        }
+    }
+}
+
+/// Transform-domain products `M[ξ] = U[ξ][ks] · V[ξ]` for `ξ = xi0..` (as many as `m` holds).
+pub(super) struct Products<'a> {
+    /// The group's packed filter planes, `plen` floats each.
+    u: &'a [f32],
+    plen: usize,
+    kpg: usize,
+    cpg: usize,
+    /// Output channels `ks.0..ks.1` (rows of the planes) of the products.
+    ks: (usize, usize),
+    /// Input-transform planes, `cpg · tb` floats each, in panel form.
+    v: &'a [f32],
+    /// Columns computed (whole panels).
+    n: usize,
+    tb: usize,
+    xi0: usize,
+    /// `M[ξ]` for the positions from `xi0`, `ks.len() · tb` floats each.
+    m: &'a mut [f32],
+}
+
+impl WithSimd for Products<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Products { u, plen, kpg, cpg, ks, v, n, tb, xi0, m } = self;
+        for (i, c_xi) in m.chunks_exact_mut((ks.1 - ks.0) * tb).enumerate() {
+            let xi = xi0 + i;
+            let a_xi = PackedARef::new(&u[xi * plen..][..plen], kpg, cpg);
+            let b_xi = &v[xi * cpg * tb..][..cpg * tb];
+            gemm_packed_ab(s, a_xi, ks.0..ks.1, b_xi, n, 0.0, c_xi, tb);
+        }
+    }
+}
+
+/// The output transform of one block of tiles for output channels `ks` of an item's `kc`.
+pub(super) struct OutputBlock<'a, 'o> {
+    plan: &'a Plan,
+    block: &'a [Tile],
+    /// `M[ξ]`, `kc · tb` floats each.
+    m: &'a [f32],
+    kc: usize,
+    /// Bias of the channels from `ks.0`.
+    bias: Option<&'a [f32]>,
+    /// Output channels `ks.0..ks.1` of the item's.
+    ks: (usize, usize),
+    y0: usize,
+    /// The planes of the channels `ks` of each image (`[img][ks]`), from output row `y0`.
+    out: &'a mut [&'o mut [f32]],
+}
+
+impl WithSimd for OutputBlock<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        match self.plan.variant {
+            WinogradVariant::F2x2_3x3 => output_block::<S, F2, 4, 2>(s, self),
+            WinogradVariant::F4x4_3x3 => output_block::<S, F4, 6, 4>(s, self),
+        }
+    }
+}
+
+#[inline(always)]
+pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    o: OutputBlock<'_, '_>,
+) {
+    let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, out } = o;
+    let nk = ks.1 - ks.0;
+    // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
+    let mut vals = [[0f32; LANES]; 16];
+    for (kk, k) in (ks.0..ks.1).enumerate() {
+        let bk = s.splat(bias.map_or(0.0, |b| b[kk]));
+        for (lg, group) in block.chunks(LANES).enumerate() {
+            let t0 = lg * LANES;
+            let mut mv = [[s.zero(); A]; A];
+            for (xi, mr) in mv.iter_mut().enumerate() {
+                for (xj, m) in mr.iter_mut().enumerate() {
+                    *m = s.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
+                }
+            }
+            let y = output_2d::<S, T, A, M>(s, &mv);
+            for (i, row) in y.iter().enumerate() {
+                for (j, &val) in row.iter().enumerate() {
+                    vals[i * M + j] = s.to_array(s.add(val, bk));
+                }
+            }
+            for (l, t) in group.iter().enumerate() {
+                // In-range rows and columns of this tile's m×m block.
+                let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
+                let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
+                let plane = &mut *out[t.img * nk + kk];
+                for i in 0..mi {
+                    let orow = &mut plane[(t.oy + i * p.dh - y0) * p.ow + t.ox..];
+                    for j in 0..mj {
+                        orow[j * p.dw] = vals[i * M + j][l];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sizes for [`pad_planes`].
+pub(super) struct Pads {
+    h: usize,
+    w: usize,
+    ph: usize,
+    pw: usize,
+    /// Padded row length.
+    wp: usize,
+}
+
+/// Copies each `h × w` plane of `src` into the matching padded plane of `dst` at offset
+/// `(ph, pw)`, zeroing the rest of every padded plane.
+pub(super) fn pad_planes<'a>(
+    p: &Pads,
+    src: impl Iterator<Item = &'a [f32]>,
+    dst: impl Iterator<Item = &'a mut [f32]>,
+) {
+    for (input, pl) in src.zip(dst) {
+        pl[..p.ph * p.wp].fill(0.0);
+        pl[(p.ph + p.h) * p.wp..].fill(0.0);
+        for r in 0..p.h {
+            let row = &mut pl[(r + p.ph) * p.wp..][..p.wp];
+            row[..p.pw].fill(0.0);
+            row[p.pw..p.pw + p.w].copy_from_slice(&input[r * p.w..][..p.w]);
+            row[p.pw + p.w..].fill(0.0);
+        }
+    }
+}
+
+/// Zero-padded input planes `[img][c][hp][wp]` and how the tiles read them.
+pub(super) struct Patches<'a> {
+    padded: &'a [f32],
+    /// `hp · wp`.
+    plane: usize,
+    wp: usize,
+    dh: usize,
+    dw: usize,
+    /// Channels per image in `padded`.
+    cpg: usize,
+}
+
+/// The input transform `V = Bᵀ d B` of a run of tiles, 8 at a time, into `planes[ξ]`: each
+/// plane in the packed-B layout of the GEMM (panels of [`NR`] tiles, each `cpg` steps of `NR`
+/// floats), from the panel of the run's first tile (which starts a panel).
+#[inline(always)]
+pub(super) fn input_transform_block<
+    S: Simd,
+    T: Transforms<A, M>,
+    const A: usize,
+    const M: usize,
+>(
+    s: S,
+    p: &Patches<'_>,
+    block: &[Tile],
+    planes: &mut [&mut [f32]],
+) {
+    let padded = p.padded;
+    for (lg, group) in block.chunks(LANES).enumerate() {
+        let t0 = lg * LANES;
+        // Lanes past the block's end repeat its last tile; their results are never stored.
+        let lanes: [Tile; LANES] = std::array::from_fn(|l| group[l.min(group.len() - 1)]);
+        for c in 0..p.cpg {
+            // Top-left corner of each lane's patch in `padded`.
+            let base: [usize; LANES] = std::array::from_fn(|l| {
+                let t = lanes[l];
+                (t.img * p.cpg + c) * p.plane + t.py * p.wp + t.px
+            });
+            // One bounds check for the whole gather: the farthest element of any patch.
+            let far = base.iter().copied().max().unwrap_or(0) + (A - 1) * (p.dh * p.wp + p.dw);
+            assert!(far < padded.len());
+            let mut d = [[s.zero(); A]; A];
+            // Where a patch row fits in one vector (`(α−1)·dw < 8`) and 8 floats can be read
+            // from every row start: load each lane's patch row as a vector and transpose, so
+            // that vector `q` holds element `q` of every lane's row (8 loads and a transpose
+            // instead of `α·8` scalar loads per row). The values are the same either way.
+            let rows_fit = (A - 1) * p.dw < LANES && far - (A - 1) * p.dw + LANES <= padded.len();
+            for (r, dr) in d.iter_mut().enumerate() {
+                if rows_fit {
+                    let rows: [S::V; LANES] = std::array::from_fn(|l| {
+                        // SAFETY: `base[l] + r·dh·wp + 8 ≤ far − (α−1)·dw + 8 ≤ padded.len()`
+                        // (checked in `rows_fit`).
+                        unsafe { s.load_ptr(padded.as_ptr().add(base[l] + r * p.dh * p.wp)) }
+                    });
+                    let cols = s.transpose8(rows);
+                    for (col, dv) in dr.iter_mut().enumerate() {
+                        *dv = cols[col * p.dw];
+                    }
+                    continue;
+                }
+                for (col, dv) in dr.iter_mut().enumerate() {
+                    let off = r * p.dh * p.wp + col * p.dw;
+                    let mut gathered = [0f32; LANES];
+                    for (g, &b) in gathered.iter_mut().zip(&base) {
+                        // SAFETY: `b + off ≤ far < padded.len()` (asserted above).
+                        *g = unsafe { *padded.get_unchecked(b + off) };
+                    }
+                    *dv = s.load(&gathered);
+                }
+            }
+            let v = input_2d::<S, T, A, M>(s, &d);
+            let at = (t0 / NR * p.cpg + c) * NR + t0 % NR;
+            for (xi, row) in v.iter().enumerate() {
+                for (xj, &val) in row.iter().enumerate() {
+                    s.store(val, &mut planes[xi * A + xj][at..]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Winograd minimal-filtering convolution, F(2x2,3x3) and F(4x4,3x3).
+//!
+//! F(m×m, 3×3) computes an `m×m` block of outputs of a 3x3, stride-1 convolution from an
+//! `α×α` input tile (`α = m + 2`) as `Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A` (Lavin & Gray, 2016).
+//! Summed over input channels the element-wise products become `α²` matrix products
+//! `M[ξ] = U[ξ] · V[ξ]`, run on the packed GEMM micro-kernel with both operands written
+//! straight into its panel layouts, so no product packs anything. F(2x2,3x3) does 2.25x fewer
+//! multiply-adds than the direct loops, F(4x4,3x3) 4x fewer, at the price of about one
+//! decimal digit of accuracy ([`crate::Tolerance::WINOGRAD_F4`]).
+//!
+//! The matrices, the work split, the tile blocks, the backward formulas and the measured
+//! errors are written up in `docs/convolution.md`, section 4.
+//!
+//! ## Layout
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | variants, support rule, the forward entry points and their checks |
+//! | `filter.rs` | [`WinogradFilter`]: `U = G g Gᵀ` in the GEMM's packed-A layout |
+//! | `forward.rs` | the tile plan, work items, input transform, products, output transform |
+//! | `backward.rs` | the input gradient (a flipped-filter forward) and the weight gradient |
+//! | `transforms.rs` | the 1-D transforms `Bᵀ`, `Aᵀ`, `G`, `A` of each variant, on vectors |
+//!
+//! Dilated 3x3 layers run on the same code (each dilation phase is an undilated convolution
+//! on a subsampled grid); groups loop over the per-group filters; anything else returns
+//! [`ConvError::Unsupported`]. Splits depend on the shape only, so results are bit-identical
+//! for every thread count.
+
+mod backward;
+mod filter;
+mod forward;
+mod transforms;
+
+pub use backward::{conv2d_input_grad_winograd, conv2d_weight_grad_winograd};
+pub use filter::WinogradFilter;
+
+use crate::error::{ConvError, Result};
+use crate::params::{ConvGeometry, check_len};
+use crate::scratch::{self, Slot};
+use crate::simd::{self, SimdLevel};
+use filter::transform_filters;
+
+const OP: &str = "conv2d_winograd";
+
+/// Below this many FLOPs the work runs on the calling thread.
+const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
+
+/// Transform-domain scratch per tile block, in floats (2 MiB); 1, 4 and 8 MiB measured no
+/// faster on `res3x3_28b8` (within the noise of a shared machine).
+const BLOCK_FLOATS: usize = 1 << 19;
+
+/// Which Winograd algorithm to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum WinogradVariant {
+    /// F(2x2,3x3): 4x4 input tiles, 2x2 outputs each; 2.25x fewer multiplies, nearly exact.
+    F2x2_3x3,
+    /// F(4x4,3x3): 6x6 input tiles, 4x4 outputs each; 4x fewer multiplies, looser accuracy.
+    F4x4_3x3,
+}
+
+impl WinogradVariant {
+    /// Output tile size `m`.
+    pub fn m(self) -> usize {
+        match self {
+            WinogradVariant::F2x2_3x3 => 2,
+            WinogradVariant::F4x4_3x3 => 4,
+        }
+    }
+    /// Input tile size `α = m + 2`.
+    pub fn alpha(self) -> usize {
+        self.m() + 2
+    }
+    /// Name for messages and reports (`"winograd_f2"`, `"winograd_f4"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WinogradVariant::F2x2_3x3 => "winograd_f2",
+            WinogradVariant::F4x4_3x3 => "winograd_f4",
+        }
+    }
+}
+
+const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+const G4: [[f64; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// Why Winograd cannot run `g`, or `None` when it can.
+fn unsupported(g: &ConvGeometry) -> Option<String> {
+    if (g.kh, g.kw) != (3, 3) {
+        return Some(format!("a {}x{} kernel (only 3x3)", g.kh, g.kw));
+    }
+    if g.params.stride != (1, 1) {
+        return Some(format!("stride {:?} (only 1)", g.params.stride));
+    }
+    None
+}
+
+/// Whether [`conv2d_winograd`] can run `g` with `variant`: 3x3 kernels with stride 1; any
+/// padding, dilation, group count and input size.
+pub fn winograd_supports(g: &ConvGeometry, variant: WinogradVariant) -> bool {
+    let _ = variant;
+    unsupported(g).is_none()
+}
+
+/// Winograd convolution: transforms the filter and runs [`conv2d_winograd_prepared`].
+/// `output` is overwritten.
+///
+/// Slices are NCHW input `[n, c_in, h, w]`, weight `[c_out, c_in/groups, 3, 3]`, optional bias
+/// `[c_out]`, output `[n, c_out, oh, ow]`. Returns [`ConvError::Unsupported`] unless the kernel
+/// is 3x3 with stride 1.
+pub fn conv2d_winograd(
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<()> {
+    conv2d_winograd_with(simd::active(), g, input, weight, bias, output, variant)
+}
+
+/// [`conv2d_winograd`] with an explicit instruction set for the transforms, so tests and
+/// benchmarks can run the AVX2 and portable paths side by side. Returns
+/// [`ConvError::Unsupported`] when this CPU cannot run `level`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_winograd_with(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<()> {
+    winograd_call(level, g, input, weight, false, bias, output, variant)
+}
+
+/// [`conv2d_winograd_with`]; with `flipped`, `weight` holds the filters of the convolution
+/// whose input gradient `g` computes, read rotated and channel-swapped in the filter transform
+/// (no rotated copy is made).
+#[allow(clippy::too_many_arguments)]
+fn winograd_call(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    flipped: bool,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    variant: WinogradVariant,
+) -> Result<()> {
+    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    if let Some(msg) = unsupported(g) {
+        return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
+    }
+    // The transformed filters (4x the weights for F(4x4,3x3): 9.4 MB on `vgg3x3_14`) go into
+    // a per-thread buffer kept between calls: a fresh allocation of that size is page-faulted
+    // in on every call, which cost as much as the transform itself.
+    let (c_out, cpg, groups) = (g.c_out, g.c_in_per_group(), g.params.groups);
+    let buf = scratch::take(Slot::Filters);
+    let u = transform_filters(buf, weight, c_out / groups, cpg, groups, variant, flipped);
+    let filter = WinogradFilter { variant, c_out, cpg, groups, u };
+    let result = prepared_with(level, g, input, &filter, bias, output);
+    scratch::put(Slot::Filters, filter.u);
+    result
+}
+
+/// Winograd convolution with a filter transformed beforehand by [`WinogradFilter::new`].
+/// `output` is overwritten.
+pub fn conv2d_winograd_prepared(
+    g: &ConvGeometry,
+    input: &[f32],
+    filter: &WinogradFilter,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) -> Result<()> {
+    prepared_with(simd::active(), g, input, filter, bias, output)
+}
+
+fn prepared_with(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    filter: &WinogradFilter,
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+) -> Result<()> {
+    let variant = filter.variant;
+    if !level.available() {
+        return Err(ConvError::Unsupported {
+            op: OP,
+            algo: variant.name(),
+            msg: format!("SIMD level {level} on this CPU"),
+        });
+    }
+    if let Some(msg) = unsupported(g) {
+        return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
+    }
+    if (filter.c_out, filter.cpg, filter.groups) != (g.c_out, g.c_in_per_group(), g.params.groups) {
+        return Err(ConvError::ShapeMismatch {
+            op: OP,
+            msg: format!(
+                "prepared filter for weight [{}, {}, 3, 3] with {} groups does not fit weight {:?} with {} groups",
+                filter.c_out,
+                filter.cpg,
+                filter.groups,
+                g.weight_dims(),
+                g.params.groups
+            ),
+        });
+    }
+    check_len(OP, "input", &g.input_dims(), input.len())?;
+    check_len(OP, "output", &g.output_dims(), output.len())?;
+    if let Some(b) = bias {
+        check_len(OP, "bias", &[g.c_out], b.len())?;
+    }
+    forward::run(level, g, input, &filter.u, bias, output, variant);
+    Ok(())
+}
