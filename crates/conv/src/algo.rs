@@ -18,8 +18,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use crate::direct::backward::conv2d_backward_direct;
 use crate::direct::{conv2d_direct, direct_supports};
-use crate::direct_backward::conv2d_backward_direct;
 use crate::error::{ConvError, Result};
 use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};

@@ -47,16 +47,13 @@ use crate::gemm::{
     MR, MatRef, NR, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, packed_b_len, sgemm,
     sgemm_packed_a, sgemm_packed_ab,
 };
-use crate::params::ConvGeometry;
+use crate::params::{ConvGeometry, WEIGHT_GRAD_PARTIALS};
 use crate::scratch::{self, Slot};
 use crate::simd;
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
 /// more than it saves (a rayon task costs a few microseconds; 1 MFLOP takes ~15 µs here).
 const PAR_MIN_FLOPS: u64 = 1 << 20;
-
-/// Maximum number of per-chunk partial weight gradients (memory: this many weight tensors).
-pub const WEIGHT_GRAD_PARTIALS: usize = 8;
 
 /// Whether the column matrix equals the input (1x1 kernel, stride 1, no padding).
 fn is_pointwise(g: &ConvGeometry) -> bool {

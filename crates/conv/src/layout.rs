@@ -4,7 +4,7 @@ use crate::simd::{self, LANES, Simd, WithSimd};
 
 /// Where [`ChannelLast::copy`] puts `channels` planes of `h × w`: at `(y0, x0)` of an
 /// `hp × wp` grid of pixels, each pixel `cv` floats (channels innermost). Also the pixel-major
-/// output gradient of the direct weight gradient ([`crate::direct_backward`]).
+/// output gradient of the direct weight gradient (`direct::backward`).
 pub(crate) struct ChannelLast {
     pub(crate) h: usize,
     pub(crate) w: usize,

@@ -26,7 +26,6 @@
 //! | [`naive`]   | the reference: the loops of the definition, f64 accumulation         |
 //! | [`im2col`]  | im2col + GEMM forward, GEMM + col2im backward, parallel             |
 //! | [`gemm`]    | the packed 6x16 AVX2 GEMM, and the checked `matrixmultiply` fallback |
-//! | [`direct_backward`] | SIMD direct input/weight/bias gradients (small channel counts) |
 //! | [`algo`]    | [`ConvAlgo`], the [`select`] rule, [`supports`], dispatch            |
 //! | [`pool`]    | max / average pooling forward and backward ([`PoolParams`])          |
 //! | [`batchnorm`] | batch normalization: channel statistics, affine pass, backward   |
@@ -96,7 +95,6 @@ pub mod algo;
 pub mod api;
 pub mod batchnorm;
 pub mod direct;
-pub mod direct_backward;
 pub mod error;
 pub mod gemm;
 pub mod im2col;
@@ -112,12 +110,12 @@ pub mod winograd;
 
 pub use algo::{ConvAlgo, conv2d_backward, conv2d_forward, select, select_prepared, supports};
 pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
+pub use direct::backward::{conv2d_backward_direct, conv2d_backward_direct_with};
 pub use direct::{conv2d_direct, conv2d_direct_with, direct_supports};
-pub use direct_backward::{conv2d_backward_direct, conv2d_backward_direct_with};
 pub use error::{ConvError, Result};
 pub use im2col::{conv2d_backward_im2col, conv2d_im2col};
 pub use naive::{conv2d_backward_naive, conv2d_naive};
-pub use params::{Conv2dParams, ConvGeometry, check_len, out_size};
+pub use params::{Conv2dParams, ConvGeometry, WEIGHT_GRAD_PARTIALS, check_len, out_size};
 pub use pool::{PoolGeometry, PoolParams};
 pub use simd::SimdLevel;
 pub use tolerance::{Tolerance, max_rel_error};

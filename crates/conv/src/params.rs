@@ -310,6 +310,11 @@ pub fn check_len(op: &'static str, what: &'static str, shape: &[usize], got: usi
     }
 }
 
+/// Maximum number of batch chunks of a weight gradient, hence of partial weight gradients
+/// kept in memory: the chunks depend only on the batch size and are added in order, which
+/// makes every backward kernel bit-identical for any number of threads.
+pub const WEIGHT_GRAD_PARTIALS: usize = 8;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -53,7 +53,7 @@ pub(super) const WGRAD_BLOCK_FLOATS: usize = 1 << 20;
 /// taken in a fixed order (image by image), so the result does not depend on the number of
 /// threads (the `α²` products of a block run in parallel, each one on its own `dU[ξ]`).
 /// The input tiles, edge tiles, dilation (subsampled grids) and groups are handled as in
-/// [`conv2d_winograd`]; output-gradient values outside the output read as zero.
+/// [`conv2d_winograd`](super::conv2d_winograd); output-gradient values outside the output read as zero.
 ///
 /// `variant` need not be the one the forward pass ran. Returns `Ok(false)` without writing
 /// when `g` is not a 3x3 stride-1 convolution. `grad_weight` (`[c_out, c_in/groups, 3, 3]`)

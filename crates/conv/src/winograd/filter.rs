@@ -9,7 +9,7 @@ use crate::gemm::{MR, kblock, packed_a_len};
 use crate::params::check_len;
 use crate::simd::{self, LANES, Simd, WithSimd};
 
-/// Transformed 3x3 filters `U = G g Gᵀ`, ready for [`conv2d_winograd_prepared`].
+/// Transformed 3x3 filters `U = G g Gᵀ`, ready for [`conv2d_winograd_prepared`](super::conv2d_winograd_prepared).
 ///
 /// Build it once per weight update and reuse it across calls (and input sizes).
 #[derive(Debug, Clone, PartialEq)]

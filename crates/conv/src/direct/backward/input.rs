@@ -1,0 +1,171 @@
+//! The input-gradient register tiles.
+
+use super::Plan;
+use crate::simd::{LANES, Simd};
+
+/// Writes one image's input gradient `gx_img` (`[c_in, h, w]`) from its stuffed output
+/// gradient planes `dys`; `dxf` is the flat scratch of one group's channels.
+#[inline(always)]
+pub(super) fn input_grad_image<S: Simd>(
+    s: S,
+    p: &Plan,
+    dys: &[f32],
+    wr: &[f32],
+    dxf: &mut [f32],
+    gx_img: &mut [f32],
+) {
+    let taps = p.taps();
+    let (cb_main, xb_main) = (p.g_cb, p.g_xb);
+    // Runs of vectors: each row from its start (row mode), or the whole plane as one.
+    let (runs, run_pitch, run_nvec) =
+        if p.g_rowwise { (p.h, p.lg, p.g_row_nvec) } else { (1, 0, p.g_nvec) };
+    for grp in 0..p.groups {
+        let dy_g = &dys[grp * p.kpg * p.g_plane..];
+        let wr_g = &wr[grp * p.kpg * taps * p.cpg..][..p.kpg * taps * p.cpg];
+        let mut c0 = 0;
+        while c0 < p.cpg {
+            let cb = cb_main.min(p.cpg - c0);
+            for run in 0..runs {
+                let taps = if p.g_rowwise { row_taps(p, run) } else { (0, taps) };
+                let mut v0 = 0;
+                while v0 < run_nvec {
+                    let xb = xb_main.min(run_nvec - v0);
+                    let at = GiAt { c0, q0: run * run_pitch + v0 * LANES, taps };
+                    gi_dispatch(s, p, dy_g, wr_g, dxf, at, cb, xb);
+                    v0 += xb;
+                }
+            }
+            c0 += cb;
+        }
+        let gx_g = &mut gx_img[grp * p.cpg * p.h * p.w..][..p.cpg * p.h * p.w];
+        for (dst, src) in gx_g.chunks_exact_mut(p.h * p.w).zip(dxf.chunks_exact(p.g_flat)) {
+            for (u, row) in dst.chunks_exact_mut(p.w).enumerate() {
+                row.copy_from_slice(&src[u * p.lg..][..p.w]);
+            }
+        }
+    }
+}
+
+/// The rotated taps that input row `u` needs: rows `i'` whose stuffed gradient row
+/// `u + ph + i'·dh` lies within the rows `Ah ..= Ah + (oh−1)·sh` that hold the output
+/// gradient (the others are zero padding), as a range of taps `i'·kw + j'`.
+pub(super) fn row_taps(p: &Plan, u: usize) -> (usize, usize) {
+    let (lo, hi) = (p.g_origin / p.lg, p.g_origin / p.lg + (p.oh - 1) * p.sh);
+    let r0 = u + p.ph;
+    // First i' with r0 + i'·dh ≥ lo, and one past the last with r0 + i'·dh ≤ hi.
+    let i_lo = lo.saturating_sub(r0).div_ceil(p.dh).min(p.kh);
+    let i_hi = if r0 > hi { 0 } else { ((hi - r0) / p.dh + 1).min(p.kh) };
+    let i_hi = i_hi.max(i_lo);
+    (i_lo * p.kw, i_hi * p.kw)
+}
+
+/// Where an input-gradient tile sits: channels from `c0`, vectors from float `q0` of the flat
+/// planes.
+#[derive(Clone, Copy)]
+pub(super) struct GiAt {
+    c0: usize,
+    q0: usize,
+    /// Rotated taps `taps.start..taps.end` (row `i'` major) that can read a non-zero gradient.
+    taps: (usize, usize),
+}
+
+/// Picks the monomorphized input-gradient micro-kernel for `cb` channels × `xb` vectors.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn gi_dispatch<S: Simd>(
+    s: S,
+    p: &Plan,
+    dy: &[f32],
+    wr: &[f32],
+    out: &mut [f32],
+    t: GiAt,
+    cb: usize,
+    xb: usize,
+) {
+    match (cb, xb) {
+        (1, 1) => gi_tile::<S, 1, 1>(s, p, dy, wr, out, t),
+        (1, 2) => gi_tile::<S, 1, 2>(s, p, dy, wr, out, t),
+        (1, 3) => gi_tile::<S, 1, 3>(s, p, dy, wr, out, t),
+        (1, 4) => gi_tile::<S, 1, 4>(s, p, dy, wr, out, t),
+        (1, 5) => gi_tile::<S, 1, 5>(s, p, dy, wr, out, t),
+        (1, 6) => gi_tile::<S, 1, 6>(s, p, dy, wr, out, t),
+        (1, 7) => gi_tile::<S, 1, 7>(s, p, dy, wr, out, t),
+        (1, 8) => gi_tile::<S, 1, 8>(s, p, dy, wr, out, t),
+        (2, 1) => gi_tile::<S, 2, 1>(s, p, dy, wr, out, t),
+        (2, 2) => gi_tile::<S, 2, 2>(s, p, dy, wr, out, t),
+        (2, 3) => gi_tile::<S, 2, 3>(s, p, dy, wr, out, t),
+        (2, 4) => gi_tile::<S, 2, 4>(s, p, dy, wr, out, t),
+        (2, 5) => gi_tile::<S, 2, 5>(s, p, dy, wr, out, t),
+        (2, 6) => gi_tile::<S, 2, 6>(s, p, dy, wr, out, t),
+        (3, 1) => gi_tile::<S, 3, 1>(s, p, dy, wr, out, t),
+        (3, 2) => gi_tile::<S, 3, 2>(s, p, dy, wr, out, t),
+        (3, 3) => gi_tile::<S, 3, 3>(s, p, dy, wr, out, t),
+        (3, 4) => gi_tile::<S, 3, 4>(s, p, dy, wr, out, t),
+        (4, 1) => gi_tile::<S, 4, 1>(s, p, dy, wr, out, t),
+        (4, 2) => gi_tile::<S, 4, 2>(s, p, dy, wr, out, t),
+        (5, 1) => gi_tile::<S, 5, 1>(s, p, dy, wr, out, t),
+        (5, 2) => gi_tile::<S, 5, 2>(s, p, dy, wr, out, t),
+        (6, 1) => gi_tile::<S, 6, 1>(s, p, dy, wr, out, t),
+        (6, 2) => gi_tile::<S, 6, 2>(s, p, dy, wr, out, t),
+        // Not produced by the blocking above; single-channel, single-vector tiles cover it.
+        (cb, xb) => {
+            for cc in 0..cb {
+                for v in 0..xb {
+                    let t1 = GiAt { c0: t.c0 + cc, q0: t.q0 + v * LANES, taps: t.taps };
+                    gi_tile::<S, 1, 1>(s, p, dy, wr, out, t1);
+                }
+            }
+        }
+    }
+}
+
+/// Input-gradient micro-kernel: `CB` input channels from `c0` × `XB` vectors of the flat
+/// input-gradient plane from float `q0`, summed over the group's output channels (stuffed
+/// planes of `dy`) and rotated taps. Stores into the flat planes `out`.
+#[inline(always)]
+pub(super) fn gi_tile<S: Simd, const CB: usize, const XB: usize>(
+    s: S,
+    p: &Plan,
+    dy: &[f32],
+    wr: &[f32],
+    out: &mut [f32],
+    t: GiAt,
+) {
+    let GiAt { c0, q0, taps: (t_lo, t_hi) } = t;
+    let taps = p.taps();
+    let mut acc = [[s.zero(); XB]; CB];
+    let max_off = p.g_offs.iter().copied().max().unwrap_or(0);
+    // One bounds check per tile: the farthest gradient float and the last weight read below.
+    assert!((p.kpg - 1) * p.g_plane + max_off + q0 + XB * LANES <= dy.len());
+    assert!(c0 + CB <= p.cpg && p.kpg * taps * p.cpg <= wr.len());
+    assert!(t_lo <= t_hi && t_hi <= taps);
+    let (pd, pw) = (dy.as_ptr(), wr.as_ptr());
+    for k in 0..p.kpg {
+        let plane = k * p.g_plane + q0;
+        let mut wrow = (k * taps + t_lo) * p.cpg + c0;
+        for &off in &p.g_offs[t_lo..t_hi] {
+            let mut xs = [s.zero(); XB];
+            for (v, xv) in xs.iter_mut().enumerate() {
+                // SAFETY: `plane + off + v·8 + 8 ≤ (kpg−1)·g_plane + max_off + q0 + XB·8 ≤
+                // dy.len()` (asserted above).
+                *xv = unsafe { s.load_ptr(pd.add(plane + off + v * LANES)) };
+            }
+            for (cc, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `wrow = (k·taps + tap)·cpg + c0` with `tap < t_hi ≤ taps`, so
+                // `wrow + cc < (kpg·taps)·cpg ≤ wr.len()` because `c0 + CB ≤ cpg` (asserted
+                // above).
+                let wv = s.splat(unsafe { *pw.add(wrow + cc) });
+                for (av, &xv) in a.iter_mut().zip(&xs) {
+                    *av = s.fma(xv, wv, *av);
+                }
+            }
+            wrow += p.cpg;
+        }
+    }
+    for (cc, a) in acc.iter().enumerate() {
+        let dst = &mut out[(c0 + cc) * p.g_flat + q0..];
+        for (v, &av) in a.iter().enumerate() {
+            s.store(av, &mut dst[v * LANES..]);
+        }
+    }
+}

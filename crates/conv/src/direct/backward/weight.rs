@@ -1,0 +1,282 @@
+//! The weight-gradient register tiles.
+
+use super::Plan;
+use crate::simd::{LANES, Simd};
+
+/// Adds one image's weight gradient to `gwt` (`[grp][c·taps + t][k]`, output channels
+/// innermost) with [`wk_tile`]: a matrix product of the column matrix, read in place from the
+/// padded planes by broadcasts, and the pixel-major output gradient, read in vectors of
+/// output channels. No lane reduction and no padding lanes: every output pixel is one step.
+#[inline(always)]
+pub(super) fn weight_grad_image_kvec<S: Simd>(
+    s: S,
+    p: &Plan,
+    xp: &[f32],
+    dyt: &[f32],
+    gwt: &mut [f32],
+) {
+    let rows = p.cpg * p.taps();
+    let ohw = p.oh * p.ow;
+    for grp in 0..p.groups {
+        let x = &xp[grp * p.cpg * p.xp_plane..];
+        let dy = &dyt[grp * ohw * p.kpg..][..ohw * p.kpg];
+        let acc = &mut gwt[grp * rows * p.kpg..][..rows * p.kpg];
+        let mut k0 = 0;
+        while k0 < p.kpg {
+            let kv = if p.kpg - k0 >= 2 * LANES { 2 } else { 1 };
+            let mb_main = 12 / kv;
+            let mut m0 = 0;
+            while m0 < rows {
+                let mb = mb_main.min(rows - m0);
+                wk_dispatch(s, p, x, dy, acc, WkAt { m0, k0 }, mb, kv);
+                m0 += mb;
+            }
+            k0 += kv * LANES;
+        }
+    }
+}
+
+/// A [`wk_tile`]: rows `m0..` (input channel × tap) and output channels `k0..` of one group.
+#[derive(Clone, Copy)]
+pub(super) struct WkAt {
+    m0: usize,
+    k0: usize,
+}
+
+/// Picks the monomorphized [`wk_tile`] for `mb` rows × `kv` vectors of output channels.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn wk_dispatch<S: Simd>(
+    s: S,
+    p: &Plan,
+    x: &[f32],
+    dy: &[f32],
+    acc: &mut [f32],
+    at: WkAt,
+    mb: usize,
+    kv: usize,
+) {
+    match (mb, kv) {
+        (1, 2) => wk_tile::<S, 1, 2>(s, p, x, dy, acc, at),
+        (2, 2) => wk_tile::<S, 2, 2>(s, p, x, dy, acc, at),
+        (3, 2) => wk_tile::<S, 3, 2>(s, p, x, dy, acc, at),
+        (4, 2) => wk_tile::<S, 4, 2>(s, p, x, dy, acc, at),
+        (5, 2) => wk_tile::<S, 5, 2>(s, p, x, dy, acc, at),
+        (6, 2) => wk_tile::<S, 6, 2>(s, p, x, dy, acc, at),
+        (1, _) => wk_tile::<S, 1, 1>(s, p, x, dy, acc, at),
+        (2, _) => wk_tile::<S, 2, 1>(s, p, x, dy, acc, at),
+        (3, _) => wk_tile::<S, 3, 1>(s, p, x, dy, acc, at),
+        (4, _) => wk_tile::<S, 4, 1>(s, p, x, dy, acc, at),
+        (5, _) => wk_tile::<S, 5, 1>(s, p, x, dy, acc, at),
+        (6, _) => wk_tile::<S, 6, 1>(s, p, x, dy, acc, at),
+        (7, _) => wk_tile::<S, 7, 1>(s, p, x, dy, acc, at),
+        (8, _) => wk_tile::<S, 8, 1>(s, p, x, dy, acc, at),
+        (9, _) => wk_tile::<S, 9, 1>(s, p, x, dy, acc, at),
+        (10, _) => wk_tile::<S, 10, 1>(s, p, x, dy, acc, at),
+        (11, _) => wk_tile::<S, 11, 1>(s, p, x, dy, acc, at),
+        _ => wk_tile::<S, 12, 1>(s, p, x, dy, acc, at),
+    }
+}
+
+/// Weight-gradient micro-kernel with output channels in vectors: `MB` rows `m = c·taps + t`
+/// × `KV·8` output channels, accumulated in `acc` (`[m][k]`) over one image's output pixels.
+/// Each pixel loads `KV` gradient vectors and broadcasts `MB` input floats (the column
+/// matrix's entries, read in place at `m_offs[m] + y·x_row + x`) for `MB·KV` fused
+/// multiply-adds.
+#[inline(always)]
+pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
+    s: S,
+    p: &Plan,
+    x: &[f32],
+    dy: &[f32],
+    acc: &mut [f32],
+    at: WkAt,
+) {
+    let WkAt { m0, k0 } = at;
+    let kpg = p.kpg;
+    let mut a = [[s.zero(); KV]; MB];
+    for (mm, row) in a.iter_mut().enumerate() {
+        for (v, av) in row.iter_mut().enumerate() {
+            *av = s.load(&acc[(m0 + mm) * kpg + k0 + v * LANES..]);
+        }
+    }
+    let mut off = [0usize; MB];
+    off.copy_from_slice(&p.m_offs[m0..m0 + MB]);
+    let max_off = off.iter().copied().max().unwrap_or(0);
+    // One bounds check per tile: the farthest input float and gradient vector read below.
+    assert!(p.oh > 0 && p.ow > 0);
+    assert!(max_off + (p.oh - 1) * p.x_row + p.ow <= x.len());
+    assert!(k0 + KV * LANES <= kpg && p.oh * p.ow * kpg <= dy.len());
+    let (px, pd) = (x.as_ptr(), dy.as_ptr());
+    for y in 0..p.oh {
+        let xr = y * p.x_row;
+        let dr = y * p.ow * kpg + k0;
+        for xo in 0..p.ow {
+            let mut d = [s.zero(); KV];
+            for (v, dv) in d.iter_mut().enumerate() {
+                // SAFETY: `dr + xo·kpg + v·8 + 8 ≤ (oh·ow − 1)·kpg + k0 + KV·8 ≤ oh·ow·kpg ≤
+                // dy.len()` (asserted above).
+                *dv = unsafe { s.load_ptr(pd.add(dr + xo * kpg + v * LANES)) };
+            }
+            for (row, &o) in a.iter_mut().zip(&off) {
+                // SAFETY: `o + xr + xo < max_off + (oh−1)·x_row + ow ≤ x.len()` (asserted
+                // above).
+                let xv = s.splat(unsafe { *px.add(o + xr + xo) });
+                for (av, &dv) in row.iter_mut().zip(&d) {
+                    *av = s.fma(dv, xv, *av);
+                }
+            }
+        }
+    }
+    for (mm, row) in a.iter().enumerate() {
+        for (v, &av) in row.iter().enumerate() {
+            s.store(av, &mut acc[(m0 + mm) * kpg + k0 + v * LANES..]);
+        }
+    }
+}
+
+/// Adds one image's weight gradient to the lane-wise accumulators `gwv` (8 floats per
+/// weight element).
+#[inline(always)]
+pub(super) fn weight_grad_image<S: Simd>(s: S, p: &Plan, xp: &[f32], dyf: &[f32], gwv: &mut [f32]) {
+    let taps = p.taps();
+    // Channel blocks that divide the group's channels, so that no thin tail block runs.
+    let kb_main = if p.kpg.is_multiple_of(3) {
+        3
+    } else if p.kpg.is_multiple_of(2) {
+        2
+    } else {
+        p.kpg.min(3)
+    };
+    let tb_main = taps.min(12 / kb_main);
+    for grp in 0..p.groups {
+        for c in 0..p.cpg {
+            let ci = grp * p.cpg + c;
+            let x_plane = &xp[ci * p.xp_plane..];
+            let mut k = 0;
+            while k < p.kpg {
+                let kb = kb_main.min(p.kpg - k);
+                let ko = grp * p.kpg + k;
+                let dy_planes = &dyf[ko * p.dy_plane..];
+                let mut t0 = 0;
+                while t0 < taps {
+                    let tb = tb_main.min(taps - t0);
+                    let at = WgAt { t0, tb, acc0: ((ko * p.cpg + c) * taps + t0) * LANES };
+                    wg_dispatch(s, p, x_plane, dy_planes, gwv, at, kb);
+                    t0 += tb;
+                }
+                k += kb;
+            }
+        }
+    }
+}
+
+/// A weight-gradient tile: taps `t0..t0+tb` of one input channel; `acc0` is the index in the
+/// lane accumulators of its first channel's first tap.
+#[derive(Clone, Copy)]
+pub(super) struct WgAt {
+    t0: usize,
+    tb: usize,
+    acc0: usize,
+}
+
+/// Picks the monomorphized weight-gradient micro-kernel for `kb` channels × `at.tb` taps.
+#[inline(always)]
+pub(super) fn wg_dispatch<S: Simd>(
+    s: S,
+    p: &Plan,
+    x: &[f32],
+    dy: &[f32],
+    gwv: &mut [f32],
+    at: WgAt,
+    kb: usize,
+) {
+    match (kb, at.tb) {
+        (1, 1) => wg_tile::<S, 1, 1>(s, p, x, dy, gwv, at),
+        (1, 2) => wg_tile::<S, 1, 2>(s, p, x, dy, gwv, at),
+        (1, 3) => wg_tile::<S, 1, 3>(s, p, x, dy, gwv, at),
+        (1, 4) => wg_tile::<S, 1, 4>(s, p, x, dy, gwv, at),
+        (1, 5) => wg_tile::<S, 1, 5>(s, p, x, dy, gwv, at),
+        (1, 6) => wg_tile::<S, 1, 6>(s, p, x, dy, gwv, at),
+        (1, 7) => wg_tile::<S, 1, 7>(s, p, x, dy, gwv, at),
+        (1, 8) => wg_tile::<S, 1, 8>(s, p, x, dy, gwv, at),
+        (1, 9) => wg_tile::<S, 1, 9>(s, p, x, dy, gwv, at),
+        (1, 10) => wg_tile::<S, 1, 10>(s, p, x, dy, gwv, at),
+        (1, 11) => wg_tile::<S, 1, 11>(s, p, x, dy, gwv, at),
+        (1, 12) => wg_tile::<S, 1, 12>(s, p, x, dy, gwv, at),
+        (2, 1) => wg_tile::<S, 2, 1>(s, p, x, dy, gwv, at),
+        (2, 2) => wg_tile::<S, 2, 2>(s, p, x, dy, gwv, at),
+        (2, 3) => wg_tile::<S, 2, 3>(s, p, x, dy, gwv, at),
+        (2, 4) => wg_tile::<S, 2, 4>(s, p, x, dy, gwv, at),
+        (2, 5) => wg_tile::<S, 2, 5>(s, p, x, dy, gwv, at),
+        (2, 6) => wg_tile::<S, 2, 6>(s, p, x, dy, gwv, at),
+        (3, 1) => wg_tile::<S, 3, 1>(s, p, x, dy, gwv, at),
+        (3, 2) => wg_tile::<S, 3, 2>(s, p, x, dy, gwv, at),
+        (3, 3) => wg_tile::<S, 3, 3>(s, p, x, dy, gwv, at),
+        (3, 4) => wg_tile::<S, 3, 4>(s, p, x, dy, gwv, at),
+        // Not produced by the blocking above; one channel and one tap at a time covers it.
+        (kb, tb) => {
+            let per_k = p.cpg * p.taps() * LANES;
+            for kk in 0..kb {
+                for t in 0..tb {
+                    let one = WgAt { t0: at.t0 + t, tb: 1, acc0: at.acc0 + kk * per_k + t * LANES };
+                    wg_tile::<S, 1, 1>(s, p, x, &dy[kk * p.dy_plane..], gwv, one);
+                }
+            }
+        }
+    }
+}
+
+/// Weight-gradient micro-kernel: `KB` output channels (planes of `dy`, `dy_plane` apart) ×
+/// `TB` taps of one input channel (padded plane `x`) over one image, added to the lane
+/// accumulators `gwv` (channel `kk`, tap `t` at `acc0 + (kk·cpg·taps + t)·8`).
+#[inline(always)]
+pub(super) fn wg_tile<S: Simd, const KB: usize, const TB: usize>(
+    s: S,
+    p: &Plan,
+    x: &[f32],
+    dy: &[f32],
+    gwv: &mut [f32],
+    at: WgAt,
+) {
+    let per_k = p.cpg * p.taps() * LANES;
+    let mut acc = [[s.zero(); TB]; KB];
+    for (kk, a) in acc.iter_mut().enumerate() {
+        for (t, av) in a.iter_mut().enumerate() {
+            *av = s.load(&gwv[at.acc0 + kk * per_k + t * LANES..]);
+        }
+    }
+    let mut off = [0usize; TB];
+    off.copy_from_slice(&p.w_offs[at.t0..at.t0 + TB]);
+    let max_off = off.iter().copied().max().unwrap_or(0);
+    let span = p.w_nvec * LANES;
+    // One bounds check per tile: the farthest float any load below reads.
+    assert!((p.w_rows - 1) * p.x_rs + span + max_off <= x.len());
+    assert!((KB - 1) * p.dy_plane + (p.w_rows - 1) * p.dy_rs + span <= dy.len());
+    let (px, pd) = (x.as_ptr(), dy.as_ptr());
+    for r in 0..p.w_rows {
+        let (xr, dr) = (r * p.x_rs, r * p.dy_rs);
+        for v in 0..p.w_nvec {
+            let q = v * LANES;
+            let mut dv = [s.zero(); KB];
+            for (kk, d) in dv.iter_mut().enumerate() {
+                // SAFETY: `kk·dy_plane + dr + q + 8 ≤ (KB−1)·dy_plane + (rows−1)·dy_rs + span
+                // ≤ dy.len()` (asserted above).
+                *d = unsafe { s.load_ptr(pd.add(kk * p.dy_plane + dr + q)) };
+            }
+            for (t, &o) in off.iter().enumerate() {
+                // SAFETY: `xr + q + o + 8 ≤ (rows−1)·x_rs + span + max_off ≤ x.len()`
+                // (asserted above).
+                let xv = unsafe { s.load_ptr(px.add(xr + q + o)) };
+                for (a, &d) in acc.iter_mut().zip(&dv) {
+                    a[t] = s.fma(d, xv, a[t]);
+                }
+            }
+        }
+    }
+    for (kk, a) in acc.iter().enumerate() {
+        for (t, &av) in a.iter().enumerate() {
+            s.store(av, &mut gwv[at.acc0 + kk * per_k + t * LANES..]);
+        }
+    }
+}
