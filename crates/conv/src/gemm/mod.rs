@@ -12,13 +12,14 @@
 //! so packing the weights once ([`PackedA`]) and using a 6x16 tile (12 accumulators instead
 //! of 8) lifts im2col on the suite's big layers from 60–74 to the figures in `docs/benchmarks.md`.
 
+mod pack;
 pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod wide;
 
+pub use pack::{PackedA, PackedARef, packed_a_len, packed_a_position, packed_b_len};
 pub use packed::{
-    MR, NR, PackedA, PackedARef, gemm_packed_ab, kblock, packed_a_len, packed_a_position,
-    packed_b_len, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with,
+    MR, NR, gemm_packed_ab, kblock, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with,
 };
 
 use crate::simd::{self, SimdLevel};
