@@ -373,6 +373,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             threads: bench_threads(),
             ratios: read_json(&ratios_path),
             versus: read_json(&versus_path),
+            algos: report::algorithm_names(),
         };
         let (md, svg) = report::write(&root().join("docs"), &records, &peers, &ctx)?;
         println!("\nwrote {} and {} ({} benchmarks)", md.display(), svg.display(), records.len());

@@ -217,6 +217,15 @@ pub struct ReportContext {
     pub ratios: Option<Value>,
     /// The interleaved comparison with PyTorch (`benches/versus.rs`), when it ran.
     pub versus: Option<Value>,
+    /// The convolution algorithms, one table column and chart bar each, in order: the bench
+    /// function names, [`algorithm_names`] in the real report.
+    pub algos: Vec<&'static str>,
+}
+
+/// Every convolution algorithm's name, from `ConvAlgo::ALL` (`auto` first): the one list the
+/// report's tables and chart are built from, so a new algorithm needs no edit here.
+pub fn algorithm_names() -> Vec<&'static str> {
+    convkit_conv::ConvAlgo::ALL.iter().map(|a| a.name()).collect()
 }
 
 /// The section of the interleaved ratios: per shape, median timings and median per-round
@@ -555,10 +564,10 @@ pub fn write(
                     "twice the forward FLOPs"
                 }
             );
-            let algos = ["auto", "naive", "im2col", "winograd2", "winograd4", "direct"];
+            let algos = &ctx.algos;
             let with_peers = !peers.ms.is_empty();
             let mut header = String::from("| shape | Auto picks |");
-            for a in algos {
+            for &a in algos {
                 let _ = write!(header, " {a} |");
             }
             header.push_str(" best % peak |");
@@ -585,7 +594,7 @@ pub fn write(
                     "| {shape} | {} |",
                     ctx.auto_choice.get(shape).map_or("–", String::as_str)
                 );
-                for a in algos {
+                for &a in algos {
                     match find(a) {
                         Some(r) => {
                             let cell = format!(
@@ -659,20 +668,25 @@ pub fn write(
     let md_path = docs.join("benchmarks.md");
     let svg_path = docs.join("bench-chart.svg");
     fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
-    fs::write(&svg_path, chart(records))
+    fs::write(&svg_path, chart(records, &ctx.algos))
         .with_context(|| format!("writing {}", svg_path.display()))?;
     Ok((md_path, svg_path))
 }
 
-/// A grouped bar chart of forward GFLOP/s (1 thread) by shape and algorithm, as SVG.
-fn chart(records: &[Record]) -> String {
-    const ALGOS: [(&str, &str); 5] = [
-        ("im2col", "#4e79a7"),
-        ("winograd2", "#f28e2b"),
-        ("winograd4", "#e15759"),
-        ("direct", "#59a14f"),
-        ("auto", "#222222"),
-    ];
+/// A grouped bar chart of forward GFLOP/s (1 thread) by shape and algorithm, as SVG: one bar
+/// per algorithm of `algos` but the `naive` reference, `auto` last in black.
+fn chart(records: &[Record], algos: &[&str]) -> String {
+    const PALETTE: [&str; 8] =
+        ["#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#76b7b2", "#edc948", "#b07aa1", "#9c755f"];
+    let mut bars: Vec<(&str, &str)> = algos
+        .iter()
+        .filter(|&&a| a != "auto" && a != "naive")
+        .zip(PALETTE.iter().cycle())
+        .map(|(&a, &c)| (a, c))
+        .collect();
+    if algos.contains(&"auto") {
+        bars.push(("auto", "#222222"));
+    }
     let prefix = "conv_fwd_t1/";
     let shapes = conv_shapes(records, prefix);
     let value = |shape: &str, algo: &str| {
@@ -683,12 +697,12 @@ fn chart(records: &[Record]) -> String {
     };
     let max = shapes
         .iter()
-        .flat_map(|s| ALGOS.iter().filter_map(move |(a, _)| value(s, a)))
+        .flat_map(|s| bars.iter().filter_map(move |(a, _)| value(s, a)))
         .fold(1.0, f64::max);
     let top = (max / 20.0).ceil() * 20.0;
     let (w, h, left, bottom, plot_h) = (980.0, 420.0, 60.0, 70.0, 300.0);
     let group_w = (w - left - 20.0) / shapes.len().max(1) as f64;
-    let bar_w = group_w * 0.8 / ALGOS.len() as f64;
+    let bar_w = group_w * 0.8 / bars.len() as f64;
     let y = |v: f64| h - bottom - plot_h * v / top;
     let mut s = String::new();
     let _ = writeln!(
@@ -715,7 +729,7 @@ fn chart(records: &[Record]) -> String {
     }
     for (i, shape) in shapes.iter().enumerate() {
         let x0 = left + i as f64 * group_w + group_w * 0.1;
-        for (j, (algo, color)) in ALGOS.iter().enumerate() {
+        for (j, (algo, color)) in bars.iter().enumerate() {
             if let Some(v) = value(shape, algo) {
                 let x = x0 + j as f64 * bar_w;
                 let _ = writeln!(
@@ -734,7 +748,7 @@ fn chart(records: &[Record]) -> String {
             h - bottom + 16.0
         );
     }
-    for (j, (algo, color)) in ALGOS.iter().enumerate() {
+    for (j, (algo, color)) in bars.iter().enumerate() {
         let x = left + j as f64 * 120.0;
         let _ = writeln!(
             s,
@@ -915,5 +929,53 @@ mod tests {
             "{md}"
         );
         assert_eq!(versus_section(&Value::Null), "");
+    }
+
+    #[test]
+    fn a_new_algorithm_name_is_the_only_edit_the_report_needs() {
+        // As if `ConvAlgo::ALL` gained a variant named `fake`: its bench records show up as a
+        // table column and a chart bar with no other change to this module.
+        let mut algos = algorithm_names();
+        assert_eq!(algos.first(), Some(&"auto"));
+        assert!(algos.contains(&"winograd4") && algos.contains(&"direct"));
+        algos.push("fake");
+        let conv = |function: &str, ns: f64| Record {
+            group: "conv_fwd_t1/res3x3_56".to_owned(),
+            function: function.to_owned(),
+            median_ns: ns,
+            elements: Some(1e6),
+        };
+        let records: Vec<Record> =
+            algos.iter().enumerate().map(|(i, a)| conv(a, 1000.0 + i as f64)).collect();
+        let ctx = ReportContext {
+            peak: Peak {
+                one_thread: 100.0,
+                all_threads: 200.0,
+                threads: 2,
+                kind: "test",
+                avx512: None,
+            },
+            auto_choice: BTreeMap::new(),
+            machine: "test".to_owned(),
+            command: "test".to_owned(),
+            quick: true,
+            threads: 2,
+            ratios: None,
+            versus: None,
+            algos: algos.clone(),
+        };
+        let dir = std::env::temp_dir().join(format!("xtask-report-{}", std::process::id()));
+        let (md, svg) = write(&dir, &records, &Peers::default(), &ctx).unwrap();
+        let md = fs::read_to_string(md).unwrap();
+        let svg = fs::read_to_string(svg).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        let header = md.lines().find(|l| l.starts_with("| shape | Auto picks |")).unwrap();
+        for a in &algos {
+            assert!(header.contains(&format!(" {a} |")), "{a} missing from {header}");
+        }
+        let row = md.lines().find(|l| l.starts_with("| res3x3_56 |")).unwrap();
+        assert_eq!(row.matches(" · ").count(), algos.len(), "one timing per algorithm: {row}");
+        assert!(svg.contains("res3x3_56 fake:"), "the chart has a bar for the new algorithm");
+        assert!(!svg.contains("res3x3_56 naive:"), "the reference stays out of the chart");
     }
 }
