@@ -26,7 +26,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use convkit_conv::suite::{SHAPES, sample_data as data};
-use convkit_conv::{ConvAlgo, ConvGeometry, conv2d_backward, conv2d_forward, supports};
+use convkit_conv::{
+    BackwardInputs, ConvAlgo, ConvGeometry, GradBuffers, conv2d_backward, conv2d_forward, supports,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Naive is only measured below this many FLOPs.
@@ -144,12 +146,12 @@ fn bench_threads(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
                     pool.install(|| {
                         conv2d_backward(
                             &g,
-                            black_box(&x),
-                            &w,
-                            &dy,
-                            Some(&mut gx),
-                            Some(&mut gw),
-                            Some(&mut gb),
+                            BackwardInputs { input: black_box(&x), weight: &w, grad_output: &dy },
+                            GradBuffers {
+                                input: Some(&mut gx),
+                                weight: Some(&mut gw),
+                                bias: Some(&mut gb),
+                            },
                             algo,
                         )
                         .ok()

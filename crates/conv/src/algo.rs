@@ -23,7 +23,7 @@ use crate::direct::{conv2d_direct, direct_supports};
 use crate::error::{ConvError, Result};
 use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};
-use crate::params::ConvGeometry;
+use crate::params::{BackwardInputs, ConvGeometry, GradBuffers};
 use crate::winograd::{
     WinogradVariant, conv2d_input_grad_winograd, conv2d_weight_grad_winograd, conv2d_winograd,
     winograd_supports,
@@ -413,15 +413,10 @@ pub fn backward_kernel(algo: ConvAlgo, g: &ConvGeometry) -> ConvAlgo {
 /// kernel [`backward_kernel`] picks for it; after a Winograd forward, the input and weight
 /// gradients run on Winograd where [`backward_kernel`] says so). Same contract as
 /// [`conv2d_backward_naive`]; every gradient is bit-identical for any number of threads.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     g: &ConvGeometry,
-    input: &[f32],
-    weight: &[f32],
-    grad_output: &[f32],
-    grad_input: Option<&mut [f32]>,
-    grad_weight: Option<&mut [f32]>,
-    grad_bias: Option<&mut [f32]>,
+    x: BackwardInputs<'_>,
+    grads: GradBuffers<'_>,
     algo: ConvAlgo,
 ) -> Result<ConvAlgo> {
     let algo = resolve(algo, g)?;
@@ -438,18 +433,11 @@ pub fn conv2d_backward(
         ConvAlgo::Winograd4 => Some(WinogradVariant::F4x4_3x3),
         _ => None,
     };
-    let (mut grad_input, mut grad_weight) = (grad_input, grad_weight);
-    if variant.is_some() && (grad_input.is_some() || grad_weight.is_some()) {
-        g.check_backward_buffers(
-            "conv2d_backward",
-            [input.len(), weight.len(), grad_output.len()],
-            [
-                grad_input.as_deref().map(<[f32]>::len),
-                grad_weight.as_deref().map(<[f32]>::len),
-                grad_bias.as_deref().map(<[f32]>::len),
-            ],
-        )?;
+    if variant.is_some() && (grads.input.is_some() || grads.weight.is_some()) {
+        g.check_backward("conv2d_backward", &x, &grads)?;
     }
+    let BackwardInputs { input, weight, grad_output } = x;
+    let GradBuffers { input: mut grad_input, weight: mut grad_weight, bias: grad_bias } = grads;
     if let (Some(variant), Some(gx)) = (variant, grad_input.as_deref_mut())
         && conv2d_input_grad_winograd(g, weight, grad_output, gx, variant)?
     {
@@ -461,7 +449,7 @@ pub fn conv2d_backward(
     {
         grad_weight = None;
     }
-    kernel(g, input, weight, grad_output, grad_input, grad_weight, grad_bias)?;
+    kernel(g, x, GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias })?;
     Ok(algo)
 }
 
@@ -653,12 +641,8 @@ mod tests {
         let mut gw = vec![0.0; 4];
         let ran = conv2d_backward(
             &g,
-            &x,
-            &[1.0; 4],
-            &[1.0; 4],
-            None,
-            Some(&mut gw),
-            None,
+            BackwardInputs { input: &x, weight: &[1.0; 4], grad_output: &[1.0; 4] },
+            GradBuffers { input: None, weight: Some(&mut gw), bias: None },
             ConvAlgo::Im2col,
         )
         .unwrap();

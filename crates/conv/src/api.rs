@@ -16,7 +16,7 @@ use convkit_tensor::Tensor;
 
 use crate::algo::{ConvAlgo, conv2d_backward as backward_slices, conv2d_forward};
 use crate::error::{ConvError, Result};
-use crate::params::{Conv2dParams, ConvGeometry};
+use crate::params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers};
 use crate::pool::{
     PoolGeometry, PoolParams, avg_pool2d as avg_slices, avg_pool2d_backward as avg_back_slices,
     max_pool2d as max_slices, max_pool2d_backward as max_back_slices,
@@ -148,12 +148,16 @@ pub fn conv2d_backward(
     let mut gb = buf(wanted.bias, g.c_out);
     backward_slices(
         &g,
-        input.as_slice(),
-        weight.as_slice(),
-        grad_output.as_slice(),
-        gi.as_deref_mut(),
-        gw.as_deref_mut(),
-        gb.as_deref_mut(),
+        BackwardInputs {
+            input: input.as_slice(),
+            weight: weight.as_slice(),
+            grad_output: grad_output.as_slice(),
+        },
+        GradBuffers {
+            input: gi.as_deref_mut(),
+            weight: gw.as_deref_mut(),
+            bias: gb.as_deref_mut(),
+        },
         algo,
     )?;
     let wrap =

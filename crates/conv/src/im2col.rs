@@ -47,7 +47,7 @@ use crate::gemm::{
     MR, MatRef, NR, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, packed_b_len, sgemm,
     sgemm_packed_a, sgemm_packed_ab,
 };
-use crate::params::{ConvGeometry, WEIGHT_GRAD_PARTIALS};
+use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
 use crate::scratch::{self, Slot};
 use crate::simd;
 
@@ -500,20 +500,13 @@ fn put_packs(packs: Vec<PackedA>) {
 /// three gradients are bit-identical for any number of threads.
 pub fn conv2d_backward_im2col(
     g: &ConvGeometry,
-    input: &[f32],
-    weight: &[f32],
-    grad_output: &[f32],
-    grad_input: Option<&mut [f32]>,
-    grad_weight: Option<&mut [f32]>,
-    grad_bias: Option<&mut [f32]>,
+    x: BackwardInputs<'_>,
+    grads: GradBuffers<'_>,
 ) -> Result<()> {
     const OP: &str = "conv2d_backward_im2col";
-    g.check_backward_buffers(
-        OP,
-        [input.len(), weight.len(), grad_output.len()],
-        [grad_input.as_deref(), grad_weight.as_deref(), grad_bias.as_deref()]
-            .map(|b| b.map(<[f32]>::len)),
-    )?;
+    g.check_backward(OP, &x, &grads)?;
+    let BackwardInputs { input, weight, grad_output } = x;
+    let GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias } = grads;
     let d = Dims::new(g);
     if let Some(gb) = grad_bias {
         bias_grad(g, &d, grad_output, gb);
@@ -740,10 +733,18 @@ mod tests {
         assert_eq!(a, r, "forward {g:?}");
         let mut ga = (vec![0.0; g.input_len()], vec![0.0; g.weight_len()], vec![0.0; g.c_out]);
         let mut gr = ga.clone();
-        conv2d_backward_im2col(&g, &x, &w, &dy, Some(&mut ga.0), Some(&mut ga.1), Some(&mut ga.2))
-            .unwrap();
-        conv2d_backward_naive(&g, &x, &w, &dy, Some(&mut gr.0), Some(&mut gr.1), Some(&mut gr.2))
-            .unwrap();
+        conv2d_backward_im2col(
+            &g,
+            BackwardInputs { input: &x, weight: &w, grad_output: &dy },
+            GradBuffers { input: Some(&mut ga.0), weight: Some(&mut ga.1), bias: Some(&mut ga.2) },
+        )
+        .unwrap();
+        conv2d_backward_naive(
+            &g,
+            BackwardInputs { input: &x, weight: &w, grad_output: &dy },
+            GradBuffers { input: Some(&mut gr.0), weight: Some(&mut gr.1), bias: Some(&mut gr.2) },
+        )
+        .unwrap();
         let t = Tolerance { atol: 0.0, rtol: 0.0 };
         t.check(&ga.0, &gr.0).unwrap();
         t.check(&ga.1, &gr.1).unwrap();

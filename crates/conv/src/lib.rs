@@ -35,8 +35,8 @@
 //! | [`error`]   | [`ConvError`]: every message names the operation and the shapes      |
 //!
 //! Every kernel has the same slice signature: `conv2d_<algo>(g, input, weight, bias, output)`
-//! and `conv2d_backward_<algo>(g, input, weight, grad_output, grad_input, grad_weight,
-//! grad_bias)`, where each gradient is optional and overwritten.
+//! and `conv2d_backward_<algo>(g, BackwardInputs { input, weight, grad_output }, GradBuffers
+//! { input, weight, bias })`, where each gradient buffer is optional and overwritten.
 //!
 //! ## Environment
 //! - `CONVKIT_CONV_ALGO=<name>` (`naive`, `im2col`, `winograd2`, `winograd4`, `direct`,
@@ -115,7 +115,10 @@ pub use direct::{conv2d_direct, conv2d_direct_with, direct_supports};
 pub use error::{ConvError, Result};
 pub use im2col::{conv2d_backward_im2col, conv2d_im2col};
 pub use naive::{conv2d_backward_naive, conv2d_naive};
-pub use params::{Conv2dParams, ConvGeometry, WEIGHT_GRAD_PARTIALS, check_len, out_size};
+pub use params::{
+    BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS, check_len,
+    out_size,
+};
 pub use pool::{PoolGeometry, PoolParams};
 pub use simd::SimdLevel;
 pub use tolerance::{Tolerance, max_rel_error};

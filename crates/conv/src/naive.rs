@@ -11,7 +11,7 @@
 //! against these functions.
 
 use crate::error::Result;
-use crate::params::ConvGeometry;
+use crate::params::{BackwardInputs, ConvGeometry, GradBuffers};
 
 /// Input coordinate of output position `o` and tap `t` along one axis, or `None` in padding.
 #[inline]
@@ -79,20 +79,13 @@ pub fn conv2d_naive(
 /// scattered to the input positions and weight taps that produced that output.
 pub fn conv2d_backward_naive(
     g: &ConvGeometry,
-    input: &[f32],
-    weight: &[f32],
-    grad_output: &[f32],
-    grad_input: Option<&mut [f32]>,
-    grad_weight: Option<&mut [f32]>,
-    grad_bias: Option<&mut [f32]>,
+    x: BackwardInputs<'_>,
+    grads: GradBuffers<'_>,
 ) -> Result<()> {
     const OP: &str = "conv2d_backward_naive";
-    g.check_backward_buffers(
-        OP,
-        [input.len(), weight.len(), grad_output.len()],
-        [grad_input.as_deref(), grad_weight.as_deref(), grad_bias.as_deref()]
-            .map(|b| b.map(<[f32]>::len)),
-    )?;
+    g.check_backward(OP, &x, &grads)?;
+    let BackwardInputs { input, weight, grad_output } = x;
+    let GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias } = grads;
     let p = g.params;
     let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
     let mut gi = vec![0f64; if grad_input.is_some() { g.input_len() } else { 0 }];
@@ -173,12 +166,8 @@ mod tests {
         let (mut gi, mut gw, mut gb) = (vec![0.0; 9], vec![0.0; 4], vec![0.0; 1]);
         conv2d_backward_naive(
             &g,
-            &input,
-            &weight,
-            &go,
-            Some(&mut gi),
-            Some(&mut gw),
-            Some(&mut gb),
+            BackwardInputs { input: &input, weight: &weight, grad_output: &go },
+            GradBuffers { input: Some(&mut gi), weight: Some(&mut gw), bias: Some(&mut gb) },
         )
         .unwrap();
         // Every input pixel is covered by all 4 taps of the 2x2 kernel with padding 1.

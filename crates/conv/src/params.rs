@@ -277,27 +277,49 @@ impl ConvGeometry {
         check_len(op, "output", &self.output_dims(), output)
     }
 
-    /// Checks the buffers of a backward pass: `[input, weight, grad_output]` lengths and the
-    /// lengths of the requested `[grad_input, grad_weight, grad_bias]` buffers; `op` names the
-    /// caller in the error.
-    pub fn check_backward_buffers(
+    /// Checks the buffers of a backward pass (the operands and each requested gradient);
+    /// `op` names the caller in the error.
+    pub fn check_backward(
         &self,
         op: &'static str,
-        [input, weight, grad_output]: [usize; 3],
-        [grad_input, grad_weight, grad_bias]: [Option<usize>; 3],
+        x: &BackwardInputs<'_>,
+        grads: &GradBuffers<'_>,
     ) -> Result<()> {
-        self.check_buffers(op, input, weight, None, grad_output)?;
-        if let Some(len) = grad_input {
-            check_len(op, "grad_input", &self.input_dims(), len)?;
+        self.check_buffers(op, x.input.len(), x.weight.len(), None, x.grad_output.len())?;
+        if let Some(b) = grads.input.as_deref() {
+            check_len(op, "grad_input", &self.input_dims(), b.len())?;
         }
-        if let Some(len) = grad_weight {
-            check_len(op, "grad_weight", &self.weight_dims(), len)?;
+        if let Some(b) = grads.weight.as_deref() {
+            check_len(op, "grad_weight", &self.weight_dims(), b.len())?;
         }
-        if let Some(len) = grad_bias {
-            check_len(op, "grad_bias", &[self.c_out], len)?;
+        if let Some(b) = grads.bias.as_deref() {
+            check_len(op, "grad_bias", &[self.c_out], b.len())?;
         }
         Ok(())
     }
+}
+
+/// What a backward convolution reads: the forward pass's `input` `[n, c_in, h, w]` and
+/// `weight` `[c_out, c_in/groups, kh, kw]`, and `grad_output = ∂L/∂out` `[n, c_out, oh, ow]`.
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardInputs<'a> {
+    /// The forward pass's input.
+    pub input: &'a [f32],
+    /// The forward pass's weight.
+    pub weight: &'a [f32],
+    /// The gradient of the loss with respect to the forward pass's output.
+    pub grad_output: &'a [f32],
+}
+
+/// The gradients a backward convolution writes, each overwritten; `None` skips it.
+#[derive(Debug, Default)]
+pub struct GradBuffers<'a> {
+    /// `∂L/∂input`, the input's shape.
+    pub input: Option<&'a mut [f32]>,
+    /// `∂L/∂weight`, the weight's shape.
+    pub weight: Option<&'a mut [f32]>,
+    /// `∂L/∂bias`, `[c_out]`.
+    pub bias: Option<&'a mut [f32]>,
 }
 
 /// Returns a [`ConvError::BufferLength`] when `got` differs from the product of `shape`.

@@ -9,8 +9,8 @@ use common::{Operands, Results, compare, geom};
 use convkit_conv::algo::backward_kernel;
 use convkit_conv::suite::SHAPES;
 use convkit_conv::{
-    Conv2dParams, ConvAlgo, ConvGeometry, SimdLevel, Tolerance, conv2d_backward,
-    conv2d_backward_direct, conv2d_backward_direct_with, conv2d_backward_naive,
+    BackwardInputs, Conv2dParams, ConvAlgo, ConvGeometry, GradBuffers, SimdLevel, Tolerance,
+    conv2d_backward, conv2d_backward_direct, conv2d_backward_direct_with, conv2d_backward_naive,
 };
 use proptest::prelude::*;
 use rayon::ThreadPoolBuilder;
@@ -60,8 +60,12 @@ fn reference(g: &ConvGeometry, o: &Operands) -> Results {
         gw: vec![0.0; g.weight_len()],
         gb: vec![0.0; g.c_out],
     };
-    conv2d_backward_naive(g, &o.x, &o.w, &o.dy, Some(&mut r.gx), Some(&mut r.gw), Some(&mut r.gb))
-        .unwrap();
+    conv2d_backward_naive(
+        g,
+        BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+        GradBuffers { input: Some(&mut r.gx), weight: Some(&mut r.gw), bias: Some(&mut r.gb) },
+    )
+    .unwrap();
     r
 }
 
@@ -76,12 +80,8 @@ fn direct(g: &ConvGeometry, o: &Operands, level: SimdLevel) -> Results {
     conv2d_backward_direct_with(
         level,
         g,
-        &o.x,
-        &o.w,
-        &o.dy,
-        Some(&mut r.gx),
-        Some(&mut r.gw),
-        Some(&mut r.gb),
+        BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+        GradBuffers { input: Some(&mut r.gx), weight: Some(&mut r.gw), bias: Some(&mut r.gb) },
     )
     .unwrap();
     r
@@ -183,16 +183,35 @@ fn partial_requests() {
     let o = Operands::new(&g, 3, false);
     let want = reference(&g, &o);
     let mut gw = vec![f32::NAN; g.weight_len()];
-    conv2d_backward_direct(&g, &o.x, &o.w, &o.dy, None, Some(&mut gw), None).unwrap();
+    conv2d_backward_direct(
+        &g,
+        BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+        GradBuffers { input: None, weight: Some(&mut gw), bias: None },
+    )
+    .unwrap();
     let mut gx = vec![f32::NAN; g.input_len()];
-    conv2d_backward_direct(&g, &o.x, &o.w, &o.dy, Some(&mut gx), None, None).unwrap();
+    conv2d_backward_direct(
+        &g,
+        BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+        GradBuffers { input: Some(&mut gx), weight: None, bias: None },
+    )
+    .unwrap();
     let mut gb = vec![f32::NAN; g.c_out];
-    conv2d_backward_direct(&g, &o.x, &o.w, &o.dy, None, None, Some(&mut gb)).unwrap();
+    conv2d_backward_direct(
+        &g,
+        BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+        GradBuffers { input: None, weight: None, bias: Some(&mut gb) },
+    )
+    .unwrap();
     let got = Results { out: Vec::new(), gx, gw, gb };
     compare(&g, &o, Tolerance::F32_SUM, &got, &want).unwrap();
     // Wrong lengths are errors that name the buffer.
     let mut short = vec![0.0; g.c_out - 1];
-    let e = conv2d_backward_direct(&g, &o.x, &o.w, &o.dy, None, None, Some(&mut short));
+    let e = conv2d_backward_direct(
+        &g,
+        BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+        GradBuffers { input: None, weight: None, bias: Some(&mut short) },
+    );
     assert!(e.unwrap_err().to_string().contains("grad_bias"));
 }
 
@@ -209,12 +228,8 @@ fn dispatcher_uses_direct_where_it_wins() {
             (vec![0.0; g.input_len()], vec![0.0; g.weight_len()], vec![0.0; g.c_out]);
         let ran = conv2d_backward(
             &g,
-            &o.x,
-            &o.w,
-            &o.dy,
-            Some(&mut gx),
-            Some(&mut gw),
-            Some(&mut gb),
+            BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+            GradBuffers { input: Some(&mut gx), weight: Some(&mut gw), bias: Some(&mut gb) },
             ConvAlgo::Direct,
         )
         .unwrap();

@@ -3,8 +3,8 @@
 
 use convkit_conv::suite::{SHAPES, SuiteShape, sample_data};
 use convkit_conv::{
-    ConvAlgo, ConvGeometry, WinogradFilter, WinogradVariant, conv2d_backward, conv2d_forward,
-    conv2d_winograd_prepared, select_prepared,
+    BackwardInputs, ConvAlgo, ConvGeometry, GradBuffers, WinogradFilter, WinogradVariant,
+    conv2d_backward, conv2d_forward, conv2d_winograd_prepared, select_prepared,
 };
 
 /// The suite shapes whose id `<bench>/<shape>` contains the command line's filter (its first
@@ -96,7 +96,12 @@ impl Operands {
     /// One `Auto` backward call: input, weight and bias gradients.
     pub fn backward(&mut self) {
         let Operands { g, x, w, dy, gx, gw, gb, .. } = self;
-        conv2d_backward(g, x, w, dy, Some(gx), Some(gw), Some(gb), ConvAlgo::Auto)
-            .expect("backward");
+        conv2d_backward(
+            g,
+            BackwardInputs { input: x, weight: w, grad_output: dy },
+            GradBuffers { input: Some(gx), weight: Some(gw), bias: Some(gb) },
+            ConvAlgo::Auto,
+        )
+        .expect("backward");
     }
 }

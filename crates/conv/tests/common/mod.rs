@@ -3,8 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use convkit_conv::{
-    Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, conv2d_backward, conv2d_backward_naive,
-    conv2d_forward, conv2d_naive,
+    BackwardInputs, Conv2dParams, ConvAlgo, ConvGeometry, GradBuffers, Tolerance, conv2d_backward,
+    conv2d_backward_naive, conv2d_forward, conv2d_naive,
 };
 
 /// A validated geometry for a shape the test knows to be valid.
@@ -90,12 +90,8 @@ pub fn run(g: &ConvGeometry, o: &Operands, algo: ConvAlgo) -> Results {
         conv2d_naive(g, &o.x, &o.w, bias, &mut r.out).unwrap();
         conv2d_backward_naive(
             g,
-            &o.x,
-            &o.w,
-            &o.dy,
-            Some(&mut r.gx),
-            Some(&mut r.gw),
-            Some(&mut r.gb),
+            BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+            GradBuffers { input: Some(&mut r.gx), weight: Some(&mut r.gw), bias: Some(&mut r.gb) },
         )
         .unwrap();
     } else {
@@ -103,12 +99,8 @@ pub fn run(g: &ConvGeometry, o: &Operands, algo: ConvAlgo) -> Results {
         assert_eq!(ran, algo);
         conv2d_backward(
             g,
-            &o.x,
-            &o.w,
-            &o.dy,
-            Some(&mut r.gx),
-            Some(&mut r.gw),
-            Some(&mut r.gb),
+            BackwardInputs { input: &o.x, weight: &o.w, grad_output: &o.dy },
+            GradBuffers { input: Some(&mut r.gx), weight: Some(&mut r.gw), bias: Some(&mut r.gb) },
             algo,
         )
         .unwrap();

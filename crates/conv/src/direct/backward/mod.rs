@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
 use crate::layout::ChannelLast;
-use crate::params::{ConvGeometry, WEIGHT_GRAD_PARTIALS};
+use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
 mod input;
@@ -47,45 +47,24 @@ const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
 /// and group count is supported; stride 1 is the fast case.
 pub fn conv2d_backward_direct(
     g: &ConvGeometry,
-    input: &[f32],
-    weight: &[f32],
-    grad_output: &[f32],
-    grad_input: Option<&mut [f32]>,
-    grad_weight: Option<&mut [f32]>,
-    grad_bias: Option<&mut [f32]>,
+    x: BackwardInputs<'_>,
+    grads: GradBuffers<'_>,
 ) -> Result<()> {
-    conv2d_backward_direct_with(
-        simd::active(),
-        g,
-        input,
-        weight,
-        grad_output,
-        grad_input,
-        grad_weight,
-        grad_bias,
-    )
+    conv2d_backward_direct_with(simd::active(), g, x, grads)
 }
 
 /// [`conv2d_backward_direct`] with an explicit instruction set, so tests and benchmarks can run
 /// the AVX2 and portable kernels side by side. Returns [`ConvError::Unsupported`] when this CPU
 /// cannot run `level`.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_direct_with(
     level: SimdLevel,
     g: &ConvGeometry,
-    input: &[f32],
-    weight: &[f32],
-    grad_output: &[f32],
-    grad_input: Option<&mut [f32]>,
-    grad_weight: Option<&mut [f32]>,
-    grad_bias: Option<&mut [f32]>,
+    x: BackwardInputs<'_>,
+    grads: GradBuffers<'_>,
 ) -> Result<()> {
-    g.check_backward_buffers(
-        OP,
-        [input.len(), weight.len(), grad_output.len()],
-        [grad_input.as_deref(), grad_weight.as_deref(), grad_bias.as_deref()]
-            .map(|b| b.map(<[f32]>::len)),
-    )?;
+    g.check_backward(OP, &x, &grads)?;
+    let BackwardInputs { input, weight, grad_output } = x;
+    let GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias } = grads;
     if !level.available() {
         return Err(ConvError::Unsupported {
             op: OP,
@@ -584,12 +563,12 @@ mod tests {
                 (vec![0.0; g.input_len()], vec![0.0; g.weight_len()], vec![0.0; g.c_out]);
             conv2d_backward_naive(
                 &g,
-                &x,
-                &w,
-                &dy,
-                Some(&mut want.0),
-                Some(&mut want.1),
-                Some(&mut want.2),
+                BackwardInputs { input: &x, weight: &w, grad_output: &dy },
+                GradBuffers {
+                    input: Some(&mut want.0),
+                    weight: Some(&mut want.1),
+                    bias: Some(&mut want.2),
+                },
             )
             .unwrap();
             for level in SimdLevel::ALL {
@@ -605,12 +584,12 @@ mod tests {
                 conv2d_backward_direct_with(
                     level,
                     &g,
-                    &x,
-                    &w,
-                    &dy,
-                    Some(&mut got.0),
-                    Some(&mut got.1),
-                    Some(&mut got.2),
+                    BackwardInputs { input: &x, weight: &w, grad_output: &dy },
+                    GradBuffers {
+                        input: Some(&mut got.0),
+                        weight: Some(&mut got.1),
+                        bias: Some(&mut got.2),
+                    },
                 )
                 .unwrap();
                 assert_eq!(got.0, want.0, "grad_input {level} {g:?}");
