@@ -57,8 +57,8 @@ fn algos(g: &ConvGeometry) -> impl Iterator<Item = ConvAlgo> + '_ {
 /// `sgemm` alone on the product im2col runs for each shape (`[K', C'RS] · [C'RS, OH·OW]` per
 /// image and group): the ceiling of the im2col forward, measured beside it.
 fn gemm_ceiling(c: &mut Criterion) {
-    use convkit_conv::gemm::{MatRef, sgemm_with};
     use convkit_conv::simd::SimdLevel;
+    use convkit_conv::testing::{MatRef, sgemm_with};
     for shape in &SHAPES {
         let Ok(g) = shape.geometry() else { continue };
         let (m, k, n) = (g.c_out_per_group(), g.c_in_per_group() * g.kh * g.kw, g.oh * g.ow);
@@ -182,7 +182,7 @@ fn winograd_prepared(c: &mut Criterion) {
         group.measurement_time(measurement_time(Duration::from_secs(2)));
         for (name, variant) in variants {
             // Winograd's own shapes only, and not depthwise (one input channel per group).
-            if g.c_in_per_group() < 2 || !convkit_conv::winograd_supports(&g, variant) {
+            if g.c_in_per_group() < 2 || !convkit_conv::testing::winograd_supports(&g, variant) {
                 continue;
             }
             let Ok(filter) = WinogradFilter::new(&w, g.weight_dims(), g.params.groups, variant)

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p convkit-conv --example auto_choice`
 
-use convkit_conv::algo::resolve;
+use convkit_conv::resolve;
 use convkit_conv::suite::SHAPES;
 use convkit_conv::{ConvAlgo, simd};
 

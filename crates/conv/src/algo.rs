@@ -145,10 +145,10 @@ pub fn env_algo() -> Option<ConvAlgo> {
 /// Whether `algo` can run the convolution `g` (forward and backward). `Auto` always can.
 ///
 /// After a Winograd forward, the input gradient is a Winograd convolution too (where the shape
-/// allows, see [`conv2d_input_grad_winograd`]), the weight gradient runs in the Winograd
+/// allows, see `conv2d_input_grad_winograd`), the weight gradient runs in the Winograd
 /// transform domain on layers with at least 196 output pixels per channel over the batch
-/// ([`conv2d_weight_grad_winograd`]; im2col below), and the bias gradient on im2col. Direct
-/// has a backward kernel of its own, used where [`backward_kernel`] says it beats im2col.
+/// (`conv2d_weight_grad_winograd`; im2col below), and the bias gradient on im2col. Direct
+/// has a backward kernel of its own, used where `backward_kernel` says it beats im2col.
 pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
     match algo {
         ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col => true,
@@ -186,7 +186,7 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 ///    short or too few to feed the GEMM's 6x16 micro-kernel;
 /// 2. 3x3, stride 1, at least 16 input channels per group, and at least 1024 output pixels
 ///    per channel over the batch: `Winograd4` (a dilated layer is split into subsampled grids,
-///    see [`crate::winograd`]);
+///    see `crate::winograd`);
 /// 3. the same with fewer pixels but at least 32 F(2x2) tiles (two 16-tile panels of the
 ///    GEMM; vgg3x3_14, one 14x14 image, has 49): `Winograd2`, whose 2x2 tiles waste less of
 ///    the panels on small planes than F(4x4)'s 4x4 ones and whose filter transform is cheaper;
@@ -410,8 +410,8 @@ pub fn backward_kernel(algo: ConvAlgo, g: &ConvGeometry) -> ConvAlgo {
 
 /// Backward convolution with the algorithm `algo` (after [`resolve`]): writes each requested
 /// gradient; returns the algorithm that ran the forward pass (the gradients come from the
-/// kernel [`backward_kernel`] picks for it; after a Winograd forward, the input and weight
-/// gradients run on Winograd where [`backward_kernel`] says so). Same contract as
+/// kernel `backward_kernel` picks for it; after a Winograd forward, the input and weight
+/// gradients run on Winograd where `backward_kernel` says so). Same contract as
 /// [`conv2d_backward_naive`]; every gradient is bit-identical for any number of threads.
 pub fn conv2d_backward(
     g: &ConvGeometry,

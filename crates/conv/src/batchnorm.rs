@@ -17,7 +17,7 @@
 //!   over each channel and one elementwise pass, for batch (training) or running
 //!   (evaluation) statistics.
 //!
-//! Work of at least [`PAR_MIN_WORK`] elements runs on rayon's pool: the sums split over
+//! Work of at least 2^15 elements runs on rayon's pool: the sums split over
 //! channels, the elementwise passes over planes.
 
 use rayon::prelude::*;
@@ -147,7 +147,7 @@ fn run<W: WithSimd>(kernel: W) -> W::Output {
 }
 
 /// Smallest tensor (elements) whose passes run in parallel; below it one thread is faster.
-pub const PAR_MIN_WORK: usize = 1 << 15;
+pub(crate) const PAR_MIN_WORK: usize = 1 << 15;
 
 fn check_dims(
     op: &'static str,

@@ -17,32 +17,33 @@
 //! every CNN library). The output size is `floor((in + 2·pad − dil·(k−1) − 1)/stride) + 1`
 //! ([`out_size`]). Backward, `∂L/∂in` scatters each output gradient through the same taps,
 //! `∂L/∂w[k,c,i,j]` sums `dy · in` over the batch and output pixels, and `∂L/∂bias[k]` sums
-//! `dy`. im2col rewrites all three as matrix products (see [`im2col`]).
+//! `dy`. im2col rewrites all three as matrix products (see `im2col`).
 //!
-//! ## Modules
-//! | module      | what                                                                 |
-//! |-------------|----------------------------------------------------------------------|
-//! | [`params`]  | [`Conv2dParams`], [`out_size`], [`ConvGeometry`] (all validation)     |
-//! | [`naive`]   | the reference: the loops of the definition, f64 accumulation         |
-//! | [`im2col`]  | im2col + GEMM forward, GEMM + col2im backward, parallel             |
-//! | [`gemm`]    | the packed 6x16 AVX2 GEMM, and the checked `matrixmultiply` fallback |
-//! | [`algo`]    | [`ConvAlgo`], the [`select`] rule, [`supports`], dispatch            |
-//! | [`pool`]    | max / average pooling forward and backward ([`PoolParams`])          |
-//! | [`batchnorm`] | batch normalization: channel statistics, affine pass, backward   |
-//! | [`api`]     | the same operations on [`Tensor`](convkit_tensor::Tensor)s           |
-//! | [`tolerance`] | the tolerance of each algorithm against the reference             |
-//! | [`suite`]   | the benchmark shape suite                                            |
-//! | [`error`]   | [`ConvError`]: every message names the operation and the shapes      |
+//! ## Public API
+//! | item | what |
+//! |---|---|
+//! | [`conv2d_forward`], [`conv2d_backward`] | every algorithm on slices, chosen by a [`ConvAlgo`] |
+//! | [`ConvGeometry`], [`Conv2dParams`], [`out_size`] | shapes, stride/padding/dilation/groups, all validation |
+//! | [`BackwardInputs`], [`GradBuffers`] | what a backward pass reads and the gradients it writes |
+//! | [`select`], [`supports`], [`resolve`] | the automatic choice and what each algorithm runs |
+//! | [`WinogradFilter`], [`conv2d_winograd_prepared`] | a filter transformed once for many calls |
+//! | [`conv2d_naive`], [`conv2d_backward_naive`] | the reference: the definition's loops in f64 |
+//! | [`api`] | the same operations on [`Tensor`](convkit_tensor::Tensor)s, with pooling |
+//! | [`pool`], [`batchnorm`] | max / average pooling and batch-normalization kernels on slices |
+//! | [`simd`] | the run-time instruction-set ladder ([`SimdLevel`]) and its vector trait |
+//! | [`Tolerance`], [`max_rel_error`] | each algorithm's tolerance against the reference |
+//! | [`ConvError`] | every message names the operation and the shapes |
 //!
-//! Every kernel has the same slice signature: `conv2d_<algo>(g, input, weight, bias, output)`
-//! and `conv2d_backward_<algo>(g, BackwardInputs { input, weight, grad_output }, GradBuffers
-//! { input, weight, bias })`, where each gradient buffer is optional and overwritten.
+//! Inside, each algorithm is a private module (`naive`, `im2col`, `winograd/`, `direct/`) on a
+//! shared packed GEMM (`gemm/`), scratch pool and layout helpers; `algo` registers them. The
+//! `testing` feature exposes the per-algorithm entry points, the GEMM and the benchmark shape
+//! suite to this workspace's tests and benches (`convkit_conv::testing`, `convkit_conv::suite`).
 //!
 //! ## Environment
 //! - `CONVKIT_CONV_ALGO=<name>` (`naive`, `im2col`, `winograd2`, `winograd4`, `direct`,
 //!   `auto`) forces the algorithm [`ConvAlgo::Auto`] resolves to, on every shape that
 //!   algorithm supports. Read once per process; an unknown name is ignored with one warning
-//!   on stderr. Explicitly requested algorithms are never overridden. Details in [`algo`].
+//!   on stderr. Explicitly requested algorithms are never overridden (see [`resolve`]).
 //! - `CONVKIT_SIMD=off` makes the SIMD kernels use their portable fallback (read by the
 //!   SIMD-dispatching kernels, the packed GEMM included; the backward products then go through
 //!   `matrixmultiply`, which does its own detection).
@@ -91,41 +92,38 @@
 //! # }
 //! ```
 
-pub mod algo;
+mod algo;
 pub mod api;
 pub mod batchnorm;
-pub mod direct;
-pub mod error;
-pub mod gemm;
-pub mod im2col;
+mod direct;
+mod error;
+mod gemm;
+mod im2col;
 mod layout;
-pub mod naive;
-pub mod params;
+mod naive;
+mod params;
 pub mod pool;
 mod scratch;
 pub mod simd;
+#[cfg(any(test, feature = "testing"))]
 pub mod suite;
-pub mod tolerance;
-pub mod winograd;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod tolerance;
+mod winograd;
 
-pub use algo::{ConvAlgo, conv2d_backward, conv2d_forward, select, select_prepared, supports};
-pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
-pub use direct::backward::{conv2d_backward_direct, conv2d_backward_direct_with};
-pub use direct::{conv2d_direct, conv2d_direct_with, direct_supports};
-pub use error::{ConvError, Result};
-pub use im2col::{conv2d_backward_im2col, conv2d_im2col};
-pub use naive::{conv2d_backward_naive, conv2d_naive};
-pub use params::{
-    BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS, check_len,
-    out_size,
+pub use algo::{
+    ALGO_ENV, ConvAlgo, UnknownAlgo, conv2d_backward, conv2d_forward, env_algo, resolve,
+    resolve_prepared, select, select_prepared, supports,
 };
+pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
+pub use error::{ConvError, Result};
+pub use naive::{conv2d_backward_naive, conv2d_naive};
+pub use params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, out_size};
 pub use pool::{PoolGeometry, PoolParams};
 pub use simd::SimdLevel;
 pub use tolerance::{Tolerance, max_rel_error};
-pub use winograd::{
-    WinogradFilter, WinogradVariant, conv2d_input_grad_winograd, conv2d_weight_grad_winograd,
-    conv2d_winograd, conv2d_winograd_prepared, conv2d_winograd_with, winograd_supports,
-};
+pub use winograd::{WinogradFilter, WinogradVariant, conv2d_winograd_prepared};
 
 /// This crate's README, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]

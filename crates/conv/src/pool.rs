@@ -11,7 +11,7 @@
 //!   `count_include_pad=True`), or by the number of real elements with
 //!   [`PoolParams::with_count_include_pad`]`(false)`.
 //!
-//! Planes (`n·c` of them) are independent; above [`PAR_MIN_WORK`] they run in parallel, each
+//! Planes (`n·c` of them) are independent; above 2^16 elements they run in parallel, each
 //! written by one task, so results are identical for any thread count.
 
 use rayon::prelude::*;
@@ -20,7 +20,7 @@ use crate::error::{ConvError, Result};
 use crate::params::{check_len, out_size};
 
 /// Window reads (`n·c·oh·ow·kh·kw`) below which pooling stays on the calling thread.
-pub const PAR_MIN_WORK: usize = 1 << 16;
+pub(crate) const PAR_MIN_WORK: usize = 1 << 16;
 
 /// Hyper-parameters of a 2-D pooling window, per axis `(h, w)`.
 ///

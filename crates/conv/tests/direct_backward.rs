@@ -6,11 +6,12 @@
 mod common;
 
 use common::{Operands, Results, compare, geom};
-use convkit_conv::algo::backward_kernel;
 use convkit_conv::suite::SHAPES;
+use convkit_conv::testing::backward_kernel;
+use convkit_conv::testing::{conv2d_backward_direct, conv2d_backward_direct_with};
 use convkit_conv::{
     BackwardInputs, Conv2dParams, ConvAlgo, ConvGeometry, GradBuffers, SimdLevel, Tolerance,
-    conv2d_backward, conv2d_backward_direct, conv2d_backward_direct_with, conv2d_backward_naive,
+    conv2d_backward, conv2d_backward_naive,
 };
 use proptest::prelude::*;
 use rayon::ThreadPoolBuilder;

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{Operands, compare, geom, run};
-use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, conv2d_im2col, conv2d_naive};
+use convkit_conv::testing::conv2d_im2col;
+use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, conv2d_naive};
 use proptest::prelude::*;
 
 /// A random convolution: channels 1..=20 with groups among the divisors of `c_in`, batch

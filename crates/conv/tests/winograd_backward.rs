@@ -12,7 +12,7 @@
 mod common;
 
 use common::{Operands, compare, geom, max_abs, run, sum_tolerance};
-use convkit_conv::winograd::{conv2d_input_grad_winograd, conv2d_weight_grad_winograd};
+use convkit_conv::testing::{conv2d_input_grad_winograd, conv2d_weight_grad_winograd};
 use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, WinogradVariant};
 use proptest::prelude::*;
 

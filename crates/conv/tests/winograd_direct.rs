@@ -4,10 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 use convkit_conv::simd::{self, SimdLevel};
+use convkit_conv::testing::{
+    conv2d_direct, conv2d_direct_with, conv2d_winograd, conv2d_winograd_with, winograd_supports,
+};
 use convkit_conv::{
     Conv2dParams, ConvError, ConvGeometry, Tolerance, WinogradFilter, WinogradVariant,
-    conv2d_direct, conv2d_direct_with, conv2d_naive, conv2d_winograd, conv2d_winograd_prepared,
-    conv2d_winograd_with, max_rel_error, winograd_supports,
+    conv2d_naive, conv2d_winograd_prepared, max_rel_error,
 };
 use proptest::prelude::*;
 

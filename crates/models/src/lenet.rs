@@ -199,8 +199,7 @@ impl LeNet5 {
             let g =
                 ConvGeometry::new([n, c_in, hw, hw], [w[0], w[1], w[2], w[3]], layer.cfg.params)
                     .map_err(|e| DataError::Invalid { what: "LeNet5", msg: e.to_string() })?;
-            let algo =
-                convkit_conv::algo::resolve(ConvAlgo::Auto, &g).unwrap_or_else(|_| select(&g));
+            let algo = convkit_conv::resolve(ConvAlgo::Auto, &g).unwrap_or_else(|_| select(&g));
             let params = count(&layer.weight) + layer.bias.as_ref().map_or(0, count);
             let out = g.output_dims().to_vec();
             let flops = g.flops()

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use convkit_autograd::{Param, Var};
-use convkit_conv::algo::resolve_prepared;
+use convkit_conv::resolve_prepared;
 use convkit_conv::{
     Conv2dParams, ConvAlgo, ConvGeometry, PoolParams, WinogradFilter, WinogradVariant,
     conv2d_winograd_prepared,
@@ -308,7 +308,7 @@ mod tests {
     use super::*;
     use convkit_autograd::Tape;
     use convkit_conv::Tolerance;
-    use convkit_conv::algo::resolve;
+    use convkit_conv::resolve;
 
     #[test]
     fn inference_reuses_winograd_filters_until_the_weight_changes() {
@@ -323,13 +323,13 @@ mod tests {
             ConvAlgo::Winograd2 | ConvAlgo::Winograd4
         ));
         // With the transform cached, F(4x4) (100 tiles over the batch).
-        if convkit_conv::algo::env_algo().is_none() {
+        if convkit_conv::env_algo().is_none() {
             assert_eq!(resolve_prepared(ConvAlgo::Auto, &g).unwrap(), ConvAlgo::Winograd4);
         }
 
         let eval = conv.forward(&Var::constant(x.clone())).unwrap();
         let first = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
-        if convkit_conv::algo::env_algo().is_none() {
+        if convkit_conv::env_algo().is_none() {
             assert_eq!(first.variant(), WinogradVariant::F4x4_3x3);
         }
         let again = conv.forward(&Var::constant(x.clone())).unwrap();

@@ -24,8 +24,8 @@
 //! # Ok::<(), convkit_nn::NnError>(())
 //! ```
 
-use convkit_conv::algo::{resolve, resolve_prepared};
 use convkit_conv::{ConvAlgo, ConvGeometry, PoolGeometry};
+use convkit_conv::{resolve, resolve_prepared};
 
 use crate::describe::Layer;
 use crate::error::{NnError, Result};

@@ -17,7 +17,9 @@ pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod wide;
 
-pub use pack::{PackedA, PackedARef, packed_a_len, packed_a_position, packed_b_len};
+#[cfg(feature = "testing")]
+pub use pack::packed_a_position;
+pub use pack::{PackedA, PackedARef, packed_a_len, packed_b_len};
 pub use packed::{
     MR, NR, gemm_packed_ab, kblock, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with,
 };

@@ -18,6 +18,8 @@ pub struct PackedA {
     pub(super) k: usize,
 }
 
+// Parts of the API only the tests and benches (feature `testing`) call.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 impl PackedA {
     /// Packs `a` (`m × k`, any strides).
     pub fn new(a: MatRef<'_>) -> Self {
@@ -122,6 +124,7 @@ pub fn packed_a_len(m: usize, k: usize) -> usize {
 
 /// The `(row, column)` stored at position `q` of the packed layout of an `m × k` matrix; rows
 /// `≥ m` are padding (stored as zero).
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub fn packed_a_position(m: usize, k: usize, q: usize) -> (usize, usize) {
     let mp = m.next_multiple_of(MR);
     let kb = kblock(k);
