@@ -6,24 +6,21 @@
 #![allow(clippy::unwrap_used)]
 
 use convkit_autograd::{Result, Var, check_gradients};
+use convkit_tensor::testing::random_tensor;
 use convkit_tensor::{Rng, Tensor};
 
 const EPS: f64 = 1e-2;
 const ATOL: f64 = 2e-3;
 const RTOL: f64 = 2e-3;
 
-fn rand(dims: &[usize], rng: &mut Rng) -> Tensor {
-    Tensor::rand_uniform(dims, -1.0, 1.0, rng).unwrap()
-}
-
 /// Values in ±[0.2, 1]: no element within a finite-difference step of 0.
 fn away_from_zero(dims: &[usize], rng: &mut Rng) -> Tensor {
-    rand(dims, rng).map(|v| if v < 0.0 { v * 0.8 - 0.2 } else { v * 0.8 + 0.2 })
+    random_tensor(dims, -1.0, 1.0, rng).map(|v| if v < 0.0 { v * 0.8 - 0.2 } else { v * 0.8 + 0.2 })
 }
 
 /// `Σ y · probe` for a fixed random probe shaped like `y`.
 fn project(y: Var, seed: u64) -> Result<Var> {
-    let probe = rand(y.dims(), &mut Rng::new(seed));
+    let probe = random_tensor(y.dims(), -1.0, 1.0, &mut Rng::new(seed));
     y.mul(&Var::constant(probe))?.sum()
 }
 
@@ -52,7 +49,7 @@ fn binary_ops_with_broadcasting() {
         let db = broadcastable(&da, &mut rng);
         // Either operand may be the broadcast one.
         let (da, db) = if case % 2 == 0 { (da, db) } else { (db, da) };
-        let a = rand(&da, &mut rng);
+        let a = random_tensor(&da, -1.0, 1.0, &mut rng);
         let b = away_from_zero(&db, &mut rng);
         let ins = [a, b];
         check("add", &ins, |v| v[0].add(&v[1]));
@@ -65,7 +62,7 @@ fn binary_ops_with_broadcasting() {
 #[test]
 fn scalar_ops() {
     let mut rng = Rng::new(2);
-    let x = rand(&[3, 4], &mut rng);
+    let x = random_tensor(&[3, 4], -1.0, 1.0, &mut rng);
     check("add_scalar", std::slice::from_ref(&x), |v| Ok(v[0].add_scalar(0.7)));
     check("mul_scalar", std::slice::from_ref(&x), |v| Ok(v[0].mul_scalar(-1.3)));
     check("neg", &[x], |v| Ok(v[0].neg()));
@@ -89,8 +86,8 @@ fn matmul_every_transpose_and_batch() {
             2 => (true, false),
             _ => (false, true),
         };
-        let a = rand(&with_batch(a_dims, ba), &mut rng);
-        let b = rand(&with_batch(b_dims, bb), &mut rng);
+        let a = random_tensor(&with_batch(a_dims, ba), -1.0, 1.0, &mut rng);
+        let b = random_tensor(&with_batch(b_dims, bb), -1.0, 1.0, &mut rng);
         check(&format!("matmul_t({ta},{tb}) case {case}"), &[a, b], |v| {
             v[0].matmul_t(ta, &v[1], tb)
         });
@@ -100,7 +97,11 @@ fn matmul_every_transpose_and_batch() {
 #[test]
 fn linear_with_and_without_bias() {
     let mut rng = Rng::new(4);
-    let (x, w, b) = (rand(&[5, 3], &mut rng), rand(&[2, 3], &mut rng), rand(&[2], &mut rng));
+    let (x, w, b) = (
+        random_tensor(&[5, 3], -1.0, 1.0, &mut rng),
+        random_tensor(&[2, 3], -1.0, 1.0, &mut rng),
+        random_tensor(&[2], -1.0, 1.0, &mut rng),
+    );
     check("linear", &[x.clone(), w.clone(), b], |v| v[0].linear(&v[1], Some(&v[2])));
     check("linear no bias", &[x, w], |v| v[0].linear(&v[1], None));
 }
@@ -108,7 +109,7 @@ fn linear_with_and_without_bias() {
 #[test]
 fn shape_ops() {
     let mut rng = Rng::new(5);
-    let x = rand(&[2, 3, 4], &mut rng);
+    let x = random_tensor(&[2, 3, 4], -1.0, 1.0, &mut rng);
     check("reshape", std::slice::from_ref(&x), |v| v[0].reshape(&[4, 6]));
     check("flatten", std::slice::from_ref(&x), |v| v[0].flatten(1, 2));
     for perm in [[0, 2, 1], [2, 0, 1], [1, 2, 0], [2, 1, 0]] {
@@ -119,7 +120,7 @@ fn shape_ops() {
 #[test]
 fn reductions() {
     let mut rng = Rng::new(6);
-    let x = rand(&[2, 3, 4], &mut rng);
+    let x = random_tensor(&[2, 3, 4], -1.0, 1.0, &mut rng);
     check("sum", std::slice::from_ref(&x), |v| v[0].sum());
     check("mean", std::slice::from_ref(&x), |v| v[0].mean());
     for axis in 0..3 {
@@ -133,7 +134,7 @@ fn reductions() {
 #[test]
 fn elementwise_functions() {
     let mut rng = Rng::new(7);
-    let x = rand(&[3, 5], &mut rng);
+    let x = random_tensor(&[3, 5], -1.0, 1.0, &mut rng);
     check("relu", &[away_from_zero(&[3, 5], &mut rng)], |v| Ok(v[0].relu()));
     check("tanh", std::slice::from_ref(&x), |v| Ok(v[0].tanh()));
     check("sigmoid", std::slice::from_ref(&x), |v| Ok(v[0].sigmoid()));
@@ -145,7 +146,7 @@ fn elementwise_functions() {
 #[test]
 fn softmax_family_and_losses() {
     let mut rng = Rng::new(8);
-    let x = rand(&[4, 6], &mut rng).mul_scalar(3.0);
+    let x = random_tensor(&[4, 6], -1.0, 1.0, &mut rng).mul_scalar(3.0);
     for axis in 0..2 {
         check("softmax", std::slice::from_ref(&x), |v| v[0].softmax(axis));
         check("log_softmax", std::slice::from_ref(&x), |v| v[0].log_softmax(axis));
@@ -155,7 +156,7 @@ fn softmax_family_and_losses() {
         check_gradients(|v| v[0].cross_entropy(&labels), std::slice::from_ref(&x), EPS, ATOL, RTOL)
             .unwrap();
     assert!(report.passed(), "cross_entropy: {report}");
-    let target = rand(&[4, 6], &mut rng);
+    let target = random_tensor(&[4, 6], -1.0, 1.0, &mut rng);
     let report = check_gradients(|v| v[0].mse(&v[1]), &[x, target], EPS, ATOL, RTOL).unwrap();
     assert!(report.passed(), "mse: {report}");
 }
@@ -163,7 +164,7 @@ fn softmax_family_and_losses() {
 #[test]
 fn dropout_with_a_fixed_mask() {
     let mut rng = Rng::new(9);
-    let x = rand(&[4, 8], &mut rng);
+    let x = random_tensor(&[4, 8], -1.0, 1.0, &mut rng);
     // The same seed on every evaluation: the finite differences see the same mask.
     check("dropout", std::slice::from_ref(&x), |v| v[0].dropout(0.3, true, &mut Rng::new(11)));
     check("dropout eval", &[x], |v| v[0].dropout(0.3, false, &mut Rng::new(11)));
@@ -192,13 +193,13 @@ fn the_checker_catches_a_wrong_gradient() {
 fn batch_norm2d_training_and_evaluation() {
     let mut rng = Rng::new(21);
     for dims in [[2, 3, 3, 2], [1, 2, 4, 4], [5, 1, 1, 3]] {
-        let x = rand(&dims, &mut rng);
+        let x = random_tensor(&dims, -1.0, 1.0, &mut rng);
         let gamma = away_from_zero(&[dims[1]], &mut rng);
-        let beta = rand(&[dims[1]], &mut rng);
+        let beta = random_tensor(&[dims[1]], -1.0, 1.0, &mut rng);
         check("batch_norm2d", &[x.clone(), gamma.clone(), beta.clone()], |v| {
             Ok(v[0].batch_norm2d(&v[1], &v[2], 1e-5)?.0)
         });
-        let mean = rand(&[dims[1]], &mut rng);
+        let mean = random_tensor(&[dims[1]], -1.0, 1.0, &mut rng);
         let var = Tensor::rand_uniform(&[dims[1]], 0.5, 2.0, &mut rng).unwrap();
         check("batch_norm2d_eval", &[x, gamma, beta], |v| {
             v[0].batch_norm2d_eval(&v[1], &v[2], &mean, &var, 1e-5)

@@ -32,6 +32,7 @@
 
 use convkit_autograd::{Tape, Var};
 use convkit_tensor::Tensor;
+use convkit_tensor::testing::{Tolerance, assert_close, max_abs};
 
 /// The script's `r(*s)`: `(1..=n)·0.37 mod 1.9 − 0.8`, reshaped.
 fn r(dims: &[usize]) -> Tensor {
@@ -44,23 +45,18 @@ fn c(t: Tensor) -> Var {
     Var::constant(t)
 }
 
-/// f32 results against PyTorch's float64: a few f32 ulps of the largest value involved.
-fn assert_close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (f64::from(g) - w).abs() <= 2e-6 * scale + 1e-6 * w.abs(),
-            "{what}[{i}]: got {g}, PyTorch {w}"
-        );
-    }
+/// f32 results against PyTorch's float64: a few f32 ulps of the largest value involved
+/// (`2e-6·max|want|`, that scale at least 1e-3) plus `1e-6·|want|`.
+fn vs_pytorch(want: &[f64]) -> Tolerance {
+    Tolerance::new(2e-6, 1e-6).scale_atol(max_abs(want).max(1e-3))
 }
 
 fn check(loss: &Var, want_loss: f64, vars: &[&Var], want: &[&[f64]]) {
-    assert_close(loss.value().as_slice(), &[want_loss], "loss");
+    let want_loss = [want_loss];
+    assert_close("loss", loss.value().as_slice(), &want_loss, vs_pytorch(&want_loss));
     let grads = loss.backward().unwrap();
     for (i, (v, w)) in vars.iter().zip(want).enumerate() {
-        assert_close(grads.wrt(v).unwrap().as_slice(), w, &format!("grad{i}"));
+        assert_close(&format!("grad{i}"), grads.wrt(v).unwrap().as_slice(), w, vs_pytorch(w));
     }
 }
 

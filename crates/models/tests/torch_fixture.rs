@@ -14,6 +14,7 @@ use convkit_models::fetch::DEBIAN_FASHION_DIR;
 use convkit_models::idx::{IdxFiles, IdxSplit};
 use convkit_models::{Dataset, LeNet5, evaluate};
 use convkit_tensor::load_safetensors;
+use convkit_tensor::testing::{Tolerance, assert_close};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -40,14 +41,9 @@ fn pytorch_weights_give_pytorch_logits() {
     assert_eq!(inputs.dims(), [100, 1, 32, 32]);
     let logits = model.logits(inputs).unwrap();
     assert_eq!(logits.dims(), expected.dims());
-    let max_diff = logits
-        .as_slice()
-        .iter()
-        .zip(expected.as_slice())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    eprintln!("max |logit - PyTorch logit| = {max_diff:e}");
-    assert!(max_diff <= 1e-4, "max abs logit difference {max_diff}");
+    let tol = Tolerance::absolute(1e-4);
+    let r = assert_close("logits vs PyTorch", logits.as_slice(), expected.as_slice(), tol);
+    eprintln!("max |logit - PyTorch logit| = {:e}", r.max_abs_diff);
     // And the predictions agree with the stored labels as often as PyTorch's do.
     let ours = logits.argmax_axis(1).unwrap();
     let theirs = expected.argmax_axis(1).unwrap();

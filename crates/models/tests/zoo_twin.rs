@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use convkit_autograd::Var;
 use convkit_models::zoo::ZooModel;
 use convkit_nn::{Module, checkpoint};
+use convkit_tensor::testing::{Tolerance, assert_close, max_abs};
 use convkit_tensor::{Rng, load_safetensors};
 
 fn fixture(name: &str) -> PathBuf {
@@ -25,16 +26,11 @@ fn zoo_models_give_their_pytorch_twins_logits() {
         let (x, want) = (&io["inputs"], &io["logits"]);
         let got = m.forward(&Var::constant(x.clone())).unwrap().into_value();
         assert_eq!(got.dims(), want.dims());
-        let max_diff = got
-            .as_slice()
-            .iter()
-            .zip(want.as_slice())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let largest = want.as_slice().iter().fold(0f32, |m, v| m.max(v.abs()));
-        eprintln!("{name}: max |logit - PyTorch| = {max_diff:e} (largest logit {largest})");
+        let largest = max_abs(want.as_slice());
         assert!(largest > 0.3, "{name}: logits too small for the comparison to mean much");
-        assert!(max_diff <= 1e-5, "{name}: max abs logit difference {max_diff}");
+        let what = format!("{name} logits vs PyTorch");
+        let r = assert_close(&what, got.as_slice(), want.as_slice(), Tolerance::absolute(1e-5));
+        eprintln!("{name}: max |logit - PyTorch| = {:e} (largest logit {largest})", r.max_abs_diff);
         assert_eq!(got.argmax_axis(1).unwrap(), want.argmax_axis(1).unwrap());
     }
 }

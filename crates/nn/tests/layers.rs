@@ -28,6 +28,7 @@ use convkit_nn::{
     AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Linear, MaxPool2d, Module,
     ReLU, Sequential, Sigmoid, Tanh, named_params,
 };
+use convkit_tensor::testing::{Tolerance, assert_close};
 use convkit_tensor::{Rng, Tensor};
 
 fn r(dims: &[usize]) -> Tensor {
@@ -36,15 +37,8 @@ fn r(dims: &[usize]) -> Tensor {
         .unwrap()
 }
 
-fn assert_close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (f64::from(g) - w).abs() <= 1e-5 * w.abs().max(1.0),
-            "{what}[{i}]: {g} vs PyTorch {w}"
-        );
-    }
-}
+/// f32 against PyTorch's float64: `5e-6 + 5e-6·|want|`, within `1e-5·max(|want|, 1)`.
+const VS_PYTORCH: Tolerance = Tolerance::new(5e-6, 5e-6);
 
 #[test]
 fn batchnorm_matches_pytorch_in_both_modes() {
@@ -60,9 +54,10 @@ fn batchnorm_matches_pytorch_in_both_modes() {
         Tensor::concat(&[probe.narrow(0, 1, 1).unwrap(), probe.narrow(0, 0, 1).unwrap()], 0)
             .unwrap();
     let loss = y.mul(&Var::constant(flipped)).unwrap().sum().unwrap();
-    assert_close(loss.value().as_slice(), &[-7.2084339426040325], "loss");
+    assert_close("loss", loss.value().as_slice(), &[-7.2084339426040325], VS_PYTORCH);
     let g = loss.backward().unwrap();
     assert_close(
+        "grad_x",
         g.wrt(&x).unwrap().as_slice(),
         &[
             -0.739852388,
@@ -90,26 +85,34 @@ fn batchnorm_matches_pytorch_in_both_modes() {
             -2.169967867,
             0.1371391229,
         ],
-        "grad_x",
+        VS_PYTORCH,
     );
     assert_close(
+        "grad_w",
         bn.weight.grad().unwrap().as_slice(),
         &[-1.580220769, -1.580220769, -3.011106587],
-        "grad_w",
+        VS_PYTORCH,
     );
-    assert_close(bn.bias.grad().unwrap().as_slice(), &[1.66, 2.1, 0.64], "grad_b");
-    assert_close(bn.running_mean.value().as_slice(), &[0.02075, 0.02625, 0.008], "running_mean");
+    assert_close("grad_b", bn.bias.grad().unwrap().as_slice(), &[1.66, 2.1, 0.64], VS_PYTORCH);
     assert_close(
+        "running_mean",
+        bn.running_mean.value().as_slice(),
+        &[0.02075, 0.02625, 0.008],
+        VS_PYTORCH,
+    );
+    assert_close(
+        "running_var",
         bn.running_var.value().as_slice(),
         &[0.928885, 0.928885, 0.9337028571],
-        "running_var",
+        VS_PYTORCH,
     );
     bn.set_training(false);
     let y = bn.forward(&Var::constant(r(&[1, 3, 1, 2]))).unwrap();
     assert_close(
+        "eval",
         y.value().as_slice(),
         &[-0.6015258552, -0.02567545825, 0.05279499988, -0.1391551324, 1.856706489, -1.31005064],
-        "eval",
+        VS_PYTORCH,
     );
 }
 

@@ -46,6 +46,11 @@ use convkit_nn::{
     SgdConfig, StepLr, Then,
 };
 use convkit_tensor::Tensor;
+use convkit_tensor::testing::{Tolerance, assert_close, assert_close_with_magnitude};
+
+/// Parameters after each step against PyTorch's float64: `1e-6 + 1e-6·|want|`, within
+/// `2e-6·max(|want|, 1)`.
+const VS_PYTORCH: Tolerance = Tolerance::new(1e-6, 1e-6);
 
 const GRADS: [[f32; 3]; 3] = [[0.1, -0.2, 0.3], [-0.4, 0.5, 0.05], [0.2, 0.2, -0.6]];
 
@@ -55,13 +60,8 @@ fn run(make: impl FnOnce(Vec<Param>) -> Box<dyn Optimizer>, want: [[f64; 3]; 3])
     for (step, (g, w)) in GRADS.iter().zip(want).enumerate() {
         p.set_grad(Some(Tensor::from_vec(&[3], g.to_vec()).unwrap())).unwrap();
         opt.step().unwrap();
-        for (i, (&got, want)) in p.value().as_slice().iter().zip(w).enumerate() {
-            assert!(
-                (f64::from(got) - want).abs() <= 2e-6 * want.abs().max(1.0),
-                "step {} element {i}: got {got}, PyTorch {want}",
-                step + 1
-            );
-        }
+        let what = format!("step {} vs PyTorch", step + 1);
+        assert_close(&what, p.value().as_slice(), &w, VS_PYTORCH);
     }
 }
 
@@ -206,11 +206,13 @@ fn optimizer_state_resumes_bit_exactly() {
     }
 }
 
+/// The learning rate at each step `t` (the index) against PyTorch's: `1e-7·max(|want|, 1e-3)`,
+/// as a relative tolerance against that magnitude.
 fn assert_schedule(s: &dyn LrSchedule, want: &[f64]) {
-    for (t, &w) in want.iter().enumerate() {
-        let got = f64::from(s.lr_at(t));
-        assert!((got - w).abs() <= 1e-7 * w.abs().max(1e-3), "t = {t}: got {got}, PyTorch {w}");
-    }
+    let got: Vec<f32> = (0..want.len()).map(|t| s.lr_at(t)).collect();
+    let magnitude: Vec<f64> = want.iter().map(|w| w.abs().max(1e-3)).collect();
+    let tol = Tolerance::new(0.0, 1e-7);
+    assert_close_with_magnitude("learning rate vs PyTorch", &got, want, &magnitude, tol);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{ATOL_PEER, assert_close, run, tensors};
+use common::{PEER, assert_logits_close, run, tensors};
 use convkit_nn::Module;
 use convkit_onnx::{ExportOptions, save};
 use convkit_tensor::{Rng, Tensor, load_safetensors, save_safetensors};
@@ -87,7 +87,7 @@ fn lenet5_export_runs_in_onnxruntime() {
     let m = common::lenet5();
     let x = tensors("lenet5_io.safetensors")["input"].clone();
     let ort = ort_logits(&py, "lenet", &m, [1, 32, 32], &x);
-    assert_close("lenet5 ORT vs convkit", &ort, &run(&m, &x), ATOL_PEER);
+    assert_logits_close("lenet5 ORT vs convkit", &ort, &run(&m, &x), PEER);
 }
 
 #[test]
@@ -96,7 +96,7 @@ fn conv_bn_export_runs_in_onnxruntime() {
     let m = common::conv_bn_net();
     let x = tensors("convbn_io.safetensors")["input"].clone();
     let ort = ort_logits(&py, "convbn", &m, [3, 16, 16], &x);
-    assert_close("conv-bn ORT vs convkit", &ort, &run(&m, &x), ATOL_PEER);
+    assert_logits_close("conv-bn ORT vs convkit", &ort, &run(&m, &x), PEER);
 }
 
 #[test]
@@ -108,11 +108,11 @@ fn residual_export_runs_in_onnxruntime_with_any_batch() {
     for n in [1, 6] {
         let x = Tensor::rand_uniform(&[n, 3, 12, 12], -1.0, 1.0, &mut rng).unwrap();
         let ort = ort_logits(&py, "residual", &m, [3, 12, 12], &x);
-        assert_close(
+        assert_logits_close(
             &format!("residual (batch {n}) ORT vs convkit"),
             &ort,
             &run(&m, &x),
-            ATOL_PEER,
+            PEER,
         );
     }
 }
@@ -161,15 +161,15 @@ fn every_layer_option_runs_in_onnxruntime() {
     m = m.push(Linear::new(features, 7, &mut rng).unwrap());
     m.set_training(false);
     let ort = ort_logits(&py, "options", &m, [4, 11, 9], &x);
-    assert_close("every option ORT vs convkit", &ort, &run(&m, &x), ATOL_PEER);
+    assert_logits_close("every option ORT vs convkit", &ort, &run(&m, &x), PEER);
     // And convkit reads every option back.
     let bytes = convkit_onnx::export(&m, [4, 11, 9], &ExportOptions::default()).unwrap();
     let back = convkit_onnx::import(&bytes).unwrap();
-    assert_close(
+    assert_logits_close(
         "every option export→import",
         &run(&back, &x),
         &run(&m, &x),
-        common::ATOL_ROUND_TRIP,
+        common::ROUND_TRIP,
     );
 }
 
@@ -180,9 +180,9 @@ fn folded_batch_norm_exports_run_in_onnxruntime() {
     let m = common::conv_bn_net();
     let x = tensors("convbn_io.safetensors")["input"].clone();
     let ort = ort_logits_with(&py, "convbn-folded", &m, [3, 16, 16], &x, &opts);
-    assert_close("conv-bn folded, ORT vs convkit", &ort, &run(&m, &x), ATOL_PEER);
+    assert_logits_close("conv-bn folded, ORT vs convkit", &ort, &run(&m, &x), PEER);
     let m = common::residual_net(13);
     let x = Tensor::rand_uniform(&[4, 3, 12, 12], -1.0, 1.0, &mut Rng::new(14)).unwrap();
     let ort = ort_logits_with(&py, "residual-folded", &m, [3, 12, 12], &x, &opts);
-    assert_close("residual folded, ORT vs convkit", &ort, &run(&m, &x), ATOL_PEER);
+    assert_logits_close("residual folded, ORT vs convkit", &ort, &run(&m, &x), PEER);
 }

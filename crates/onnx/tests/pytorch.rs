@@ -3,17 +3,17 @@
 
 mod common;
 
-use common::{ATOL_PEER, assert_close, fixture, run, tensors};
+use common::{PEER, assert_logits_close, fixture, run, tensors};
 use convkit_nn::{Layer, Module, named_buffers, named_params};
 
 fn check(model: &str, io: &str) -> convkit_nn::Sequential {
     let m = convkit_onnx::load(fixture(model)).unwrap();
     let io = tensors(io);
-    assert_close(
+    assert_logits_close(
         &format!("{model} imported vs PyTorch"),
         &run(&m, &io["input"]),
         &io["logits"],
-        ATOL_PEER,
+        PEER,
     );
     m
 }

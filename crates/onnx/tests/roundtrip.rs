@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ATOL_ROUND_TRIP, assert_close, run, tensors};
+use common::{ROUND_TRIP, assert_logits_close, run, tensors};
 use convkit_nn::{Module, Sequential, named_buffers, named_params};
 use convkit_onnx::{ExportOptions, export, import};
 use convkit_tensor::{Rng, Tensor};
@@ -11,7 +11,7 @@ use convkit_tensor::{Rng, Tensor};
 fn round_trip(what: &str, m: &Sequential, chw: [usize; 3], x: &Tensor) -> Sequential {
     let bytes = export(m, chw, &ExportOptions::default()).unwrap();
     let back = import(&bytes).unwrap();
-    assert_close(&format!("{what} export→import"), &run(&back, x), &run(m, x), ATOL_ROUND_TRIP);
+    assert_logits_close(&format!("{what} export→import"), &run(&back, x), &run(m, x), ROUND_TRIP);
     back
 }
 
@@ -167,11 +167,11 @@ fn folding_batch_norm_removes_it_and_keeps_the_function() {
         let [c, h, w] = chw;
         let x = Tensor::rand_uniform(&[3, c, h, w], -1.0, 1.0, &mut Rng::new(1)).unwrap();
         // Folding rounds differently from normalizing: the peers' tolerance, not exact.
-        assert_close(
+        assert_logits_close(
             &format!("{what} folded export→import"),
             &run(&back, &x),
             &run(&m, &x),
-            common::ATOL_PEER,
+            common::PEER,
         );
         assert!(named_buffers(&back).is_empty());
     }

@@ -16,15 +16,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use convkit_tensor::{Rng, Tensor, gemm, matmul_t};
+use convkit_tensor::testing::random_tensor;
+use convkit_tensor::{Rng, gemm, matmul_t};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-
-fn random(dims: &[usize], seed: u64) -> Tensor {
-    match Tensor::rand_uniform(dims, -1.0, 1.0, &mut Rng::new(seed)) {
-        Ok(t) => t,
-        Err(e) => panic!("bench setup: {e}"),
-    }
-}
 
 /// A group's measurement time: `normal`, or at most 0.5 s when `CONVKIT_BENCH_QUICK=1`.
 fn measurement_time(normal: Duration) -> Duration {
@@ -46,7 +40,10 @@ fn square(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(measurement_time(Duration::from_secs(2)));
     for n in [64usize, 128, 256, 512, 1024] {
-        let (a, b) = (random(&[n, n], 1), random(&[n, n], 2));
+        let (a, b) = (
+            random_tensor(&[n, n], -1.0, 1.0, &mut Rng::new(1)),
+            random_tensor(&[n, n], -1.0, 1.0, &mut Rng::new(2)),
+        );
         group.throughput(flops(n, n, n));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |bench, _| {
             bench.iter(|| matmul_t(black_box(&a), false, black_box(&b), false))
@@ -62,7 +59,10 @@ fn raw_sgemm(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(measurement_time(Duration::from_secs(2)));
     let n = 512usize;
-    let (a, b) = (random(&[n, n], 1), random(&[n, n], 2));
+    let (a, b) = (
+        random_tensor(&[n, n], -1.0, 1.0, &mut Rng::new(1)),
+        random_tensor(&[n, n], -1.0, 1.0, &mut Rng::new(2)),
+    );
     let mut out = vec![0.0f32; n * n];
     group.throughput(flops(n, n, n));
     group.bench_function(BenchmarkId::from_parameter(n), |bench| {
@@ -101,8 +101,8 @@ fn lenet_fc(c: &mut Criterion) {
         .measurement_time(measurement_time(Duration::from_secs(1)));
     let batch = 64;
     for (inp, out) in [(400usize, 120usize), (120, 84), (84, 10)] {
-        let x = random(&[batch, inp], 3);
-        let w = random(&[out, inp], 4);
+        let x = random_tensor(&[batch, inp], -1.0, 1.0, &mut Rng::new(3));
+        let w = random_tensor(&[out, inp], -1.0, 1.0, &mut Rng::new(4));
         group.throughput(flops(batch, inp, out));
         let id = format!("{batch}x{inp}·{out}x{inp}T");
         group.bench_function(id, |bench| {
@@ -121,8 +121,8 @@ fn linear_batch1(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(200))
         .measurement_time(measurement_time(Duration::from_secs(1)));
     for (inp, out) in [(3136usize, 128usize), (400, 120)] {
-        let x = random(&[1, inp], 7);
-        let w = random(&[out, inp], 8);
+        let x = random_tensor(&[1, inp], -1.0, 1.0, &mut Rng::new(7));
+        let w = random_tensor(&[out, inp], -1.0, 1.0, &mut Rng::new(8));
         group.throughput(flops(1, inp, out));
         for threads in [1, 2] {
             let pool =
@@ -150,7 +150,10 @@ fn batched(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(200))
         .measurement_time(measurement_time(Duration::from_secs(1)));
     let (bs, m, k, n) = (16usize, 128usize, 128usize, 128usize);
-    let (a, b) = (random(&[bs, m, k], 5), random(&[bs, k, n], 6));
+    let (a, b) = (
+        random_tensor(&[bs, m, k], -1.0, 1.0, &mut Rng::new(5)),
+        random_tensor(&[bs, k, n], -1.0, 1.0, &mut Rng::new(6)),
+    );
     group.throughput(flops(bs * m, k, n));
     group.bench_function(format!("{bs}x{m}x{k}x{n}"), |bench| {
         bench.iter(|| matmul_t(black_box(&a), false, black_box(&b), false))

@@ -1,7 +1,8 @@
 //! # convkit-tensor — f32 tensors and the core math
 //!
 //! The bottom of the convkit stack: an `f32` n-dimensional [`Tensor`], the math a CNN needs
-//! around its convolutions, a seeded portable random generator, and safetensors I/O. The conv,
+//! around its convolutions, a seeded portable random generator, and safetensors I/O; and
+//! [`testing`], the tolerance rule and seeded data the workspace's tests share. The conv,
 //! autograd and nn crates build on this and nothing else.
 //!
 //! ## The tensor
@@ -29,6 +30,7 @@
 //! | [`shape_ops`] | reshape, flatten, permute/transpose, narrow, index_select, concat/stack, pad2d |
 //! | [`matmul`](mod@matmul) | checked slice-level [`gemm`], [`matmul`](fn@matmul)/[`matmul_t`] 2-D and batched |
 //! | [`io`] | safetensors save/load (F32), to/from bytes, atomic file writes |
+//! | [`testing`] | test support: the [`Tolerance`](testing::Tolerance) rule, [`assert_close`](testing::assert_close), seeded random data |
 //! | [`error`] | [`TensorError`] and [`Result`] |
 //!
 //! ## Math conventions
@@ -82,6 +84,7 @@ pub mod reduce;
 pub mod rng;
 pub mod shape_ops;
 pub mod tensor;
+pub mod testing;
 
 pub use error::{Result, TensorError};
 pub use io::{

@@ -1,6 +1,7 @@
 //! Property tests: broadcasting binary ops and `sum_to` against naive multi-index loops.
 #![allow(clippy::unwrap_used)]
 
+use convkit_tensor::testing::{Tolerance, assert_close};
 use convkit_tensor::{Rng, Tensor, broadcast_shapes, strides};
 use proptest::prelude::*;
 
@@ -100,9 +101,7 @@ proptest! {
             let off: usize = (0..sb.len()).map(|i| if sb[i] == 1 { 0 } else { ix[lead + i] * st[i] }).sum();
             want[off] += f64::from(v);
         }
-        for (&got, &w) in r.as_slice().iter().zip(&want) {
-            prop_assert!((f64::from(got) - w).abs() <= 1e-6 * (1.0 + w.abs()));
-        }
+        assert_close("sum_to", r.as_slice(), &want, Tolerance::new(1e-6, 1e-6));
     }
 }
 

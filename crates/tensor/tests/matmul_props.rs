@@ -2,6 +2,7 @@
 //! sizes 1..=67, batched and broadcast forms.
 #![allow(clippy::unwrap_used)]
 
+use convkit_tensor::testing::{Tolerance, assert_close_with_magnitude, random_vec};
 use convkit_tensor::{Rng, Tensor, gemm, matmul_t};
 use proptest::prelude::*;
 
@@ -37,13 +38,10 @@ fn naive(
     (c, scale)
 }
 
-/// f32 sgemm error is bounded by about k·ε·Σ|aᵢₚ·bₚⱼ|; allow a factor of 2 over that.
-fn assert_close(got: &[f32], want: &[f64], scale: &[f64], k: usize) {
-    assert_eq!(got.len(), want.len());
-    for (idx, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
-        let tol = 2.0 * k as f64 * f64::from(f32::EPSILON) * s + 1e-30;
-        assert!((f64::from(g) - w).abs() <= tol, "element {idx}: got {g}, want {w}, tol {tol}");
-    }
+/// f32 sgemm error is bounded by about k·ε·Σ|aᵢₚ·bₚⱼ|; allow a factor of 2 over that, as
+/// `1e-30 + 2kε·magnitude` with the magnitude `Σ|terms|` that [`naive`] returns per element.
+fn sgemm(k: usize) -> Tolerance {
+    Tolerance::new(1e-30, 2.0 * k as f64 * f64::from(f32::EPSILON))
 }
 
 fn stored(rows: usize, cols: usize, trans: bool) -> [usize; 2] {
@@ -64,7 +62,8 @@ proptest! {
             let c = matmul_t(&a, ta, &b, tb).unwrap();
             prop_assert_eq!(c.dims(), &[m, n]);
             let (want, scale) = naive(a.as_slice(), ad[1], ta, b.as_slice(), bd[1], tb, m, k, n);
-            assert_close(c.as_slice(), &want, &scale, k);
+            let what = format!("[{m}, {k}]·[{k}, {n}], transposes {ta} {tb}");
+            assert_close_with_magnitude(&what, c.as_slice(), &want, &scale, sgemm(k));
         }
     }
 
@@ -94,7 +93,8 @@ proptest! {
             let ai = if a_batched { &a.as_slice()[i * m * k..(i + 1) * m * k] } else { a.as_slice() };
             let bi = if b_batched { &b.as_slice()[i * k * n..(i + 1) * k * n] } else { b.as_slice() };
             let (want, scale) = naive(ai, ad[1], ta, bi, bd[1], tb, m, k, n);
-            assert_close(&c.as_slice()[i * m * n..(i + 1) * m * n], &want, &scale, k);
+            let got = &c.as_slice()[i * m * n..(i + 1) * m * n];
+            assert_close_with_magnitude(&format!("batch item {i}"), got, &want, &scale, sgemm(k));
         }
     }
 
@@ -105,23 +105,25 @@ proptest! {
         // Row strides larger than the row (a sub-block of a bigger matrix), α and β ≠ 1.
         let mut rng = Rng::new(seed);
         let (rsa, rsb, rsc) = (k + pad, n + pad, n + pad);
-        let a: Vec<f32> = (0..m * rsa).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let b: Vec<f32> = (0..k * rsb).map(|_| rng.uniform(-1.0, 1.0)).collect();
-        let c0: Vec<f32> = (0..m * rsc).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let a = random_vec(m * rsa, -1.0, 1.0, &mut rng);
+        let b = random_vec(k * rsb, -1.0, 1.0, &mut rng);
+        let c0 = random_vec(m * rsc, -1.0, 1.0, &mut rng);
         let mut c = c0.clone();
         gemm(m, k, n, 0.5, &a, rsa, 1, &b, rsb, 1, 2.0, &mut c, rsc, 1).unwrap();
+        // k + 1 terms: the k products and β·c.
+        let tol = Tolerance::new(0.0, 2.0 * (k + 1) as f64 * f64::from(f32::EPSILON));
         for i in 0..m {
+            let (mut want, mut scale) = (vec![0.0; n], vec![0.0; n]);
             for j in 0..n {
-                let mut want = 2.0 * f64::from(c0[i * rsc + j]);
-                let mut scale = want.abs();
+                want[j] = 2.0 * f64::from(c0[i * rsc + j]);
+                scale[j] = want[j].abs();
                 for p in 0..k {
                     let t = 0.5 * f64::from(a[i * rsa + p]) * f64::from(b[p * rsb + j]);
-                    want += t;
-                    scale += t.abs();
+                    want[j] += t;
+                    scale[j] += t.abs();
                 }
-                let tol = 2.0 * (k + 1) as f64 * f64::from(f32::EPSILON) * scale;
-                prop_assert!((f64::from(c[i * rsc + j]) - want).abs() <= tol);
             }
+            assert_close_with_magnitude(&format!("row {i}"), &c[i * rsc..][..n], &want, &scale, tol);
             // Padding columns are untouched.
             for j in n..rsc {
                 prop_assert_eq!(c[i * rsc + j], c0[i * rsc + j]);
@@ -155,6 +157,7 @@ fn lenet_fc_shapes() {
         let y = matmul_t(&x, false, &w, true).unwrap();
         assert_eq!(y.dims(), &[64, out]);
         let (want, scale) = naive(x.as_slice(), inp, false, w.as_slice(), inp, true, 64, inp, out);
-        assert_close(y.as_slice(), &want, &scale, inp);
+        let what = format!("x·Wᵀ, {inp} -> {out}");
+        assert_close_with_magnitude(&what, y.as_slice(), &want, &scale, sgemm(inp));
     }
 }

@@ -9,6 +9,7 @@ use convkit_nn::{
     AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Conv2dParams, Flatten, GlobalAvgPool2d, Linear,
     MaxPool2d, Module, ReLU, Residual, Sequential, named_buffers, named_params,
 };
+use convkit_tensor::testing::{Tolerance, assert_close, max_abs};
 use convkit_tensor::{Rng, Tensor, load_safetensors};
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -19,27 +20,25 @@ pub fn tensors(name: &str) -> BTreeMap<String, Tensor> {
     load_safetensors(fixture(name)).unwrap()
 }
 
-/// The one tolerance rule of these tests: the largest absolute difference between two
-/// logit tensors of the same dims.
-pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "dims differ");
-    got.as_slice().iter().zip(want.as_slice()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
-}
-
-/// Asserts `max |got − want| <= atol` and prints the measured figure (run the tests with
+/// Asserts that two logit tensors have the same dims, that the logits are not so small that
+/// the comparison means little, and that every logit is within `tol` (the rule of
+/// [`convkit_tensor::testing`]); prints the measured figure (run the tests with
 /// `--nocapture` to see them).
-pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f32) {
-    let d = max_abs_diff(got, want);
-    let scale = want.as_slice().iter().fold(0f32, |m, v| m.max(v.abs()));
-    println!("{what}: max |Δlogit| = {d:.3e} (tolerance {atol:.0e}; logits up to {scale:.3})");
+pub fn assert_logits_close(what: &str, got: &Tensor, want: &Tensor, tol: Tolerance) {
+    assert_eq!(got.dims(), want.dims(), "{what}: dims differ");
+    let scale = max_abs(want.as_slice());
     assert!(scale > 0.01, "{what}: logits {scale:e} too small for the comparison to mean much");
-    assert!(d <= atol, "{what}: max |Δlogit| = {d:e} > {atol:e}");
+    let r = assert_close(what, got.as_slice(), want.as_slice(), tol);
+    println!(
+        "{what}: max |Δlogit| = {:.3e} (tolerance {:.0e}; logits up to {scale:.3})",
+        r.max_abs_diff, tol.atol
+    );
 }
 
 /// Against PyTorch and ONNX Runtime: both compute in f32 with their own summation order.
-pub const ATOL_PEER: f32 = 1e-5;
+pub const PEER: Tolerance = Tolerance::absolute(1e-5);
 /// Export then import in convkit: the same kernels on the same weights.
-pub const ATOL_ROUND_TRIP: f32 = 1e-6;
+pub const ROUND_TRIP: Tolerance = Tolerance::absolute(1e-6);
 
 pub fn run(m: &dyn Module, x: &Tensor) -> Tensor {
     m.forward(&Var::constant(x.clone())).unwrap().into_value()
