@@ -473,22 +473,11 @@ fn machine() -> String {
     format!("{cpu}, {threads} hardware threads available to this process, {}", env::consts::ARCH)
 }
 
-/// The recipe `cargo xtask train` uses unless the arguments override it (clap keeps the last
-/// value of an option): Adam with a cosine schedule over 15 epochs and random left-right
-/// flips, which reaches about 91% on Fashion-MNIST (see the convkit-models docs).
-const TRAIN_DEFAULTS: &[&str] = &[
-    "--optimizer",
-    "adam",
-    "--lr",
-    "0.002",
-    "--schedule",
-    "cosine",
-    "--epochs",
-    "15",
-    "--batch-size",
-    "64",
-    "--hflip",
-];
+/// The recipe `cargo xtask train` passes before the user's arguments, which override its
+/// options (clap keeps the last value of an option): `lenet train --recipe fashion-mnist`,
+/// defined once in `convkit_models::train::Recipe` (Adam, cosine schedule, 15 epochs, random
+/// left-right flips; about 91.5% on Fashion-MNIST).
+const TRAIN_DEFAULTS: &[&str] = &["--recipe", "fashion-mnist"];
 
 /// The four standard file names of an MNIST-format dataset (each raw or `.gz`).
 const IDX_NAMES: [&str; 4] = [

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use convkit_models::fetch::{DatasetKind, not_found_hint};
 use convkit_models::idx::{IdxFiles, STANDARD_NAMES};
-use convkit_models::{DataError, Result, io_err};
+use convkit_models::{ModelError, Result, io_err};
 use sha2::{Digest, Sha256};
 
 /// Largest download accepted per file (the biggest, MNIST's training images, is 9.9 MB
@@ -45,7 +45,7 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     if got.eq_ignore_ascii_case(expected) {
         Ok(())
     } else {
-        Err(DataError::Checksum { path: path.to_path_buf(), got, expected: expected.to_owned() })
+        Err(ModelError::Checksum { path: path.to_path_buf(), got, expected: expected.to_owned() })
     }
 }
 
@@ -77,7 +77,7 @@ pub fn fetch(kind: DatasetKind, dir: &Path, log: &mut dyn FnMut(&str)) -> Result
                 Err(e) => {
                     log(&format!("  failed: {e}"));
                     let offline =
-                        matches!(&e, DataError::Fetch { msg, .. } if msg.starts_with("network:"));
+                        matches!(&e, ModelError::Fetch { msg, .. } if msg.starts_with("network:"));
                     last_err = Some(e);
                     if offline && mirror == &kind.mirrors()[0] {
                         // A DNS or connection failure on the first mirror: try the next once,
@@ -89,7 +89,7 @@ pub fn fetch(kind: DatasetKind, dir: &Path, log: &mut dyn FnMut(&str)) -> Result
         }
         if let Some(e) = last_err {
             return Err(match e {
-                DataError::Fetch { url, msg } => DataError::Fetch {
+                ModelError::Fetch { url, msg } => ModelError::Fetch {
                     url,
                     msg: format!(
                         "{msg}; instead, {}",
@@ -105,7 +105,7 @@ pub fn fetch(kind: DatasetKind, dir: &Path, log: &mut dyn FnMut(&str)) -> Result
 
 /// Downloads `url` to a temporary file beside `dest`, checks its SHA-256, renames it.
 fn download_verified(agent: &ureq::Agent, url: &str, dest: &Path, sha: &str) -> Result<()> {
-    let fetch_err = |msg: String| DataError::Fetch { url: url.to_owned(), msg };
+    let fetch_err = |msg: String| ModelError::Fetch { url: url.to_owned(), msg };
     let response = agent.get(url).call().map_err(|e| match e {
         ureq::Error::StatusCode(code) => fetch_err(format!("HTTP status {code}")),
         other => fetch_err(format!("network: {other}")),
@@ -144,7 +144,7 @@ mod tests {
         assert_eq!(sha256_file(&f).unwrap(), abc);
         verify_sha256(&f, &abc.to_uppercase()).unwrap();
         let err = verify_sha256(&f, &"0".repeat(64)).unwrap_err();
-        assert!(matches!(err, DataError::Checksum { .. }), "{err}");
+        assert!(matches!(err, ModelError::Checksum { .. }), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,7 +19,7 @@ use image::{Rgb, RgbImage};
 
 use convkit_models::data::{Normalization, preprocess};
 use convkit_models::lenet::{CLASSES, LeNet5};
-use convkit_models::{DataError, Result, invalid, io_err};
+use convkit_models::{ModelError, Result, invalid, io_err};
 
 /// The stages whose feature maps are drawn, in order: after each convolution (before its
 /// ReLU, so the sign shows) and after each pooling layer.
@@ -198,7 +198,7 @@ pub struct CurvePoint {
 /// skipped). A resumed run may repeat an epoch; the last line for each epoch wins.
 pub fn read_metrics(path: &Path) -> Result<Vec<CurvePoint>> {
     let text = std::fs::read_to_string(path).map_err(|e| io_err(path, &e))?;
-    let bad = |line: usize, msg: String| DataError::Invalid {
+    let bad = |line: usize, msg: String| ModelError::Invalid {
         what: "metrics",
         msg: format!("{}:{line}: {msg}", path.display()),
     };

@@ -29,7 +29,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Duration;
 
-use convkit_models::{DataError, Dataset, LeNet5, Normalization, TrainConfig, Trainer};
+use convkit_models::{Dataset, LeNet5, ModelError, Normalization, TrainConfig, Trainer};
 use convkit_tensor::Rng;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -39,7 +39,7 @@ const TRAIN_BATCH: usize = 64;
 const INFER_BATCH: usize = 256;
 
 /// `n` random 28x28 images with random labels, drawn from `seed`.
-fn synthetic(n: usize, seed: u64) -> Result<Dataset, DataError> {
+fn synthetic(n: usize, seed: u64) -> Result<Dataset, ModelError> {
     let mut rng = Rng::new(seed);
     let pixels = (0..n * 28 * 28).map(|_| rng.below(256) as u8).collect();
     let labels = (0..n).map(|_| rng.below(10) as u8).collect();
@@ -56,7 +56,7 @@ fn measurement_time() -> Duration {
 }
 
 fn lenet(c: &mut Criterion) {
-    let setup = || -> Result<_, DataError> {
+    let setup = || -> Result<_, ModelError> {
         let data = synthetic(INFER_BATCH, 7)?;
         let all: Vec<usize> = (0..INFER_BATCH).collect();
         let train = data.batch(&all[..TRAIN_BATCH])?;

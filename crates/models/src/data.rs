@@ -14,7 +14,7 @@
 use convkit_nn::checkpoint::{self, Metadata};
 use convkit_tensor::{Rng, Tensor};
 
-use crate::error::{DataError, Result, invalid};
+use crate::error::{ModelError, Result, invalid};
 use crate::idx::IdxSplit;
 use crate::lenet::INPUT_SIZE;
 
@@ -268,10 +268,10 @@ pub fn random_hflip(images: &mut Tensor, rng: &mut Rng) -> Result<()> {
     Ok(())
 }
 
-/// Checks a label vector for a [`DataError`]-free range (all below `classes`).
+/// Checks a label vector for a [`ModelError`]-free range (all below `classes`).
 pub fn check_labels(labels: &[u8], classes: usize) -> Result<()> {
     match labels.iter().position(|&l| usize::from(l) >= classes) {
-        Some(i) => Err(DataError::Invalid {
+        Some(i) => Err(ModelError::Invalid {
             what: "labels",
             msg: format!("label {} at index {i} is not below {classes}", labels[i]),
         }),

@@ -6,7 +6,7 @@ use thiserror::Error;
 
 /// Errors from reading datasets, building or loading the model, and training.
 #[derive(Debug, Error)]
-pub enum DataError {
+pub enum ModelError {
     /// The file could not be opened or read.
     #[error("{}: {msg}", path.display())]
     Io {
@@ -91,6 +91,9 @@ pub enum DataError {
     /// A layer, optimizer or checkpoint operation failed.
     #[error(transparent)]
     Nn(#[from] convkit_nn::NnError),
+    /// A convolution's shapes or buffers were rejected.
+    #[error(transparent)]
+    Conv(#[from] convkit_conv::ConvError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] convkit_tensor::TensorError),
@@ -100,14 +103,14 @@ pub enum DataError {
 }
 
 /// Result alias of this crate.
-pub type Result<T, E = DataError> = std::result::Result<T, E>;
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
-/// An [`DataError::Io`] for `path`.
-pub fn io_err(path: impl Into<PathBuf>, e: &std::io::Error) -> DataError {
-    DataError::Io { path: path.into(), msg: e.to_string() }
+/// An [`ModelError::Io`] for `path`.
+pub fn io_err(path: impl Into<PathBuf>, e: &std::io::Error) -> ModelError {
+    ModelError::Io { path: path.into(), msg: e.to_string() }
 }
 
-/// An [`DataError::Invalid`].
-pub fn invalid(what: &'static str, msg: impl Into<String>) -> DataError {
-    DataError::Invalid { what, msg: msg.into() }
+/// An [`ModelError::Invalid`].
+pub fn invalid(what: &'static str, msg: impl Into<String>) -> ModelError {
+    ModelError::Invalid { what, msg: msg.into() }
 }

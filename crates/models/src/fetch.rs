@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::error::{DataError, Result};
+use crate::error::{ModelError, Result};
 use crate::idx::IdxFiles;
 
 /// Environment variable naming a directory with the four IDX files.
@@ -97,13 +97,13 @@ impl fmt::Display for DatasetKind {
 }
 
 impl FromStr for DatasetKind {
-    type Err = DataError;
+    type Err = ModelError;
 
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().replace('_', "-").as_str() {
             "mnist" => Ok(DatasetKind::Mnist),
             "fashion-mnist" | "fashion" | "fashionmnist" => Ok(DatasetKind::FashionMnist),
-            other => Err(DataError::Invalid {
+            other => Err(ModelError::Invalid {
                 what: "dataset",
                 msg: format!("unknown dataset {other:?}; expected mnist or fashion-mnist"),
             }),
@@ -153,7 +153,7 @@ pub fn locate(
             return Ok(Located { files, dir: dir.clone(), source });
         }
     }
-    Err(DataError::NotFound {
+    Err(ModelError::NotFound {
         dataset: kind.name().to_owned(),
         searched: candidates.iter().map(|(d, _)| d.display().to_string()).collect(),
         hint: not_found_hint(kind),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use crate::error::{DataError, Result};
+use crate::error::{ModelError, Result};
 
 /// Magic number of an IDX file of unsigned-byte images (three dimensions).
 pub const IMAGES_MAGIC: u32 = 2051;
@@ -58,14 +58,14 @@ pub struct IdxLabels {
 pub fn read_idx_images(path: impl AsRef<Path>) -> Result<IdxImages> {
     let path = path.as_ref();
     let bytes = read_file(path)?;
-    parse_idx_images(&bytes).map_err(|msg| DataError::Idx { path: path.to_path_buf(), msg })
+    parse_idx_images(&bytes).map_err(|msg| ModelError::Idx { path: path.to_path_buf(), msg })
 }
 
 /// Reads an IDX label file (magic 2049), raw or gzip (detected from the content).
 pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<IdxLabels> {
     let path = path.as_ref();
     let bytes = read_file(path)?;
-    parse_idx_labels(&bytes).map_err(|msg| DataError::Idx { path: path.to_path_buf(), msg })
+    parse_idx_labels(&bytes).map_err(|msg| ModelError::Idx { path: path.to_path_buf(), msg })
 }
 
 /// Parses the uncompressed bytes of an IDX image file.
@@ -127,8 +127,8 @@ fn body<'a>(
 
 /// Reads a whole file, decompressing gzip, with the size checked before allocating.
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let io = |e: std::io::Error| DataError::Io { path: path.to_path_buf(), msg: e.to_string() };
-    let idx = |msg: String| DataError::Idx { path: path.to_path_buf(), msg };
+    let io = |e: std::io::Error| ModelError::Io { path: path.to_path_buf(), msg: e.to_string() };
+    let idx = |msg: String| ModelError::Idx { path: path.to_path_buf(), msg };
     let mut file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut magic = [0u8; 2];
@@ -217,10 +217,10 @@ impl IdxFiles {
             }
         }
         if !missing.is_empty() {
-            return Err(DataError::MissingFiles { dir: dir.to_path_buf(), missing });
+            return Err(ModelError::MissingFiles { dir: dir.to_path_buf(), missing });
         }
         let [train_images, train_labels, test_images, test_labels] =
-            <[PathBuf; 4]>::try_from(found).map_err(|_| DataError::MissingFiles {
+            <[PathBuf; 4]>::try_from(found).map_err(|_| ModelError::MissingFiles {
                 dir: dir.to_path_buf(),
                 missing: Vec::new(),
             })?;
@@ -250,14 +250,14 @@ impl IdxSplit {
         let (ipath, lpath) = (images.as_ref(), labels.as_ref());
         let images = read_idx_images(ipath)?;
         if (images.rows, images.cols) != (rows, cols) {
-            return Err(DataError::Idx {
+            return Err(ModelError::Idx {
                 path: ipath.to_path_buf(),
                 msg: format!("images are {}x{}, expected {rows}x{cols}", images.rows, images.cols),
             });
         }
         let labels = read_idx_labels(lpath)?;
         if labels.labels.len() != images.count {
-            return Err(DataError::Idx {
+            return Err(ModelError::Idx {
                 path: lpath.to_path_buf(),
                 msg: format!(
                     "{} labels for {} images in {}",
@@ -268,7 +268,7 @@ impl IdxSplit {
             });
         }
         if let Some((i, &l)) = labels.labels.iter().enumerate().find(|&(_, &l)| l >= classes) {
-            return Err(DataError::Idx {
+            return Err(ModelError::Idx {
                 path: lpath.to_path_buf(),
                 msg: format!("label {l} at index {i} is not below the {classes} classes"),
             });

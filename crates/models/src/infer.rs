@@ -32,7 +32,7 @@ use convkit_nn::{Conv2d, Linear};
 use convkit_tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::error::{DataError, Result};
+use crate::error::{ModelError, Result};
 use crate::lenet::{CLASSES, INPUT_SIZE, check_input};
 
 /// Floats per input image.
@@ -95,8 +95,8 @@ impl Dense {
     }
 }
 
-fn shape_error(what: &str, dims: &[usize]) -> DataError {
-    DataError::Invalid {
+fn shape_error(what: &str, dims: &[usize]) -> ModelError {
+    ModelError::Invalid {
         what: "LeNet5",
         msg: format!("{what} parameter has shape {dims:?}, not LeNet-5's"),
     }

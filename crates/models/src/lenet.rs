@@ -13,7 +13,7 @@ use convkit_nn::{
 use convkit_tensor::{Rng, Tensor};
 
 use crate::data::Normalization;
-use crate::error::{DataError, Result};
+use crate::error::{ModelError, Result};
 use crate::infer::PackedLeNet;
 
 /// Side of the network's square input: 28x28 images padded by 2 on each side.
@@ -109,7 +109,18 @@ impl LeNet5 {
     /// `fc1` and `fc2` are reported after their ReLU, `fc3` and `logits` are the same output)
     /// and output, e.g. to show feature maps.
     pub fn forward_inspect(&self, x: &Var, inspect: &mut dyn FnMut(&str, &Var)) -> Result<Var> {
-        check_input(x.dims())?;
+        Ok(self.layers(x, inspect)?)
+    }
+
+    /// The layers of [`LeNet5::forward_inspect`], with the layers' own error type.
+    fn layers(&self, x: &Var, inspect: &mut dyn FnMut(&str, &Var)) -> convkit_nn::Result<Var> {
+        if check_input(x.dims()).is_err() {
+            return Err(convkit_nn::NnError::Input {
+                layer: "LeNet5",
+                got: x.dims().to_vec(),
+                msg: format!("expected [batch, 1, {INPUT_SIZE}, {INPUT_SIZE}]"),
+            });
+        }
         let pool = AvgPool2d::new(2);
         let mut h = self.conv1.forward(x)?;
         inspect("conv1", &h);
@@ -197,8 +208,7 @@ impl LeNet5 {
          -> Result<LayerInfo> {
             let w = layer.weight.dims();
             let g =
-                ConvGeometry::new([n, c_in, hw, hw], [w[0], w[1], w[2], w[3]], layer.cfg.params)
-                    .map_err(|e| DataError::Invalid { what: "LeNet5", msg: e.to_string() })?;
+                ConvGeometry::new([n, c_in, hw, hw], [w[0], w[1], w[2], w[3]], layer.cfg.params)?;
             let algo = convkit_conv::resolve(ConvAlgo::Auto, &g).unwrap_or_else(|_| select(&g));
             let params = count(&layer.weight) + layer.bias.as_ref().map_or(0, count);
             let out = g.output_dims().to_vec();
@@ -247,7 +257,7 @@ impl LeNet5 {
 /// Checks that `dims` is a batch of preprocessed images, `[n, 1, 32, 32]`.
 pub(crate) fn check_input(dims: &[usize]) -> Result<()> {
     if dims.len() != 4 || dims[1..] != [1, INPUT_SIZE, INPUT_SIZE] {
-        return Err(DataError::Invalid {
+        return Err(ModelError::Invalid {
             what: "LeNet5",
             msg: format!("input {dims:?}, expected [batch, 1, 32, 32]"),
         });
@@ -276,14 +286,7 @@ pub struct LayerInfo {
 
 impl Module for LeNet5 {
     fn forward(&self, x: &Var) -> convkit_nn::Result<Var> {
-        self.forward_inspect(x, &mut |_, _| {}).map_err(|e| match e {
-            DataError::Nn(e) => e,
-            other => convkit_nn::NnError::Input {
-                layer: "LeNet5",
-                got: x.dims().to_vec(),
-                msg: other.to_string(),
-            },
-        })
+        self.layers(x, &mut |_, _| {})
     }
 
     /// The layers in order, under PyTorch's `state_dict` names, so that tools that walk a

@@ -24,7 +24,7 @@
 //!   scale to 20 pixels, centre by centre of mass).
 //! - [`zoo`]: networks beyond LeNet-5 for small images — a VGG-style conv-BN-ReLU stack and
 //!   a small ResNet — with the `state_dict` names of their PyTorch twins.
-//! - [`error`]: [`DataError`], whose messages name the file or argument at fault.
+//! - [`error`]: [`ModelError`], whose messages name the file or argument at fault.
 //!
 //! ## Files
 //! `lenet train --out model.safetensors` writes, after every epoch and atomically:
@@ -38,7 +38,7 @@
 //! |---|---|
 //! | reference: SGD lr 0.01, momentum 0.9, batch 64, 10 epochs, seed 0 | 0.9015 (PyTorch 0.8943) |
 //! | the same over seeds 0–4 (PyTorch: seeds 0–2) | mean 0.8974 (PyTorch mean 0.8933) |
-//! | `cargo xtask train`: Adam lr 0.002, cosine per step, batch 64, 15 epochs, `--hflip` | 0.9153 |
+//! | fashion-mnist ([`train::Recipe`], `cargo xtask train`): Adam lr 0.002, cosine per step, batch 64, 15 epochs, hflip | 0.9153 |
 //! | PyTorch's trained weights evaluated here (`lenet eval`) | 0.8943, identical |
 //!
 //! Reference recipe, final test accuracy per seed: 0.9015, 0.9002, 0.8924, 0.8969, 0.8961
@@ -68,7 +68,7 @@
 //! let m = trainer.train_epoch(&train, &test, &mut |_, _, _| {})?;
 //! println!("test accuracy {:.4}", m.test_acc);
 //! trainer.save("model.safetensors".as_ref(), &Default::default())?;
-//! # Ok::<(), convkit_models::DataError>(())
+//! # Ok::<(), convkit_models::ModelError>(())
 //! ```
 
 pub mod data;
@@ -82,7 +82,7 @@ pub mod train;
 pub mod zoo;
 
 pub use data::{Batch, Dataset, Normalization};
-pub use error::{DataError, Result, invalid, io_err};
+pub use error::{ModelError, Result, invalid, io_err};
 pub use lenet::LeNet5;
 pub use train::{EpochMetrics, Evaluation, TrainConfig, Trainer, evaluate};
 

@@ -20,7 +20,7 @@ fn files() -> Option<IdxFiles> {
 }
 
 #[test]
-fn fashion_mnist_reads_with_expected_counts() -> Result<(), convkit_models::DataError> {
+fn fashion_mnist_reads_with_expected_counts() -> Result<(), convkit_models::ModelError> {
     let Some(f) = files() else { return Ok(()) };
     let train = IdxSplit::read(&f.train_images, &f.train_labels, 28, 28, 10)?;
     let test = IdxSplit::read(&f.test_images, &f.test_labels, 28, 28, 10)?;

@@ -73,8 +73,8 @@ pub use module::{
     Module, Residual, Sequential, bind, named_buffers, named_params, num_params, params,
 };
 pub use norm::{BatchNorm2d, BatchNormConfig};
-pub use optim::{Adam, AdamConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
-pub use sched::{Constant, CosineAnnealing, LinearWarmup, LrSchedule, StepLr, Then};
+pub use optim::{Adam, AdamConfig, Optimizer, OptimizerKind, OptimizerState, Sgd, SgdConfig};
+pub use sched::{Constant, CosineAnnealing, LinearWarmup, LrSchedule, ScheduleKind, StepLr, Then};
 
 /// This crate's README, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]

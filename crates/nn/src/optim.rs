@@ -42,6 +42,75 @@ pub trait Optimizer {
     fn load_state(&mut self, state: &OptimizerState) -> Result<()>;
 }
 
+/// Which optimizer a training run uses: the one description the library, the command line and
+/// the checkpoints share (by [`OptimizerKind::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OptimizerKind {
+    /// SGD with momentum ([`Sgd`], PyTorch's `SGD`).
+    Sgd,
+    /// Adam with L2 weight decay ([`Adam`], PyTorch's `Adam`).
+    Adam,
+}
+
+impl OptimizerKind {
+    /// Every optimizer, in the order a help text lists them.
+    pub const ALL: [OptimizerKind; 2] = [OptimizerKind::Sgd, OptimizerKind::Adam];
+
+    /// `sgd` or `adam`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+        }
+    }
+
+    /// The learning rate a run uses when none is given: SGD 0.01 ([`SgdConfig`]'s default),
+    /// Adam 0.001 (PyTorch's).
+    pub fn default_lr(self) -> f32 {
+        match self {
+            OptimizerKind::Sgd => SgdConfig::default().lr,
+            OptimizerKind::Adam => AdamConfig::default().lr,
+        }
+    }
+
+    /// The optimizer over `params` with learning rate `lr`, L2 weight decay `weight_decay`
+    /// and, for SGD, `momentum` (Adam keeps PyTorch's betas and eps).
+    pub fn build(
+        self,
+        params: Vec<Param>,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<Box<dyn Optimizer>> {
+        Ok(match self {
+            OptimizerKind::Sgd => Box::new(Sgd::new(
+                params,
+                SgdConfig { lr, momentum, weight_decay, ..Default::default() },
+            )?),
+            OptimizerKind::Adam => {
+                Box::new(Adam::new(params, AdamConfig { lr, weight_decay, ..Default::default() })?)
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = NnError;
+
+    /// Parses a [`OptimizerKind::name`]; the error lists the valid names.
+    fn from_str(s: &str) -> Result<Self> {
+        OptimizerKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            config("optimizer", format!("unknown optimizer {s:?}; expected sgd or adam"))
+        })
+    }
+}
+
 /// Options of [`Sgd`], with PyTorch's defaults except `lr`, which has none there.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdConfig {

@@ -135,3 +135,54 @@ impl LrSchedule for Constant {
         self.0
     }
 }
+
+/// Which schedule a training run uses, stepped once per batch: the one description the
+/// library, the command line and the checkpoints share (by [`ScheduleKind::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScheduleKind {
+    /// The same rate at every step ([`Constant`]).
+    Constant,
+    /// Cosine annealing from the base rate to 0 over the run's steps ([`CosineAnnealing`]):
+    /// `lr·(1 + cos(π·s/S))/2` at step `s` of `S`.
+    Cosine,
+}
+
+impl ScheduleKind {
+    /// Every schedule, in the order a help text lists them.
+    pub const ALL: [ScheduleKind; 2] = [ScheduleKind::Constant, ScheduleKind::Cosine];
+
+    /// `constant` or `cosine`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScheduleKind::Constant => "constant",
+            ScheduleKind::Cosine => "cosine",
+        }
+    }
+
+    /// The schedule from `base` over `total_steps` steps (at least 1 is used).
+    pub fn schedule(self, base: f32, total_steps: usize) -> Box<dyn LrSchedule> {
+        match self {
+            ScheduleKind::Constant => Box::new(Constant(base)),
+            ScheduleKind::Cosine => {
+                Box::new(CosineAnnealing { base, t_max: total_steps.max(1), eta_min: 0.0 })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ScheduleKind {
+    type Err = crate::NnError;
+
+    /// Parses a [`ScheduleKind::name`]; the error lists the valid names.
+    fn from_str(s: &str) -> Result<Self> {
+        ScheduleKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            config("schedule", format!("unknown schedule {s:?}; expected constant or cosine"))
+        })
+    }
+}

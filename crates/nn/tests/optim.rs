@@ -269,3 +269,29 @@ fn schedules_match_pytorch() {
     assert!(CosineAnnealing::new(0.1, 0, 0.0).is_err());
     assert!(LinearWarmup::new(0.1, 0.0, 3).is_err());
 }
+
+#[test]
+fn optimizer_and_schedule_kinds_parse_their_names_and_build() {
+    use convkit_nn::{OptimizerKind, ScheduleKind};
+    for k in OptimizerKind::ALL {
+        assert_eq!(k.name().parse::<OptimizerKind>().unwrap(), k);
+        assert_eq!(k.to_string(), k.name());
+        let p = Param::new(Tensor::from_vec(&[2], vec![1.0, 2.0]).unwrap());
+        let opt = k.build(vec![p], k.default_lr(), 0.9, 0.0).unwrap();
+        assert_eq!(opt.lr(), k.default_lr());
+    }
+    assert_eq!(OptimizerKind::Sgd.default_lr(), 0.01);
+    assert_eq!(OptimizerKind::Adam.default_lr(), 0.001);
+    let e = "adamw".parse::<OptimizerKind>().unwrap_err().to_string();
+    assert!(e.contains("unknown optimizer \"adamw\"") && e.contains("sgd or adam"), "{e}");
+    for k in ScheduleKind::ALL {
+        assert_eq!(k.name().parse::<ScheduleKind>().unwrap(), k);
+    }
+    assert!("step".parse::<ScheduleKind>().is_err());
+    let cos = ScheduleKind::Cosine.schedule(0.1, 10);
+    assert_eq!(cos.lr_at(0), 0.1);
+    assert!(cos.lr_at(10).abs() < 1e-9);
+    assert_eq!(ScheduleKind::Constant.schedule(0.1, 10).lr_at(7), 0.1);
+    // A zero-length run still gives a finite schedule.
+    assert!(ScheduleKind::Cosine.schedule(0.1, 0).lr_at(0).is_finite());
+}

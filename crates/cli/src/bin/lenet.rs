@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use convkit_cli::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_cli::visualize::{
@@ -29,10 +30,11 @@ use convkit_models::idx::{IdxSplit, read_idx_images};
 use convkit_models::lenet::{INPUT_SIZE, LeNet5, NUM_PARAMS};
 use convkit_models::preprocess::{decode_picture, picture_to_mnist};
 use convkit_models::train::{
-    OptimizerKind, ScheduleKind, TrainConfig, Trainer, evaluate, metrics_path, optimizer_path,
+    OptimizerKind, Recipe, ScheduleKind, TrainConfig, Trainer, evaluate, metrics_path,
+    optimizer_path,
 };
 use convkit_models::zoo::ZooModel;
-use convkit_models::{DataError, Dataset};
+use convkit_models::{Dataset, ModelError};
 use convkit_nn::checkpoint::Metadata;
 use convkit_tensor::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -93,16 +95,21 @@ impl From<DatasetArg> for DatasetKind {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum OptimizerArg {
-    Sgd,
-    Adam,
+/// `--optimizer`: the names of [`OptimizerKind::ALL`], parsed by the library.
+fn optimizer_parser() -> impl TypedValueParser<Value = OptimizerKind> {
+    PossibleValuesParser::new(OptimizerKind::ALL.map(OptimizerKind::name))
+        .try_map(|s| s.parse::<OptimizerKind>())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ScheduleArg {
-    Constant,
-    Cosine,
+/// `--recipe`: the names of [`Recipe::ALL`], parsed by the library.
+fn recipe_parser() -> impl TypedValueParser<Value = Recipe> {
+    PossibleValuesParser::new(Recipe::ALL.map(Recipe::name)).try_map(|s| s.parse::<Recipe>())
+}
+
+/// `--schedule`: the names of [`ScheduleKind::ALL`], parsed by the library.
+fn schedule_parser() -> impl TypedValueParser<Value = ScheduleKind> {
+    PossibleValuesParser::new(ScheduleKind::ALL.map(ScheduleKind::name))
+        .try_map(|s| s.parse::<ScheduleKind>())
 }
 
 #[derive(Args)]
@@ -120,37 +127,44 @@ struct DataArgs {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// Number of epochs in total, counting those done before a resume [default: 10, or the
-    /// resumed run's].
+    /// The base recipe, which the options below override: `reference` (SGD lr 0.01, momentum
+    /// 0.9, batch 64, 10 epochs) or `fashion-mnist` (Adam lr 0.002, cosine, 15 epochs,
+    /// --hflip).
+    #[arg(long, default_value_t = Recipe::Reference, value_parser = recipe_parser())]
+    recipe: Recipe,
+    /// Number of epochs in total, counting those done before a resume [default: the
+    /// recipe's, or the resumed run's].
     #[arg(long)]
     epochs: Option<usize>,
     /// Stop after this many epochs of this invocation (continue later with --resume).
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
-    /// Images per step.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// Optimizer.
-    #[arg(long, value_enum, default_value = "sgd")]
-    optimizer: OptimizerArg,
-    /// Learning rate [default: 0.01 for sgd, 0.001 for adam].
+    /// Images per step [default: the recipe's].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Optimizer [default: the recipe's].
+    #[arg(long, value_parser = optimizer_parser())]
+    optimizer: Option<OptimizerKind>,
+    /// Learning rate [default: the recipe's; 0.01 for sgd, 0.001 for adam when --optimizer
+    /// changes it].
     #[arg(long)]
     lr: Option<f32>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
-    /// L2 weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
-    /// Learning-rate schedule over the epochs.
-    #[arg(long, value_enum, default_value = "constant")]
-    schedule: ScheduleArg,
-    /// Mirror training images left-right at random (for Fashion-MNIST, not digits).
+    /// SGD momentum [default: the recipe's].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// L2 weight decay [default: the recipe's].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Learning-rate schedule, stepped every batch [default: the recipe's].
+    #[arg(long, value_parser = schedule_parser())]
+    schedule: Option<ScheduleKind>,
+    /// Mirror training images left-right at random (for Fashion-MNIST, not digits; on in the
+    /// fashion-mnist recipe).
     #[arg(long)]
     hflip: bool,
-    /// Seed of initialization and shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of initialization and shuffling [default: the recipe's].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -337,24 +351,20 @@ fn train(a: &TrainArgs) -> Result<()> {
         Some(ckpt) => Trainer::resume(ckpt, a.epochs)
             .with_context(|| format!("cannot resume from {}", ckpt.display()))?,
         None => {
-            let optimizer = match a.optimizer {
-                OptimizerArg::Sgd => OptimizerKind::Sgd,
-                OptimizerArg::Adam => OptimizerKind::Adam,
-            };
-            let default_lr = if matches!(optimizer, OptimizerKind::Sgd) { 0.01 } else { 0.001 };
+            let base = a.recipe.config();
+            let optimizer = a.optimizer.unwrap_or(base.optimizer);
+            let default_lr =
+                if optimizer == base.optimizer { base.lr } else { optimizer.default_lr() };
             let cfg = TrainConfig {
-                epochs: a.epochs.unwrap_or(10),
-                batch_size: a.batch_size,
+                epochs: a.epochs.unwrap_or(base.epochs),
+                batch_size: a.batch_size.unwrap_or(base.batch_size),
                 optimizer,
                 lr: a.lr.unwrap_or(default_lr),
-                momentum: a.momentum,
-                weight_decay: a.weight_decay,
-                seed: a.seed,
-                schedule: match a.schedule {
-                    ScheduleArg::Constant => ScheduleKind::Constant,
-                    ScheduleArg::Cosine => ScheduleKind::Cosine,
-                },
-                hflip: a.hflip,
+                momentum: a.momentum.unwrap_or(base.momentum),
+                weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
+                seed: a.seed.unwrap_or(base.seed),
+                schedule: a.schedule.unwrap_or(base.schedule),
+                hflip: a.hflip || base.hflip,
                 limit: a.limit,
             };
             Trainer::new(cfg, Normalization::default())?
@@ -453,7 +463,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         }
         let m = match result {
             Ok(m) => m,
-            Err(e @ DataError::NonFiniteLoss { .. }) => {
+            Err(e @ ModelError::NonFiniteLoss { .. }) => {
                 let kept = match &a.resume {
                     _ if trainer.epochs_done() > first_epoch => {
                         format!("the last good checkpoint is {}", out.display())
@@ -542,7 +552,7 @@ fn load_picture(path: &Path) -> Result<Vec<u8>> {
         .with_guessed_format()
         .with_context(|| format!("cannot read {}", path.display()))?
         .decode()
-        .map_err(|e| DataError::Image { path: path.to_path_buf(), msg: e.to_string() })?
+        .map_err(|e| ModelError::Image { path: path.to_path_buf(), msg: e.to_string() })?
         .into_luma8();
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
