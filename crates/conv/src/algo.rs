@@ -160,27 +160,9 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 
 /// The automatic choice for `g`: the fastest available algorithm by benchmark evidence.
 ///
-/// Evidence: forward times at 1 thread on the 2-core Zen 3, milliseconds, minimum of 25 calls
-/// of each algorithm in turn (one run of a timing loop over the suite; the shared machine's
-/// medians drift by ±30% between runs, so within-run order is what counts). Winograd times
-/// include the per-call filter transform. `docs/benchmarks.md` has the criterion medians,
-/// 2 threads and backward:
+/// The rule, in order (naive never wins; the timings behind it are in `docs/convolution.md`,
+/// section 8):
 ///
-/// | shape        | im2col | winograd F2 | winograd F4 | direct | picked     |
-/// |--------------|--------|-------------|-------------|--------|------------|
-/// | lenet_c1     |  0.57  |      –      |      –      |  0.49  | direct     |
-/// | lenet_c2     |  1.19  |      –      |      –      |  0.52 ¹ | direct    |
-/// | res3x3_56    |  3.65  |    2.92     |    1.93     |  5.24  | winograd4  |
-/// | res3x3_28b8  | 24.99  |   14.75     |    9.75     | 39.83  | winograd4  |
-/// | vgg3x3_14    |  3.18  |    2.36     |    2.67     |  6.11  | winograd2  |
-/// | strided      | 12.67  |      –      |      –      | 23.91  | im2col     |
-/// | pointwise    |  3.99  |      –      |      –      | 13.80  | im2col     |
-/// | depthwise    |  3.65  |    7.88     |    6.44     |  0.64  | direct     |
-/// | dilated      |  8.26  |    6.29     |    5.43     | 11.96  | winograd4  |
-///
-/// ¹ `auto` (the same kernel) in the same run; `direct`'s own minimum there was 0.78.
-///
-/// Naive never wins (30–80x slower). Hence the rule, in order:
 /// 1. one input channel per group (LeNet's first layer, depthwise), or 5x5-and-larger kernels
 ///    with at most 16 outputs per group (LeNet's second layer): `Direct` — GEMM rows are too
 ///    short or too few to feed the GEMM's 6x16 micro-kernel;
@@ -231,28 +213,7 @@ fn tiles_per_image(g: &ConvGeometry, m: usize) -> usize {
 /// does at inference) runs only the input transform, the products and the output transform.
 ///
 /// Without the filter transform to pay for, Winograd wins on smaller planes than [`select`]
-/// allows, and F(4x4) wins wherever it fills a panel of the GEMM. Evidence: 3x3, padding 1,
-/// K = C, 1 thread, milliseconds, fastest of 5 × 10 calls after a warm-up, each shape's three
-/// timings interleaved:
-///
-/// | input `[n, c, h, w]` | prepared F2 | prepared F4 | im2col | [`select`] |
-/// |----------------------|-------------|-------------|--------|------------|
-/// | 1, 512, 3, 3         |  2.08       |  5.09       |  3.19  | im2col     |
-/// | 1, 256, 4, 4         |  0.39       |  0.89       |  0.42  | im2col     |
-/// | 1, 64, 6, 6          |  0.051      |  0.082      |  0.074 | im2col     |
-/// | 1, 512, 7, 7         |  1.73       |  4.02       |  4.65  | im2col     |
-/// | 2, 512, 7, 7         |  3.95       |  9.23       |  9.18  | winograd2  |
-/// | 1, 16, 8, 8          |  0.012      |  0.017      |  0.017 | im2col     |
-/// | 1, 128, 10, 10       |  0.28       |  0.34       |  0.49  | im2col     |
-/// | 1, 64, 12, 12        |  0.135      |  0.122      |  0.176 | winograd2  |
-/// | 8, 64, 6, 6          |  0.399      |  0.363      |  0.855 | winograd2  |
-/// | 4, 64, 12, 12        |  0.477      |  0.420      |  0.679 | winograd2  |
-/// | 1, 256, 14, 14 (vgg) |  1.72       |  1.09       |  3.08  | winograd2  |
-/// | 2, 32, 16, 16        |  0.166      |  0.098      |  0.175 | winograd2  |
-/// | 1, 128, 28, 28       |  1.95       |  1.33       |  2.82  | winograd2  |
-///
-/// The report's `winograd_prepared_t1` group has F(4x4) ahead of F(2x2) on every suite shape
-/// Winograd runs (vgg3x3_14 1.36 against 2.18 ms, dilated 4.80 against 6.18). Hence: on the
+/// allows (evidence in `docs/convolution.md`, section 8). On the
 /// shapes where [`select`] would consider Winograd (3x3, stride 1, at least 16 input channels
 /// per group), `Winograd4` when its tiles over the batch fill at least one 16-column panel and
 /// its transform-domain work, `α² · ⌈tiles / 16⌉ · 16`, is below F(2x2)'s; otherwise
@@ -358,48 +319,13 @@ pub fn conv2d_forward(
 /// [`conv2d_input_grad_winograd`] when the shape allows, and the weight gradient with
 /// [`conv2d_weight_grad_winograd`] on layers of at least 196 output pixels per channel over
 /// the batch — F(4x4,3x3) from 1024 pixels without dilation, F(2x2,3x3) otherwise, whatever
-/// variant the forward ran. Measured at 1 thread on the shared 2-core machine (weight gradient
-/// alone, milliseconds, min of 15 iterations, best of two runs, im2col / F2 / F4):
-///
-/// | shape       | im2col | winograd F2 | winograd F4 | picked |
-/// |-------------|--------|-------------|-------------|--------|
-/// | res3x3_56   |  4.0   |    2.4      |    1.6      | F4     |
-/// | res3x3_28b8 | 28.5   |   18.2      |   11.8      | F4     |
-/// | dilated     | 10.3   |    5.3      |    5.1      | F2     |
-/// | vgg3x3_14   |  3.0   |    2.2      |    3.0      | F2     |
-///
-/// On vgg3x3_14 (one 14x14 image, 196 output pixels) F(4x4)'s 16 tiles make the
-/// transform-domain products too short; F(2x2)'s 49 are enough. On `dilated` both variants are
-/// within the noise, and F(2x2) covers the subsampled grids without edge tiles.
+/// variant the forward ran.
 /// The bias gradient always runs on im2col. `Direct` keeps its own backward
 /// ([`conv2d_backward_direct`]) on stride-1 shapes, where it reads the operands in place;
 /// with a stride its input gradient runs over the zero-stuffed output gradient and loses to
 /// col2im, so strided shapes run im2col.
 ///
-/// Evidence: `cargo bench -p convkit-conv --bench conv -- --quick
-/// 'conv_(fwd|bwd)_t1/(lenet|depthwise)'` (1-thread pool), two runs minutes apart on the
-/// shared 2-core Zen 3 while other builds ran (load 2–7; compare within a run), median
-/// milliseconds, run 1 / run 2. `direct` and `auto` run the same code on these shapes, so
-/// their spread is the machine's noise:
-///
-/// | shape     | fwd direct  | fwd auto    | bwd im2col  | bwd direct  | bwd auto    |
-/// |-----------|-------------|-------------|-------------|-------------|-------------|
-/// | lenet_c1  | 0.52 / 0.66 | 0.79 / 0.80 | 2.45 / 3.03 | 1.23 / 1.22 | 1.35 / 0.88 |
-/// | lenet_c2  | 0.73 / 1.09 | 0.94 / 1.11 | 3.56 / 3.22 | 2.60 / 2.47 | 1.75 / 2.64 |
-/// | depthwise ¹ | 0.50 / 0.49 | 0.55 / 0.50 | 6.49 / 6.47 | 1.31 / 1.29 | 1.36 / 1.18 |
-///
-/// ¹ After the dedicated depthwise 3x3 paths (forward; input gradient through the forward
-/// path; weight gradient): min of 25, 1 thread, two runs on the shared machine, forward and
-/// backward columns from different runs; the backward times include allocating the three
-/// gradient buffers.
-///
-/// The direct backward beats im2col/col2im 2.0–3.4x on lenet_c1, 1.2–2.0x on lenet_c2 and
-/// 5.0x on depthwise. `auto` backward over `auto` forward in the same run is 1.7 / 1.1
-/// (lenet_c1) and 1.9 / 2.4 (lenet_c2), and 2.5 / 2.4 on depthwise (separate runs); pairing
-/// `direct` with `direct` instead gives up to 3.6 on lenet_c2 in the noisier run 1. PyTorch's
-/// backward alone (1 thread, quiet machine, `REFERENCE.md`) takes ~5.5 ms on lenet_c1 and
-/// ~1.9 ms on lenet_c2. No strided shape of the suite runs `Direct`, so the strided rule rests
-/// on the work count above, not a measurement.
+/// The evidence for each choice is in `docs/convolution.md`, section 8.
 pub fn backward_kernel(algo: ConvAlgo, g: &ConvGeometry) -> ConvAlgo {
     match algo {
         ConvAlgo::Naive => ConvAlgo::Naive,
