@@ -15,15 +15,9 @@ use proptest::prelude::*;
 
 const VARIANTS: [WinogradVariant; 2] = [WinogradVariant::F2x2_3x3, WinogradVariant::F4x4_3x3];
 
-/// Deterministic values uniform in [-1, 1) (a 64-bit LCG; no dependency needed).
+/// Deterministic values uniform in [-1, 1) from the workspace's test generator.
 fn uniform(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    convkit_tensor::testing::random_vec(len, -1.0, 1.0, &mut convkit_tensor::Rng::new(seed))
 }
 
 struct Case {

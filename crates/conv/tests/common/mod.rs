@@ -17,22 +17,14 @@ pub fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// `len` values uniform in `[-1, 1)` from a xorshift seeded by `seed`.
+/// `len` values uniform in `[-1, 1)` from the workspace's test generator seeded by `seed`.
 pub fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    convkit_tensor::testing::random_vec(len, -1.0, 1.0, &mut convkit_tensor::Rng::new(seed))
 }
 
 /// Largest magnitude in `v` (0 for empty).
 pub fn max_abs(v: &[f32]) -> f64 {
-    v.iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()))
+    convkit_tensor::testing::max_abs(v)
 }
 
 /// **The tolerance rule of every comparison with the f64 reference.** An element that is a sum
