@@ -277,6 +277,37 @@ impl ConvGeometry {
         check_len(op, "output", &self.output_dims(), output)
     }
 
+    /// Vertical stride.
+    #[inline(always)]
+    pub(crate) fn sh(&self) -> usize {
+        self.params.stride.0
+    }
+    /// Horizontal stride.
+    #[inline(always)]
+    pub(crate) fn sw(&self) -> usize {
+        self.params.stride.1
+    }
+    /// Vertical padding.
+    #[inline(always)]
+    pub(crate) fn ph(&self) -> usize {
+        self.params.padding.0
+    }
+    /// Horizontal padding.
+    #[inline(always)]
+    pub(crate) fn pw(&self) -> usize {
+        self.params.padding.1
+    }
+    /// Vertical dilation.
+    #[inline(always)]
+    pub(crate) fn dh(&self) -> usize {
+        self.params.dilation.0
+    }
+    /// Horizontal dilation.
+    #[inline(always)]
+    pub(crate) fn dw(&self) -> usize {
+        self.params.dilation.1
+    }
+
     /// Checks the buffers of a backward pass (the operands and each requested gradient);
     /// `op` names the caller in the error.
     pub fn check_backward(

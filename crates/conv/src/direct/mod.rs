@@ -129,8 +129,9 @@ pub fn conv2d_direct_with(
     Ok(())
 }
 
-/// Sizes derived once per call.
-struct Plan {
+/// Sizes derived once per call; the geometry's own (`h`, `ow`, …) through `Deref`.
+struct Plan<'g> {
+    g: &'g ConvGeometry,
     cpg: usize,
     kpg: usize,
     /// Output channels per work item; divides `kpg`.
@@ -139,17 +140,6 @@ struct Plan {
     kpath: bool,
     /// Row stride of the repacked weights: `kc` rounded up to 8 on the channel path, else `kc`.
     ks: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    sh: usize,
-    sw: usize,
-    ph: usize,
-    pw: usize,
-    dh: usize,
     /// Padded rows per plane.
     hp: usize,
     /// Length of one stride phase of a padded row.
@@ -164,12 +154,17 @@ struct Plan {
     nv: usize,
 }
 
-impl Plan {
-    fn new(g: &ConvGeometry) -> Plan {
-        let p = g.params;
-        let (sh, sw) = p.stride;
-        let (ph, pw) = p.padding;
-        let (dh, dw) = p.dilation;
+impl std::ops::Deref for Plan<'_> {
+    type Target = ConvGeometry;
+
+    fn deref(&self) -> &ConvGeometry {
+        self.g
+    }
+}
+
+impl<'g> Plan<'g> {
+    fn new(g: &'g ConvGeometry) -> Plan<'g> {
+        let (sw, ph, pw, dw) = (g.sw(), g.ph(), g.pw(), g.dw());
         let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
         // Split a group's output channels until there are enough work items for the threads
         // of a typical machine; depends on the shape only, never on the thread count.
@@ -192,22 +187,12 @@ impl Plan {
         let kpath = kc >= LANES && kc * nv * LANES > g.ow * ks_pad;
         let ks = if kpath { ks_pad } else { kc };
         Plan {
+            g,
             cpg,
             kpg,
             kc,
             kpath,
             ks,
-            h: g.h,
-            w: g.w,
-            kh: g.kh,
-            kw: g.kw,
-            oh: g.oh,
-            ow: g.ow,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
             hp: g.h + 2 * ph,
             lph,
             row_len: sw * lph,
@@ -225,7 +210,7 @@ impl Plan {
     /// When that footprint reaches past `planes_len` or past the padded row (a kernel bug).
     #[inline]
     fn check_reads(&self, planes_len: usize, y_last: usize, x_end: usize) {
-        let last_in = ((self.cpg - 1) * self.hp + y_last * self.sh + (self.kh - 1) * self.dh)
+        let last_in = ((self.cpg - 1) * self.hp + y_last * self.sh() + (self.kh - 1) * self.dh())
             * self.row_len
             + self.max_off
             + x_end;
@@ -244,7 +229,7 @@ impl Plan {
 
 /// One work item: an image's output channels `k0..k0+kc` of one group.
 struct Chunk<'a> {
-    plan: &'a Plan,
+    plan: &'a Plan<'a>,
     /// The group's input channels of the image, `[cpg, h, w]`.
     input: &'a [f32],
     /// The chunk's filters, tap-major: `[cpg·kh·kw][ks]`.
@@ -263,7 +248,7 @@ impl WithSimd for Chunk<'_> {
         let Chunk { plan: p, input, wp, bias, out, scratch } = self;
         let plane_len = p.hp * p.row_len;
         let planes_len = p.cpg * plane_len;
-        if p.sw == 1 {
+        if p.sw() == 1 {
             // Reused without clearing: every float outside the copied rows is zeroed below.
             if scratch.len() < planes_len {
                 scratch.resize(planes_len, 0.0);
@@ -277,19 +262,19 @@ impl WithSimd for Chunk<'_> {
         // Padded, phase-split copy of the input planes.
         for c in 0..p.cpg {
             let pl = &mut planes[c * plane_len..][..plane_len];
-            if p.sw == 1 {
-                pl[..p.ph * p.row_len].fill(0.0);
-                pl[(p.ph + p.h) * p.row_len..].fill(0.0);
+            if p.sw() == 1 {
+                pl[..p.ph() * p.row_len].fill(0.0);
+                pl[(p.ph() + p.h) * p.row_len..].fill(0.0);
             }
             for r in 0..p.h {
                 let src = &input[(c * p.h + r) * p.w..][..p.w];
-                let row = &mut pl[(r + p.ph) * p.row_len..][..p.row_len];
-                if p.sw == 1 {
-                    copy_row(s, row, src, p.pw);
+                let row = &mut pl[(r + p.ph()) * p.row_len..][..p.row_len];
+                if p.sw() == 1 {
+                    copy_row(s, row, src, p.pw());
                 } else {
                     for (x, &v) in src.iter().enumerate() {
-                        let xp = x + p.pw;
-                        row[(xp % p.sw) * p.lph + xp / p.sw] = v;
+                        let xp = x + p.pw();
+                        row[(xp % p.sw()) * p.lph + xp / p.sw()] = v;
                     }
                 }
             }

@@ -29,7 +29,7 @@ pub(super) struct TileAt {
 #[inline(always)]
 pub(super) fn tile_dispatch<S: Simd>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -76,7 +76,7 @@ pub(super) fn tile_dispatch<S: Simd>(
 #[inline(always)]
 pub(super) fn kpath_dispatch<S: Simd>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -120,7 +120,7 @@ pub(super) fn kpath_dispatch<S: Simd>(
 #[inline(always)]
 pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -147,7 +147,7 @@ pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize>(
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
         for i in 0..p.kh {
-            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let row = (c * p.hp + y * p.sh() + i * p.dh()) * p.row_len + x0;
             let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
             for (j, &off) in p.tap_off.iter().enumerate() {
                 let mut wv = [s.zero(); KV];
@@ -185,7 +185,7 @@ pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize>(
 #[inline(always)]
 pub(super) fn rows_dispatch<S: Simd>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -222,7 +222,7 @@ pub(super) fn rows_dispatch<S: Simd>(
 #[inline(always)]
 pub(super) fn tile_rows<S: Simd, const YB: usize, const XB: usize>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -242,7 +242,7 @@ pub(super) fn tile_rows<S: Simd, const YB: usize, const XB: usize>(
                 // SAFETY: `wrow + j < cpg·kh·kw ≤ wp.len()` (asserted above, kc = 1).
                 let wv = s.splat(unsafe { *pw.add(wrow + j) });
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let row = (c * p.hp + (y + r) * p.sh + i * p.dh) * p.row_len + x0 + off;
+                    let row = (c * p.hp + (y + r) * p.sh() + i * p.dh()) * p.row_len + x0 + off;
                     for (v, av) in a.iter_mut().enumerate() {
                         // SAFETY: `row + v·8 + 8` is at most the end `check_reads` asserted above:
                         // every index is at most the one it was given.
@@ -261,7 +261,14 @@ pub(super) fn tile_rows<S: Simd, const YB: usize, const XB: usize>(
 /// Stores the vectors `a` into row `y` of the output plane that starts `out`, from column
 /// `x0`; the last vector may be partial.
 #[inline(always)]
-pub(super) fn store_row<S: Simd>(s: S, p: &Plan, out: &mut [f32], y: usize, x0: usize, a: &[S::V]) {
+pub(super) fn store_row<S: Simd>(
+    s: S,
+    p: &Plan<'_>,
+    out: &mut [f32],
+    y: usize,
+    x0: usize,
+    a: &[S::V],
+) {
     let orow = &mut out[y * p.ow..][..p.ow];
     for (v, &av) in a.iter().enumerate() {
         let x = x0 + v * LANES;
@@ -278,7 +285,7 @@ pub(super) fn store_row<S: Simd>(s: S, p: &Plan, out: &mut [f32], y: usize, x0: 
 #[inline(always)]
 pub(super) fn tile<S: Simd, const KB: usize, const XB: usize>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -300,7 +307,7 @@ pub(super) fn tile<S: Simd, const KB: usize, const XB: usize>(
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
         for i in 0..p.kh {
-            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let row = (c * p.hp + y * p.sh() + i * p.dh()) * p.row_len + x0;
             let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
             for (j, &off) in p.tap_off.iter().enumerate() {
                 let mut xs = [s.zero(); XB];

@@ -26,7 +26,7 @@ const XP_MAX: usize = 12;
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) fn width(
     w: Avx512,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -95,7 +95,7 @@ pub(super) fn width(
 #[inline]
 fn tile_w<const KB: usize, const XB: usize>(
     _: Avx512,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -121,7 +121,7 @@ fn tile_w<const KB: usize, const XB: usize>(
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
         for i in 0..p.kh {
-            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let row = (c * p.hp + y * p.sh() + i * p.dh()) * p.row_len + x0;
             let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
             for (j, &off) in p.tap_off.iter().enumerate() {
                 let mut xs = [_mm512_setzero_ps(); XB];
@@ -156,7 +156,7 @@ fn tile_w<const KB: usize, const XB: usize>(
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) fn kpath(
     w: Avx512,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -195,7 +195,7 @@ pub(super) fn kpath(
 #[inline]
 fn tile_k<const XP: usize>(
     _: Avx512,
-    p: &Plan,
+    p: &Plan<'_>,
     planes: &[f32],
     wp: &[f32],
     bias: Option<&[f32]>,
@@ -221,7 +221,7 @@ fn tile_k<const XP: usize>(
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
     for c in 0..p.cpg {
         for i in 0..p.kh {
-            let row = (c * p.hp + y * p.sh + i * p.dh) * p.row_len + x0;
+            let row = (c * p.hp + y * p.sh() + i * p.dh()) * p.row_len + x0;
             let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
             for (j, &off) in p.tap_off.iter().enumerate() {
                 // SAFETY: the mask keeps the load to `lanes` floats from `wrow + j·ks`, and

@@ -115,7 +115,9 @@ pub(super) struct Tile {
 }
 
 /// Sizes and the tile list, derived once per call.
-pub(super) struct Plan {
+pub(super) struct Plan<'g> {
+    /// The geometry's own sizes (`h`, `ow`, …) come through `Deref`.
+    g: &'g ConvGeometry,
     variant: WinogradVariant,
     a: usize,
     cpg: usize,
@@ -123,14 +125,6 @@ pub(super) struct Plan {
     kc: usize,
     /// Images per work item.
     nb: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    ph: usize,
-    pw: usize,
-    dh: usize,
-    dw: usize,
     /// Padded plane size (covers every tile's patch).
     hp: usize,
     wp: usize,
@@ -172,11 +166,18 @@ pub(super) fn tile_grid(g: &ConvGeometry, variant: WinogradVariant) -> (Vec<Tile
     (tiles, hp, wp)
 }
 
-impl Plan {
-    fn new(g: &ConvGeometry, variant: WinogradVariant) -> Plan {
+impl std::ops::Deref for Plan<'_> {
+    type Target = ConvGeometry;
+
+    fn deref(&self) -> &ConvGeometry {
+        self.g
+    }
+}
+
+impl<'g> Plan<'g> {
+    fn new(g: &'g ConvGeometry, variant: WinogradVariant) -> Plan<'g> {
         let a = variant.alpha();
         let (dh, dw) = g.params.dilation;
-        let (ph, pw) = g.params.padding;
         let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
         let (mut tiles, hp, wp) = tile_grid(g, variant);
         let mut kc = kpg;
@@ -218,35 +219,14 @@ impl Plan {
         let per_item = row_split.map_or(tiles.len(), |(top, _)| top.max(tiles.len() - top));
         let nblocks = per_item.div_ceil(tb_max);
         let tb = per_item.div_ceil(nblocks).next_multiple_of(NR);
-        Plan {
-            variant,
-            a,
-            cpg,
-            kpg,
-            kc,
-            nb,
-            h: g.h,
-            w: g.w,
-            oh: g.oh,
-            ow: g.ow,
-            ph,
-            pw,
-            dh,
-            dw,
-            hp,
-            wp,
-            tiles,
-            tb,
-            row_split,
-            xi_split,
-        }
+        Plan { g, variant, a, cpg, kpg, kc, nb, hp, wp, tiles, tb, row_split, xi_split }
     }
 }
 
 /// One work item: output channels `kl..kl+kc` (within the group) of one group, for `nb`
 /// consecutive images.
 pub(super) struct Item<'a> {
-    plan: &'a Plan,
+    plan: &'a Plan<'a>,
     /// The group's input channels of the images, `[nb, cpg, h, w]`.
     input: &'a [f32],
     /// The group's transformed filters: `α²` packed `kpg × cpg` planes.
@@ -300,10 +280,10 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let (vbuf, rest) = rest.split_at_mut(v_len);
     let mbuf = &mut rest[..m_len];
     let planes_in = input.chunks_exact(p.h * p.w);
-    let pads = Pads { h: p.h, w: p.w, ph: p.ph, pw: p.pw, wp: p.wp };
+    let pads = Pads { h: p.h, w: p.w, ph: p.ph(), pw: p.pw(), wp: p.wp };
     pad_planes(&pads, planes_in, padded.chunks_exact_mut(plane));
     let padded = &*padded;
-    let patches = Patches { padded, plane, wp: p.wp, dh: p.dh, dw: p.dw, cpg: p.cpg };
+    let patches = Patches { padded, plane, wp: p.wp, dh: p.dh(), dw: p.dw(), cpg: p.cpg };
 
     let split = p.xi_split && rayon::current_num_threads() > 1;
     for block in tiles.chunks(p.tb) {
@@ -432,7 +412,7 @@ impl WithSimd for Products<'_> {
 
 /// The output transform of one block of tiles for output channels `ks` of an item's `kc`.
 pub(super) struct OutputBlock<'a, 'o> {
-    plan: &'a Plan,
+    plan: &'a Plan<'a>,
     block: &'a [Tile],
     /// `M[ξ]`, `kc · tb` floats each.
     m: &'a [f32],
@@ -485,13 +465,13 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
             }
             for (l, t) in group.iter().enumerate() {
                 // In-range rows and columns of this tile's m×m block.
-                let mi = M.min((p.oh - t.oy).div_ceil(p.dh));
-                let mj = M.min((p.ow - t.ox).div_ceil(p.dw));
+                let mi = M.min((p.oh - t.oy).div_ceil(p.dh()));
+                let mj = M.min((p.ow - t.ox).div_ceil(p.dw()));
                 let plane = &mut *out[t.img * nk + kk];
                 for i in 0..mi {
-                    let orow = &mut plane[(t.oy + i * p.dh - y0) * p.ow + t.ox..];
+                    let orow = &mut plane[(t.oy + i * p.dh() - y0) * p.ow + t.ox..];
                     for j in 0..mj {
-                        orow[j * p.dw] = vals[i * M + j][l];
+                        orow[j * p.dw()] = vals[i * M + j][l];
                     }
                 }
             }

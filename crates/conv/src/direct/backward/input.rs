@@ -8,7 +8,7 @@ use crate::simd::{LANES, Simd};
 #[inline(always)]
 pub(super) fn input_grad_image<S: Simd>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     dys: &[f32],
     wr: &[f32],
     dxf: &mut [f32],
@@ -49,12 +49,12 @@ pub(super) fn input_grad_image<S: Simd>(
 /// The rotated taps that input row `u` needs: rows `i'` whose stuffed gradient row
 /// `u + ph + i'·dh` lies within the rows `Ah ..= Ah + (oh−1)·sh` that hold the output
 /// gradient (the others are zero padding), as a range of taps `i'·kw + j'`.
-pub(super) fn row_taps(p: &Plan, u: usize) -> (usize, usize) {
-    let (lo, hi) = (p.g_origin / p.lg, p.g_origin / p.lg + (p.oh - 1) * p.sh);
-    let r0 = u + p.ph;
+pub(super) fn row_taps(p: &Plan<'_>, u: usize) -> (usize, usize) {
+    let (lo, hi) = (p.g_origin / p.lg, p.g_origin / p.lg + (p.oh - 1) * p.sh());
+    let r0 = u + p.ph();
     // First i' with r0 + i'·dh ≥ lo, and one past the last with r0 + i'·dh ≤ hi.
-    let i_lo = lo.saturating_sub(r0).div_ceil(p.dh).min(p.kh);
-    let i_hi = if r0 > hi { 0 } else { ((hi - r0) / p.dh + 1).min(p.kh) };
+    let i_lo = lo.saturating_sub(r0).div_ceil(p.dh()).min(p.kh);
+    let i_hi = if r0 > hi { 0 } else { ((hi - r0) / p.dh() + 1).min(p.kh) };
     let i_hi = i_hi.max(i_lo);
     (i_lo * p.kw, i_hi * p.kw)
 }
@@ -74,7 +74,7 @@ pub(super) struct GiAt {
 #[inline(always)]
 pub(super) fn gi_dispatch<S: Simd>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     dy: &[f32],
     wr: &[f32],
     out: &mut [f32],
@@ -125,7 +125,7 @@ pub(super) fn gi_dispatch<S: Simd>(
 #[inline(always)]
 pub(super) fn gi_tile<S: Simd, const CB: usize, const XB: usize>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     dy: &[f32],
     wr: &[f32],
     out: &mut [f32],

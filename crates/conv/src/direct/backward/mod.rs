@@ -173,26 +173,16 @@ fn rotate_weights(g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
 }
 
 /// Sizes derived once per call.
-struct Plan {
+struct Plan<'g> {
+    /// The geometry's own sizes (`h`, `ow`, …) come through `Deref`.
+    g: &'g ConvGeometry,
     want_gx: bool,
     want_gw: bool,
     want_gb: bool,
     n_c_in: usize,
-    c_out: usize,
     cpg: usize,
     kpg: usize,
     groups: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    sh: usize,
-    sw: usize,
-    ph: usize,
-    pw: usize,
-    dh: usize,
     // --- weight gradient: padded input planes and output-gradient planes ---
     /// Length of one stride phase of a padded input row (`wp` with stride 1).
     lph: usize,
@@ -242,8 +232,16 @@ struct Plan {
     g_origin: usize,
 }
 
-impl Plan {
-    fn new(g: &ConvGeometry, want_gx: bool, want_gw: bool, want_gb: bool) -> Plan {
+impl std::ops::Deref for Plan<'_> {
+    type Target = ConvGeometry;
+
+    fn deref(&self) -> &ConvGeometry {
+        self.g
+    }
+}
+
+impl<'g> Plan<'g> {
+    fn new(g: &'g ConvGeometry, want_gx: bool, want_gw: bool, want_gb: bool) -> Plan<'g> {
         let p = g.params;
         let (sh, sw) = p.stride;
         let (ph, pw) = p.padding;
@@ -304,25 +302,14 @@ impl Plan {
         let g_plane = (rg * lg).max(g_extent + g_max_off);
 
         Plan {
+            g,
             want_gx,
             want_gw,
             want_gb,
             n_c_in: g.c_in,
-            c_out: g.c_out,
             cpg: g.c_in_per_group(),
             kpg: g.c_out_per_group(),
             groups: p.groups,
-            h: g.h,
-            w: g.w,
-            kh: g.kh,
-            kw: g.kw,
-            oh: g.oh,
-            ow: g.ow,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
             lph,
             row_len,
             xp_plane,
@@ -356,7 +343,7 @@ impl Plan {
 
 /// One task: the images of one batch chunk.
 struct Task<'a> {
-    plan: &'a Plan,
+    plan: &'a Plan<'a>,
     input: &'a [f32],
     dy: &'a [f32],
     /// Rotated weights (empty when the input gradient is not wanted).
@@ -444,16 +431,16 @@ impl WithSimd for Task<'_> {
 
 /// Copies one image's input channels into the padded (phase-split when strided) planes.
 #[inline(always)]
-fn fill_padded_input(p: &Plan, x_img: &[f32], xp: &mut [f32]) {
+fn fill_padded_input(p: &Plan<'_>, x_img: &[f32], xp: &mut [f32]) {
     for (plane, src) in xp.chunks_exact_mut(p.xp_plane).zip(x_img.chunks_exact(p.h * p.w)) {
         for (r, s_row) in src.chunks_exact(p.w).enumerate() {
-            let row = &mut plane[(r + p.ph) * p.row_len..][..p.row_len];
-            if p.sw == 1 {
-                row[p.pw..p.pw + p.w].copy_from_slice(s_row);
+            let row = &mut plane[(r + p.ph()) * p.row_len..][..p.row_len];
+            if p.sw() == 1 {
+                row[p.pw()..p.pw() + p.w].copy_from_slice(s_row);
             } else {
                 for (x, &v) in s_row.iter().enumerate() {
-                    let xq = x + p.pw;
-                    row[(xq % p.sw) * p.lph + xq / p.sw] = v;
+                    let xq = x + p.pw();
+                    row[(xq % p.sw()) * p.lph + xq / p.sw()] = v;
                 }
             }
         }
@@ -462,15 +449,15 @@ fn fill_padded_input(p: &Plan, x_img: &[f32], xp: &mut [f32]) {
 
 /// Copies one image's output gradient into the zero-stuffed, padded planes.
 #[inline(always)]
-fn fill_stuffed(p: &Plan, dy_img: &[f32], dys: &mut [f32]) {
+fn fill_stuffed(p: &Plan<'_>, dy_img: &[f32], dys: &mut [f32]) {
     for (plane, src) in dys.chunks_exact_mut(p.g_plane).zip(dy_img.chunks_exact(p.oh * p.ow)) {
         for (y, s_row) in src.chunks_exact(p.ow).enumerate() {
-            let start = p.g_origin + y * p.sh * p.lg;
-            if p.sw == 1 {
+            let start = p.g_origin + y * p.sh() * p.lg;
+            if p.sw() == 1 {
                 plane[start..start + p.ow].copy_from_slice(s_row);
             } else {
                 for (x, &v) in s_row.iter().enumerate() {
-                    plane[start + x * p.sw] = v;
+                    plane[start + x * p.sw()] = v;
                 }
             }
         }
@@ -481,7 +468,7 @@ fn fill_stuffed(p: &Plan, dy_img: &[f32], dys: &mut [f32]) {
 /// `dyt[(grp·oh·ow + q)·kpg + k] = dY[grp·kpg + k, q]` (`kpg` a multiple of 8): each group's
 /// planes copied channel-last by 8×8 register transposes.
 #[inline(always)]
-fn fill_pixel_major<S: Simd>(s: S, p: &Plan, dy_img: &[f32], dyt: &mut [f32]) {
+fn fill_pixel_major<S: Simd>(s: S, p: &Plan<'_>, dy_img: &[f32], dyt: &mut [f32]) {
     let ohw = p.oh * p.ow;
     let at = ChannelLast {
         h: p.oh,

@@ -10,7 +10,7 @@ use crate::simd::{LANES, Simd};
 #[inline(always)]
 pub(super) fn weight_grad_image_kvec<S: Simd>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     xp: &[f32],
     dyt: &[f32],
     gwt: &mut [f32],
@@ -48,7 +48,7 @@ pub(super) struct WkAt {
 #[inline(always)]
 pub(super) fn wk_dispatch<S: Simd>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     x: &[f32],
     dy: &[f32],
     acc: &mut [f32],
@@ -86,7 +86,7 @@ pub(super) fn wk_dispatch<S: Simd>(
 #[inline(always)]
 pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     x: &[f32],
     dy: &[f32],
     acc: &mut [f32],
@@ -138,7 +138,13 @@ pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
 /// Adds one image's weight gradient to the lane-wise accumulators `gwv` (8 floats per
 /// weight element).
 #[inline(always)]
-pub(super) fn weight_grad_image<S: Simd>(s: S, p: &Plan, xp: &[f32], dyf: &[f32], gwv: &mut [f32]) {
+pub(super) fn weight_grad_image<S: Simd>(
+    s: S,
+    p: &Plan<'_>,
+    xp: &[f32],
+    dyf: &[f32],
+    gwv: &mut [f32],
+) {
     let taps = p.taps();
     // Channel blocks that divide the group's channels, so that no thin tail block runs.
     let kb_main = if p.kpg.is_multiple_of(3) {
@@ -184,7 +190,7 @@ pub(super) struct WgAt {
 #[inline(always)]
 pub(super) fn wg_dispatch<S: Simd>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     x: &[f32],
     dy: &[f32],
     gwv: &mut [f32],
@@ -233,7 +239,7 @@ pub(super) fn wg_dispatch<S: Simd>(
 #[inline(always)]
 pub(super) fn wg_tile<S: Simd, const KB: usize, const TB: usize>(
     s: S,
-    p: &Plan,
+    p: &Plan<'_>,
     x: &[f32],
     dy: &[f32],
     gwv: &mut [f32],
