@@ -16,6 +16,17 @@ pub(super) fn copy_row<S: Simd>(s: S, row: &mut [f32], src: &[f32], pad: usize) 
     copy_interior(s, &mut row[pad..pad + src.len()], src);
 }
 
+/// `match (a, b)` over the listed constant pairs, each arm calling the register tile
+/// `kernel::<S, A, B>(args…)` monomorphized for that pair, and `fallback` for any other pair.
+macro_rules! tile_table {
+    (($a:expr, $b:expr), $kernel:ident::<$s:ty> $args:tt, [$(($x:literal, $y:literal)),* $(,)?], $fallback:expr) => {
+        match ($a, $b) {
+            $(($x, $y) => $kernel::<$s, $x, $y> $args,)*
+            _ => $fallback,
+        }
+    };
+}
+
 /// Where a register tile sits: output channels from `k0`, output row `y`, vectors from `xv0`.
 #[derive(Clone, Copy)]
 pub(super) struct TileAt {
@@ -38,28 +49,17 @@ pub(super) fn tile_dispatch<S: Simd>(
     kb: usize,
     xb: usize,
 ) {
-    match (kb, xb) {
-        (1, 1) => tile::<S, 1, 1>(s, p, planes, wp, bias, out, t),
-        (2, 1) => tile::<S, 2, 1>(s, p, planes, wp, bias, out, t),
-        (3, 1) => tile::<S, 3, 1>(s, p, planes, wp, bias, out, t),
-        (4, 1) => tile::<S, 4, 1>(s, p, planes, wp, bias, out, t),
-        (5, 1) => tile::<S, 5, 1>(s, p, planes, wp, bias, out, t),
-        (6, 1) => tile::<S, 6, 1>(s, p, planes, wp, bias, out, t),
-        (1, 2) => tile::<S, 1, 2>(s, p, planes, wp, bias, out, t),
-        (2, 2) => tile::<S, 2, 2>(s, p, planes, wp, bias, out, t),
-        (3, 2) => tile::<S, 3, 2>(s, p, planes, wp, bias, out, t),
-        (4, 2) => tile::<S, 4, 2>(s, p, planes, wp, bias, out, t),
-        (5, 2) => tile::<S, 5, 2>(s, p, planes, wp, bias, out, t),
-        (6, 2) => tile::<S, 6, 2>(s, p, planes, wp, bias, out, t),
-        (1, 3) => tile::<S, 1, 3>(s, p, planes, wp, bias, out, t),
-        (2, 3) => tile::<S, 2, 3>(s, p, planes, wp, bias, out, t),
-        (3, 3) => tile::<S, 3, 3>(s, p, planes, wp, bias, out, t),
-        (4, 3) => tile::<S, 4, 3>(s, p, planes, wp, bias, out, t),
-        (1, 4) => tile::<S, 1, 4>(s, p, planes, wp, bias, out, t),
-        (2, 4) => tile::<S, 2, 4>(s, p, planes, wp, bias, out, t),
-        (3, 4) => tile::<S, 3, 4>(s, p, planes, wp, bias, out, t),
+    tile_table! {
+        (kb, xb),
+        tile::<S>(s, p, planes, wp, bias, out, t),
+        [
+            (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1),
+            (1, 2), (2, 2), (3, 2), (4, 2), (5, 2), (6, 2),
+            (1, 3), (2, 3), (3, 3), (4, 3), (1, 4), (2, 4),
+            (3, 4),
+        ],
         // Not produced by the blocking above; single-vector tiles cover any shape.
-        _ => {
+        {
             for k in 0..kb {
                 for v in 0..xb {
                     let t1 = TileAt { k0: t.k0 + k, y: t.y, xv0: t.xv0 + v };
@@ -85,23 +85,16 @@ pub(super) fn kpath_dispatch<S: Simd>(
     kv: usize,
     xp: usize,
 ) {
-    match (kv, xp) {
-        (2, 1) => tile_k::<S, 2, 1>(s, p, planes, wp, bias, out, t),
-        (2, 2) => tile_k::<S, 2, 2>(s, p, planes, wp, bias, out, t),
-        (2, 3) => tile_k::<S, 2, 3>(s, p, planes, wp, bias, out, t),
-        (2, 4) => tile_k::<S, 2, 4>(s, p, planes, wp, bias, out, t),
-        (2, 5) => tile_k::<S, 2, 5>(s, p, planes, wp, bias, out, t),
-        (2, 6) => tile_k::<S, 2, 6>(s, p, planes, wp, bias, out, t),
-        (1, 1) => tile_k::<S, 1, 1>(s, p, planes, wp, bias, out, t),
-        (1, 2) => tile_k::<S, 1, 2>(s, p, planes, wp, bias, out, t),
-        (1, 3) => tile_k::<S, 1, 3>(s, p, planes, wp, bias, out, t),
-        (1, 4) => tile_k::<S, 1, 4>(s, p, planes, wp, bias, out, t),
-        (1, 5) => tile_k::<S, 1, 5>(s, p, planes, wp, bias, out, t),
-        (1, 6) => tile_k::<S, 1, 6>(s, p, planes, wp, bias, out, t),
-        (1, 7) => tile_k::<S, 1, 7>(s, p, planes, wp, bias, out, t),
-        (1, 8) => tile_k::<S, 1, 8>(s, p, planes, wp, bias, out, t),
+    tile_table! {
+        (kv, xp),
+        tile_k::<S>(s, p, planes, wp, bias, out, t),
+        [
+            (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6),
+            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6),
+            (1, 7), (1, 8),
+        ],
         // Not produced by the blocking above; one column at a time covers any shape.
-        _ => {
+        {
             for x in 0..xp {
                 for v in 0..kv {
                     let t1 = TileAt { k0: t.k0 + v * LANES, y: t.y, xv0: t.xv0 + x };
@@ -194,21 +187,15 @@ pub(super) fn rows_dispatch<S: Simd>(
     yb: usize,
     xb: usize,
 ) {
-    match (yb, xb) {
-        (1, 1) => tile_rows::<S, 1, 1>(s, p, planes, wp, bias, out, t),
-        (2, 1) => tile_rows::<S, 2, 1>(s, p, planes, wp, bias, out, t),
-        (3, 1) => tile_rows::<S, 3, 1>(s, p, planes, wp, bias, out, t),
-        (1, 2) => tile_rows::<S, 1, 2>(s, p, planes, wp, bias, out, t),
-        (2, 2) => tile_rows::<S, 2, 2>(s, p, planes, wp, bias, out, t),
-        (3, 2) => tile_rows::<S, 3, 2>(s, p, planes, wp, bias, out, t),
-        (1, 3) => tile_rows::<S, 1, 3>(s, p, planes, wp, bias, out, t),
-        (2, 3) => tile_rows::<S, 2, 3>(s, p, planes, wp, bias, out, t),
-        (3, 3) => tile_rows::<S, 3, 3>(s, p, planes, wp, bias, out, t),
-        (1, 4) => tile_rows::<S, 1, 4>(s, p, planes, wp, bias, out, t),
-        (2, 4) => tile_rows::<S, 2, 4>(s, p, planes, wp, bias, out, t),
-        (3, 4) => tile_rows::<S, 3, 4>(s, p, planes, wp, bias, out, t),
+    tile_table! {
+        (yb, xb),
+        tile_rows::<S>(s, p, planes, wp, bias, out, t),
+        [
+            (1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2),
+            (1, 3), (2, 3), (3, 3), (1, 4), (2, 4), (3, 4),
+        ],
         // Not produced by the blocking above; single-row tiles cover any shape.
-        _ => {
+        {
             for r in 0..yb {
                 let t1 = TileAt { y: t.y + r, ..t };
                 tile_dispatch(s, p, planes, wp, bias, out, t1, 1, xb);
