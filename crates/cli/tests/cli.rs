@@ -291,6 +291,17 @@ fn bad_inputs_give_clear_errors() {
     fails(&["train", "--data", d, "--limit", "0"], &dir, "--limit 0");
     fails(&["train", "--data", d, "--threads", "0"], &dir, "--threads");
     fails(&["train", "--data", d, "--dataset", "cifar"], &dir, "invalid value 'cifar'");
+    fails(
+        &["train", "--data", d, "--recipe", "best"],
+        &dir,
+        "[possible values: reference, fashion-mnist]",
+    );
+    fails(&["train", "--data", d, "--optimizer", "adamw"], &dir, "[possible values: sgd, adam]");
+    fails(
+        &["train", "--data", d, "--schedule", "step"],
+        &dir,
+        "[possible values: constant, cosine]",
+    );
     fails(&["train", "--data", d, "--resume", "missing.safetensors"], &dir, "missing.safetensors");
     // An exploding learning rate stops with an error.
     fails(
