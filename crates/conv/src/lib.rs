@@ -26,6 +26,7 @@
 //! | [`ConvGeometry`], [`Conv2dParams`], [`out_size`] | shapes, stride/padding/dilation/groups, all validation |
 //! | [`BackwardInputs`], [`GradBuffers`] | what a backward pass reads and the gradients it writes |
 //! | [`select`], [`supports`], [`resolve`] | the automatic choice and what each algorithm runs |
+//! | [`PreparedConv`] | a layer prepared for inference: cached transforms, folded BN, ReLU |
 //! | [`WinogradFilter`], [`conv2d_winograd_prepared`] | a filter transformed once for many calls |
 //! | [`conv2d_naive`], [`conv2d_backward_naive`] | the reference: the definition's loops in f64 |
 //! | [`api`] | the same operations on [`Tensor`](convkit_tensor::Tensor)s, with pooling |
@@ -103,6 +104,7 @@ mod layout;
 mod naive;
 mod params;
 pub mod pool;
+mod prepared;
 mod scratch;
 pub mod simd;
 #[cfg(any(test, feature = "testing"))]
@@ -121,6 +123,7 @@ pub use error::{ConvError, Result};
 pub use naive::{conv2d_backward_naive, conv2d_naive};
 pub use params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, out_size};
 pub use pool::{PoolGeometry, PoolParams};
+pub use prepared::PreparedConv;
 pub use simd::SimdLevel;
 pub use tolerance::{Tolerance, max_rel_error};
 pub use winograd::{WinogradFilter, WinogradVariant, conv2d_winograd_prepared};

@@ -1,6 +1,7 @@
 //! The zoo's networks, the general path a user's own CNN takes: one Adam training step at
 //! batch 64 (forward, cross-entropy, backward, update), an evaluation forward at batch 256 and
-//! at batch 1, on rayon's global pool, synthetic seeded 28x28 images.
+//! at batch 1, and the same two through [`PreparedModel`] (batch norm folded, ReLU fused,
+//! transforms cached), on rayon's global pool, synthetic seeded 28x28 images.
 //!
 //! The criterion group `zoo/*` times convkit alone. With `CONVKIT_VERSUS_PYTHON=<python with
 //! torch>`, `zoo_versus` also times the PyTorch twins (`scripts/zoo_twin.py --serve`, with as
@@ -16,7 +17,7 @@ use std::time::Duration;
 use convkit_autograd::{Tape, Var};
 use convkit_conv::suite::{Interleaved, PeerTimer, interleaved, min_ms_after_warm_up};
 use convkit_models::zoo::ZooModel;
-use convkit_nn::{Adam, AdamConfig, Module, Optimizer, Sequential, loss, params};
+use convkit_nn::{Adam, AdamConfig, Module, Optimizer, PreparedModel, Sequential, loss, params};
 use convkit_tensor::{Rng, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -25,8 +26,15 @@ use criterion::{Criterion, criterion_group, criterion_main};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The timings of a model: (op, batch, timed calls).
-const OPS: [(&str, usize, usize); 3] = [("train", 64, 5), ("infer", 256, 5), ("infer", 1, 20)];
+/// The timings of a model: (op, batch, timed calls). `prepared` is `infer` through a
+/// [`PreparedModel`] (the PyTorch twin runs its `infer` for it).
+const OPS: [(&str, usize, usize); 5] = [
+    ("train", 64, 5),
+    ("infer", 256, 5),
+    ("infer", 1, 20),
+    ("prepared", 256, 5),
+    ("prepared", 1, 20),
+];
 
 struct Case {
     model: Sequential,
@@ -47,12 +55,18 @@ impl Case {
     }
 
     /// A closure running `op` at `batch` on fixed operands.
-    fn op(&mut self, op: &str, batch: usize) -> impl FnMut() + '_ {
+    fn op(&mut self, op: &str, batch: usize) -> Box<dyn FnMut() + '_> {
         let x = self.images(batch);
         let labels: Vec<usize> = (0..batch).map(|i| (i * 7) % 10).collect();
         let train = op == "train";
         self.model.set_training(train);
-        move || {
+        if op == "prepared" {
+            let prepared = PreparedModel::new(&self.model).expect("prepare");
+            return Box::new(move || {
+                black_box(prepared.forward(&x).expect("forward"));
+            });
+        }
+        Box::new(move || {
             if train {
                 let tape = Tape::new();
                 let logits = self.model.forward(&tape.input(x.clone())).expect("forward");
@@ -65,7 +79,7 @@ impl Case {
             } else {
                 black_box(self.model.forward(&Var::constant(x.clone())).expect("forward"));
             }
-        }
+        })
     }
 }
 
@@ -111,7 +125,8 @@ fn versus(_: &mut Criterion) {
     for which in ZooModel::ALL {
         let mut case = Case::new(which);
         for (op, batch, calls) in OPS {
-            let req = format!("{op} {} {batch} {calls} {}", which.name(), warm.as_millis());
+            let peer_op = if op == "prepared" { "infer" } else { op };
+            let req = format!("{peer_op} {} {batch} {calls} {}", which.name(), warm.as_millis());
             let mut f = case.op(op, batch);
             let result = interleaved(
                 rounds,

@@ -34,3 +34,32 @@ fn zoo_models_give_their_pytorch_twins_logits() {
         assert_eq!(got.argmax_axis(1).unwrap(), want.argmax_axis(1).unwrap());
     }
 }
+
+#[test]
+fn prepared_zoo_models_fuse_batch_norm_and_relu_and_keep_the_logits() {
+    for model in ZooModel::ALL {
+        let name = model.name();
+        let m = model.build([1, 28, 28], 10, &mut Rng::new(1)).unwrap();
+        checkpoint::load(fixture(&format!("{name}_state.safetensors")), &m, true).unwrap();
+        // Left in training mode on purpose: the prepared model is the evaluation-mode function.
+        let io = load_safetensors(fixture(&format!("{name}_io.safetensors"))).unwrap();
+        let (x, want) = (&io["inputs"], &io["logits"]);
+        let prepared = convkit_nn::PreparedModel::new(&m).unwrap();
+        let stages = prepared.stages();
+        assert!(
+            stages.iter().any(|s| s.matches('+').count() >= 2),
+            "{name}: no conv+bn+relu stage in {stages:?}"
+        );
+        let got = prepared.forward(x).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let what = format!("{name} prepared logits vs PyTorch");
+        let r = assert_close(&what, got.as_slice(), want.as_slice(), Tolerance::absolute(1e-4));
+        eprintln!(
+            "{name}: prepared, max |logit - PyTorch| = {:e}; stages {stages:?}",
+            r.max_abs_diff
+        );
+        // Preparing twice gives the same bits.
+        let again = convkit_nn::PreparedModel::new(&m).unwrap().forward(x).unwrap();
+        assert_eq!(got.as_slice(), again.as_slice());
+    }
+}

@@ -4,10 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use convkit_autograd::{Param, Var};
 use convkit_conv::resolve_prepared;
-use convkit_conv::{
-    Conv2dParams, ConvAlgo, ConvGeometry, PoolParams, WinogradFilter, WinogradVariant,
-    conv2d_winograd_prepared,
-};
+use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams, PreparedConv};
 use convkit_tensor::{Rng, Tensor};
 
 use crate::describe::Layer;
@@ -44,8 +41,8 @@ impl Default for Conv2dConfig {
 /// bias `[c_out]`.
 ///
 /// In inference (an input that is not on a tape) with a shape the algorithm choice sends to
-/// Winograd, the layer keeps the transformed filters and reuses them until the weight
-/// changes, so repeated evaluation skips the filter transform.
+/// Winograd, the layer runs a [`PreparedConv`] of its weights, kept until the weight or the
+/// bias changes, so repeated evaluation skips the filter transform.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     /// Filters `[c_out, c_in/groups, kh, kw]`.
@@ -54,14 +51,15 @@ pub struct Conv2d {
     pub bias: Option<Param>,
     /// Stride, padding, dilation, groups and algorithm.
     pub cfg: Conv2dConfig,
-    winograd: Arc<Mutex<Option<CachedFilter>>>,
+    prepared: Arc<Mutex<Option<Cached>>>,
 }
 
-/// Winograd-transformed filters and the weight buffer they were computed from.
+/// The prepared convolution and the weight and bias buffers it was prepared from.
 #[derive(Debug)]
-struct CachedFilter {
+struct Cached {
     weight: Tensor,
-    filter: Arc<WinogradFilter>,
+    bias: Option<Tensor>,
+    conv: Arc<PreparedConv>,
 }
 
 impl Conv2d {
@@ -98,7 +96,7 @@ impl Conv2d {
         } else {
             None
         };
-        Ok(Self { weight, bias, cfg, winograd: Arc::default() })
+        Ok(Self { weight, bias, cfg, prepared: Arc::default() })
     }
 
     /// A layer with given filters `[c_out, c_in/groups, kh, kw]` and optional bias `[c_out]`
@@ -133,59 +131,57 @@ impl Conv2d {
             weight: Param::new(weight),
             bias: bias.map(Param::new),
             cfg,
-            winograd: Arc::default(),
+            prepared: Arc::default(),
         })
     }
 
-    /// The transformed filters for `variant`, from the cache when the weight is unchanged.
-    /// A weight that changed — replaced, or updated in place, which copies a buffer the cache
-    /// shares — no longer shares its buffer with the cached one, so identity of the buffer is
-    /// the version check.
-    fn winograd_filter(&self, variant: WinogradVariant) -> Result<Arc<WinogradFilter>> {
+    /// The layer prepared for inference, from the cache when the weight and bias are
+    /// unchanged. A parameter that changed — replaced, or updated in place, which copies a
+    /// buffer the cache shares — no longer shares its buffer with the cached one, so identity
+    /// of the buffers is the version check.
+    fn prepared(&self) -> Result<Arc<PreparedConv>> {
         let weight = self.weight.value();
-        let mut cache = self.winograd.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bias = self.bias.as_ref().map(Param::value);
+        let mut cache = self.prepared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(c) = cache.as_ref()
             && c.weight.shares_data_with(&weight)
-            && c.filter.variant() == variant
+            && match (&c.bias, &bias) {
+                (Some(a), Some(b)) => a.shares_data_with(b),
+                (None, None) => true,
+                _ => false,
+            }
         {
-            return Ok(c.filter.clone());
+            return Ok(c.conv.clone());
         }
-        let dims = <[usize; 4]>::try_from(weight.dims())
-            .map_err(|_| config("Conv2d", format!("weight {:?} is not 4-D", weight.dims())))?;
-        let filter = Arc::new(WinogradFilter::new(
-            weight.as_slice(),
-            dims,
-            self.cfg.params.groups,
-            variant,
+        let conv = Arc::new(PreparedConv::from_tensors(
+            &weight,
+            bias.as_ref(),
+            self.cfg.params,
+            self.cfg.algo,
         )?);
-        *cache = Some(CachedFilter { weight, filter: filter.clone() });
-        Ok(filter)
+        *cache = Some(Cached { weight, bias, conv: conv.clone() });
+        Ok(conv)
     }
 
-    /// Inference through cached Winograd filters, when the shape resolves to Winograd with the
-    /// filter transform already paid for ([`resolve_prepared`]: F(4x4) on more shapes, and
+    /// Inference through the prepared convolution, when the shape resolves to Winograd with
+    /// the filter transform already paid for ([`resolve_prepared`]: F(4x4) on more shapes, and
     /// Winograd on smaller planes, than a call that transforms its filters).
     fn forward_cached(&self, x: &Var) -> Result<Option<Var>> {
         let Ok(dims) = <[usize; 4]>::try_from(x.dims()) else { return Ok(None) };
-        let wdims = self.weight.dims();
-        let Ok(wdims) = <[usize; 4]>::try_from(wdims.as_slice()) else { return Ok(None) };
-        let Ok(g) = ConvGeometry::new(dims, wdims, self.cfg.params) else { return Ok(None) };
-        let variant = match resolve_prepared(self.cfg.algo, &g) {
-            Ok(ConvAlgo::Winograd2) => WinogradVariant::F2x2_3x3,
-            Ok(ConvAlgo::Winograd4) => WinogradVariant::F4x4_3x3,
-            _ => return Ok(None),
+        let Ok(wdims) = <[usize; 4]>::try_from(self.weight.dims().as_slice()) else {
+            return Ok(None);
         };
-        let filter = self.winograd_filter(variant)?;
-        let bias = self.bias.as_ref().map(Param::value);
-        let mut out = vec![0f32; g.output_len()];
-        conv2d_winograd_prepared(
-            &g,
-            x.value().as_slice(),
-            &filter,
-            bias.as_ref().map(Tensor::as_slice),
-            &mut out,
-        )?;
-        Ok(Some(Var::constant(Tensor::from_vec(&g.output_dims(), out)?)))
+        let Ok(g) = convkit_conv::ConvGeometry::new(dims, wdims, self.cfg.params) else {
+            return Ok(None);
+        };
+        if !matches!(
+            resolve_prepared(self.cfg.algo, &g),
+            Ok(ConvAlgo::Winograd2 | ConvAlgo::Winograd4)
+        ) {
+            return Ok(None);
+        }
+        let (y, _) = self.prepared()?.forward_tensor(x.value())?;
+        Ok(Some(Var::constant(y)))
     }
 }
 
@@ -307,8 +303,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use convkit_autograd::Tape;
-    use convkit_conv::Tolerance;
     use convkit_conv::resolve;
+    use convkit_conv::{ConvGeometry, Tolerance};
 
     #[test]
     fn inference_reuses_winograd_filters_until_the_weight_changes() {
@@ -328,12 +324,13 @@ mod tests {
         }
 
         let eval = conv.forward(&Var::constant(x.clone())).unwrap();
-        let first = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
+        let cached = || conv.prepared.lock().unwrap().as_ref().unwrap().conv.clone();
+        let first = cached();
         if convkit_conv::env_algo().is_none() {
-            assert_eq!(first.variant(), WinogradVariant::F4x4_3x3);
+            assert_eq!(first.algo_for([4, 32, 20, 20]).unwrap(), ConvAlgo::Winograd4);
         }
         let again = conv.forward(&Var::constant(x.clone())).unwrap();
-        let second = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
+        let second = cached();
         assert!(Arc::ptr_eq(&first, &second), "the cached transform is reused");
         assert_eq!(eval.value(), again.value());
 
@@ -349,7 +346,7 @@ mod tests {
         // An optimizer-style in-place update invalidates the cache.
         conv.weight.update(|w, _| w.map_inplace(|v| v * 0.5));
         let halved = conv.forward(&Var::constant(x)).unwrap();
-        let third = conv.winograd.lock().unwrap().as_ref().unwrap().filter.clone();
+        let third = cached();
         assert!(!Arc::ptr_eq(&first, &third), "a changed weight is transformed again");
         let bias = conv.bias.as_ref().unwrap().value();
         let c = 32;

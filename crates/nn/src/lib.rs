@@ -58,6 +58,7 @@ pub mod loss;
 pub mod module;
 pub mod norm;
 pub mod optim;
+pub mod prepared;
 pub mod sched;
 pub mod summary;
 
@@ -74,6 +75,7 @@ pub use module::{
 };
 pub use norm::{BatchNorm2d, BatchNormConfig};
 pub use optim::{Adam, AdamConfig, Optimizer, OptimizerKind, OptimizerState, Sgd, SgdConfig};
+pub use prepared::PreparedModel;
 pub use sched::{Constant, CosineAnnealing, LinearWarmup, LrSchedule, ScheduleKind, StepLr, Then};
 
 /// This crate's README, compiled and run as a doctest so that it stays true.

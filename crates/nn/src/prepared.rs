@@ -1,0 +1,226 @@
+//! Any model prepared once for inference: [`PreparedModel`].
+//!
+//! [`PreparedModel::new`] walks a model's description ([`Module::describe`]) and turns each
+//! convolution into a [`PreparedConv`]: a batch normalization right after it is folded into
+//! its weights and bias (with the running statistics, as evaluation mode uses them), a ReLU
+//! right after that is applied in the same call, and Winograd filter transforms are built on
+//! first use and kept. A batch normalization elsewhere becomes a per-channel affine map;
+//! dropout, the identity at inference, disappears; residual blocks are prepared branch by
+//! branch. Every other layer (linear, pooling, activations, flatten, modules that do not
+//! describe themselves) runs its own forward on the prepared activations.
+//!
+//! The result is the model's evaluation-mode function whatever mode the model is in, equal to
+//! the layer-by-layer forward within float rounding (folding reorders the arithmetic, and a
+//! cached transform lets more shapes run Winograd). The model is borrowed: prepare again
+//! after the weights change.
+//!
+//! ```
+//! use convkit_nn::{BatchNorm2d, Conv2d, Conv2dConfig, Module, PreparedModel, ReLU, Sequential};
+//! use convkit_nn::Conv2dParams;
+//! use convkit_autograd::Var;
+//! use convkit_tensor::{Rng, Tensor};
+//!
+//! # fn main() -> Result<(), convkit_nn::NnError> {
+//! let mut rng = Rng::new(0);
+//! let cfg = Conv2dConfig { params: Conv2dParams::default().with_padding(1), ..Default::default() };
+//! let mut model = Sequential::new()
+//!     .push_named("conv", Conv2d::with_config(1, 8, (3, 3), cfg, &mut rng)?)
+//!     .push_named("bn", BatchNorm2d::new(8)?)
+//!     .push_named("relu", ReLU);
+//! model.set_training(false);
+//! let fast = PreparedModel::new(&model)?;
+//! assert_eq!(fast.stages(), ["conv+bn+relu"]);
+//! let x = Tensor::rand_uniform(&[2, 1, 12, 12], -1.0, 1.0, &mut rng)?;
+//! let y = fast.forward(&x)?;
+//! let want = model.forward(&Var::constant(x))?;
+//! assert_eq!(y.dims(), want.value().dims());
+//! # Ok(())
+//! # }
+//! ```
+
+use convkit_autograd::Var;
+use convkit_conv::PreparedConv;
+use convkit_tensor::Tensor;
+
+use crate::describe::Layer;
+use crate::error::{NnError, Result};
+use crate::module::Module;
+
+/// One step of a prepared model.
+enum Stage<'m> {
+    /// A convolution with what was fused into it; the name lists the fused layers.
+    Conv(Box<PreparedConv>, String),
+    /// `x·scale[c] + shift[c]` per channel of NCHW activations (a batch norm on its own).
+    Affine { scale: Vec<f32>, shift: Vec<f32>, name: String },
+    /// `body(x) + shortcut(x)`, the shortcut the identity when `None`.
+    Residual { body: PreparedModel<'m>, shortcut: Option<PreparedModel<'m>>, name: String },
+    /// A layer that runs its own forward.
+    Module(&'m dyn Module, String),
+}
+
+/// A model prepared for inference (see the [module docs](self)).
+pub struct PreparedModel<'m> {
+    stages: Vec<Stage<'m>>,
+}
+
+impl<'m> PreparedModel<'m> {
+    /// Prepares `model` (any [`Module`]; containers are walked through their descriptions).
+    pub fn new(model: &'m dyn Module) -> Result<Self> {
+        let mut stages = Vec::new();
+        push(&mut stages, "", model)?;
+        Ok(Self { stages })
+    }
+
+    /// The stages in order, each named by its layers' names joined with `+` (a convolution
+    /// with its folded batch norm and fused ReLU is one stage).
+    pub fn stages(&self) -> Vec<&str> {
+        self.stages
+            .iter()
+            .map(|s| match s {
+                Stage::Conv(_, n) | Stage::Module(_, n) => n.as_str(),
+                Stage::Affine { name, .. } | Stage::Residual { name, .. } => name.as_str(),
+            })
+            .collect()
+    }
+
+    /// Runs the prepared model on `x`, recording nothing.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for stage in &self.stages {
+            h = match stage {
+                Stage::Conv(conv, _) => conv.forward_tensor(&h)?.0,
+                Stage::Affine { scale, shift, name } => affine(&h, scale, shift, name)?,
+                Stage::Residual { body, shortcut, .. } => {
+                    let a = body.forward(&h)?;
+                    let b = match shortcut {
+                        Some(s) => s.forward(&h)?,
+                        None => h,
+                    };
+                    if a.dims() != b.dims() {
+                        return Err(NnError::Input {
+                            layer: "Residual",
+                            got: a.dims().to_vec(),
+                            msg: format!("the shortcut gives {:?}", b.dims()),
+                        });
+                    }
+                    a.add(&b)?
+                }
+                Stage::Module(m, _) => m.forward(&Var::constant(h))?.value().clone(),
+            };
+        }
+        Ok(h)
+    }
+}
+
+/// Appends the stages of `module` (named `name`) to `stages`.
+fn push<'m>(stages: &mut Vec<Stage<'m>>, name: &str, module: &'m dyn Module) -> Result<()> {
+    match module.describe() {
+        Layer::Sequential(children) => {
+            let mut i = 0;
+            while i < children.len() {
+                let (child, m) = children[i];
+                let full = join(name, child);
+                if let Layer::Conv2d { weight, bias, params, algo } = m.describe() {
+                    let w = weight.value();
+                    let b = bias.map(|b| b.value());
+                    let mut conv = PreparedConv::from_tensors(&w, b.as_ref(), params, algo)?;
+                    let mut label = full;
+                    if let Some((bn_name, bn)) = children.get(i + 1)
+                        && let Layer::BatchNorm2d {
+                            weight,
+                            bias,
+                            running_mean,
+                            running_var,
+                            eps,
+                            ..
+                        } = bn.describe()
+                    {
+                        conv = conv.fold_batch_norm(
+                            weight.value().as_slice(),
+                            bias.value().as_slice(),
+                            running_mean.value().as_slice(),
+                            running_var.value().as_slice(),
+                            eps,
+                        )?;
+                        label = format!("{label}+{}", join(name, bn_name));
+                        i += 1;
+                    }
+                    if let Some((relu_name, relu)) = children.get(i + 1)
+                        && matches!(relu.describe(), Layer::ReLU)
+                    {
+                        conv = conv.with_relu();
+                        label = format!("{label}+{}", join(name, relu_name));
+                        i += 1;
+                    }
+                    stages.push(Stage::Conv(Box::new(conv), label));
+                } else {
+                    push(stages, &full, m)?;
+                }
+                i += 1;
+            }
+        }
+        Layer::Conv2d { weight, bias, params, algo } => {
+            let b = bias.map(|b| b.value());
+            let conv = PreparedConv::from_tensors(&weight.value(), b.as_ref(), params, algo)?;
+            stages.push(Stage::Conv(Box::new(conv), label(name, "conv")));
+        }
+        Layer::BatchNorm2d { weight, bias, running_mean, running_var, eps, .. } => {
+            let (g, b) = (weight.value(), bias.value());
+            let (m, v) = (running_mean.value(), running_var.value());
+            let scale: Vec<f32> = g
+                .as_slice()
+                .iter()
+                .zip(v.as_slice())
+                .map(|(&g, &v)| (f64::from(g) / (f64::from(v) + f64::from(eps)).sqrt()) as f32)
+                .collect();
+            let shift = b
+                .as_slice()
+                .iter()
+                .zip(m.as_slice())
+                .zip(&scale)
+                .map(|((&b, &m), &s)| (f64::from(b) - f64::from(m) * f64::from(s)) as f32)
+                .collect();
+            stages.push(Stage::Affine { scale, shift, name: label(name, "batch_norm") });
+        }
+        Layer::Dropout { .. } => {}
+        Layer::Residual { body, shortcut } => {
+            let body = PreparedModel::new(body)?;
+            let shortcut = shortcut.map(PreparedModel::new).transpose()?;
+            stages.push(Stage::Residual { body, shortcut, name: label(name, "residual") });
+        }
+        _ => stages.push(Stage::Module(module, label(name, module.describe().kind()))),
+    }
+    Ok(())
+}
+
+/// `prefix.name`, or `name` at the top.
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
+}
+
+/// A stage's name: the module's own, or its kind for an unnamed top-level module.
+fn label(name: &str, kind: &str) -> String {
+    if name.is_empty() { kind.to_owned() } else { name.to_owned() }
+}
+
+/// `x·scale[c] + shift[c]` on NCHW (or `[n, c]`) activations.
+fn affine(x: &Tensor, scale: &[f32], shift: &[f32], name: &str) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() < 2 || dims[1] != scale.len() {
+        return Err(NnError::Input {
+            layer: "BatchNorm2d",
+            got: dims.to_vec(),
+            msg: format!("{name} expects {} channels in dim 1", scale.len()),
+        });
+    }
+    let plane: usize = dims[2..].iter().product();
+    let c = scale.len();
+    let mut out = x.as_slice().to_vec();
+    for (i, p) in out.chunks_exact_mut(plane.max(1)).enumerate() {
+        let (s, t) = (scale[i % c], shift[i % c]);
+        for v in p {
+            *v = *v * s + t;
+        }
+    }
+    Ok(Tensor::from_vec(dims, out)?)
+}
