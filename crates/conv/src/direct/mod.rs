@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{ConvError, Result};
+use crate::error::Result;
 use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
@@ -74,13 +74,7 @@ pub fn conv2d_direct_with(
     output: &mut [f32],
 ) -> Result<()> {
     g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
-    if !level.available() {
-        return Err(ConvError::Unsupported {
-            op: OP,
-            algo: "direct",
-            msg: format!("SIMD level {level} on this CPU"),
-        });
-    }
+    level.require(OP, "direct")?;
     if let Some(dw) = Dw3Plan::new(g) {
         dw.run(level, input, weight, bias, output);
         return Ok(());

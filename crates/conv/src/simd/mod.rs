@@ -132,6 +132,20 @@ pub enum SimdLevel {
 }
 
 impl SimdLevel {
+    /// `Ok` when this CPU can run `self`, else the [`ConvError::Unsupported`] of `op`
+    /// (running `algo`) that names the level.
+    pub(crate) fn require(self, op: &'static str, algo: &'static str) -> crate::Result<()> {
+        if self.available() {
+            Ok(())
+        } else {
+            Err(crate::ConvError::Unsupported {
+                op,
+                algo,
+                msg: format!("SIMD level {self} on this CPU"),
+            })
+        }
+    }
+
     /// Every level, best first: the detection ladder.
     pub const ALL: [SimdLevel; 3] = [SimdLevel::Avx512, SimdLevel::Avx2Fma, SimdLevel::Fallback];
 

@@ -191,13 +191,7 @@ fn prepared_with(
     output: &mut [f32],
 ) -> Result<()> {
     let variant = filter.variant;
-    if !level.available() {
-        return Err(ConvError::Unsupported {
-            op: OP,
-            algo: variant.name(),
-            msg: format!("SIMD level {level} on this CPU"),
-        });
-    }
+    level.require(OP, variant.name())?;
     if let Some(msg) = unsupported(g) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }

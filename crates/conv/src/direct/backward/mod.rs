@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{ConvError, Result};
+use crate::error::Result;
 use crate::layout::ChannelLast;
 use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
@@ -65,13 +65,7 @@ pub fn conv2d_backward_direct_with(
     g.check_backward(OP, &x, &grads)?;
     let BackwardInputs { input, weight, grad_output } = x;
     let GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias } = grads;
-    if !level.available() {
-        return Err(ConvError::Unsupported {
-            op: OP,
-            algo: "direct",
-            msg: format!("SIMD level {level} on this CPU"),
-        });
-    }
+    level.require(OP, "direct")?;
     // Depthwise 3x3, stride 1: the input gradient is a forward depthwise convolution, which
     // the forward kernel's dedicated path runs faster than the general one below.
     let mut grad_input = grad_input;
