@@ -4,7 +4,8 @@
 //! convolution into a [`PreparedConv`]: a batch normalization right after it is folded into
 //! its weights and bias (with the running statistics, as evaluation mode uses them), a ReLU
 //! right after that is applied in the same call, and Winograd filter transforms are built on
-//! first use and kept. A batch normalization elsewhere becomes a per-channel affine map;
+//! first use and kept. A batch normalization elsewhere becomes the per-channel affine map
+//! its evaluation mode runs;
 //! dropout, the identity at inference, disappears; residual blocks are prepared branch by
 //! branch. Every other layer (linear, pooling, activations, flatten, modules that do not
 //! describe themselves) runs its own forward on the prepared activations.
@@ -40,11 +41,12 @@
 
 use convkit_autograd::Var;
 use convkit_conv::PreparedConv;
+use convkit_conv::batchnorm::{batch_norm2d_affine, batch_norm2d_apply};
 use convkit_tensor::Tensor;
 
 use crate::describe::Layer;
 use crate::error::{NnError, Result};
-use crate::module::Module;
+use crate::module::{Module, join};
 
 /// One step of a prepared model.
 enum Stage<'m> {
@@ -105,7 +107,7 @@ impl<'m> PreparedModel<'m> {
                     }
                     a.add(&b)?
                 }
-                Stage::Module(m, _) => m.forward(&Var::constant(h))?.value().clone(),
+                Stage::Module(m, _) => m.forward(&Var::constant(h))?.into_value(),
             };
         }
         Ok(h)
@@ -165,21 +167,14 @@ fn push<'m>(stages: &mut Vec<Stage<'m>>, name: &str, module: &'m dyn Module) -> 
             stages.push(Stage::Conv(Box::new(conv), label(name, "conv")));
         }
         Layer::BatchNorm2d { weight, bias, running_mean, running_var, eps, .. } => {
-            let (g, b) = (weight.value(), bias.value());
-            let (m, v) = (running_mean.value(), running_var.value());
-            let scale: Vec<f32> = g
-                .as_slice()
-                .iter()
-                .zip(v.as_slice())
-                .map(|(&g, &v)| (f64::from(g) / (f64::from(v) + f64::from(eps)).sqrt()) as f32)
-                .collect();
-            let shift = b
-                .as_slice()
-                .iter()
-                .zip(m.as_slice())
-                .zip(&scale)
-                .map(|((&b, &m), &s)| (f64::from(b) - f64::from(m) * f64::from(s)) as f32)
-                .collect();
+            // The evaluation-mode layer's own affine map, so this stage gives its bits.
+            let (scale, shift) = batch_norm2d_affine(
+                weight.value().as_slice(),
+                bias.value().as_slice(),
+                running_mean.value().as_slice(),
+                running_var.value().as_slice(),
+                eps,
+            );
             stages.push(Stage::Affine { scale, shift, name: label(name, "batch_norm") });
         }
         Layer::Dropout { .. } => {}
@@ -193,34 +188,55 @@ fn push<'m>(stages: &mut Vec<Stage<'m>>, name: &str, module: &'m dyn Module) -> 
     Ok(())
 }
 
-/// `prefix.name`, or `name` at the top.
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") }
-}
-
 /// A stage's name: the module's own, or its kind for an unnamed top-level module.
 fn label(name: &str, kind: &str) -> String {
     if name.is_empty() { kind.to_owned() } else { name.to_owned() }
 }
 
-/// `x·scale[c] + shift[c]` on NCHW (or `[n, c]`) activations.
+/// `x·scale[c] + shift[c]` on NCHW activations.
 fn affine(x: &Tensor, scale: &[f32], shift: &[f32], name: &str) -> Result<Tensor> {
-    let dims = x.dims();
-    if dims.len() < 2 || dims[1] != scale.len() {
-        return Err(NnError::Input {
-            layer: "BatchNorm2d",
-            got: dims.to_vec(),
-            msg: format!("{name} expects {} channels in dim 1", scale.len()),
-        });
-    }
-    let plane: usize = dims[2..].iter().product();
-    let c = scale.len();
-    let mut out = x.as_slice().to_vec();
-    for (i, p) in out.chunks_exact_mut(plane.max(1)).enumerate() {
-        let (s, t) = (scale[i % c], shift[i % c]);
-        for v in p {
-            *v = *v * s + t;
+    let dims = match <[usize; 4]>::try_from(x.dims()) {
+        Ok(d) if d[1] == scale.len() => d,
+        _ => {
+            return Err(NnError::Input {
+                layer: "BatchNorm2d",
+                got: x.dims().to_vec(),
+                msg: format!("{name} expects [batch, {}, height, width]", scale.len()),
+            });
         }
+    };
+    let mut out = vec![0.0; x.numel()];
+    batch_norm2d_apply(dims, x.as_slice(), scale, shift, &mut out)?;
+    Ok(Tensor::from_vec(&dims, out)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{BatchNorm2d, Dropout, ReLU, Sequential};
+    use convkit_autograd::Tape;
+    use convkit_tensor::Rng;
+
+    #[test]
+    fn a_lone_batch_norm_gives_the_evaluation_layers_bits_and_dropout_disappears() {
+        let mut rng = Rng::new(5);
+        let mut model = Sequential::new()
+            .push_named("act", ReLU)
+            .push_named("bn", BatchNorm2d::new(3).unwrap())
+            .push_named("drop", Dropout::new(0.5, 1).unwrap());
+        // A training step moves the running statistics away from 0 and 1.
+        let batch = Tensor::rand_uniform(&[4, 3, 5, 5], -1.0, 3.0, &mut rng).unwrap();
+        model.forward(&Tape::new().input(batch)).unwrap();
+        model.set_training(false);
+        let x = Tensor::rand_uniform(&[2, 3, 5, 5], -2.0, 2.0, &mut rng).unwrap();
+        let want = model.forward(&Var::constant(x.clone())).unwrap().into_value();
+        // Prepared in training mode: still the evaluation-mode function.
+        model.set_training(true);
+        let prepared = PreparedModel::new(&model).unwrap();
+        assert_eq!(prepared.stages(), ["act", "bn"]);
+        assert_eq!(prepared.forward(&x).unwrap().as_slice(), want.as_slice());
+        let e = prepared.forward(&Tensor::zeros(&[2, 4, 5, 5])).unwrap_err().to_string();
+        assert!(e.contains("bn expects [batch, 3, height, width]"), "{e}");
     }
-    Ok(Tensor::from_vec(dims, out)?)
 }

@@ -95,21 +95,14 @@ impl From<DatasetArg> for DatasetKind {
     }
 }
 
-/// `--optimizer`: the names of [`OptimizerKind::ALL`], parsed by the library.
-fn optimizer_parser() -> impl TypedValueParser<Value = OptimizerKind> {
-    PossibleValuesParser::new(OptimizerKind::ALL.map(OptimizerKind::name))
-        .try_map(|s| s.parse::<OptimizerKind>())
-}
-
-/// `--recipe`: the names of [`Recipe::ALL`], parsed by the library.
-fn recipe_parser() -> impl TypedValueParser<Value = Recipe> {
-    PossibleValuesParser::new(Recipe::ALL.map(Recipe::name)).try_map(|s| s.parse::<Recipe>())
-}
-
-/// `--schedule`: the names of [`ScheduleKind::ALL`], parsed by the library.
-fn schedule_parser() -> impl TypedValueParser<Value = ScheduleKind> {
-    PossibleValuesParser::new(ScheduleKind::ALL.map(ScheduleKind::name))
-        .try_map(|s| s.parse::<ScheduleKind>())
+/// A value parser for a library enum: clap lists and checks `names` (the enum's `ALL`), and
+/// the library's `FromStr` turns the chosen name into the value.
+fn names_parser<T>(names: &[&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names.iter().copied()).try_map(|s| s.parse::<T>())
 }
 
 #[derive(Args)]
@@ -130,7 +123,7 @@ struct TrainArgs {
     /// The base recipe, which the options below override: `reference` (SGD lr 0.01, momentum
     /// 0.9, batch 64, 10 epochs) or `fashion-mnist` (Adam lr 0.002, cosine, 15 epochs,
     /// --hflip).
-    #[arg(long, default_value_t = Recipe::Reference, value_parser = recipe_parser())]
+    #[arg(long, default_value_t = Recipe::Reference, value_parser = names_parser::<Recipe>(&Recipe::ALL.map(Recipe::name)))]
     recipe: Recipe,
     /// Number of epochs in total, counting those done before a resume [default: the
     /// recipe's, or the resumed run's].
@@ -143,7 +136,7 @@ struct TrainArgs {
     #[arg(long)]
     batch_size: Option<usize>,
     /// Optimizer [default: the recipe's].
-    #[arg(long, value_parser = optimizer_parser())]
+    #[arg(long, value_parser = names_parser::<OptimizerKind>(&OptimizerKind::ALL.map(OptimizerKind::name)))]
     optimizer: Option<OptimizerKind>,
     /// Learning rate [default: the recipe's; 0.01 for sgd, 0.001 for adam when --optimizer
     /// changes it].
@@ -156,7 +149,7 @@ struct TrainArgs {
     #[arg(long)]
     weight_decay: Option<f32>,
     /// Learning-rate schedule, stepped every batch [default: the recipe's].
-    #[arg(long, value_parser = schedule_parser())]
+    #[arg(long, value_parser = names_parser::<ScheduleKind>(&ScheduleKind::ALL.map(ScheduleKind::name)))]
     schedule: Option<ScheduleKind>,
     /// Mirror training images left-right at random (for Fashion-MNIST, not digits; on in the
     /// fashion-mnist recipe).
