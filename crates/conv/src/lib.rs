@@ -27,6 +27,7 @@
 //! | [`BackwardInputs`], [`GradBuffers`] | what a backward pass reads and the gradients it writes |
 //! | [`select`], [`supports`], [`resolve`] | the automatic choice and what each algorithm runs |
 //! | [`PreparedConv`] | a layer prepared for inference: cached transforms, folded BN, ReLU |
+//! | [`PreparedLinear`] | a dense layer prepared for inference (matrix-vector at batch 1) |
 //! | [`WinogradFilter`], [`conv2d_winograd_prepared`] | a filter transformed once for many calls |
 //! | [`conv2d_naive`], [`conv2d_backward_naive`] | the reference: the definition's loops in f64 |
 //! | [`api`] | the same operations on [`Tensor`](convkit_tensor::Tensor)s, with pooling |
@@ -101,6 +102,7 @@ mod error;
 mod gemm;
 mod im2col;
 mod layout;
+mod linear;
 mod naive;
 mod params;
 pub mod pool;
@@ -120,6 +122,7 @@ pub use algo::{
 };
 pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
 pub use error::{ConvError, Result};
+pub use linear::PreparedLinear;
 pub use naive::{conv2d_backward_naive, conv2d_naive};
 pub use params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, out_size};
 pub use pool::{PoolGeometry, PoolParams};

@@ -92,6 +92,21 @@ fn lenet(c: &mut Criterion) {
     group.bench_function(format!("infer_b{INFER_BATCH}"), |b| {
         b.iter(|| model.logits(black_box(&many.images)).ok())
     });
+    let prepared = match convkit_nn::PreparedModel::new(&model) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lenet bench: prepare failed: {e}");
+            return;
+        }
+    };
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("prepared_b1", |b| {
+        b.iter(|| prepared.forward(black_box(&one.images)).ok())
+    });
+    group.throughput(Throughput::Elements(INFER_BATCH as u64));
+    group.bench_function(format!("prepared_b{INFER_BATCH}"), |b| {
+        b.iter(|| prepared.forward(black_box(&many.images)).ok())
+    });
     group.finish();
 }
 

@@ -16,10 +16,10 @@
 //!    wasted): per output row, two tiles of 5 columns × 2 vectors = 10 accumulators; each tap
 //!    loads two weight vectors and broadcasts five inputs. The output is channels-last, so the
 //!    pool is again lane-wise adds.
-//! 3. **Dense layers** on blocks of up to 4 images × 24 outputs (12 accumulators), weights
-//!    stored transposed (`[in][out]`, outputs padded to 8) so that each input broadcasts once
-//!    per block. The pooled conv2 output is channels-last, so fc1's columns are permuted once to
-//!    match PyTorch's `[channel][row][column]` flatten order.
+//! 3. **Dense layers**: [`PreparedLinear`] on the block's images. The pooled conv2 output is
+//!    channels-last, so fc1 reads its inputs in that order
+//!    ([`PreparedLinear::with_input_order`]) instead of PyTorch's `[channel][row][column]`
+//!    flatten order.
 //!
 //! Weights are repacked into these layouts once and cached (see [`PackedLeNet`]). Images are
 //! split into blocks of 16 for rayon; every image's arithmetic is the same whichever block it
@@ -27,6 +27,7 @@
 //! set comes from [`convkit_conv::simd`] (AVX2+FMA, or the portable fallback under
 //! `CONVKIT_SIMD=off`).
 
+use convkit_conv::PreparedLinear;
 use convkit_conv::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 use convkit_nn::{Conv2d, Linear};
 use convkit_tensor::Tensor;
@@ -52,47 +53,18 @@ const P2: usize = 5;
 /// Flattened features, fc widths and their padded widths.
 const FEAT: usize = C2 * P2 * P2;
 const H1: usize = 120;
-const H2_PAD: usize = 88;
-const OUT_PAD: usize = 16;
+const H2: usize = 84;
 /// Images per rayon task.
 const BLOCK: usize = 16;
 
-/// A dense layer with transposed, padded weights: `y[o] = b[o] + Σ_i x[i]·w[i·out + o]`.
-struct Dense {
-    /// Inputs read per image.
-    inp: usize,
-    /// Outputs per image, a multiple of 8.
-    out: usize,
-    /// `[inp][out]`, zero in the padding.
-    w: Vec<f32>,
-    /// `[out]`, zero in the padding.
-    b: Vec<f32>,
-}
-
-impl Dense {
-    /// Packs `layer` (`weight [o, i]`), reading input `i` of the layer from position
-    /// `perm(i)` of this layer's input vector of length `inp`.
-    fn pack(layer: &Linear, inp: usize, out: usize, perm: impl Fn(usize) -> usize) -> Result<Self> {
-        let wt = layer.weight.value();
-        let dims = wt.dims().to_vec();
-        let &[o_n, i_n] = dims.as_slice() else {
-            return Err(shape_error("linear", &dims));
-        };
-        if o_n > out || i_n > inp || perm(i_n - 1) >= inp {
-            return Err(shape_error("linear", &dims));
-        }
-        let mut w = vec![0f32; inp * out];
-        for (o, row) in wt.as_slice().chunks_exact(i_n).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                w[perm(i) * out + o] = v;
-            }
-        }
-        let mut b = vec![0f32; out];
-        if let Some(bias) = &layer.bias {
-            b[..o_n].copy_from_slice(bias.value().as_slice());
-        }
-        Ok(Dense { inp, out, w, b })
+/// `layer` (`weight [outputs, inputs]`) prepared for inference, or an error naming its shape.
+fn dense(layer: &Linear, inputs: usize, outputs: usize) -> Result<PreparedLinear> {
+    let w = layer.weight.value();
+    if w.dims() != [outputs, inputs] {
+        return Err(shape_error("linear", w.dims()));
     }
+    let b = layer.bias.as_ref().map(|b| b.value());
+    Ok(PreparedLinear::from_tensors(&w, b.as_ref())?)
 }
 
 fn shape_error(what: &str, dims: &[usize]) -> ModelError {
@@ -113,9 +85,9 @@ pub struct PackedLeNet {
     /// conv2 tap-major `[6·25][16]`.
     c2w: Vec<f32>,
     c2b: [f32; C2],
-    fc1: Dense,
-    fc2: Dense,
-    fc3: Dense,
+    fc1: PreparedLinear,
+    fc2: PreparedLinear,
+    fc3: PreparedLinear,
 }
 
 impl std::fmt::Debug for PackedLeNet {
@@ -156,9 +128,10 @@ impl PackedLeNet {
             }
         }
         // Our features are [row][column][channel]; PyTorch flattens [channel][row][column].
-        let fc1 = Dense::pack(&model.fc1, FEAT, H1, |i| (i % 25) * C2 + i / 25)?;
-        let fc2 = Dense::pack(&model.fc2, H1, H2_PAD, |i| i)?;
-        let fc3 = Dense::pack(&model.fc3, H2_PAD, OUT_PAD, |i| i)?;
+        let order: Vec<usize> = (0..FEAT).map(|i| (i % 25) * C2 + i / 25).collect();
+        let fc1 = dense(&model.fc1, FEAT, H1)?.with_relu().with_input_order(&order)?;
+        let fc2 = dense(&model.fc2, H1, H2)?.with_relu();
+        let fc3 = dense(&model.fc3, H2, CLASSES)?;
         let source = param_values(model);
         let mut c1b = [0f32; C1];
         c1b.copy_from_slice(&b1);
@@ -228,14 +201,13 @@ impl WithSimd for Block<'_> {
             conv2_pool(s, net, &p1, &mut c2o, feat);
         }
         let mut h1 = vec![0f32; n * H1];
-        let mut h2 = vec![0f32; n * H2_PAD];
-        let mut lg = vec![0f32; n * OUT_PAD];
-        dense(s, &net.fc1, &feats, &mut h1, true);
-        dense(s, &net.fc2, &h1, &mut h2, true);
-        dense(s, &net.fc3, &h2, &mut lg, false);
-        for (dst, src) in out.chunks_exact_mut(CLASSES).zip(lg.chunks_exact(OUT_PAD)) {
-            dst.copy_from_slice(&src[..CLASSES]);
-        }
+        let mut h2 = vec![0f32; n * H2];
+        // The shapes were checked when the layers were packed, so these cannot fail.
+        // (No closures here: they would not be compiled with the caller's target features.)
+        let fc1 = net.fc1.forward_with(s, &feats, &mut h1);
+        let fc2 = net.fc2.forward_with(s, &h1, &mut h2);
+        let fc3 = net.fc3.forward_with(s, &h2, out);
+        debug_assert!(fc1.is_ok() && fc2.is_ok() && fc3.is_ok(), "dense layer shapes");
     }
 }
 
@@ -359,79 +331,6 @@ fn conv2_pool<S: Simd>(s: S, net: &PackedLeNet, p1: &[f32], c2o: &mut [f32], fea
                 );
                 s.store(s.mul(sum, quarter), &mut feat[(py * P2 + px) * C2 + v..]);
             }
-        }
-    }
-}
-
-/// `y = x·Wᵀ + b` (then ReLU if `relu`) for every image: `x [n][layer.inp]`,
-/// `y [n][layer.out]`.
-#[inline(always)]
-fn dense<S: Simd>(s: S, layer: &Dense, x: &[f32], y: &mut [f32], relu: bool) {
-    let n = y.len() / layer.out;
-    let mut b0 = 0;
-    while b0 < n {
-        let nb = (n - b0).min(4);
-        let mut o0 = 0;
-        while o0 < layer.out {
-            let nv = ((layer.out - o0) / LANES).min(3);
-            match (nb, nv) {
-                (4, 3) => dense_tile::<S, 4, 3>(s, layer, x, y, b0, o0, relu),
-                (4, 2) => dense_tile::<S, 4, 2>(s, layer, x, y, b0, o0, relu),
-                (4, 1) => dense_tile::<S, 4, 1>(s, layer, x, y, b0, o0, relu),
-                (3, 3) => dense_tile::<S, 3, 3>(s, layer, x, y, b0, o0, relu),
-                (3, 2) => dense_tile::<S, 3, 2>(s, layer, x, y, b0, o0, relu),
-                (3, 1) => dense_tile::<S, 3, 1>(s, layer, x, y, b0, o0, relu),
-                (2, 3) => dense_tile::<S, 2, 3>(s, layer, x, y, b0, o0, relu),
-                (2, 2) => dense_tile::<S, 2, 2>(s, layer, x, y, b0, o0, relu),
-                (2, 1) => dense_tile::<S, 2, 1>(s, layer, x, y, b0, o0, relu),
-                (1, 3) => dense_tile::<S, 1, 3>(s, layer, x, y, b0, o0, relu),
-                (1, 2) => dense_tile::<S, 1, 2>(s, layer, x, y, b0, o0, relu),
-                _ => dense_tile::<S, 1, 1>(s, layer, x, y, b0, o0, relu),
-            }
-            o0 += nv * LANES;
-        }
-        b0 += nb;
-    }
-}
-
-/// `NB` images from `b0` × `NV·8` outputs from `o0`.
-#[inline(always)]
-fn dense_tile<S: Simd, const NB: usize, const NV: usize>(
-    s: S,
-    layer: &Dense,
-    x: &[f32],
-    y: &mut [f32],
-    b0: usize,
-    o0: usize,
-    relu: bool,
-) {
-    let (inp, out) = (layer.inp, layer.out);
-    let mut acc = [[s.zero(); NV]; NB];
-    for a in acc.iter_mut() {
-        for (v, av) in a.iter_mut().enumerate() {
-            *av = s.load(&layer.b[o0 + v * LANES..]);
-        }
-    }
-    let xs: [&[f32]; NB] = std::array::from_fn(|b| &x[(b0 + b) * inp..][..inp]);
-    let w = &layer.w[..inp * out];
-    for i in 0..inp {
-        let wr = &w[i * out + o0..][..NV * LANES];
-        let mut wv = [s.zero(); NV];
-        for (v, wvv) in wv.iter_mut().enumerate() {
-            *wvv = s.load(&wr[v * LANES..]);
-        }
-        for (a, xr) in acc.iter_mut().zip(&xs) {
-            let xb = s.splat(xr[i]);
-            for (av, &wvv) in a.iter_mut().zip(&wv) {
-                *av = s.fma(xb, wvv, *av);
-            }
-        }
-    }
-    let z = s.zero();
-    for (b, a) in acc.iter().enumerate() {
-        let dst = &mut y[(b0 + b) * out + o0..][..NV * LANES];
-        for (v, &av) in a.iter().enumerate() {
-            s.store(if relu { s.max(av, z) } else { av }, &mut dst[v * LANES..]);
         }
     }
 }

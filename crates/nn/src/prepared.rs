@@ -7,7 +7,8 @@
 //! first use and kept. A batch normalization elsewhere becomes the per-channel affine map
 //! its evaluation mode runs;
 //! dropout, the identity at inference, disappears; residual blocks are prepared branch by
-//! branch. Every other layer (linear, pooling, activations, flatten, modules that do not
+//! branch. A linear layer becomes a [`PreparedLinear`] (a matrix-vector product at batch 1),
+//! with a ReLU right after it fused. Every other layer (pooling, activations, flatten, modules that do not
 //! describe themselves) runs its own forward on the prepared activations.
 //!
 //! The result is the model's evaluation-mode function whatever mode the model is in, equal to
@@ -40,8 +41,8 @@
 //! ```
 
 use convkit_autograd::Var;
-use convkit_conv::PreparedConv;
 use convkit_conv::batchnorm::{batch_norm2d_affine, batch_norm2d_apply};
+use convkit_conv::{PreparedConv, PreparedLinear};
 use convkit_tensor::Tensor;
 
 use crate::describe::Layer;
@@ -52,6 +53,8 @@ use crate::module::{Module, join};
 enum Stage<'m> {
     /// A convolution with what was fused into it; the name lists the fused layers.
     Conv(Box<PreparedConv>, String),
+    /// A dense layer, with a following ReLU fused in when there is one.
+    Linear(Box<PreparedLinear>, String),
     /// `x·scale[c] + shift[c]` per channel of NCHW activations (a batch norm on its own).
     Affine { scale: Vec<f32>, shift: Vec<f32>, name: String },
     /// `body(x) + shortcut(x)`, the shortcut the identity when `None`.
@@ -79,7 +82,7 @@ impl<'m> PreparedModel<'m> {
         self.stages
             .iter()
             .map(|s| match s {
-                Stage::Conv(_, n) | Stage::Module(_, n) => n.as_str(),
+                Stage::Conv(_, n) | Stage::Linear(_, n) | Stage::Module(_, n) => n.as_str(),
                 Stage::Affine { name, .. } | Stage::Residual { name, .. } => name.as_str(),
             })
             .collect()
@@ -91,6 +94,7 @@ impl<'m> PreparedModel<'m> {
         for stage in &self.stages {
             h = match stage {
                 Stage::Conv(conv, _) => conv.forward_tensor(&h)?.0,
+                Stage::Linear(linear, _) => linear.forward_tensor(&h)?,
                 Stage::Affine { scale, shift, name } => affine(&h, scale, shift, name)?,
                 Stage::Residual { body, shortcut, .. } => {
                     let a = body.forward(&h)?;
@@ -155,6 +159,18 @@ fn push<'m>(stages: &mut Vec<Stage<'m>>, name: &str, module: &'m dyn Module) -> 
                         i += 1;
                     }
                     stages.push(Stage::Conv(Box::new(conv), label));
+                } else if let Layer::Linear { weight, bias } = m.describe() {
+                    let b = bias.map(|b| b.value());
+                    let mut linear = PreparedLinear::from_tensors(&weight.value(), b.as_ref())?;
+                    let mut label = full;
+                    if let Some((relu_name, relu)) = children.get(i + 1)
+                        && matches!(relu.describe(), Layer::ReLU)
+                    {
+                        linear = linear.with_relu();
+                        label = format!("{label}+{}", join(name, relu_name));
+                        i += 1;
+                    }
+                    stages.push(Stage::Linear(Box::new(linear), label));
                 } else {
                     push(stages, &full, m)?;
                 }
@@ -165,6 +181,11 @@ fn push<'m>(stages: &mut Vec<Stage<'m>>, name: &str, module: &'m dyn Module) -> 
             let b = bias.map(|b| b.value());
             let conv = PreparedConv::from_tensors(&weight.value(), b.as_ref(), params, algo)?;
             stages.push(Stage::Conv(Box::new(conv), label(name, "conv")));
+        }
+        Layer::Linear { weight, bias } => {
+            let b = bias.map(|b| b.value());
+            let linear = PreparedLinear::from_tensors(&weight.value(), b.as_ref())?;
+            stages.push(Stage::Linear(Box::new(linear), label(name, "linear")));
         }
         Layer::BatchNorm2d { weight, bias, running_mean, running_var, eps, .. } => {
             // The evaluation-mode layer's own affine map, so this stage gives its bits.
