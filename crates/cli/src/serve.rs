@@ -52,7 +52,6 @@ use std::thread::JoinHandle;
 use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::visualize::Inspection;
 use convkit_models::data::{IMAGE_SIZE, Normalization};
 use convkit_models::fetch::DatasetKind;
 use convkit_models::lenet::{CLASSES, LeNet5};
@@ -152,7 +151,7 @@ impl Predictor {
     /// Classifies one 28x28 image (784 bytes, light on dark) and keeps conv1's and conv2's
     /// feature maps.
     pub fn predict(&self, pixels: &[u8]) -> Result<Prediction> {
-        let ins = Inspection::run(&self.model, pixels, self.norm)?;
+        let ins = self.model.inspect(&convkit_models::data::preprocess(&[pixels], self.norm)?)?;
         let maps = |stage: &str| -> Result<Vec<Vec<f32>>> {
             let t =
                 ins.stage(stage).ok_or_else(|| invalid("predict", format!("no {stage} output")))?;

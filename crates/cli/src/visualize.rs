@@ -7,23 +7,22 @@
 //! colours compare within a picture. Images are plain RGB buffers ([`image::RgbImage`]);
 //! saving them is the caller's business.
 //!
-//! [`Inspection`] runs the model once and keeps the stage outputs both the `lenet visualize`
-//! command and the page of `lenet serve` show.
+//! This module only draws: the feature maps come from the model's one inference path,
+//! [`LeNet5::inspect`](convkit_models::LeNet5::inspect), which both the `lenet visualize`
+//! command and the page of `lenet serve` call.
 
 use std::path::Path;
 use std::sync::OnceLock;
 
-use convkit_autograd::Var;
 use convkit_tensor::Tensor;
 use image::{Rgb, RgbImage};
 
-use convkit_models::data::{Normalization, preprocess};
-use convkit_models::lenet::{CLASSES, LeNet5};
+use convkit_models::lenet::LeNet5;
 use convkit_models::{ModelError, Result, invalid, io_err};
 
 /// The stages whose feature maps are drawn, in order: after each convolution (before its
 /// ReLU, so the sign shows) and after each pooling layer.
-pub const MAP_STAGES: [&str; 4] = ["conv1", "pool1", "conv2", "pool2"];
+pub use convkit_models::INSPECTED_STAGES as MAP_STAGES;
 
 /// Pixels between cells of a grid, and around it.
 pub const GAP: u32 = 4;
@@ -137,48 +136,6 @@ pub fn input_picture(pixels: &[u8], scale: u32) -> Result<RgbImage> {
         let p = pixels[(y / scale * 28 + x / scale) as usize];
         Rgb([p, p, p])
     }))
-}
-
-/// The outputs of one forward pass over one 28x28 image.
-#[derive(Debug, Clone)]
-pub struct Inspection {
-    /// The output of each stage of [`convkit_models::lenet::STAGES`] (batch of one), in order.
-    pub stages: Vec<(&'static str, Tensor)>,
-    /// Softmax of the logits, one per class.
-    pub probabilities: Vec<f32>,
-}
-
-impl Inspection {
-    /// Runs `model` on one 28x28 image (784 bytes, light on dark), padded and normalized with
-    /// `norm` as in training, keeping every stage's output.
-    pub fn run(model: &LeNet5, pixels: &[u8], norm: Normalization) -> Result<Self> {
-        let x = preprocess(&[pixels], norm)?;
-        let mut stages = Vec::new();
-        let logits = model.forward_inspect(&Var::constant(x), &mut |name, v| {
-            if let Some(s) = convkit_models::lenet::STAGES.iter().find(|s| **s == name) {
-                stages.push((*s, v.value().clone()));
-            }
-        })?;
-        let probabilities = logits.into_value().softmax(1)?.into_vec();
-        if probabilities.len() != CLASSES {
-            return Err(invalid("inspect", format!("{} outputs", probabilities.len())));
-        }
-        Ok(Self { stages, probabilities })
-    }
-
-    /// The output of stage `name`.
-    pub fn stage(&self, name: &str) -> Option<&Tensor> {
-        self.stages.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
-    }
-
-    /// The most probable class.
-    pub fn class(&self) -> usize {
-        self.probabilities
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i)
-    }
 }
 
 /// One line of a `model.metrics.jsonl` file (the fields the curves need).
@@ -390,7 +347,8 @@ mod tests {
         let model = LeNet5::new(&mut Rng::new(0)).unwrap();
         assert_eq!(conv1_filters(&model).unwrap().dimensions(), (388, 68));
         let img: Vec<u8> = (0..784).map(|i| (i % 200) as u8).collect();
-        let ins = Inspection::run(&model, &img, Normalization::default()).unwrap();
+        let x = convkit_models::data::preprocess(&[&img], Default::default()).unwrap();
+        let ins = model.inspect(&x).unwrap();
         assert!((ins.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         assert!(ins.class() < 10);
         for (stage, c, side) in

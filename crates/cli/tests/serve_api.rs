@@ -304,3 +304,19 @@ fn a_blank_canvas_is_an_empty_image_not_an_error() {
     check_prediction(&v);
     assert!(v["input"].as_array().unwrap().iter().all(|p| p == 0));
 }
+
+#[test]
+fn the_page_and_lenet_predict_share_one_inference_path() {
+    let path = fixture("lenet_fashion_torch.safetensors");
+    let predictor = Predictor::from_checkpoint(&path, None).unwrap();
+    let (model, norm, _) = convkit_models::LeNet5::load(&path).unwrap();
+    for (px, _) in fixture_images(3) {
+        let served = predictor.predict(&px).unwrap();
+        let x = convkit_models::data::preprocess(&[&px], norm).unwrap();
+        // What `lenet predict` prints: the softmax of `LeNet5::logits`, bit for bit.
+        let predicted = model.logits(&x).unwrap().softmax(1).unwrap().into_vec();
+        assert_eq!(served.probabilities, predicted);
+        assert_eq!(served.conv1.len(), 6);
+        assert_eq!(served.conv2.len(), 16);
+    }
+}

@@ -74,6 +74,38 @@ fn shape_error(what: &str, dims: &[usize]) -> ModelError {
     }
 }
 
+/// The stages [`PackedLeNet::inspect`] keeps, in order: each convolution before its ReLU (so
+/// the sign shows) and each pooling layer.
+pub const INSPECTED_STAGES: [&str; 4] = ["conv1", "pool1", "conv2", "pool2"];
+
+/// One image's pass through LeNet-5 with the outputs of [`INSPECTED_STAGES`] kept (what the
+/// feature-map pictures of `lenet visualize` and `lenet serve` draw).
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// Each stage of [`INSPECTED_STAGES`] with its output, `[1, c, h, w]`.
+    pub stages: Vec<(&'static str, Tensor)>,
+    /// The logits `[1, 10]`.
+    pub logits: Tensor,
+    /// Softmax of the logits, one per class.
+    pub probabilities: Vec<f32>,
+}
+
+impl Inspection {
+    /// The output of stage `name`.
+    pub fn stage(&self, name: &str) -> Option<&Tensor> {
+        self.stages.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
+    }
+
+    /// The most probable class.
+    pub fn class(&self) -> usize {
+        self.probabilities
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i)
+    }
+}
+
 /// LeNet-5's weights repacked for [`PackedLeNet::logits`], together with the parameter
 /// tensors they came from (so a cache can tell whether they are still current).
 pub struct PackedLeNet {
@@ -157,6 +189,42 @@ impl PackedLeNet {
         Ok(Tensor::from_vec(&[n, CLASSES], out)?)
     }
 
+    /// Runs one preprocessed image `[1, 1, 32, 32]` through the same kernels as
+    /// [`PackedLeNet::logits`] (the logits are the same bits), keeping the outputs of
+    /// [`INSPECTED_STAGES`].
+    pub fn inspect(&self, x: &Tensor) -> Result<Inspection> {
+        check_input(x.dims())?;
+        if x.dims()[0] != 1 {
+            return Err(ModelError::Invalid {
+                what: "LeNet5::inspect",
+                msg: format!("expected one image [1, 1, 32, 32], got {:?}", x.dims()),
+            });
+        }
+        let mut maps = Maps {
+            conv1: vec![0.0; C1 * 4 * P1 * P1],
+            pool1: vec![0.0; C1 * P1 * P1],
+            conv2: vec![0.0; C2 * O2 * O2],
+            pool2: vec![0.0; FEAT],
+        };
+        let mut logits = vec![0f32; CLASSES];
+        simd::dispatch_active(Block {
+            net: self,
+            input: x.as_slice(),
+            out: &mut logits,
+            maps: Some(&mut maps),
+        });
+        let Maps { conv1, pool1, conv2, pool2 } = maps;
+        let stages = vec![
+            ("conv1", Tensor::from_vec(&[1, C1, 2 * P1, 2 * P1], conv1)?),
+            ("pool1", Tensor::from_vec(&[1, C1, P1, P1], pool1)?),
+            ("conv2", Tensor::from_vec(&[1, C2, O2, O2], conv2)?),
+            ("pool2", Tensor::from_vec(&[1, C2, P2, P2], pool2)?),
+        ];
+        let logits = Tensor::from_vec(&[1, CLASSES], logits)?;
+        let probabilities = logits.softmax(1)?.into_vec();
+        Ok(Inspection { stages, logits, probabilities })
+    }
+
     /// Slice form of [`PackedLeNet::logits`] at an instruction set the CPU supports: `input`
     /// holds whole 32x32 images and `out` ten floats per image (the image count is
     /// `out.len() / 10`).
@@ -164,8 +232,10 @@ impl PackedLeNet {
         let run = |(x, y): (&[f32], &mut [f32])| {
             // `level` is `simd::active()` or, in tests, a level checked to be available, so
             // dispatch cannot decline; the fallback covers it anyway.
-            if simd::dispatch(level, Block { net: self, input: x, out: &mut *y }).is_none() {
-                simd::dispatch_active(Block { net: self, input: x, out: y });
+            if simd::dispatch(level, Block { net: self, input: x, out: &mut *y, maps: None })
+                .is_none()
+            {
+                simd::dispatch_active(Block { net: self, input: x, out: y, maps: None });
             }
         };
         let n = out.len() / CLASSES;
@@ -182,6 +252,20 @@ struct Block<'a> {
     net: &'a PackedLeNet,
     input: &'a [f32],
     out: &'a mut [f32],
+    /// Where to keep the stage outputs of a single image ([`PackedLeNet::inspect`]).
+    maps: Option<&'a mut Maps>,
+}
+
+/// The outputs of [`INSPECTED_STAGES`] for one image, NCHW without the batch dimension.
+struct Maps {
+    /// `[6][28][28]`, before the ReLU.
+    conv1: Vec<f32>,
+    /// `[6][14][14]`.
+    pool1: Vec<f32>,
+    /// `[16][10][10]`, before the ReLU.
+    conv2: Vec<f32>,
+    /// `[16][5][5]`.
+    pool2: Vec<f32>,
 }
 
 impl WithSimd for Block<'_> {
@@ -189,7 +273,7 @@ impl WithSimd for Block<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Block { net, input, out } = self;
+        let Block { net, input, out, mut maps } = self;
         let n = out.len() / CLASSES;
         let mut phases = vec![0f32; 2 * PH_PLANE];
         let mut p1 = vec![0f32; C1 * P1 * P1_STRIDE];
@@ -197,8 +281,11 @@ impl WithSimd for Block<'_> {
         let mut feats = vec![0f32; n * FEAT];
         for (img, feat) in input.chunks_exact(IMG).zip(feats.chunks_exact_mut(FEAT)) {
             split_parity(img, &mut phases);
-            conv1_pool(s, net, &phases, &mut p1);
+            conv1_pool(s, net, &phases, &mut p1, maps.as_mut().map(|m| &mut m.conv1[..]));
             conv2_pool(s, net, &p1, &mut c2o, feat);
+            if let Some(m) = maps.as_mut() {
+                keep_maps(m, &p1, &c2o, feat);
+            }
         }
         let mut h1 = vec![0f32; n * H1];
         let mut h2 = vec![0f32; n * H2];
@@ -230,7 +317,13 @@ fn split_parity(img: &[f32], phases: &mut [f32]) {
 /// conv1 + bias + ReLU + 2x2 average pool: `phases` → `p1 [6][14][16]` (columns 14 and 15
 /// hold finite values that nothing reads).
 #[inline(always)]
-fn conv1_pool<S: Simd>(s: S, net: &PackedLeNet, phases: &[f32], p1: &mut [f32]) {
+fn conv1_pool<S: Simd>(
+    s: S,
+    net: &PackedLeNet,
+    phases: &[f32],
+    p1: &mut [f32],
+    mut conv1: Option<&mut [f32]>,
+) {
     let phases = &phases[..2 * PH_PLANE];
     let quarter = s.splat(0.25);
     for k in 0..C1 {
@@ -268,6 +361,21 @@ fn conv1_pool<S: Simd>(s: S, net: &PackedLeNet, phases: &[f32], p1: &mut [f32]) 
                     }
                 }
             }
+            if let Some(map) = conv1.as_deref_mut() {
+                // acc[r][b][v] lane l is output row 2·py + r, column 2·(8v + l) + b.
+                for (r, rows) in acc.iter().enumerate() {
+                    let dst = &mut map[(k * 2 * P1 + 2 * py + r) * 2 * P1..][..2 * P1];
+                    for (b, parity) in rows.iter().enumerate() {
+                        for (v, &a) in parity.iter().enumerate() {
+                            for (l, x) in s.to_array(a).into_iter().enumerate() {
+                                if let Some(d) = dst.get_mut(2 * (v * LANES + l) + b) {
+                                    *d = x;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             let dst = &mut p1[(k * P1 + py) * P1_STRIDE..][..P1_STRIDE];
             for v in 0..2 {
                 let z = s.zero();
@@ -277,6 +385,25 @@ fn conv1_pool<S: Simd>(s: S, net: &PackedLeNet, phases: &[f32], p1: &mut [f32]) 
                 );
                 s.store(s.mul(sum, quarter), &mut dst[v * LANES..]);
             }
+        }
+    }
+}
+
+/// Copies one image's pooled conv1 output (`p1 [6][14][16]`), conv2 output
+/// (`c2o [10][10][16]`, channels last) and pooled conv2 output (`feat [5][5][16]`) into `m`
+/// in NCHW order.
+fn keep_maps(m: &mut Maps, p1: &[f32], c2o: &[f32], feat: &[f32]) {
+    for (dst, src) in m.pool1.chunks_exact_mut(P1).zip(p1.chunks_exact(P1_STRIDE)) {
+        dst.copy_from_slice(&src[..P1]);
+    }
+    for (pixel, channels) in c2o.chunks_exact(C2).enumerate() {
+        for (k, &v) in channels.iter().enumerate() {
+            m.conv2[k * O2 * O2 + pixel] = v;
+        }
+    }
+    for (pixel, channels) in feat.chunks_exact(C2).enumerate() {
+        for (k, &v) in channels.iter().enumerate() {
+            m.pool2[k * P2 * P2 + pixel] = v;
         }
     }
 }
@@ -374,6 +501,33 @@ mod tests {
             assert_close(&format!("fused logits ({level})"), &out, want, tol);
         }
         assert_close("fused logits", model.logits(&x).unwrap().as_slice(), want, tol);
+    }
+
+    #[test]
+    fn inspection_keeps_the_layered_stages_and_the_logits_bits() {
+        let mut rng = Rng::new(11);
+        let model = LeNet5::new(&mut rng).unwrap();
+        let x = Tensor::rand_uniform(&[1, 1, 32, 32], -0.5, 2.8, &mut rng).unwrap();
+        let mut want = Vec::new();
+        model
+            .forward_inspect(&Var::constant(x.clone()), &mut |name, v| {
+                if INSPECTED_STAGES.contains(&name) {
+                    want.push((name.to_owned(), v.value().clone()));
+                }
+            })
+            .unwrap();
+        let ins = model.inspect(&x).unwrap();
+        assert_eq!(ins.stages.len(), INSPECTED_STAGES.len());
+        for ((name, got), (want_name, want)) in ins.stages.iter().zip(&want) {
+            assert_eq!(name, want_name);
+            assert_eq!(got.dims(), want.dims(), "{name}");
+            assert_close(name, got.as_slice(), want.as_slice(), vs_layered(want.as_slice()));
+        }
+        assert_eq!(ins.logits, model.logits(&x).unwrap(), "the same kernels as logits");
+        assert!((ins.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_eq!(ins.stage("pool2").unwrap().dims(), [1, 16, 5, 5]);
+        let two = Tensor::zeros(&[2, 1, 32, 32]);
+        assert!(model.inspect(&two).unwrap_err().to_string().contains("one image"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use convkit_tensor::{Rng, Tensor};
 
 use crate::data::Normalization;
 use crate::error::{ModelError, Result};
-use crate::infer::PackedLeNet;
+use crate::infer::{Inspection, PackedLeNet};
 
 /// Side of the network's square input: 28x28 images padded by 2 on each side.
 pub const INPUT_SIZE: usize = 32;
@@ -155,6 +155,13 @@ impl LeNet5 {
     /// count.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         self.packed()?.logits(x)
+    }
+
+    /// One preprocessed image `[1, 1, 32, 32]` through the inference kernels of
+    /// [`LeNet5::logits`], keeping the feature maps of
+    /// [`INSPECTED_STAGES`](crate::infer::INSPECTED_STAGES) for pictures.
+    pub fn inspect(&self, x: &Tensor) -> Result<Inspection> {
+        self.packed()?.inspect(x)
     }
 
     /// The weights repacked for inference: from the cache when no parameter changed since

@@ -16,7 +16,11 @@
 //!   `data/<dataset>/`, Debian's `/usr/share/datasets/fashion-mnist`), and each dataset's
 //!   mirrors and checksums (the download itself is `convkit-cli`'s).
 //! - [`infer`]: fused inference (both convolutions with their ReLUs and pools in one pass per
-//!   image, then the dense layers), behind [`LeNet5::logits`].
+//!   image, then the dense layers as [`PreparedLinear`](convkit_conv::PreparedLinear)s),
+//!   behind [`LeNet5::logits`] and [`LeNet5::inspect`] (the same kernels, keeping the feature
+//!   maps). It is LeNet-5's one inference path: `lenet predict`, `eval`, `serve` and
+//!   `visualize` all run it. Any other model is prepared with
+//!   [`convkit_nn::PreparedModel`].
 //! - [`lenet`]: the model, its layer table (shapes, parameters, FLOPs, conv algorithm), and
 //!   checkpoints that carry the normalization in their metadata.
 //! - [`train`]: [`Trainer`] (SGD or Adam, constant or cosine schedule), [`evaluate`].
@@ -83,6 +87,7 @@ pub mod zoo;
 
 pub use data::{Batch, Dataset, Normalization};
 pub use error::{ModelError, Result, invalid, io_err};
+pub use infer::{INSPECTED_STAGES, Inspection};
 pub use lenet::LeNet5;
 pub use train::{EpochMetrics, Evaluation, TrainConfig, Trainer, evaluate};
 

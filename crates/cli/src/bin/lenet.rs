@@ -21,8 +21,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use convkit_cli::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_cli::visualize::{
-    Inspection, MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics,
-    training_curves,
+    MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics, training_curves,
 };
 use convkit_models::data::{Normalization, preprocess};
 use convkit_models::fetch::{self, DATA_ENV, DatasetKind};
@@ -641,7 +640,7 @@ fn visualize(a: &VisualizeArgs) -> Result<()> {
     };
     match input {
         Some((name, px)) => {
-            let ins = Inspection::run(&model, &px, norm)?;
+            let ins = model.inspect(&preprocess(&[&px], norm)?)?;
             save(&input_picture(&px, 8)?, "input.png")?;
             for stage in MAP_STAGES {
                 let maps = ins.stage(stage).context("missing stage output")?;
