@@ -1,10 +1,7 @@
 //! Convolution and pooling layers.
 
-use std::sync::{Arc, Mutex};
-
 use convkit_autograd::{Param, Var};
-use convkit_conv::resolve_prepared;
-use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams, PreparedConv};
+use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams};
 use convkit_tensor::{Rng, Tensor};
 
 use crate::describe::Layer;
@@ -40,9 +37,9 @@ impl Default for Conv2dConfig {
 /// 2-D convolution layer (PyTorch's `nn.Conv2d`): weight `[c_out, c_in/groups, kh, kw]`,
 /// bias `[c_out]`.
 ///
-/// In inference (an input that is not on a tape) with a shape the algorithm choice sends to
-/// Winograd, the layer runs a [`PreparedConv`] of its weights, kept until the weight or the
-/// bias changes, so repeated evaluation skips the filter transform.
+/// A plain layer: its forward is the recorded convolution, on a tape or not. For repeated
+/// inference, prepare the model once ([`PreparedModel`](crate::PreparedModel), which keeps
+/// each convolution's filter transforms as a [`PreparedConv`](convkit_conv::PreparedConv)).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     /// Filters `[c_out, c_in/groups, kh, kw]`.
@@ -51,15 +48,6 @@ pub struct Conv2d {
     pub bias: Option<Param>,
     /// Stride, padding, dilation, groups and algorithm.
     pub cfg: Conv2dConfig,
-    prepared: Arc<Mutex<Option<Cached>>>,
-}
-
-/// The prepared convolution and the weight and bias buffers it was prepared from.
-#[derive(Debug)]
-struct Cached {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    conv: Arc<PreparedConv>,
 }
 
 impl Conv2d {
@@ -96,7 +84,7 @@ impl Conv2d {
         } else {
             None
         };
-        Ok(Self { weight, bias, cfg, prepared: Arc::default() })
+        Ok(Self { weight, bias, cfg })
     }
 
     /// A layer with given filters `[c_out, c_in/groups, kh, kw]` and optional bias `[c_out]`
@@ -127,71 +115,12 @@ impl Conv2d {
             ));
         }
         let cfg = Conv2dConfig { params, bias: bias.is_some(), ..Default::default() };
-        Ok(Self {
-            weight: Param::new(weight),
-            bias: bias.map(Param::new),
-            cfg,
-            prepared: Arc::default(),
-        })
-    }
-
-    /// The layer prepared for inference, from the cache when the weight and bias are
-    /// unchanged. A parameter that changed — replaced, or updated in place, which copies a
-    /// buffer the cache shares — no longer shares its buffer with the cached one, so identity
-    /// of the buffers is the version check.
-    fn prepared(&self) -> Result<Arc<PreparedConv>> {
-        let weight = self.weight.value();
-        let bias = self.bias.as_ref().map(Param::value);
-        let mut cache = self.prepared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(c) = cache.as_ref()
-            && c.weight.shares_data_with(&weight)
-            && match (&c.bias, &bias) {
-                (Some(a), Some(b)) => a.shares_data_with(b),
-                (None, None) => true,
-                _ => false,
-            }
-        {
-            return Ok(c.conv.clone());
-        }
-        let conv = Arc::new(PreparedConv::from_tensors(
-            &weight,
-            bias.as_ref(),
-            self.cfg.params,
-            self.cfg.algo,
-        )?);
-        *cache = Some(Cached { weight, bias, conv: conv.clone() });
-        Ok(conv)
-    }
-
-    /// Inference through the prepared convolution, when the shape resolves to Winograd with
-    /// the filter transform already paid for ([`resolve_prepared`]: F(4x4) on more shapes, and
-    /// Winograd on smaller planes, than a call that transforms its filters).
-    fn forward_cached(&self, x: &Var) -> Result<Option<Var>> {
-        let Ok(dims) = <[usize; 4]>::try_from(x.dims()) else { return Ok(None) };
-        let Ok(wdims) = <[usize; 4]>::try_from(self.weight.dims().as_slice()) else {
-            return Ok(None);
-        };
-        let Ok(g) = convkit_conv::ConvGeometry::new(dims, wdims, self.cfg.params) else {
-            return Ok(None);
-        };
-        if !matches!(
-            resolve_prepared(self.cfg.algo, &g),
-            Ok(ConvAlgo::Winograd2 | ConvAlgo::Winograd4)
-        ) {
-            return Ok(None);
-        }
-        let (y, _) = self.prepared()?.forward_tensor(x.value())?;
-        Ok(Some(Var::constant(y)))
+        Ok(Self { weight: Param::new(weight), bias: bias.map(Param::new), cfg })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Var) -> Result<Var> {
-        if x.tape().is_none()
-            && let Some(y) = self.forward_cached(x)?
-        {
-            return Ok(y);
-        }
         let b = self.bias.as_ref().map(|b| bind(b, x));
         Ok(x.conv2d(&bind(&self.weight, x), b.as_ref(), &self.cfg.params, self.cfg.algo)?)
     }
@@ -295,72 +224,5 @@ impl Module for GlobalAvgPool2d {
 
     fn describe(&self) -> Layer<'_> {
         Layer::GlobalAvgPool2d
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use convkit_autograd::Tape;
-    use convkit_conv::resolve;
-    use convkit_conv::{ConvGeometry, Tolerance};
-
-    #[test]
-    fn inference_reuses_winograd_filters_until_the_weight_changes() {
-        let mut rng = Rng::new(3);
-        let cfg =
-            Conv2dConfig { params: Conv2dParams::default().with_padding(1), ..Default::default() };
-        let conv = Conv2d::with_config(32, 32, (3, 3), cfg, &mut rng).unwrap();
-        let x = Tensor::rand_uniform(&[4, 32, 20, 20], -1.0, 1.0, &mut rng).unwrap();
-        let g = ConvGeometry::new([4, 32, 20, 20], [32, 32, 3, 3], cfg.params).unwrap();
-        assert!(matches!(
-            resolve(ConvAlgo::Auto, &g).unwrap(),
-            ConvAlgo::Winograd2 | ConvAlgo::Winograd4
-        ));
-        // With the transform cached, F(4x4) (100 tiles over the batch).
-        if convkit_conv::env_algo().is_none() {
-            assert_eq!(resolve_prepared(ConvAlgo::Auto, &g).unwrap(), ConvAlgo::Winograd4);
-        }
-
-        let eval = conv.forward(&Var::constant(x.clone())).unwrap();
-        let cached = || conv.prepared.lock().unwrap().as_ref().unwrap().conv.clone();
-        let first = cached();
-        if convkit_conv::env_algo().is_none() {
-            assert_eq!(first.algo_for([4, 32, 20, 20]).unwrap(), ConvAlgo::Winograd4);
-        }
-        let again = conv.forward(&Var::constant(x.clone())).unwrap();
-        let second = cached();
-        assert!(Arc::ptr_eq(&first, &second), "the cached transform is reused");
-        assert_eq!(eval.value(), again.value());
-
-        // The recorded (training) path computes the same convolution.
-        let tape = Tape::new();
-        let train = conv.forward(&tape.input(x.clone())).unwrap();
-        let scale = 32.0 * 9.0;
-        Tolerance::WINOGRAD_F4
-            .for_sum(scale)
-            .check(eval.value().as_slice(), train.value().as_slice())
-            .unwrap();
-
-        // An optimizer-style in-place update invalidates the cache.
-        conv.weight.update(|w, _| w.map_inplace(|v| v * 0.5));
-        let halved = conv.forward(&Var::constant(x)).unwrap();
-        let third = cached();
-        assert!(!Arc::ptr_eq(&first, &third), "a changed weight is transformed again");
-        let bias = conv.bias.as_ref().unwrap().value();
-        let c = 32;
-        // (y − b)·0.5 + b: the convolution part halves.
-        let want: Vec<f32> = eval
-            .value()
-            .as_slice()
-            .iter()
-            .enumerate()
-            .map(|(i, &y)| {
-                let b = bias.as_slice()[(i / 400) % c];
-                (y - b) * 0.5 + b
-            })
-            .collect();
-        Tolerance::WINOGRAD_F4.for_sum(scale).check(halved.value().as_slice(), &want).unwrap();
     }
 }
