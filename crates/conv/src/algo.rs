@@ -48,26 +48,99 @@ pub enum ConvAlgo {
 }
 
 impl ConvAlgo {
-    /// Every variant, `Auto` first (benches and tests iterate over this).
-    pub const ALL: [ConvAlgo; 6] = [
-        ConvAlgo::Auto,
-        ConvAlgo::Naive,
-        ConvAlgo::Im2col,
-        ConvAlgo::Winograd2,
-        ConvAlgo::Winograd4,
-        ConvAlgo::Direct,
-    ];
+    /// Every variant, `Auto` first, then the registered algorithms in [`REGISTRY`] order
+    /// (benches, tests and the bench report iterate over this).
+    pub const ALL: [ConvAlgo; REGISTRY.len() + 1] = {
+        let mut all = [ConvAlgo::Auto; REGISTRY.len() + 1];
+        let mut i = 0;
+        while i < REGISTRY.len() {
+            all[i + 1] = REGISTRY[i].algo;
+            i += 1;
+        }
+        all
+    };
 
     /// The canonical lower-case name, as accepted by [`FromStr`] and `CONVKIT_CONV_ALGO`.
     pub fn name(self) -> &'static str {
-        match self {
-            ConvAlgo::Auto => "auto",
-            ConvAlgo::Naive => "naive",
-            ConvAlgo::Im2col => "im2col",
-            ConvAlgo::Winograd2 => "winograd2",
-            ConvAlgo::Winograd4 => "winograd4",
-            ConvAlgo::Direct => "direct",
+        match registration(self) {
+            Some(r) => r.names[0],
+            None => "auto",
         }
+    }
+}
+
+/// What the dispatchers need of one algorithm: its one registration point. A new algorithm
+/// is a `ConvAlgo` variant and an entry of [`REGISTRY`]; names, parsing, [`supports`],
+/// [`conv2d_forward`] and [`conv2d_backward`] all read the table.
+struct Registration {
+    algo: ConvAlgo,
+    /// The canonical name first, then aliases [`FromStr`] also accepts.
+    names: &'static [&'static str],
+    /// Whether it can run a shape (forward and backward).
+    supports: fn(&ConvGeometry) -> bool,
+    /// The forward kernel; same buffer contract as [`conv2d_naive`].
+    forward: ForwardKernel,
+    /// The gradients after a forward that ran this algorithm.
+    backward: fn(&ConvGeometry, BackwardInputs<'_>, GradBuffers<'_>) -> Result<()>,
+}
+
+/// A forward kernel: geometry, input, weight, optional bias, output.
+type ForwardKernel = fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>, &mut [f32]) -> Result<()>;
+
+/// Every algorithm but `Auto`, in [`ConvAlgo::ALL`] order.
+const REGISTRY: [Registration; 5] = [
+    Registration {
+        algo: ConvAlgo::Naive,
+        names: &["naive"],
+        supports: |_| true,
+        forward: conv2d_naive,
+        backward: conv2d_backward_naive,
+    },
+    Registration {
+        algo: ConvAlgo::Im2col,
+        names: &["im2col"],
+        supports: |_| true,
+        forward: conv2d_im2col,
+        backward: conv2d_backward_im2col,
+    },
+    Registration {
+        algo: ConvAlgo::Winograd2,
+        names: &["winograd2", "winograd-f2"],
+        supports: |g| winograd_supports(g, WinogradVariant::F2x2_3x3),
+        forward: |g, x, w, b, y| conv2d_winograd(g, x, w, b, y, WinogradVariant::F2x2_3x3),
+        backward: |g, x, grads| backward_winograd(g, x, grads, WinogradVariant::F2x2_3x3),
+    },
+    Registration {
+        algo: ConvAlgo::Winograd4,
+        names: &["winograd4", "winograd", "winograd-f4"],
+        supports: |g| winograd_supports(g, WinogradVariant::F4x4_3x3),
+        forward: |g, x, w, b, y| conv2d_winograd(g, x, w, b, y, WinogradVariant::F4x4_3x3),
+        backward: |g, x, grads| backward_winograd(g, x, grads, WinogradVariant::F4x4_3x3),
+    },
+    Registration {
+        algo: ConvAlgo::Direct,
+        names: &["direct"],
+        supports: direct_supports,
+        forward: conv2d_direct,
+        backward: |g, x, grads| match backward_kernel(ConvAlgo::Direct, g) {
+            ConvAlgo::Direct => conv2d_backward_direct(g, x, grads),
+            _ => conv2d_backward_im2col(g, x, grads),
+        },
+    },
+];
+
+/// The registration of `algo`; `None` for `Auto`.
+fn registration(algo: ConvAlgo) -> Option<&'static Registration> {
+    REGISTRY.iter().find(|r| r.algo == algo)
+}
+
+/// Every accepted name, `auto` first, as "a, b or c".
+fn name_list() -> String {
+    let names: Vec<&str> =
+        std::iter::once("auto").chain(REGISTRY.iter().map(|r| r.names[0])).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
     }
 }
 
@@ -83,11 +156,7 @@ pub struct UnknownAlgo(pub String);
 
 impl fmt::Display for UnknownAlgo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown convolution algorithm {:?} (expected auto, naive, im2col, winograd2, winograd4 or direct)",
-            self.0
-        )
+        write!(f, "unknown convolution algorithm {:?} (expected {})", self.0, name_list())
     }
 }
 
@@ -105,15 +174,15 @@ impl FromStr for ConvAlgo {
     /// assert!("fft".parse::<ConvAlgo>().is_err());
     /// ```
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Ok(match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => ConvAlgo::Auto,
-            "naive" => ConvAlgo::Naive,
-            "im2col" => ConvAlgo::Im2col,
-            "winograd2" | "winograd-f2" => ConvAlgo::Winograd2,
-            "winograd4" | "winograd" | "winograd-f4" => ConvAlgo::Winograd4,
-            "direct" => ConvAlgo::Direct,
-            _ => return Err(UnknownAlgo(s.to_string())),
-        })
+        let name = s.trim().to_ascii_lowercase();
+        if name == "auto" {
+            return Ok(ConvAlgo::Auto);
+        }
+        REGISTRY
+            .iter()
+            .find(|r| r.names.contains(&name.as_str()))
+            .map(|r| r.algo)
+            .ok_or_else(|| UnknownAlgo(s.to_string()))
     }
 }
 
@@ -150,12 +219,7 @@ pub fn env_algo() -> Option<ConvAlgo> {
 /// (`conv2d_weight_grad_winograd`; im2col below), and the bias gradient on im2col. Direct
 /// has a backward kernel of its own, used where `backward_kernel` says it beats im2col.
 pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
-    match algo {
-        ConvAlgo::Auto | ConvAlgo::Naive | ConvAlgo::Im2col => true,
-        ConvAlgo::Winograd2 => winograd_supports(g, WinogradVariant::F2x2_3x3),
-        ConvAlgo::Winograd4 => winograd_supports(g, WinogradVariant::F4x4_3x3),
-        ConvAlgo::Direct => direct_supports(g),
-    }
+    registration(algo).is_none_or(|r| (r.supports)(g))
 }
 
 /// The automatic choice for `g`: the fastest available algorithm by benchmark evidence.
@@ -298,17 +362,9 @@ pub fn conv2d_forward(
     algo: ConvAlgo,
 ) -> Result<ConvAlgo> {
     let algo = resolve(algo, g)?;
-    match algo {
-        ConvAlgo::Naive => conv2d_naive(g, input, weight, bias, output)?,
-        ConvAlgo::Im2col | ConvAlgo::Auto => conv2d_im2col(g, input, weight, bias, output)?,
-        ConvAlgo::Winograd2 => {
-            conv2d_winograd(g, input, weight, bias, output, WinogradVariant::F2x2_3x3)?
-        }
-        ConvAlgo::Winograd4 => {
-            conv2d_winograd(g, input, weight, bias, output, WinogradVariant::F4x4_3x3)?
-        }
-        ConvAlgo::Direct => conv2d_direct(g, input, weight, bias, output)?,
-    }
+    // `resolve` never returns `Auto`; im2col runs every shape.
+    let forward = registration(algo).map_or(conv2d_im2col as _, |r| r.forward);
+    forward(g, input, weight, bias, output)?;
     Ok(algo)
 }
 
@@ -346,37 +402,42 @@ pub fn conv2d_backward(
     algo: ConvAlgo,
 ) -> Result<ConvAlgo> {
     let algo = resolve(algo, g)?;
-    let kernel = match backward_kernel(algo, g) {
-        ConvAlgo::Naive => conv2d_backward_naive,
-        ConvAlgo::Direct => conv2d_backward_direct,
-        _ => conv2d_backward_im2col,
-    };
-    // After a Winograd forward, the input gradient is a Winograd convolution too (see
-    // `conv2d_input_grad_winograd`), the weight gradient runs in the transform domain on large
-    // enough layers (`conv2d_weight_grad_winograd`), and the bias gradient stays on im2col.
-    let variant = match algo {
-        ConvAlgo::Winograd2 => Some(WinogradVariant::F2x2_3x3),
-        ConvAlgo::Winograd4 => Some(WinogradVariant::F4x4_3x3),
-        _ => None,
-    };
-    if variant.is_some() && (grads.input.is_some() || grads.weight.is_some()) {
+    let backward = registration(algo).map_or(conv2d_backward_im2col as _, |r| r.backward);
+    backward(g, x, grads)?;
+    Ok(algo)
+}
+
+/// The gradients after a Winograd forward of `variant`: the input gradient is a Winograd
+/// convolution (of the same variant) where the shape allows (`conv2d_input_grad_winograd`), the weight gradient
+/// runs in the transform domain on large enough layers (`conv2d_weight_grad_winograd`), and
+/// what is left (the bias gradient, and the others where Winograd does not pay) on im2col.
+fn backward_winograd(
+    g: &ConvGeometry,
+    x: BackwardInputs<'_>,
+    grads: GradBuffers<'_>,
+    variant: WinogradVariant,
+) -> Result<()> {
+    if grads.input.is_some() || grads.weight.is_some() {
         g.check_backward("conv2d_backward", &x, &grads)?;
     }
     let BackwardInputs { input, weight, grad_output } = x;
     let GradBuffers { input: mut grad_input, weight: mut grad_weight, bias: grad_bias } = grads;
-    if let (Some(variant), Some(gx)) = (variant, grad_input.as_deref_mut())
+    if let Some(gx) = grad_input.as_deref_mut()
         && conv2d_input_grad_winograd(g, weight, grad_output, gx, variant)?
     {
         grad_input = None;
     }
-    if let (Some(_), Some(gw)) = (variant, grad_weight.as_deref_mut())
+    if let Some(gw) = grad_weight.as_deref_mut()
         && let Some(wvariant) = winograd_weight_grad_variant(g)
         && conv2d_weight_grad_winograd(g, input, grad_output, gw, wvariant)?
     {
         grad_weight = None;
     }
-    kernel(g, x, GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias })?;
-    Ok(algo)
+    conv2d_backward_im2col(
+        g,
+        x,
+        GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias },
+    )
 }
 
 /// The Winograd variant that computes the weight gradient after a Winograd forward, or `None`
@@ -432,7 +493,30 @@ mod tests {
         }
         assert_eq!("WINOGRAD-F2".parse(), Ok(ConvAlgo::Winograd2));
         let e = "fft".parse::<ConvAlgo>().unwrap_err().to_string();
-        assert!(e.contains("\"fft\"") && e.contains("im2col"), "{e}");
+        assert!(
+            e.ends_with("(expected auto, naive, im2col, winograd2, winograd4 or direct)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_registry_is_the_one_list_of_algorithms() {
+        // Every variant but Auto is registered exactly once, in ALL's order, with unique names.
+        assert_eq!(ConvAlgo::ALL[0], ConvAlgo::Auto);
+        let registered: Vec<ConvAlgo> = REGISTRY.iter().map(|r| r.algo).collect();
+        assert_eq!(registered, ConvAlgo::ALL[1..]);
+        let mut names: Vec<&str> = REGISTRY.iter().flat_map(|r| r.names.iter().copied()).collect();
+        names.push("auto");
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "no name is claimed twice");
+        // What each registration says it supports is what `supports` and `resolve` answer.
+        let g = ConvGeometry::new([1, 16, 8, 8], [16, 16, 5, 5], Conv2dParams::default()).unwrap();
+        for r in &REGISTRY {
+            assert_eq!(supports(r.algo, &g), (r.supports)(&g), "{}", r.names[0]);
+            assert_eq!(resolve_with(r.algo, None, &g).is_ok(), (r.supports)(&g));
+        }
     }
 
     #[test]
