@@ -26,7 +26,7 @@ use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 use depthwise::Dw3Plan;
-use tiles::{TileAt, copy_row, kpath_dispatch, rows_dispatch, tile_dispatch};
+use tiles::{Reads, TileAt, copy_row, kpath_dispatch, rows_dispatch, tile_dispatch};
 
 #[cfg(target_arch = "x86_64")]
 mod wide;
@@ -273,14 +273,14 @@ impl WithSimd for Chunk<'_> {
                 }
             }
         }
-        let planes = &*planes;
+        let r = Reads { planes: &*planes, wp, bias };
 
         let xb_main = p.nv.min(4);
         if p.kpath {
             #[cfg(target_arch = "x86_64")]
             if let Some(w) = s.avx512() {
                 // SAFETY: the token `w` proves the CPU has the features `kpath` is compiled for.
-                unsafe { wide::kpath(w, p, planes, wp, bias, out) };
+                unsafe { wide::kpath(w, p, r, out) };
                 return;
             }
             // Vectorized over output channels: 16 channels × 6 columns or 8 × 8.
@@ -293,7 +293,7 @@ impl WithSimd for Chunk<'_> {
                     while x0 < p.ow {
                         let xp = xp_main.min(p.ow - x0);
                         let t = TileAt { k0, y, xv0: x0 };
-                        kpath_dispatch(s, p, planes, wp, bias, out, t, kv, xp);
+                        kpath_dispatch(s, p, r, out, t, kv, xp);
                         x0 += xp;
                     }
                     k0 += kv * LANES;
@@ -311,7 +311,7 @@ impl WithSimd for Chunk<'_> {
                 let mut xv0 = 0;
                 while xv0 < p.nv {
                     let xb = xb_main.min(p.nv - xv0);
-                    rows_dispatch(s, p, planes, wp, bias, out, TileAt { k0: 0, y, xv0 }, yb, xb);
+                    rows_dispatch(s, p, r, out, TileAt { k0: 0, y, xv0 }, yb, xb);
                     xv0 += xb;
                 }
                 y += yb;
@@ -321,7 +321,7 @@ impl WithSimd for Chunk<'_> {
         #[cfg(target_arch = "x86_64")]
         if let Some(w) = s.avx512() {
             // SAFETY: the token `w` proves the CPU has the features `width` is compiled for.
-            unsafe { wide::width(w, p, planes, wp, bias, out) };
+            unsafe { wide::width(w, p, r, out) };
             return;
         }
         let kb_main = Plan::kb_max(xb_main);
@@ -333,7 +333,7 @@ impl WithSimd for Chunk<'_> {
                 while xv0 < p.nv {
                     let xb = xb_main.min(p.nv - xv0);
                     let t = TileAt { k0, y, xv0 };
-                    tile_dispatch(s, p, planes, wp, bias, out, t, kb, xb);
+                    tile_dispatch(s, p, r, out, t, kb, xb);
                     xv0 += xb;
                 }
                 k0 += kb;

@@ -27,6 +27,15 @@ macro_rules! tile_table {
     };
 }
 
+/// What a forward register tile reads: the padded input planes of a work item, the packed
+/// weights and the bias.
+#[derive(Clone, Copy)]
+pub(super) struct Reads<'a> {
+    pub(super) planes: &'a [f32],
+    pub(super) wp: &'a [f32],
+    pub(super) bias: Option<&'a [f32]>,
+}
+
 /// Where a register tile sits: output channels from `k0`, output row `y`, vectors from `xv0`.
 #[derive(Clone, Copy)]
 pub(super) struct TileAt {
@@ -36,14 +45,11 @@ pub(super) struct TileAt {
 }
 
 /// Picks the monomorphized micro-kernel for a `kb × xb` tile.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn tile_dispatch<S: Simd>(
     s: S,
     p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
+    r: Reads<'_>,
     out: &mut [f32],
     t: TileAt,
     kb: usize,
@@ -51,7 +57,7 @@ pub(super) fn tile_dispatch<S: Simd>(
 ) {
     tile_table! {
         (kb, xb),
-        tile::<S>(s, p, planes, wp, bias, out, t),
+        tile::<S>(s, p, r, out, t),
         [
             (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1),
             (1, 2), (2, 2), (3, 2), (4, 2), (5, 2), (6, 2),
@@ -63,7 +69,7 @@ pub(super) fn tile_dispatch<S: Simd>(
             for k in 0..kb {
                 for v in 0..xb {
                     let t1 = TileAt { k0: t.k0 + k, y: t.y, xv0: t.xv0 + v };
-                    tile::<S, 1, 1>(s, p, planes, wp, bias, out, t1);
+                    tile::<S, 1, 1>(s, p, r, out, t1);
                 }
             }
         }
@@ -72,14 +78,11 @@ pub(super) fn tile_dispatch<S: Simd>(
 
 /// Picks the monomorphized channel-vectorized micro-kernel for `kv` vectors of channels and
 /// `xp` output columns (`t.xv0` is the first column here, not a vector index).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn kpath_dispatch<S: Simd>(
     s: S,
     p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
+    r: Reads<'_>,
     out: &mut [f32],
     t: TileAt,
     kv: usize,
@@ -87,7 +90,7 @@ pub(super) fn kpath_dispatch<S: Simd>(
 ) {
     tile_table! {
         (kv, xp),
-        tile_k::<S>(s, p, planes, wp, bias, out, t),
+        tile_k::<S>(s, p, r, out, t),
         [
             (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6),
             (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6),
@@ -98,7 +101,7 @@ pub(super) fn kpath_dispatch<S: Simd>(
             for x in 0..xp {
                 for v in 0..kv {
                     let t1 = TileAt { k0: t.k0 + v * LANES, y: t.y, xv0: t.xv0 + x };
-                    tile_k::<S, 1, 1>(s, p, planes, wp, bias, out, t1);
+                    tile_k::<S, 1, 1>(s, p, r, out, t1);
                 }
             }
         }
@@ -114,12 +117,11 @@ pub(super) fn kpath_dispatch<S: Simd>(
 pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize>(
     s: S,
     p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
+    r: Reads<'_>,
     out: &mut [f32],
     t: TileAt,
 ) {
+    let Reads { planes, wp, bias } = r;
     let TileAt { k0, y, xv0: x0 } = t;
     let mut acc = [[s.zero(); KV]; XP];
     if let Some(b) = bias {
@@ -174,14 +176,11 @@ pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize>(
 }
 
 /// Picks the monomorphized single-channel micro-kernel for a `yb × xb` tile.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn rows_dispatch<S: Simd>(
     s: S,
     p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
+    r: Reads<'_>,
     out: &mut [f32],
     t: TileAt,
     yb: usize,
@@ -189,16 +188,16 @@ pub(super) fn rows_dispatch<S: Simd>(
 ) {
     tile_table! {
         (yb, xb),
-        tile_rows::<S>(s, p, planes, wp, bias, out, t),
+        tile_rows::<S>(s, p, r, out, t),
         [
             (1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2),
             (1, 3), (2, 3), (3, 3), (1, 4), (2, 4), (3, 4),
         ],
         // Not produced by the blocking above; single-row tiles cover any shape.
         {
-            for r in 0..yb {
-                let t1 = TileAt { y: t.y + r, ..t };
-                tile_dispatch(s, p, planes, wp, bias, out, t1, 1, xb);
+            for dy in 0..yb {
+                let t1 = TileAt { y: t.y + dy, ..t };
+                tile_dispatch(s, p, r, out, t1, 1, xb);
             }
         }
     }
@@ -210,12 +209,11 @@ pub(super) fn rows_dispatch<S: Simd>(
 pub(super) fn tile_rows<S: Simd, const YB: usize, const XB: usize>(
     s: S,
     p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
+    r: Reads<'_>,
     out: &mut [f32],
     t: TileAt,
 ) {
+    let Reads { planes, wp, bias } = r;
     let TileAt { y, xv0, .. } = t;
     let mut acc = [[s.splat(bias.map_or(0.0, |b| b[0])); XB]; YB];
     let x0 = xv0 * LANES;
@@ -273,12 +271,11 @@ pub(super) fn store_row<S: Simd>(
 pub(super) fn tile<S: Simd, const KB: usize, const XB: usize>(
     s: S,
     p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
+    r: Reads<'_>,
     out: &mut [f32],
     t: TileAt,
 ) {
+    let Reads { planes, wp, bias } = r;
     let TileAt { k0, y, xv0 } = t;
     let mut acc = [[s.zero(); XB]; KB];
     if let Some(b) = bias {

@@ -13,7 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Plan, TileAt};
+use super::{Plan, Reads, TileAt};
 use crate::simd::Avx512;
 
 /// Output channels per vector.
@@ -24,14 +24,7 @@ const XP_MAX: usize = 12;
 /// Every output of a work item on the width path (more than one output channel, not the channel
 /// path): tiles of `kb` channels × `xb` vectors of 16 columns.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) fn width(
-    w: Avx512,
-    p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
+pub(super) fn width(w: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32]) {
     let nv = p.ow.div_ceil(KL);
     let xb_main = nv.min(4);
     let kb_main = if xb_main <= 2 { 8 } else { 6 };
@@ -46,7 +39,7 @@ pub(super) fn width(
                 macro_rules! arms {
                     ($(($k:literal, $x:literal)),*) => {
                         match (kb, xb) {
-                            $(($k, $x) => tile_w::<$k, $x>(w, p, planes, wp, bias, out, t),)*
+                            $(($k, $x) => tile_w::<$k, $x>(w, p, r, out, t),)*
                             // Not produced by the blocking above.
                             _ => unreachable!("direct: no {kb}x{xb} AVX-512 tile"),
                         }
@@ -96,12 +89,11 @@ pub(super) fn width(
 fn tile_w<const KB: usize, const XB: usize>(
     _: Avx512,
     p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
+    r: Reads<'_>,
     out: &mut [f32],
     t: TileAt,
 ) {
+    let Reads { planes, wp, bias } = r;
     let TileAt { k0, y, xv0 } = t;
     let x0 = xv0 * KL;
     let mut acc = [[_mm512_setzero_ps(); XB]; KB];
@@ -154,14 +146,7 @@ fn tile_w<const KB: usize, const XB: usize>(
 
 /// Every output of a work item on the channel path (see [`Plan::kpath`]).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) fn kpath(
-    w: Avx512,
-    p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
+pub(super) fn kpath(w: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32]) {
     for y in 0..p.oh {
         let mut k0 = 0;
         while k0 < p.kc {
@@ -170,18 +155,18 @@ pub(super) fn kpath(
                 let xp = XP_MAX.min(p.ow - x0);
                 let t = TileAt { k0, y, xv0: x0 };
                 match xp {
-                    1 => tile_k::<1>(w, p, planes, wp, bias, out, t),
-                    2 => tile_k::<2>(w, p, planes, wp, bias, out, t),
-                    3 => tile_k::<3>(w, p, planes, wp, bias, out, t),
-                    4 => tile_k::<4>(w, p, planes, wp, bias, out, t),
-                    5 => tile_k::<5>(w, p, planes, wp, bias, out, t),
-                    6 => tile_k::<6>(w, p, planes, wp, bias, out, t),
-                    7 => tile_k::<7>(w, p, planes, wp, bias, out, t),
-                    8 => tile_k::<8>(w, p, planes, wp, bias, out, t),
-                    9 => tile_k::<9>(w, p, planes, wp, bias, out, t),
-                    10 => tile_k::<10>(w, p, planes, wp, bias, out, t),
-                    11 => tile_k::<11>(w, p, planes, wp, bias, out, t),
-                    _ => tile_k::<12>(w, p, planes, wp, bias, out, t),
+                    1 => tile_k::<1>(w, p, r, out, t),
+                    2 => tile_k::<2>(w, p, r, out, t),
+                    3 => tile_k::<3>(w, p, r, out, t),
+                    4 => tile_k::<4>(w, p, r, out, t),
+                    5 => tile_k::<5>(w, p, r, out, t),
+                    6 => tile_k::<6>(w, p, r, out, t),
+                    7 => tile_k::<7>(w, p, r, out, t),
+                    8 => tile_k::<8>(w, p, r, out, t),
+                    9 => tile_k::<9>(w, p, r, out, t),
+                    10 => tile_k::<10>(w, p, r, out, t),
+                    11 => tile_k::<11>(w, p, r, out, t),
+                    _ => tile_k::<12>(w, p, r, out, t),
                 }
                 x0 += xp;
             }
@@ -193,15 +178,8 @@ pub(super) fn kpath(
 /// Output channels `k0..min(k0+16, kc)` × `XP` output columns from `t.xv0` of row `t.y`.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-fn tile_k<const XP: usize>(
-    _: Avx512,
-    p: &Plan<'_>,
-    planes: &[f32],
-    wp: &[f32],
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    t: TileAt,
-) {
+fn tile_k<const XP: usize>(_: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32], t: TileAt) {
+    let Reads { planes, wp, bias } = r;
     let TileAt { k0, y, xv0: x0 } = t;
     // `ks` is `kc` rounded up to 8, so 8 or 16 weights of each tap row are readable from `k0`.
     let lanes = (p.ks - k0).min(KL);
