@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use convkit_autograd::Tape;
 use convkit_nn::checkpoint::{self, Metadata};
-use convkit_nn::{Module, Optimizer, params};
+use convkit_nn::{LrSchedule, Module, Optimizer, params};
 use convkit_tensor::{Rng, Tensor};
 
 use crate::data::{Dataset, Normalization};
@@ -118,7 +118,8 @@ impl std::str::FromStr for Recipe {
     /// Parses a [`Recipe::name`]; the error lists the valid names.
     fn from_str(s: &str) -> Result<Self> {
         Recipe::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
-            invalid("recipe", format!("unknown recipe {s:?}; expected reference or fashion-mnist"))
+            let names = Recipe::ALL.map(Recipe::name).join(" or ");
+            invalid("recipe", format!("unknown recipe {s:?}; expected {names}"))
         })
     }
 }
@@ -156,8 +157,13 @@ impl TrainConfig {
     /// The learning rate of batch `batch` of `n_batches` in epoch `epoch` (both 0-based): the
     /// [`ScheduleKind`] stepped once per batch over the run's `epochs · n_batches` steps.
     pub fn lr_at(&self, epoch: usize, batch: usize, n_batches: usize) -> f32 {
-        let n = n_batches.max(1);
-        self.schedule.schedule(self.lr, self.epochs * n).lr_at(epoch * n + batch)
+        self.lr_schedule(n_batches).lr_at(epoch * n_batches.max(1) + batch)
+    }
+
+    /// The run's schedule over `epochs · n_batches` steps, one step per batch (see
+    /// [`TrainConfig::lr_at`]).
+    pub fn lr_schedule(&self, n_batches: usize) -> Box<dyn LrSchedule> {
+        self.schedule.schedule(self.lr, self.epochs * n_batches.max(1))
     }
 
     fn to_metadata(self, meta: &mut Metadata) {
@@ -389,12 +395,14 @@ impl Trainer {
         let order = train.epoch_order(self.cfg.seed, epoch);
         let n_batches = order.len().div_ceil(self.cfg.batch_size);
         let lr = self.cfg.lr_at(epoch, 0, n_batches);
+        // One schedule for the epoch, stepped per batch (what `lr_at` computes).
+        let (schedule, first_step) = (self.cfg.lr_schedule(n_batches), epoch * n_batches.max(1));
         let mut flip_rng = crate::data::shuffle_rng(self.cfg.seed ^ 0xF11F, epoch);
         let start = Instant::now();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for (b, batch) in train.batches(&order, self.cfg.batch_size)?.enumerate() {
             let mut batch = batch?;
-            self.opt.set_lr(self.cfg.lr_at(epoch, b, n_batches));
+            self.opt.set_lr(schedule.lr_at(first_step + b));
             if self.cfg.hflip {
                 crate::data::random_hflip(&mut batch.images, &mut flip_rng)?;
             }

@@ -106,7 +106,8 @@ impl std::str::FromStr for OptimizerKind {
     /// Parses a [`OptimizerKind::name`]; the error lists the valid names.
     fn from_str(s: &str) -> Result<Self> {
         OptimizerKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            config("optimizer", format!("unknown optimizer {s:?}; expected sgd or adam"))
+            let names = OptimizerKind::ALL.map(OptimizerKind::name).join(" or ");
+            config("optimizer", format!("unknown optimizer {s:?}; expected {names}"))
         })
     }
 }

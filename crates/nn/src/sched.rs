@@ -182,7 +182,8 @@ impl std::str::FromStr for ScheduleKind {
     /// Parses a [`ScheduleKind::name`]; the error lists the valid names.
     fn from_str(s: &str) -> Result<Self> {
         ScheduleKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            config("schedule", format!("unknown schedule {s:?}; expected constant or cosine"))
+            let names = ScheduleKind::ALL.map(ScheduleKind::name).join(" or ");
+            config("schedule", format!("unknown schedule {s:?}; expected {names}"))
         })
     }
 }

@@ -1,6 +1,6 @@
 //! A layer table of any model that describes itself ([`Module::describe`]): each layer's
 //! dotted path, kind, output shape, parameter count and, for convolutions, the algorithm that
-//! runs in training and in evaluation — computed from the shapes alone, without running the
+//! runs in training and in prepared inference — computed from the shapes alone, without running the
 //! model or touching its state.
 //!
 //! ```
@@ -36,7 +36,8 @@ use crate::module::{Module, join};
 pub struct ConvChoice {
     /// In training (the per-call choice, [`resolve`]).
     pub training: ConvAlgo,
-    /// In evaluation, where Winograd filter transforms are cached ([`resolve_prepared`]).
+    /// In inference through [`PreparedModel`](crate::PreparedModel), where Winograd filter
+    /// transforms are cached ([`resolve_prepared`]).
     pub inference: ConvAlgo,
 }
 
@@ -177,7 +178,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
     use std::fmt::Write as _;
     let width = rows.iter().map(|r| r.path.len()).max().unwrap_or(0).max(5);
     let mut s = format!(
-        "{:<width$}  {:<15} {:<20} {:>10} {:>12}  conv algorithm (training / evaluation)\n",
+        "{:<width$}  {:<15} {:<20} {:>10} {:>12}  conv algorithm (training / prepared inference)\n",
         "layer", "kind", "output", "params", "MFLOP"
     );
     for r in rows {
