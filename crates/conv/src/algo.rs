@@ -48,7 +48,7 @@ pub enum ConvAlgo {
 }
 
 impl ConvAlgo {
-    /// Every variant, `Auto` first, then the registered algorithms in [`REGISTRY`] order
+    /// Every variant, `Auto` first, then the registered algorithms in registration order
     /// (benches, tests and the bench report iterate over this).
     pub const ALL: [ConvAlgo; REGISTRY.len() + 1] = {
         let mut all = [ConvAlgo::Auto; REGISTRY.len() + 1];

@@ -16,12 +16,17 @@ use convkit_tensor::{Rng, Tensor};
 
 use crate::error::{ModelError, Result, invalid};
 use crate::idx::IdxSplit;
-use crate::lenet::INPUT_SIZE;
 
 /// Side of the raw images.
 pub const IMAGE_SIZE: usize = 28;
 /// Pixels added on each side.
-pub const PAD: usize = (INPUT_SIZE - IMAGE_SIZE) / 2;
+pub const PAD: usize = 2;
+/// Side of a padded image, the network's input: `IMAGE_SIZE + 2·PAD` = 32.
+pub const PADDED_SIZE: usize = IMAGE_SIZE + 2 * PAD;
+/// Number of classes (the ten digits, or Fashion-MNIST's ten kinds of clothing).
+pub const CLASSES: usize = 10;
+/// The padded side under its local name.
+const INPUT_SIZE: usize = PADDED_SIZE;
 
 /// The constants of `x = (p/255 − mean)/std`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -2,7 +2,7 @@
 //! average pools, with every intermediate in a few KiB of cache, then the three dense layers on
 //! blocks of images.
 //!
-//! The layer-by-layer path ([`LeNet5::forward_inspect`](crate::LeNet5::forward_inspect))
+//! The layer-by-layer path (`LeNet5::forward_inspect`)
 //! writes each stage of the whole batch to memory and reads it back: at batch 256 the conv1
 //! output alone is 4.8 MB, and allocating, zeroing and faulting in those buffers costs more
 //! than the arithmetic. Here each image flows through the network on its own:
@@ -27,14 +27,26 @@
 //! set comes from [`convkit_conv::simd`] (AVX2+FMA, or the portable fallback under
 //! `CONVKIT_SIMD=off`).
 
-use convkit_conv::PreparedLinear;
+use convkit_autograd::Param;
 use convkit_conv::simd::{self, LANES, Simd, SimdLevel, WithSimd};
-use convkit_nn::{Conv2d, Linear};
+use convkit_conv::{Conv2dParams, PoolParams, PreparedLinear};
+use convkit_nn::{Layer, Module};
 use convkit_tensor::Tensor;
 use rayon::prelude::*;
 
+use crate::data::{CLASSES, PADDED_SIZE as INPUT_SIZE};
 use crate::error::{ModelError, Result};
-use crate::lenet::{CLASSES, INPUT_SIZE, check_input};
+
+/// Checks that `dims` is a batch of preprocessed images, `[n, 1, 32, 32]`.
+pub(crate) fn check_input(dims: &[usize]) -> Result<()> {
+    if dims.len() != 4 || dims[1..] != [1, INPUT_SIZE, INPUT_SIZE] {
+        return Err(ModelError::Invalid {
+            what: "LeNet5",
+            msg: format!("input {dims:?}, expected [batch, 1, 32, 32]"),
+        });
+    }
+    Ok(())
+}
 
 /// Floats per input image.
 const IMG: usize = INPUT_SIZE * INPUT_SIZE;
@@ -58,13 +70,23 @@ const H2: usize = 84;
 const BLOCK: usize = 16;
 
 /// `layer` (`weight [outputs, inputs]`) prepared for inference, or an error naming its shape.
-fn dense(layer: &Linear, inputs: usize, outputs: usize) -> Result<PreparedLinear> {
-    let w = layer.weight.value();
+fn dense(layer: &Layer<'_>, inputs: usize, outputs: usize) -> Result<PreparedLinear> {
+    let Layer::Linear { weight, bias } = layer else {
+        return Err(kind_error("a Linear layer", layer));
+    };
+    let w = weight.value();
     if w.dims() != [outputs, inputs] {
         return Err(shape_error("linear", w.dims()));
     }
-    let b = layer.bias.as_ref().map(|b| b.value());
+    let b = bias.map(|b| b.value());
     Ok(PreparedLinear::from_tensors(&w, b.as_ref())?)
+}
+
+fn kind_error(expected: &str, found: &Layer<'_>) -> ModelError {
+    ModelError::Invalid {
+        what: "LeNet5",
+        msg: format!("expected {expected}, found {}", found.kind()),
+    }
 }
 
 fn shape_error(what: &str, dims: &[usize]) -> ModelError {
@@ -128,12 +150,15 @@ impl std::fmt::Debug for PackedLeNet {
     }
 }
 
-fn conv_params(layer: &Conv2d, c_out: usize, c_in: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    let w = layer.weight.value();
-    if w.dims() != [c_out, c_in, 5, 5] || layer.cfg.params != Default::default() {
+fn conv_params(layer: &Layer<'_>, c_out: usize, c_in: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+    let Layer::Conv2d { weight, bias, params, .. } = layer else {
+        return Err(kind_error("a Conv2d layer", layer));
+    };
+    let w = weight.value();
+    if w.dims() != [c_out, c_in, 5, 5] || *params != Conv2dParams::default() {
         return Err(shape_error("conv", w.dims()));
     }
-    let b = match &layer.bias {
+    let b = match bias {
         Some(b) => b.value().as_slice().to_vec(),
         None => vec![0.0; c_out],
     };
@@ -141,17 +166,56 @@ fn conv_params(layer: &Conv2d, c_out: usize, c_in: usize) -> Result<(Vec<f32>, V
 }
 
 /// The model's parameter tensors in `state_dict` order (shared buffers, no copy).
-fn param_values(model: &crate::LeNet5) -> Vec<Tensor> {
+fn param_values(model: &dyn Module) -> Vec<Tensor> {
     let mut values = Vec::with_capacity(10);
-    convkit_nn::Module::visit_params(model, "", &mut |_, p| values.push(p.value()));
+    model.visit_params("", &mut |_, p: &Param| values.push(p.value()));
     values
 }
 
+/// The layer kinds [`PackedLeNet::new`] accepts, in order.
+pub const ARCHITECTURE: [&str; 12] = [
+    "Conv2d",
+    "ReLU",
+    "AvgPool2d",
+    "Conv2d",
+    "ReLU",
+    "AvgPool2d",
+    "Flatten",
+    "Linear",
+    "ReLU",
+    "Linear",
+    "ReLU",
+    "Linear",
+];
+
 impl PackedLeNet {
-    /// Repacks the weights of `model`.
-    pub fn new(model: &crate::LeNet5) -> Result<Self> {
-        let (w1, b1) = conv_params(&model.conv1, C1, 1)?;
-        let (w2, b2) = conv_params(&model.conv2, C2, C1)?;
+    /// Repacks the weights of `model`: a [`LeNet5`](crate::LeNet5), or any module that
+    /// describes itself as a [`Layer::Sequential`] of LeNet-5's layers ([`ARCHITECTURE`],
+    /// 5x5 convolutions without padding, 2x2 average pools, LeNet-5's widths). Anything else
+    /// is an error that names what differs.
+    pub fn new(model: &dyn Module) -> Result<Self> {
+        let description = model.describe();
+        let Layer::Sequential(children) = &description else {
+            return Err(kind_error("a Sequential of LeNet-5's layers", &description));
+        };
+        let layers: Vec<Layer<'_>> = children.iter().map(|(_, m)| m.describe()).collect();
+        let kinds: Vec<&str> = layers.iter().map(Layer::kind).collect();
+        if kinds != ARCHITECTURE {
+            return Err(ModelError::Invalid {
+                what: "LeNet5",
+                msg: format!("layers {kinds:?}, expected LeNet-5's {ARCHITECTURE:?}"),
+            });
+        }
+        for pool in [&layers[2], &layers[5]] {
+            if !matches!(pool, Layer::AvgPool2d(p) if *p == PoolParams::new(2)) {
+                return Err(ModelError::Invalid {
+                    what: "LeNet5",
+                    msg: "the pools must be 2x2 average pools with stride 2 and no padding".into(),
+                });
+            }
+        }
+        let (w1, b1) = conv_params(&layers[0], C1, 1)?;
+        let (w2, b2) = conv_params(&layers[3], C2, C1)?;
         // conv2: [k][c][i][j] → [(c·5 + i)·5 + j][k].
         let mut c2w = vec![0f32; C1 * 25 * C2];
         for (k, filt) in w2.chunks_exact(C1 * 25).enumerate() {
@@ -161,9 +225,9 @@ impl PackedLeNet {
         }
         // Our features are [row][column][channel]; PyTorch flattens [channel][row][column].
         let order: Vec<usize> = (0..FEAT).map(|i| (i % 25) * C2 + i / 25).collect();
-        let fc1 = dense(&model.fc1, FEAT, H1)?.with_relu().with_input_order(&order)?;
-        let fc2 = dense(&model.fc2, H1, H2)?.with_relu();
-        let fc3 = dense(&model.fc3, H2, CLASSES)?;
+        let fc1 = dense(&layers[7], FEAT, H1)?.with_relu().with_input_order(&order)?;
+        let fc2 = dense(&layers[9], H1, H2)?.with_relu();
+        let fc3 = dense(&layers[11], H2, CLASSES)?;
         let source = param_values(model);
         let mut c1b = [0f32; C1];
         c1b.copy_from_slice(&b1);
@@ -174,7 +238,7 @@ impl PackedLeNet {
 
     /// Whether these packed weights were made from `model`'s current parameters (an optimizer
     /// step or `set_value` replaces or copies the buffers, which this detects).
-    pub fn is_current(&self, model: &crate::LeNet5) -> bool {
+    pub fn is_current(&self, model: &dyn Module) -> bool {
         let now = param_values(model);
         now.len() == self.source.len()
             && now.iter().zip(&self.source).all(|(a, b)| a.shares_data_with(b))
@@ -574,5 +638,62 @@ mod tests {
             assert!(err.to_string().contains("expected [batch, 1, 32, 32]"), "{err}");
         }
         assert_eq!(model.logits(&Tensor::zeros(&[0, 1, 32, 32])).unwrap().dims(), [0, 10]);
+    }
+
+    /// A user's `Sequential` of LeNet-5's layers (sharing the LeNet5's parameters).
+    fn as_sequential(model: &LeNet5) -> convkit_nn::Sequential {
+        use convkit_nn::{AvgPool2d, Flatten, ReLU, Sequential};
+        let pool = AvgPool2d(PoolParams::new(2));
+        Sequential::new()
+            .push(model.conv1.clone())
+            .push(ReLU)
+            .push(pool)
+            .push(model.conv2.clone())
+            .push(ReLU)
+            .push(pool)
+            .push(Flatten)
+            .push(model.fc1.clone())
+            .push(ReLU)
+            .push(model.fc2.clone())
+            .push(ReLU)
+            .push(model.fc3.clone())
+    }
+
+    #[test]
+    fn packs_any_module_with_lenets_layers_to_the_same_bits() {
+        let mut rng = Rng::new(13);
+        let model = LeNet5::new(&mut rng).unwrap();
+        let x = Tensor::rand_uniform(&[5, 1, 32, 32], -0.5, 2.8, &mut rng).unwrap();
+        let user = as_sequential(&model);
+        let packed = PackedLeNet::new(&user).unwrap();
+        assert!(packed.is_current(&user) && packed.is_current(&model), "same buffers");
+        assert_eq!(packed.logits(&x).unwrap(), model.logits(&x).unwrap());
+    }
+
+    #[test]
+    fn rejects_modules_that_are_not_lenet() {
+        use convkit_nn::{MaxPool2d, ReLU, Sequential};
+        let model = LeNet5::new(&mut Rng::new(2)).unwrap();
+        let err = PackedLeNet::new(&ReLU).unwrap_err().to_string();
+        assert!(err.contains("a Sequential of LeNet-5's layers"), "{err}");
+        let short = Sequential::new().push(model.conv1.clone()).push(ReLU);
+        let err = PackedLeNet::new(&short).unwrap_err().to_string();
+        assert!(err.contains("expected LeNet-5's"), "{err}");
+        // Max pooling where LeNet-5 averages.
+        let maxed = Sequential::new()
+            .push(model.conv1.clone())
+            .push(ReLU)
+            .push(MaxPool2d(PoolParams::new(2)))
+            .push(model.conv2.clone())
+            .push(ReLU)
+            .push(convkit_nn::AvgPool2d(PoolParams::new(2)))
+            .push(convkit_nn::Flatten)
+            .push(model.fc1.clone())
+            .push(ReLU)
+            .push(model.fc2.clone())
+            .push(ReLU)
+            .push(model.fc3.clone());
+        let err = PackedLeNet::new(&maxed).unwrap_err().to_string();
+        assert!(err.contains("MaxPool2d"), "{err}");
     }
 }

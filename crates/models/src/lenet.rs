@@ -13,13 +13,13 @@ use convkit_nn::{
 use convkit_tensor::{Rng, Tensor};
 
 use crate::data::Normalization;
-use crate::error::{ModelError, Result};
-use crate::infer::{Inspection, PackedLeNet};
+use crate::error::Result;
+use crate::infer::{Inspection, PackedLeNet, check_input};
 
 /// Side of the network's square input: 28x28 images padded by 2 on each side.
-pub const INPUT_SIZE: usize = 32;
+pub const INPUT_SIZE: usize = crate::data::PADDED_SIZE;
 /// Number of classes.
-pub const CLASSES: usize = 10;
+pub const CLASSES: usize = crate::data::CLASSES;
 /// Number of trainable parameters.
 pub const NUM_PARAMS: usize = 61_706;
 /// The parameter names, in the order of a PyTorch `state_dict`.
@@ -259,17 +259,6 @@ impl LeNet5 {
             linear("fc3", &self.fc3),
         ])
     }
-}
-
-/// Checks that `dims` is a batch of preprocessed images, `[n, 1, 32, 32]`.
-pub(crate) fn check_input(dims: &[usize]) -> Result<()> {
-    if dims.len() != 4 || dims[1..] != [1, INPUT_SIZE, INPUT_SIZE] {
-        return Err(ModelError::Invalid {
-            what: "LeNet5",
-            msg: format!("input {dims:?}, expected [batch, 1, 32, 32]"),
-        });
-    }
-    Ok(())
 }
 
 fn count(p: &Param) -> usize {

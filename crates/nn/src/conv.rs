@@ -4,9 +4,9 @@ use convkit_autograd::{Param, Var};
 use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams};
 use convkit_tensor::{Rng, Tensor};
 
-use crate::describe::Layer;
 use crate::error::{NnError, Result, config};
 use crate::init::{Init, default_bias, fans};
+use crate::module::Layer;
 use crate::module::{Module, bind, join};
 
 /// Options of a [`Conv2d`] layer; the defaults are PyTorch's (stride 1, no padding, no

@@ -5,9 +5,9 @@ use std::sync::Mutex;
 use convkit_autograd::{Param, Var};
 use convkit_tensor::Rng;
 
-use crate::describe::Layer;
 use crate::error::{NnError, Result, config};
 use crate::init::{Init, default_bias};
+use crate::module::Layer;
 use crate::module::{Module, bind, join};
 
 /// Options of a [`Linear`] layer.

@@ -4,10 +4,10 @@
 //!
 //! ## Layout
 //! - [`module`]: the [`Module`] trait (forward, named parameters and buffers, train/eval
-//!   mode, a [`describe`](Module::describe)d kind), [`Sequential`], [`Residual`], and
-//!   helpers to list parameters by their dotted names.
-//! - [`describe`]: [`Layer`], the plain description of a module's kind, configuration and
-//!   parameters, for exporters, summaries and fused inference.
+//!   mode, a [`describe`](Module::describe)d kind), [`Sequential`], [`Residual`], helpers to
+//!   list parameters by their dotted names, and [`Layer`], the plain description of a
+//!   module's kind, configuration and parameters, for exporters, summaries and fused
+//!   inference.
 //! - [`layers`]: [`Linear`], [`ReLU`], [`Tanh`], [`Sigmoid`], [`Flatten`], [`Dropout`];
 //!   [`conv`]: [`Conv2d`], [`MaxPool2d`], [`AvgPool2d`], [`GlobalAvgPool2d`];
 //!   [`norm`]: [`BatchNorm2d`].
@@ -50,7 +50,6 @@
 
 pub mod checkpoint;
 pub mod conv;
-pub mod describe;
 pub mod error;
 pub mod init;
 pub mod layers;
@@ -66,12 +65,11 @@ pub use conv::{AvgPool2d, Conv2d, Conv2dConfig, GlobalAvgPool2d, MaxPool2d};
 // Re-exported from convkit-conv because layer configurations and `Layer` descriptions carry
 // them: a user of nn (or of convkit-onnx) needs no direct dependency on the kernels.
 pub use convkit_conv::{Conv2dParams, PoolParams, out_size};
-pub use describe::Layer;
 pub use error::{NnError, Result};
 pub use init::Init;
 pub use layers::{Dropout, Flatten, Linear, LinearConfig, ReLU, Sigmoid, Tanh};
 pub use module::{
-    Module, Residual, Sequential, bind, named_buffers, named_params, num_params, params,
+    Layer, Module, Residual, Sequential, bind, named_buffers, named_params, num_params, params,
 };
 pub use norm::{BatchNorm2d, BatchNormConfig};
 pub use optim::{Adam, AdamConfig, Optimizer, OptimizerKind, OptimizerState, Sgd, SgdConfig};

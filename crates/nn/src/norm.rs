@@ -3,8 +3,8 @@
 use convkit_autograd::{Param, Var};
 use convkit_tensor::Tensor;
 
-use crate::describe::Layer;
 use crate::error::{NnError, Result, config};
+use crate::module::Layer;
 use crate::module::{Module, bind, join};
 
 /// Options of [`BatchNorm2d`], with PyTorch's defaults.

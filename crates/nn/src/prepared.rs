@@ -45,8 +45,8 @@ use convkit_conv::batchnorm::{batch_norm2d_affine, batch_norm2d_apply};
 use convkit_conv::{PreparedConv, PreparedLinear};
 use convkit_tensor::Tensor;
 
-use crate::describe::Layer;
 use crate::error::{NnError, Result};
+use crate::module::Layer;
 use crate::module::{Module, join};
 
 /// One step of a prepared model.

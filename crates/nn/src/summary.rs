@@ -27,8 +27,8 @@
 use convkit_conv::{ConvAlgo, ConvGeometry, PoolGeometry};
 use convkit_conv::{resolve, resolve_prepared};
 
-use crate::describe::Layer;
 use crate::error::{NnError, Result};
+use crate::module::Layer;
 use crate::module::{Module, join};
 
 /// The convolution algorithms a layer runs for its input shape.
