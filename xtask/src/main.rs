@@ -236,6 +236,7 @@ fn library_dependencies() -> Result<bool> {
         "convkit-nn",
         "convkit-onnx",
         "convkit-data",
+        "convkit-train",
         "convkit-models",
     ] {
         let out = cargo_command()

@@ -10,6 +10,10 @@
 //!   `(x − mean) / std`.
 //! - [`decode`]: [`decode_picture`], PNG/JPEG bytes with bounded sizes (also behind
 //!   `convkit-models`' picture preprocessing).
+//! - [`loader`]: the [`Dataset`] trait (implemented by [`ImageFolder`] and the in-memory
+//!   [`TensorDataset`]), [`epoch_order`] (a permutation of the seed and the epoch only),
+//!   [`Augment`] (random flips and crops) and [`Loader`], which builds an epoch's batches a few
+//!   ahead on a background thread — the same batches as without prefetching.
 //! - [`error`]: [`DataError`], whose messages name the file or folder at fault.
 //!
 //! ## Untrusted files
@@ -31,10 +35,12 @@
 pub mod decode;
 pub mod error;
 pub mod folder;
+pub mod loader;
 
 pub use decode::decode_picture;
 pub use error::{DataError, Result};
 pub use folder::{BadFile, ImageFolder, ImageFolderConfig};
+pub use loader::{Augment, Batch, Dataset, Loader, TensorDataset, epoch_order};
 
 /// This crate's README, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]
