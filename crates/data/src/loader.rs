@@ -135,14 +135,23 @@ pub fn stream(seed: u64, purpose: u64, epoch: usize, batch: usize) -> Rng {
     Rng::new(h)
 }
 
-const SHUFFLE: u64 = 1;
 const AUGMENT: u64 = 2;
 
 /// The order of `len` examples in epoch `epoch` (0-based): a permutation that depends only on
 /// `seed` and `epoch`.
+///
+/// The generator is the `epoch + 1`-th stream split off one seeded per run (`Rng::split`),
+/// the order LeNet-5's runs have always used, so their results did not change when they
+/// moved onto this loader.
 pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    // "SHUFFLE!": apart from the streams that initialize weights from the same seed.
+    let mut base = Rng::new(seed ^ 0x5348_5546_464C_4521);
+    let mut rng = base.split();
+    for _ in 0..epoch {
+        rng = base.split();
+    }
     let mut order: Vec<usize> = (0..len).collect();
-    stream(seed, SHUFFLE, epoch, 0).shuffle(&mut order);
+    rng.shuffle(&mut order);
     order
 }
 

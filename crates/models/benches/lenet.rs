@@ -1,7 +1,7 @@
 //! LeNet-5 end to end, through the code paths of the `lenet` tool, on rayon's global pool
 //! (all cores unless `RAYON_NUM_THREADS` says otherwise):
 //!
-//! - `lenet/train_step_b64`: one training step at batch 64 — [`Trainer::train_step`], the
+//! - `lenet/train_step_b64`: one training step at batch 64 — [`Trainer::train_step`](convkit_models::train::Trainer::train_step), the
 //!   step `lenet train` runs for every batch (forward on a tape, cross-entropy, backward, SGD
 //!   with momentum 0.9 at lr 0.01, the reference recipe).
 //! - `lenet/infer_b1`: the latency of [`LeNet5::logits`] on one image (what `lenet predict`
@@ -29,7 +29,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Duration;
 
-use convkit_models::{Dataset, LeNet5, ModelError, Normalization, TrainConfig, Trainer};
+use convkit_models::train::{Recipe, new_trainer};
+use convkit_models::{Dataset, LeNet5, ModelError, Normalization};
 use convkit_tensor::Rng;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -62,7 +63,7 @@ fn lenet(c: &mut Criterion) {
         let train = data.batch(&all[..TRAIN_BATCH])?;
         let one = data.batch(&all[..1])?;
         let many = data.batch(&all)?;
-        let trainer = Trainer::new(TrainConfig::default(), Normalization::default())?;
+        let trainer = new_trainer(Recipe::Reference.config(), Normalization::default())?;
         let model = LeNet5::new(&mut Rng::new(1))?;
         Ok((train, one, many, trainer, model))
     };
@@ -82,7 +83,7 @@ fn lenet(c: &mut Criterion) {
     group.throughput(Throughput::Elements(TRAIN_BATCH as u64));
     group.bench_function(format!("train_step_b{TRAIN_BATCH}"), |b| {
         // The images tensor shares its buffer, so the clone is a reference count.
-        b.iter(|| trainer.train_step(black_box(train.images.clone()), &train.labels, lr).ok());
+        b.iter(|| trainer.train_step(black_box(train.clone()), lr).ok());
     });
 
     group.throughput(Throughput::Elements(1));

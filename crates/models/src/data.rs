@@ -7,12 +7,11 @@
 //!
 //! A [`Dataset`] keeps the raw bytes (47 MB for 60,000 images, where preprocessed `f32`s
 //! would take 245 MB of the 400 MB budget) and preprocesses each batch through a 256-entry
-//! lookup table holding exactly the values [`Normalization::apply`] gives. Shuffling is a permutation drawn
-//! per epoch from `Rng::new(seed)` split `epoch` times, so epoch `e` of a resumed run shuffles
-//! exactly as epoch `e` of an uninterrupted one.
+//! lookup table holding exactly the values [`Normalization::apply`] gives. It is a
+//! [`convkit_data::Dataset`], so the generic loader shuffles and batches it.
 
 use convkit_nn::checkpoint::{self, Metadata};
-use convkit_tensor::{Rng, Tensor};
+use convkit_tensor::Tensor;
 
 use crate::error::{ModelError, Result, invalid};
 use crate::idx::IdxSplit;
@@ -126,14 +125,7 @@ pub struct Dataset {
     table: [f32; 256],
 }
 
-/// A batch: inputs `[n, 1, 32, 32]` and their labels.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    /// Preprocessed images.
-    pub images: Tensor,
-    /// Class of each image.
-    pub labels: Vec<usize>,
-}
+pub use convkit_data::Batch;
 
 impl Dataset {
     /// A dataset over the first `limit` examples of `split` (all when `None`).
@@ -201,14 +193,17 @@ impl Dataset {
         self.pixels.get(i * size..(i + 1) * size)
     }
 
-    /// The examples at `indices`, preprocessed, as one batch.
-    pub fn batch(&self, indices: &[usize]) -> Result<Batch> {
+    /// The examples at `indices`, preprocessed, as one batch: inputs `[n, 1, 32, 32]`.
+    pub fn batch(&self, indices: &[usize]) -> convkit_data::Result<Batch> {
         let (size, in_size) = (IMAGE_SIZE * IMAGE_SIZE, INPUT_SIZE * INPUT_SIZE);
         let mut data = vec![self.table[0]; indices.len() * in_size];
         let mut labels = Vec::with_capacity(indices.len());
         for (&i, out) in indices.iter().zip(data.chunks_exact_mut(in_size)) {
             let img = self.pixels.get(i * size..(i + 1) * size).ok_or_else(|| {
-                invalid("batch", format!("index {i} out of range for {} examples", self.len()))
+                convkit_data::DataError::Invalid {
+                    what: "batch",
+                    msg: format!("index {i} out of range for {} examples", self.len()),
+                }
             })?;
             for (r, row) in img.chunks_exact(IMAGE_SIZE).enumerate() {
                 let o = (r + PAD) * INPUT_SIZE + PAD;
@@ -221,56 +216,16 @@ impl Dataset {
         let images = Tensor::from_vec(&[indices.len(), 1, INPUT_SIZE, INPUT_SIZE], data)?;
         Ok(Batch { images, labels })
     }
-
-    /// The order of the examples in epoch `epoch` (0-based): a permutation that depends only
-    /// on `seed` and `epoch`.
-    pub fn epoch_order(&self, seed: u64, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        shuffle_rng(seed, epoch).shuffle(&mut order);
-        order
-    }
-
-    /// The batches of `order`, `batch_size` at a time (the last one may be smaller).
-    pub fn batches<'a>(
-        &'a self,
-        order: &'a [usize],
-        batch_size: usize,
-    ) -> Result<impl Iterator<Item = Result<Batch>> + 'a> {
-        if batch_size == 0 {
-            return Err(invalid("batch size", "must be at least 1"));
-        }
-        Ok(order.chunks(batch_size).map(|idx| self.batch(idx)))
-    }
 }
 
-/// The generator that shuffles epoch `epoch`: a stream split off `Rng::new(seed)` per epoch,
-/// so any epoch's order can be produced without replaying the ones before.
-pub fn shuffle_rng(seed: u64, epoch: usize) -> Rng {
-    let mut base = Rng::new(seed ^ 0x5348_5546_464C_4521); // "SHUFFLE!": apart from init's stream
-    let mut r = base.split();
-    for _ in 0..epoch {
-        r = base.split();
+impl convkit_data::Dataset for Dataset {
+    fn len(&self) -> usize {
+        self.labels.len()
     }
-    r
-}
 
-/// Mirrors each image of a `[n, 1, h, w]` batch left-right with probability 1/2.
-pub fn random_hflip(images: &mut Tensor, rng: &mut Rng) -> Result<()> {
-    let &[_, c, h, w] = images.dims() else {
-        return Err(invalid("hflip", format!("expected [n, c, h, w], got {:?}", images.dims())));
-    };
-    let size = c * h * w;
-    if size == 0 {
-        return Ok(());
+    fn batch(&self, indices: &[usize]) -> convkit_data::Result<Batch> {
+        Dataset::batch(self, indices)
     }
-    for img in images.data_mut().chunks_exact_mut(size) {
-        if rng.next_u64() >> 63 == 1 {
-            for row in img.chunks_exact_mut(w) {
-                row.reverse();
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Checks a label vector for a [`ModelError`]-free range (all below `classes`).
@@ -318,28 +273,6 @@ mod tests {
         assert_eq!(b.images.as_slice(), x.as_slice());
         assert_eq!(b.labels, vec![3, 1]);
         assert!(d.batch(&[5]).is_err());
-    }
-
-    #[test]
-    fn epoch_orders_are_permutations_seeded_and_differ() {
-        let d = toy(100);
-        let a = d.epoch_order(7, 0);
-        assert_eq!(a, d.epoch_order(7, 0));
-        assert_ne!(a, d.epoch_order(7, 1));
-        assert_ne!(a, d.epoch_order(8, 0));
-        let mut s = a.clone();
-        s.sort_unstable();
-        assert_eq!(s, (0..100).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn batching_keeps_the_last_partial_batch() {
-        let d = toy(10);
-        let order = d.epoch_order(0, 0);
-        let sizes: Vec<usize> =
-            d.batches(&order, 4).unwrap().map(|b| b.unwrap().labels.len()).collect();
-        assert_eq!(sizes, vec![4, 4, 2]);
-        assert!(d.batches(&order, 0).is_err());
     }
 
     #[test]

@@ -76,18 +76,12 @@ pub enum ModelError {
         /// The decoder's message.
         msg: String,
     },
-    /// The training loss became NaN or infinite; the last good checkpoint is kept.
-    #[error(
-        "epoch {epoch}, batch {batch}: the loss is {loss}; stopping (lower the learning rate?)"
-    )]
-    NonFiniteLoss {
-        /// The epoch (1-based).
-        epoch: usize,
-        /// The batch within the epoch (1-based).
-        batch: usize,
-        /// The loss value.
-        loss: f32,
-    },
+    /// Training failed (a non-finite loss, a checkpoint that cannot resume, …).
+    #[error(transparent)]
+    Train(#[from] convkit_train::TrainError),
+    /// Loading or batching data failed.
+    #[error(transparent)]
+    Data(#[from] convkit_data::DataError),
     /// A layer, optimizer or checkpoint operation failed.
     #[error(transparent)]
     Nn(#[from] convkit_nn::NnError),

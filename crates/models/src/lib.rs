@@ -4,7 +4,7 @@
 //! original write-up with ReLU and average pooling (conv 6@5x5 → ReLU → avg-pool → conv
 //! 16@5x5 → ReLU → avg-pool → 120 → 84 → 10, 61,706 parameters, PyTorch `state_dict` names),
 //! the MNIST / Fashion-MNIST IDX files it learns from, and a training loop whose runs resume bit
-//! for bit. The `lenet` command-line tool built on it (`train`, `eval`, `predict`, `info`,
+//! for bit through `convkit-train`'s generic trainer. The `lenet` command-line tool built on it (`train`, `eval`, `predict`, `info`,
 //! `fetch`, `visualize`, `serve`) lives in `convkit-cli`, so that this library carries no
 //! tool weight: no argument parser, progress bars, HTTP or plotting.
 //!
@@ -23,7 +23,10 @@
 //!   [`convkit_nn::PreparedModel`].
 //! - [`lenet`]: the model, its layer table (shapes, parameters, FLOPs, conv algorithm), and
 //!   checkpoints that carry the normalization in their metadata.
-//! - [`train`]: [`Trainer`] (SGD or Adam, constant or cosine schedule), [`evaluate`].
+//! - [`train`]: LeNet-5 on `convkit-train`'s [`Trainer`](train::Trainer): the named
+//!   [`Recipe`](train::Recipe)s, [`new_trainer`](train::new_trainer) and
+//!   [`resume`](train::resume) (the normalization rides in the checkpoint), and [`evaluate`]
+//!   (per-class accuracy and confusion matrix through the fused inference path).
 //! - [`preprocess`]: pictures of any size → 28x28 the way MNIST was made (crop to the ink,
 //!   scale to 20 pixels, centre by centre of mass).
 //! - [`zoo`]: networks beyond LeNet-5 for small images — a VGG-style conv-BN-ReLU stack and
@@ -61,17 +64,18 @@
 //! ```no_run
 //! use convkit_models::fetch::{DatasetKind, locate};
 //! use convkit_models::idx::IdxSplit;
-//! use convkit_models::{Dataset, Normalization, TrainConfig, Trainer};
+//! use convkit_models::train::{Recipe, TrainConfig, new_trainer};
+//! use convkit_models::{Dataset, Normalization};
 //!
 //! let found = locate(DatasetKind::FashionMnist, None, None, std::path::Path::new("."))?;
 //! let f = &found.files;
 //! let norm = Normalization::default();
 //! let train = Dataset::new(&IdxSplit::read(&f.train_images, &f.train_labels, 28, 28, 10)?, norm, None)?;
 //! let test = Dataset::new(&IdxSplit::read(&f.test_images, &f.test_labels, 28, 28, 10)?, norm, None)?;
-//! let mut trainer = Trainer::new(TrainConfig { epochs: 1, ..TrainConfig::default() }, norm)?;
-//! let m = trainer.train_epoch(&train, &test, &mut |_, _, _| {})?;
-//! println!("test accuracy {:.4}", m.test_acc);
-//! trainer.save("model.safetensors".as_ref(), &Default::default())?;
+//! let cfg = TrainConfig { epochs: 1, ..Recipe::Reference.config() };
+//! let mut trainer = new_trainer(cfg, norm)?;
+//! let m = trainer.fit_epoch(&train, Some(&test), Some("model.safetensors".as_ref()), &mut |_| {})?;
+//! println!("test accuracy {:.4}", m.test.map_or(0.0, |t| t.accuracy));
 //! # Ok::<(), convkit_models::ModelError>(())
 //! ```
 
@@ -89,7 +93,7 @@ pub use data::{Batch, Dataset, Normalization};
 pub use error::{ModelError, Result, invalid, io_err};
 pub use infer::{INSPECTED_STAGES, Inspection};
 pub use lenet::LeNet5;
-pub use train::{EpochMetrics, Evaluation, TrainConfig, Trainer, evaluate};
+pub use train::{Evaluation, evaluate};
 
 /// This crate's README, compiled and run as a doctest so that it stays true.
 #[cfg(doctest)]

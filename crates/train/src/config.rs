@@ -85,7 +85,10 @@ impl TrainConfig {
             return Err(invalid("batch size", "must be at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(invalid("lr", format!("must be positive and finite, got {}", self.lr)));
+            return Err(invalid(
+                "learning rate",
+                format!("must be positive and finite, got {}", self.lr),
+            ));
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(invalid("momentum", format!("must be in [0, 1), got {}", self.momentum)));
@@ -139,11 +142,22 @@ impl TrainConfig {
         };
         let f = |k: &str| checkpoint::parse_f32(get(k)?).ok_or_else(|| bad(k));
         let u = |k: &str| get(k)?.parse::<u64>().map_err(|_| bad(k));
-        let augment = get("augment")?;
-        let augment = if augment.is_empty() {
-            Vec::new()
-        } else {
-            augment.split(',').map(parse_augment).collect::<Result<_>>()?
+        // Checkpoints of `lenet train` before this crate existed say `train.hflip` where
+        // later ones list `train.augment`, and lack the two settings that do not change
+        // results; they resume with those settings' defaults.
+        let augment = match meta.get("train.augment") {
+            Some(a) if a.is_empty() => Vec::new(),
+            Some(a) => a.split(',').map(parse_augment).collect::<Result<_>>()?,
+            None => match meta.get("train.hflip").map(String::as_str) {
+                Some("true") => vec![Augment::HorizontalFlip],
+                Some(_) => Vec::new(),
+                None => return Err(get("augment").err().unwrap_or_else(|| bad("augment"))),
+            },
+        };
+        let defaults = Self::default();
+        let or_default = |k: &str, d: usize| match meta.get(&format!("train.{k}")) {
+            Some(v) => v.parse::<usize>().map_err(|_| bad(k)),
+            None => Ok(d),
         };
         Ok(Self {
             epochs: u("epochs")? as usize,
@@ -155,8 +169,8 @@ impl TrainConfig {
             schedule: get("schedule")?.parse().map_err(|_| bad("schedule"))?,
             seed: u("seed")?,
             augment,
-            prefetch: u("prefetch")? as usize,
-            eval_batch_size: u("eval_batch_size")? as usize,
+            prefetch: or_default("prefetch", defaults.prefetch)?,
+            eval_batch_size: or_default("eval_batch_size", defaults.eval_batch_size)?,
         })
     }
 }
@@ -193,7 +207,7 @@ mod tests {
         for (cfg, what) in [
             (TrainConfig { epochs: 0, ..Default::default() }, "epochs"),
             (TrainConfig { batch_size: 0, ..Default::default() }, "batch size"),
-            (TrainConfig { lr: f32::NAN, ..Default::default() }, "lr"),
+            (TrainConfig { lr: f32::NAN, ..Default::default() }, "learning rate"),
             (TrainConfig { momentum: 1.0, ..Default::default() }, "momentum"),
             (TrainConfig { weight_decay: -1.0, ..Default::default() }, "weight decay"),
         ] {

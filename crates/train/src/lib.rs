@@ -49,7 +49,8 @@ pub mod trainer;
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};
 pub use trainer::{
-    BatchEvent, EpochMetrics, Evaluation, Trainer, evaluate, metrics_path, optimizer_path,
+    BatchEvent, EpochMetrics, Evaluation, StepOutput, Trainer, evaluate, metrics_path,
+    optimizer_path,
 };
 
 /// This crate's README, compiled and run as a doctest so that it stays true.

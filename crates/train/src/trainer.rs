@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use convkit_autograd::{Tape, Var};
-use convkit_data::{Dataset, Loader};
+use convkit_data::{Batch, Dataset, Loader};
 use convkit_nn::checkpoint::{self, Metadata};
 use convkit_nn::{Module, Optimizer, params};
 use convkit_tensor::Tensor;
@@ -39,6 +39,15 @@ pub struct Evaluation {
     pub correct: usize,
     /// Examples seen.
     pub total: usize,
+}
+
+/// What one [`Trainer::train_step`] reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutput {
+    /// The batch's mean cross-entropy loss, before the update.
+    pub loss: f32,
+    /// Correct predictions in the batch, before the update.
+    pub correct: usize,
 }
 
 /// The record of one epoch.
@@ -122,6 +131,7 @@ pub struct Trainer<M: Module> {
     opt: Box<dyn Optimizer>,
     cfg: TrainConfig,
     epochs_done: usize,
+    metadata: Metadata,
 }
 
 impl<M: Module> Trainer<M> {
@@ -129,14 +139,14 @@ impl<M: Module> Trainer<M> {
     pub fn new(model: M, cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
         let opt = cfg.optimizer.build(params(&model), cfg.lr, cfg.momentum, cfg.weight_decay)?;
-        Ok(Self { model, opt, cfg, epochs_done: 0 })
+        Ok(Self { model, opt, cfg, epochs_done: 0, metadata: Metadata::new() })
     }
 
     /// Continues the run saved at `checkpoint` (see [`Trainer::save`]) with `model`, which
     /// must have the saved architecture (every parameter and buffer name and shape; its
     /// values are replaced). The recipe comes from the checkpoint; `epochs`, when given,
     /// replaces the total number of epochs (with a cosine schedule this changes the
-    /// remaining rates).
+    /// remaining rates). The checkpoint's metadata becomes the run's [`Trainer::metadata`].
     pub fn resume(model: M, checkpoint: &Path, epochs: Option<usize>) -> Result<Self> {
         let meta = checkpoint::load(checkpoint, &model, true)?;
         let mut cfg = TrainConfig::from_metadata(&meta, checkpoint)?;
@@ -166,12 +176,26 @@ impl<M: Module> Trainer<M> {
         let mut trainer = Self::new(model, cfg)?;
         trainer.opt.load_state(&state)?;
         trainer.epochs_done = done;
+        trainer.metadata = meta;
         Ok(trainer)
     }
 
     /// The recipe.
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
+    }
+
+    /// What the run's checkpoints carry besides the recipe and the epoch counter (the model's
+    /// name, the data's normalization, …): written by [`Trainer::save`], read back by
+    /// [`Trainer::resume`]. [`Trainer::save`] rewrites the `train.*` keys of the recipe and the
+    /// epoch counter.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The run's metadata, to add entries to (see [`Trainer::metadata`]).
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
     }
 
     /// Epochs completed so far.
@@ -208,25 +232,14 @@ impl<M: Module> Trainer<M> {
         let first_lr = schedule.lr_at(first_step);
         let start = Instant::now();
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        let (model, opt) = (&self.model, &mut self.opt);
         loader.for_each(|b, batch| {
             let lr = schedule.lr_at(first_step + b);
-            opt.set_lr(lr);
-            let tape = Tape::new();
-            let logits = model.forward(&tape.input(batch.images))?;
-            let loss = logits.cross_entropy(&batch.labels)?;
-            let lv = loss.value().as_slice()[0];
-            if !lv.is_finite() {
-                opt.zero_grad();
-                return Err(TrainError::NonFiniteLoss { epoch: epoch + 1, batch: b + 1, loss: lv });
-            }
-            loss.backward()?;
-            opt.step()?;
-            opt.zero_grad();
-            correct += count_correct(logits.value(), &batch.labels)?;
-            loss_sum += f64::from(lv) * batch.labels.len() as f64;
-            on_batch(&BatchEvent { epoch: epoch + 1, batch: b, batches, loss: lv, lr });
-            Ok(())
+            let n = batch.labels.len();
+            let step = self.step(batch, lr, b)?;
+            correct += step.correct;
+            loss_sum += f64::from(step.loss) * n as f64;
+            on_batch(&BatchEvent { epoch: epoch + 1, batch: b, batches, loss: step.loss, lr });
+            Ok::<_, TrainError>(())
         })?;
         let seconds = start.elapsed().as_secs_f64();
         self.epochs_done += 1;
@@ -242,6 +255,33 @@ impl<M: Module> Trainer<M> {
         })
     }
 
+    /// One optimization step on `batch` at learning rate `lr`, in whatever mode the model is:
+    /// forward on a fresh tape, cross-entropy, backward, the optimizer's update, gradients
+    /// cleared. This is the step [`Trainer::train_epoch`] runs for every batch; it does not
+    /// count epochs. A non-finite loss is [`TrainError::NonFiniteLoss`] (batch 1 of the
+    /// current epoch) and leaves the parameters unchanged.
+    pub fn train_step(&mut self, batch: Batch, lr: f32) -> Result<StepOutput> {
+        self.step(batch, lr, 0)
+    }
+
+    fn step(&mut self, batch: Batch, lr: f32, b: usize) -> Result<StepOutput> {
+        self.opt.set_lr(lr);
+        let tape = Tape::new();
+        let logits = self.model.forward(&tape.input(batch.images))?;
+        let loss = logits.cross_entropy(&batch.labels)?;
+        let lv = loss.value().as_slice()[0];
+        if !lv.is_finite() {
+            self.opt.zero_grad();
+            let epoch = self.epochs_done + 1;
+            return Err(TrainError::NonFiniteLoss { epoch, batch: b + 1, loss: lv });
+        }
+        loss.backward()?;
+        self.opt.step()?;
+        self.opt.zero_grad();
+        let correct = count_correct(logits.value(), &batch.labels)?;
+        Ok(StepOutput { loss: lv, correct })
+    }
+
     /// Loss and accuracy on `data` in eval mode (BatchNorm's running statistics); the model
     /// is back in training mode afterwards.
     pub fn evaluate(&mut self, data: &dyn Dataset) -> Result<Evaluation> {
@@ -251,11 +291,9 @@ impl<M: Module> Trainer<M> {
         result
     }
 
-    /// Runs the remaining epochs. After each: the evaluation on `test` (when given), then,
-    /// with a `checkpoint` path, the model and optimizer saved atomically (see
-    /// [`Trainer::save`]) and the epoch's metrics appended to [`metrics_path`]; then
-    /// `on_epoch`. On an error (such as [`TrainError::NonFiniteLoss`]) the checkpoint holds
-    /// the last finished epoch.
+    /// Runs the remaining epochs with [`Trainer::fit_epoch`], calling `on_epoch` after each.
+    /// On an error (such as [`TrainError::NonFiniteLoss`]) the checkpoint holds the last
+    /// finished epoch.
     pub fn fit(
         &mut self,
         train: &dyn Dataset,
@@ -266,24 +304,41 @@ impl<M: Module> Trainer<M> {
     ) -> Result<Vec<EpochMetrics>> {
         let mut all = Vec::new();
         while !self.finished() {
-            let mut m = self.train_epoch(train, on_batch)?;
-            if let Some(test) = test {
-                m.test = Some(self.evaluate(test)?);
-            }
-            if let Some(path) = checkpoint {
-                self.save(path, &Metadata::new())?;
-                append_line(&metrics_path(path), &m.to_json())?;
-            }
+            let m = self.fit_epoch(train, test, checkpoint, on_batch)?;
             on_epoch(&m);
             all.push(m);
         }
         Ok(all)
     }
 
-    /// Saves the model (its `state_dict`, with the recipe, the epoch counter and `extra` in
-    /// the metadata) at `path` and the optimizer state at [`optimizer_path`], each atomically.
+    /// One epoch of [`Trainer::fit`]: [`Trainer::train_epoch`], the evaluation on `test`
+    /// (when given), then, with a `checkpoint` path, the model and optimizer saved atomically
+    /// (see [`Trainer::save`]) and the epoch's metrics appended to [`metrics_path`]. On an
+    /// error the checkpoint is left as it was.
+    pub fn fit_epoch(
+        &mut self,
+        train: &dyn Dataset,
+        test: Option<&dyn Dataset>,
+        checkpoint: Option<&Path>,
+        on_batch: &mut dyn FnMut(&BatchEvent),
+    ) -> Result<EpochMetrics> {
+        let mut m = self.train_epoch(train, on_batch)?;
+        if let Some(test) = test {
+            m.test = Some(self.evaluate(test)?);
+        }
+        if let Some(path) = checkpoint {
+            self.save(path, &Metadata::new())?;
+            append_line(&metrics_path(path), &m.to_json())?;
+        }
+        Ok(m)
+    }
+
+    /// Saves the model (its `state_dict`, with the recipe, the epoch counter, the run's
+    /// [`Trainer::metadata`] and `extra` in the metadata) at `path` and the optimizer state at
+    /// [`optimizer_path`], each atomically.
     pub fn save(&self, path: &Path, extra: &Metadata) -> Result<()> {
-        let mut meta = extra.clone();
+        let mut meta = self.metadata.clone();
+        meta.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.cfg.to_metadata(&mut meta);
         let done = self.epochs_done.to_string();
         meta.insert("train.epochs_done".into(), done.clone());

@@ -11,7 +11,6 @@
 //! lenet export  --weights model.safetensors --onnx model.onnx [--fixed-batch]
 //! ```
 
-use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,18 +22,18 @@ use convkit_cli::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_cli::visualize::{
     MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics, training_curves,
 };
+use convkit_data::Augment;
 use convkit_models::data::{Normalization, preprocess};
 use convkit_models::fetch::{self, DATA_ENV, DatasetKind};
 use convkit_models::idx::{IdxSplit, read_idx_images};
 use convkit_models::lenet::{INPUT_SIZE, LeNet5, NUM_PARAMS};
 use convkit_models::preprocess::{decode_picture, picture_to_mnist};
 use convkit_models::train::{
-    OptimizerKind, Recipe, ScheduleKind, TrainConfig, Trainer, evaluate, metrics_path,
+    self, OptimizerKind, Recipe, ScheduleKind, TrainConfig, TrainError, evaluate, metrics_path,
     optimizer_path,
 };
 use convkit_models::zoo::ZooModel;
 use convkit_models::{Dataset, ModelError};
-use convkit_nn::checkpoint::Metadata;
 use convkit_tensor::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -338,15 +337,22 @@ fn load_splits(args: &DataArgs) -> Result<(IdxSplit, IdxSplit, DatasetKind, Path
     Ok((train, test, kind, found.dir))
 }
 
+/// The metadata key of `--limit` in a run's checkpoints (`all` or a count).
+const LIMIT_KEY: &str = "train.limit";
+
 fn train(a: &TrainArgs) -> Result<()> {
-    let mut trainer = match &a.resume {
-        Some(ckpt) => Trainer::resume(ckpt, a.epochs)
+    let (mut trainer, norm) = match &a.resume {
+        Some(ckpt) => train::resume(ckpt, a.epochs)
             .with_context(|| format!("cannot resume from {}", ckpt.display()))?,
         None => {
             let base = a.recipe.config();
             let optimizer = a.optimizer.unwrap_or(base.optimizer);
             let default_lr =
                 if optimizer == base.optimizer { base.lr } else { optimizer.default_lr() };
+            let mut augment = base.augment.clone();
+            if a.hflip && !augment.contains(&Augment::HorizontalFlip) {
+                augment.push(Augment::HorizontalFlip);
+            }
             let cfg = TrainConfig {
                 epochs: a.epochs.unwrap_or(base.epochs),
                 batch_size: a.batch_size.unwrap_or(base.batch_size),
@@ -356,22 +362,28 @@ fn train(a: &TrainArgs) -> Result<()> {
                 weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
                 seed: a.seed.unwrap_or(base.seed),
                 schedule: a.schedule.unwrap_or(base.schedule),
-                hflip: a.hflip || base.hflip,
-                limit: a.limit,
+                augment,
+                ..base
             };
-            Trainer::new(cfg, Normalization::default())?
+            if a.limit == Some(0) {
+                bail!("limit: --limit 0 leaves no training images");
+            }
+            let mut t = train::new_trainer(cfg, Normalization::default())?;
+            let limit = a.limit.map_or("all".to_owned(), |l| l.to_string());
+            t.metadata_mut().insert(LIMIT_KEY.into(), limit);
+            (t, Normalization::default())
         }
     };
-    let (train_split, test_split, kind, dir) = load_splits(&a.data)?;
-    let norm = trainer.normalization();
-    let cfg = *trainer.config();
-    if a.resume.is_some() && a.limit.is_some() && a.limit != cfg.limit {
-        bail!(
-            "--limit differs from the resumed run's ({:?}); leave it out when resuming",
-            cfg.limit
-        );
+    let limit = match trainer.metadata().get(LIMIT_KEY).map(String::as_str) {
+        None | Some("all") => None,
+        Some(v) => Some(v.parse::<usize>().with_context(|| format!("bad {LIMIT_KEY} {v:?}"))?),
+    };
+    if a.resume.is_some() && a.limit.is_some() && a.limit != limit {
+        bail!("--limit differs from the resumed run's ({limit:?}); leave it out when resuming");
     }
-    let train_set = Dataset::new(&train_split, norm, cfg.limit)?;
+    let (train_split, test_split, kind, dir) = load_splits(&a.data)?;
+    let cfg = trainer.config().clone();
+    let train_set = Dataset::new(&train_split, norm, limit)?;
     let test_set = Dataset::new(&test_split, norm, None)?;
     drop((train_split, test_split));
     if !a.json {
@@ -390,7 +402,7 @@ fn train(a: &TrainArgs) -> Result<()> {
             rayon::current_num_threads()
         );
     }
-    if trainer.epochs_done() >= cfg.epochs {
+    if trainer.finished() {
         bail!(
             "the checkpoint has {} epochs done already; pass a larger --epochs",
             trainer.epochs_done()
@@ -422,32 +434,18 @@ fn train(a: &TrainArgs) -> Result<()> {
         }
     }
     let first_epoch = trainer.epochs_done();
-    let mut extra = Metadata::new();
-    extra.insert("dataset".into(), kind.name().into());
+    trainer.metadata_mut().insert("dataset".into(), kind.name().into());
     let show_bar = !a.json && std::io::stderr().is_terminal();
     let stop_at = a.stop_after.map_or(cfg.epochs, |n| (trainer.epochs_done() + n).min(cfg.epochs));
     while trainer.epochs_done() < stop_at {
         let epoch = trainer.epochs_done() + 1;
-        let bar = if show_bar {
-            let bar = ProgressBar::new(train_set.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:25}] {pos}/{len} images, loss {msg}, ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_prefix(format!("{epoch}/{}", cfg.epochs));
-            Some(bar)
-        } else {
-            None
-        };
-        let result = trainer.train_epoch(&train_set, &test_set, &mut |_, _, loss| {
+        let bar = show_bar.then(|| progress_bar(train_set.len(), epoch, cfg.epochs));
+        let result = trainer.fit_epoch(&train_set, Some(&test_set), Some(&out), &mut |e| {
             if let Some(bar) = &bar {
                 let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
                 bar.inc((cfg.batch_size as u64).min(left));
                 let rate = bar.position() as f64 / bar.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{loss:.4}, {rate:.0} images/s"));
+                bar.set_message(format!("{:.4}, {rate:.0} images/s", e.loss));
             }
         });
         if let Some(bar) = &bar {
@@ -455,7 +453,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         }
         let m = match result {
             Ok(m) => m,
-            Err(e @ ModelError::NonFiniteLoss { .. }) => {
+            Err(e @ TrainError::NonFiniteLoss { .. }) => {
                 let kept = match &a.resume {
                     _ if trainer.epochs_done() > first_epoch => {
                         format!("the last good checkpoint is {}", out.display())
@@ -465,20 +463,13 @@ fn train(a: &TrainArgs) -> Result<()> {
                 };
                 bail!("{e}; {kept}");
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("epoch {epoch} (checkpoint {})", out.display()));
+            }
         };
-        trainer
-            .save(&out, &extra)
-            .with_context(|| format!("cannot save the checkpoint {}", out.display()))?;
-        let line = m.to_json();
-        let mut mf = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&mpath)
-            .with_context(|| format!("cannot write {}", mpath.display()))?;
-        writeln!(mf, "{line}").with_context(|| format!("cannot write {}", mpath.display()))?;
         if a.json {
-            println!("{line}");
+            println!("{}", m.to_json());
         } else {
             println!(
                 "epoch {:>2}/{}: train loss {:.4}  train acc {:.4}  test acc {:.4}  {:.1} s  {:.0} images/s",
@@ -486,7 +477,7 @@ fn train(a: &TrainArgs) -> Result<()> {
                 cfg.epochs,
                 m.train_loss,
                 m.train_acc,
-                m.test_acc,
+                m.test.map_or(f64::NAN, |t| t.accuracy),
                 m.seconds,
                 m.images_per_sec
             );
@@ -501,6 +492,20 @@ fn train(a: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The progress bar of one training epoch over `images` images.
+fn progress_bar(images: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    let bar = ProgressBar::new(images as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} [{bar:25}] {pos}/{len} images, loss {msg}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    bar
 }
 
 fn eval(a: &EvalArgs) -> Result<()> {
