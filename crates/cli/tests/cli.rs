@@ -7,6 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use convkit_models::LeNet5;
+use convkit_models::data::preprocess;
+use convkit_models::preprocess::{decode_picture, picture_to_mnist};
 use convkit_tensor::load_safetensors_with_metadata;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lenet");
@@ -236,8 +239,9 @@ fn train_json_eval_predict_and_info() {
     let o = ok(&["eval", "--weights", "m.safetensors", "--data", d], &dir);
     assert!(stdout(&o).contains("confusion"), "{}", stdout(&o));
 
-    // A PNG with a dark bar on a light background, larger than 28x28: predict inverts it
-    // and sees the bar of class 4 (row 11 of 28).
+    // A PNG with a dark bar on a light background, larger than 28x28: predict prepares it
+    // as serve and visualize do (light on dark, cropped to the ink, centred) and answers
+    // what the model says of that 28x28 picture.
     let mut img = image::GrayImage::from_pixel(56, 56, image::Luma([250]));
     for y in 22..24 {
         for x in 8..48 {
@@ -252,7 +256,14 @@ fn train_json_eval_predict_and_info() {
     let p: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let top3 = p[0]["top3"].as_array().unwrap();
     assert_eq!(top3.len(), 3);
-    assert_eq!(top3[0]["class"], 4, "{p}");
+    let bytes = fs::read(dir.join("bar.png")).unwrap();
+    let px = picture_to_mnist(&decode_picture(&bytes).unwrap()).unwrap();
+    assert!(
+        px.iter().any(|&v| v > 200) && px.iter().map(|&v| f64::from(v)).sum::<f64>() < 40.0 * 784.0
+    );
+    let (model, norm, _) = LeNet5::load(dir.join("m.safetensors")).unwrap();
+    let want = model.logits(&preprocess(&[&px], norm).unwrap()).unwrap().argmax_axis(1).unwrap();
+    assert_eq!(top3[0]["class"], want[0], "{p}");
     let probs: Vec<f64> = top3.iter().map(|t| t["probability"].as_f64().unwrap()).collect();
     assert!(probs[0] >= probs[1] && probs[1] >= probs[2]);
     let o = ok(&["predict", "--weights", "m.safetensors", "bar.png"], &dir);

@@ -542,32 +542,12 @@ fn eval(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// An image file as 28x28 bytes in MNIST's convention (light strokes on a dark background).
-fn load_picture(path: &Path) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .decode()
-        .map_err(|e| ModelError::Image { path: path.to_path_buf(), msg: e.to_string() })?
-        .into_luma8();
-    let (w, h) = img.dimensions();
-    if w == 0 || h == 0 {
-        bail!("{}: empty image", path.display());
-    }
-    // The background is what the border shows: when the border is mostly light, invert so the
-    // object is light on dark as in the training data.
-    let border: Vec<u8> = (0..w)
-        .flat_map(|x| [img.get_pixel(x, 0)[0], img.get_pixel(x, h - 1)[0]])
-        .chain((0..h).flat_map(|y| [img.get_pixel(0, y)[0], img.get_pixel(w - 1, y)[0]]))
-        .collect();
-    let mean = border.iter().map(|&p| u32::from(p)).sum::<u32>() as f32 / border.len() as f32;
-    let small = image::imageops::resize(&img, 28, 28, image::imageops::FilterType::Triangle);
-    let mut px = small.into_raw();
-    if mean > 127.5 {
-        px.iter_mut().for_each(|p| *p = 255 - *p);
-    }
-    Ok(px)
+/// An image file as 28x28 bytes the way MNIST was made (light on dark, cropped to the ink,
+/// scaled and centred): the preparation `predict`, `visualize` and `serve` share.
+fn picture_file(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let img = decode_picture(&bytes).with_context(|| format!("{}", path.display()))?;
+    Ok(picture_to_mnist(&img).with_context(|| format!("{}", path.display()))?)
 }
 
 fn predict(a: &PredictArgs) -> Result<()> {
@@ -580,7 +560,7 @@ fn predict(a: &PredictArgs) -> Result<()> {
             bail!("give image files (PNG/JPEG) or --idx FILE --index I");
         }
         for p in &a.images {
-            inputs.push((p.display().to_string(), load_picture(p)?));
+            inputs.push((p.display().to_string(), picture_file(p)?));
         }
     }
     let refs: Vec<&[u8]> = inputs.iter().map(|(_, px)| px.as_slice()).collect();
@@ -635,11 +615,7 @@ fn visualize(a: &VisualizeArgs) -> Result<()> {
     save(&conv1_filters(&model)?, "conv1_filters.png")?;
 
     let input = match (&a.image, &a.idx) {
-        (Some(p), _) => {
-            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-            let img = decode_picture(&bytes).with_context(|| format!("{}", p.display()))?;
-            Some((p.display().to_string(), picture_to_mnist(&img)?))
-        }
+        (Some(p), _) => Some((p.display().to_string(), picture_file(p)?)),
         (None, Some(idx)) => Some(idx_image(idx, a.index)?),
         (None, None) => None,
     };
