@@ -23,6 +23,7 @@ use convkit_cli::visualize::{
     MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics, training_curves,
 };
 use convkit_data::Augment;
+use convkit_models::Dataset;
 use convkit_models::data::{Normalization, preprocess};
 use convkit_models::fetch::{self, DATA_ENV, DatasetKind};
 use convkit_models::idx::{IdxSplit, read_idx_images};
@@ -33,7 +34,6 @@ use convkit_models::train::{
     optimizer_path,
 };
 use convkit_models::zoo::ZooModel;
-use convkit_models::{Dataset, ModelError};
 use convkit_tensor::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -547,7 +547,7 @@ fn eval(a: &EvalArgs) -> Result<()> {
 fn picture_file(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let img = decode_picture(&bytes).with_context(|| format!("{}", path.display()))?;
-    Ok(picture_to_mnist(&img).with_context(|| format!("{}", path.display()))?)
+    picture_to_mnist(&img).with_context(|| format!("{}", path.display()))
 }
 
 fn predict(a: &PredictArgs) -> Result<()> {
