@@ -16,12 +16,12 @@ pub enum DataError {
         msg: String,
     },
     /// An image could not be decoded, or is refused (format, size).
-    #[error("{path}: {msg}")]
+    #[error("{}: {source}", path.display())]
     Image {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        msg: String,
+        source: crate::decode::PictureError,
     },
     /// The folder does not hold a dataset in the expected layout.
     #[error("{path}: {msg}")]

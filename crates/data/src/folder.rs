@@ -7,7 +7,7 @@ use convkit_tensor::Tensor;
 use image::imageops::FilterType;
 use rayon::prelude::*;
 
-use crate::decode::decode_picture;
+use crate::decode::{PictureError, decode_picture};
 use crate::error::{DataError, Result};
 
 /// What to do with a file that cannot be read or decoded.
@@ -87,8 +87,8 @@ fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Decodes one file into `c·h·w` planar values in `[0, 1]`.
-fn decode(path: &Path, cfg: &ImageFolderConfig) -> std::result::Result<Vec<f32>, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+fn decode(path: &Path, cfg: &ImageFolderConfig) -> std::result::Result<Vec<f32>, PictureError> {
+    let bytes = fs::read(path)?;
     // Room for the largest allowed picture in 16-bit RGBA, and no more.
     let max_alloc = u64::from(cfg.max_side).pow(2) * 8;
     let picture = decode_picture(&bytes, cfg.max_side, max_alloc)?;
@@ -163,7 +163,7 @@ impl ImageFolder {
                 classes.len()
             )));
         }
-        let decoded: Vec<std::result::Result<Vec<f32>, String>> =
+        let decoded: Vec<std::result::Result<Vec<f32>, PictureError>> =
             files.par_iter().map(|(path, _)| decode(path, cfg)).collect();
         let c = if cfg.grayscale { 1 } else { 3 };
         let per_image = c * (h * w) as usize;
@@ -176,11 +176,11 @@ impl ImageFolder {
                     labels.push(label);
                     paths.push(path);
                 }
-                Err(msg) if cfg.on_bad_file == BadFile::Skip => {
-                    eprintln!("warning: skipping {}: {msg}", path.display());
-                    skipped.push((path, msg));
+                Err(e) if cfg.on_bad_file == BadFile::Skip => {
+                    eprintln!("warning: skipping {}: {e}", path.display());
+                    skipped.push((path, e.to_string()));
                 }
-                Err(msg) => return Err(DataError::Image { path, msg }),
+                Err(source) => return Err(DataError::Image { path, source }),
             }
         }
         if labels.is_empty() {

@@ -37,7 +37,7 @@ pub mod error;
 pub mod folder;
 pub mod loader;
 
-pub use decode::decode_picture;
+pub use decode::{PictureError, decode_picture};
 pub use error::{DataError, Result};
 pub use folder::{BadFile, ImageFolder, ImageFolderConfig};
 pub use loader::{Augment, Batch, Dataset, Loader, TensorDataset, epoch_order};

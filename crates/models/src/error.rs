@@ -79,6 +79,9 @@ pub enum ModelError {
     /// Training failed (a non-finite loss, a checkpoint that cannot resume, …).
     #[error(transparent)]
     Train(#[from] convkit_train::TrainError),
+    /// A picture was refused (not PNG/JPEG, corrupt, too large).
+    #[error("image: {0}")]
+    Picture(#[from] convkit_data::PictureError),
     /// Loading or batching data failed.
     #[error(transparent)]
     Data(#[from] convkit_data::DataError),

@@ -142,8 +142,7 @@ pub const MAX_PICTURE_SIDE: u32 = 4096;
 /// Decodes PNG or JPEG bytes (format guessed from the content), refusing pictures larger than
 /// [`MAX_PICTURE_SIDE`] on a side so that a small file cannot demand a huge allocation.
 pub fn decode_picture(bytes: &[u8]) -> Result<DynamicImage> {
-    convkit_data::decode_picture(bytes, MAX_PICTURE_SIDE, 256 * 1024 * 1024)
-        .map_err(|msg| invalid("image", msg))
+    Ok(convkit_data::decode_picture(bytes, MAX_PICTURE_SIDE, 256 * 1024 * 1024)?)
 }
 
 #[cfg(test)]
