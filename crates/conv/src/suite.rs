@@ -122,6 +122,21 @@ pub fn interleaved(
     Ok(Interleaved { ours_ms: median(a), theirs_ms: median(b), ratio: median(r) })
 }
 
+/// The environment variable naming the folder where the interleaved benches leave their
+/// tables for `cargo xtask bench --compare-peers`, which puts them into `docs/benchmarks.md`.
+pub const VERSUS_MD_DIR: &str = "CONVKIT_VERSUS_MD_DIR";
+
+/// Prints an interleaved bench's markdown table and, when [`VERSUS_MD_DIR`] is set, writes it
+/// to `<dir>/<name>.md` for the bench report (a write failure is reported, not fatal).
+pub fn publish_markdown(name: &str, md: &str) {
+    println!("{md}");
+    let Some(dir) = std::env::var_os(VERSUS_MD_DIR) else { return };
+    let path = std::path::Path::new(&dir).join(format!("{name}.md"));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, md)) {
+        eprintln!("{name}: cannot write {}: {e}", path.display());
+    }
+}
+
 /// A peer implementation timing operations in a child process, one request line on stdin,
 /// one answer line on stdout: the protocol of the interleaved benches' Python timers
 /// (`bn_timer.py`, `zoo_twin.py --serve`). The child prints `ready <version>` first; each

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use convkit_autograd::{Tape, Var};
-use convkit_conv::suite::{Interleaved, PeerTimer, interleaved, min_ms_after_warm_up};
+use convkit_conv::suite::{
+    Interleaved, PeerTimer, interleaved, min_ms_after_warm_up, publish_markdown,
+};
 use convkit_models::zoo::ZooModel;
 use convkit_nn::{Adam, AdamConfig, Module, Optimizer, PreparedModel, Sequential, loss, params};
 use convkit_tensor::{Rng, Tensor};
@@ -113,15 +115,15 @@ fn versus(_: &mut Criterion) {
         }
     };
     let (warm, settle) = (Duration::from_millis(40), Duration::from_millis(100));
-    println!(
-        "\nThe zoo, convkit against the PyTorch {} twins, {threads} threads, {rounds} rounds \
-         interleaved (median ratio PyTorch ms / convkit ms; > 1: convkit is faster)",
+    let mut md = format!(
+        "The zoo (`crates/models/benches/zoo.rs`), convkit against the PyTorch {} twins \
+         (`scripts/zoo_twin.py`), {threads} threads, {rounds} rounds interleaved (median ratio \
+         PyTorch ms / convkit ms; > 1: convkit is faster). `prepared` is convkit's \
+         `PreparedModel` (batch norm folded, ReLU fused) against PyTorch's eval forward.\n\n\
+         | model | op | convkit ms | PyTorch ms | convkit images/s | PyTorch images/s | ratio |\n\
+         |---|---|---|---|---|---|---|\n",
         peer.version
     );
-    println!(
-        "| model | op | convkit ms | PyTorch ms | convkit images/s | PyTorch images/s | ratio |"
-    );
-    println!("|---|---|---|---|---|---|---|");
     for which in ZooModel::ALL {
         let mut case = Case::new(which);
         for (op, batch, calls) in OPS {
@@ -142,8 +144,8 @@ fn versus(_: &mut Criterion) {
                 }
             };
             let per_s = |ms: f64| batch as f64 / ms * 1e3;
-            println!(
-                "| {} | {op}_b{batch} | {a:.3} | {b:.3} | {:.0} | {:.0} | {:.2} |",
+            md += &format!(
+                "| {} | {op}_b{batch} | {a:.3} | {b:.3} | {:.0} | {:.0} | {:.2} |\n",
                 which.name(),
                 per_s(a),
                 per_s(b),
@@ -151,6 +153,7 @@ fn versus(_: &mut Criterion) {
             );
         }
     }
+    publish_markdown("zoo", &md);
 }
 
 criterion_group!(benches, criterion_benches, versus);

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use convkit_autograd::{Tape, Var};
-use convkit_conv::suite::{PeerTimer, interleaved, min_ms_after_warm_up};
+use convkit_conv::suite::{PeerTimer, interleaved, min_ms_after_warm_up, publish_markdown};
 use convkit_nn::{BatchNorm2d, Module};
 use convkit_tensor::{Rng, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -94,11 +94,13 @@ fn versus(_: &mut Criterion) {
     let version = peer.version.clone();
     let warm = Duration::from_millis(40);
     let settle = Duration::from_millis(100);
-    println!(
-        "\nBatchNorm2d, convkit against PyTorch {version}, {threads} threads, {rounds} rounds \
-         interleaved (median ratio PyTorch ms / convkit ms; > 1: convkit is faster)"
+    let mut md = format!(
+        "`BatchNorm2d` (`crates/nn/benches/batchnorm.rs`), convkit against PyTorch {version}'s \
+         `nn.BatchNorm2d`, {threads} threads, {rounds} rounds interleaved (median ratio \
+         PyTorch ms / convkit ms; > 1: convkit is faster). `train` is the forward with batch \
+         statistics and the backward for the input, γ and β; `eval` the forward with running \
+         statistics.\n\n| shape | op | convkit ms | PyTorch ms | ratio |\n|---|---|---|---|---|\n"
     );
-    println!("| shape | op | convkit ms | PyTorch ms | ratio |\n|---|---|---|---|---|");
     for dims in SHAPES {
         let mut case = Case::new(dims);
         for op in ["train", "eval"] {
@@ -112,13 +114,15 @@ fn versus(_: &mut Criterion) {
                 }
             };
             match interleaved(rounds, settle, ours, || peer.time(&req)) {
-                Ok(r) => println!(
-                    "| {} | {op} | {:.3} | {:.3} | {:.2} |",
-                    id(dims),
-                    r.ours_ms,
-                    r.theirs_ms,
-                    r.ratio
-                ),
+                Ok(r) => {
+                    md += &format!(
+                        "| {} | {op} | {:.3} | {:.3} | {:.2} |\n",
+                        id(dims),
+                        r.ours_ms,
+                        r.theirs_ms,
+                        r.ratio
+                    )
+                }
                 Err(e) => {
                     eprintln!("batchnorm_versus: {e}");
                     return;
@@ -126,6 +130,7 @@ fn versus(_: &mut Criterion) {
             }
         }
     }
+    publish_markdown("batchnorm", &md);
 }
 
 criterion_group!(benches, criterion_benches, versus);
