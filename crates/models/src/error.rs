@@ -68,6 +68,12 @@ pub enum ModelError {
         /// What is wrong.
         msg: String,
     },
+    /// A folder that must be written from scratch already holds files.
+    #[error("{}: already exists and is not empty; remove it or choose another folder", path.display())]
+    NotEmpty {
+        /// The folder.
+        path: PathBuf,
+    },
     /// An image could not be decoded.
     #[error("{}: {msg}", path.display())]
     Image {

@@ -13,6 +13,8 @@
 //! | [`vgg_small`] | 2×(conv3x3-BN-ReLU) pool, 2×(conv3x3-BN-ReLU) pool, 128, classes | 468,010 |
 //! | [`resnet_small`] | conv3x3-BN-ReLU, 3 stages of 2 basic blocks (16, 32, 64 channels), global average pool, classes | 174,970 |
 //!
+//! [`ZooModel::recipe`] is each model's training recipe for [`convkit_train::Trainer`].
+//!
 //! ```
 //! use convkit_autograd::Var;
 //! use convkit_models::zoo::{ZooModel, resnet_small};
@@ -27,9 +29,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use convkit_data::Augment;
 use convkit_nn::{
     BatchNorm2d, Conv2d, Conv2dConfig, Conv2dParams, Dropout, Flatten, GlobalAvgPool2d, Linear,
-    MaxPool2d, ReLU, Residual, Sequential,
+    MaxPool2d, OptimizerKind, ReLU, Residual, ScheduleKind, Sequential,
 };
 use convkit_tensor::Rng;
 
@@ -62,6 +65,32 @@ impl ZooModel {
             let known: Vec<&str> = Self::ALL.iter().map(|m| m.name()).collect();
             invalid("model", format!("unknown model {name:?}; the zoo has {}", known.join(", ")))
         })
+    }
+
+    /// The training recipe for 28x28 grayscale images of 10 classes, such as Fashion-MNIST
+    /// read as an image folder and normalized with the training set's mean and standard
+    /// deviation (`docs/training.md`, "Your own images"; run by
+    /// `cargo run --release -p convkit-models --example fashion_folder`).
+    ///
+    /// Both models: Adam, cosine annealing to 0 stepped per batch, batch 64, 10 epochs, seed 0,
+    /// random crops with 2 pixels of padding, then horizontal flips. The learning rate is
+    /// 0.001 for vgg-small, which reaches 0.9244 test accuracy on Fashion-MNIST with it
+    /// (measured); 0.002 for resnet-small, measured for one epoch only (0.8800).
+    pub fn recipe(self) -> convkit_train::TrainConfig {
+        let base = convkit_train::TrainConfig {
+            epochs: 10,
+            batch_size: 64,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-3,
+            schedule: ScheduleKind::Cosine,
+            seed: 0,
+            augment: vec![Augment::RandomCrop { pad: 2 }, Augment::HorizontalFlip],
+            ..convkit_train::TrainConfig::default()
+        };
+        match self {
+            ZooModel::VggSmall => base,
+            ZooModel::ResnetSmall => convkit_train::TrainConfig { lr: 2e-3, ..base },
+        }
     }
 
     /// A freshly initialized model for `[c, h, w]` inputs and `classes` outputs.
@@ -231,6 +260,16 @@ mod tests {
         let rows = summary(&lenet, &[1, 1, 32, 32]).unwrap();
         assert_eq!(rows.iter().map(|r| r.params).sum::<usize>(), crate::lenet::NUM_PARAMS);
         assert_eq!(rows[0].path, "conv1");
+    }
+
+    #[test]
+    fn recipes_are_valid_and_differ_only_in_the_rate() {
+        for which in ZooModel::ALL {
+            which.recipe().validate().unwrap();
+        }
+        let (vgg, res) = (ZooModel::VggSmall.recipe(), ZooModel::ResnetSmall.recipe());
+        assert_eq!((vgg.lr, res.lr), (1e-3, 2e-3));
+        assert_eq!(convkit_train::TrainConfig { lr: vgg.lr, ..res }, vgg);
     }
 
     #[test]
