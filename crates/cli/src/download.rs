@@ -100,7 +100,7 @@ pub fn fetch(kind: DatasetKind, dir: &Path, log: &mut dyn FnMut(&str)) -> Result
             });
         }
     }
-    IdxFiles::find(dir)
+    Ok(IdxFiles::find(dir)?)
 }
 
 /// Downloads `url` to a temporary file beside `dest`, checks its SHA-256, renames it.

@@ -23,6 +23,22 @@ pub enum DataError {
         /// What is wrong with it.
         source: crate::decode::PictureError,
     },
+    /// The file is not a valid IDX file of the expected kind.
+    #[error("{}: {msg}", path.display())]
+    Idx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A dataset folder lacks some of the standard IDX files.
+    #[error("{}: missing {}", dir.display(), missing.join(", "))]
+    MissingFiles {
+        /// The folder searched.
+        dir: PathBuf,
+        /// The files not found there.
+        missing: Vec<String>,
+    },
     /// The folder does not hold a dataset in the expected layout.
     #[error("{path}: {msg}")]
     Layout {

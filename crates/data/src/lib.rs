@@ -1,8 +1,12 @@
 //! # convkit-data — datasets as NCHW tensors
 //!
-//! Loading a user's own images for `convkit-nn` models, independent of any model.
+//! Loading a user's own images, and MNIST-format files, for `convkit-nn` models, independent
+//! of any model.
 //!
 //! ## Layout
+//! - [`idx`]: MNIST-format IDX image and label files, raw or gzip, every size checked before
+//!   allocating; [`IdxSplit::to_dataset`](idx::IdxSplit::to_dataset) gives `[n, 1, h, w]`
+//!   images in `[0, 1]` for any model.
 //! - [`folder`]: [`ImageFolder`], a folder with one sub-folder of PNG/JPEG images per class
 //!   (`root/<class>/*.png`), as torchvision's `ImageFolder`: classes sorted by name, files in
 //!   sorted path order, decoded in parallel, resized to one size, grayscale or RGB, values in
@@ -35,6 +39,7 @@
 pub mod decode;
 pub mod error;
 pub mod folder;
+pub mod idx;
 pub mod loader;
 
 pub use decode::{PictureError, decode_picture};

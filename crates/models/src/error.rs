@@ -15,22 +15,6 @@ pub enum ModelError {
         /// The underlying I/O error.
         msg: String,
     },
-    /// The file is not a valid IDX file of the expected kind.
-    #[error("{}: {msg}", path.display())]
-    Idx {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        msg: String,
-    },
-    /// A dataset directory lacks some of the standard files.
-    #[error("{}: missing {}", dir.display(), missing.join(", "))]
-    MissingFiles {
-        /// The directory searched.
-        dir: PathBuf,
-        /// The files not found there.
-        missing: Vec<String>,
-    },
     /// No directory with the dataset was found; the message lists where we looked and what
     /// to do.
     #[error("{dataset}: no data found (looked in {}); {hint}", searched.join(", "))]

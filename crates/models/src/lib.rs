@@ -9,7 +9,7 @@
 //! tool weight: no argument parser, progress bars, HTTP or plotting.
 //!
 //! ## Layout
-//! - [`idx`]: IDX image and label files, raw or gzip, validated before allocating;
+//! - [`idx`]: IDX image and label files (`convkit-data`'s readers, re-exported);
 //!   [`idx::write_image_folder`] writes a split as a folder of PNGs by class, the layout
 //!   [`convkit_data::ImageFolder`] reads.
 //! - [`data`]: preprocessing (pad 28→32, `/255`, `(x − mean)/std` with [`Normalization`],
