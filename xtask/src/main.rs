@@ -477,7 +477,7 @@ fn machine() -> String {
 /// The recipe `cargo xtask train` passes before the user's arguments, which override its
 /// options (clap keeps the last value of an option): `lenet train --recipe fashion-mnist`,
 /// defined once in `convkit_models::train::Recipe` (Adam, cosine schedule, 15 epochs, random
-/// left-right flips; about 91.5% on Fashion-MNIST).
+/// left-right flips; about 91.7% on Fashion-MNIST).
 const TRAIN_DEFAULTS: &[&str] = &["--recipe", "fashion-mnist"];
 
 /// The four standard file names of an MNIST-format dataset (each raw or `.gz`).
