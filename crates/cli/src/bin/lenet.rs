@@ -11,17 +11,19 @@
 //! lenet export  --weights model.safetensors --onnx model.onnx [--fixed-batch]
 //! ```
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use convkit_cli::args::{names_parser, with_threads};
+use convkit_cli::runs::{Outputs, train_epochs};
 use convkit_cli::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_cli::visualize::{
     MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics, training_curves,
 };
+use convkit_cli::zoo::layer_table;
 use convkit_data::Augment;
 use convkit_models::Dataset;
 use convkit_models::data::{Normalization, preprocess};
@@ -30,12 +32,10 @@ use convkit_models::idx::{IdxSplit, read_idx_images};
 use convkit_models::lenet::{INPUT_SIZE, LeNet5, NUM_PARAMS};
 use convkit_models::preprocess::{decode_picture, picture_to_mnist};
 use convkit_models::train::{
-    self, OptimizerKind, Recipe, ScheduleKind, TrainConfig, TrainError, evaluate, metrics_path,
-    optimizer_path,
+    self, OptimizerKind, Recipe, ScheduleKind, TrainConfig, evaluate, metrics_path,
 };
 use convkit_models::zoo::ZooModel;
 use convkit_tensor::Rng;
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(name = "lenet", version, about = "Train, evaluate and use LeNet-5 on MNIST-format data")]
@@ -91,16 +91,6 @@ impl From<DatasetArg> for DatasetKind {
             DatasetArg::FashionMnist => DatasetKind::FashionMnist,
         }
     }
-}
-
-/// A value parser for a library enum: clap lists and checks `names` (the enum's `ALL`), and
-/// the library's `FromStr` turns the chosen name into the value.
-fn names_parser<T>(names: &[&'static str]) -> impl TypedValueParser<Value = T>
-where
-    T: std::str::FromStr + Clone + Send + Sync + 'static,
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    PossibleValuesParser::new(names.iter().copied()).try_map(|s| s.parse::<T>())
 }
 
 #[derive(Args)]
@@ -312,19 +302,6 @@ fn export(a: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a rayon pool of `threads` workers (the global pool when `None`).
-fn with_threads(threads: Option<usize>, f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
-    match threads {
-        None => f(),
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .context("could not start the thread pool")?
-            .install(f),
-    }
-}
-
 /// Finds the dataset and reads both splits.
 fn load_splits(args: &DataArgs) -> Result<(IdxSplit, IdxSplit, DatasetKind, PathBuf)> {
     let kind = DatasetKind::from(args.dataset);
@@ -408,104 +385,11 @@ fn train(a: &TrainArgs) -> Result<()> {
             trainer.epochs_done()
         );
     }
-    let out = match (&a.out, &a.resume) {
-        (Some(out), _) => out.clone(),
-        (None, Some(resumed)) => resumed.clone(),
-        (None, None) => PathBuf::from("model.safetensors"),
-    };
-    let mpath = metrics_path(&out);
-    // The checkpoint, optimizer state and metrics go next to each other: make their folder
-    // now, before an epoch's work could be lost to a missing directory.
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
-    }
-    match &a.resume {
-        None => std::fs::write(&mpath, b"")
-            .with_context(|| format!("cannot write {}", mpath.display()))?,
-        Some(resumed) => {
-            // Resumed into another checkpoint: its metrics start with the run's history.
-            let old = metrics_path(resumed);
-            if old != mpath && old.is_file() {
-                std::fs::copy(&old, &mpath).with_context(|| {
-                    format!("cannot copy {} to {}", old.display(), mpath.display())
-                })?;
-            }
-        }
-    }
-    let first_epoch = trainer.epochs_done();
+    let outputs = Outputs::new(a.out.as_deref(), a.resume.as_deref(), "model.safetensors");
+    outputs.prepare()?;
     trainer.metadata_mut().insert("dataset".into(), kind.name().into());
-    let show_bar = !a.json && std::io::stderr().is_terminal();
-    let stop_at = a.stop_after.map_or(cfg.epochs, |n| (trainer.epochs_done() + n).min(cfg.epochs));
-    while trainer.epochs_done() < stop_at {
-        let epoch = trainer.epochs_done() + 1;
-        let bar = show_bar.then(|| progress_bar(train_set.len(), epoch, cfg.epochs));
-        let result = trainer.fit_epoch(&train_set, Some(&test_set), Some(&out), &mut |e| {
-            if let Some(bar) = &bar {
-                let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
-                bar.inc((cfg.batch_size as u64).min(left));
-                let rate = bar.position() as f64 / bar.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{:.4}, {rate:.0} images/s", e.loss));
-            }
-        });
-        if let Some(bar) = &bar {
-            bar.finish_and_clear();
-        }
-        let m = match result {
-            Ok(m) => m,
-            Err(e @ TrainError::NonFiniteLoss { .. }) => {
-                let kept = match &a.resume {
-                    _ if trainer.epochs_done() > first_epoch => {
-                        format!("the last good checkpoint is {}", out.display())
-                    }
-                    Some(resumed) => format!("the last good checkpoint is {}", resumed.display()),
-                    None => "no checkpoint was written".to_owned(),
-                };
-                bail!("{e}; {kept}");
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("epoch {epoch} (checkpoint {})", out.display()));
-            }
-        };
-        if a.json {
-            println!("{}", m.to_json());
-        } else {
-            println!(
-                "epoch {:>2}/{}: train loss {:.4}  train acc {:.4}  test acc {:.4}  {:.1} s  {:.0} images/s",
-                m.epoch,
-                cfg.epochs,
-                m.train_loss,
-                m.train_acc,
-                m.test.map_or(f64::NAN, |t| t.accuracy),
-                m.seconds,
-                m.images_per_sec
-            );
-        }
-    }
-    if !a.json {
-        println!(
-            "checkpoint: {} (optimizer state {}, metrics {})",
-            out.display(),
-            optimizer_path(&out).display(),
-            mpath.display()
-        );
-    }
+    train_epochs(&mut trainer, &train_set, Some(&test_set), &outputs, a.stop_after, a.json)?;
     Ok(())
-}
-
-/// The progress bar of one training epoch over `images` images.
-fn progress_bar(images: usize, epoch: usize, epochs: usize) -> ProgressBar {
-    let bar = ProgressBar::new(images as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "epoch {prefix} [{bar:25}] {pos}/{len} images, loss {msg}, ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("{epoch}/{epochs}"));
-    bar
 }
 
 fn eval(a: &EvalArgs) -> Result<()> {
@@ -676,10 +560,7 @@ fn info(a: &InfoArgs) -> Result<()> {
     }
     if let Some(name) = &a.model {
         let which = ZooModel::parse(name)?;
-        let model = which.build([1, 28, 28], 10, &mut Rng::new(0))?;
-        let rows = convkit_nn::summary::summary(&model, &[a.batch_size, 1, 28, 28])?;
-        println!("{} on [{}, 1, 28, 28], 10 classes", which.name(), a.batch_size);
-        print!("{}", convkit_nn::summary::table(&rows));
+        print!("{}", layer_table(which, [1, 28, 28], 10, a.batch_size)?);
         return Ok(());
     }
     let model = LeNet5::new(&mut Rng::new(0))?;

@@ -1,0 +1,102 @@
+//! What the binaries share around their arguments: clap value parsers for the libraries'
+//! enums and for sizes, the `--threads N` pool, and the training progress bar.
+//!
+//! These are the binaries' own plumbing, so their errors are `anyhow`'s, as in the binaries.
+
+use anyhow::{Context, Result, bail};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use convkit_data::Augment;
+use convkit_models::zoo::ZooModel;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A value parser for a library enum: clap lists and checks `names` (the enum's `ALL`), and
+/// the library's `FromStr` turns the chosen name into the value.
+pub fn names_parser<T>(names: &[&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names.iter().copied()).try_map(|s| s.parse::<T>())
+}
+
+/// A value parser for `--model`: clap lists and checks the zoo's names.
+pub fn zoo_model_parser() -> impl TypedValueParser<Value = ZooModel> {
+    PossibleValuesParser::new(ZooModel::ALL.map(ZooModel::name)).try_map(|s| ZooModel::parse(&s))
+}
+
+/// A value parser for one augmentation (`hflip`, `crop:PAD`), as checkpoints name them.
+pub fn parse_augment(s: &str) -> Result<Augment, String> {
+    convkit_train::config::parse_augment(s).map_err(|e| e.to_string())
+}
+
+/// Runs `f` on a rayon pool of `threads` workers (the global pool when `None`).
+pub fn with_threads<T: Send>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    match threads {
+        None => f(),
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .context("could not start the thread pool")?
+            .install(f),
+    }
+}
+
+/// The progress bar of one training epoch over `images` images.
+pub fn progress_bar(images: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    let bar = ProgressBar::new(images as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "epoch {prefix} [{bar:25}] {pos}/{len} images, loss {msg}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    bar
+}
+
+/// Parses `N` or `HxW` (`28`, `32x48`): a height and a width, each at least 1.
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let side = |v: &str| match v.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a size: expected N or HxW with positive whole numbers")),
+    };
+    match s.split_once(['x', 'X']) {
+        Some((h, w)) => Ok((side(h)?, side(w)?)),
+        None => side(s).map(|n| (n, n)),
+    }
+}
+
+/// Parses `CxHxW` (`1x28x28`, `3x32x32`): an input shape, each side at least 1.
+pub fn parse_chw(s: &str) -> Result<[usize; 3], String> {
+    let bad = || format!("{s:?} is not an input shape: expected CxHxW such as 1x28x28");
+    let parts: Vec<usize> = s
+        .split(['x', 'X'])
+        .map(|v| v.trim().parse::<usize>().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    <[usize; 3]>::try_from(parts).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sizes_and_shapes_parse_or_say_what_is_expected() {
+        assert_eq!(parse_size("12").unwrap(), (12, 12));
+        assert_eq!(parse_size("32x48").unwrap(), (32, 48));
+        for bad in ["0", "12x", "x12", "a", "-3", "1x2x3"] {
+            assert!(parse_size(bad).unwrap_err().contains("expected N or HxW"), "{bad}");
+        }
+        assert_eq!(parse_chw("3x32x28").unwrap(), [3, 32, 28]);
+        for bad in ["1x28", "0x28x28", "1x28x28x2", ""] {
+            assert!(parse_chw(bad).unwrap_err().contains("expected CxHxW"), "{bad}");
+        }
+    }
+}
