@@ -420,36 +420,16 @@ pub fn picture_input(path: &Path, spec: &ZooSpec) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, &e))?;
     let image_err = |msg: String| ModelError::Image { path: path.to_path_buf(), msg };
     let max_alloc = u64::from(MAX_PICTURE_SIDE).pow(2) * 8;
-    let picture =
-        convkit_data::decode_picture(&bytes, MAX_PICTURE_SIDE, max_alloc).map_err(image_err)?;
+    let picture = convkit_data::decode_picture(&bytes, MAX_PICTURE_SIDE, max_alloc)
+        .map_err(|e| image_err(e.to_string()))?;
     let [c, h, w] = spec.input;
     let size = (h as u32, w as u32);
-    let mut x = match (spec.data, c) {
-        (DataKind::Idx, _) => {
+    let mut x = match spec.data {
+        DataKind::Idx => {
             let px = picture_to_mnist(&picture).map_err(|e| image_err(e.to_string()))?;
             gray_plane(px, IDX_SIDE, IDX_SIDE, size)?
         }
-        (DataKind::ImageFolder, 1) => {
-            let gray = picture.to_luma8();
-            let (pw, ph) = gray.dimensions();
-            gray_plane(gray.into_raw(), pw, ph, size)?
-        }
-        (DataKind::ImageFolder, _) => {
-            let rgb = DynamicImage::ImageRgb8(picture.to_rgb8());
-            let rgb = if rgb.width() == size.1 && rgb.height() == size.0 {
-                rgb
-            } else {
-                rgb.resize_exact(size.1, size.0, FilterType::Triangle)
-            };
-            let plane = h * w;
-            let mut out = vec![0f32; 3 * plane];
-            for (i, px) in rgb.to_rgb8().into_raw().chunks_exact(3).enumerate() {
-                for (ch, &v) in px.iter().enumerate() {
-                    out[ch * plane + i] = f32::from(v) / 255.0;
-                }
-            }
-            out
-        }
+        DataKind::ImageFolder => convkit_data::picture_values(&picture, size, c == 1),
     };
     if x.len() != c * h * w {
         return Err(image_err(format!("gives {} values, the model takes {c}x{h}x{w}", x.len())));

@@ -92,7 +92,15 @@ fn decode(path: &Path, cfg: &ImageFolderConfig) -> std::result::Result<Vec<f32>,
     // Room for the largest allowed picture in 16-bit RGBA, and no more.
     let max_alloc = u64::from(cfg.max_side).pow(2) * 8;
     let picture = decode_picture(&bytes, cfg.max_side, max_alloc)?;
-    let (h, w) = cfg.size;
+    Ok(picture_values(&picture, cfg.size, cfg.grayscale))
+}
+
+/// A decoded picture as the values [`ImageFolder::load`] gives each image: converted to
+/// grayscale (one plane) or RGB (three planes), resized to `size` `(height, width)` when it
+/// differs (triangle filter), planar `c·h·w` values `p / 255` in `[0, 1]`. Use it to prepare a
+/// new picture exactly as a model's training images were.
+pub fn picture_values(picture: &image::DynamicImage, size: (u32, u32), grayscale: bool) -> Vec<f32> {
+    let (h, w) = size;
     let resize = |p: image::DynamicImage| {
         if p.width() == w && p.height() == h {
             p
@@ -101,7 +109,7 @@ fn decode(path: &Path, cfg: &ImageFolderConfig) -> std::result::Result<Vec<f32>,
         }
     };
     let plane = (h * w) as usize;
-    Ok(if cfg.grayscale {
+    if grayscale {
         resize(image::DynamicImage::ImageLuma8(picture.to_luma8()))
             .to_luma8()
             .into_raw()
@@ -117,7 +125,7 @@ fn decode(path: &Path, cfg: &ImageFolderConfig) -> std::result::Result<Vec<f32>,
             }
         }
         out
-    })
+    }
 }
 
 impl ImageFolder {

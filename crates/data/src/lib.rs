@@ -44,7 +44,7 @@ pub mod loader;
 
 pub use decode::{PictureError, decode_picture};
 pub use error::{DataError, Result};
-pub use folder::{BadFile, ImageFolder, ImageFolderConfig};
+pub use folder::{BadFile, ImageFolder, ImageFolderConfig, picture_values};
 pub use loader::{Augment, Batch, Dataset, Loader, TensorDataset, epoch_order};
 
 /// This crate's README, compiled and run as a doctest so that it stays true.
