@@ -36,7 +36,7 @@
 //! | [`Tolerance`], [`max_rel_error`] | each algorithm's tolerance against the reference |
 //! | [`ConvError`] | every message names the operation and the shapes |
 //!
-//! Inside, each algorithm is a private module (`naive`, `im2col`, `winograd/`, `direct/`) on a
+//! Inside, each algorithm is a private module (`naive`, `im2col/`, `winograd/`, `direct/`) on a
 //! shared packed GEMM (`gemm/`), scratch pool and layout helpers; `algo` registers them. The
 //! `testing` feature exposes the per-algorithm entry points, the GEMM and the benchmark shape
 //! suite to this workspace's tests and benches (`convkit_conv::testing`, `convkit_conv::suite`).
