@@ -99,7 +99,7 @@ pub fn conv2d_direct_with(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) -> Result<()> {
-    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    g.check_forward(OP, input, weight, bias, output)?;
     level.require(OP, "direct")?;
     if let Some(dw) = Dw3Plan::new(g) {
         dw.run(level, input, weight, bias, output);

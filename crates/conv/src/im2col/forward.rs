@@ -21,13 +21,7 @@ pub fn conv2d_im2col(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) -> Result<()> {
-    g.check_buffers(
-        "conv2d_im2col",
-        input.len(),
-        weight.len(),
-        bias.map(<[f32]>::len),
-        output.len(),
-    )?;
+    g.check_forward("conv2d_im2col", input, weight, bias, output)?;
     let d = Dims::new(g);
     let out_block = d.kpg * d.ohw;
     let tasks = g.n * d.groups;

@@ -154,7 +154,7 @@ fn winograd_call(
     output: &mut [f32],
     variant: WinogradVariant,
 ) -> Result<()> {
-    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    g.check_forward(OP, input, weight, bias, output)?;
     if let Some(msg) = unsupported(g) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }
