@@ -383,9 +383,7 @@ impl Dims {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::{
-        BackwardInputs, Conv2dParams, GradBuffers, Tolerance, conv2d_backward_naive, conv2d_naive,
-    };
+    use crate::{BackwardInputs, Conv2dParams, GradBuffers, conv2d_backward_naive, conv2d_naive};
 
     fn data(len: usize, seed: u32) -> Vec<f32> {
         // Small integers: every product and sum is exact in f32.
@@ -419,7 +417,7 @@ mod tests {
             GradBuffers { input: Some(&mut gr.0), weight: Some(&mut gr.1), bias: Some(&mut gr.2) },
         )
         .unwrap();
-        let t = Tolerance { atol: 0.0, rtol: 0.0 };
+        let t = convkit_tensor::testing::Tolerance::absolute(0.0);
         t.check(&ga.0, &gr.0).unwrap();
         t.check(&ga.1, &gr.1).unwrap();
         t.check(&ga.2, &gr.2).unwrap();
