@@ -16,19 +16,11 @@ use convkit_tensor::Tensor;
 
 use crate::algo::{ConvAlgo, conv2d_backward as backward_slices, conv2d_forward};
 use crate::error::{ConvError, Result};
-use crate::params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers};
+use crate::params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, check_bias, rank};
 use crate::pool::{
     PoolGeometry, PoolParams, avg_pool2d as avg_slices, avg_pool2d_backward as avg_back_slices,
     max_pool2d as max_slices, max_pool2d_backward as max_back_slices,
 };
-
-/// `t`'s dims as `[usize; 4]`, or an error naming `what`, its expected layout and its shape.
-fn rank4(op: &'static str, what: &str, layout: &str, t: &Tensor) -> Result<[usize; 4]> {
-    <[usize; 4]>::try_from(t.dims()).map_err(|_| ConvError::ShapeMismatch {
-        op,
-        msg: format!("{what} must be rank 4 {layout}, got {:?}", t.dims()),
-    })
-}
 
 fn geometry(
     op: &'static str,
@@ -36,25 +28,9 @@ fn geometry(
     weight: &Tensor,
     params: &Conv2dParams,
 ) -> Result<ConvGeometry> {
-    let x = rank4(op, "input", "[n, c_in, h, w]", input)?;
-    let w = rank4(op, "weight", "[c_out, c_in/groups, kh, kw]", weight)?;
+    let x = rank(op, "input", "[n, c_in, h, w]", input.dims())?;
+    let w = rank(op, "weight", "[c_out, c_in/groups, kh, kw]", weight.dims())?;
     ConvGeometry::new(x, w, *params)
-}
-
-fn check_bias(op: &'static str, bias: &Tensor, g: &ConvGeometry) -> Result<()> {
-    if bias.dims() == [g.c_out] {
-        Ok(())
-    } else {
-        Err(ConvError::ShapeMismatch {
-            op,
-            msg: format!(
-                "bias {:?} must be [{}] for weight {:?}",
-                bias.dims(),
-                g.c_out,
-                g.weight_dims()
-            ),
-        })
-    }
 }
 
 /// 2-D convolution of `input [n, c_in, h, w]` with `weight [c_out, c_in/groups, kh, kw]` and
@@ -71,7 +47,7 @@ pub fn conv2d(
     const OP: &str = "conv2d";
     let g = geometry(OP, input, weight, params)?;
     if let Some(b) = bias {
-        check_bias(OP, b, &g)?;
+        check_bias(OP, b.dims(), &g.weight_dims())?;
     }
     let mut out = vec![0f32; g.output_len()];
     let ran = conv2d_forward(
@@ -184,11 +160,7 @@ fn pool_geometry(
     input_dims: &[usize],
     params: &PoolParams,
 ) -> Result<PoolGeometry> {
-    let dims = <[usize; 4]>::try_from(input_dims).map_err(|_| ConvError::ShapeMismatch {
-        op,
-        msg: format!("input must be rank 4 [n, c, h, w], got {input_dims:?}"),
-    })?;
-    PoolGeometry::new(op, dims, *params)
+    PoolGeometry::new(op, rank(op, "input", "[n, c, h, w]", input_dims)?, *params)
 }
 
 fn check_grad_output(op: &'static str, grad_output: &Tensor, g: &PoolGeometry) -> Result<()> {

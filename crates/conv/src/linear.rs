@@ -16,7 +16,7 @@ use convkit_tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
-use crate::params::check_len;
+use crate::params::{check_len, layer_dims};
 use crate::simd::{self, LANES, Simd, WithSimd};
 
 const OP: &str = "linear";
@@ -86,18 +86,7 @@ impl PreparedLinear {
 
     /// [`PreparedLinear::new`] from tensors (`weight` `[out, in]`, `bias` `[out]`).
     pub fn from_tensors(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        let dims = <[usize; 2]>::try_from(weight.dims()).map_err(|_| ConvError::ShapeMismatch {
-            op: OP,
-            msg: format!("weight {:?} must be rank 2 [out, in]", weight.dims()),
-        })?;
-        if let Some(b) = bias
-            && b.dims() != [dims[0]]
-        {
-            return Err(ConvError::ShapeMismatch {
-                op: OP,
-                msg: format!("bias {:?} does not fit weight {dims:?}", b.dims()),
-            });
-        }
+        let dims = layer_dims(OP, "[out, in]", weight.dims(), bias.map(Tensor::dims))?;
         Self::new(weight.as_slice(), dims, bias.map(Tensor::as_slice))
     }
 

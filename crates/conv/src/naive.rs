@@ -30,13 +30,7 @@ pub fn conv2d_naive(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) -> Result<()> {
-    g.check_buffers(
-        "conv2d_naive",
-        input.len(),
-        weight.len(),
-        bias.map(<[f32]>::len),
-        output.len(),
-    )?;
+    g.check_forward("conv2d_naive", input, weight, bias, output)?;
     let p = g.params;
     let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
     for b in 0..g.n {

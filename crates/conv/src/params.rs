@@ -277,6 +277,18 @@ impl ConvGeometry {
         check_len(op, "output", &self.output_dims(), output)
     }
 
+    /// [`check_buffers`](Self::check_buffers) on the buffers of a forward pass.
+    pub(crate) fn check_forward(
+        &self,
+        op: &'static str,
+        input: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        output: &[f32],
+    ) -> Result<()> {
+        self.check_buffers(op, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())
+    }
+
     /// Vertical stride.
     #[inline(always)]
     pub(crate) fn sh(&self) -> usize {
@@ -360,6 +372,67 @@ pub fn check_len(op: &'static str, what: &'static str, shape: &[usize], got: usi
         Ok(())
     } else {
         Err(ConvError::BufferLength { op, what, shape: shape.to_vec(), expected, got })
+    }
+}
+
+/// `dims` as `[usize; N]`, or a [`ConvError::ShapeMismatch`] of `op` worded as the Tensor API
+/// words it: `input must be rank 4 [n, c_in, h, w], got [3, 32, 32]`.
+pub(crate) fn rank<const N: usize>(
+    op: &'static str,
+    what: &str,
+    layout: &str,
+    dims: &[usize],
+) -> Result<[usize; N]> {
+    ranked(op, dims, || format!("{what} must be rank {N} {layout}, got {dims:?}"))
+}
+
+/// [`rank`] worded as the prepared layers word it, shape first:
+/// `input [3, 32, 32] must be rank 4 [n, c, h, w]`.
+pub(crate) fn rank_shape_first<const N: usize>(
+    op: &'static str,
+    what: &str,
+    layout: &str,
+    dims: &[usize],
+) -> Result<[usize; N]> {
+    ranked(op, dims, || format!("{what} {dims:?} must be rank {N} {layout}"))
+}
+
+fn ranked<const N: usize>(
+    op: &'static str,
+    dims: &[usize],
+    msg: impl FnOnce() -> String,
+) -> Result<[usize; N]> {
+    <[usize; N]>::try_from(dims).map_err(|_| ConvError::ShapeMismatch { op, msg: msg() })
+}
+
+/// Checks that `bias` is `[c_out]` for a convolution weight `weight` (`[c_out, …]`), in the
+/// Tensor API's words: `bias [5] must be [6] for weight [6, 1, 5, 5]`.
+pub(crate) fn check_bias(op: &'static str, bias: &[usize], weight: &[usize]) -> Result<()> {
+    if bias == &weight[..1] {
+        Ok(())
+    } else {
+        Err(ConvError::ShapeMismatch {
+            op,
+            msg: format!("bias {bias:?} must be [{}] for weight {weight:?}", weight[0]),
+        })
+    }
+}
+
+/// The dims of a prepared layer's `weight` (rank `N`, `layout`) after checking that its
+/// `bias`, if any, is `[dims[0]]`; errors are worded shape first, as [`rank_shape_first`].
+pub(crate) fn layer_dims<const N: usize>(
+    op: &'static str,
+    layout: &str,
+    weight: &[usize],
+    bias: Option<&[usize]>,
+) -> Result<[usize; N]> {
+    let dims = rank_shape_first::<N>(op, "weight", layout, weight)?;
+    match bias {
+        Some(b) if b != &dims[..1] => Err(ConvError::ShapeMismatch {
+            op,
+            msg: format!("bias {b:?} does not fit weight {dims:?}"),
+        }),
+        _ => Ok(dims),
     }
 }
 
@@ -449,5 +522,33 @@ mod tests {
             .check_buffers("t", g.input_len() - 1, g.weight_len(), None, g.output_len())
             .unwrap_err();
         assert!(matches!(e, ConvError::BufferLength { what: "input", .. }));
+    }
+
+    #[test]
+    fn tensor_shape_checks_keep_their_two_wordings() {
+        let msg = |r: Result<[usize; 4]>| r.unwrap_err().to_string();
+        assert_eq!(
+            msg(rank("conv2d", "input", "[n, c_in, h, w]", &[3, 32, 32])),
+            "conv2d: input must be rank 4 [n, c_in, h, w], got [3, 32, 32]"
+        );
+        assert_eq!(
+            msg(rank_shape_first("PreparedConv", "input", "[n, c, h, w]", &[3, 32, 32])),
+            "PreparedConv: input [3, 32, 32] must be rank 4 [n, c, h, w]"
+        );
+        assert_eq!(
+            check_bias("conv2d", &[5], &[6, 1, 5, 5]).unwrap_err().to_string(),
+            "conv2d: bias [5] must be [6] for weight [6, 1, 5, 5]"
+        );
+        assert!(check_bias("conv2d", &[6], &[6, 1, 5, 5]).is_ok());
+        let layer = |w: &[usize], b: Option<&[usize]>| layer_dims::<2>("linear", "[out, in]", w, b);
+        assert_eq!(
+            layer(&[2, 3, 4], None).unwrap_err().to_string(),
+            "linear: weight [2, 3, 4] must be rank 2 [out, in]"
+        );
+        assert_eq!(
+            layer(&[2, 3], Some(&[3])).unwrap_err().to_string(),
+            "linear: bias [3] does not fit weight [2, 3]"
+        );
+        assert_eq!(layer(&[2, 3], Some(&[2])).unwrap(), [2, 3]);
     }
 }

@@ -13,7 +13,7 @@ use convkit_tensor::Tensor;
 
 use crate::algo::{ConvAlgo, conv2d_forward, resolve_prepared};
 use crate::error::{ConvError, Result};
-use crate::params::{Conv2dParams, ConvGeometry, check_len};
+use crate::params::{Conv2dParams, ConvGeometry, check_len, layer_dims, rank_shape_first};
 use crate::winograd::{WinogradFilter, WinogradVariant, conv2d_winograd_prepared};
 
 const OP: &str = "PreparedConv";
@@ -99,18 +99,8 @@ impl PreparedConv {
         params: Conv2dParams,
         algo: ConvAlgo,
     ) -> Result<Self> {
-        let dims = <[usize; 4]>::try_from(weight.dims()).map_err(|_| ConvError::ShapeMismatch {
-            op: OP,
-            msg: format!("weight {:?} must be rank 4 [c_out, c_in/groups, kh, kw]", weight.dims()),
-        })?;
-        if let Some(b) = bias
-            && b.dims() != [dims[0]]
-        {
-            return Err(ConvError::ShapeMismatch {
-                op: OP,
-                msg: format!("bias {:?} does not fit weight {dims:?}", b.dims()),
-            });
-        }
+        let layout = "[c_out, c_in/groups, kh, kw]";
+        let dims = layer_dims(OP, layout, weight.dims(), bias.map(Tensor::dims))?;
         Self::new(weight.as_slice(), dims, bias.map(Tensor::as_slice), params, algo)
     }
 
@@ -219,10 +209,7 @@ impl PreparedConv {
 
     /// [`PreparedConv::forward`] on a tensor `[n, c_in, h, w]`.
     pub fn forward_tensor(&self, input: &Tensor) -> Result<(Tensor, ConvAlgo)> {
-        let dims = <[usize; 4]>::try_from(input.dims()).map_err(|_| ConvError::ShapeMismatch {
-            op: OP,
-            msg: format!("input {:?} must be rank 4 [n, c, h, w]", input.dims()),
-        })?;
+        let dims = rank_shape_first(OP, "input", "[n, c, h, w]", input.dims())?;
         let out_dims = self.output_dims(dims)?;
         let mut out = vec![0.0; out_dims.iter().product()];
         let ran = self.forward(input.as_slice(), dims, &mut out)?;

@@ -13,6 +13,11 @@ pub use crate::gemm::{
 };
 pub use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 pub use crate::params::{WEIGHT_GRAD_PARTIALS, check_len};
+/// Each algorithm's tolerance against the f64 reference, as convkit-tensor's
+/// [`Tolerance`](convkit_tensor::testing::Tolerance).
+pub mod tolerance {
+    pub use crate::tolerance::{F32_SUM, WINOGRAD_F2, WINOGRAD_F4, for_sum};
+}
 pub use crate::winograd::{
     conv2d_input_grad_winograd, conv2d_weight_grad_winograd, conv2d_winograd, conv2d_winograd_with,
     winograd_supports,

@@ -23,7 +23,7 @@ fn conv2d_and_backward_through_tensors() {
     let (reference, ran) = api::conv2d(&x, &w, Some(&b), &p, ConvAlgo::Naive).unwrap();
     assert_eq!(ran, ConvAlgo::Naive);
     let g = ConvGeometry::new([2, 4, 9, 7], [6, 4, 3, 3], p).unwrap();
-    let tol = common::sum_tolerance(convkit_conv::Tolerance::F32_SUM, 37, 1.0);
+    let tol = common::sum_tolerance(convkit_conv::testing::tolerance::F32_SUM, 37, 1.0);
     tol.check(out.as_slice(), reference.as_slice()).unwrap();
 
     let dy = t(&g.output_dims(), 4);

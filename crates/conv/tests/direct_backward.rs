@@ -7,11 +7,12 @@ mod common;
 
 use common::{Operands, Results, compare, geom};
 use convkit_conv::suite::SHAPES;
-use convkit_conv::testing::backward_kernel;
-use convkit_conv::testing::{conv2d_backward_direct, conv2d_backward_direct_with};
+use convkit_conv::testing::{
+    backward_kernel, conv2d_backward_direct, conv2d_backward_direct_with, tolerance,
+};
 use convkit_conv::{
-    BackwardInputs, Conv2dParams, ConvAlgo, ConvGeometry, GradBuffers, SimdLevel, Tolerance,
-    conv2d_backward, conv2d_backward_naive,
+    BackwardInputs, Conv2dParams, ConvAlgo, ConvGeometry, GradBuffers, SimdLevel, conv2d_backward,
+    conv2d_backward_naive,
 };
 use proptest::prelude::*;
 use rayon::ThreadPoolBuilder;
@@ -102,7 +103,7 @@ fn check(g: &ConvGeometry, seed: u64) -> Result<(), String> {
     let want = reference(g, &o);
     for level in levels() {
         let got = direct(g, &o, level);
-        compare(g, &o, Tolerance::F32_SUM, &got, &want).map_err(|e| format!("{level}: {e}"))?;
+        compare(g, &o, tolerance::F32_SUM, &got, &want).map_err(|e| format!("{level}: {e}"))?;
     }
     Ok(())
 }
@@ -205,7 +206,7 @@ fn partial_requests() {
     )
     .unwrap();
     let got = Results { out: Vec::new(), gx, gw, gb };
-    compare(&g, &o, Tolerance::F32_SUM, &got, &want).unwrap();
+    compare(&g, &o, tolerance::F32_SUM, &got, &want).unwrap();
     // Wrong lengths are errors that name the buffer.
     let mut short = vec![0.0; g.c_out - 1];
     let e = conv2d_backward_direct(

@@ -6,7 +6,8 @@ mod common;
 
 use common::{Operands, compare, geom, run};
 use convkit_conv::testing::conv2d_im2col;
-use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, conv2d_naive};
+use convkit_conv::testing::tolerance;
+use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, conv2d_naive};
 use proptest::prelude::*;
 
 /// A random convolution: channels 1..=20 with groups among the divisors of `c_in`, batch
@@ -49,7 +50,7 @@ fn check(g: &ConvGeometry, seed: u64, bias: bool) -> Result<(), String> {
     let o = Operands::new(g, seed, bias);
     let reference = run(g, &o, ConvAlgo::Naive);
     let got = run(g, &o, ConvAlgo::Im2col);
-    compare(g, &o, Tolerance::F32_SUM, &got, &reference)
+    compare(g, &o, tolerance::F32_SUM, &got, &reference)
 }
 
 proptest! {
@@ -113,7 +114,7 @@ fn large_forward_64_to_384() {
         let b = o.b.as_ref().map(|b| b[rows.clone()].to_vec());
         let mut reference = vec![0.0; sub.output_len()];
         conv2d_naive(&sub, &o.x, &w, b.as_deref(), &mut reference).unwrap();
-        let tol = common::sum_tolerance(Tolerance::F32_SUM, per_row + 1, 1.0);
+        let tol = common::sum_tolerance(tolerance::F32_SUM, per_row + 1, 1.0);
         tol.check(&out[rows.start * plane..rows.end * plane], &reference).unwrap();
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use convkit_conv::pool::{avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward};
+use convkit_conv::testing::tolerance;
 use convkit_conv::{PoolGeometry, PoolParams};
 use proptest::prelude::*;
 
@@ -83,7 +84,7 @@ proptest! {
         for (o, (&d, &i)) in dy.iter().zip(&idx).enumerate() {
             rgx[o / (g.oh * g.ow) * plane + i] += f64::from(d);
         }
-        let tol = convkit_conv::Tolerance::F32_SUM.for_sum(4.0 * 25.0);
+        let tol = tolerance::for_sum(tolerance::F32_SUM, 4.0 * 25.0);
         let rgx32: Vec<f32> = rgx.iter().map(|&v| v as f32).collect();
         prop_assert!(tol.check(&gx, &rgx32).is_ok(), "{:?}", tol.check(&gx, &rgx32));
 
@@ -123,7 +124,7 @@ fn two_by_two_path_matches_reference() {
             }
             avg_pool2d(&g, &x, &mut out).unwrap();
             if !(h == 5 && w == 4) {
-                convkit_conv::Tolerance::F32_SUM.check(&out, &ravg).unwrap();
+                tolerance::F32_SUM.check(&out, &ravg).unwrap();
             }
             let dy = common::data(g.output_len(), 9);
             let mut gx = vec![1.0; g.input_len()];

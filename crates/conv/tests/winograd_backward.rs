@@ -12,13 +12,15 @@
 mod common;
 
 use common::{Operands, compare, geom, max_abs, run, sum_tolerance};
+use convkit_conv::testing::tolerance;
 use convkit_conv::testing::{conv2d_input_grad_winograd, conv2d_weight_grad_winograd};
-use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, Tolerance, WinogradVariant};
+use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, WinogradVariant};
+use convkit_tensor::testing::Tolerance;
 use proptest::prelude::*;
 
 const ALGOS: [(ConvAlgo, WinogradVariant, Tolerance); 2] = [
-    (ConvAlgo::Winograd2, WinogradVariant::F2x2_3x3, Tolerance::WINOGRAD_F2),
-    (ConvAlgo::Winograd4, WinogradVariant::F4x4_3x3, Tolerance::WINOGRAD_F4),
+    (ConvAlgo::Winograd2, WinogradVariant::F2x2_3x3, tolerance::WINOGRAD_F2),
+    (ConvAlgo::Winograd4, WinogradVariant::F4x4_3x3, tolerance::WINOGRAD_F4),
 ];
 
 fn check(g: &ConvGeometry, seed: u64, bias: bool) -> Result<(), String> {

@@ -4,13 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 use convkit_conv::simd::{self, SimdLevel};
+use convkit_conv::testing::tolerance::{self, for_sum};
 use convkit_conv::testing::{
     conv2d_direct, conv2d_direct_with, conv2d_winograd, conv2d_winograd_with, winograd_supports,
 };
 use convkit_conv::{
-    Conv2dParams, ConvError, ConvGeometry, Tolerance, WinogradFilter, WinogradVariant,
-    conv2d_naive, conv2d_winograd_prepared, max_rel_error,
+    Conv2dParams, ConvError, ConvGeometry, WinogradFilter, WinogradVariant, conv2d_naive,
+    conv2d_winograd_prepared, max_rel_error,
 };
+use convkit_tensor::testing::Tolerance;
 use proptest::prelude::*;
 
 const VARIANTS: [WinogradVariant; 2] = [WinogradVariant::F2x2_3x3, WinogradVariant::F4x4_3x3];
@@ -71,8 +73,8 @@ fn levels() -> Vec<SimdLevel> {
 
 fn tol(v: WinogradVariant) -> Tolerance {
     match v {
-        WinogradVariant::F2x2_3x3 => Tolerance::WINOGRAD_F2,
-        WinogradVariant::F4x4_3x3 => Tolerance::WINOGRAD_F4,
+        WinogradVariant::F2x2_3x3 => tolerance::WINOGRAD_F2,
+        WinogradVariant::F4x4_3x3 => tolerance::WINOGRAD_F4,
     }
 }
 
@@ -112,7 +114,7 @@ proptest! {
         let Some(g) = g else { return Ok(()) };
         let case = Case::new(g, seed);
         let want = case.naive();
-        let t = Tolerance::F32_SUM.for_sum(case.scale());
+        let t = for_sum(tolerance::F32_SUM, case.scale());
         for level in levels() {
             if let Err(e) = t.check(&case.direct(level), &want) {
                 return Err(TestCaseError::fail(format!("{level} {g:?}: {e}")));
@@ -127,7 +129,7 @@ proptest! {
         let want = case.naive();
         for v in VARIANTS {
             prop_assert!(winograd_supports(&g, v));
-            let t = tol(v).for_sum(case.scale());
+            let t = for_sum(tol(v), case.scale());
             for level in levels() {
                 if let Err(e) = t.check(&case.winograd(level, v), &want) {
                     return Err(TestCaseError::fail(format!("{v:?} {level} {g:?}: {e}")));
@@ -251,14 +253,14 @@ fn large_channel_counts() {
             conv2d_naive(&sub_g, sub_in, sub_w, Some(&case.bias[k0..k0 + 8]), &mut want).unwrap();
             let pick = |v: &[f32]| v[k0 * plane..(k0 + 8) * plane].to_vec();
             let s = case.scale();
-            Tolerance::F32_SUM.for_sum(s).check(&pick(&direct), &want).unwrap();
+            for_sum(tolerance::F32_SUM, s).check(&pick(&direct), &want).unwrap();
             for (v, out) in VARIANTS.iter().zip(&wino) {
-                tol(*v).for_sum(s).check(&pick(out), &want).unwrap();
+                for_sum(tol(*v), s).check(&pick(out), &want).unwrap();
             }
         }
         for (v, out) in VARIANTS.iter().zip(&wino) {
             // Everything else: Winograd against the direct kernel.
-            tol(*v).for_sum(case.scale()).check(out, &direct).unwrap();
+            for_sum(tol(*v), case.scale()).check(out, &direct).unwrap();
         }
     }
 }
@@ -351,7 +353,7 @@ fn bit_identical_for_one_and_two_threads() {
         if two.len() > 1 {
             let want = case.naive();
             for (v, got) in VARIANTS.into_iter().zip(&two[1..]) {
-                tol(v).for_sum(case.scale()).check(got, &want).unwrap();
+                for_sum(tol(v), case.scale()).check(got, &want).unwrap();
             }
         }
     }

@@ -18,9 +18,9 @@
 //! - [`assert_close_with_magnitude`] takes a magnitude per element (for a dot product,
 //!   `Σ|aᵢ·bᵢ|`) and uses it in place of `|want|` in the relative part.
 //!
-//! `convkit_conv::tolerance::Tolerance` is the same rule with named presets for the
-//! convolution algorithms (`F32_SUM`, `WINOGRAD_F4`, …); its `for_sum(scale)` is
-//! `scale_atol(scale.max(1.0))` here.
+//! convkit-conv's tolerance for each convolution algorithm (`F32_SUM`, `WINOGRAD_F4`, …) is a
+//! value of this type (`convkit_conv::testing::tolerance`), and its `for_sum(tol, scale)` is
+//! `tol.scale_atol(scale.max(1.0))`.
 //!
 //! ## Failing loudly
 //! [`assert_close`] panics on the first element outside the tolerance with a message that

@@ -378,21 +378,15 @@ impl<S: Simd> Dw3Tile<'_, S> {
         yb: usize,
         xb: usize,
     ) {
-        match (yb, xb) {
-            (1, 1) => self.tile::<1, 1>(s, p, out, y, v0),
-            (2, 1) => self.tile::<2, 1>(s, p, out, y, v0),
-            (3, 1) => self.tile::<3, 1>(s, p, out, y, v0),
-            (1, 2) => self.tile::<1, 2>(s, p, out, y, v0),
-            (2, 2) => self.tile::<2, 2>(s, p, out, y, v0),
-            (3, 2) => self.tile::<3, 2>(s, p, out, y, v0),
-            (1, 3) => self.tile::<1, 3>(s, p, out, y, v0),
-            (2, 3) => self.tile::<2, 3>(s, p, out, y, v0),
-            (3, 3) => self.tile::<3, 3>(s, p, out, y, v0),
-            (1, 4) => self.tile::<1, 4>(s, p, out, y, v0),
-            (2, 4) => self.tile::<2, 4>(s, p, out, y, v0),
-            (3, 4) => self.tile::<3, 4>(s, p, out, y, v0),
+        tile_table! {
+            (yb, xb),
+            self.tile(s, p, out, y, v0),
+            [
+                (1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2),
+                (1, 3), (2, 3), (3, 3), (1, 4), (2, 4), (3, 4),
+            ],
             // Not produced by the blocking above; single-row, single-vector tiles cover any.
-            _ => {
+            {
                 for r in 0..yb {
                     for v in 0..xb {
                         self.tile::<1, 1>(s, p, out, y + r, v0 + v);

@@ -28,6 +28,32 @@ use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 use depthwise::Dw3Plan;
 use tiles::{Reads, TileAt, copy_row, kpath_dispatch, rows_dispatch, tile_dispatch};
 
+/// `match (a, b)` over the listed constant pairs, each arm calling the register tile
+/// monomorphized for that pair, and `fallback` for any other pair: `kernel::<S>(args…)` calls
+/// `kernel::<S, A, B>(args…)`; `kernel(args…)` and `recv.kernel(args…)`, for tiles whose only
+/// generics are the pair, call `kernel::<A, B>(args…)`. Every tile family of the direct
+/// kernels (forward, AVX-512, depthwise, backward) dispatches through it.
+macro_rules! tile_table {
+    (($a:expr, $b:expr), $kernel:ident::<$s:ty> $args:tt, [$(($x:literal, $y:literal)),* $(,)?], $fallback:expr) => {
+        match ($a, $b) {
+            $(($x, $y) => $kernel::<$s, $x, $y> $args,)*
+            _ => $fallback,
+        }
+    };
+    (($a:expr, $b:expr), $kernel:ident $args:tt, [$(($x:literal, $y:literal)),* $(,)?], $fallback:expr) => {
+        match ($a, $b) {
+            $(($x, $y) => $kernel::<$x, $y> $args,)*
+            _ => $fallback,
+        }
+    };
+    (($a:expr, $b:expr), $recv:ident.$kernel:ident $args:tt, [$(($x:literal, $y:literal)),* $(,)?], $fallback:expr) => {
+        match ($a, $b) {
+            $(($x, $y) => $recv.$kernel::<$x, $y> $args,)*
+            _ => $fallback,
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod wide;
 
@@ -73,7 +99,7 @@ pub fn conv2d_direct_with(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) -> Result<()> {
-    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    g.check_forward(OP, input, weight, bias, output)?;
     level.require(OP, "direct")?;
     if let Some(dw) = Dw3Plan::new(g) {
         dw.run(level, input, weight, bias, output);

@@ -16,17 +16,6 @@ pub(super) fn copy_row<S: Simd>(s: S, row: &mut [f32], src: &[f32], pad: usize) 
     copy_interior(s, &mut row[pad..pad + src.len()], src);
 }
 
-/// `match (a, b)` over the listed constant pairs, each arm calling the register tile
-/// `kernel::<S, A, B>(args…)` monomorphized for that pair, and `fallback` for any other pair.
-macro_rules! tile_table {
-    (($a:expr, $b:expr), $kernel:ident::<$s:ty> $args:tt, [$(($x:literal, $y:literal)),* $(,)?], $fallback:expr) => {
-        match ($a, $b) {
-            $(($x, $y) => $kernel::<$s, $x, $y> $args,)*
-            _ => $fallback,
-        }
-    };
-}
-
 /// What a forward register tile reads: the padded input planes of a work item, the packed
 /// weights and the bias.
 #[derive(Clone, Copy)]

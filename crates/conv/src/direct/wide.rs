@@ -36,45 +36,18 @@ pub(super) fn width(w: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32]) {
             while xv0 < nv {
                 let xb = xb_main.min(nv - xv0);
                 let t = TileAt { k0, y, xv0 };
-                macro_rules! arms {
-                    ($(($k:literal, $x:literal)),*) => {
-                        match (kb, xb) {
-                            $(($k, $x) => tile_w::<$k, $x>(w, p, r, out, t),)*
-                            // Not produced by the blocking above.
-                            _ => unreachable!("direct: no {kb}x{xb} AVX-512 tile"),
-                        }
-                    };
+                tile_table! {
+                    (kb, xb),
+                    tile_w(w, p, r, out, t),
+                    [
+                        (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1),
+                        (1, 2), (2, 2), (3, 2), (4, 2), (5, 2), (6, 2), (7, 2), (8, 2),
+                        (1, 3), (2, 3), (3, 3), (4, 3), (5, 3), (6, 3), (1, 4), (2, 4),
+                        (3, 4), (4, 4), (5, 4), (6, 4),
+                    ],
+                    // Not produced by the blocking above.
+                    unreachable!("direct: no {kb}x{xb} AVX-512 tile")
                 }
-                arms!(
-                    (1, 1),
-                    (2, 1),
-                    (3, 1),
-                    (4, 1),
-                    (5, 1),
-                    (6, 1),
-                    (7, 1),
-                    (8, 1),
-                    (1, 2),
-                    (2, 2),
-                    (3, 2),
-                    (4, 2),
-                    (5, 2),
-                    (6, 2),
-                    (7, 2),
-                    (8, 2),
-                    (1, 3),
-                    (2, 3),
-                    (3, 3),
-                    (4, 3),
-                    (5, 3),
-                    (6, 3),
-                    (1, 4),
-                    (2, 4),
-                    (3, 4),
-                    (4, 4),
-                    (5, 4),
-                    (6, 4)
-                );
                 xv0 += xb;
             }
             k0 += kb;

@@ -14,15 +14,15 @@
 
 mod pack;
 pub mod packed;
+mod tile;
 #[cfg(target_arch = "x86_64")]
 mod wide;
 
 #[cfg(feature = "testing")]
 pub use pack::packed_a_position;
 pub use pack::{PackedA, PackedARef, packed_a_len, packed_b_len};
-pub use packed::{
-    MR, NR, gemm_packed_ab, kblock, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with,
-};
+pub use packed::{gemm_packed_ab, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with};
+pub use tile::{MR, NR, kblock};
 
 use crate::simd::{self, SimdLevel};
 

@@ -3,7 +3,7 @@
 
 use super::MatRef;
 use super::fits;
-use super::packed::{MR, NR, kblock};
+use super::tile::{MR, NR, kblock};
 use crate::simd::{LANES, Simd};
 
 /// The left operand of a product, packed once into 6-row panels for [`super::sgemm_packed_a`].

@@ -30,24 +30,10 @@
 use std::ops::Range;
 
 use super::pack::{PackedA, PackedARef, pack_a, pack_b, packed_b_len};
+use super::tile::{BPanels, Dest, MR, NR, kblock};
 use super::{MatRef, check_a, check_bc};
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
-
-/// Rows of a micro-tile (elements of A broadcast per step).
-pub const MR: usize = 6;
-/// Columns of a micro-tile (two 8-lane vectors of B per step).
-pub const NR: usize = 2 * LANES;
-/// Largest depth of a packed block: a 6x256 A panel (6 KiB) and a 256x16 B panel (16 KiB) stay
-/// in L1.
-const KC: usize = 256;
-
-/// The depth of the blocks of a product of depth `k` (and of the packed layouts): as even as
-/// possible and at most `KC` = 256 (depth 576 runs three blocks of 192, not 256 + 256 + 64: a short
-/// block costs a full pass over `C`). Every block but the last has exactly this depth.
-pub fn kblock(k: usize) -> usize {
-    if k == 0 { KC } else { k.div_ceil(k.div_ceil(KC)) }
-}
 
 /// Rows of a packed A block (144 x 256 floats = 144 KiB, in a 512 KiB L2).
 const MC: usize = 144;
@@ -103,7 +89,7 @@ pub fn gemm_packed_ab<S: Simd>(
             let mc = MC.min(m - ic);
             let apanels = &a.panels(pc, rows.start + ic)[..mc.next_multiple_of(MR) * kcb];
             let bpanels = BPanels { data: b, stride: k * NR, offset: pc * NR, count: np / NR, kcb };
-            let blk = Block { i0: ic, j0: 0, m, n, alpha: 1.0, beta, ldc };
+            let blk = Dest { i: ic, j: 0, m, n, alpha: 1.0, beta, ldc };
             tiles(s, apanels, bpanels, blk, c);
             ic += mc;
         }
@@ -210,7 +196,7 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
                     count: ncp / NR,
                     kcb,
                 };
-                let blk = Block { i0: ic, j0: jc, m, n, alpha, beta: beta_block, ldc };
+                let blk = Dest { i: ic, j: jc, m, n, alpha, beta: beta_block, ldc };
                 tiles(s, apanels, bpanels, blk, c);
                 ic += mc;
             }
@@ -220,51 +206,10 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
     }
 }
 
-/// The B panels of one depth block: panel `pj` starts at `pj · stride + offset` of `data` and
-/// holds `kcb` steps of 16 floats.
-#[derive(Clone, Copy)]
-pub(super) struct BPanels<'a> {
-    pub(super) data: &'a [f32],
-    pub(super) stride: usize,
-    pub(super) offset: usize,
-    pub(super) count: usize,
-    pub(super) kcb: usize,
-}
-
-impl<'a> BPanels<'a> {
-    /// Panel `pj`.
-    #[inline(always)]
-    pub(super) fn panel(&self, pj: usize) -> &'a [f32] {
-        &self.data[pj * self.stride + self.offset..][..self.kcb * NR]
-    }
-}
-
-/// Where one block of tiles lands: its first row and column in `C`, the size of `C`, and how
-/// the tiles are combined with it.
-#[derive(Clone, Copy)]
-pub(super) struct Block {
-    pub(super) i0: usize,
-    pub(super) j0: usize,
-    pub(super) m: usize,
-    pub(super) n: usize,
-    pub(super) alpha: f32,
-    pub(super) beta: f32,
-    pub(super) ldc: usize,
-}
-
-impl Block {
-    /// The tile at row `i`, column `j`, at most `width` columns wide.
-    #[inline(always)]
-    pub(super) fn tile(&self, i: usize, j: usize, width: usize) -> Tile {
-        let (mr, nr) = (MR.min(self.m - i), width.min(self.n - j));
-        Tile { i, j, mr, nr, alpha: self.alpha, beta: self.beta, ldc: self.ldc }
-    }
-}
-
 /// Every tile of one block: each B panel of `b` against each A panel in `ap`. At the AVX-512
 /// level, the 16-lane kernel of [`super::wide`] takes several B panels at a time.
 #[inline(always)]
-fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Block, c: &mut [f32]) {
+fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Dest, c: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(w) = s.avx512() {
         // SAFETY: the token `w` proves the CPU has the features `tiles` is compiled for.
@@ -273,11 +218,11 @@ fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Block, c: &mut [f32]) {
     }
     for pj in 0..b.count {
         let bp = b.panel(pj);
-        let j = blk.j0 + pj * NR;
+        let j = blk.j + pj * NR;
         for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
-            let i = blk.i0 + pi * MR;
+            let i = blk.i + pi * MR;
             let acc = micro(s, b.kcb, a, bp);
-            store_tile(s, &acc, blk.tile(i, j, NR), c);
+            store_tile(s, &acc, blk.at(i, j), c);
         }
     }
 }
@@ -304,23 +249,13 @@ fn micro<S: Simd>(s: S, kc: usize, ap: &[f32], bp: &[f32]) -> [[S::V; 2]; MR] {
     acc
 }
 
-/// Where one micro-tile lands in `C`, and how it is combined.
-#[derive(Clone, Copy)]
-pub(super) struct Tile {
-    pub(super) i: usize,
-    pub(super) j: usize,
-    pub(super) mr: usize,
-    pub(super) nr: usize,
-    pub(super) alpha: f32,
-    pub(super) beta: f32,
-    pub(super) ldc: usize,
-}
-
-/// `C[tile] = alpha · acc + beta · C[tile]` (`beta == 0` ignores the old contents).
+/// `C[tile] = alpha · acc + beta · C[tile]` for the tile at `t` (`beta == 0` ignores the old
+/// contents).
 #[inline(always)]
-fn store_tile<S: Simd>(s: S, acc: &[[S::V; 2]; MR], t: Tile, c: &mut [f32]) {
-    if t.nr == NR {
-        for (r, acc_r) in acc.iter().enumerate().take(t.mr) {
+fn store_tile<S: Simd>(s: S, acc: &[[S::V; 2]; MR], t: Dest, c: &mut [f32]) {
+    let (mr, nr) = (t.rows(), t.cols(NR));
+    if nr == NR {
+        for (r, acc_r) in acc.iter().enumerate().take(mr) {
             let row = &mut c[(t.i + r) * t.ldc + t.j..][..NR];
             for (h, &x) in acc_r.iter().enumerate() {
                 let dst = &mut row[h * LANES..];
@@ -330,22 +265,22 @@ fn store_tile<S: Simd>(s: S, acc: &[[S::V; 2]; MR], t: Tile, c: &mut [f32]) {
         }
     } else {
         let mut buf = [0f32; NR];
-        for (r, acc_r) in acc.iter().enumerate().take(t.mr) {
-            let row = &mut c[(t.i + r) * t.ldc + t.j..][..t.nr];
-            buf[..t.nr].copy_from_slice(row);
+        for (r, acc_r) in acc.iter().enumerate().take(mr) {
+            let row = &mut c[(t.i + r) * t.ldc + t.j..][..nr];
+            buf[..nr].copy_from_slice(row);
             for (h, &x) in acc_r.iter().enumerate() {
                 let dst = &mut buf[h * LANES..];
                 let old = if t.beta == 0.0 { s.zero() } else { s.load(dst) };
                 s.store(combine(s, t, x, old), dst);
             }
-            row.copy_from_slice(&buf[..t.nr]);
+            row.copy_from_slice(&buf[..nr]);
         }
     }
 }
 
 /// `alpha · x + beta · old` (`old` unused when `beta == 0`).
 #[inline(always)]
-fn combine<S: Simd>(s: S, t: Tile, x: S::V, old: S::V) -> S::V {
+fn combine<S: Simd>(s: S, t: Dest, x: S::V, old: S::V) -> S::V {
     let x = if t.alpha == 1.0 { x } else { s.mul(s.splat(t.alpha), x) };
     if t.beta == 0.0 {
         x

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::{BPanels, Block, MR, NR, Tile};
+use super::tile::{BPanels, Dest, MR, NR};
 use crate::simd::Avx512;
 
 /// B panels per micro-tile at the AVX-512 level (see `docs/benchmarks.md` for the choice).
@@ -19,7 +19,7 @@ pub(super) const P: usize = 3;
 /// Every tile of one block: all A panels in `ap` against all B panels of `b`, `P` B panels at
 /// a time (the last group may be narrower).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Block, c: &mut [f32]) {
+pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Dest, c: &mut [f32]) {
     let mut pj = 0;
     while pj < b.count {
         let np = P.min(b.count - pj);
@@ -40,15 +40,15 @@ fn group<const N: usize>(
     ap: &[f32],
     b: BPanels<'_>,
     pj: usize,
-    blk: Block,
+    blk: Dest,
     c: &mut [f32],
 ) {
     let bps: [&[f32]; N] = std::array::from_fn(|h| b.panel(pj + h));
-    let j = blk.j0 + pj * NR;
+    let j = blk.j + pj * NR;
     for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
-        let i = blk.i0 + pi * MR;
+        let i = blk.i + pi * MR;
         let acc = micro(w, b.kcb, a, bps);
-        store(w, &acc, blk.tile(i, j, N * NR), c);
+        store(w, &acc, blk.at(i, j), c);
     }
 }
 
@@ -88,23 +88,25 @@ pub(super) fn micro<const N: usize>(
     acc
 }
 
-/// `C[tile] = alpha · acc + beta · C[tile]` for a tile of up to `16·N` columns (`t.nr`), each
-/// 16-column part written with a masked load and store so that no column past `t.nr` is touched.
+/// `C[tile] = alpha · acc + beta · C[tile]` for the tile at `t`, up to `16·N` columns wide
+/// (`nr`, fewer at the right edge of `C`), each 16-column part written with a masked load and
+/// store so that no column past `nr` is touched.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-pub(super) fn store<const N: usize>(_: Avx512, acc: &[[__m512; N]; MR], t: Tile, c: &mut [f32]) {
-    for (r, acc_r) in acc.iter().enumerate().take(t.mr) {
-        let row = &mut c[(t.i + r) * t.ldc + t.j..][..t.nr];
+pub(super) fn store<const N: usize>(_: Avx512, acc: &[[__m512; N]; MR], t: Dest, c: &mut [f32]) {
+    let (mr, nr) = (t.rows(), t.cols(N * NR));
+    for (r, acc_r) in acc.iter().enumerate().take(mr) {
+        let row = &mut c[(t.i + r) * t.ldc + t.j..][..nr];
         for (h, &x) in acc_r.iter().enumerate() {
-            let cols = t.nr.saturating_sub(h * NR).min(NR);
+            let cols = nr.saturating_sub(h * NR).min(NR);
             if cols == 0 {
                 break;
             }
             let mask: __mmask16 = if cols == NR { !0 } else { (1 << cols) - 1 };
             let dst = row[h * NR..].as_mut_ptr();
-            // SAFETY: `row` holds `t.nr` floats and `dst` is at `h·16 < t.nr`; the mask keeps
-            // the load and the store to the first `cols = min(16, t.nr − h·16)` lanes, all
-            // inside `row` (masked-off lanes are neither read nor written, and do not fault).
+            // SAFETY: `row` holds `nr` floats and `dst` is at `h·16 < nr`; the mask keeps the
+            // load and the store to the first `cols = min(16, nr − h·16)` lanes, all inside
+            // `row` (masked-off lanes are neither read nor written, and do not fault).
             unsafe {
                 let x = if t.alpha == 1.0 { x } else { _mm512_mul_ps(_mm512_set1_ps(t.alpha), x) };
                 let v = if t.beta == 0.0 {

@@ -6,7 +6,7 @@
 //! `M[ξ] = U[ξ] · V[ξ]`, run on the packed GEMM micro-kernel with both operands written
 //! straight into its panel layouts, so no product packs anything. F(2x2,3x3) does 2.25x fewer
 //! multiply-adds than the direct loops, F(4x4,3x3) 4x fewer, at the price of about one
-//! decimal digit of accuracy ([`crate::Tolerance::WINOGRAD_F4`]).
+//! decimal digit of accuracy (the `WINOGRAD_F4` tolerance of the tests).
 //!
 //! The matrices, the work split, the tile blocks, the backward formulas and the measured
 //! errors are written up in `docs/convolution.md`, section 4.
@@ -154,7 +154,7 @@ fn winograd_call(
     output: &mut [f32],
     variant: WinogradVariant,
 ) -> Result<()> {
-    g.check_buffers(OP, input.len(), weight.len(), bias.map(<[f32]>::len), output.len())?;
+    g.check_forward(OP, input, weight, bias, output)?;
     if let Some(msg) = unsupported(g) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }

@@ -2,10 +2,12 @@
 //! forward + all gradients.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use convkit_conv::testing::tolerance;
 use convkit_conv::{
-    BackwardInputs, Conv2dParams, ConvAlgo, ConvGeometry, GradBuffers, Tolerance, conv2d_backward,
+    BackwardInputs, Conv2dParams, ConvAlgo, ConvGeometry, GradBuffers, conv2d_backward,
     conv2d_backward_naive, conv2d_forward, conv2d_naive,
 };
+use convkit_tensor::testing::Tolerance;
 
 /// A validated geometry for a shape the test knows to be valid.
 pub fn geom(input: [usize; 4], weight: [usize; 4], params: Conv2dParams) -> ConvGeometry {
@@ -38,7 +40,7 @@ pub fn max_abs(v: &[f32]) -> f64 {
 /// | grad weight | `n·oh·ow`             | `max|dy|·max|x|`     |
 /// | grad bias   | `n·oh·ow`             | `max|dy|`            |
 pub fn sum_tolerance(base: Tolerance, terms: usize, bound: f64) -> Tolerance {
-    base.for_sum(terms as f64 * bound)
+    tolerance::for_sum(base, terms as f64 * bound)
 }
 
 /// Operands of one convolution test case.

@@ -31,7 +31,7 @@ pub(super) fn input_grad_image<S: Simd>(
                 while v0 < run_nvec {
                     let xb = xb_main.min(run_nvec - v0);
                     let at = GiAt { c0, q0: run * run_pitch + v0 * LANES, taps };
-                    gi_dispatch(s, p, dy_g, wr_g, dxf, at, cb, xb);
+                    gi_dispatch(s, p, InputReads { dy: dy_g, wr: wr_g }, dxf, at, cb, xb);
                     v0 += xb;
                 }
             }
@@ -69,50 +69,40 @@ pub(super) struct GiAt {
     taps: (usize, usize),
 }
 
+/// What an input-gradient register tile reads: the stuffed output-gradient planes `dy` and
+/// the rotated, channel-minor weights `wr` of one group.
+#[derive(Clone, Copy)]
+pub(super) struct InputReads<'a> {
+    dy: &'a [f32],
+    wr: &'a [f32],
+}
+
 /// Picks the monomorphized input-gradient micro-kernel for `cb` channels × `xb` vectors.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn gi_dispatch<S: Simd>(
     s: S,
     p: &Plan<'_>,
-    dy: &[f32],
-    wr: &[f32],
+    r: InputReads<'_>,
     out: &mut [f32],
     t: GiAt,
     cb: usize,
     xb: usize,
 ) {
-    match (cb, xb) {
-        (1, 1) => gi_tile::<S, 1, 1>(s, p, dy, wr, out, t),
-        (1, 2) => gi_tile::<S, 1, 2>(s, p, dy, wr, out, t),
-        (1, 3) => gi_tile::<S, 1, 3>(s, p, dy, wr, out, t),
-        (1, 4) => gi_tile::<S, 1, 4>(s, p, dy, wr, out, t),
-        (1, 5) => gi_tile::<S, 1, 5>(s, p, dy, wr, out, t),
-        (1, 6) => gi_tile::<S, 1, 6>(s, p, dy, wr, out, t),
-        (1, 7) => gi_tile::<S, 1, 7>(s, p, dy, wr, out, t),
-        (1, 8) => gi_tile::<S, 1, 8>(s, p, dy, wr, out, t),
-        (2, 1) => gi_tile::<S, 2, 1>(s, p, dy, wr, out, t),
-        (2, 2) => gi_tile::<S, 2, 2>(s, p, dy, wr, out, t),
-        (2, 3) => gi_tile::<S, 2, 3>(s, p, dy, wr, out, t),
-        (2, 4) => gi_tile::<S, 2, 4>(s, p, dy, wr, out, t),
-        (2, 5) => gi_tile::<S, 2, 5>(s, p, dy, wr, out, t),
-        (2, 6) => gi_tile::<S, 2, 6>(s, p, dy, wr, out, t),
-        (3, 1) => gi_tile::<S, 3, 1>(s, p, dy, wr, out, t),
-        (3, 2) => gi_tile::<S, 3, 2>(s, p, dy, wr, out, t),
-        (3, 3) => gi_tile::<S, 3, 3>(s, p, dy, wr, out, t),
-        (3, 4) => gi_tile::<S, 3, 4>(s, p, dy, wr, out, t),
-        (4, 1) => gi_tile::<S, 4, 1>(s, p, dy, wr, out, t),
-        (4, 2) => gi_tile::<S, 4, 2>(s, p, dy, wr, out, t),
-        (5, 1) => gi_tile::<S, 5, 1>(s, p, dy, wr, out, t),
-        (5, 2) => gi_tile::<S, 5, 2>(s, p, dy, wr, out, t),
-        (6, 1) => gi_tile::<S, 6, 1>(s, p, dy, wr, out, t),
-        (6, 2) => gi_tile::<S, 6, 2>(s, p, dy, wr, out, t),
+    tile_table! {
+        (cb, xb),
+        gi_tile::<S>(s, p, r, out, t),
+        [
+            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8),
+            (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6),
+            (3, 1), (3, 2), (3, 3), (3, 4),
+            (4, 1), (4, 2), (5, 1), (5, 2), (6, 1), (6, 2),
+        ],
         // Not produced by the blocking above; single-channel, single-vector tiles cover it.
-        (cb, xb) => {
+        {
             for cc in 0..cb {
                 for v in 0..xb {
                     let t1 = GiAt { c0: t.c0 + cc, q0: t.q0 + v * LANES, taps: t.taps };
-                    gi_tile::<S, 1, 1>(s, p, dy, wr, out, t1);
+                    gi_tile::<S, 1, 1>(s, p, r, out, t1);
                 }
             }
         }
@@ -126,11 +116,11 @@ pub(super) fn gi_dispatch<S: Simd>(
 pub(super) fn gi_tile<S: Simd, const CB: usize, const XB: usize>(
     s: S,
     p: &Plan<'_>,
-    dy: &[f32],
-    wr: &[f32],
+    r: InputReads<'_>,
     out: &mut [f32],
     t: GiAt,
 ) {
+    let InputReads { dy, wr } = r;
     let GiAt { c0, q0, taps: (t_lo, t_hi) } = t;
     let taps = p.taps();
     let mut acc = [[s.zero(); XB]; CB];

@@ -28,12 +28,20 @@ pub(super) fn weight_grad_image_kvec<S: Simd>(
             let mut m0 = 0;
             while m0 < rows {
                 let mb = mb_main.min(rows - m0);
-                wk_dispatch(s, p, x, dy, acc, WkAt { m0, k0 }, mb, kv);
+                wk_dispatch(s, p, WeightReads { x, dy }, acc, WkAt { m0, k0 }, mb, kv);
                 m0 += mb;
             }
             k0 += kv * LANES;
         }
     }
+}
+
+/// What a weight-gradient register tile reads: the padded input planes `x` and the output
+/// gradient `dy` (pixel-major for [`wk_tile`], planes for [`wg_tile`]).
+#[derive(Clone, Copy)]
+pub(super) struct WeightReads<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
 }
 
 /// A [`wk_tile`]: rows `m0..` (input channel × tap) and output channels `k0..` of one group.
@@ -44,37 +52,33 @@ pub(super) struct WkAt {
 }
 
 /// Picks the monomorphized [`wk_tile`] for `mb` rows × `kv` vectors of output channels.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn wk_dispatch<S: Simd>(
     s: S,
     p: &Plan<'_>,
-    x: &[f32],
-    dy: &[f32],
+    r: WeightReads<'_>,
     acc: &mut [f32],
     at: WkAt,
     mb: usize,
     kv: usize,
 ) {
-    match (mb, kv) {
-        (1, 2) => wk_tile::<S, 1, 2>(s, p, x, dy, acc, at),
-        (2, 2) => wk_tile::<S, 2, 2>(s, p, x, dy, acc, at),
-        (3, 2) => wk_tile::<S, 3, 2>(s, p, x, dy, acc, at),
-        (4, 2) => wk_tile::<S, 4, 2>(s, p, x, dy, acc, at),
-        (5, 2) => wk_tile::<S, 5, 2>(s, p, x, dy, acc, at),
-        (6, 2) => wk_tile::<S, 6, 2>(s, p, x, dy, acc, at),
-        (1, _) => wk_tile::<S, 1, 1>(s, p, x, dy, acc, at),
-        (2, _) => wk_tile::<S, 2, 1>(s, p, x, dy, acc, at),
-        (3, _) => wk_tile::<S, 3, 1>(s, p, x, dy, acc, at),
-        (4, _) => wk_tile::<S, 4, 1>(s, p, x, dy, acc, at),
-        (5, _) => wk_tile::<S, 5, 1>(s, p, x, dy, acc, at),
-        (6, _) => wk_tile::<S, 6, 1>(s, p, x, dy, acc, at),
-        (7, _) => wk_tile::<S, 7, 1>(s, p, x, dy, acc, at),
-        (8, _) => wk_tile::<S, 8, 1>(s, p, x, dy, acc, at),
-        (9, _) => wk_tile::<S, 9, 1>(s, p, x, dy, acc, at),
-        (10, _) => wk_tile::<S, 10, 1>(s, p, x, dy, acc, at),
-        (11, _) => wk_tile::<S, 11, 1>(s, p, x, dy, acc, at),
-        _ => wk_tile::<S, 12, 1>(s, p, x, dy, acc, at),
+    tile_table! {
+        (mb, kv),
+        wk_tile::<S>(s, p, r, acc, at),
+        [
+            (1, 2), (2, 2), (3, 2), (4, 2), (5, 2), (6, 2),
+            (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1),
+            (7, 1), (8, 1), (9, 1), (10, 1), (11, 1), (12, 1),
+        ],
+        // Not produced by the blocking above; one row and one vector at a time covers it.
+        {
+            for mm in 0..mb {
+                for v in 0..kv {
+                    let one = WkAt { m0: at.m0 + mm, k0: at.k0 + v * LANES };
+                    wk_tile::<S, 1, 1>(s, p, r, acc, one);
+                }
+            }
+        }
     }
 }
 
@@ -87,11 +91,11 @@ pub(super) fn wk_dispatch<S: Simd>(
 pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
     s: S,
     p: &Plan<'_>,
-    x: &[f32],
-    dy: &[f32],
+    r: WeightReads<'_>,
     acc: &mut [f32],
     at: WkAt,
 ) {
+    let WeightReads { x, dy } = r;
     let WkAt { m0, k0 } = at;
     let kpg = p.kpg;
     let mut a = [[s.zero(); KV]; MB];
@@ -168,7 +172,7 @@ pub(super) fn weight_grad_image<S: Simd>(
                 while t0 < taps {
                     let tb = tb_main.min(taps - t0);
                     let at = WgAt { t0, tb, acc0: ((ko * p.cpg + c) * taps + t0) * LANES };
-                    wg_dispatch(s, p, x_plane, dy_planes, gwv, at, kb);
+                    wg_dispatch(s, p, WeightReads { x: x_plane, dy: dy_planes }, gwv, at, kb);
                     t0 += tb;
                 }
                 k += kb;
@@ -191,42 +195,28 @@ pub(super) struct WgAt {
 pub(super) fn wg_dispatch<S: Simd>(
     s: S,
     p: &Plan<'_>,
-    x: &[f32],
-    dy: &[f32],
+    r: WeightReads<'_>,
     gwv: &mut [f32],
     at: WgAt,
     kb: usize,
 ) {
-    match (kb, at.tb) {
-        (1, 1) => wg_tile::<S, 1, 1>(s, p, x, dy, gwv, at),
-        (1, 2) => wg_tile::<S, 1, 2>(s, p, x, dy, gwv, at),
-        (1, 3) => wg_tile::<S, 1, 3>(s, p, x, dy, gwv, at),
-        (1, 4) => wg_tile::<S, 1, 4>(s, p, x, dy, gwv, at),
-        (1, 5) => wg_tile::<S, 1, 5>(s, p, x, dy, gwv, at),
-        (1, 6) => wg_tile::<S, 1, 6>(s, p, x, dy, gwv, at),
-        (1, 7) => wg_tile::<S, 1, 7>(s, p, x, dy, gwv, at),
-        (1, 8) => wg_tile::<S, 1, 8>(s, p, x, dy, gwv, at),
-        (1, 9) => wg_tile::<S, 1, 9>(s, p, x, dy, gwv, at),
-        (1, 10) => wg_tile::<S, 1, 10>(s, p, x, dy, gwv, at),
-        (1, 11) => wg_tile::<S, 1, 11>(s, p, x, dy, gwv, at),
-        (1, 12) => wg_tile::<S, 1, 12>(s, p, x, dy, gwv, at),
-        (2, 1) => wg_tile::<S, 2, 1>(s, p, x, dy, gwv, at),
-        (2, 2) => wg_tile::<S, 2, 2>(s, p, x, dy, gwv, at),
-        (2, 3) => wg_tile::<S, 2, 3>(s, p, x, dy, gwv, at),
-        (2, 4) => wg_tile::<S, 2, 4>(s, p, x, dy, gwv, at),
-        (2, 5) => wg_tile::<S, 2, 5>(s, p, x, dy, gwv, at),
-        (2, 6) => wg_tile::<S, 2, 6>(s, p, x, dy, gwv, at),
-        (3, 1) => wg_tile::<S, 3, 1>(s, p, x, dy, gwv, at),
-        (3, 2) => wg_tile::<S, 3, 2>(s, p, x, dy, gwv, at),
-        (3, 3) => wg_tile::<S, 3, 3>(s, p, x, dy, gwv, at),
-        (3, 4) => wg_tile::<S, 3, 4>(s, p, x, dy, gwv, at),
+    tile_table! {
+        (kb, at.tb),
+        wg_tile::<S>(s, p, r, gwv, at),
+        [
+            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6),
+            (1, 7), (1, 8), (1, 9), (1, 10), (1, 11), (1, 12),
+            (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6),
+            (3, 1), (3, 2), (3, 3), (3, 4),
+        ],
         // Not produced by the blocking above; one channel and one tap at a time covers it.
-        (kb, tb) => {
+        {
             let per_k = p.cpg * p.taps() * LANES;
             for kk in 0..kb {
-                for t in 0..tb {
+                let r1 = WeightReads { dy: &r.dy[kk * p.dy_plane..], ..r };
+                for t in 0..at.tb {
                     let one = WgAt { t0: at.t0 + t, tb: 1, acc0: at.acc0 + kk * per_k + t * LANES };
-                    wg_tile::<S, 1, 1>(s, p, x, &dy[kk * p.dy_plane..], gwv, one);
+                    wg_tile::<S, 1, 1>(s, p, r1, gwv, one);
                 }
             }
         }
@@ -240,11 +230,11 @@ pub(super) fn wg_dispatch<S: Simd>(
 pub(super) fn wg_tile<S: Simd, const KB: usize, const TB: usize>(
     s: S,
     p: &Plan<'_>,
-    x: &[f32],
-    dy: &[f32],
+    r: WeightReads<'_>,
     gwv: &mut [f32],
     at: WgAt,
 ) {
+    let WeightReads { x, dy } = r;
     let per_k = p.cpg * p.taps() * LANES;
     let mut acc = [[s.zero(); TB]; KB];
     for (kk, a) in acc.iter_mut().enumerate() {

@@ -39,17 +39,32 @@
 //! [`WEIGHT_GRAD_PARTIALS`] fixed chunks (depending only on `n`, never on the thread count);
 //! each chunk's partial gradient is accumulated image by image in order, and the partials are
 //! added in chunk order. Every gradient is therefore bit-identical for any number of threads.
+//!
+//! ## Layout
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the lowering: column-matrix rows, packed-B panels, col2im, the shared `Dims` |
+//! | `forward.rs` | the forward: weights packed once per call, one product per image and group |
+//! | `backward.rs` | the bias, input (product + col2im) and weight (fixed-order sum) gradients |
+//!
+//! [`PackedA`]: crate::gemm::PackedA
+//! [`sgemm_packed_ab`]: crate::gemm::sgemm_packed_ab
+//! [`sgemm`]: crate::gemm::sgemm
+//! [`SMALL_DIM`]: crate::gemm::SMALL_DIM
+//! [`gemm_rows`]: crate::gemm::gemm_rows
+//! [`gemm_abt_dots`]: crate::gemm::gemm_abt_dots
+//! [`WEIGHT_GRAD_PARTIALS`]: crate::params::WEIGHT_GRAD_PARTIALS
 
 use rayon::prelude::*;
 
-use crate::error::Result;
-use crate::gemm::{
-    MR, MatRef, NR, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, packed_b_len, sgemm,
-    sgemm_packed_a, sgemm_packed_ab,
-};
-use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
-use crate::scratch::{self, Slot};
-use crate::simd;
+use crate::gemm::{NR, packed_b_len};
+use crate::params::ConvGeometry;
+
+mod backward;
+mod forward;
+
+pub use backward::conv2d_backward_im2col;
+pub use forward::conv2d_im2col;
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
 /// more than it saves (a rayon task costs a few microseconds; 1 MFLOP takes ~15 µs here).
@@ -173,8 +188,8 @@ fn im2col(g: &ConvGeometry, planes: &[f32], col: &mut Vec<f32>, parallel: bool) 
 }
 
 /// Builds the column matrix of `planes` (`C'` channels of one image) straight into the packed-B
-/// layout of [`sgemm_packed_ab`] (panels of [`NR`] output pixels, each `C'RS` steps of `NR`
-/// floats) and returns it (the front of `buf`).
+/// layout of [`sgemm_packed_ab`](crate::gemm::sgemm_packed_ab) (panels of [`NR`] output
+/// pixels, each `C'RS` steps of `NR` floats) and returns it (the front of `buf`).
 ///
 /// Row `(c, i, j)` of the matrix at output row `y` reads input row `y·sh + i·dh − ph` at
 /// padded columns `x·sw + j·dw` for `x < ow`. The input row is copied once into a small
@@ -364,354 +379,11 @@ impl Dims {
     }
 }
 
-/// Forward convolution by im2col + GEMM, for every stride, padding, dilation and group count.
-///
-/// Same contract as [`conv2d_naive`](crate::conv2d_naive): NCHW `input`, weight
-/// `[c_out, c_in/groups, kh, kw]`, optional `bias [c_out]`, `output [n, c_out, oh, ow]`
-/// (overwritten); lengths are checked.
-pub fn conv2d_im2col(
-    g: &ConvGeometry,
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    output: &mut [f32],
-) -> Result<()> {
-    g.check_buffers(
-        "conv2d_im2col",
-        input.len(),
-        weight.len(),
-        bias.map(<[f32]>::len),
-        output.len(),
-    )?;
-    let d = Dims::new(g);
-    let out_block = d.kpg * d.ohw;
-    let tasks = g.n * d.groups;
-    // Each group's weight matrix, packed once for every image (see `gemm::PackedA`).
-    let mut packs = Vec::new();
-    if d.kpg > SMALL_DIM {
-        packs = take_packs();
-        packs.resize_with(d.groups, PackedA::empty);
-        for (gi, pack) in packs.iter_mut().enumerate() {
-            pack.repack(MatRef::row_major(d.weight_block(weight, gi), d.kpg, d.crs));
-        }
-    }
-    let packs_ref = &packs;
-
-    // Output rows `k0..` of group `gi` start as the bias; returns the products' `beta`.
-    let init = |gi: usize, k0: usize, out: &mut [f32]| match bias {
-        Some(bias) => {
-            for (k, row) in out.chunks_exact_mut(d.ohw).enumerate() {
-                row.fill(bias[gi * d.kpg + k0 + k]);
-            }
-            1.0
-        }
-        None => 0.0,
-    };
-    // Output rows `k0..` of image `b`, group `gi`, from the group's column matrix `col`.
-    let product = |gi: usize, k0: usize, col: &[f32], out: &mut [f32]| {
-        let rows = out.len() / d.ohw;
-        let beta = init(gi, k0, out);
-        let b = MatRef::row_major(col, d.crs, d.ohw);
-        if d.kpg <= SMALL_DIM {
-            let wg = &d.weight_block(weight, gi)[k0 * d.crs..(k0 + rows) * d.crs];
-            gemm_rows(MatRef::row_major(wg, rows, d.crs), col, d.ohw, beta, out);
-        } else {
-            sgemm_packed_a(1.0, &packs_ref[gi], k0..k0 + rows, b, beta, out, d.ohw);
-        }
-    };
-    // The same product from a column matrix already in the packed-B layout.
-    let product_packed = |gi: usize, k0: usize, colp: &[f32], out: &mut [f32]| {
-        let rows = out.len() / d.ohw;
-        let beta = init(gi, k0, out);
-        sgemm_packed_ab(&packs_ref[gi], k0..k0 + rows, colp, d.ohw, beta, out, d.ohw);
-    };
-    // Whether the column matrix is built straight into the GEMM's panels.
-    let packed_col = !d.pointwise && d.kpg > SMALL_DIM;
-    let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
-        let (b, gi) = (t / d.groups, t % d.groups);
-        let x = d.input_block(g, input, b, gi);
-        if d.pointwise {
-            product(gi, 0, x, out);
-        } else if packed_col {
-            product_packed(gi, 0, im2col_packed(g, x, col), out);
-        } else {
-            im2col(g, x, col, false);
-            product(gi, 0, col, out);
-        }
-    };
-
-    if !d.par {
-        scratch::with(Slot::Columns, |col| {
-            for (t, out) in output.chunks_mut(out_block).enumerate() {
-                block(t, out, col);
-            }
-        });
-    } else if tasks >= d.threads {
-        output
-            .par_chunks_mut(out_block)
-            .enumerate()
-            .for_each(|(t, out)| scratch::with(Slot::Columns, |col| block(t, out, col)));
-    } else {
-        // Fewer blocks than threads (batch 1, one group): split each product by output rows,
-        // in whole panels of the packed weights.
-        let rows = d.rows_per_block(d.kpg).next_multiple_of(MR);
-        scratch::with(Slot::Columns, |col| {
-            for (t, out) in output.chunks_mut(out_block).enumerate() {
-                let (b, gi) = (t / d.groups, t % d.groups);
-                let x = d.input_block(g, input, b, gi);
-                if packed_col {
-                    let colp = im2col_packed_par(g, x, col);
-                    out.par_chunks_mut(rows * d.ohw)
-                        .enumerate()
-                        .for_each(|(r, out)| product_packed(gi, r * rows, colp, out));
-                    continue;
-                }
-                let col: &[f32] = if d.pointwise {
-                    x
-                } else {
-                    im2col(g, x, col, true);
-                    col
-                };
-                out.par_chunks_mut(rows * d.ohw)
-                    .enumerate()
-                    .for_each(|(r, out)| product(gi, r * rows, col, out));
-            }
-        });
-    }
-    put_packs(packs);
-    Ok(())
-}
-
-/// Takes this thread's packed-weight buffers (empty when another call on this thread holds
-/// them).
-fn take_packs() -> Vec<PackedA> {
-    scratch::take_list().into_iter().map(PackedA::from_buffer).collect()
-}
-
-/// Returns packed-weight buffers for the next call (see [`scratch::put_list`]).
-fn put_packs(packs: Vec<PackedA>) {
-    scratch::put_list(packs.into_iter().map(PackedA::into_buffer).collect());
-}
-
-/// Backward convolution by GEMM + col2im: writes (overwrites) each requested gradient.
-///
-/// Same contract as [`conv2d_backward_naive`](crate::conv2d_backward_naive). The weight
-/// gradient is reduced over the batch in a fixed order (see the [module docs](self)), so all
-/// three gradients are bit-identical for any number of threads.
-pub fn conv2d_backward_im2col(
-    g: &ConvGeometry,
-    x: BackwardInputs<'_>,
-    grads: GradBuffers<'_>,
-) -> Result<()> {
-    const OP: &str = "conv2d_backward_im2col";
-    g.check_backward(OP, &x, &grads)?;
-    let BackwardInputs { input, weight, grad_output } = x;
-    let GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias } = grads;
-    let d = Dims::new(g);
-    if let Some(gb) = grad_bias {
-        bias_grad(g, &d, grad_output, gb);
-    }
-    if let Some(gx) = grad_input {
-        input_grad(g, &d, weight, grad_output, gx);
-    }
-    if let Some(gw) = grad_weight {
-        weight_grad(g, &d, input, grad_output, gw);
-    }
-    Ok(())
-}
-
-/// `grad_bias[k] = Σ_{b,y,x} dY[b,k,y,x]`, accumulated in f64 in a fixed order (image by
-/// image, each plane by [`simd::sum_f64`]).
-fn bias_grad(g: &ConvGeometry, d: &Dims, dy: &[f32], gb: &mut [f32]) {
-    let sum = |k: usize, gb: &mut f32| {
-        let mut acc = 0f64;
-        for b in 0..g.n {
-            let start = (b * g.c_out + k) * d.ohw;
-            acc += simd::sum_f64(&dy[start..start + d.ohw]);
-        }
-        *gb = acc as f32;
-    };
-    if d.par {
-        gb.par_iter_mut().enumerate().for_each(|(k, v)| sum(k, v));
-    } else {
-        gb.iter_mut().enumerate().for_each(|(k, v)| sum(k, v));
-    }
-}
-
-/// Input gradient of the input channels `c0..` of image `b`, group `gi`, into `gx` (a whole
-/// number of planes): `W_gᵀ[rows of those channels] · dY_g`, then col2im.
-#[allow(clippy::too_many_arguments)]
-fn input_grad_block(
-    g: &ConvGeometry,
-    d: &Dims,
-    weight: &[f32],
-    dy: &[f32],
-    b: usize,
-    gi: usize,
-    c0: usize,
-    gx: &mut [f32],
-    col: &mut Vec<f32>,
-) {
-    let taps = g.kh * g.kw;
-    let channels = gx.len() / d.hw;
-    let wg = d.weight_block(weight, gi);
-    // Rows (c0·RS ..) of W_gᵀ: column block of the row-major K' × C'RS matrix.
-    let wt = MatRef {
-        data: &wg[c0 * taps..],
-        rows: channels * taps,
-        cols: d.kpg,
-        row_stride: 1,
-        col_stride: d.crs,
-    };
-    let dy_block = d.output_block(g, dy, b, gi);
-    // Few output channels per group (depthwise): K' scaled-row updates per row instead.
-    let product = |c: &mut [f32]| {
-        if d.kpg <= SMALL_DIM {
-            gemm_rows(wt, dy_block, d.ohw, 0.0, c);
-        } else {
-            sgemm(1.0, wt, MatRef::row_major(dy_block, d.kpg, d.ohw), 0.0, c, d.ohw);
-        }
-    };
-    if d.pointwise {
-        product(gx);
-        return;
-    }
-    let ct = taps * d.ohw;
-    col.resize(channels * ct, 0.0);
-    product(col);
-    gx.fill(0.0);
-    for (rows, plane) in col.chunks_exact(ct).zip(gx.chunks_exact_mut(d.hw)) {
-        col2im_plane_add(g, rows, plane);
-    }
-}
-
-fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [f32]) {
-    let in_block = d.cpg * d.hw;
-    let tasks = g.n * d.groups;
-    let block = |t: usize, gx: &mut [f32], col: &mut Vec<f32>| {
-        input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col);
-    };
-    if !d.par {
-        scratch::with(Slot::Columns, |col| {
-            for (t, gx) in gx.chunks_mut(in_block).enumerate() {
-                block(t, gx, col);
-            }
-        });
-    } else if tasks >= d.threads {
-        gx.par_chunks_mut(in_block)
-            .enumerate()
-            .for_each(|(t, gx)| scratch::with(Slot::Columns, |col| block(t, gx, col)));
-    } else {
-        // Few blocks: split each block by input channels (col2im never crosses channels).
-        let per = d.rows_per_block(d.cpg);
-        for (t, gx) in gx.chunks_mut(in_block).enumerate() {
-            gx.par_chunks_mut(per * d.hw).enumerate().for_each(|(r, gx)| {
-                scratch::with(Slot::Columns, |col| {
-                    let (b, gi) = (t / d.groups, t % d.groups);
-                    input_grad_block(g, d, weight, dy, b, gi, r * per, gx, col);
-                });
-            });
-        }
-    }
-}
-
-/// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ`; `beta` 0 overwrites, 1 accumulates.
-fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], beta: f32, gw: &mut [f32]) {
-    let rows = gw.len() / d.crs;
-    if d.kpg <= SMALL_DIM {
-        gemm_abt_dots(dyg, col, rows, d.crs, d.ohw, beta, gw);
-        return;
-    }
-    sgemm(
-        1.0,
-        MatRef::row_major(dyg, rows, d.ohw),
-        MatRef::row_major(col, d.crs, d.ohw).t(),
-        beta,
-        gw,
-        d.crs,
-    );
-}
-
-fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [f32]) {
-    let wlen = gw.len();
-    let w_block = d.kpg * d.crs;
-    let parts = g.n.min(WEIGHT_GRAD_PARTIALS);
-    // Images of chunk `p`: a split of 0..n that depends only on n.
-    let chunk = |p: usize| (p * g.n / parts)..((p + 1) * g.n / parts);
-    // Partial `p`, group `gi`: Σ over the chunk's images, in order.
-    let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
-        let (p, gi) = (t / d.groups, t % d.groups);
-        for (i, b) in chunk(p).enumerate() {
-            let x = d.input_block(g, input, b, gi);
-            let colm: &[f32] = if d.pointwise {
-                x
-            } else {
-                im2col(g, x, col, false);
-                col
-            };
-            let beta = if i == 0 { 0.0 } else { 1.0 };
-            weight_grad_product(d, d.output_block(g, dy, b, gi), colm, beta, out);
-        }
-    };
-    let tasks = parts * d.groups;
-    let mut partials = vec![0f32; if parts > 1 { parts * wlen } else { 0 }];
-    let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
-    if !d.par {
-        scratch::with(Slot::Columns, |col| {
-            for (t, out) in target.chunks_mut(w_block).enumerate() {
-                block(t, out, col);
-            }
-        });
-    } else if tasks >= d.threads {
-        target
-            .par_chunks_mut(w_block)
-            .enumerate()
-            .for_each(|(t, out)| scratch::with(Slot::Columns, |col| block(t, out, col)));
-    } else {
-        // Batch 1 and one group, or few of each: split each product by output-channel rows;
-        // every row is computed exactly as in the unsplit product.
-        let rows = d.rows_per_block(d.kpg);
-        scratch::with(Slot::Columns, |col| {
-            for (t, out) in target.chunks_mut(w_block).enumerate() {
-                let (p, gi) = (t / d.groups, t % d.groups);
-                for (i, b) in chunk(p).enumerate() {
-                    let x = d.input_block(g, input, b, gi);
-                    let colm: &[f32] = if d.pointwise {
-                        x
-                    } else {
-                        im2col(g, x, col, true);
-                        col
-                    };
-                    let dyg = d.output_block(g, dy, b, gi);
-                    let beta = if i == 0 { 0.0 } else { 1.0 };
-                    out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
-                        let dy_rows = &dyg[r * rows * d.ohw..];
-                        weight_grad_product(d, dy_rows, colm, beta, out);
-                    });
-                }
-            }
-        });
-    }
-    if parts > 1 {
-        // Fixed order: partial 0 + partial 1 + … (elementwise, so splitting the elements over
-        // threads would not change a bit; the sum is too cheap to bother).
-        let mut it = partials.chunks_exact(wlen);
-        if let Some(first) = it.next() {
-            gw.copy_from_slice(first);
-        }
-        for part in it {
-            for (a, b) in gw.iter_mut().zip(part) {
-                *a += *b;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::{Conv2dParams, Tolerance, conv2d_backward_naive, conv2d_naive};
+    use crate::{BackwardInputs, Conv2dParams, GradBuffers, conv2d_backward_naive, conv2d_naive};
 
     fn data(len: usize, seed: u32) -> Vec<f32> {
         // Small integers: every product and sum is exact in f32.
@@ -745,7 +417,7 @@ mod tests {
             GradBuffers { input: Some(&mut gr.0), weight: Some(&mut gr.1), bias: Some(&mut gr.2) },
         )
         .unwrap();
-        let t = Tolerance { atol: 0.0, rtol: 0.0 };
+        let t = convkit_tensor::testing::Tolerance::absolute(0.0);
         t.check(&ga.0, &gr.0).unwrap();
         t.check(&ga.1, &gr.1).unwrap();
         t.check(&ga.2, &gr.2).unwrap();

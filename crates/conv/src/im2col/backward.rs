@@ -1,0 +1,225 @@
+//! The im2col backward: the bias gradient by sums, the input gradient by `W_gᵀ · dY_g` and
+//! col2im, the weight gradient by `dY_g · colᵀ` summed over fixed chunks of the batch.
+
+use rayon::prelude::*;
+
+use super::{Dims, col2im_plane_add, im2col};
+use crate::error::Result;
+use crate::gemm::{MatRef, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm};
+use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
+use crate::scratch::{self, Slot};
+use crate::simd;
+
+/// Backward convolution by GEMM + col2im: writes (overwrites) each requested gradient.
+///
+/// Same contract as [`conv2d_backward_naive`](crate::conv2d_backward_naive). The weight
+/// gradient is reduced over the batch in a fixed order (see the [module docs](super)), so all
+/// three gradients are bit-identical for any number of threads.
+pub fn conv2d_backward_im2col(
+    g: &ConvGeometry,
+    x: BackwardInputs<'_>,
+    grads: GradBuffers<'_>,
+) -> Result<()> {
+    const OP: &str = "conv2d_backward_im2col";
+    g.check_backward(OP, &x, &grads)?;
+    let BackwardInputs { input, weight, grad_output } = x;
+    let GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias } = grads;
+    let d = Dims::new(g);
+    if let Some(gb) = grad_bias {
+        bias_grad(g, &d, grad_output, gb);
+    }
+    if let Some(gx) = grad_input {
+        input_grad(g, &d, weight, grad_output, gx);
+    }
+    if let Some(gw) = grad_weight {
+        weight_grad(g, &d, input, grad_output, gw);
+    }
+    Ok(())
+}
+
+/// `grad_bias[k] = Σ_{b,y,x} dY[b,k,y,x]`, accumulated in f64 in a fixed order (image by
+/// image, each plane by [`simd::sum_f64`]).
+fn bias_grad(g: &ConvGeometry, d: &Dims, dy: &[f32], gb: &mut [f32]) {
+    let sum = |k: usize, gb: &mut f32| {
+        let mut acc = 0f64;
+        for b in 0..g.n {
+            let start = (b * g.c_out + k) * d.ohw;
+            acc += simd::sum_f64(&dy[start..start + d.ohw]);
+        }
+        *gb = acc as f32;
+    };
+    if d.par {
+        gb.par_iter_mut().enumerate().for_each(|(k, v)| sum(k, v));
+    } else {
+        gb.iter_mut().enumerate().for_each(|(k, v)| sum(k, v));
+    }
+}
+
+/// Input gradient of the input channels `c0..` of image `b`, group `gi`, into `gx` (a whole
+/// number of planes): `W_gᵀ[rows of those channels] · dY_g`, then col2im.
+#[allow(clippy::too_many_arguments)]
+fn input_grad_block(
+    g: &ConvGeometry,
+    d: &Dims,
+    weight: &[f32],
+    dy: &[f32],
+    b: usize,
+    gi: usize,
+    c0: usize,
+    gx: &mut [f32],
+    col: &mut Vec<f32>,
+) {
+    let taps = g.kh * g.kw;
+    let channels = gx.len() / d.hw;
+    let wg = d.weight_block(weight, gi);
+    // Rows (c0·RS ..) of W_gᵀ: column block of the row-major K' × C'RS matrix.
+    let wt = MatRef {
+        data: &wg[c0 * taps..],
+        rows: channels * taps,
+        cols: d.kpg,
+        row_stride: 1,
+        col_stride: d.crs,
+    };
+    let dy_block = d.output_block(g, dy, b, gi);
+    // Few output channels per group (depthwise): K' scaled-row updates per row instead.
+    let product = |c: &mut [f32]| {
+        if d.kpg <= SMALL_DIM {
+            gemm_rows(wt, dy_block, d.ohw, 0.0, c);
+        } else {
+            sgemm(1.0, wt, MatRef::row_major(dy_block, d.kpg, d.ohw), 0.0, c, d.ohw);
+        }
+    };
+    if d.pointwise {
+        product(gx);
+        return;
+    }
+    let ct = taps * d.ohw;
+    col.resize(channels * ct, 0.0);
+    product(col);
+    gx.fill(0.0);
+    for (rows, plane) in col.chunks_exact(ct).zip(gx.chunks_exact_mut(d.hw)) {
+        col2im_plane_add(g, rows, plane);
+    }
+}
+
+fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [f32]) {
+    let in_block = d.cpg * d.hw;
+    let tasks = g.n * d.groups;
+    let block = |t: usize, gx: &mut [f32], col: &mut Vec<f32>| {
+        input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col);
+    };
+    if !d.par {
+        scratch::with(Slot::Columns, |col| {
+            for (t, gx) in gx.chunks_mut(in_block).enumerate() {
+                block(t, gx, col);
+            }
+        });
+    } else if tasks >= d.threads {
+        gx.par_chunks_mut(in_block)
+            .enumerate()
+            .for_each(|(t, gx)| scratch::with(Slot::Columns, |col| block(t, gx, col)));
+    } else {
+        // Few blocks: split each block by input channels (col2im never crosses channels).
+        let per = d.rows_per_block(d.cpg);
+        for (t, gx) in gx.chunks_mut(in_block).enumerate() {
+            gx.par_chunks_mut(per * d.hw).enumerate().for_each(|(r, gx)| {
+                scratch::with(Slot::Columns, |col| {
+                    let (b, gi) = (t / d.groups, t % d.groups);
+                    input_grad_block(g, d, weight, dy, b, gi, r * per, gx, col);
+                });
+            });
+        }
+    }
+}
+
+/// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ`; `beta` 0 overwrites, 1 accumulates.
+fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], beta: f32, gw: &mut [f32]) {
+    let rows = gw.len() / d.crs;
+    if d.kpg <= SMALL_DIM {
+        gemm_abt_dots(dyg, col, rows, d.crs, d.ohw, beta, gw);
+        return;
+    }
+    sgemm(
+        1.0,
+        MatRef::row_major(dyg, rows, d.ohw),
+        MatRef::row_major(col, d.crs, d.ohw).t(),
+        beta,
+        gw,
+        d.crs,
+    );
+}
+
+fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [f32]) {
+    let wlen = gw.len();
+    let w_block = d.kpg * d.crs;
+    let parts = g.n.min(WEIGHT_GRAD_PARTIALS);
+    // Images of chunk `p`: a split of 0..n that depends only on n.
+    let chunk = |p: usize| (p * g.n / parts)..((p + 1) * g.n / parts);
+    // Partial `p`, group `gi`: Σ over the chunk's images, in order.
+    let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
+        let (p, gi) = (t / d.groups, t % d.groups);
+        for (i, b) in chunk(p).enumerate() {
+            let x = d.input_block(g, input, b, gi);
+            let colm: &[f32] = if d.pointwise {
+                x
+            } else {
+                im2col(g, x, col, false);
+                col
+            };
+            let beta = if i == 0 { 0.0 } else { 1.0 };
+            weight_grad_product(d, d.output_block(g, dy, b, gi), colm, beta, out);
+        }
+    };
+    let tasks = parts * d.groups;
+    let mut partials = vec![0f32; if parts > 1 { parts * wlen } else { 0 }];
+    let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
+    if !d.par {
+        scratch::with(Slot::Columns, |col| {
+            for (t, out) in target.chunks_mut(w_block).enumerate() {
+                block(t, out, col);
+            }
+        });
+    } else if tasks >= d.threads {
+        target
+            .par_chunks_mut(w_block)
+            .enumerate()
+            .for_each(|(t, out)| scratch::with(Slot::Columns, |col| block(t, out, col)));
+    } else {
+        // Batch 1 and one group, or few of each: split each product by output-channel rows;
+        // every row is computed exactly as in the unsplit product.
+        let rows = d.rows_per_block(d.kpg);
+        scratch::with(Slot::Columns, |col| {
+            for (t, out) in target.chunks_mut(w_block).enumerate() {
+                let (p, gi) = (t / d.groups, t % d.groups);
+                for (i, b) in chunk(p).enumerate() {
+                    let x = d.input_block(g, input, b, gi);
+                    let colm: &[f32] = if d.pointwise {
+                        x
+                    } else {
+                        im2col(g, x, col, true);
+                        col
+                    };
+                    let dyg = d.output_block(g, dy, b, gi);
+                    let beta = if i == 0 { 0.0 } else { 1.0 };
+                    out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
+                        let dy_rows = &dyg[r * rows * d.ohw..];
+                        weight_grad_product(d, dy_rows, colm, beta, out);
+                    });
+                }
+            }
+        });
+    }
+    if parts > 1 {
+        // Fixed order: partial 0 + partial 1 + … (elementwise, so splitting the elements over
+        // threads would not change a bit; the sum is too cheap to bother).
+        let mut it = partials.chunks_exact(wlen);
+        if let Some(first) = it.next() {
+            gw.copy_from_slice(first);
+        }
+        for part in it {
+            for (a, b) in gw.iter_mut().zip(part) {
+                *a += *b;
+            }
+        }
+    }
+}
