@@ -29,6 +29,18 @@ pub fn parse_augment(s: &str) -> Result<Augment, String> {
     convkit_train::config::parse_augment(s).map_err(|e| e.to_string())
 }
 
+/// A comma-separated list of augmentations (`crop:2,hflip`), or `none` for an empty list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AugmentList(pub Vec<Augment>);
+
+/// Parses an [`AugmentList`].
+pub fn parse_augment_list(s: &str) -> Result<AugmentList, String> {
+    if s == "none" {
+        return Ok(AugmentList(Vec::new()));
+    }
+    s.split(',').map(parse_augment).collect::<Result<_, _>>().map(AugmentList)
+}
+
 /// Runs `f` on a rayon pool of `threads` workers (the global pool when `None`).
 pub fn with_threads<T: Send>(
     threads: Option<usize>,

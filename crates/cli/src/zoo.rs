@@ -32,9 +32,8 @@ use convkit_models::preprocess::picture_to_mnist;
 use convkit_models::zoo::ZooModel;
 use convkit_models::{ModelError, Result, invalid, io_err};
 use convkit_nn::checkpoint::{self, Metadata};
-use convkit_nn::{PreparedModel, ScheduleKind, Sequential};
+use convkit_nn::{PreparedModel, Sequential};
 use convkit_tensor::{Rng, Tensor};
-use convkit_train::TrainConfig;
 use image::DynamicImage;
 use image::imageops::FilterType;
 
@@ -47,13 +46,6 @@ pub const MAX_PICTURE_SIDE: u32 = 8192;
 /// Metadata keys of a zoo checkpoint, in the order [`ZooSpec::from_metadata`] reads them.
 pub const KEYS: [&str; 7] =
     ["model", "input", "classes", "class_names", "norm.mean", "norm.std", "data.kind"];
-
-/// The recipe of a `convkit train` run for every option it is not given, the same for each
-/// zoo model: Adam at learning rate 0.001 with a cosine schedule stepped per batch, batch 64,
-/// 10 epochs, seed 0, no augmentation.
-pub fn default_recipe() -> TrainConfig {
-    TrainConfig { schedule: ScheduleKind::Cosine, ..TrainConfig::default() }
-}
 
 /// Where the training images came from, which decides how `predict` prepares a picture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

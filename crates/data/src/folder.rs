@@ -99,7 +99,11 @@ fn decode(path: &Path, cfg: &ImageFolderConfig) -> std::result::Result<Vec<f32>,
 /// grayscale (one plane) or RGB (three planes), resized to `size` `(height, width)` when it
 /// differs (triangle filter), planar `c·h·w` values `p / 255` in `[0, 1]`. Use it to prepare a
 /// new picture exactly as a model's training images were.
-pub fn picture_values(picture: &image::DynamicImage, size: (u32, u32), grayscale: bool) -> Vec<f32> {
+pub fn picture_values(
+    picture: &image::DynamicImage,
+    size: (u32, u32),
+    grayscale: bool,
+) -> Vec<f32> {
     let (h, w) = size;
     let resize = |p: image::DynamicImage| {
         if p.width() == w && p.height() == h {

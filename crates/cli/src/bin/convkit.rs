@@ -21,14 +21,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use convkit_cli::args::{
-    names_parser, parse_augment, parse_chw, parse_size, with_threads, zoo_model_parser,
+    AugmentList, names_parser, parse_augment_list, parse_chw, parse_size, with_threads,
+    zoo_model_parser,
 };
 use convkit_cli::runs::{Outputs, train_epochs};
 use convkit_cli::zoo::{
-    self, DataKind, IDX_SIDE, Source, ZooSpec, channel_stats, check_classes, default_recipe,
-    layer_table, picture_input, subset, top_k,
+    self, DataKind, IDX_SIDE, Source, ZooSpec, channel_stats, check_classes, layer_table,
+    picture_input, subset, top_k,
 };
-use convkit_data::Augment;
 use convkit_models::zoo::ZooModel;
 use convkit_nn::checkpoint;
 use convkit_nn::{OptimizerKind, PreparedModel, ScheduleKind, num_params};
@@ -79,20 +79,21 @@ struct TrainArgs {
     /// 1 (grayscale) or 3 (RGB) [default: 1].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
     channels: Option<u8>,
-    /// Number of epochs in total, counting those done before a resume [default: 10, or the
-    /// resumed run's].
+    /// Number of epochs in total, counting those done before a resume [default: the model's
+    /// recipe (`ZooModel::recipe`), or the resumed run's].
     #[arg(long)]
     epochs: Option<usize>,
     /// Stop after this many epochs of this invocation (continue later with --resume).
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
-    /// Images per step [default: 64].
+    /// Images per step [default: the recipe's, 64].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Optimizer [default: adam].
+    /// Optimizer [default: the recipe's, adam].
     #[arg(long, value_parser = names_parser::<OptimizerKind>(&OptimizerKind::ALL.map(OptimizerKind::name)))]
     optimizer: Option<OptimizerKind>,
-    /// Learning rate [default: 0.001 for adam, 0.01 for sgd].
+    /// Learning rate [default: the recipe's (0.001 for vgg-small, 0.002 for resnet-small), or
+    /// 0.01 when --optimizer sgd replaces adam].
     #[arg(long)]
     lr: Option<f32>,
     /// SGD momentum [default: 0.9].
@@ -101,13 +102,14 @@ struct TrainArgs {
     /// L2 weight decay [default: 0].
     #[arg(long)]
     weight_decay: Option<f32>,
-    /// Learning-rate schedule, stepped every batch [default: cosine].
+    /// Learning-rate schedule, stepped every batch [default: the recipe's, cosine].
     #[arg(long, value_parser = names_parser::<ScheduleKind>(&ScheduleKind::ALL.map(ScheduleKind::name)))]
     schedule: Option<ScheduleKind>,
     /// Random changes to each training image, comma-separated: hflip (mirror left-right),
-    /// crop:PAD (pad by PAD zeros, cut a random window) [default: none].
-    #[arg(long, value_delimiter = ',', value_parser = parse_augment)]
-    augment: Option<Vec<Augment>>,
+    /// crop:PAD (pad by PAD zeros, cut a random window) [default: the recipe's, crop:2,hflip;
+    /// `--augment none` for none].
+    #[arg(long, value_parser = parse_augment_list)]
+    augment: Option<AugmentList>,
     /// Seed of initialization, shuffling and augmentation [default: 0].
     #[arg(long)]
     seed: Option<u64>,
@@ -205,9 +207,9 @@ fn main() -> ExitCode {
 /// The metadata key of `--limit` in a run's checkpoints (`all` or a count), as `lenet` has it.
 const LIMIT_KEY: &str = "train.limit";
 
-/// The recipe of a new run: the defaults ([`default_recipe`]) with the options given.
-fn recipe(a: &TrainArgs) -> TrainConfig {
-    let base = default_recipe();
+/// The recipe of a new run: the model's ([`ZooModel::recipe`]) with the options given.
+fn recipe(a: &TrainArgs, model: ZooModel) -> TrainConfig {
+    let base = model.recipe();
     let optimizer = a.optimizer.unwrap_or(base.optimizer);
     let default_lr = if optimizer == base.optimizer { base.lr } else { optimizer.default_lr() };
     TrainConfig {
@@ -219,7 +221,7 @@ fn recipe(a: &TrainArgs) -> TrainConfig {
         weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
         seed: a.seed.unwrap_or(base.seed),
         schedule: a.schedule.unwrap_or(base.schedule),
-        augment: a.augment.clone().unwrap_or(base.augment.clone()),
+        augment: a.augment.clone().map_or(base.augment.clone(), |l| l.0),
         ..base
     }
 }
@@ -392,7 +394,7 @@ fn train(a: &TrainArgs) -> Result<()> {
                 .with_context(|| format!("cannot resume from {}", ckpt.display()))?
         }
         None => {
-            let cfg = recipe(a);
+            let cfg = recipe(a, spec.model);
             cfg.validate()?;
             let net = spec.build(&mut Rng::new(cfg.seed))?;
             let mut t = Trainer::new(net, cfg)?;
