@@ -181,6 +181,10 @@ impl Module for Dropout {
         self.training = training;
     }
 
+    fn reseed(&mut self, seed: u64) {
+        *self.rng.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = Rng::new(seed);
+    }
+
     fn describe(&self) -> Layer<'_> {
         Layer::Dropout { p: self.p }
     }

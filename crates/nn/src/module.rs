@@ -50,12 +50,27 @@ pub trait Module {
     /// differs (dropout, batch norm) override it; containers pass it to their children.
     fn set_training(&mut self, _training: bool) {}
 
+    /// Restarts the module's own random draws (dropout masks) from `seed`. A trainer calls it
+    /// at the start of each epoch with a seed of the run's seed and the epoch, so a run resumed
+    /// from a checkpoint draws what the uninterrupted run drew. Nothing by default; containers
+    /// pass each child a seed of its own ([`child_seed`]).
+    fn reseed(&mut self, _seed: u64) {}
+
     /// What this module is: its kind, configuration and parameters ([`Layer`]), for tools
     /// that inspect a model (exporters, summaries, fused inference). Modules that do not
     /// override it are [`Layer::Opaque`] with their type name.
     fn describe(&self) -> Layer<'_> {
         Layer::Opaque(std::any::type_name::<Self>())
     }
+}
+
+/// The seed a container passes to its child number `index` from its own `seed` (a mix, so
+/// that siblings draw independent streams).
+pub fn child_seed(seed: u64, index: usize) -> u64 {
+    let mut h = (seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h ^= h >> 31;
+    h
 }
 
 /// All parameters of a module with their dotted names, in visiting order.
@@ -174,6 +189,12 @@ impl Module for Sequential {
         }
     }
 
+    fn reseed(&mut self, seed: u64) {
+        for (i, (_, layer)) in self.layers.iter_mut().enumerate() {
+            layer.reseed(child_seed(seed, i));
+        }
+    }
+
     fn describe(&self) -> Layer<'_> {
         Layer::Sequential(
             self.layers
@@ -257,6 +278,13 @@ impl Module for Residual {
         self.body.set_training(training);
         if let Some(m) = &mut self.shortcut {
             m.set_training(training);
+        }
+    }
+
+    fn reseed(&mut self, seed: u64) {
+        self.body.reseed(child_seed(seed, 0));
+        if let Some(m) = &mut self.shortcut {
+            m.reseed(child_seed(seed, 1));
         }
     }
 

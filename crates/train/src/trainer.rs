@@ -84,6 +84,9 @@ impl EpochMetrics {
     }
 }
 
+/// The purpose of the [`convkit_data::loader::stream`] that reseeds the model's dropout.
+const DROPOUT: u64 = 3;
+
 /// The optimizer file beside a checkpoint: `run.safetensors` → `run.optim.safetensors`.
 pub fn optimizer_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_extension("optim.safetensors")
@@ -121,10 +124,10 @@ fn count_correct(logits: &Tensor, labels: &[usize]) -> Result<usize> {
 /// Everything an epoch depends on is in the checkpoint or derived from it: the parameters
 /// and buffers (the model file), the optimizer's buffers and step counts (the
 /// `.optim.safetensors` file beside it), the recipe and the epoch counter (their metadata).
-/// The order and augmentations of epoch `e` are functions of the seed and `e`
-/// ([`convkit_data::epoch_order`]), so a resumed run continues exactly as the uninterrupted
-/// one would have. (A layer with its own random state, such as `Dropout`, draws differently
-/// after a resume.)
+/// The order, the augmentations and the dropout masks of epoch `e` are functions of the seed
+/// and `e` ([`convkit_data::epoch_order`]; the model is [reseeded](Module::reseed) at the
+/// start of each epoch), so a resumed run continues exactly as the uninterrupted one would
+/// have.
 pub struct Trainer<M: Module> {
     /// The model being trained.
     pub model: M,
@@ -222,6 +225,10 @@ impl<M: Module> Trainer<M> {
         }
         self.model.set_training(true);
         let epoch = self.epochs_done;
+        // Dropout masks restart from the seed and the epoch, so a resumed run draws them as
+        // the uninterrupted run did.
+        self.model
+            .reseed(convkit_data::loader::stream(self.cfg.seed, DROPOUT, epoch, 0).next_u64());
         let loader = Loader::new(train, self.cfg.batch_size)?
             .seed(self.cfg.seed)
             .epoch(epoch)

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use convkit_data::{Augment, Batch, DataError, Dataset, TensorDataset};
 use convkit_nn::checkpoint::state_dict;
 use convkit_nn::{
-    BatchNorm2d, Conv2d, Conv2dConfig, Conv2dParams, Flatten, GlobalAvgPool2d, Linear, MaxPool2d,
-    OptimizerKind, PoolParams, ReLU, ScheduleKind, Sequential,
+    BatchNorm2d, Conv2d, Conv2dConfig, Conv2dParams, Dropout, Flatten, GlobalAvgPool2d, Linear,
+    MaxPool2d, OptimizerKind, PoolParams, ReLU, ScheduleKind, Sequential,
 };
 use convkit_tensor::{Rng, Tensor};
 use convkit_train::{TrainConfig, TrainError, Trainer, metrics_path, optimizer_path};
@@ -34,6 +34,8 @@ fn net(seed: u64) -> Sequential {
         .push(ReLU)
         .push(GlobalAvgPool2d)
         .push(Flatten)
+        // Its masks come from the trainer's per-epoch reseeding, so resuming stays exact.
+        .push(Dropout::new(0.25, 99).unwrap())
         .push(Linear::new(8, 3, &mut rng).unwrap())
 }
 

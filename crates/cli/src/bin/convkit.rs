@@ -440,12 +440,6 @@ fn train(a: &TrainArgs) -> Result<()> {
             rayon::current_num_threads()
         );
     }
-    if a.resume.is_some() && model == ZooModel::VggSmall {
-        eprintln!(
-            "convkit: note: vgg-small's dropout draws new masks after a resume, so the run \
-             continues close to, not bit for bit as, an uninterrupted one"
-        );
-    }
     let outputs = Outputs::new(a.out.as_deref(), a.resume.as_deref(), "run.safetensors");
     outputs.prepare()?;
     let test = test_set.as_ref().map(|t| t as &dyn convkit_data::Dataset);
