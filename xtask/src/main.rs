@@ -312,13 +312,17 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     let _ = std::fs::remove_file(&ratios_path);
     let versus_path = root().join("target/versus.json");
     let _ = std::fs::remove_file(&versus_path);
+    // The tables of the other interleaved benches (zoo, batch norm), one file each.
+    let general_dir = root().join("target/versus-md");
+    let _ = std::fs::remove_dir_all(&general_dir);
     let mut step = Step::new("bench", &cargo_args)
         .env("CONVKIT_RATIOS_OUT", ratios_path.display().to_string());
     if peers_dir.is_some() {
         // `benches/versus.rs` times PyTorch beside convkit, interleaved, with this Python.
         step = step
             .env("CONVKIT_VERSUS_PYTHON", python.clone())
-            .env("CONVKIT_VERSUS_OUT", versus_path.display().to_string());
+            .env("CONVKIT_VERSUS_OUT", versus_path.display().to_string())
+            .env("CONVKIT_VERSUS_MD_DIR", general_dir.display().to_string());
     }
     if quick {
         // The benches read this to cap each measurement at 0.5 s (criterion's quick mode stops
@@ -374,6 +378,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             threads: bench_threads(),
             ratios: read_json(&ratios_path),
             versus: read_json(&versus_path),
+            general: read_tables(&general_dir),
             algos: report::algorithm_names(),
         };
         let (md, svg) = report::write(&root().join("docs"), &records, &peers, &ctx)?;
@@ -381,6 +386,21 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     }
     println!("bench finished in {:.0} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The markdown tables the interleaved benches left in `dir` (`<name>.md`), by name.
+fn read_tables(dir: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut tables: Vec<(String, String)> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_stem()?.to_str()?.to_owned();
+            let text = std::fs::read_to_string(&path).ok()?;
+            (path.extension()? == "md").then_some((name, text))
+        })
+        .collect();
+    tables.sort();
+    tables
 }
 
 /// The JSON a bench wrote to `path`, if it ran and wrote valid JSON.

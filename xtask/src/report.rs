@@ -217,6 +217,9 @@ pub struct ReportContext {
     pub ratios: Option<Value>,
     /// The interleaved comparison with PyTorch (`benches/versus.rs`), when it ran.
     pub versus: Option<Value>,
+    /// The tables the other interleaved benches published (`suite::publish_markdown`: the
+    /// zoo's networks, `BatchNorm2d`), by name, when they ran.
+    pub general: Vec<(String, String)>,
     /// The convolution algorithms, one table column and chart bar each, in order: the bench
     /// function names, [`algorithm_names`] in the real report.
     pub algos: Vec<&'static str>,
@@ -226,6 +229,20 @@ pub struct ReportContext {
 /// report's tables and chart are built from, so a new algorithm needs no edit here.
 pub fn algorithm_names() -> Vec<&'static str> {
     convkit_conv::ConvAlgo::ALL.iter().map(|a| a.name()).collect()
+}
+
+/// The section of the general stack against PyTorch: each table an interleaved bench
+/// published (see [`ReportContext::general`]), in name order; empty when none ran.
+pub fn general_section(tables: &[(String, String)]) -> String {
+    if tables.is_empty() {
+        return String::new();
+    }
+    let mut md =
+        "## Your own CNN: the general stack against PyTorch, measured interleaved\n\n".to_owned();
+    for (name, table) in tables {
+        let _ = writeln!(md, "### {name}\n\n{}\n", table.trim_end());
+    }
+    md
 }
 
 /// The section of the interleaved ratios: per shape, median timings and median per-round
@@ -641,6 +658,7 @@ pub fn write(
     if let Some(v) = &ctx.versus {
         md.push_str(&versus_section(v));
     }
+    md.push_str(&general_section(&ctx.general));
     if let Some(r) = &ctx.ratios {
         md.push_str(&ratios_section(r));
     }

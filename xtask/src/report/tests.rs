@@ -192,6 +192,10 @@ fn a_new_algorithm_name_is_the_only_edit_the_report_needs() {
         threads: 2,
         ratios: None,
         versus: None,
+        general: vec![(
+            "zoo".to_owned(),
+            "| model | ratio |\n|---|---|\n| vgg | 1.5 |\n".to_owned(),
+        )],
         algos: algos.clone(),
     };
     let dir = std::env::temp_dir().join(format!("xtask-report-{}", std::process::id()));
@@ -206,5 +210,6 @@ fn a_new_algorithm_name_is_the_only_edit_the_report_needs() {
     let row = md.lines().find(|l| l.starts_with("| res3x3_56 |")).unwrap();
     assert_eq!(row.matches(" · ").count(), algos.len(), "one timing per algorithm: {row}");
     assert!(svg.contains("res3x3_56 fake:"), "the chart has a bar for the new algorithm");
+    assert!(md.contains("### zoo\n\n| model | ratio |"), "the published tables are in the report");
     assert!(!svg.contains("res3x3_56 naive:"), "the reference stays out of the chart");
 }
