@@ -7,6 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use convkit_data::Augment;
 use convkit_models::zoo::ZooModel;
+use convkit_nn::{OptimizerKind, ScheduleKind};
+use convkit_train::TrainConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A value parser for a library enum: clap lists and checks `names` (the enum's `ALL`), and
@@ -110,5 +112,74 @@ mod tests {
         for bad in ["1x28", "0x28x28", "1x28x28x2", ""] {
             assert!(parse_chw(bad).unwrap_err().contains("expected CxHxW"), "{bad}");
         }
+    }
+}
+
+/// The options of a training recipe that `lenet train` and `convkit train` share; each
+/// overrides its recipe's value when given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecipeArgs {
+    /// Number of epochs in total, counting those done before a resume [default: the
+    /// recipe's, or the resumed run's].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per step [default: the recipe's].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Optimizer [default: the recipe's].
+    #[arg(long, value_parser = names_parser::<OptimizerKind>(&OptimizerKind::ALL.map(OptimizerKind::name)))]
+    pub optimizer: Option<OptimizerKind>,
+    /// Learning rate [default: the recipe's; the optimizer's own (0.01 for sgd, 0.001 for
+    /// adam) when --optimizer changes it].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// SGD momentum [default: the recipe's].
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// L2 weight decay [default: the recipe's].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Learning-rate schedule, stepped every batch [default: the recipe's].
+    #[arg(long, value_parser = names_parser::<ScheduleKind>(&ScheduleKind::ALL.map(ScheduleKind::name)))]
+    pub schedule: Option<ScheduleKind>,
+    /// Seed of initialization, shuffling and augmentation [default: the recipe's].
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl RecipeArgs {
+    /// `base` with every option given in its place. A new optimizer without `--lr` takes its
+    /// own default learning rate, not the recipe's.
+    pub fn apply(&self, base: TrainConfig) -> TrainConfig {
+        let optimizer = self.optimizer.unwrap_or(base.optimizer);
+        let default_lr = if optimizer == base.optimizer { base.lr } else { optimizer.default_lr() };
+        TrainConfig {
+            epochs: self.epochs.unwrap_or(base.epochs),
+            batch_size: self.batch_size.unwrap_or(base.batch_size),
+            optimizer,
+            lr: self.lr.unwrap_or(default_lr),
+            momentum: self.momentum.unwrap_or(base.momentum),
+            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            schedule: self.schedule.unwrap_or(base.schedule),
+            seed: self.seed.unwrap_or(base.seed),
+            ..base
+        }
+    }
+
+    /// The options given that a resumed run takes from its checkpoint instead (all but
+    /// `--epochs`).
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--batch-size", self.batch_size.is_some()),
+            ("--optimizer", self.optimizer.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--momentum", self.momentum.is_some()),
+            ("--weight-decay", self.weight_decay.is_some()),
+            ("--schedule", self.schedule.is_some()),
+            ("--seed", self.seed.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
     }
 }

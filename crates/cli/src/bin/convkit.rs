@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use convkit_cli::args::{
-    AugmentList, names_parser, parse_augment_list, parse_chw, parse_size, with_threads,
+    AugmentList, RecipeArgs, parse_augment_list, parse_chw, parse_size, with_threads,
     zoo_model_parser,
 };
 use convkit_cli::runs::{Outputs, train_epochs};
@@ -31,7 +31,7 @@ use convkit_cli::zoo::{
 };
 use convkit_models::zoo::ZooModel;
 use convkit_nn::checkpoint;
-use convkit_nn::{OptimizerKind, PreparedModel, ScheduleKind, num_params};
+use convkit_nn::{PreparedModel, num_params};
 use convkit_tensor::{Rng, Tensor};
 use convkit_train::{TrainConfig, Trainer};
 
@@ -61,6 +61,8 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
+    #[command(flatten)]
+    opts: RecipeArgs,
     /// The zoo model [required unless --resume].
     #[arg(long, value_parser = zoo_model_parser())]
     model: Option<ZooModel>,
@@ -79,40 +81,14 @@ struct TrainArgs {
     /// 1 (grayscale) or 3 (RGB) [default: 1].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
     channels: Option<u8>,
-    /// Number of epochs in total, counting those done before a resume [default: the model's
-    /// recipe (`ZooModel::recipe`), or the resumed run's].
-    #[arg(long)]
-    epochs: Option<usize>,
     /// Stop after this many epochs of this invocation (continue later with --resume).
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
-    /// Images per step [default: the recipe's, 64].
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Optimizer [default: the recipe's, adam].
-    #[arg(long, value_parser = names_parser::<OptimizerKind>(&OptimizerKind::ALL.map(OptimizerKind::name)))]
-    optimizer: Option<OptimizerKind>,
-    /// Learning rate [default: the recipe's (0.001 for vgg-small, 0.002 for resnet-small), or
-    /// 0.01 when --optimizer sgd replaces adam].
-    #[arg(long)]
-    lr: Option<f32>,
-    /// SGD momentum [default: 0.9].
-    #[arg(long)]
-    momentum: Option<f32>,
-    /// L2 weight decay [default: 0].
-    #[arg(long)]
-    weight_decay: Option<f32>,
-    /// Learning-rate schedule, stepped every batch [default: the recipe's, cosine].
-    #[arg(long, value_parser = names_parser::<ScheduleKind>(&ScheduleKind::ALL.map(ScheduleKind::name)))]
-    schedule: Option<ScheduleKind>,
     /// Random changes to each training image, comma-separated: hflip (mirror left-right),
     /// crop:PAD (pad by PAD zeros, cut a random window) [default: the recipe's, crop:2,hflip;
     /// `--augment none` for none].
     #[arg(long, value_parser = parse_augment_list)]
     augment: Option<AugmentList>,
-    /// Seed of initialization, shuffling and augmentation [default: 0].
-    #[arg(long)]
-    seed: Option<u64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -209,38 +185,20 @@ const LIMIT_KEY: &str = "train.limit";
 
 /// The recipe of a new run: the model's ([`ZooModel::recipe`]) with the options given.
 fn recipe(a: &TrainArgs, model: ZooModel) -> TrainConfig {
-    let base = model.recipe();
-    let optimizer = a.optimizer.unwrap_or(base.optimizer);
-    let default_lr = if optimizer == base.optimizer { base.lr } else { optimizer.default_lr() };
-    TrainConfig {
-        epochs: a.epochs.unwrap_or(base.epochs),
-        batch_size: a.batch_size.unwrap_or(base.batch_size),
-        optimizer,
-        lr: a.lr.unwrap_or(default_lr),
-        momentum: a.momentum.unwrap_or(base.momentum),
-        weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
-        seed: a.seed.unwrap_or(base.seed),
-        schedule: a.schedule.unwrap_or(base.schedule),
-        augment: a.augment.clone().map_or(base.augment.clone(), |l| l.0),
-        ..base
+    let mut cfg = a.opts.apply(model.recipe());
+    if let Some(list) = &a.augment {
+        cfg.augment = list.0.clone();
     }
+    cfg
 }
 
 /// The options that a resumed run takes from its checkpoint, when given.
 fn recipe_options_given(a: &TrainArgs) -> Vec<&'static str> {
-    [
-        ("--batch-size", a.batch_size.is_some()),
-        ("--optimizer", a.optimizer.is_some()),
-        ("--lr", a.lr.is_some()),
-        ("--momentum", a.momentum.is_some()),
-        ("--weight-decay", a.weight_decay.is_some()),
-        ("--schedule", a.schedule.is_some()),
-        ("--augment", a.augment.is_some()),
-        ("--seed", a.seed.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, given)| given.then_some(name))
-    .collect()
+    let mut given = a.opts.given();
+    if a.augment.is_some() {
+        given.push("--augment");
+    }
+    given
 }
 
 /// The metadata keys of the data a run trained on: `--data` and `--test` as absolute paths.
@@ -289,7 +247,7 @@ fn resumed_run(a: &TrainArgs, ckpt: &Path) -> Result<Resumed> {
     }
     let count = |k: &str| meta.get(k).and_then(|v| v.parse::<usize>().ok());
     if let (Some(done), Some(total)) =
-        (count("train.epochs_done"), a.epochs.or(count("train.epochs")))
+        (count("train.epochs_done"), a.opts.epochs.or(count("train.epochs")))
         && done >= total
     {
         bail!("the checkpoint has {done} epochs done already; pass a larger --epochs");
@@ -390,7 +348,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     }
     let mut trainer = match &resumed {
         Some(Resumed { checkpoint: ckpt, .. }) => {
-            Trainer::resume(spec.build(&mut Rng::new(0))?, ckpt, a.epochs)
+            Trainer::resume(spec.build(&mut Rng::new(0))?, ckpt, a.opts.epochs)
                 .with_context(|| format!("cannot resume from {}", ckpt.display()))?
         }
         None => {

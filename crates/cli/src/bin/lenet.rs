@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use convkit_cli::args::{names_parser, with_threads};
+use convkit_cli::args::{RecipeArgs, names_parser, with_threads};
 use convkit_cli::runs::{Outputs, train_epochs};
 use convkit_cli::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_cli::visualize::{
@@ -31,9 +31,7 @@ use convkit_models::fetch::{self, DATA_ENV, DatasetKind};
 use convkit_models::idx::{IdxSplit, read_idx_images};
 use convkit_models::lenet::{INPUT_SIZE, LeNet5, NUM_PARAMS};
 use convkit_models::preprocess::{decode_picture, picture_to_mnist};
-use convkit_models::train::{
-    self, OptimizerKind, Recipe, ScheduleKind, TrainConfig, evaluate, metrics_path,
-};
+use convkit_models::train::{self, Recipe, evaluate, metrics_path};
 use convkit_models::zoo::ZooModel;
 use convkit_tensor::Rng;
 
@@ -107,45 +105,21 @@ struct DataArgs {
 #[derive(Args)]
 struct TrainArgs {
     #[command(flatten)]
+    opts: RecipeArgs,
+    #[command(flatten)]
     data: DataArgs,
     /// The base recipe, which the options below override: `reference` (SGD lr 0.01, momentum
     /// 0.9, batch 64, 10 epochs) or `fashion-mnist` (Adam lr 0.002, cosine, 15 epochs,
     /// --hflip).
     #[arg(long, default_value_t = Recipe::Reference, value_parser = names_parser::<Recipe>(&Recipe::ALL.map(Recipe::name)))]
     recipe: Recipe,
-    /// Number of epochs in total, counting those done before a resume [default: the
-    /// recipe's, or the resumed run's].
-    #[arg(long)]
-    epochs: Option<usize>,
     /// Stop after this many epochs of this invocation (continue later with --resume).
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
-    /// Images per step [default: the recipe's].
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Optimizer [default: the recipe's].
-    #[arg(long, value_parser = names_parser::<OptimizerKind>(&OptimizerKind::ALL.map(OptimizerKind::name)))]
-    optimizer: Option<OptimizerKind>,
-    /// Learning rate [default: the recipe's; 0.01 for sgd, 0.001 for adam when --optimizer
-    /// changes it].
-    #[arg(long)]
-    lr: Option<f32>,
-    /// SGD momentum [default: the recipe's].
-    #[arg(long)]
-    momentum: Option<f32>,
-    /// L2 weight decay [default: the recipe's].
-    #[arg(long)]
-    weight_decay: Option<f32>,
-    /// Learning-rate schedule, stepped every batch [default: the recipe's].
-    #[arg(long, value_parser = names_parser::<ScheduleKind>(&ScheduleKind::ALL.map(ScheduleKind::name)))]
-    schedule: Option<ScheduleKind>,
     /// Mirror training images left-right at random (for Fashion-MNIST, not digits; on in the
     /// fashion-mnist recipe).
     #[arg(long)]
     hflip: bool,
-    /// Seed of initialization and shuffling [default: the recipe's].
-    #[arg(long)]
-    seed: Option<u64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -319,29 +293,13 @@ const LIMIT_KEY: &str = "train.limit";
 
 fn train(a: &TrainArgs) -> Result<()> {
     let (mut trainer, norm) = match &a.resume {
-        Some(ckpt) => train::resume(ckpt, a.epochs)
+        Some(ckpt) => train::resume(ckpt, a.opts.epochs)
             .with_context(|| format!("cannot resume from {}", ckpt.display()))?,
         None => {
-            let base = a.recipe.config();
-            let optimizer = a.optimizer.unwrap_or(base.optimizer);
-            let default_lr =
-                if optimizer == base.optimizer { base.lr } else { optimizer.default_lr() };
-            let mut augment = base.augment.clone();
-            if a.hflip && !augment.contains(&Augment::HorizontalFlip) {
-                augment.push(Augment::HorizontalFlip);
+            let mut cfg = a.opts.apply(a.recipe.config());
+            if a.hflip && !cfg.augment.contains(&Augment::HorizontalFlip) {
+                cfg.augment.push(Augment::HorizontalFlip);
             }
-            let cfg = TrainConfig {
-                epochs: a.epochs.unwrap_or(base.epochs),
-                batch_size: a.batch_size.unwrap_or(base.batch_size),
-                optimizer,
-                lr: a.lr.unwrap_or(default_lr),
-                momentum: a.momentum.unwrap_or(base.momentum),
-                weight_decay: a.weight_decay.unwrap_or(base.weight_decay),
-                seed: a.seed.unwrap_or(base.seed),
-                schedule: a.schedule.unwrap_or(base.schedule),
-                augment,
-                ..base
-            };
             if a.limit == Some(0) {
                 bail!("limit: --limit 0 leaves no training images");
             }
