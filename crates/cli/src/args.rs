@@ -96,25 +96,6 @@ pub fn parse_chw(s: &str) -> Result<[usize; 3], String> {
     <[usize; 3]>::try_from(parts).map_err(|_| bad())
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn sizes_and_shapes_parse_or_say_what_is_expected() {
-        assert_eq!(parse_size("12").unwrap(), (12, 12));
-        assert_eq!(parse_size("32x48").unwrap(), (32, 48));
-        for bad in ["0", "12x", "x12", "a", "-3", "1x2x3"] {
-            assert!(parse_size(bad).unwrap_err().contains("expected N or HxW"), "{bad}");
-        }
-        assert_eq!(parse_chw("3x32x28").unwrap(), [3, 32, 28]);
-        for bad in ["1x28", "0x28x28", "1x28x28x2", ""] {
-            assert!(parse_chw(bad).unwrap_err().contains("expected CxHxW"), "{bad}");
-        }
-    }
-}
-
 /// The options of a training recipe that `lenet train` and `convkit train` share; each
 /// overrides its recipe's value when given.
 #[derive(Debug, Clone, clap::Args)]
@@ -181,5 +162,24 @@ impl RecipeArgs {
         .into_iter()
         .filter_map(|(name, given)| given.then_some(name))
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sizes_and_shapes_parse_or_say_what_is_expected() {
+        assert_eq!(parse_size("12").unwrap(), (12, 12));
+        assert_eq!(parse_size("32x48").unwrap(), (32, 48));
+        for bad in ["0", "12x", "x12", "a", "-3", "1x2x3"] {
+            assert!(parse_size(bad).unwrap_err().contains("expected N or HxW"), "{bad}");
+        }
+        assert_eq!(parse_chw("3x32x28").unwrap(), [3, 32, 28]);
+        for bad in ["1x28", "0x28x28", "1x28x28x2", ""] {
+            assert!(parse_chw(bad).unwrap_err().contains("expected CxHxW"), "{bad}");
+        }
     }
 }
