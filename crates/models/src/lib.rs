@@ -34,7 +34,7 @@
 //! - [`zoo`]: networks beyond LeNet-5 for small images — a VGG-style conv-BN-ReLU stack and
 //!   a small ResNet — with the `state_dict` names of their PyTorch twins, and each one's
 //!   training recipe for [`convkit_train::Trainer`] ([`zoo::ZooModel::recipe`]; vgg-small
-//!   reaches 0.9244 on Fashion-MNIST read as PNGs, `examples/fashion_folder.rs`).
+//!   reaches 0.9225 on Fashion-MNIST read as PNGs, `examples/fashion_folder.rs`).
 //! - [`error`]: [`ModelError`], whose messages name the file or argument at fault.
 //!
 //! ## Files
