@@ -14,6 +14,7 @@ use convkit_nn::Module;
 use convkit_train::{TrainError, Trainer, metrics_path, optimizer_path};
 
 use crate::args::progress_bar;
+use convkit_nn::checkpoint::Metadata;
 
 /// The files of a run: the checkpoint, and the run it continues, if any. The optimizer state
 /// ([`optimizer_path`]) and the metrics ([`metrics_path`]) go beside the checkpoint.
@@ -134,4 +135,26 @@ pub fn train_epochs<M: Module>(
         );
     }
     Ok(())
+}
+
+/// The metadata key of `--limit` in a run's checkpoints (`all` or a count), in `lenet` and
+/// `convkit` runs alike.
+pub const LIMIT_KEY: &str = "train.limit";
+
+/// Records a new run's `--limit` (`None`: every training image) in its metadata.
+pub fn set_limit(meta: &mut Metadata, limit: Option<usize>) {
+    meta.insert(LIMIT_KEY.into(), limit.map_or("all".to_owned(), |l| l.to_string()));
+}
+
+/// The `--limit` a run's metadata records (`None`: every training image, also for runs that
+/// record none), checked against a `--limit` given again on resuming.
+pub fn run_limit(meta: &Metadata, given: Option<usize>) -> Result<Option<usize>> {
+    let limit = match meta.get(LIMIT_KEY).map(String::as_str) {
+        None | Some("all") => None,
+        Some(v) => Some(v.parse::<usize>().with_context(|| format!("bad {LIMIT_KEY} {v:?}"))?),
+    };
+    if given.is_some() && given != limit {
+        bail!("--limit differs from the resumed run's ({limit:?}); leave it out when resuming");
+    }
+    Ok(limit)
 }

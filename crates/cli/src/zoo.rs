@@ -35,7 +35,6 @@ use convkit_nn::checkpoint::{self, Metadata};
 use convkit_nn::{PreparedModel, Sequential};
 use convkit_tensor::{Rng, Tensor};
 use image::DynamicImage;
-use image::imageops::FilterType;
 
 /// Side of the images in MNIST-format IDX files.
 pub const IDX_SIDE: u32 = 28;
@@ -317,18 +316,12 @@ pub fn load_folder(root: &Path, size: (u32, u32), channels: usize) -> Result<Ima
     Ok(ImageFolder::load(root, &cfg)?)
 }
 
-/// 8-bit grayscale pixels `width x height` → `size` (bilinear, as image folders are
-/// resized), as values in `[0, 1]`.
+/// 8-bit grayscale pixels `width x height` → `size` as values in `[0, 1]`, prepared as image
+/// folders prepare theirs ([`convkit_data::picture_values`]).
 fn gray_plane(pixels: Vec<u8>, width: u32, height: u32, size: (u32, u32)) -> Result<Vec<f32>> {
     let img = image::GrayImage::from_raw(width, height, pixels)
         .ok_or_else(|| invalid("image", format!("not {width}x{height} pixels")))?;
-    let (h, w) = size;
-    let img = if (width, height) == (w, h) {
-        img
-    } else {
-        DynamicImage::ImageLuma8(img).resize_exact(w, h, FilterType::Triangle).to_luma8()
-    };
-    Ok(img.into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect())
+    Ok(convkit_data::picture_values(&DynamicImage::ImageLuma8(img), size, true))
 }
 
 /// An IDX split (28x28, grayscale, labels 0–9) as an image folder of classes `0`…`9` at

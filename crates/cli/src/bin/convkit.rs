@@ -24,7 +24,7 @@ use convkit_cli::args::{
     AugmentList, RecipeArgs, parse_augment_list, parse_chw, parse_size, with_threads,
     zoo_model_parser,
 };
-use convkit_cli::runs::{Outputs, train_epochs};
+use convkit_cli::runs::{Outputs, run_limit, set_limit, train_epochs};
 use convkit_cli::zoo::{
     self, DataKind, IDX_SIDE, Source, ZooSpec, channel_stats, check_classes, layer_table,
     picture_input, subset, top_k,
@@ -180,9 +180,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The metadata key of `--limit` in a run's checkpoints (`all` or a count), as `lenet` has it.
-const LIMIT_KEY: &str = "train.limit";
-
 /// The recipe of a new run: the model's ([`ZooModel::recipe`]) with the options given.
 fn recipe(a: &TrainArgs, model: ZooModel) -> TrainConfig {
     let mut cfg = a.opts.apply(model.recipe());
@@ -238,13 +235,7 @@ fn resumed_run(a: &TrainArgs, ckpt: &Path) -> Result<Resumed> {
     if let Some(ch) = a.channels.filter(|&ch| usize::from(ch) != c) {
         bail!("--channels {ch}: the resumed run's images have {c}; leave it out when resuming");
     }
-    let limit = match meta.get(LIMIT_KEY).map(String::as_str) {
-        None | Some("all") => None,
-        Some(v) => Some(v.parse::<usize>().with_context(|| format!("bad {LIMIT_KEY} {v:?}"))?),
-    };
-    if a.limit.is_some() && a.limit != limit {
-        bail!("--limit differs from the resumed run's ({limit:?}); leave it out when resuming");
-    }
+    let limit = run_limit(&meta, a.limit)?;
     let count = |k: &str| meta.get(k).and_then(|v| v.parse::<usize>().ok());
     if let (Some(done), Some(total)) =
         (count("train.epochs_done"), a.opts.epochs.or(count("train.epochs")))
@@ -357,9 +348,8 @@ fn train(a: &TrainArgs) -> Result<()> {
             let net = spec.build(&mut Rng::new(cfg.seed))?;
             let mut t = Trainer::new(net, cfg)?;
             spec.to_metadata(t.metadata_mut());
-            let limit = a.limit.map_or("all".to_owned(), |l| l.to_string());
             let meta = t.metadata_mut();
-            meta.insert(LIMIT_KEY.into(), limit);
+            set_limit(meta, a.limit);
             meta.insert(DATA_PATH_KEY.into(), absolute(&data));
             if let Some(test) = &test {
                 meta.insert(TEST_PATH_KEY.into(), absolute(test));

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use convkit_cli::args::{RecipeArgs, names_parser, with_threads};
-use convkit_cli::runs::{Outputs, train_epochs};
+use convkit_cli::runs::{Outputs, run_limit, set_limit, train_epochs};
 use convkit_cli::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_cli::visualize::{
     MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics, training_curves,
@@ -288,9 +288,6 @@ fn load_splits(args: &DataArgs) -> Result<(IdxSplit, IdxSplit, DatasetKind, Path
     Ok((train, test, kind, found.dir))
 }
 
-/// The metadata key of `--limit` in a run's checkpoints (`all` or a count).
-const LIMIT_KEY: &str = "train.limit";
-
 fn train(a: &TrainArgs) -> Result<()> {
     let (mut trainer, norm) = match &a.resume {
         Some(ckpt) => train::resume(ckpt, a.opts.epochs)
@@ -304,18 +301,11 @@ fn train(a: &TrainArgs) -> Result<()> {
                 bail!("limit: --limit 0 leaves no training images");
             }
             let mut t = train::new_trainer(cfg, Normalization::default())?;
-            let limit = a.limit.map_or("all".to_owned(), |l| l.to_string());
-            t.metadata_mut().insert(LIMIT_KEY.into(), limit);
+            set_limit(t.metadata_mut(), a.limit);
             (t, Normalization::default())
         }
     };
-    let limit = match trainer.metadata().get(LIMIT_KEY).map(String::as_str) {
-        None | Some("all") => None,
-        Some(v) => Some(v.parse::<usize>().with_context(|| format!("bad {LIMIT_KEY} {v:?}"))?),
-    };
-    if a.resume.is_some() && a.limit.is_some() && a.limit != limit {
-        bail!("--limit differs from the resumed run's ({limit:?}); leave it out when resuming");
-    }
+    let limit = run_limit(trainer.metadata(), a.limit)?;
     let (train_split, test_split, kind, dir) = load_splits(&a.data)?;
     let cfg = trainer.config().clone();
     let train_set = Dataset::new(&train_split, norm, limit)?;
