@@ -8,11 +8,13 @@
 //! `CONVKIT_REQUIRE_REAL_DATA=1`, which CI sets after installing it.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::Instant;
 
 use convkit_data::{ImageFolder, ImageFolderConfig};
-use convkit_models::fetch::{DEBIAN_FASHION_DIR, DatasetKind};
-use convkit_models::idx::{IdxFiles, IdxSplit, write_image_folder};
+use convkit_models::fetch::DatasetKind;
+use convkit_models::idx::{IdxSplit, write_image_folder};
 use convkit_models::zoo::ZooModel;
 use convkit_tensor::Rng;
 use convkit_train::{TrainConfig, Trainer};
@@ -23,15 +25,7 @@ const TEST_IMAGES: usize = 1_000;
 
 #[test]
 fn vgg_small_learns_fashion_mnist_from_a_png_folder() {
-    let files = match IdxFiles::find(DEBIAN_FASHION_DIR) {
-        Ok(f) => f,
-        Err(e) => {
-            let required = std::env::var("CONVKIT_REQUIRE_REAL_DATA").is_ok_and(|v| v == "1");
-            assert!(!required, "CONVKIT_REQUIRE_REAL_DATA=1 but the dataset is missing: {e}");
-            eprintln!("skipping: no Fashion-MNIST ({e}); apt-get install dataset-fashion-mnist");
-            return;
-        }
-    };
+    let Some(files) = common::fashion_mnist() else { return };
     let start = Instant::now();
     let dir = std::env::temp_dir().join(format!("convkit-folder-real-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

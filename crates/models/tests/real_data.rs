@@ -3,25 +3,13 @@
 //! Skipped (with a message) when the package is absent, unless `CONVKIT_REQUIRE_REAL_DATA=1`,
 //! which CI sets after installing it: there a missing dataset is a failure.
 
-use convkit_models::idx::{IdxFiles, IdxSplit};
+mod common;
 
-const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
-
-fn files() -> Option<IdxFiles> {
-    match IdxFiles::find(DEBIAN_DIR) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            let required = std::env::var("CONVKIT_REQUIRE_REAL_DATA").is_ok_and(|v| v == "1");
-            assert!(!required, "CONVKIT_REQUIRE_REAL_DATA=1 but the dataset is missing: {e}");
-            eprintln!("skipping: no Fashion-MNIST ({e}); apt-get install dataset-fashion-mnist");
-            None
-        }
-    }
-}
+use convkit_models::idx::IdxSplit;
 
 #[test]
 fn fashion_mnist_reads_with_expected_counts() -> Result<(), convkit_models::ModelError> {
-    let Some(f) = files() else { return Ok(()) };
+    let Some(f) = common::fashion_mnist() else { return Ok(()) };
     let train = IdxSplit::read(&f.train_images, &f.train_labels, 28, 28, 10)?;
     let test = IdxSplit::read(&f.test_images, &f.test_labels, 28, 28, 10)?;
     assert_eq!(train.len(), 60_000);

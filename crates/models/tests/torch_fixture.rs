@@ -7,11 +7,12 @@
 //! `dataset-fashion-mnist` is absent, unless `CONVKIT_REQUIRE_REAL_DATA=1`.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use convkit_models::data::{Normalization, preprocess};
-use convkit_models::fetch::DEBIAN_FASHION_DIR;
-use convkit_models::idx::{IdxFiles, IdxSplit};
+use convkit_models::idx::IdxSplit;
 use convkit_models::{Dataset, LeNet5, evaluate};
 use convkit_tensor::load_safetensors;
 use convkit_tensor::testing::{Tolerance, assert_close};
@@ -21,15 +22,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn real_test_split() -> Option<IdxSplit> {
-    match IdxFiles::find(DEBIAN_FASHION_DIR) {
-        Ok(f) => Some(IdxSplit::read(&f.test_images, &f.test_labels, 28, 28, 10).unwrap()),
-        Err(e) => {
-            let required = std::env::var("CONVKIT_REQUIRE_REAL_DATA").is_ok_and(|v| v == "1");
-            assert!(!required, "CONVKIT_REQUIRE_REAL_DATA=1 but the dataset is missing: {e}");
-            eprintln!("skipping: no Fashion-MNIST ({e}); apt-get install dataset-fashion-mnist");
-            None
-        }
-    }
+    let f = common::fashion_mnist()?;
+    Some(IdxSplit::read(&f.test_images, &f.test_labels, 28, 28, 10).unwrap())
 }
 
 #[test]

@@ -6,8 +6,9 @@
 //! `CONVKIT_REQUIRE_REAL_DATA=1`, which CI sets after installing it.
 #![allow(clippy::unwrap_used)]
 
-use convkit_models::fetch::DEBIAN_FASHION_DIR;
-use convkit_models::idx::{IdxFiles, IdxSplit};
+mod common;
+
+use convkit_models::idx::IdxSplit;
 use convkit_models::train::{OptimizerKind, Recipe, ScheduleKind, TrainConfig, with_model};
 use convkit_models::{Dataset, LeNet5, Normalization};
 use convkit_nn::Init;
@@ -15,15 +16,7 @@ use convkit_tensor::Rng;
 
 #[test]
 fn one_epoch_on_10k_real_images_reaches_80_percent() {
-    let files = match IdxFiles::find(DEBIAN_FASHION_DIR) {
-        Ok(f) => f,
-        Err(e) => {
-            let required = std::env::var("CONVKIT_REQUIRE_REAL_DATA").is_ok_and(|v| v == "1");
-            assert!(!required, "CONVKIT_REQUIRE_REAL_DATA=1 but the dataset is missing: {e}");
-            eprintln!("skipping: no Fashion-MNIST ({e}); apt-get install dataset-fashion-mnist");
-            return;
-        }
-    };
+    let Some(files) = common::fashion_mnist() else { return };
     let norm = Normalization::default();
     let train = IdxSplit::read(&files.train_images, &files.train_labels, 28, 28, 10).unwrap();
     let test = IdxSplit::read(&files.test_images, &files.test_labels, 28, 28, 10).unwrap();
