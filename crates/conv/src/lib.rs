@@ -26,7 +26,7 @@
 //! | [`ConvGeometry`], [`Conv2dParams`], [`out_size`] | shapes, stride/padding/dilation/groups, all validation |
 //! | [`BackwardInputs`], [`GradBuffers`] | what a backward pass reads and the gradients it writes |
 //! | [`select`], [`supports`], [`resolve`] | the automatic choice and what each algorithm runs |
-//! | [`PreparedConv`] | a layer prepared for inference: cached transforms, folded BN, ReLU |
+//! | [`PreparedConv`], [`PooledImage`] | a layer prepared for inference: cached transforms, folded BN, ReLU, a fused 2x2 pool ([`PoolKind`]) |
 //! | [`PreparedLinear`] | a dense layer prepared for inference (matrix-vector at batch 1) |
 //! | [`WinogradFilter`], [`conv2d_winograd_prepared`] | a filter transformed once for many calls |
 //! | [`conv2d_naive`], [`conv2d_backward_naive`] | the reference: the definition's loops in f64 |
@@ -106,6 +106,7 @@ mod linear;
 mod naive;
 mod params;
 pub mod pool;
+mod pooled;
 mod prepared;
 mod scratch;
 pub mod simd;
@@ -128,7 +129,8 @@ pub use linear::PreparedLinear;
 pub use naive::{conv2d_backward_naive, conv2d_naive};
 pub use params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, out_size};
 pub use pool::{PoolGeometry, PoolParams};
-pub use prepared::PreparedConv;
+pub use pooled::{PoolKind, PooledLayout};
+pub use prepared::{PooledImage, PreparedConv};
 pub use simd::SimdLevel;
 pub use tolerance::max_rel_error;
 pub use winograd::{WinogradFilter, WinogradVariant, conv2d_winograd_prepared};

@@ -6,14 +6,24 @@
 //! that follows the convolution (folded into the weights and bias), and a ReLU applied to the
 //! output in the same call. The algorithm is chosen per input shape by
 //! [`resolve_prepared`](crate::resolve_prepared), which knows the filter transform is paid.
+//!
+//! A 2x2 pool after the convolution (and its ReLU) can be made part of the layer too
+//! ([`PreparedConv::with_pool`]): where the direct kernel is the choice for the shape, each
+//! image is then convolved and pooled in one pass (module `pooled`), and the full-size output
+//! is never written; elsewhere the chosen algorithm runs and the pool follows it.
 
 use std::sync::OnceLock;
 
 use convkit_tensor::Tensor;
+use rayon::prelude::*;
 
 use crate::algo::{ConvAlgo, conv2d_forward, resolve_prepared};
 use crate::error::{ConvError, Result};
 use crate::params::{Conv2dParams, ConvGeometry, check_len, layer_dims, rank_shape_first};
+use crate::pool::{PoolGeometry, PoolParams, avg_pool2d, max_pool2d};
+use crate::pooled::{ImageDims, PoolKind, PooledConv, PooledLayout};
+use crate::scratch::{self, Slot};
+use crate::simd::{self, Simd, WithSimd};
 use crate::winograd::{WinogradFilter, WinogradVariant, conv2d_winograd_prepared};
 
 const OP: &str = "PreparedConv";
@@ -45,9 +55,33 @@ pub struct PreparedConv {
     params: Conv2dParams,
     algo: ConvAlgo,
     relu: bool,
+    pool: Option<PoolKind>,
     f2: OnceLock<WinogradFilter>,
     f4: OnceLock<WinogradFilter>,
+    /// The weights repacked for the fused convolution and pool, built on first use.
+    fused: OnceLock<PooledConv>,
 }
+
+/// One image for [`PreparedConv::pooled_image_with`].
+#[derive(Debug)]
+pub struct PooledImage<'a> {
+    /// The image, `[c_in][height][width]`.
+    pub input: &'a [f32],
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// The pooled output, `[c_out][ph][pw]` or channels last (`layout`).
+    pub output: &'a mut [f32],
+    /// How `output` is laid out.
+    pub layout: PooledLayout,
+    /// Where to keep the convolution's output before the ReLU, `[c_out][2·ph][2·pw]` (the
+    /// rows and columns the pool reads), if wanted.
+    pub conv_map: Option<&'a mut [f32]>,
+}
+
+/// Images per rayon task of the fused convolution and pool.
+const POOLED_BLOCK: usize = 8;
 
 impl PreparedConv {
     /// Prepares `weight` `[c_out, c_in/groups, kh, kw]` (`dims`) and an optional `bias`
@@ -87,8 +121,10 @@ impl PreparedConv {
             params,
             algo,
             relu: false,
+            pool: None,
             f2: OnceLock::new(),
             f4: OnceLock::new(),
+            fused: OnceLock::new(),
         })
     }
 
@@ -107,7 +143,39 @@ impl PreparedConv {
     /// The same convolution followed by `max(0, ·)` on every output.
     pub fn with_relu(mut self) -> Self {
         self.relu = true;
+        self.fused = OnceLock::new();
         self
+    }
+
+    /// Whether a convolution with `params` and a following pool with `pool` can be prepared
+    /// as one layer ([`PreparedConv::with_pool`]): stride 1, dilation 1 and one group, and a
+    /// 2x2 pool with stride 2 and no padding.
+    pub fn can_fuse_pool(params: &Conv2dParams, pool: &PoolParams) -> bool {
+        PooledConv::supports(params, pool)
+    }
+
+    /// The same convolution (and ReLU, if any) followed by the 2x2 pool `pool` of `kind`: the
+    /// output is the pooled map. An error when [`PreparedConv::can_fuse_pool`] says no.
+    pub fn with_pool(mut self, kind: PoolKind, pool: PoolParams) -> Result<Self> {
+        if !Self::can_fuse_pool(&self.params, &pool) {
+            return Err(ConvError::Unsupported {
+                op: OP,
+                algo: "conv+pool",
+                msg: format!(
+                    "a pool is fused only after a convolution with stride 1, dilation 1 and one \
+                     group, and only a 2x2 pool with stride 2 and no padding; got {:?} and {pool:?}",
+                    self.params
+                ),
+            });
+        }
+        self.pool = Some(kind);
+        self.fused = OnceLock::new();
+        Ok(self)
+    }
+
+    /// The pool fused into this layer, if any.
+    pub fn pool(&self) -> Option<PoolKind> {
+        self.pool
     }
 
     /// Folds an inference-mode batch normalization that follows this convolution into its
@@ -151,6 +219,7 @@ impl PreparedConv {
         // The weights changed: transforms made before the fold are stale.
         self.f2 = OnceLock::new();
         self.f4 = OnceLock::new();
+        self.fused = OnceLock::new();
         Ok(self)
     }
 
@@ -169,9 +238,16 @@ impl PreparedConv {
         ConvGeometry::new(input_dims, self.dims, self.params)
     }
 
-    /// The output dims of a call on an input of `input_dims`.
+    /// The output dims of a call on an input of `input_dims` (pooled, with a fused pool).
     pub fn output_dims(&self, input_dims: [usize; 4]) -> Result<[usize; 4]> {
-        Ok(self.geometry(input_dims)?.output_dims())
+        let g = self.geometry(input_dims)?;
+        match self.pool {
+            Some(_) => {
+                let d = self.pooled().dims(OP, input_dims[2], input_dims[3])?;
+                Ok([g.n, g.c_out, d.ph, d.pw])
+            }
+            None => Ok(g.output_dims()),
+        }
     }
 
     /// The algorithm a call on `input_dims` runs.
@@ -190,14 +266,28 @@ impl PreparedConv {
     ) -> Result<ConvAlgo> {
         let g = self.geometry(input_dims)?;
         let algo = resolve_prepared(self.algo, &g)?;
+        if self.pool.is_some() {
+            return self.forward_pooled(&g, algo, input, output);
+        }
+        self.forward_full(&g, algo, input, output)
+    }
+
+    /// The convolution (and ReLU) without a pool, into `output` of the full size.
+    fn forward_full(
+        &self,
+        g: &ConvGeometry,
+        algo: ConvAlgo,
+        input: &[f32],
+        output: &mut [f32],
+    ) -> Result<ConvAlgo> {
         let bias = self.bias.as_deref();
         let ran = match algo {
             ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => {
                 let filter = self.filter(algo)?;
-                conv2d_winograd_prepared(&g, input, filter, bias, output)?;
+                conv2d_winograd_prepared(g, input, filter, bias, output)?;
                 algo
             }
-            _ => conv2d_forward(&g, input, &self.weight, bias, output, algo)?,
+            _ => conv2d_forward(g, input, &self.weight, bias, output, algo)?,
         };
         if self.relu {
             for v in output.iter_mut() {
@@ -214,6 +304,94 @@ impl PreparedConv {
         let mut out = vec![0.0; out_dims.iter().product()];
         let ran = self.forward(input.as_slice(), dims, &mut out)?;
         Ok((Tensor::from_vec(&out_dims, out)?, ran))
+    }
+
+    /// The convolution, ReLU and pool: one pass per image where the direct kernel is `algo`,
+    /// else `algo` into a full-size buffer and the pool kernel after it.
+    fn forward_pooled(
+        &self,
+        g: &ConvGeometry,
+        algo: ConvAlgo,
+        input: &[f32],
+        output: &mut [f32],
+    ) -> Result<ConvAlgo> {
+        let pk = self.pooled();
+        let d = pk.dims(OP, g.h, g.w)?;
+        let (in_len, out_len) = pk.image_lens(&d);
+        check_len(OP, "input", &[g.n, g.c_in, g.h, g.w], input.len())?;
+        check_len(OP, "output", &[g.n, g.c_out, d.ph, d.pw], output.len())?;
+        if algo != ConvAlgo::Direct {
+            let mut full = vec![0f32; g.output_len()];
+            let ran = self.forward_full(g, algo, input, &mut full)?;
+            let params = PoolParams::new(2);
+            let pg = PoolGeometry::new(OP, g.output_dims(), params)?;
+            match self.pool {
+                Some(PoolKind::Max) => {
+                    max_pool2d(&pg, &full, output, &mut vec![0; pg.output_len()])?;
+                }
+                _ => avg_pool2d(&pg, &full, output)?,
+            }
+            return Ok(ran);
+        }
+        let run = |(x, y): (&[f32], &mut [f32])| {
+            simd::dispatch_active(PooledBatch { pk, d, input: x, output: y, in_len, out_len });
+        };
+        let flops = 2 * (g.c_in * g.kh * g.kw * g.c_out * g.oh * g.ow) as u64;
+        if g.n <= POOLED_BLOCK || flops * (g.n as u64) < 4_000_000 {
+            run((input, output));
+        } else {
+            input
+                .par_chunks(POOLED_BLOCK * in_len)
+                .zip(output.par_chunks_mut(POOLED_BLOCK * out_len))
+                .for_each(run);
+        }
+        Ok(ConvAlgo::Direct)
+    }
+
+    /// One image through the fused convolution and pool with the instruction set `s`, for
+    /// kernels that run this layer inside their own [`WithSimd`] body (a whole network image
+    /// by image). `scratch` is reused between calls. An error when no pool is fused or the
+    /// slices do not fit the layer and `image`'s sizes.
+    #[inline(always)]
+    pub fn pooled_image_with<S: Simd>(
+        &self,
+        s: S,
+        image: PooledImage<'_>,
+        scratch: &mut Vec<f32>,
+    ) -> Result<()> {
+        if self.pool.is_none() {
+            return Err(ConvError::Unsupported {
+                op: OP,
+                algo: "conv+pool",
+                msg: "this layer has no fused pool (PreparedConv::with_pool)".to_owned(),
+            });
+        }
+        let pk = self.pooled();
+        let d = pk.dims(OP, image.height, image.width)?;
+        let (in_len, out_len) = pk.image_lens(&d);
+        let [c_out, c_in, ..] = self.dims;
+        check_len(OP, "input", &[c_in, d.h, d.w], image.input.len())?;
+        check_len(OP, "output", &[c_out, d.ph, d.pw], image.output.len())?;
+        if let Some(map) = &image.conv_map {
+            check_len(OP, "conv_map", &[c_out, 2 * d.ph, 2 * d.pw], map.len())?;
+        }
+        debug_assert_eq!((in_len, out_len), (image.input.len(), image.output.len()));
+        pk.image(s, &d, image.input, image.output, image.layout, image.conv_map, scratch);
+        Ok(())
+    }
+
+    /// The fused convolution and pool's packed weights, built on first use.
+    pub(crate) fn pooled(&self) -> &PooledConv {
+        self.fused.get_or_init(|| {
+            PooledConv::new(
+                &self.weight,
+                self.dims,
+                self.bias.as_deref(),
+                self.params.padding,
+                self.pool.unwrap_or(PoolKind::Avg),
+                self.relu,
+            )
+        })
     }
 
     /// The transformed filters for the Winograd `algo`, built on first use.
@@ -233,6 +411,31 @@ impl PreparedConv {
             algo: variant.name(),
             msg: "the filter cache could not be filled".to_owned(),
         })
+    }
+}
+
+/// A few images through the fused convolution and pool, for [`simd::dispatch_active`].
+struct PooledBatch<'a> {
+    pk: &'a PooledConv,
+    d: ImageDims,
+    input: &'a [f32],
+    output: &'a mut [f32],
+    in_len: usize,
+    out_len: usize,
+}
+
+impl WithSimd for PooledBatch<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let mut buf = scratch::take(Slot::Tiles);
+        for (x, y) in
+            self.input.chunks_exact(self.in_len).zip(self.output.chunks_exact_mut(self.out_len))
+        {
+            self.pk.image(s, &self.d, x, y, PooledLayout::Planes, None, &mut buf);
+        }
+        scratch::put(Slot::Tiles, buf);
     }
 }
 

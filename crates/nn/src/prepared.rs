@@ -3,8 +3,9 @@
 //! [`PreparedModel::new`] walks a model's description ([`Module::describe`]) and turns each
 //! convolution into a [`PreparedConv`]: a batch normalization right after it is folded into
 //! its weights and bias (with the running statistics, as evaluation mode uses them), a ReLU
-//! right after that is applied in the same call, and Winograd filter transforms are built on
-//! first use and kept. A batch normalization elsewhere becomes the per-channel affine map
+//! right after that is applied in the same call, a 2x2 pool after those joins the layer
+//! ([`PreparedConv::with_pool`]: one pass per image where the direct kernel runs), and
+//! Winograd filter transforms are built on first use and kept. A batch normalization elsewhere becomes the per-channel affine map
 //! its evaluation mode runs;
 //! dropout, the identity at inference, disappears; residual blocks are prepared branch by
 //! branch. A linear layer becomes a [`PreparedLinear`] (a matrix-vector product at batch 1),
@@ -42,7 +43,7 @@
 
 use convkit_autograd::Var;
 use convkit_conv::batchnorm::{batch_norm2d_affine, batch_norm2d_apply};
-use convkit_conv::{PreparedConv, PreparedLinear};
+use convkit_conv::{PoolKind, PreparedConv, PreparedLinear};
 use convkit_tensor::Tensor;
 
 use crate::error::{NnError, Result};
@@ -158,6 +159,18 @@ fn push<'m>(stages: &mut Vec<Stage<'m>>, name: &str, module: &'m dyn Module) -> 
                         label = format!("{label}+{}", join(name, relu_name));
                         i += 1;
                     }
+                    if let Some((pool_name, pool)) = children.get(i + 1)
+                        && let Some((kind, p)) = match pool.describe() {
+                            Layer::MaxPool2d(p) => Some((PoolKind::Max, p)),
+                            Layer::AvgPool2d(p) => Some((PoolKind::Avg, p)),
+                            _ => None,
+                        }
+                        && PreparedConv::can_fuse_pool(&params, &p)
+                    {
+                        conv = conv.with_pool(kind, p)?;
+                        label = format!("{label}+{}", join(name, pool_name));
+                        i += 1;
+                    }
                     stages.push(Stage::Conv(Box::new(conv), label));
                 } else if let Layer::Linear { weight, bias } = m.describe() {
                     let b = bias.map(|b| b.value());
@@ -259,5 +272,45 @@ mod tests {
         assert_eq!(prepared.forward(&x).unwrap().as_slice(), want.as_slice());
         let e = prepared.forward(&Tensor::zeros(&[2, 4, 5, 5])).unwrap_err().to_string();
         assert!(e.contains("bn expects [batch, 3, height, width]"), "{e}");
+    }
+
+    #[test]
+    fn a_pool_after_conv_bn_relu_joins_the_stage_and_keeps_the_outputs() {
+        use crate::{AvgPool2d, Conv2d, Conv2dConfig, Conv2dParams, MaxPool2d, PoolParams};
+        use convkit_tensor::testing::{Tolerance, assert_close, max_abs};
+        let mut rng = Rng::new(9);
+        // (c_in, c_out, kernel, padding, input side, max pool): both fused tilings, odd sides.
+        for (c_in, c_out, k, pad, side, max) in
+            [(1, 6, 5, 0, 32, false), (3, 16, 3, 1, 15, true), (4, 24, 3, 1, 12, true)]
+        {
+            let cfg = Conv2dConfig {
+                params: Conv2dParams::default().with_padding(pad),
+                ..Default::default()
+            };
+            let pool = PoolParams::new(2);
+            let mut model = Sequential::new()
+                .push_named(
+                    "conv",
+                    Conv2d::with_config(c_in, c_out, (k, k), cfg, &mut rng).unwrap(),
+                )
+                .push_named("bn", BatchNorm2d::new(c_out).unwrap())
+                .push_named("relu", ReLU);
+            model = if max {
+                model.push_named("pool", MaxPool2d(pool))
+            } else {
+                model.push_named("pool", AvgPool2d(pool))
+            };
+            let batch = Tensor::rand_uniform(&[4, c_in, side, side], -1.0, 1.0, &mut rng).unwrap();
+            model.forward(&Tape::new().input(batch)).unwrap();
+            model.set_training(false);
+            let prepared = PreparedModel::new(&model).unwrap();
+            assert_eq!(prepared.stages(), ["conv+bn+relu+pool"]);
+            let x = Tensor::rand_uniform(&[3, c_in, side, side], -1.0, 1.0, &mut rng).unwrap();
+            let want = model.forward(&Var::constant(x.clone())).unwrap().into_value();
+            let got = prepared.forward(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let tol = Tolerance::absolute(1e-5).scale_atol(max_abs(want.as_slice()).max(1.0));
+            assert_close("prepared conv+bn+relu+pool", got.as_slice(), want.as_slice(), tol);
+        }
     }
 }
