@@ -2,34 +2,31 @@
 //! average pools, with every intermediate in a few KiB of cache, then the three dense layers on
 //! blocks of images.
 //!
-//! The layer-by-layer path (`LeNet5::forward_inspect`)
-//! writes each stage of the whole batch to memory and reads it back: at batch 256 the conv1
-//! output alone is 4.8 MB, and allocating, zeroing and faulting in those buffers costs more
-//! than the arithmetic. Here each image flows through the network on its own:
+//! The layer-by-layer path (`LeNet5::forward_inspect`) writes each stage of the whole batch to
+//! memory and reads it back: at batch 256 the conv1 output alone is 4.8 MB, and allocating,
+//! zeroing and faulting in those buffers costs more than the arithmetic. Here each image flows
+//! through the network on its own, on convkit-conv's general kernels:
 //!
-//! 1. **conv1 + ReLU + pool.** The padded 32x32 image is split by column parity
-//!    (even columns, odd columns). Output column `2·px + b` with tap `j` then reads element
-//!    `px + ⌊(b+j)/2⌋` of parity `(b+j) mod 2`, so a vector holds eight *pooled* columns and
-//!    the 2x2 average pool is four lane-wise adds of ReLU'd accumulators: two output rows ×
-//!    two parities × two vectors (14 pooled columns in 16 lanes) = 8 accumulators per channel.
-//! 2. **conv2 + ReLU + pool.** Vectorized over the 16 output channels (two vectors, no lane
-//!    wasted): per output row, two tiles of 5 columns × 2 vectors = 10 accumulators; each tap
-//!    loads two weight vectors and broadcasts five inputs. The output is channels-last, so the
-//!    pool is again lane-wise adds.
-//! 3. **Dense layers**: [`PreparedLinear`] on the block's images. The pooled conv2 output is
+//! 1. **conv1 + ReLU + pool**, then **conv2 + ReLU + pool**: each a [`PreparedConv`] with a
+//!    fused 2x2 average pool, run image by image ([`PreparedConv::pooled_image_with`]); conv2
+//!    writes its pooled output channels last.
+//! 2. **Dense layers**: [`PreparedLinear`] on the block's images. The pooled conv2 output is
 //!    channels-last, so fc1 reads its inputs in that order
 //!    ([`PreparedLinear::with_input_order`]) instead of PyTorch's `[channel][row][column]`
 //!    flatten order.
 //!
-//! Weights are repacked into these layouts once and cached (see [`PackedLeNet`]). Images are
-//! split into blocks of 16 for rayon; every image's arithmetic is the same whichever block it
-//! lands in, so results are bit-identical for any batch size and thread count. The instruction
-//! set comes from [`convkit_conv::simd`] (AVX2+FMA, or the portable fallback under
+//! Weights are repacked once and cached (see [`PackedLeNet`]). Images are split into blocks of
+//! 16 for rayon; every image's arithmetic is the same whichever block it lands in, so results
+//! are bit-identical for any batch size and thread count. The instruction set comes from
+//! [`convkit_conv::simd`] (the best level of this CPU, or the portable fallback under
 //! `CONVKIT_SIMD=off`).
 
 use convkit_autograd::Param;
-use convkit_conv::simd::{self, LANES, Simd, SimdLevel, WithSimd};
-use convkit_conv::{Conv2dParams, PoolParams, PreparedLinear};
+use convkit_conv::simd::{self, Simd, SimdLevel, WithSimd};
+use convkit_conv::{
+    Conv2dParams, ConvAlgo, PoolKind, PoolParams, PooledImage, PooledLayout, PreparedConv,
+    PreparedLinear,
+};
 use convkit_nn::{Layer, Module};
 use convkit_tensor::Tensor;
 use rayon::prelude::*;
@@ -50,19 +47,15 @@ pub(crate) fn check_input(dims: &[usize]) -> Result<()> {
 
 /// Floats per input image.
 const IMG: usize = INPUT_SIZE * INPUT_SIZE;
-/// Row stride of a parity-split input row: 16 elements, then zeros read by the last vector.
-const PH_STRIDE: usize = 24;
-/// One parity plane of the split image.
-const PH_PLANE: usize = INPUT_SIZE * PH_STRIDE;
-/// conv1 channels, pooled side (28 / 2) and pooled row stride (two vectors).
+/// conv1 channels, output side and pooled side.
 const C1: usize = 6;
+const O1: usize = 28;
 const P1: usize = 14;
-const P1_STRIDE: usize = 16;
 /// conv2 channels, output side, pooled side.
 const C2: usize = 16;
 const O2: usize = 10;
 const P2: usize = 5;
-/// Flattened features, fc widths and their padded widths.
+/// Flattened features, fc widths.
 const FEAT: usize = C2 * P2 * P2;
 const H1: usize = 120;
 const H2: usize = 84;
@@ -133,12 +126,9 @@ impl Inspection {
 pub struct PackedLeNet {
     /// The ten parameter tensors at packing time, in `state_dict` order.
     source: Vec<Tensor>,
-    /// conv1 `[6][25]`.
-    c1w: Vec<f32>,
-    c1b: [f32; C1],
-    /// conv2 tap-major `[6·25][16]`.
-    c2w: Vec<f32>,
-    c2b: [f32; C2],
+    /// Each convolution with its ReLU and pool.
+    conv1: PreparedConv,
+    conv2: PreparedConv,
     fc1: PreparedLinear,
     fc2: PreparedLinear,
     fc3: PreparedLinear,
@@ -150,7 +140,9 @@ impl std::fmt::Debug for PackedLeNet {
     }
 }
 
-fn conv_params(layer: &Layer<'_>, c_out: usize, c_in: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+/// `layer`, a 5x5 convolution from `c_in` to `c_out` channels without padding, prepared with
+/// its ReLU and the 2x2 average pool after it.
+fn conv_pool(layer: &Layer<'_>, c_out: usize, c_in: usize) -> Result<PreparedConv> {
     let Layer::Conv2d { weight, bias, params, .. } = layer else {
         return Err(kind_error("a Conv2d layer", layer));
     };
@@ -158,11 +150,9 @@ fn conv_params(layer: &Layer<'_>, c_out: usize, c_in: usize) -> Result<(Vec<f32>
     if w.dims() != [c_out, c_in, 5, 5] || *params != Conv2dParams::default() {
         return Err(shape_error("conv", w.dims()));
     }
-    let b = match bias {
-        Some(b) => b.value().as_slice().to_vec(),
-        None => vec![0.0; c_out],
-    };
-    Ok((w.as_slice().to_vec(), b))
+    let b = bias.as_ref().map(|b| b.value());
+    let conv = PreparedConv::from_tensors(&w, b.as_ref(), *params, ConvAlgo::Direct)?;
+    Ok(conv.with_relu().with_pool(PoolKind::Avg, PoolParams::new(2))?)
 }
 
 /// The model's parameter tensors in `state_dict` order (shared buffers, no copy).
@@ -214,26 +204,15 @@ impl PackedLeNet {
                 });
             }
         }
-        let (w1, b1) = conv_params(&layers[0], C1, 1)?;
-        let (w2, b2) = conv_params(&layers[3], C2, C1)?;
-        // conv2: [k][c][i][j] → [(c·5 + i)·5 + j][k].
-        let mut c2w = vec![0f32; C1 * 25 * C2];
-        for (k, filt) in w2.chunks_exact(C1 * 25).enumerate() {
-            for (t, &v) in filt.iter().enumerate() {
-                c2w[t * C2 + k] = v;
-            }
-        }
+        let conv1 = conv_pool(&layers[0], C1, 1)?;
+        let conv2 = conv_pool(&layers[3], C2, C1)?;
         // Our features are [row][column][channel]; PyTorch flattens [channel][row][column].
         let order: Vec<usize> = (0..FEAT).map(|i| (i % 25) * C2 + i / 25).collect();
         let fc1 = dense(&layers[7], FEAT, H1)?.with_relu().with_input_order(&order)?;
         let fc2 = dense(&layers[9], H1, H2)?.with_relu();
         let fc3 = dense(&layers[11], H2, CLASSES)?;
         let source = param_values(model);
-        let mut c1b = [0f32; C1];
-        c1b.copy_from_slice(&b1);
-        let mut c2b_arr = [0f32; C2];
-        c2b_arr.copy_from_slice(&b2);
-        Ok(PackedLeNet { source, c1w: w1, c1b, c2w, c2b: c2b_arr, fc1, fc2, fc3 })
+        Ok(PackedLeNet { source, conv1, conv2, fc1, fc2, fc3 })
     }
 
     /// Whether these packed weights were made from `model`'s current parameters (an optimizer
@@ -249,7 +228,7 @@ impl PackedLeNet {
         check_input(x.dims())?;
         let n = x.dims()[0];
         let mut out = vec![0f32; n * CLASSES];
-        self.logits_into(simd::active(), x.as_slice(), &mut out);
+        self.logits_into(simd::active(), x.as_slice(), &mut out)?;
         Ok(Tensor::from_vec(&[n, CLASSES], out)?)
     }
 
@@ -265,7 +244,7 @@ impl PackedLeNet {
             });
         }
         let mut maps = Maps {
-            conv1: vec![0.0; C1 * 4 * P1 * P1],
+            conv1: vec![0.0; C1 * O1 * O1],
             pool1: vec![0.0; C1 * P1 * P1],
             conv2: vec![0.0; C2 * O2 * O2],
             pool2: vec![0.0; FEAT],
@@ -276,10 +255,10 @@ impl PackedLeNet {
             input: x.as_slice(),
             out: &mut logits,
             maps: Some(&mut maps),
-        });
+        })?;
         let Maps { conv1, pool1, conv2, pool2 } = maps;
         let stages = vec![
-            ("conv1", Tensor::from_vec(&[1, C1, 2 * P1, 2 * P1], conv1)?),
+            ("conv1", Tensor::from_vec(&[1, C1, O1, O1], conv1)?),
             ("pool1", Tensor::from_vec(&[1, C1, P1, P1], pool1)?),
             ("conv2", Tensor::from_vec(&[1, C2, O2, O2], conv2)?),
             ("pool2", Tensor::from_vec(&[1, C2, P2, P2], pool2)?),
@@ -292,21 +271,20 @@ impl PackedLeNet {
     /// Slice form of [`PackedLeNet::logits`] at an instruction set the CPU supports: `input`
     /// holds whole 32x32 images and `out` ten floats per image (the image count is
     /// `out.len() / 10`).
-    fn logits_into(&self, level: SimdLevel, input: &[f32], out: &mut [f32]) {
+    fn logits_into(&self, level: SimdLevel, input: &[f32], out: &mut [f32]) -> Result<()> {
         let run = |(x, y): (&[f32], &mut [f32])| {
             // `level` is `simd::active()` or, in tests, a level checked to be available, so
-            // dispatch cannot decline; the fallback covers it anyway.
-            if simd::dispatch(level, Block { net: self, input: x, out: &mut *y, maps: None })
-                .is_none()
-            {
-                simd::dispatch_active(Block { net: self, input: x, out: y, maps: None });
+            // dispatch cannot decline; the active level covers it anyway.
+            match simd::dispatch(level, Block { net: self, input: x, out: &mut *y, maps: None }) {
+                Some(r) => r,
+                None => simd::dispatch_active(Block { net: self, input: x, out: y, maps: None }),
             }
         };
         let n = out.len() / CLASSES;
         if n <= BLOCK {
-            run((input, out));
+            run((input, out))
         } else {
-            input.par_chunks(BLOCK * IMG).zip(out.par_chunks_mut(BLOCK * CLASSES)).for_each(run);
+            input.par_chunks(BLOCK * IMG).zip(out.par_chunks_mut(BLOCK * CLASSES)).try_for_each(run)
         }
     }
 }
@@ -333,196 +311,50 @@ struct Maps {
 }
 
 impl WithSimd for Block<'_> {
-    type Output = ();
+    type Output = Result<()>;
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, s: S) {
+    fn with_simd<S: Simd>(self, s: S) -> Result<()> {
         let Block { net, input, out, mut maps } = self;
         let n = out.len() / CLASSES;
-        let mut phases = vec![0f32; 2 * PH_PLANE];
-        let mut p1 = vec![0f32; C1 * P1 * P1_STRIDE];
-        let mut c2o = vec![0f32; O2 * O2 * C2];
+        // Room for both layers' scratch (conv1's split planes, conv2's channel-last output).
+        let mut scratch = Vec::with_capacity(2 * INPUT_SIZE * 24 + O2 * O2 * C2);
+        let mut p1 = vec![0f32; C1 * P1 * P1];
         let mut feats = vec![0f32; n * FEAT];
         for (img, feat) in input.chunks_exact(IMG).zip(feats.chunks_exact_mut(FEAT)) {
-            split_parity(img, &mut phases);
-            conv1_pool(s, net, &phases, &mut p1, maps.as_mut().map(|m| &mut m.conv1[..]));
-            conv2_pool(s, net, &p1, &mut c2o, feat);
+            let image = PooledImage {
+                input: img,
+                height: INPUT_SIZE,
+                width: INPUT_SIZE,
+                output: &mut p1,
+                layout: PooledLayout::Planes,
+                conv_map: maps.as_mut().map(|m| &mut m.conv1[..]),
+            };
+            net.conv1.pooled_image_with(s, image, &mut scratch)?;
+            let image = PooledImage {
+                input: &p1,
+                height: P1,
+                width: P1,
+                output: feat,
+                layout: PooledLayout::ChannelsLast,
+                conv_map: maps.as_mut().map(|m| &mut m.conv2[..]),
+            };
+            net.conv2.pooled_image_with(s, image, &mut scratch)?;
             if let Some(m) = maps.as_mut() {
-                keep_maps(m, &p1, &c2o, feat);
+                m.pool1.copy_from_slice(&p1);
+                for (pixel, channels) in feat.chunks_exact(C2).enumerate() {
+                    for (k, &v) in channels.iter().enumerate() {
+                        m.pool2[k * P2 * P2 + pixel] = v;
+                    }
+                }
             }
         }
         let mut h1 = vec![0f32; n * H1];
         let mut h2 = vec![0f32; n * H2];
-        // The shapes were checked when the layers were packed, so these cannot fail.
-        // (No closures here: they would not be compiled with the caller's target features.)
-        let fc1 = net.fc1.forward_with(s, &feats, &mut h1);
-        let fc2 = net.fc2.forward_with(s, &h1, &mut h2);
-        let fc3 = net.fc3.forward_with(s, &h2, out);
-        debug_assert!(fc1.is_ok() && fc2.is_ok() && fc3.is_ok(), "dense layer shapes");
-    }
-}
-
-/// Even columns of each row into plane 0, odd columns into plane 1; the tail of every row
-/// stays zero (it is never written).
-fn split_parity(img: &[f32], phases: &mut [f32]) {
-    let (even, odd) = phases.split_at_mut(PH_PLANE);
-    for ((row, e), o) in img
-        .chunks_exact(INPUT_SIZE)
-        .zip(even.chunks_exact_mut(PH_STRIDE))
-        .zip(odd.chunks_exact_mut(PH_STRIDE))
-    {
-        for (i, pair) in row.chunks_exact(2).enumerate() {
-            e[i] = pair[0];
-            o[i] = pair[1];
-        }
-    }
-}
-
-/// conv1 + bias + ReLU + 2x2 average pool: `phases` → `p1 [6][14][16]` (columns 14 and 15
-/// hold finite values that nothing reads).
-#[inline(always)]
-fn conv1_pool<S: Simd>(
-    s: S,
-    net: &PackedLeNet,
-    phases: &[f32],
-    p1: &mut [f32],
-    mut conv1: Option<&mut [f32]>,
-) {
-    let phases = &phases[..2 * PH_PLANE];
-    let quarter = s.splat(0.25);
-    for k in 0..C1 {
-        let w = &net.c1w[k * 25..k * 25 + 25];
-        let bias = s.splat(net.c1b[k]);
-        for py in 0..P1 {
-            // acc[row][parity][vector]
-            let mut acc = [[[bias; 2]; 2]; 2];
-            for r in 0..6 {
-                let row = (2 * py + r) * PH_STRIDE;
-                for j in 0..5 {
-                    let mut xv = [[s.zero(); 2]; 2];
-                    for (b, xb) in xv.iter_mut().enumerate() {
-                        let q = b + j;
-                        let base = (q & 1) * PH_PLANE + row + q / 2;
-                        for (v, x) in xb.iter_mut().enumerate() {
-                            *x = s.load(&phases[base + v * LANES..]);
-                        }
-                    }
-                    if r < 5 {
-                        let wv = s.splat(w[r * 5 + j]);
-                        for (a, xb) in acc[0].iter_mut().zip(&xv) {
-                            for (av, &x) in a.iter_mut().zip(xb) {
-                                *av = s.fma(x, wv, *av);
-                            }
-                        }
-                    }
-                    if r > 0 {
-                        let wv = s.splat(w[(r - 1) * 5 + j]);
-                        for (a, xb) in acc[1].iter_mut().zip(&xv) {
-                            for (av, &x) in a.iter_mut().zip(xb) {
-                                *av = s.fma(x, wv, *av);
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(map) = conv1.as_deref_mut() {
-                // acc[r][b][v] lane l is output row 2·py + r, column 2·(8v + l) + b.
-                for (r, rows) in acc.iter().enumerate() {
-                    let dst = &mut map[(k * 2 * P1 + 2 * py + r) * 2 * P1..][..2 * P1];
-                    for (b, parity) in rows.iter().enumerate() {
-                        for (v, &a) in parity.iter().enumerate() {
-                            for (l, x) in s.to_array(a).into_iter().enumerate() {
-                                if let Some(d) = dst.get_mut(2 * (v * LANES + l) + b) {
-                                    *d = x;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            let dst = &mut p1[(k * P1 + py) * P1_STRIDE..][..P1_STRIDE];
-            for v in 0..2 {
-                let z = s.zero();
-                let sum = s.add(
-                    s.add(s.max(acc[0][0][v], z), s.max(acc[0][1][v], z)),
-                    s.add(s.max(acc[1][0][v], z), s.max(acc[1][1][v], z)),
-                );
-                s.store(s.mul(sum, quarter), &mut dst[v * LANES..]);
-            }
-        }
-    }
-}
-
-/// Copies one image's pooled conv1 output (`p1 [6][14][16]`), conv2 output
-/// (`c2o [10][10][16]`, channels last) and pooled conv2 output (`feat [5][5][16]`) into `m`
-/// in NCHW order.
-fn keep_maps(m: &mut Maps, p1: &[f32], c2o: &[f32], feat: &[f32]) {
-    for (dst, src) in m.pool1.chunks_exact_mut(P1).zip(p1.chunks_exact(P1_STRIDE)) {
-        dst.copy_from_slice(&src[..P1]);
-    }
-    for (pixel, channels) in c2o.chunks_exact(C2).enumerate() {
-        for (k, &v) in channels.iter().enumerate() {
-            m.conv2[k * O2 * O2 + pixel] = v;
-        }
-    }
-    for (pixel, channels) in feat.chunks_exact(C2).enumerate() {
-        for (k, &v) in channels.iter().enumerate() {
-            m.pool2[k * P2 * P2 + pixel] = v;
-        }
-    }
-}
-
-/// conv2 + bias + ReLU + 2x2 average pool: `p1` → `feat [5][5][16]` (channels last), using
-/// `c2o [10][10][16]` for the conv2 output.
-#[inline(always)]
-fn conv2_pool<S: Simd>(s: S, net: &PackedLeNet, p1: &[f32], c2o: &mut [f32], feat: &mut [f32]) {
-    let p1 = &p1[..C1 * P1 * P1_STRIDE];
-    let w = &net.c2w[..C1 * 25 * C2];
-    let bias = [s.load(&net.c2b), s.load(&net.c2b[LANES..])];
-    for y in 0..O2 {
-        for x0 in [0, 5] {
-            let mut acc = [bias; 5];
-            for c in 0..C1 {
-                for i in 0..5 {
-                    let rb = (c * P1 + y + i) * P1_STRIDE + x0;
-                    let row = &p1[rb..rb + 9];
-                    let wr = &w[(c * 5 + i) * 5 * C2..][..5 * C2];
-                    for j in 0..5 {
-                        let w0 = s.load(&wr[j * C2..]);
-                        let w1 = s.load(&wr[j * C2 + LANES..]);
-                        for (x, a) in acc.iter_mut().enumerate() {
-                            let xb = s.splat(row[j + x]);
-                            a[0] = s.fma(xb, w0, a[0]);
-                            a[1] = s.fma(xb, w1, a[1]);
-                        }
-                    }
-                }
-            }
-            for (x, a) in acc.iter().enumerate() {
-                let at = (y * O2 + x0 + x) * C2;
-                s.store(a[0], &mut c2o[at..]);
-                s.store(a[1], &mut c2o[at + LANES..]);
-            }
-        }
-    }
-    let (z, quarter) = (s.zero(), s.splat(0.25));
-    for py in 0..P2 {
-        for px in 0..P2 {
-            let at = |dy: usize, dx: usize, v: usize| ((2 * py + dy) * O2 + 2 * px + dx) * C2 + v;
-            for v in [0, LANES] {
-                let sum = s.add(
-                    s.add(
-                        s.max(s.load(&c2o[at(0, 0, v)..]), z),
-                        s.max(s.load(&c2o[at(0, 1, v)..]), z),
-                    ),
-                    s.add(
-                        s.max(s.load(&c2o[at(1, 0, v)..]), z),
-                        s.max(s.load(&c2o[at(1, 1, v)..]), z),
-                    ),
-                );
-                s.store(s.mul(sum, quarter), &mut feat[(py * P2 + px) * C2 + v..]);
-            }
-        }
+        net.fc1.forward_with(s, &feats, &mut h1)?;
+        net.fc2.forward_with(s, &h1, &mut h2)?;
+        net.fc3.forward_with(s, &h2, out)?;
+        Ok(())
     }
 }
 
@@ -561,7 +393,7 @@ mod tests {
                 continue;
             }
             let mut out = vec![0f32; 37 * CLASSES];
-            packed.logits_into(level, x.as_slice(), &mut out);
+            packed.logits_into(level, x.as_slice(), &mut out).unwrap();
             assert_close(&format!("fused logits ({level})"), &out, want, tol);
         }
         assert_close("fused logits", model.logits(&x).unwrap().as_slice(), want, tol);

@@ -18,7 +18,8 @@
 //!   `data/<dataset>/`, Debian's `/usr/share/datasets/fashion-mnist`), and each dataset's
 //!   mirrors and checksums (the download itself is `convkit-cli`'s).
 //! - [`infer`]: fused inference (both convolutions with their ReLUs and pools in one pass per
-//!   image, then the dense layers as [`PreparedLinear`](convkit_conv::PreparedLinear)s),
+//!   image on convkit-conv's [`PreparedConv::with_pool`](convkit_conv::PreparedConv::with_pool)
+//!   kernels, then the dense layers as [`PreparedLinear`](convkit_conv::PreparedLinear)s),
 //!   behind [`LeNet5::logits`] and [`LeNet5::inspect`] (the same kernels, keeping the feature
 //!   maps). It is LeNet-5's one inference path: `lenet predict`, `eval`, `serve` and
 //!   `visualize` all run it. Any other model is prepared with

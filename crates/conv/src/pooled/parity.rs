@@ -45,50 +45,80 @@ pub(super) fn image<S: Simd>(
     input: &[f32],
     out: &mut [f32],
     layout: PooledLayout,
-    mut conv: Option<&mut [f32]>,
+    conv: Option<&mut [f32]>,
     scratch: &mut Vec<f32>,
 ) {
     let stride = plane_stride(pk, d);
-    let plane = d.hp * stride;
-    scratch.resize(2 * pk.c_in * plane, 0.0);
+    scratch.resize(2 * pk.c_in * d.hp * stride, 0.0);
     split(pk, d, input, scratch, stride);
-    let planes = &scratch[..2 * pk.c_in * plane];
-    let taps = pk.kh * pk.kw;
+    let p = Planes { data: scratch, stride, plane: d.hp * stride };
+    match (pk.kh, pk.kw) {
+        (3, 3) => body::<S, 3>(s, pk, d, &p, out, layout, conv),
+        (5, 5) => body::<S, 5>(s, pk, d, &p, out, layout, conv),
+        _ => body::<S, 0>(s, pk, d, &p, out, layout, conv),
+    }
+}
+
+/// The split input: `[c][parity][row][stride]`, each parity plane `plane` floats.
+struct Planes<'a> {
+    data: &'a [f32],
+    stride: usize,
+    plane: usize,
+}
+
+/// Every pooled vector of the image; `K` is the kernel size when it is a compile-time square
+/// (so the tap loops unroll), 0 otherwise.
+#[inline(always)]
+fn body<S: Simd, const K: usize>(
+    s: S,
+    pk: &PooledConv,
+    d: &ImageDims,
+    p: &Planes<'_>,
+    out: &mut [f32],
+    layout: PooledLayout,
+    mut conv: Option<&mut [f32]>,
+) {
+    let (kh, kw) = if K > 0 { (K, K) } else { (pk.kh, pk.kw) };
+    // Every load of `taps` reads `pc[base + 8v .. base + 8v + 8]` of one channel's two planes
+    // with `base + 8v ≤ plane + (2·py + kh)·stride + px0 + 8v + ⌊kw/2⌋`; this is its largest
+    // value (last pooled row, last vector): one check for the whole image.
+    let last_vector = (d.pw.div_ceil(LANES) - 1) * LANES;
+    let last = p.plane + (2 * (d.ph - 1) + kh) * p.stride + last_vector + kw / 2 + LANES;
+    assert!(last <= 2 * p.plane, "parity planes too short");
+    assert!(p.data.len() >= 2 * pk.c_in * p.plane, "parity planes too short");
+    let taps = kh * kw;
     for k in 0..pk.c_out {
         let w = &pk.weight[k * pk.c_in * taps..][..pk.c_in * taps];
+        let bias = s.splat(pk.bias[k]);
         for py in 0..d.ph {
             for px0 in (0..d.pw).step_by(2 * LANES) {
+                let at = (k, py, px0);
                 if d.pw - px0 > LANES {
-                    group::<S, 2>(s, pk, d, planes, w, k, (py, px0), out, layout, &mut conv);
+                    let acc = rows::<S, 2, K>(s, pk, p, w, bias, py, px0);
+                    finish::<S, 2>(s, pk, d, acc, at, out, layout, &mut conv);
                 } else {
-                    group::<S, 1>(s, pk, d, planes, w, k, (py, px0), out, layout, &mut conv);
+                    let acc = rows::<S, 1, K>(s, pk, p, w, bias, py, px0);
+                    finish::<S, 1>(s, pk, d, acc, at, out, layout, &mut conv);
                 }
             }
         }
     }
 }
 
-/// `NV` vectors of pooled columns of channel `k`'s row `py`, from column `px0`.
+/// Pools and stores `NV` vectors of channel `k`'s pooled row `py` from column `px0`, keeping
+/// the convolution outputs in `conv` when asked.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn group<S: Simd, const NV: usize>(
+fn finish<S: Simd, const NV: usize>(
     s: S,
     pk: &PooledConv,
     d: &ImageDims,
-    planes: &[f32],
-    w: &[f32],
-    k: usize,
-    (py, px0): (usize, usize),
+    acc: [[[S::V; NV]; 2]; 2],
+    (k, py, px0): (usize, usize, usize),
     out: &mut [f32],
     layout: PooledLayout,
     conv: &mut Option<&mut [f32]>,
 ) {
-    let bias = s.splat(pk.bias[k]);
-    let acc = match (pk.kh, pk.kw) {
-        (3, 3) => rows::<S, NV, 3>(s, pk, d, planes, w, bias, py, px0),
-        (5, 5) => rows::<S, NV, 5>(s, pk, d, planes, w, bias, py, px0),
-        _ => rows::<S, NV, 0>(s, pk, d, planes, w, bias, py, px0),
-    };
     // acc[r][b][v] lane l: output row 2·py + r, column 2·(px0 + 8v + l) + b.
     #[allow(clippy::needless_range_loop)] // v indexes four arrays at once
     for v in 0..NV {
@@ -107,32 +137,24 @@ fn group<S: Simd, const NV: usize>(
 }
 
 /// Accumulators for two output rows × two column parities × `NV` vectors of pooled columns
-/// starting at `px0`: bias, then every input channel, kernel row and column. `K` is the
-/// kernel size when it is a compile-time square (so the tap loops unroll), 0 otherwise.
-#[allow(clippy::too_many_arguments)]
+/// starting at `px0`: bias, then every input channel, kernel row and column. The bounds of
+/// every load were checked by [`body`].
 #[inline(always)]
 fn rows<S: Simd, const NV: usize, const K: usize>(
     s: S,
     pk: &PooledConv,
-    d: &ImageDims,
-    planes: &[f32],
+    p: &Planes<'_>,
     w: &[f32],
     bias: S::V,
     py: usize,
     px0: usize,
 ) -> [[[S::V; NV]; 2]; 2] {
     let (kh, kw) = if K > 0 { (K, K) } else { (pk.kh, pk.kw) };
-    let stride = plane_stride(pk, d);
-    let plane = d.hp * stride;
+    let (stride, plane) = (p.stride, p.plane);
     let mut acc = [[[bias; NV]; 2]; 2];
-    // Every load below reads `pc[base + 8v .. base + 8v + 8]` with
-    // `base ≤ plane + (2·py + kh)·stride + px0 + ⌊kw/2⌋`: one check for all of them.
-    let last = plane + (2 * py + kh) * stride + px0 + (NV - 1) * LANES + kw / 2 + LANES;
-    assert!(last <= 2 * plane && 2 * pk.c_in * plane <= planes.len(), "parity planes too short");
-    assert!(w.len() >= pk.c_in * kh * kw, "weights too short");
     for c in 0..pk.c_in {
         let wc = &w[c * kh * kw..][..kh * kw];
-        let pc = &planes[2 * c * plane..][..2 * plane];
+        let pc = &p.data[2 * c * plane..][..2 * plane];
         // Input row r feeds output row 0 through kernel row r and output row 1 through
         // kernel row r − 1; the first and last rows feed one output row only.
         let first = 2 * py * stride + px0;
@@ -169,7 +191,7 @@ fn taps<S: Simd, const NV: usize, const K: usize>(
             let base = (q & 1) * plane + row + q / 2;
             for (v, x) in xb.iter_mut().enumerate() {
                 debug_assert!(base + v * LANES + LANES <= pc.len());
-                // SAFETY: `rows` asserted that every `base + 8v + 8` of this call is within
+                // SAFETY: `body` asserted that every `base + 8v + 8` of the image is within
                 // `pc` (one channel's two planes), and `pc` is a slice of initialized floats.
                 *x = unsafe { s.load_ptr(pc.as_ptr().add(base + v * LANES)) };
             }
