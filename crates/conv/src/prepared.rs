@@ -18,6 +18,7 @@ use convkit_tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::algo::{ConvAlgo, conv2d_forward, resolve_prepared};
+use crate::direct::PARALLEL_MIN_FLOPS;
 use crate::error::{ConvError, Result};
 use crate::params::{Conv2dParams, ConvGeometry, check_len, layer_dims, rank_shape_first};
 use crate::pool::{PoolGeometry, PoolParams, avg_pool2d, max_pool2d};
@@ -318,7 +319,7 @@ impl PreparedConv {
         let pk = self.pooled();
         let d = pk.dims(OP, g.h, g.w)?;
         let (in_len, out_len) = pk.image_lens(&d);
-        check_len(OP, "input", &[g.n, g.c_in, g.h, g.w], input.len())?;
+        check_len(OP, "input", &g.input_dims(), input.len())?;
         check_len(OP, "output", &[g.n, g.c_out, d.ph, d.pw], output.len())?;
         if algo != ConvAlgo::Direct {
             let mut full = vec![0f32; g.output_len()];
@@ -336,8 +337,7 @@ impl PreparedConv {
         let run = |(x, y): (&[f32], &mut [f32])| {
             simd::dispatch_active(PooledBatch { pk, d, input: x, output: y, in_len, out_len });
         };
-        let flops = 2 * (g.c_in * g.kh * g.kw * g.c_out * g.oh * g.ow) as u64;
-        if g.n <= POOLED_BLOCK || flops * (g.n as u64) < 4_000_000 {
+        if g.n <= POOLED_BLOCK || g.flops() < PARALLEL_MIN_FLOPS {
             run((input, output));
         } else {
             input
@@ -368,14 +368,12 @@ impl PreparedConv {
         }
         let pk = self.pooled();
         let d = pk.dims(OP, image.height, image.width)?;
-        let (in_len, out_len) = pk.image_lens(&d);
         let [c_out, c_in, ..] = self.dims;
         check_len(OP, "input", &[c_in, d.h, d.w], image.input.len())?;
         check_len(OP, "output", &[c_out, d.ph, d.pw], image.output.len())?;
         if let Some(map) = &image.conv_map {
             check_len(OP, "conv_map", &[c_out, 2 * d.ph, 2 * d.pw], map.len())?;
         }
-        debug_assert_eq!((in_len, out_len), (image.input.len(), image.output.len()));
         pk.image(s, &d, image.input, image.output, image.layout, image.conv_map, scratch);
         Ok(())
     }

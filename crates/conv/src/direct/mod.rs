@@ -66,7 +66,7 @@ pub(crate) use depthwise::{depthwise3_input_grad, depthwise3_weight_grad};
 const OP: &str = "conv2d_direct";
 
 /// Below this many FLOPs the work runs on the calling thread: rayon's fork/join costs more.
-const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
+pub(crate) const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
 
 /// Whether [`conv2d_direct`] can run `g`: always (every stride, padding, dilation and group
 /// count). The function exists so an algorithm dispatcher can ask every kernel the same way.
