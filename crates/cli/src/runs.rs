@@ -16,6 +16,50 @@ use convkit_train::{TrainError, Trainer, metrics_path, optimizer_path};
 use crate::args::progress_bar;
 use convkit_nn::checkpoint::Metadata;
 
+/// The options of a training run that `lenet train` and `convkit train` share: how long this
+/// invocation trains, on how many threads and images, where it writes, what it resumes and
+/// how it reports.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Stop after this many epochs of this invocation (continue later with --resume).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Train on N training images only (`lenet`: the first N; `convkit`: N evenly spaced
+    /// through the set); a resumed run keeps the limit it was started with.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Checkpoint path (the optimizer state and metrics go beside it) [default: the resumed
+    /// checkpoint, else model.safetensors for `lenet`, run.safetensors for `convkit`].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in CKPT (its recipe, weights, optimizer state, epoch, and for
+    /// `convkit` its model and data preparation), writing to CKPT and appending to its
+    /// metrics unless --out names another checkpoint.
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<PathBuf>,
+    /// One JSON line per epoch on stdout, no progress bar.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunArgs {
+    /// The run's files, with `default` as the checkpoint of a new run without `--out`.
+    pub fn outputs(&self, default: &str) -> Outputs {
+        Outputs::new(self.out.as_deref(), self.resume.as_deref(), default)
+    }
+
+    /// Refuses `--limit 0`, which would leave nothing to train on.
+    pub fn check_limit(&self) -> Result<()> {
+        if self.limit == Some(0) {
+            bail!("limit: --limit 0 leaves no training images");
+        }
+        Ok(())
+    }
+}
+
 /// The files of a run: the checkpoint, and the run it continues, if any. The optimizer state
 /// ([`optimizer_path`]) and the metrics ([`metrics_path`]) go beside the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,7 +30,7 @@ use convkit_data::{Dataset, ImageFolder, ImageFolderConfig, Loader};
 use convkit_models::idx::{IdxFiles, IdxSplit, STANDARD_NAMES};
 use convkit_models::preprocess::picture_to_mnist;
 use convkit_models::zoo::ZooModel;
-use convkit_models::{ModelError, Result, invalid, io_err};
+use convkit_models::{ModelError, Result, in_file, invalid, io_err};
 use convkit_nn::checkpoint::{self, Metadata};
 use convkit_nn::{PreparedModel, Sequential};
 use convkit_tensor::{Rng, Tensor};
@@ -403,21 +403,21 @@ pub fn check_classes(want: &[String], want_from: &str, got: &[String], what: &st
 /// the training images were. Errors name the file.
 pub fn picture_input(path: &Path, spec: &ZooSpec) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, &e))?;
-    let image_err = |msg: String| ModelError::Image { path: path.to_path_buf(), msg };
     let max_alloc = u64::from(MAX_PICTURE_SIDE).pow(2) * 8;
     let picture = convkit_data::decode_picture(&bytes, MAX_PICTURE_SIDE, max_alloc)
-        .map_err(|e| image_err(e.to_string()))?;
+        .map_err(|e| in_file(path, e))?;
     let [c, h, w] = spec.input;
     let size = (h as u32, w as u32);
     let mut x = match spec.data {
         DataKind::Idx => {
-            let px = picture_to_mnist(&picture).map_err(|e| image_err(e.to_string()))?;
+            let px = picture_to_mnist(&picture).map_err(|e| in_file(path, e))?;
             gray_plane(px, IDX_SIDE, IDX_SIDE, size)?
         }
         DataKind::ImageFolder => convkit_data::picture_values(&picture, size, c == 1),
     };
     if x.len() != c * h * w {
-        return Err(image_err(format!("gives {} values, the model takes {c}x{h}x{w}", x.len())));
+        let msg = format!("gives {} values, the model takes {c}x{h}x{w}", x.len());
+        return Err(in_file(path, invalid("picture", msg)));
     }
     for (k, plane) in x.chunks_mut(h * w).enumerate() {
         for v in plane {

@@ -58,13 +58,15 @@ pub enum ModelError {
         /// The folder.
         path: PathBuf,
     },
-    /// An image could not be decoded.
-    #[error("{}: {msg}", path.display())]
-    Image {
+    /// Reading or using one file failed: `source` says how (a picture refused by the decoder,
+    /// a picture the model cannot take, …).
+    #[error("{}: {source}", path.display())]
+    InFile {
         /// The file.
         path: PathBuf,
-        /// The decoder's message.
-        msg: String,
+        /// What went wrong with it.
+        #[source]
+        source: Box<ModelError>,
     },
     /// Training failed (a non-finite loss, a checkpoint that cannot resume, …).
     #[error(transparent)]
@@ -95,6 +97,11 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 /// An [`ModelError::Io`] for `path`.
 pub fn io_err(path: impl Into<PathBuf>, e: &std::io::Error) -> ModelError {
     ModelError::Io { path: path.into(), msg: e.to_string() }
+}
+
+/// A [`ModelError::InFile`]: `source` happened while reading or using `path`.
+pub fn in_file(path: impl Into<PathBuf>, source: impl Into<ModelError>) -> ModelError {
+    ModelError::InFile { path: path.into(), source: Box::new(source.into()) }
 }
 
 /// An [`ModelError::Invalid`].

@@ -95,7 +95,7 @@ pub mod train;
 pub mod zoo;
 
 pub use data::{Batch, Dataset, Normalization};
-pub use error::{ModelError, Result, invalid, io_err};
+pub use error::{ModelError, Result, in_file, invalid, io_err};
 pub use infer::{INSPECTED_STAGES, Inspection};
 pub use lenet::LeNet5;
 pub use train::{Evaluation, evaluate};

@@ -24,7 +24,7 @@ use convkit_cli::args::{
     AugmentList, RecipeArgs, parse_augment_list, parse_chw, parse_size, with_threads,
     zoo_model_parser,
 };
-use convkit_cli::runs::{Outputs, run_limit, set_limit, train_epochs};
+use convkit_cli::runs::{RunArgs, run_limit, set_limit, train_epochs};
 use convkit_cli::zoo::{
     self, DataKind, IDX_SIDE, Source, ZooSpec, channel_stats, check_classes, layer_table,
     picture_input, subset, top_k,
@@ -81,31 +81,13 @@ struct TrainArgs {
     /// 1 (grayscale) or 3 (RGB) [default: 1].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
     channels: Option<u8>,
-    /// Stop after this many epochs of this invocation (continue later with --resume).
-    #[arg(long, value_name = "N")]
-    stop_after: Option<usize>,
     /// Random changes to each training image, comma-separated: hflip (mirror left-right),
     /// crop:PAD (pad by PAD zeros, cut a random window) [default: the recipe's, crop:2,hflip;
     /// `--augment none` for none].
     #[arg(long, value_parser = parse_augment_list)]
     augment: Option<AugmentList>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Train on N training images only, evenly spaced through the set.
-    #[arg(long, value_name = "N")]
-    limit: Option<usize>,
-    /// Checkpoint path (the optimizer state and metrics go beside it) [default:
-    /// run.safetensors, or the resumed checkpoint].
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run saved in CKPT (model, data preparation, recipe, weights, optimizer
-    /// state and epoch), writing to CKPT unless --out names another checkpoint.
-    #[arg(long, value_name = "CKPT")]
-    resume: Option<PathBuf>,
-    /// One JSON line per epoch on stdout, no progress bar.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -166,7 +148,7 @@ struct InfoArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => with_threads(a.threads, || train(&a)),
+        Command::Train(a) => with_threads(a.run.threads, || train(&a)),
         Command::Eval(a) => with_threads(a.threads, || eval(&a)),
         Command::Predict(a) => with_threads(a.threads, || predict(&a)),
         Command::Info(a) => info(&a),
@@ -235,7 +217,7 @@ fn resumed_run(a: &TrainArgs, ckpt: &Path) -> Result<Resumed> {
     if let Some(ch) = a.channels.filter(|&ch| usize::from(ch) != c) {
         bail!("--channels {ch}: the resumed run's images have {c}; leave it out when resuming");
     }
-    let limit = run_limit(&meta, a.limit)?;
+    let limit = run_limit(&meta, a.run.limit)?;
     let count = |k: &str| meta.get(k).and_then(|v| v.parse::<usize>().ok());
     if let (Some(done), Some(total)) =
         (count("train.epochs_done"), a.opts.epochs.or(count("train.epochs")))
@@ -259,10 +241,8 @@ fn absolute(path: &Path) -> String {
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
-    if a.limit == Some(0) {
-        bail!("--limit 0 leaves no training images");
-    }
-    let resumed = match &a.resume {
+    a.run.check_limit()?;
+    let resumed = match &a.run.resume {
         Some(ckpt) => Some(
             resumed_run(a, ckpt)
                 .with_context(|| format!("cannot resume from {}", ckpt.display()))?,
@@ -310,7 +290,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         let want_from = format!("the training folder {}", tdir.display());
         check_classes(&train_set.classes, &want_from, &test.classes, &hdir.display().to_string())?;
     }
-    let limit = resumed.as_ref().map_or(a.limit, |r| r.limit);
+    let limit = resumed.as_ref().map_or(a.run.limit, |r| r.limit);
     if let Some(n) = limit {
         train_set = subset(&train_set, n)?;
     }
@@ -349,7 +329,7 @@ fn train(a: &TrainArgs) -> Result<()> {
             let mut t = Trainer::new(net, cfg)?;
             spec.to_metadata(t.metadata_mut());
             let meta = t.metadata_mut();
-            set_limit(meta, a.limit);
+            set_limit(meta, a.run.limit);
             meta.insert(DATA_PATH_KEY.into(), absolute(&data));
             if let Some(test) = &test {
                 meta.insert(TEST_PATH_KEY.into(), absolute(test));
@@ -364,7 +344,7 @@ fn train(a: &TrainArgs) -> Result<()> {
         );
     }
     let cfg = trainer.config().clone();
-    if !a.json {
+    if !a.run.json {
         let [c, h, w] = spec.input;
         let held_out = test_set.as_ref().map_or(
             "no held-out images (give --test DIR, or a test/ folder beside train/)".to_owned(),
@@ -388,10 +368,10 @@ fn train(a: &TrainArgs) -> Result<()> {
             rayon::current_num_threads()
         );
     }
-    let outputs = Outputs::new(a.out.as_deref(), a.resume.as_deref(), "run.safetensors");
+    let outputs = a.run.outputs("run.safetensors");
     outputs.prepare()?;
     let test = test_set.as_ref().map(|t| t as &dyn convkit_data::Dataset);
-    train_epochs(&mut trainer, &train_set, test, &outputs, a.stop_after, a.json)
+    train_epochs(&mut trainer, &train_set, test, &outputs, a.run.stop_after, a.run.json)
 }
 
 fn eval(a: &EvalArgs) -> Result<()> {

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use convkit_cli::args::{RecipeArgs, names_parser, with_threads};
-use convkit_cli::runs::{Outputs, run_limit, set_limit, train_epochs};
+use convkit_cli::runs::{RunArgs, run_limit, set_limit, train_epochs};
 use convkit_cli::serve::{DEFAULT_ADDR, Predictor, Server};
 use convkit_cli::visualize::{
     MAP_STAGES, conv1_filters, feature_grid, input_picture, read_metrics, training_curves,
@@ -113,30 +113,12 @@ struct TrainArgs {
     /// --hflip).
     #[arg(long, default_value_t = Recipe::Reference, value_parser = names_parser::<Recipe>(&Recipe::ALL.map(Recipe::name)))]
     recipe: Recipe,
-    /// Stop after this many epochs of this invocation (continue later with --resume).
-    #[arg(long, value_name = "N")]
-    stop_after: Option<usize>,
     /// Mirror training images left-right at random (for Fashion-MNIST, not digits; on in the
     /// fashion-mnist recipe).
     #[arg(long)]
     hflip: bool,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Train on the first N training images only.
-    #[arg(long, value_name = "N")]
-    limit: Option<usize>,
-    /// Checkpoint path (the optimizer state and metrics go beside it) [default:
-    /// model.safetensors, or the resumed checkpoint].
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run saved in CKPT (recipe, weights, optimizer state and epoch), writing
-    /// to CKPT and appending to its metrics unless --out names another checkpoint.
-    #[arg(long, value_name = "CKPT")]
-    resume: Option<PathBuf>,
-    /// One JSON line per epoch on stdout, no progress bar.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -234,7 +216,7 @@ struct FetchArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => with_threads(a.threads, || train(&a)),
+        Command::Train(a) => with_threads(a.run.threads, || train(&a)),
         Command::Eval(a) => with_threads(a.threads, || eval(&a)),
         Command::Predict(a) => predict(&a),
         Command::Info(a) => info(&a),
@@ -289,7 +271,7 @@ fn load_splits(args: &DataArgs) -> Result<(IdxSplit, IdxSplit, DatasetKind, Path
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
-    let (mut trainer, norm) = match &a.resume {
+    let (mut trainer, norm) = match &a.run.resume {
         Some(ckpt) => train::resume(ckpt, a.opts.epochs)
             .with_context(|| format!("cannot resume from {}", ckpt.display()))?,
         None => {
@@ -297,21 +279,19 @@ fn train(a: &TrainArgs) -> Result<()> {
             if a.hflip && !cfg.augment.contains(&Augment::HorizontalFlip) {
                 cfg.augment.push(Augment::HorizontalFlip);
             }
-            if a.limit == Some(0) {
-                bail!("limit: --limit 0 leaves no training images");
-            }
+            a.run.check_limit()?;
             let mut t = train::new_trainer(cfg, Normalization::default())?;
-            set_limit(t.metadata_mut(), a.limit);
+            set_limit(t.metadata_mut(), a.run.limit);
             (t, Normalization::default())
         }
     };
-    let limit = run_limit(trainer.metadata(), a.limit)?;
+    let limit = run_limit(trainer.metadata(), a.run.limit)?;
     let (train_split, test_split, kind, dir) = load_splits(&a.data)?;
     let cfg = trainer.config().clone();
     let train_set = Dataset::new(&train_split, norm, limit)?;
     let test_set = Dataset::new(&test_split, norm, None)?;
     drop((train_split, test_split));
-    if !a.json {
+    if !a.run.json {
         eprintln!(
             "training LeNet-5 ({NUM_PARAMS} parameters) on {kind} from {}: {} training / {} test \
              images, {} lr {} ({}), batch {}, epochs {}..={}, {} threads",
@@ -333,10 +313,17 @@ fn train(a: &TrainArgs) -> Result<()> {
             trainer.epochs_done()
         );
     }
-    let outputs = Outputs::new(a.out.as_deref(), a.resume.as_deref(), "model.safetensors");
+    let outputs = a.run.outputs("model.safetensors");
     outputs.prepare()?;
     trainer.metadata_mut().insert("dataset".into(), kind.name().into());
-    train_epochs(&mut trainer, &train_set, Some(&test_set), &outputs, a.stop_after, a.json)?;
+    train_epochs(
+        &mut trainer,
+        &train_set,
+        Some(&test_set),
+        &outputs,
+        a.run.stop_after,
+        a.run.json,
+    )?;
     Ok(())
 }
 
