@@ -108,7 +108,7 @@ impl Var {
             var.as_slice(),
             eps,
         );
-        let mut y = vec![0f32; self.value().numel()];
+        let mut y = convkit_tensor::buffer::take(self.value().numel());
         batch_norm2d_apply(dims, self.value().as_slice(), &scale, &shift, &mut y)?;
         let value = Tensor::from_vec(&dims, y)?;
         let inputs = [self, gamma, beta];

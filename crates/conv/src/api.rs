@@ -12,7 +12,7 @@
 //! assert_eq!(e.to_string(), "conv2d: weight must be rank 4 [c_out, c_in/groups, kh, kw], got [4, 3, 3]");
 //! ```
 
-use convkit_tensor::Tensor;
+use convkit_tensor::{Tensor, buffer};
 
 use crate::algo::{ConvAlgo, conv2d_backward as backward_slices, conv2d_forward};
 use crate::error::{ConvError, Result};
@@ -49,7 +49,7 @@ pub fn conv2d(
     if let Some(b) = bias {
         check_bias(OP, b.dims(), &g.weight_dims())?;
     }
-    let mut out = vec![0f32; g.output_len()];
+    let mut out = buffer::take(g.output_len());
     let ran = conv2d_forward(
         &g,
         input.as_slice(),
@@ -118,7 +118,7 @@ pub fn conv2d_backward(
             ),
         });
     }
-    let buf = |want: bool, len: usize| if want { Some(vec![0f32; len]) } else { None };
+    let buf = |want: bool, len: usize| want.then(|| buffer::take(len));
     let mut gi = buf(wanted.input, g.input_len());
     let mut gw = buf(wanted.weight, g.weight_len());
     let mut gb = buf(wanted.bias, g.c_out);
@@ -182,7 +182,7 @@ fn check_grad_output(op: &'static str, grad_output: &Tensor, g: &PoolGeometry) -
 /// Max pooling of `input [n, c, h, w]`.
 pub fn max_pool2d(input: &Tensor, params: &PoolParams) -> Result<MaxPoolOutput> {
     let g = pool_geometry("max_pool2d", input.dims(), params)?;
-    let mut out = vec![0f32; g.output_len()];
+    let mut out = buffer::take(g.output_len());
     let mut indices = vec![0usize; g.output_len()];
     max_slices(&g, input.as_slice(), &mut out, &mut indices)?;
     Ok(MaxPoolOutput { output: Tensor::from_vec(&g.output_dims(), out)?, indices })
@@ -198,7 +198,7 @@ pub fn max_pool2d_backward(
     const OP: &str = "max_pool2d_backward";
     let g = pool_geometry(OP, input_dims, params)?;
     check_grad_output(OP, grad_output, &g)?;
-    let mut gx = vec![0f32; g.input_len()];
+    let mut gx = buffer::take(g.input_len());
     max_back_slices(&g, grad_output.as_slice(), indices, &mut gx)?;
     Ok(Tensor::from_vec(&g.input_dims(), gx)?)
 }
@@ -206,7 +206,7 @@ pub fn max_pool2d_backward(
 /// Average pooling of `input [n, c, h, w]`.
 pub fn avg_pool2d(input: &Tensor, params: &PoolParams) -> Result<Tensor> {
     let g = pool_geometry("avg_pool2d", input.dims(), params)?;
-    let mut out = vec![0f32; g.output_len()];
+    let mut out = buffer::take(g.output_len());
     avg_slices(&g, input.as_slice(), &mut out)?;
     Ok(Tensor::from_vec(&g.output_dims(), out)?)
 }
@@ -220,7 +220,7 @@ pub fn avg_pool2d_backward(
     const OP: &str = "avg_pool2d_backward";
     let g = pool_geometry(OP, input_dims, params)?;
     check_grad_output(OP, grad_output, &g)?;
-    let mut gx = vec![0f32; g.input_len()];
+    let mut gx = buffer::take(g.input_len());
     avg_back_slices(&g, grad_output.as_slice(), &mut gx)?;
     Ok(Tensor::from_vec(&g.input_dims(), gx)?)
 }

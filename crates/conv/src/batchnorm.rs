@@ -353,7 +353,7 @@ pub fn batch_norm2d_backward(
                 }
             })
             .collect();
-        let mut dx = vec![0f32; dy.len()];
+        let mut dx = convkit_tensor::buffer::take(dy.len());
         per_plane(dims, &mut dx, |k, out, p| {
             let (scale, shift, c1, mu) = coef[k];
             let (g, x) = (&dy[p * hw..(p + 1) * hw], &x[p * hw..(p + 1) * hw]);

@@ -302,7 +302,7 @@ impl PreparedConv {
     pub fn forward_tensor(&self, input: &Tensor) -> Result<(Tensor, ConvAlgo)> {
         let dims = rank_shape_first(OP, "input", "[n, c, h, w]", input.dims())?;
         let out_dims = self.output_dims(dims)?;
-        let mut out = vec![0.0; out_dims.iter().product()];
+        let mut out = convkit_tensor::buffer::take(out_dims.iter().product());
         let ran = self.forward(input.as_slice(), dims, &mut out)?;
         Ok((Tensor::from_vec(&out_dims, out)?, ran))
     }
@@ -322,7 +322,7 @@ impl PreparedConv {
         check_len(OP, "input", &g.input_dims(), input.len())?;
         check_len(OP, "output", &[g.n, g.c_out, d.ph, d.pw], output.len())?;
         if algo != ConvAlgo::Direct {
-            let mut full = vec![0f32; g.output_len()];
+            let mut full = convkit_tensor::buffer::take(g.output_len());
             let ran = self.forward_full(g, algo, input, &mut full)?;
             let params = PoolParams::new(2);
             let pg = PoolGeometry::new(OP, g.output_dims(), params)?;
@@ -332,6 +332,7 @@ impl PreparedConv {
                 }
                 _ => avg_pool2d(&pg, &full, output)?,
             }
+            convkit_tensor::buffer::recycle(full);
             return Ok(ran);
         }
         let run = |(x, y): (&[f32], &mut [f32])| {

@@ -239,7 +239,7 @@ fn affine(x: &Tensor, scale: &[f32], shift: &[f32], name: &str) -> Result<Tensor
             });
         }
     };
-    let mut out = vec![0.0; x.numel()];
+    let mut out = convkit_tensor::buffer::take(x.numel());
     batch_norm2d_apply(dims, x.as_slice(), scale, shift, &mut out)?;
     Ok(Tensor::from_vec(&dims, out)?)
 }

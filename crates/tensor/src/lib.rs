@@ -14,6 +14,9 @@
 //!   [`Tensor::flatten`], `squeeze`/`unsqueeze` are free and share it. Writes
 //!   ([`Tensor::data_mut`], the `*_assign` methods) are copy-on-write, so one handle never sees
 //!   another's writes. Every other operation returns a fresh tensor.
+//! * **Memory.** A dropped tensor of 64 KiB or more hands its buffer to [`buffer`]'s cache
+//!   (at most 512 MiB by default, [`buffer::set_cache_limit`]), and the next tensor of that
+//!   length reuses it, so a training loop stops paying page faults and zeroing every step.
 //! * **Errors.** Everything that takes user data returns [`Result`]; a [`TensorError`] names
 //!   the operation and the shapes (`add: incompatible shapes [2, 3] and [4]: …`). The only
 //!   panics are for shapes whose element count overflows `usize` in the infallible
@@ -30,6 +33,7 @@
 //! | [`shape_ops`] | reshape, flatten, permute/transpose, narrow, index_select, concat/stack, pad2d |
 //! | [`matmul`](mod@matmul) | checked slice-level [`gemm`], [`matmul`](fn@matmul)/[`matmul_t`] 2-D and batched |
 //! | [`io`] | safetensors save/load (F32), to/from bytes, atomic file writes |
+//! | [`buffer`] | the cache that hands large buffers of dropped tensors to the next tensor of their length |
 //! | [`testing`] | test support: the [`Tolerance`](testing::Tolerance) rule, [`assert_close`](testing::assert_close), seeded random data |
 //! | [`error`] | [`TensorError`] and [`Result`] |
 //!
@@ -76,6 +80,7 @@
 //! );
 //! # Ok::<(), convkit_tensor::TensorError>(())
 //! ```
+pub mod buffer;
 pub mod error;
 pub mod io;
 pub mod matmul;

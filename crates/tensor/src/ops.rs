@@ -103,22 +103,33 @@ pub const PAR_MIN_ELEMENTS: usize = 1 << 17;
 /// The smallest chunk of elements one rayon task takes.
 const PAR_CHUNK: usize = 1 << 14;
 
-/// `f(x)` for every element of `src`, on rayon's pool when the slice is large.
+/// `f(x)` for every element of `src`, on rayon's pool when the slice is large, into a
+/// buffer from the [`buffer`](crate::buffer) cache.
 fn map_slice(src: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    let mut out = crate::buffer::take(src.len());
     if src.len() >= PAR_MIN_ELEMENTS {
-        src.par_iter().with_min_len(PAR_CHUNK).map(|&x| f(x)).collect()
+        out.par_iter_mut().zip(src).with_min_len(PAR_CHUNK).for_each(|(o, &x)| *o = f(x));
     } else {
-        src.iter().map(|&x| f(x)).collect()
+        out.iter_mut().zip(src).for_each(|(o, &x)| *o = f(x));
     }
+    out
 }
 
-/// `f(a[i], b[i])` for slices of equal length, on rayon's pool when they are large.
+/// `f(a[i], b[i])` for slices of equal length, on rayon's pool when they are large, into a
+/// buffer from the [`buffer`](crate::buffer) cache.
 fn zip_slices(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    debug_assert_eq!(a.len(), b.len());
+    let mut out = crate::buffer::take(a.len());
     if a.len() >= PAR_MIN_ELEMENTS {
-        a.par_iter().zip(b).with_min_len(PAR_CHUNK).map(|(&x, &y)| f(x, y)).collect()
+        out.par_iter_mut()
+            .zip(a)
+            .zip(b)
+            .with_min_len(PAR_CHUNK)
+            .for_each(|((o, &x), &y)| *o = f(x, y));
     } else {
-        a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+        out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y));
     }
+    out
 }
 
 /// `d[i] = f(d[i], b[i])` for slices of equal length, on rayon's pool when they are large.
@@ -155,7 +166,7 @@ fn broadcast_zip(
     let row = out_dims.last().copied().unwrap_or(1);
     let (ra, rb) = (sa.last().copied().unwrap_or(0), sb.last().copied().unwrap_or(0));
     let (xa, xb) = (a.as_slice(), b.as_slice());
-    let mut out = vec![0.0f32; n];
+    let mut out = crate::buffer::take(n);
     for_each_row(&out_dims, &sa, &sb, |o, oa, ob| {
         let dst = &mut out[o..o + row];
         // The four row cases keep the inner loop free of stride multiplications.
@@ -391,7 +402,7 @@ impl Tensor {
     /// ```
     pub fn map(&self, f: impl Fn(f32) -> f32 + Sync + Send) -> Tensor {
         let data = map_slice(self.as_slice(), f);
-        Tensor::from_parts(self.dims().to_vec(), std::sync::Arc::new(data))
+        Tensor::from_parts(self.dims().to_vec(), std::sync::Arc::new(crate::tensor::Buf::new(data)))
     }
 
     /// Applies `f` to every element in place (copy-on-write).

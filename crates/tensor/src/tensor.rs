@@ -26,7 +26,32 @@ use crate::error::{Result, TensorError};
 #[derive(Clone, PartialEq)]
 pub struct Tensor {
     dims: Vec<usize>,
-    data: Arc<Vec<f32>>,
+    data: Arc<Buf>,
+}
+
+/// A tensor's elements. When the last handle drops, a large buffer goes to the
+/// [`buffer`](crate::buffer) cache for the next tensor of its length.
+#[derive(PartialEq)]
+pub(crate) struct Buf(Vec<f32>);
+
+impl Buf {
+    pub(crate) fn new(data: Vec<f32>) -> Self {
+        Buf(data)
+    }
+}
+
+impl Clone for Buf {
+    fn clone(&self) -> Self {
+        let mut v = crate::buffer::take(self.0.len());
+        v.copy_from_slice(&self.0);
+        Buf(v)
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        crate::buffer::recycle(std::mem::take(&mut self.0));
+    }
 }
 
 impl Tensor {
@@ -50,7 +75,7 @@ impl Tensor {
                 got: data.len(),
             });
         }
-        Ok(Self { dims: dims.to_vec(), data: Arc::new(data) })
+        Ok(Self { dims: dims.to_vec(), data: Arc::new(Buf(data)) })
     }
 
     /// Builds a tensor from a slice, copying it.
@@ -73,7 +98,7 @@ impl Tensor {
     /// # Ok::<(), convkit_tensor::TensorError>(())
     /// ```
     pub fn scalar(value: f32) -> Self {
-        Self { dims: Vec::new(), data: Arc::new(vec![value]) }
+        Self { dims: Vec::new(), data: Arc::new(Buf(vec![value])) }
     }
 
     /// A tensor filled with `value`.
@@ -88,7 +113,14 @@ impl Tensor {
     /// ```
     pub fn full(dims: &[usize], value: f32) -> Self {
         let n = checked_numel("full", dims).expect("shape element count overflows usize");
-        Self { dims: dims.to_vec(), data: Arc::new(vec![value; n]) }
+        let data = if value == 0.0 {
+            crate::buffer::zeroed(n)
+        } else {
+            let mut v = crate::buffer::take(n);
+            v.fill(value);
+            v
+        };
+        Self { dims: dims.to_vec(), data: Arc::new(Buf(data)) }
     }
 
     /// A tensor of zeros. Panics only as [`Tensor::full`] does.
@@ -178,7 +210,7 @@ impl Tensor {
                 index[ax] = 0;
             }
         }
-        Self { dims: dims.to_vec(), data: Arc::new(data) }
+        Self { dims: dims.to_vec(), data: Arc::new(Buf(data)) }
     }
 
     /// The `n × n` identity matrix.
@@ -193,13 +225,13 @@ impl Tensor {
 
     /// A tensor with these dims over an existing shared buffer (crate-internal: callers have
     /// checked the length).
-    pub(crate) fn from_parts(dims: Vec<usize>, data: Arc<Vec<f32>>) -> Self {
-        debug_assert_eq!(numel(&dims), data.len());
+    pub(crate) fn from_parts(dims: Vec<usize>, data: Arc<Buf>) -> Self {
+        debug_assert_eq!(numel(&dims), data.0.len());
         Self { dims, data }
     }
 
     /// The shared buffer (crate-internal, for zero-copy reshapes).
-    pub(crate) fn shared_data(&self) -> &Arc<Vec<f32>> {
+    pub(crate) fn shared_data(&self) -> &Arc<Buf> {
         &self.data
     }
 
@@ -231,7 +263,7 @@ impl Tensor {
     /// assert_eq!(Tensor::zeros(&[2, 3]).numel(), 6);
     /// ```
     pub fn numel(&self) -> usize {
-        self.data.len()
+        self.data.0.len()
     }
 
     /// The elements in row-major order.
@@ -242,7 +274,7 @@ impl Tensor {
     /// assert_eq!(t.as_slice(), &[0., 1., 2., 3.]);
     /// ```
     pub fn as_slice(&self) -> &[f32] {
-        &self.data
+        &self.data.0
     }
 
     /// Mutable access to the elements (copy-on-write: copies if the buffer is shared).
@@ -256,7 +288,7 @@ impl Tensor {
     /// assert_eq!(b.as_slice(), &[1., 0.]);
     /// ```
     pub fn data_mut(&mut self) -> &mut [f32] {
-        Arc::make_mut(&mut self.data).as_mut_slice()
+        Arc::make_mut(&mut self.data).0.as_mut_slice()
     }
 
     /// Takes the elements out, copying only if the buffer is shared.
@@ -266,7 +298,10 @@ impl Tensor {
     /// assert_eq!(Tensor::ones(&[2]).into_vec(), vec![1.0, 1.0]);
     /// ```
     pub fn into_vec(self) -> Vec<f32> {
-        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
+        match Arc::try_unwrap(self.data) {
+            Ok(mut buf) => std::mem::take(&mut buf.0),
+            Err(shared) => shared.0.clone(),
+        }
     }
 
     /// Whether two tensors share one buffer (clones that neither has written to).
@@ -310,7 +345,7 @@ impl Tensor {
             }
             off = off * d + i;
         }
-        self.data.get(off).copied()
+        self.data.0.get(off).copied()
     }
 
     /// The single value of a one-element tensor (a scalar or any shape with one element).
@@ -322,13 +357,13 @@ impl Tensor {
     /// # Ok::<(), convkit_tensor::TensorError>(())
     /// ```
     pub fn item(&self) -> Result<f32> {
-        if self.data.len() == 1 {
-            Ok(self.data[0])
+        if self.data.0.len() == 1 {
+            Ok(self.data.0[0])
         } else {
             Err(TensorError::InvalidArgument {
                 op: "item",
                 shape: self.dims.clone(),
-                msg: format!("needs exactly one element, has {}", self.data.len()),
+                msg: format!("needs exactly one element, has {}", self.data.0.len()),
             })
         }
     }
@@ -386,14 +421,14 @@ impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const SHOW: usize = 8;
         write!(f, "Tensor{:?} [", self.dims)?;
-        for (i, v) in self.data.iter().take(SHOW).enumerate() {
+        for (i, v) in self.data.0.iter().take(SHOW).enumerate() {
             if i > 0 {
                 write!(f, ", ")?;
             }
             write!(f, "{v}")?;
         }
-        if self.data.len() > SHOW {
-            write!(f, ", … {} more", self.data.len() - SHOW)?;
+        if self.data.0.len() > SHOW {
+            write!(f, ", … {} more", self.data.0.len() - SHOW)?;
         }
         write!(f, "]")
     }
