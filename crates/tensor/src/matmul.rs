@@ -310,7 +310,7 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
         None => vec![m, n],
     };
     let total = checked_numel("matmul", &out_dims)?;
-    let mut out = vec![0.0f32; total];
+    let mut out = crate::buffer::zeroed(total);
     if total == 0 {
         return Tensor::from_vec(&out_dims, out);
     }
