@@ -51,6 +51,18 @@ pub(crate) fn with<R>(slot: Slot, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     })
 }
 
+/// `len` floats of `buf` starting on a 64-byte boundary (a cache line, one AVX-512 vector), so
+/// that the kernels' full-vector loads of packed panels never straddle two lines; `buf` grows
+/// as needed (contents unspecified).
+pub(crate) fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const SLACK: usize = 64 / std::mem::size_of::<f32>() - 1;
+    if buf.len() < len + SLACK {
+        buf.resize(len + SLACK, 0.0);
+    }
+    let off = buf.as_ptr().align_offset(64).min(SLACK);
+    &mut buf[off..off + len]
+}
+
 /// Takes this thread's buffer for `slot` out of the pool (empty if it is in use); give it
 /// back with [`put`]. For callers that must not run inside a closure (a closure body is
 /// compiled without the caller's `#[target_feature]`s).

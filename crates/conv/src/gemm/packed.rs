@@ -170,10 +170,9 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
         let mut pc = 0;
         while pc < k {
             let kcb = kb.min(k - pc);
-            if bpack.len() < ncp * kcb {
-                bpack.resize(ncp * kcb, 0.0);
-            }
-            pack_b(s, b, pc, kcb, jc, nc, &mut bpack[..ncp * kcb]);
+            let bblock = scratch::aligned(bpack, ncp * kcb);
+            pack_b(s, b, pc, kcb, jc, nc, bblock);
+            let bblock: &[f32] = bblock;
             let beta_block = if pc == 0 { beta } else { 1.0 };
             let mut ic = 0;
             while ic < m {
@@ -181,21 +180,14 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
                 let mcp = mc.next_multiple_of(MR);
                 let apanels: &[f32] = match a {
                     ASrc::Plain(a) => {
-                        if apack.len() < mcp * kcb {
-                            apack.resize(mcp * kcb, 0.0);
-                        }
-                        pack_a(a, ic, mc, pc, kcb, &mut apack[..mcp * kcb]);
-                        &apack[..mcp * kcb]
+                        let ablock = scratch::aligned(apack, mcp * kcb);
+                        pack_a(a, ic, mc, pc, kcb, ablock);
+                        ablock
                     }
                     ASrc::Packed(a, r0, _) => &a.panels(pc, r0 + ic)[..mcp * kcb],
                 };
-                let bpanels = BPanels {
-                    data: &bpack[..ncp * kcb],
-                    stride: NR * kcb,
-                    offset: 0,
-                    count: ncp / NR,
-                    kcb,
-                };
+                let bpanels =
+                    BPanels { data: bblock, stride: NR * kcb, offset: 0, count: ncp / NR, kcb };
                 let blk = Dest { i: ic, j: jc, m, n, alpha, beta: beta_block, ldc };
                 tiles(s, apanels, bpanels, blk, c);
                 ic += mc;

@@ -59,6 +59,7 @@ use rayon::prelude::*;
 
 use crate::gemm::{NR, packed_b_len};
 use crate::params::ConvGeometry;
+use crate::scratch;
 
 mod backward;
 mod forward;
@@ -207,8 +208,8 @@ fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) ->
     // Padded columns read by a row, and the length of each of its `sw` phases.
     let span = (g.ow - 1) * sw + (g.kw - 1) * dw + 1;
     let phase_len = span.div_ceil(sw);
-    buf.resize(plen + span.next_multiple_of(sw) + sw * phase_len, 0.0);
-    let (packed, rest) = buf.split_at_mut(plen);
+    let all = scratch::aligned(buf, plen + span.next_multiple_of(sw) + sw * phase_len);
+    let (packed, rest) = all.split_at_mut(plen);
     let (padded, phases) = rest.split_at_mut(span.next_multiple_of(sw));
     // The last panel's lanes past the last pixel must be zero.
     if !ohw.is_multiple_of(NR) {
@@ -296,7 +297,7 @@ fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) ->
             }
         }
     }
-    &buf[..plen]
+    &*packed
 }
 
 /// [`im2col_packed`] for one large image on all threads: the row-major column matrix is built
@@ -306,9 +307,14 @@ fn im2col_packed_par<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>
     let crs = g.c_in_per_group() * g.kh * g.kw;
     let (clen, plen) = (crs * ohw, packed_b_len(crs, ohw));
     let mut col = std::mem::take(buf);
+    // Room for the panels to start on a 64-byte boundary, so that no vector load of them
+    // straddles two cache lines; `im2col` resizes within it.
+    col.reserve(clen + plen + 16);
     im2col(g, planes, &mut col, true);
-    col.resize(clen + plen, 0.0);
-    let (rows, packed) = col.split_at_mut(clen);
+    let start = clen + col[clen..].as_ptr().align_offset(64).min(15);
+    col.resize(start + plen, 0.0);
+    let (rows, packed) = col.split_at_mut(start);
+    let rows = &rows[..clen];
     packed.par_chunks_mut(crs * NR).enumerate().for_each(|(jp, panel)| {
         let j0 = jp * NR;
         let n = NR.min(ohw - j0);
@@ -318,7 +324,7 @@ fn im2col_packed_par<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>
         }
     });
     *buf = col;
-    &buf[clen..clen + plen]
+    &buf[start..start + plen]
 }
 
 /// Sizes shared by the forward and backward passes.

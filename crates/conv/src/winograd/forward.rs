@@ -272,11 +272,11 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let (padded_len, v_len, m_len) = (planes * plane, a2 * p.cpg * p.tb, a2 * kc * p.tb);
     // Grown once per worker, never cleared: V and M are written before they are read (stale
     // values only reach lanes that are discarded), and the padding is zeroed below.
-    let total = padded_len + v_len + m_len;
-    if scratch.len() < total {
-        scratch.resize(total, 0.0);
-    }
-    let (padded, rest) = scratch.split_at_mut(padded_len);
+    // V starts on a 64-byte boundary (the products load its panels a vector at a time).
+    let v_at = padded_len.next_multiple_of(16);
+    let scratch = scratch::aligned(scratch, v_at + v_len + m_len);
+    let (padded, rest) = scratch.split_at_mut(v_at);
+    let padded = &mut padded[..padded_len];
     let (vbuf, rest) = rest.split_at_mut(v_len);
     let mbuf = &mut rest[..m_len];
     let planes_in = input.chunks_exact(p.h * p.w);
