@@ -111,7 +111,10 @@ pub fn conv2d_direct_with(
     // Tap-major weights, once per call for every channel chunk:
     // packed[chunk][(c·kh·kw + tap)·ks + k], zero for `kc ≤ k < ks`.
     let w_len = plan.cpg * g.kh * g.kw;
-    let mut packed = vec![0f32; chunks_per_image * w_len * plan.ks];
+    // On a 64-byte boundary: the kernels load `ks` channels of a tap as one vector.
+    let mut packed_buf = Vec::new();
+    let packed = scratch::aligned(&mut packed_buf, chunks_per_image * w_len * plan.ks);
+    packed.fill(0.0);
     for (chunk, dst) in packed.chunks_exact_mut(w_len * plan.ks).enumerate() {
         for k in 0..plan.kc {
             let src = &weight[(chunk * plan.kc + k) * w_len..][..w_len];
