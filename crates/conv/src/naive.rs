@@ -31,8 +31,10 @@ pub fn conv2d_naive(
     output: &mut [f32],
 ) -> Result<()> {
     g.check_forward("conv2d_naive", input, weight, bias, output)?;
-    let p = g.params;
     let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
+    // The sizes as locals, so that the loops below read registers, not the geometry.
+    let g = *g;
+    let p = g.params;
     for b in 0..g.n {
         for k in 0..g.c_out {
             let grp = k / kpg;
