@@ -55,12 +55,20 @@ pub(crate) fn with<R>(slot: Slot, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
 /// that the kernels' full-vector loads of packed panels never straddle two lines; `buf` grows
 /// as needed (contents unspecified).
 pub(crate) fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    const SLACK: usize = 64 / std::mem::size_of::<f32>() - 1;
-    if buf.len() < len + SLACK {
-        buf.resize(len + SLACK, 0.0);
+    if buf.len() < len + LINE_FLOATS - 1 {
+        buf.resize(len + LINE_FLOATS - 1, 0.0);
     }
-    let off = buf.as_ptr().align_offset(64).min(SLACK);
+    let off = line_gap(buf.as_ptr());
     &mut buf[off..off + len]
+}
+
+/// Floats in one 64-byte cache line (one AVX-512 vector).
+pub(crate) const LINE_FLOATS: usize = 64 / std::mem::size_of::<f32>();
+
+/// Floats from `at` to the next 64-byte boundary (0 when `at` is on one; below
+/// [`LINE_FLOATS`]).
+pub(crate) fn line_gap(at: *const f32) -> usize {
+    at.align_offset(64).min(LINE_FLOATS - 1)
 }
 
 /// Takes this thread's buffer for `slot` out of the pool (empty if it is in use); give it

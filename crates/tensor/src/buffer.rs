@@ -51,6 +51,20 @@ struct Cache {
     limit: usize,
 }
 
+impl Cache {
+    /// Takes the oldest buffers out until the cache is within its limit; the caller frees
+    /// them after releasing the lock.
+    fn evict_over_limit(&mut self) -> Vec<Vec<f32>> {
+        let mut evicted = Vec::new();
+        while self.bytes > self.limit {
+            let Some(old) = self.free.pop_front() else { break };
+            self.bytes -= bytes_of(&old);
+            evicted.push(old);
+        }
+        evicted
+    }
+}
+
 static CACHE: Mutex<Cache> =
     Mutex::new(Cache { free: VecDeque::new(), bytes: 0, limit: DEFAULT_CACHE_LIMIT });
 
@@ -112,12 +126,7 @@ pub fn recycle(v: Vec<f32>) {
     }
     c.bytes += size;
     c.free.push_back(v);
-    let mut evicted = Vec::new();
-    while c.bytes > c.limit {
-        let Some(old) = c.free.pop_front() else { break };
-        c.bytes -= bytes_of(&old);
-        evicted.push(old);
-    }
+    let evicted = c.evict_over_limit();
     drop(c);
     // Freed outside the lock.
     drop(evicted);
@@ -133,13 +142,9 @@ pub fn cache_limit() -> usize {
 pub fn set_cache_limit(bytes: usize) {
     let mut c = cache();
     c.limit = bytes;
-    let mut evicted = Vec::new();
-    while c.bytes > c.limit {
-        let Some(old) = c.free.pop_front() else { break };
-        c.bytes -= bytes_of(&old);
-        evicted.push(old);
-    }
+    let evicted = c.evict_over_limit();
     drop(c);
+    // Freed outside the lock.
     drop(evicted);
 }
 

@@ -309,9 +309,9 @@ fn im2col_packed_par<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>
     let mut col = std::mem::take(buf);
     // Room for the panels to start on a 64-byte boundary, so that no vector load of them
     // straddles two cache lines; `im2col` resizes within it.
-    col.reserve(clen + plen + 16);
+    col.reserve(clen + plen + scratch::LINE_FLOATS);
     im2col(g, planes, &mut col, true);
-    let start = clen + col[clen..].as_ptr().align_offset(64).min(15);
+    let start = clen + scratch::line_gap(col[clen..].as_ptr());
     col.resize(start + plen, 0.0);
     let (rows, packed) = col.split_at_mut(start);
     let rows = &rows[..clen];

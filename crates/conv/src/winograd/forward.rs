@@ -273,7 +273,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     // Grown once per worker, never cleared: V and M are written before they are read (stale
     // values only reach lanes that are discarded), and the padding is zeroed below.
     // V starts on a 64-byte boundary (the products load its panels a vector at a time).
-    let v_at = padded_len.next_multiple_of(16);
+    let v_at = padded_len.next_multiple_of(scratch::LINE_FLOATS);
     let scratch = scratch::aligned(scratch, v_at + v_len + m_len);
     let (padded, rest) = scratch.split_at_mut(v_at);
     let padded = &mut padded[..padded_len];
