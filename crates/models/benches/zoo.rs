@@ -20,6 +20,7 @@ use convkit_conv::suite::{
 };
 use convkit_models::zoo::ZooModel;
 use convkit_nn::{Adam, AdamConfig, Module, Optimizer, PreparedModel, Sequential, loss, params};
+use convkit_tensor::parallel::warm;
 use convkit_tensor::{Rng, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -68,18 +69,24 @@ impl Case {
                 black_box(prepared.forward(&x).expect("forward"));
             });
         }
+        // As `Trainer` and `evaluate` run them: on a pool kept awake between the kernels.
+        let Case { model, opt, .. } = self;
         Box::new(move || {
             if train {
-                let tape = Tape::new();
-                let logits = self.model.forward(&tape.input(x.clone())).expect("forward");
-                loss::cross_entropy(&logits, &labels, 0.0)
-                    .expect("loss")
-                    .backward()
-                    .expect("backward");
-                self.opt.step().expect("step");
-                self.opt.zero_grad();
+                warm(|| {
+                    let tape = Tape::new();
+                    let logits = model.forward(&tape.input(x.clone())).expect("forward");
+                    loss::cross_entropy(&logits, &labels, 0.0)
+                        .expect("loss")
+                        .backward()
+                        .expect("backward");
+                    opt.step().expect("step");
+                    opt.zero_grad();
+                });
             } else {
-                black_box(self.model.forward(&Var::constant(x.clone())).expect("forward"));
+                black_box(warm(|| {
+                    model.forward(&Var::constant(x.clone())).expect("forward").into_value()
+                }));
             }
         })
     }

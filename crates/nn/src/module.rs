@@ -34,7 +34,11 @@ use crate::error::{NnError, Result};
 ///
 /// Names are dotted paths, as in a PyTorch `state_dict`: a model visits its children with
 /// their field name as prefix (`conv1.` + `weight` → `conv1.weight`).
-pub trait Module {
+///
+/// A module is `Send + Sync` (parameters are shared handles, a tape lives only inside one
+/// forward), so a whole forward or training step can run on a worker of rayon's pool with the
+/// pool kept awake ([`convkit_tensor::parallel::warm`]).
+pub trait Module: Send + Sync {
     /// Computes the output for `x`.
     fn forward(&self, x: &Var) -> Result<Var>;
 
@@ -115,7 +119,7 @@ pub fn bind(p: &Param, x: &Var) -> Var {
 /// `nn.Sequential`, or by the names given to [`Sequential::push_named`].
 #[derive(Default)]
 pub struct Sequential {
-    layers: Vec<(String, Box<dyn Module + Send>)>,
+    layers: Vec<(String, Box<dyn Module>)>,
 }
 
 impl Sequential {
@@ -125,21 +129,21 @@ impl Sequential {
     }
 
     /// Appends a layer named by its position.
-    pub fn push(mut self, layer: impl Module + Send + 'static) -> Self {
+    pub fn push(mut self, layer: impl Module + 'static) -> Self {
         let name = self.layers.len().to_string();
         self.layers.push((name, Box::new(layer)));
         self
     }
 
     /// Appends a layer under a name.
-    pub fn push_named(mut self, name: &str, layer: impl Module + Send + 'static) -> Self {
+    pub fn push_named(mut self, name: &str, layer: impl Module + 'static) -> Self {
         self.layers.push((name.to_owned(), Box::new(layer)));
         self
     }
 
     /// Appends an already boxed layer under a name (for builders that choose layer types at
     /// run time, such as importers).
-    pub fn push_boxed(mut self, name: &str, layer: Box<dyn Module + Send>) -> Self {
+    pub fn push_boxed(mut self, name: &str, layer: Box<dyn Module>) -> Self {
         self.layers.push((name.to_owned(), layer));
         self
     }
@@ -224,21 +228,18 @@ impl std::fmt::Debug for Residual {
 ///
 /// Parameter names: `body.…` and `shortcut.…`.
 pub struct Residual {
-    body: Box<dyn Module + Send>,
-    shortcut: Option<Box<dyn Module + Send>>,
+    body: Box<dyn Module>,
+    shortcut: Option<Box<dyn Module>>,
 }
 
 impl Residual {
     /// `y = body(x) + x`.
-    pub fn new(body: impl Module + Send + 'static) -> Self {
+    pub fn new(body: impl Module + 'static) -> Self {
         Self { body: Box::new(body), shortcut: None }
     }
 
     /// `y = body(x) + shortcut(x)`.
-    pub fn with_shortcut(
-        body: impl Module + Send + 'static,
-        shortcut: impl Module + Send + 'static,
-    ) -> Self {
+    pub fn with_shortcut(body: impl Module + 'static, shortcut: impl Module + 'static) -> Self {
         Self { body: Box::new(body), shortcut: Some(Box::new(shortcut)) }
     }
 }

@@ -22,8 +22,9 @@ pub struct OptimizerState {
     pub scalars: BTreeMap<String, f64>,
 }
 
-/// What every optimizer offers.
-pub trait Optimizer {
+/// What every optimizer offers. `Send`, so that a training step can run on rayon's pool
+/// ([`convkit_tensor::parallel::warm`]).
+pub trait Optimizer: Send {
     /// Updates every parameter that has a gradient.
     fn step(&mut self) -> Result<()>;
     /// The parameters it updates, in order.

@@ -41,6 +41,9 @@
 //! # }
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use convkit_autograd::Var;
 use convkit_conv::batchnorm::{batch_norm2d_affine, batch_norm2d_apply};
 use convkit_conv::{PoolKind, PreparedConv, PreparedLinear};
@@ -67,14 +70,22 @@ enum Stage<'m> {
 /// A model prepared for inference (see the [module docs](self)).
 pub struct PreparedModel<'m> {
     stages: Vec<Stage<'m>>,
+    /// How long the last [`PreparedModel::forward`] took, in nanoseconds (0 before the
+    /// first): a forward shorter than [`WARM_MIN`] runs without keeping the pool awake.
+    last_nanos: AtomicU64,
 }
+
+/// The shortest forward worth running with rayon's pool kept awake
+/// ([`convkit_tensor::parallel::warm`]): moving a call onto the pool and back costs a few
+/// microseconds, which a LeNet-5 image (about 12 µs) would feel and a larger model does not.
+const WARM_MIN: Duration = Duration::from_micros(100);
 
 impl<'m> PreparedModel<'m> {
     /// Prepares `model` (any [`Module`]; containers are walked through their descriptions).
     pub fn new(model: &'m dyn Module) -> Result<Self> {
         let mut stages = Vec::new();
         push(&mut stages, "", model)?;
-        Ok(Self { stages })
+        Ok(Self { stages, last_nanos: AtomicU64::new(0) })
     }
 
     /// The stages in order, each named by its layers' names joined with `+` (a convolution
@@ -89,8 +100,23 @@ impl<'m> PreparedModel<'m> {
             .collect()
     }
 
-    /// Runs the prepared model on `x`, recording nothing.
+    /// Runs the prepared model on `x`, recording nothing. When the previous call took at
+    /// least 100 µs, rayon's pool is kept awake between the layers
+    /// ([`convkit_tensor::parallel::warm`]); either way the result is the same.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let start = Instant::now();
+        let y = if self.last_nanos.load(Ordering::Relaxed) >= WARM_MIN.as_nanos() as u64 {
+            convkit_tensor::parallel::warm(|| self.run(x))
+        } else {
+            self.run(x)
+        };
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_nanos.store(nanos, Ordering::Relaxed);
+        y
+    }
+
+    /// The forward on the calling thread's pool as it is.
+    fn run(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
         for stage in &self.stages {
             h = match stage {
@@ -98,9 +124,9 @@ impl<'m> PreparedModel<'m> {
                 Stage::Linear(linear, _) => linear.forward_tensor(&h)?,
                 Stage::Affine { scale, shift, name } => affine(&h, scale, shift, name)?,
                 Stage::Residual { body, shortcut, .. } => {
-                    let a = body.forward(&h)?;
+                    let a = body.run(&h)?;
                     let b = match shortcut {
-                        Some(s) => s.forward(&h)?,
+                        Some(s) => s.run(&h)?,
                         None => h,
                     };
                     if a.dims() != b.dims() {

@@ -33,6 +33,7 @@
 //! | [`shape_ops`] | reshape, flatten, permute/transpose, narrow, index_select, concat/stack, pad2d |
 //! | [`matmul`](mod@matmul) | checked slice-level [`gemm`], [`matmul`](fn@matmul)/[`matmul_t`] 2-D and batched |
 //! | [`io`] | safetensors save/load (F32), to/from bytes, atomic file writes |
+//! | [`parallel`] | [`warm`](parallel::warm): a burst of parallel operations on a pool kept awake |
 //! | [`buffer`] | the cache that hands large buffers of dropped tensors to the next tensor of their length |
 //! | [`testing`] | test support: the [`Tolerance`](testing::Tolerance) rule, [`assert_close`](testing::assert_close), seeded random data |
 //! | [`error`] | [`TensorError`] and [`Result`] |
@@ -85,6 +86,7 @@ pub mod error;
 pub mod io;
 pub mod matmul;
 pub mod ops;
+pub mod parallel;
 pub mod reduce;
 pub mod rng;
 pub mod shape_ops;

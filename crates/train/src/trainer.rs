@@ -103,10 +103,13 @@ pub fn metrics_path(checkpoint: &Path) -> PathBuf {
 pub fn evaluate(model: &dyn Module, data: &dyn Dataset, batch_size: usize) -> Result<Evaluation> {
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     Loader::new(data, batch_size)?.shuffle(false).for_each(|_, batch| {
-        let logits = model.forward(&Var::constant(batch.images))?;
-        let loss = logits.cross_entropy(&batch.labels)?.value().as_slice()[0];
+        let (loss, right) = convkit_tensor::parallel::warm(|| {
+            let logits = model.forward(&Var::constant(batch.images))?;
+            let loss = logits.cross_entropy(&batch.labels)?.value().as_slice()[0];
+            Ok::<_, TrainError>((loss, count_correct(logits.value(), &batch.labels)?))
+        })?;
         loss_sum += f64::from(loss) * batch.labels.len() as f64;
-        correct += count_correct(logits.value(), &batch.labels)?;
+        correct += right;
         Ok::<_, TrainError>(())
     })?;
     let total = data.len();
@@ -272,21 +275,24 @@ impl<M: Module> Trainer<M> {
     }
 
     fn step(&mut self, batch: Batch, lr: f32, b: usize) -> Result<StepOutput> {
-        self.opt.set_lr(lr);
-        let tape = Tape::new();
-        let logits = self.model.forward(&tape.input(batch.images))?;
-        let loss = logits.cross_entropy(&batch.labels)?;
-        let lv = loss.value().as_slice()[0];
-        if !lv.is_finite() {
-            self.opt.zero_grad();
-            let epoch = self.epochs_done + 1;
-            return Err(TrainError::NonFiniteLoss { epoch, batch: b + 1, loss: lv });
-        }
-        loss.backward()?;
-        self.opt.step()?;
-        self.opt.zero_grad();
-        let correct = count_correct(logits.value(), &batch.labels)?;
-        Ok(StepOutput { loss: lv, correct })
+        let (model, opt, epoch) = (&self.model, &mut self.opt, self.epochs_done + 1);
+        // The step's kernels run back to back: keep the pool awake between them.
+        convkit_tensor::parallel::warm(move || {
+            opt.set_lr(lr);
+            let tape = Tape::new();
+            let logits = model.forward(&tape.input(batch.images))?;
+            let loss = logits.cross_entropy(&batch.labels)?;
+            let lv = loss.value().as_slice()[0];
+            if !lv.is_finite() {
+                opt.zero_grad();
+                return Err(TrainError::NonFiniteLoss { epoch, batch: b + 1, loss: lv });
+            }
+            loss.backward()?;
+            opt.step()?;
+            opt.zero_grad();
+            let correct = count_correct(logits.value(), &batch.labels)?;
+            Ok(StepOutput { loss: lv, correct })
+        })
     }
 
     /// Loss and accuracy on `data` in eval mode (BatchNorm's running statistics); the model

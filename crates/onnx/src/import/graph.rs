@@ -222,7 +222,7 @@ impl<'g> Builder<'g> {
         b: usize,
         dims: &Dims,
         depth: usize,
-    ) -> Result<(String, Box<dyn Module + Send>, &'g str, Dims)> {
+    ) -> Result<(String, Box<dyn Module>, &'g str, Dims)> {
         let reach_a = self.reach(a)?;
         let reach_b = self.reach(b)?;
         // The join: the first Add both branches reach (nodes are in topological order).
@@ -302,7 +302,7 @@ impl<'g> Builder<'g> {
                     .collect(),
             )
         };
-        let block: Box<dyn Module + Send> = match (body.is_empty(), shortcut.is_empty()) {
+        let block: Box<dyn Module> = match (body.is_empty(), shortcut.is_empty()) {
             (_, true) => Box::new(Residual::new(strip(body, "body"))),
             (true, false) => Box::new(Residual::new(strip(shortcut, "shortcut"))),
             (false, false) => {

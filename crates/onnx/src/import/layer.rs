@@ -31,7 +31,7 @@ impl<'g> Builder<'g> {
         }
         let a = Attrs::new(n)?;
         let mut out = first_output(n)?;
-        let (name, layer, out_dims): (String, Box<dyn Module + Send>, Dims) = match op {
+        let (name, layer, out_dims): (String, Box<dyn Module>, Dims) = match op {
             "Conv" => {
                 a.allow(&["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"])?;
                 self.no_extra_outputs(n)?;
@@ -169,7 +169,7 @@ impl<'g> Builder<'g> {
                     ]),
                     _ => None,
                 });
-                let layer: Box<dyn Module + Send> =
+                let layer: Box<dyn Module> =
                     if avg { Box::new(AvgPool2d(p)) } else { Box::new(MaxPool2d(p)) };
                 (scope_name(n), layer, out_dims)
             }
@@ -180,7 +180,7 @@ impl<'g> Builder<'g> {
             }
             "Relu" | "Tanh" | "Sigmoid" => {
                 a.allow(&[])?;
-                let layer: Box<dyn Module + Send> = match op {
+                let layer: Box<dyn Module> = match op {
                     "Relu" => Box::new(ReLU),
                     "Tanh" => Box::new(Tanh),
                     _ => Box::new(Sigmoid),

@@ -83,7 +83,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Sequential> {
 }
 
 /// A layer under construction, with its name in the enclosing sequence.
-type Named = (String, Box<dyn Module + Send>);
+type Named = (String, Box<dyn Module>);
 
 /// The sequence of `layers`; an empty or repeated name becomes the layer's position (as in
 /// PyTorch's `nn.Sequential`), or `name_position` when that is taken too.
