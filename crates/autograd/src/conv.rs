@@ -55,11 +55,11 @@ impl Var {
         if !self.requires_grad() {
             return Var::untracked(&[self], pooled.output);
         }
-        let (indices, dims, p) = (pooled.indices, self.dims().to_vec(), *params);
+        let (indices, dims, p) = (Indices(pooled.indices), self.dims().to_vec(), *params);
         Var::from_op(
             &[self],
             pooled.output,
-            Box::new(move |g, _| Ok(vec![Some(max_pool2d_backward(g, &indices, &dims, &p)?)])),
+            Box::new(move |g, _| Ok(vec![Some(max_pool2d_backward(g, &indices.0, &dims, &p)?)])),
         )
     }
 
@@ -75,5 +75,15 @@ impl Var {
             value,
             Box::new(move |g, _| Ok(vec![Some(avg_pool2d_backward(g, &dims, &p)?)])),
         )
+    }
+}
+
+/// Max pooling's argmax positions, handed back to the buffer cache when the tape drops them
+/// (the next step's pooling takes them again instead of page-faulting a fresh buffer).
+struct Indices(Vec<usize>);
+
+impl Drop for Indices {
+    fn drop(&mut self) {
+        convkit_tensor::buffer::recycle_indices(std::mem::take(&mut self.0));
     }
 }

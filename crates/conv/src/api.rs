@@ -183,7 +183,7 @@ fn check_grad_output(op: &'static str, grad_output: &Tensor, g: &PoolGeometry) -
 pub fn max_pool2d(input: &Tensor, params: &PoolParams) -> Result<MaxPoolOutput> {
     let g = pool_geometry("max_pool2d", input.dims(), params)?;
     let mut out = buffer::take(g.output_len());
-    let mut indices = vec![0usize; g.output_len()];
+    let mut indices = buffer::take_indices(g.output_len());
     max_slices(&g, input.as_slice(), &mut out, &mut indices)?;
     Ok(MaxPoolOutput { output: Tensor::from_vec(&g.output_dims(), out)?, indices })
 }

@@ -13,7 +13,9 @@
 //! after step), hands out the most recently returned first and holds at most
 //! [`cache_limit`] bytes, 512 MiB unless [`set_cache_limit`] says otherwise (0 turns it off);
 //! past the limit the oldest buffers are freed. [`cached_bytes`] reports what it holds and
-//! [`clear_cache`] frees it all.
+//! [`clear_cache`] frees it all. Index buffers (`Vec<usize>`, such as max pooling's argmax
+//! positions, which a training step also allocates every step) share the cache and its limit
+//! through [`take_indices`] and [`recycle_indices`].
 //!
 //! Contents are never observable: [`take`] is for outputs written in full before they are
 //! read, and in debug builds it fills every buffer with NaN so that an element a kernel
@@ -42,9 +44,31 @@ pub const MIN_FLOATS: usize = 1 << 14;
 /// The default [`cache_limit`]: 512 MiB.
 pub const DEFAULT_CACHE_LIMIT: usize = 512 << 20;
 
+/// A free buffer of either element type.
+enum Buf {
+    F32(Vec<f32>),
+    Index(Vec<usize>),
+}
+
+impl Buf {
+    fn len(&self) -> usize {
+        match self {
+            Buf::F32(v) => v.len(),
+            Buf::Index(v) => v.len(),
+        }
+    }
+    /// Bytes of the buffer's capacity.
+    fn bytes(&self) -> usize {
+        match self {
+            Buf::F32(v) => v.capacity() * std::mem::size_of::<f32>(),
+            Buf::Index(v) => v.capacity() * std::mem::size_of::<usize>(),
+        }
+    }
+}
+
 struct Cache {
     /// Free buffers, oldest first.
-    free: VecDeque<Vec<f32>>,
+    free: VecDeque<Buf>,
     /// Bytes held by `free` (their capacities).
     bytes: usize,
     /// The most bytes `free` may hold.
@@ -54,11 +78,11 @@ struct Cache {
 impl Cache {
     /// Takes the oldest buffers out until the cache is within its limit; the caller frees
     /// them after releasing the lock.
-    fn evict_over_limit(&mut self) -> Vec<Vec<f32>> {
+    fn evict_over_limit(&mut self) -> Vec<Buf> {
         let mut evicted = Vec::new();
         while self.bytes > self.limit {
             let Some(old) = self.free.pop_front() else { break };
-            self.bytes -= bytes_of(&old);
+            self.bytes -= old.bytes();
             evicted.push(old);
         }
         evicted
@@ -73,20 +97,71 @@ fn cache() -> std::sync::MutexGuard<'static, Cache> {
     CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn bytes_of(v: &Vec<f32>) -> usize {
-    v.capacity() * std::mem::size_of::<f32>()
+/// A cached buffer of exactly `len` elements of the kind `is_kind` accepts, most recently
+/// returned first.
+fn reuse(len: usize, is_kind: fn(&Buf) -> bool) -> Option<Buf> {
+    let mut c = cache();
+    let i = c.free.iter().rposition(|v| is_kind(v) && v.len() == len)?;
+    let v = c.free.remove(i)?;
+    c.bytes -= v.bytes();
+    Some(v)
 }
 
-/// A cached buffer of exactly `len` elements, most recently returned first.
-fn reuse(len: usize) -> Option<Vec<f32>> {
+/// A cached `f32` buffer of exactly `len` elements.
+fn reuse_f32(len: usize) -> Option<Vec<f32>> {
     if len < MIN_FLOATS {
         return None;
     }
+    match reuse(len, |b| matches!(b, Buf::F32(_)))? {
+        Buf::F32(v) => Some(v),
+        Buf::Index(_) => None,
+    }
+}
+
+/// Index buffers of fewer elements (64 KiB) are left to the allocator.
+pub const MIN_INDICES: usize =
+    (MIN_FLOATS * std::mem::size_of::<f32>()) / std::mem::size_of::<usize>();
+
+/// A buffer of `len` indices whose contents are unspecified (every element is written
+/// before it is read), from the cache when one of this length is free. Debug builds fill it
+/// with `usize::MAX`.
+pub fn take_indices(len: usize) -> Vec<usize> {
+    let cached = if len < MIN_INDICES {
+        None
+    } else {
+        match reuse(len, |b| matches!(b, Buf::Index(_))) {
+            Some(Buf::Index(v)) => Some(v),
+            _ => None,
+        }
+    };
+    #[allow(unused_mut)]
+    let mut v = cached.unwrap_or_else(|| vec![0; len]);
+    #[cfg(debug_assertions)]
+    v.fill(usize::MAX);
+    v
+}
+
+/// Gives an index buffer to the cache (see [`take_indices`]); freed instead when it is small
+/// or the cache is off.
+pub fn recycle_indices(v: Vec<usize>) {
+    if v.len() >= MIN_INDICES {
+        keep(Buf::Index(v));
+    }
+}
+
+/// Adds `b` to the cache, evicting the oldest buffers above the limit.
+fn keep(b: Buf) {
     let mut c = cache();
-    let i = c.free.iter().rposition(|v| v.len() == len)?;
-    let v = c.free.remove(i)?;
-    c.bytes -= bytes_of(&v);
-    Some(v)
+    let size = b.bytes();
+    if size > c.limit {
+        return;
+    }
+    c.bytes += size;
+    c.free.push_back(b);
+    let evicted = c.evict_over_limit();
+    drop(c);
+    // Freed outside the lock.
+    drop(evicted);
 }
 
 /// A buffer of `len` elements whose contents are unspecified: for an output that is written
@@ -95,7 +170,7 @@ fn reuse(len: usize) -> Option<Vec<f32>> {
 /// fails the tests instead of passing on a lucky zero.
 pub fn take(len: usize) -> Vec<f32> {
     #[allow(unused_mut)]
-    let mut v = reuse(len).unwrap_or_else(|| vec![0.0; len]);
+    let mut v = reuse_f32(len).unwrap_or_else(|| vec![0.0; len]);
     #[cfg(debug_assertions)]
     v.fill(f32::NAN);
     v
@@ -103,7 +178,7 @@ pub fn take(len: usize) -> Vec<f32> {
 
 /// A buffer of `len` zeros (a cached one, cleared, when one of this length is free).
 pub fn zeroed(len: usize) -> Vec<f32> {
-    match reuse(len) {
+    match reuse_f32(len) {
         Some(mut v) => {
             v.fill(0.0);
             v
@@ -116,20 +191,9 @@ pub fn zeroed(len: usize) -> Vec<f32> {
 /// a tensor's last handle is dropped; call it for a large scratch `Vec<f32>` of your own that
 /// the next step will need again.
 pub fn recycle(v: Vec<f32>) {
-    if v.len() < MIN_FLOATS {
-        return;
+    if v.len() >= MIN_FLOATS {
+        keep(Buf::F32(v));
     }
-    let mut c = cache();
-    let size = bytes_of(&v);
-    if size > c.limit {
-        return;
-    }
-    c.bytes += size;
-    c.free.push_back(v);
-    let evicted = c.evict_over_limit();
-    drop(c);
-    // Freed outside the lock.
-    drop(evicted);
 }
 
 /// The most bytes the cache holds ([`DEFAULT_CACHE_LIMIT`] unless set).
@@ -193,8 +257,25 @@ mod tests {
         let v = vec![0.0f32; MIN_FLOATS - 1];
         let ptr = v.as_ptr();
         recycle(v);
-        assert!(reuse(MIN_FLOATS - 1).is_none());
+        assert!(reuse_f32(MIN_FLOATS - 1).is_none());
         let _ = ptr;
+    }
+
+    #[test]
+    fn index_buffers_come_back_by_length_and_kind() {
+        let len = MIN_INDICES + 23;
+        let v = vec![7usize; len];
+        let ptr = v.as_ptr();
+        recycle_indices(v);
+        // An f32 request of the same length never gets an index buffer.
+        assert!(reuse_f32(len).is_none());
+        let w = take_indices(len);
+        assert_eq!(w.len(), len);
+        assert_eq!(w.as_ptr(), ptr, "the recycled index buffer is handed out again");
+        #[cfg(debug_assertions)]
+        assert!(w.iter().all(|&i| i == usize::MAX));
+        recycle_indices(vec![0; MIN_INDICES - 1]);
+        assert!(reuse(MIN_INDICES - 1, |b| matches!(b, Buf::Index(_))).is_none());
     }
 
     #[test]
