@@ -171,7 +171,9 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
         }
     };
     let tasks = parts * d.groups;
-    let mut partials = vec![0f32; if parts > 1 { parts * wlen } else { 0 }];
+    // Every partial is overwritten (its first image's product has beta 0): a cached buffer,
+    // so a training step does not page-fault a fresh one for each layer.
+    let mut partials = convkit_tensor::buffer::take(if parts > 1 { parts * wlen } else { 0 });
     let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
     if !d.par {
         scratch::with(Slot::Columns, |col| {
@@ -222,4 +224,5 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
             }
         }
     }
+    convkit_tensor::buffer::recycle(partials);
 }
