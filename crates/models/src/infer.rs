@@ -218,9 +218,20 @@ impl PackedLeNet {
     /// Whether these packed weights were made from `model`'s current parameters (an optimizer
     /// step or `set_value` replaces or copies the buffers, which this detects).
     pub fn is_current(&self, model: &dyn Module) -> bool {
-        let now = param_values(model);
-        now.len() == self.source.len()
-            && now.iter().zip(&self.source).all(|(a, b)| a.shares_data_with(b))
+        self.made_from(param_values(model))
+    }
+
+    /// Whether `values`, the model's parameter values in [`Module::visit_params`] order, are
+    /// the buffers these weights were packed from.
+    pub(crate) fn made_from(&self, values: impl IntoIterator<Item = Tensor>) -> bool {
+        let mut n = 0;
+        for (i, v) in values.into_iter().enumerate() {
+            if self.source.get(i).is_none_or(|s| !v.shares_data_with(s)) {
+                return false;
+            }
+            n = i + 1;
+        }
+        n == self.source.len()
     }
 
     /// Logits `[n, 10]` for preprocessed images `[n, 1, 32, 32]`.

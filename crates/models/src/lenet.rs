@@ -169,13 +169,25 @@ impl LeNet5 {
     pub fn packed(&self) -> Result<Arc<PackedLeNet>> {
         let mut cache = self.packed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(p) = cache.as_ref()
-            && p.is_current(self)
+            && p.made_from(self.param_values())
         {
             return Ok(p.clone());
         }
         let p = Arc::new(PackedLeNet::new(self)?);
         *cache = Some(p.clone());
         Ok(p)
+    }
+
+    /// The parameters' values in `visit_params` order, without building their names (the
+    /// check [`LeNet5::packed`] makes on every call).
+    fn param_values(&self) -> impl Iterator<Item = Tensor> + '_ {
+        let convs = [&self.conv1, &self.conv2].map(|c| (&c.weight, c.bias.as_ref()));
+        let dense = [&self.fc1, &self.fc2, &self.fc3].map(|l| (&l.weight, l.bias.as_ref()));
+        convs
+            .into_iter()
+            .chain(dense)
+            .flat_map(|(w, b)| std::iter::once(w).chain(b))
+            .map(Param::value)
     }
 
     /// Loads weights from a safetensors checkpoint with PyTorch names (ours or a PyTorch
@@ -324,6 +336,24 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use convkit_nn::named_params;
+
+    #[test]
+    fn param_values_follow_visit_params() {
+        let m = LeNet5::new(&mut Rng::new(0)).unwrap();
+        let named = named_params(&m);
+        let direct: Vec<Tensor> = m.param_values().collect();
+        assert_eq!(direct.len(), named.len());
+        for ((name, p), v) in named.iter().zip(&direct) {
+            assert!(p.value().shares_data_with(v), "{name}");
+        }
+        let packed = m.packed().unwrap();
+        assert!(packed.made_from(m.param_values()));
+        assert!(packed.is_current(&m));
+        assert!(!packed.made_from(m.param_values().take(9)));
+        m.fc3.bias.as_ref().unwrap().set_value(Tensor::zeros(&[10])).unwrap();
+        assert!(!packed.made_from(m.param_values()));
+        assert!(!Arc::ptr_eq(&packed, &m.packed().unwrap()), "repacked after a change");
+    }
 
     #[test]
     fn names_and_count_match_pytorch() {
