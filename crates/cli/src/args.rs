@@ -43,7 +43,13 @@ pub fn parse_augment_list(s: &str) -> Result<AugmentList, String> {
     s.split(',').map(parse_augment).collect::<Result<_, _>>().map(AugmentList)
 }
 
-/// Runs `f` on a rayon pool of `threads` workers (the global pool when `None`).
+/// Runs `f` with a rayon pool of `threads` workers (the global pool as it is when `None`).
+///
+/// The first call of a process makes that the global pool and runs `f` on the calling
+/// thread, as a command does, so that the library's kernels and
+/// [`convkit_tensor::parallel::warm`] (which keeps the workers awake through a training step
+/// or a forward) see it from outside; a later call, once the global pool exists, runs `f`
+/// inside a pool of its own.
 pub fn with_threads<T: Send>(
     threads: Option<usize>,
     f: impl FnOnce() -> Result<T> + Send,
@@ -51,11 +57,14 @@ pub fn with_threads<T: Send>(
     match threads {
         None => f(),
         Some(0) => bail!("--threads must be at least 1"),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .context("could not start the thread pool")?
-            .install(f),
+        Some(n) => match rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            Ok(()) => f(),
+            Err(_) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .context("could not start the thread pool")?
+                .install(f),
+        },
     }
 }
 
