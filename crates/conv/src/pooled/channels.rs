@@ -52,17 +52,15 @@ pub(super) fn image<S: Simd>(
     for g in 0..pk.c_out.div_ceil(GROUP) {
         let w = &pk.weight[g * per * GROUP..][..per * GROUP];
         let b = &pk.bias[g * GROUP..][..GROUP];
-        let bias = [s.load(b), s.load(&b[LANES..])];
-        for y in 0..oh {
-            for x0 in (0..ow).step_by(TILE) {
-                let at = &mut cbuf[(y * ow + x0) * GROUP..];
-                match (pk.kh, pk.kw) {
-                    (3, 3) => tiles::<S, 3>(s, pk, d, planes, w, bias, (y, x0), at, ow - x0),
-                    (5, 5) => tiles::<S, 5>(s, pk, d, planes, w, bias, (y, x0), at, ow - x0),
-                    _ => tiles::<S, 0>(s, pk, d, planes, w, bias, (y, x0), at, ow - x0),
-                }
-            }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = s.avx512() {
+            // SAFETY: the token `t` proves the CPU has the features `group` is compiled for.
+            unsafe { super::wide::group(t, pk, d, planes, w, b, cbuf) };
+        } else {
+            group(s, pk, d, planes, w, b, cbuf);
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        group(s, pk, d, planes, w, b, cbuf);
         let k0 = g * GROUP;
         let kn = (pk.c_out - k0).min(GROUP);
         if let Some(map) = conv.as_deref_mut() {
@@ -103,6 +101,32 @@ pub(super) fn image<S: Simd>(
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The convolution output of one group of 16 channels, `[oh][ow][16]` into `cbuf`, in tiles
+/// of [`TILE`] columns: `w` is the group's packed weights, `bias` its 16 biases.
+#[inline(always)]
+fn group<S: Simd>(
+    s: S,
+    pk: &PooledConv,
+    d: &ImageDims,
+    planes: &[f32],
+    w: &[f32],
+    b: &[f32],
+    cbuf: &mut [f32],
+) {
+    let ow = 2 * d.pw;
+    let bias = [s.load(b), s.load(&b[LANES..])];
+    for y in 0..2 * d.ph {
+        for x0 in (0..ow).step_by(TILE) {
+            let at = &mut cbuf[(y * ow + x0) * GROUP..];
+            match (pk.kh, pk.kw) {
+                (3, 3) => tiles::<S, 3>(s, pk, d, planes, w, bias, (y, x0), at, ow - x0),
+                (5, 5) => tiles::<S, 5>(s, pk, d, planes, w, bias, (y, x0), at, ow - x0),
+                _ => tiles::<S, 0>(s, pk, d, planes, w, bias, (y, x0), at, ow - x0),
             }
         }
     }

@@ -11,7 +11,8 @@
 //!   the 2x2 pool is lane-wise arithmetic on two output rows × two parities.
 //! - **channels** (`channels.rs`), for 16 or more: vectors run over 16 output channels at a
 //!   time (two vectors, zero-padded), a tile of five output pixels per row; the pool then
-//!   combines channel vectors of neighbouring pixels.
+//!   combines channel vectors of neighbouring pixels. At the AVX-512 level the 16 channels
+//!   are one `__m512` and a tile covers up to 12 pixels (`wide.rs`), with the same bits.
 //!
 //! Supported: stride 1, dilation 1, one group, any padding, kernel and channel counts; the
 //! pool is 2x2 with stride 2 and no padding, average or max. Every output's products are added
@@ -26,6 +27,8 @@ use crate::simd::{LANES, Simd};
 
 mod channels;
 mod parity;
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 /// How a fused 2x2 pool combines its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -65,6 +65,8 @@ fn matches_the_layers_for_random_shapes_at_every_level() {
         (1, 4, 7, 7, 33, 2, 0),
         (1, 1, 5, 37, 1, 1, 2),
         (2, 5, 12, 10, 16, 4, 1),
+        (1, 2, 7, 70, 3, 3, 1),
+        (1, 3, 9, 29, 17, 3, 1),
     ];
     for (n, c_in, h, w, c_out, k, pad) in cases {
         let xd = [n, c_in, h, w];
@@ -90,6 +92,8 @@ fn matches_the_layers_for_random_shapes_at_every_level() {
                 // Image by image at every level, with the map and channels last: the same bits.
                 let d = layer.pooled().dims("test", h, w).unwrap();
                 let (il, ol) = layer.pooled().image_lens(&d);
+                // The fused levels (AVX2 and AVX-512) add the same products in the same order.
+                let mut fused_bits: Vec<Option<Vec<f32>>> = vec![None; n];
                 for level in SimdLevel::ALL {
                     if !level.available() {
                         eprintln!("skipping {level}: not available on this CPU");
@@ -119,6 +123,15 @@ fn matches_the_layers_for_random_shapes_at_every_level() {
                         assert_close(&at, &out, want_i, tol(c_in * k * k));
                         if level == simd::active() {
                             assert_eq!(out, got_i, "{at}: batch and image calls differ");
+                        }
+                        if level != SimdLevel::Fallback {
+                            match &fused_bits[i] {
+                                Some(first) => assert!(
+                                    first.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    "{at}: differs from the other fused level"
+                                ),
+                                None => fused_bits[i] = Some(out.clone()),
+                            }
                         }
                         let planes = d.ph * d.pw;
                         for (pixel, ch) in last.chunks_exact(c_out).enumerate() {
