@@ -163,7 +163,8 @@ impl PreparedLinear {
                 });
             }
         };
-        let mut y = vec![0f32; n * self.out];
+        // Every output is written (bias plus products), so the buffer need not be zeroed.
+        let mut y = convkit_tensor::buffer::take(n * self.out);
         self.forward(x.as_slice(), &mut y)?;
         Ok(Tensor::from_vec(&[n, self.out], y)?)
     }

@@ -328,7 +328,9 @@ impl PreparedConv {
             let pg = PoolGeometry::new(OP, g.output_dims(), params)?;
             match self.pool {
                 Some(PoolKind::Max) => {
-                    max_pool2d(&pg, &full, output, &mut vec![0; pg.output_len()])?;
+                    let mut argmax = convkit_tensor::buffer::take_indices(pg.output_len());
+                    max_pool2d(&pg, &full, output, &mut argmax)?;
+                    convkit_tensor::buffer::recycle_indices(argmax);
                 }
                 _ => avg_pool2d(&pg, &full, output)?,
             }
