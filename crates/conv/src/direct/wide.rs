@@ -120,6 +120,10 @@ fn tile_w<const KB: usize, const XB: usize>(
 /// Every output of a work item on the channel path (see [`Plan::kpath`]).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) fn kpath(w: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32]) {
+    // Square 3x3 and 5x5 kernels whose taps are consecutive columns (no column stride or
+    // dilation) get tap loops unrolled at compile time.
+    let unit = p.tap_off.iter().enumerate().all(|(j, &off)| off == j);
+    let k = if unit && p.kh == p.kw && matches!(p.kw, 3 | 5) { p.kw } else { 0 };
     for y in 0..p.oh {
         let mut k0 = 0;
         while k0 < p.kc {
@@ -127,19 +131,10 @@ pub(super) fn kpath(w: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32]) {
             while x0 < p.ow {
                 let xp = XP_MAX.min(p.ow - x0);
                 let t = TileAt { k0, y, xv0: x0 };
-                match xp {
-                    1 => tile_k::<1>(w, p, r, out, t),
-                    2 => tile_k::<2>(w, p, r, out, t),
-                    3 => tile_k::<3>(w, p, r, out, t),
-                    4 => tile_k::<4>(w, p, r, out, t),
-                    5 => tile_k::<5>(w, p, r, out, t),
-                    6 => tile_k::<6>(w, p, r, out, t),
-                    7 => tile_k::<7>(w, p, r, out, t),
-                    8 => tile_k::<8>(w, p, r, out, t),
-                    9 => tile_k::<9>(w, p, r, out, t),
-                    10 => tile_k::<10>(w, p, r, out, t),
-                    11 => tile_k::<11>(w, p, r, out, t),
-                    _ => tile_k::<12>(w, p, r, out, t),
+                match k {
+                    3 => columns::<3>(w, p, r, out, t, xp),
+                    5 => columns::<5>(w, p, r, out, t, xp),
+                    _ => columns::<0>(w, p, r, out, t, xp),
                 }
                 x0 += xp;
             }
@@ -148,10 +143,38 @@ pub(super) fn kpath(w: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32]) {
     }
 }
 
+/// [`tile_k`] for `xp` columns (1 to 12).
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[inline]
+fn columns<const K: usize>(
+    w: Avx512,
+    p: &Plan<'_>,
+    r: Reads<'_>,
+    out: &mut [f32],
+    t: TileAt,
+    xp: usize,
+) {
+    macro_rules! by_width {
+        ($($x:literal)*) => {
+            match xp {
+                $($x => tile_k::<$x, K>(w, p, r, out, t),)*
+                _ => tile_k::<XP_MAX, K>(w, p, r, out, t),
+            }
+        };
+    }
+    by_width!(1 2 3 4 5 6 7 8 9 10 11);
+}
+
 /// Output channels `k0..min(k0+16, kc)` × `XP` output columns from `t.xv0` of row `t.y`.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-fn tile_k<const XP: usize>(_: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32], t: TileAt) {
+fn tile_k<const XP: usize, const K: usize>(
+    _: Avx512,
+    p: &Plan<'_>,
+    r: Reads<'_>,
+    out: &mut [f32],
+    t: TileAt,
+) {
     let Reads { planes, wp, bias } = r;
     let TileAt { k0, y, xv0: x0 } = t;
     // `ks` is `kc` rounded up to 8, so 8 or 16 weights of each tap row are readable from `k0`.
@@ -170,11 +193,15 @@ fn tile_k<const XP: usize>(_: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32
     p.check_reads(planes.len(), y, x0 + XP);
     assert!(k0 + lanes <= p.ks && (p.cpg * p.kh * p.kw - 1) * p.ks + p.ks <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
+    // `K > 0`: a K×K kernel whose tap `j` is at column offset `j` (checked by `kpath`).
+    let (kh, kw) = if K > 0 { (K, K) } else { (p.kh, p.kw) };
+    let off_at = |j: usize| if K > 0 { j } else { p.tap_off[j] };
     for c in 0..p.cpg {
-        for i in 0..p.kh {
+        for i in 0..kh {
             let row = (c * p.hp + y * p.sh() + i * p.dh()) * p.row_len + x0;
-            let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
-            for (j, &off) in p.tap_off.iter().enumerate() {
+            let wrow = (c * kh + i) * kw * p.ks + k0;
+            for j in 0..kw {
+                let off = off_at(j);
                 // SAFETY: the mask keeps the load to `lanes` floats from `wrow + j·ks`, and
                 // `wrow + j·ks + lanes ≤ (cpg·kh·kw − 1)·ks + ks ≤ wp.len()` because
                 // `k0 + lanes ≤ ks` (asserted above); masked-off lanes are not read.

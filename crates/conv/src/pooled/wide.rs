@@ -108,4 +108,3 @@ fn tile<const X: usize, const K: usize>(
         unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *a) };
     }
 }
-
