@@ -68,7 +68,7 @@ pub(super) fn tile_dispatch<S: Simd>(
 /// Picks the monomorphized channel-vectorized micro-kernel for `kv` vectors of channels and
 /// `xp` output columns (`t.xv0` is the first column here, not a vector index).
 #[inline(always)]
-pub(super) fn kpath_dispatch<S: Simd>(
+pub(super) fn kpath_dispatch<S: Simd, const K: usize>(
     s: S,
     p: &Plan<'_>,
     r: Reads<'_>,
@@ -79,7 +79,7 @@ pub(super) fn kpath_dispatch<S: Simd>(
 ) {
     tile_table! {
         (kv, xp),
-        tile_k::<S>(s, p, r, out, t),
+        tile_k::<S; K>(s, p, r, out, t),
         [
             (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6),
             (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6),
@@ -90,7 +90,7 @@ pub(super) fn kpath_dispatch<S: Simd>(
             for x in 0..xp {
                 for v in 0..kv {
                     let t1 = TileAt { k0: t.k0 + v * LANES, y: t.y, xv0: t.xv0 + x };
-                    tile_k::<S, 1, 1>(s, p, r, out, t1);
+                    tile_k::<S, 1, 1, K>(s, p, r, out, t1);
                 }
             }
         }
@@ -103,7 +103,7 @@ pub(super) fn kpath_dispatch<S: Simd>(
 /// scalar store per output against `C/g·R·S` multiply-adds, so it is used where the sum is
 /// long and the rows are short.
 #[inline(always)]
-pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize>(
+pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize, const K: usize>(
     s: S,
     p: &Plan<'_>,
     r: Reads<'_>,
@@ -129,11 +129,14 @@ pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize>(
     p.check_reads(planes.len(), y, x0 + XP);
     assert!(k0 + KV * LANES <= p.ks && (p.cpg * p.kh * p.kw - 1) * p.ks + p.ks <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
+    // `K > 0`: a K×K kernel whose tap `j` is at column offset `j` (`Plan::unrolled_taps`).
+    let (kh, kw) = if K > 0 { (K, K) } else { (p.kh, p.kw) };
     for c in 0..p.cpg {
-        for i in 0..p.kh {
+        for i in 0..kh {
             let row = (c * p.hp + y * p.sh() + i * p.dh()) * p.row_len + x0;
-            let wrow = (c * p.kh + i) * p.kw * p.ks + k0;
-            for (j, &off) in p.tap_off.iter().enumerate() {
+            let wrow = (c * kh + i) * kw * p.ks + k0;
+            for j in 0..kw {
+                let off = if K > 0 { j } else { p.tap_off[j] };
                 let mut wv = [s.zero(); KV];
                 for (v, w) in wv.iter_mut().enumerate() {
                     // SAFETY: `wrow + j·ks + v·8 + 8 ≤ (cpg·kh·kw − 1)·ks + ks ≤ wp.len()`

@@ -120,10 +120,7 @@ fn tile_w<const KB: usize, const XB: usize>(
 /// Every output of a work item on the channel path (see [`Plan::kpath`]).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) fn kpath(w: Avx512, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32]) {
-    // Square 3x3 and 5x5 kernels whose taps are consecutive columns (no column stride or
-    // dilation) get tap loops unrolled at compile time.
-    let unit = p.tap_off.iter().enumerate().all(|(j, &off)| off == j);
-    let k = if unit && p.kh == p.kw && matches!(p.kw, 3 | 5) { p.kw } else { 0 };
+    let k = p.unrolled_taps();
     for y in 0..p.oh {
         let mut k0 = 0;
         while k0 < p.kc {
@@ -193,15 +190,14 @@ fn tile_k<const XP: usize, const K: usize>(
     p.check_reads(planes.len(), y, x0 + XP);
     assert!(k0 + lanes <= p.ks && (p.cpg * p.kh * p.kw - 1) * p.ks + p.ks <= wp.len());
     let (pin, pw) = (planes.as_ptr(), wp.as_ptr());
-    // `K > 0`: a K×K kernel whose tap `j` is at column offset `j` (checked by `kpath`).
+    // `K > 0`: a K×K kernel whose tap `j` is at column offset `j` (`Plan::unrolled_taps`).
     let (kh, kw) = if K > 0 { (K, K) } else { (p.kh, p.kw) };
-    let off_at = |j: usize| if K > 0 { j } else { p.tap_off[j] };
     for c in 0..p.cpg {
         for i in 0..kh {
             let row = (c * p.hp + y * p.sh() + i * p.dh()) * p.row_len + x0;
             let wrow = (c * kh + i) * kw * p.ks + k0;
             for j in 0..kw {
-                let off = off_at(j);
+                let off = if K > 0 { j } else { p.tap_off[j] };
                 // SAFETY: the mask keeps the load to `lanes` floats from `wrow + j·ks`, and
                 // `wrow + j·ks + lanes ≤ (cpg·kh·kw − 1)·ks + ks ≤ wp.len()` because
                 // `k0 + lanes ≤ ks` (asserted above); masked-off lanes are not read.
