@@ -94,6 +94,22 @@
 //! # }
 //! ```
 
+/// `$kernel::<X, K>($args…)` for `X = $xp` output columns from 1 to 11, `X = $max` above: the
+/// monomorphized tiles of the AVX-512 channel paths (`direct/wide.rs`, `pooled/wide.rs`),
+/// whose widest tile, 12 columns, keeps 12 of the 32 registers accumulating.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_columns {
+    ($xp:expr, $max:ident, $kernel:ident::<_, $k:ident> $args:tt) => {
+        by_columns!(@ $xp, $max, $kernel, $k, $args, 1 2 3 4 5 6 7 8 9 10 11)
+    };
+    (@ $xp:expr, $max:ident, $kernel:ident, $k:ident, $args:tt, $($x:literal)*) => {
+        match $xp {
+            $($x => $kernel::<$x, $k> $args,)*
+            _ => $kernel::<$max, $k> $args,
+        }
+    };
+}
+
 mod algo;
 pub mod api;
 pub mod batchnorm;

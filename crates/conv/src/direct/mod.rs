@@ -231,13 +231,6 @@ impl<'g> Plan<'g> {
         }
     }
 
-    /// Checks the input a tile reads against the planes, once per tile instead of once per
-    /// load: its end is one past the farthest float of output row `y_last`'s footprint (last
-    /// channel, last kernel row, farthest tap) up to column `x_end`.
-    ///
-    /// # Panics
-    /// When that footprint reaches past `planes_len` or past the padded row (a kernel bug).
-    #[inline]
     /// The kernel size when the kernel is a square 3x3 or 5x5 whose taps are consecutive
     /// columns (no column stride or dilation), so that tiles can unroll its tap loops at
     /// compile time; 0 otherwise.
@@ -246,6 +239,13 @@ impl<'g> Plan<'g> {
         if unit && self.kh == self.kw && matches!(self.kw, 3 | 5) { self.kw } else { 0 }
     }
 
+    /// Checks the input a tile reads against the planes, once per tile instead of once per
+    /// load: its end is one past the farthest float of output row `y_last`'s footprint (last
+    /// channel, last kernel row, farthest tap) up to column `x_end`.
+    ///
+    /// # Panics
+    /// When that footprint reaches past `planes_len` or past the padded row (a kernel bug).
+    #[inline]
     fn check_reads(&self, planes_len: usize, y_last: usize, x_end: usize) {
         let last_in = ((self.cpg - 1) * self.hp + y_last * self.sh() + (self.kh - 1) * self.dh())
             * self.row_len

@@ -151,15 +151,7 @@ fn columns<const K: usize>(
     t: TileAt,
     xp: usize,
 ) {
-    macro_rules! by_width {
-        ($($x:literal)*) => {
-            match xp {
-                $($x => tile_k::<$x, K>(w, p, r, out, t),)*
-                _ => tile_k::<XP_MAX, K>(w, p, r, out, t),
-            }
-        };
-    }
-    by_width!(1 2 3 4 5 6 7 8 9 10 11);
+    by_columns!(xp, XP_MAX, tile_k::<_, K>(w, p, r, out, t))
 }
 
 /// Output channels `k0..min(k0+16, kc)` × `XP` output columns from `t.xv0` of row `t.y`.

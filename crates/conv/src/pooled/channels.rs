@@ -52,14 +52,6 @@ pub(super) fn image<S: Simd>(
     for g in 0..pk.c_out.div_ceil(GROUP) {
         let w = &pk.weight[g * per * GROUP..][..per * GROUP];
         let b = &pk.bias[g * GROUP..][..GROUP];
-        #[cfg(target_arch = "x86_64")]
-        if let Some(t) = s.avx512() {
-            // SAFETY: the token `t` proves the CPU has the features `group` is compiled for.
-            unsafe { super::wide::group(t, pk, d, planes, w, b, cbuf) };
-        } else {
-            group(s, pk, d, planes, w, b, cbuf);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
         group(s, pk, d, planes, w, b, cbuf);
         let k0 = g * GROUP;
         let kn = (pk.c_out - k0).min(GROUP);
@@ -107,7 +99,8 @@ pub(super) fn image<S: Simd>(
 }
 
 /// The convolution output of one group of 16 channels, `[oh][ow][16]` into `cbuf`, in tiles
-/// of [`TILE`] columns: `w` is the group's packed weights, `bias` its 16 biases.
+/// of [`TILE`] columns (at the AVX-512 level, `wide.rs`'s tiles): `w` is the group's packed
+/// weights, `b` its 16 biases.
 #[inline(always)]
 fn group<S: Simd>(
     s: S,
@@ -118,6 +111,12 @@ fn group<S: Simd>(
     b: &[f32],
     cbuf: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = s.avx512() {
+        // SAFETY: the token `t` proves the CPU has the features `group` is compiled for.
+        unsafe { super::wide::group(t, pk, d, planes, w, b, cbuf) };
+        return;
+    }
     let ow = 2 * d.pw;
     let bias = [s.load(b), s.load(&b[LANES..])];
     for y in 0..2 * d.ph {

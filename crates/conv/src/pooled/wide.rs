@@ -58,15 +58,7 @@ fn columns<const K: usize>(
     out: &mut [f32],
     xp: usize,
 ) {
-    macro_rules! by_width {
-        ($($x:literal)*) => {
-            match xp {
-                $($x => tile::<$x, K>(t, pk, d, planes, w, bias, at, out),)*
-                _ => tile::<XP_MAX, K>(t, pk, d, planes, w, bias, at, out),
-            }
-        };
-    }
-    by_width!(1 2 3 4 5 6 7 8 9 10 11);
+    by_columns!(xp, XP_MAX, tile::<_, K>(t, pk, d, planes, w, bias, at, out))
 }
 
 /// Output columns `x0 .. x0 + X` of row `y` for the group into `out` (`[X][16]`): bias, then
