@@ -442,16 +442,21 @@ fn backward_winograd(
 
 /// The Winograd variant that computes the weight gradient after a Winograd forward, or `None`
 /// where im2col's is faster: from 1024 output pixels per channel over the batch, F(4x4,3x3)
-/// without dilation and F(2x2,3x3) with (the subsampled grids of `dilated` are 14x14, which
-/// F(2x2)'s tiles cover exactly); F(2x2,3x3) from 196 output pixels (`vgg3x3_14`, whose 16
-/// F(4x4) tiles make products too short, but whose 49 F(2x2) tiles beat one im2col product);
-/// im2col below.
+/// without dilation where its 4x4 tiles cover the output with no more padding than F(2x2)'s
+/// (28x28 and 7x7 planes, not 14x14: at batch 64, 64 channels, 14x14, F(2x2) took 3.4–3.7 ms
+/// against F(4x4)'s 4.0–4.2), F(2x2,3x3) otherwise (the subsampled grids of `dilated` are
+/// 14x14, which F(2x2)'s tiles cover exactly); F(2x2,3x3) from 196 output pixels
+/// (`vgg3x3_14`, whose 16 F(4x4) tiles make products too short, but whose 49 F(2x2) tiles
+/// beat one im2col product); im2col below.
 fn winograd_weight_grad_variant(g: &ConvGeometry) -> Option<WinogradVariant> {
     let pixels = g.n * g.oh * g.ow;
     if pixels < 196 {
         return None;
     }
-    Some(if g.params.dilation == (1, 1) && pixels >= 1024 {
+    // F(4x4)'s transforms cost about twice F(2x2)'s per tile element, so F(4x4) pays only where
+    // its tiles cover no more padding than F(2x2)'s.
+    let f4_fits = tiles_per_image(g, 4) * 16 <= tiles_per_image(g, 2) * 4;
+    Some(if g.params.dilation == (1, 1) && pixels >= 1024 && f4_fits {
         WinogradVariant::F4x4_3x3
     } else {
         WinogradVariant::F2x2_3x3
@@ -481,6 +486,9 @@ mod tests {
             wv([8, 64, 28, 28], 64, Conv2dParams::default().with_padding(2).with_dilation(2)),
             Some(f2)
         );
+        assert_eq!(wv([64, 64, 14, 14], 64, p), Some(f2));
+        assert_eq!(wv([64, 64, 7, 7], 64, p), Some(f4));
+        assert_eq!(wv([64, 32, 28, 28], 32, p), Some(f4));
         assert_eq!(wv([1, 64, 13, 13], 64, p), None);
         assert_eq!(wv([2, 64, 7, 7], 64, p), None);
     }

@@ -142,9 +142,11 @@ fn weight_gradient_through_the_dispatcher() {
 #[test]
 fn weight_gradient_same_bits_for_1_2_and_3_threads() {
     let p = Conv2dParams::default();
-    // Several tile blocks (the accumulation chain), two groups, dilation, batch 1.
+    // Several tile blocks (the accumulation chain), two groups, dilation, batch 1, and a
+    // batch split into uneven image ranges (9 images: 5 ranges of 2, 2, 2, 2 and 1).
     let shapes = [
         geom([3, 64, 30, 30], [96, 64, 3, 3], p.with_padding(1)),
+        geom([9, 16, 28, 28], [16, 16, 3, 3], p.with_padding(1)),
         geom([2, 32, 29, 27], [32, 16, 3, 3], p.with_padding(2).with_dilation(2).with_groups(2)),
         geom([1, 24, 40, 40], [24, 24, 3, 3], p),
     ];

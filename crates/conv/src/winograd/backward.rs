@@ -41,8 +41,19 @@ pub fn conv2d_input_grad_winograd(
     Ok(true)
 }
 
-/// Transform-domain scratch per tile block of the weight gradient, in floats (4 MiB).
+/// Transform-domain scratch per tile block of the weight gradient, in floats (4 MiB), when one
+/// block's products are split across threads.
 pub(super) const WGRAD_BLOCK_FLOATS: usize = 1 << 20;
+
+/// The same when each thread runs whole ranges of images (1 MiB): a task transforms a block
+/// and multiplies it at once, so it should stay in a core's L2.
+const WGRAD_TASK_BLOCK_FLOATS: usize = 1 << 18;
+
+/// Most image ranges the weight gradient is split into, each with its own `dU` partial sum.
+const WGRAD_MAX_RANGES: usize = 8;
+
+/// Floats all the `dU` partial sums of the image ranges may take (16 MiB).
+const WGRAD_PARTIALS_FLOATS: usize = 1 << 22;
 
 /// The weight gradient of a 3x3, stride-1 convolution, computed by Winograd.
 ///
@@ -50,8 +61,17 @@ pub(super) const WGRAD_BLOCK_FLOATS: usize = 1 << 20;
 /// `dU = Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)` over every image and tile, and `dg = Gᵀ dU G`. Summed
 /// over channels, each transform position `ξ` is one product,
 /// `dU[ξ] [K', C'] += dŶ[ξ] [K', tiles] · V[ξ] [C', tiles]ᵀ`, accumulated over blocks of tiles
-/// taken in a fixed order (image by image), so the result does not depend on the number of
-/// threads (the `α²` products of a block run in parallel, each one on its own `dU[ξ]`).
+/// taken in a fixed order (image by image).
+///
+/// The work is split in one of two ways, both chosen by the shape alone, so the result does
+/// not depend on the number of threads:
+/// - by images: up to 8 ranges of images (as many as the batch has and the partial sums'
+///   16 MiB allow), each accumulating its own `dU` (channel-last copies, transforms and
+///   products of one range on one thread, in cache), the partials then added in range order;
+/// - with fewer than two ranges (one image, or very wide layers): block by block, each
+///   block's transforms in parallel parts and its `α²` products in parallel, each on its own
+///   `dU[ξ]`.
+///
 /// The input tiles, edge tiles, dilation (subsampled grids) and groups are handled as in
 /// [`conv2d_winograd`](super::conv2d_winograd); output-gradient values outside the output read as zero.
 ///
@@ -72,63 +92,204 @@ pub fn conv2d_weight_grad_winograd(
     check_len(OP_W, "input", &g.input_dims(), input.len())?;
     check_len(OP_W, "grad_output", &g.output_dims(), grad_output.len())?;
     check_len(OP_W, "grad_weight", &g.weight_dims(), grad_weight.len())?;
-    let (cpg, kpg, groups) = (g.c_in_per_group(), g.c_out_per_group(), g.params.groups);
-    // Channels padded to whole vectors in the channel-last copies and transform buffers.
-    let (cv, kv) = (cpg.next_multiple_of(LANES), kpg.next_multiple_of(LANES));
-    let (a, m) = (variant.alpha(), variant.m());
-    let a2 = a * a;
-    let (dh, dw) = g.params.dilation;
-    let (image_tiles, hp, wp) = tile_grid(g, variant);
-    // The output-gradient extent the tiles' m×m blocks cover (zeros past the output).
-    let (ohp, owp) = image_tiles.iter().fold((g.oh, g.ow), |(eh, ew), t| {
-        (eh.max(t.oy + dh * (m - 1) + 1), ew.max(t.ox + dw * (m - 1) + 1))
-    });
-    // Images are taken `nb` at a time (as many as one block of tiles holds, at least one):
-    // their channel-last copies are made just before their tiles are transformed, so both
-    // stay in cache.
-    let per_image = image_tiles.len();
-    let tb_max = (WGRAD_BLOCK_FLOATS / (a2 * (cv + kv))).clamp(8, 512);
-    let nb = (tb_max / per_image).clamp(1, g.n);
-    let tiles: Vec<Tile> =
-        (0..nb).flat_map(|img| image_tiles.iter().map(move |t| Tile { img, ..*t })).collect();
-    let nblocks = tiles.len().div_ceil(tb_max);
-    let tb = tiles.len().div_ceil(nblocks);
-    let (x_len, y_len) = (nb * hp * wp * cv, nb * ohp * owp * kv);
-    let (v_len, w_len) = (tb * a2 * cv, tb * a2 * kv);
+    let plan = GradPlan::new(g, variant);
+    let (cpg, kpg) = (plan.cpg, plan.kpg);
+    let du_len = plan.a2 * kpg * cpg;
+    let ranges = (WGRAD_PARTIALS_FLOATS / du_len).min(WGRAD_MAX_RANGES).min(g.n);
     let parallel = g.flops() >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
-    let (ph, pw) = g.params.padding;
-    let du_len = a2 * kpg * cpg;
-    scratch::with(Slot::Tiles, |scratch| {
-        // Every float a product reads is written first: the channel-last copies with their
-        // zero borders (padding, and the output gradient past the output) by
-        // `ChannelLast::copy`, the transform buffers tile by tile.
-        // `dU` too is overwritten (beta 0) by each group's first block before it is read.
-        let total = x_len + y_len + v_len + w_len + du_len;
-        if scratch.len() < total {
-            scratch.resize(total, 0.0);
+    let ops = GradOperands { input, grad_output };
+    if ranges >= 2 {
+        // Ranges of `per` images, none empty; each partial is overwritten by its range's
+        // first block.
+        let per = g.n.div_ceil(ranges);
+        let ranges = g.n.div_ceil(per);
+        let mut partials = scratch::take(Slot::Filters);
+        if partials.len() < ranges * du_len {
+            partials.resize(ranges * du_len, 0.0);
         }
-        let (xcl, rest) = scratch.split_at_mut(x_len);
-        let (ycl, rest) = rest.split_at_mut(y_len);
-        let (vbuf, rest) = rest.split_at_mut(v_len);
-        let (wbuf, rest) = rest.split_at_mut(w_len);
-        let du = &mut rest[..du_len];
-        let x_at = ChannelLast { h: g.h, w: g.w, y0: ph, x0: pw, hp, wp, channels: cpg, cv };
-        let y_at =
-            ChannelLast { h: g.oh, w: g.ow, y0: 0, x0: 0, hp: ohp, wp: owp, channels: kpg, cv: kv };
-        for grp in 0..groups {
-            let mut first = true;
-            for b0 in (0..g.n).step_by(nb) {
-                let imgs = nb.min(g.n - b0);
-                for (b, dst) in xcl.chunks_exact_mut(hp * wp * cv).take(imgs).enumerate() {
-                    let start = ((b0 + b) * g.c_in + grp * cpg) * g.h * g.w;
-                    x_at.copy(&input[start..][..cpg * g.h * g.w], dst);
+        let partials_len = ranges * du_len;
+        for grp in 0..g.params.groups {
+            let task = |(r, du): (usize, &mut [f32])| {
+                let images = r * per..((r + 1) * per).min(g.n);
+                plan.accumulate(ops, grp, images, du, false, WGRAD_TASK_BLOCK_FLOATS, 1);
+            };
+            let partials = &mut partials[..partials_len];
+            if parallel {
+                partials.par_chunks_mut(du_len).enumerate().for_each(task);
+            } else {
+                partials.chunks_mut(du_len).enumerate().for_each(task);
+            }
+            // dU = Σ partials, in range order, into the first.
+            let (du, rest) = partials.split_at_mut(du_len);
+            let add = |(i, d): (usize, &mut [f32])| {
+                for part in rest.chunks_exact(du_len) {
+                    for (d, p) in d.iter_mut().zip(&part[i * 4096..]) {
+                        *d += p;
+                    }
                 }
-                for (b, dst) in ycl.chunks_exact_mut(ohp * owp * kv).take(imgs).enumerate() {
+            };
+            if parallel && du_len >= 1 << 16 {
+                du.par_chunks_mut(4096).enumerate().for_each(add);
+            } else {
+                du.chunks_mut(4096).enumerate().for_each(add);
+            }
+            let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
+            filter_grad_transform(du, gw, kpg, cpg, variant);
+        }
+        scratch::put(Slot::Filters, partials);
+        return Ok(true);
+    }
+    let mut du = scratch::take(Slot::Filters);
+    du.resize(du_len, 0.0);
+    for grp in 0..g.params.groups {
+        // `dU` is overwritten (beta 0) by the first block before it is read.
+        plan.accumulate(
+            ops,
+            grp,
+            0..g.n,
+            &mut du[..du_len],
+            parallel,
+            WGRAD_BLOCK_FLOATS,
+            GRAD_PARTS,
+        );
+        let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
+        filter_grad_transform(&du[..du_len], gw, kpg, cpg, variant);
+    }
+    scratch::put(Slot::Filters, du);
+    Ok(true)
+}
+
+/// The operands of a weight gradient, `[n, c_in, h, w]` and `[n, c_out, oh, ow]`.
+#[derive(Clone, Copy)]
+struct GradOperands<'a> {
+    input: &'a [f32],
+    grad_output: &'a [f32],
+}
+
+/// The shape-derived constants of a weight gradient: tiles of one image, padded extents of
+/// the channel-last copies, channels per group and their vector-padded counts.
+struct GradPlan<'g> {
+    g: &'g ConvGeometry,
+    variant: WinogradVariant,
+    image_tiles: Vec<Tile>,
+    hp: usize,
+    wp: usize,
+    ohp: usize,
+    owp: usize,
+    cpg: usize,
+    kpg: usize,
+    cv: usize,
+    kv: usize,
+    a2: usize,
+}
+
+impl<'g> GradPlan<'g> {
+    fn new(g: &'g ConvGeometry, variant: WinogradVariant) -> Self {
+        let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
+        let m = variant.m();
+        let (dh, dw) = g.params.dilation;
+        let (image_tiles, hp, wp) = tile_grid(g, variant);
+        // The output-gradient extent the tiles' m×m blocks cover (zeros past the output).
+        let (ohp, owp) = image_tiles.iter().fold((g.oh, g.ow), |(eh, ew), t| {
+            (eh.max(t.oy + dh * (m - 1) + 1), ew.max(t.ox + dw * (m - 1) + 1))
+        });
+        GradPlan {
+            g,
+            variant,
+            image_tiles,
+            hp,
+            wp,
+            ohp,
+            owp,
+            cpg,
+            kpg,
+            // Channels padded to whole vectors in the channel-last copies and transform
+            // buffers.
+            cv: cpg.next_multiple_of(LANES),
+            kv: kpg.next_multiple_of(LANES),
+            a2: variant.alpha().pow(2),
+        }
+    }
+
+    /// `du` = `dU` of group `grp` summed over `images` (overwritten), blocks of at most
+    /// `block_floats` transformed floats, each cut into `parts` (transforms and depth blocks
+    /// of the products; `parallel`: the parts' transforms and the products run on the pool).
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate(
+        &self,
+        ops: GradOperands<'_>,
+        grp: usize,
+        images: std::ops::Range<usize>,
+        du: &mut [f32],
+        parallel: bool,
+        block_floats: usize,
+        parts: usize,
+    ) {
+        let GradPlan { g, hp, wp, ohp, owp, cpg, kpg, cv, kv, a2, .. } = *self;
+        // Images are taken `nb` at a time (as many as one block of tiles holds, at least
+        // one): their channel-last copies are made just before their tiles are transformed,
+        // so both stay in cache.
+        let per_image = self.image_tiles.len();
+        let tb_max = (block_floats / (a2 * (cv + kv))).clamp(8, 512);
+        let nb = (tb_max / per_image).clamp(1, images.len().max(1));
+        let tiles: Vec<Tile> = (0..nb)
+            .flat_map(|img| self.image_tiles.iter().map(move |t| Tile { img, ..*t }))
+            .collect();
+        let nblocks = tiles.len().div_ceil(tb_max);
+        let tb = tiles.len().div_ceil(nblocks);
+        let (x_len, y_len) = (nb * hp * wp * cv, nb * ohp * owp * kv);
+        let (v_len, w_len) = (tb * a2 * cv, tb * a2 * kv);
+        let (ph, pw) = g.params.padding;
+        let (dh, dw) = g.params.dilation;
+        scratch::with(Slot::Tiles, |scratch| {
+            // Every float a product reads is written first: the channel-last copies with
+            // their zero borders (padding, and the output gradient past the output) by
+            // `ChannelLast::copy`, the transform buffers tile by tile.
+            let total = x_len + y_len + v_len + w_len;
+            if scratch.len() < total {
+                scratch.resize(total, 0.0);
+            }
+            let (xcl, rest) = scratch.split_at_mut(x_len);
+            let (ycl, rest) = rest.split_at_mut(y_len);
+            let (vbuf, rest) = rest.split_at_mut(v_len);
+            let wbuf = &mut rest[..w_len];
+            let x_at = ChannelLast { h: g.h, w: g.w, y0: ph, x0: pw, hp, wp, channels: cpg, cv };
+            let y_at = ChannelLast {
+                h: g.oh,
+                w: g.ow,
+                y0: 0,
+                x0: 0,
+                hp: ohp,
+                wp: owp,
+                channels: kpg,
+                cv: kv,
+            };
+            let mut first = true;
+            for b0 in images.clone().step_by(nb) {
+                let imgs = nb.min(images.end - b0);
+                // The channel-last copies of the block's images, one task per image and
+                // operand (each writes its own image's buffer).
+                let copy_x = |(b, dst): (usize, &mut [f32])| {
+                    let start = ((b0 + b) * g.c_in + grp * cpg) * g.h * g.w;
+                    x_at.copy(&ops.input[start..][..cpg * g.h * g.w], dst);
+                };
+                let copy_y = |(b, dst): (usize, &mut [f32])| {
                     let start = ((b0 + b) * g.c_out + grp * kpg) * g.oh * g.ow;
-                    y_at.copy(&grad_output[start..][..kpg * g.oh * g.ow], dst);
+                    y_at.copy(&ops.grad_output[start..][..kpg * g.oh * g.ow], dst);
+                };
+                let xs = &mut xcl[..imgs * hp * wp * cv];
+                let ys = &mut ycl[..imgs * ohp * owp * kv];
+                if parallel && imgs > 1 {
+                    rayon::join(
+                        || xs.par_chunks_exact_mut(hp * wp * cv).enumerate().for_each(copy_x),
+                        || ys.par_chunks_exact_mut(ohp * owp * kv).enumerate().for_each(copy_y),
+                    );
+                } else {
+                    xs.chunks_exact_mut(hp * wp * cv).enumerate().for_each(copy_x);
+                    ys.chunks_exact_mut(ohp * owp * kv).enumerate().for_each(copy_y);
                 }
                 let src = GradSource {
-                    variant,
+                    variant: self.variant,
                     x: &*xcl,
                     y: &*ycl,
                     hp,
@@ -145,36 +306,39 @@ pub fn conv2d_weight_grad_winograd(
                 for block in tiles[..imgs * per_image].chunks(tb) {
                     let beta = if first { 0.0 } else { 1.0 };
                     first = false;
-                    grad_block_products(
-                        &src, block, &mut *vbuf, &mut *wbuf, beta, &mut *du, parallel,
-                    );
+                    let bufs = (&mut *vbuf, &mut *wbuf);
+                    grad_block_products(&src, block, bufs, beta, du, parallel, parts);
                 }
             }
-            let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
-            filter_grad_transform(du, gw, kpg, cpg, variant);
-        }
-    });
-    Ok(true)
+        });
+    }
 }
 
-/// One block of tiles of the weight gradient: both transforms of every tile (split across
-/// threads when `parallel`), then `dU[ξ] (+)= dŶ[ξ] · V[ξ]ᵀ` for every transform position `ξ`
-/// (`beta` 0 overwrites `du`, 1 accumulates), the positions split across threads.
+/// Parts a block of tiles is cut into when one block's work is split across threads: each
+/// part's transforms are one task, and its tiles one depth block of every product. A constant
+/// (not the number of threads), so that the sums are taken in the same order on any pool.
+const GRAD_PARTS: usize = 4;
+
+/// One block of tiles of the weight gradient: both transforms of every tile, in up to
+/// `parts` parts (in parallel when `parallel`), then for every transform position `ξ`
+/// `dU[ξ] (+)= Σ_parts dŶ[ξ] · V[ξ]ᵀ` (`beta` 0 overwrites `du` at the first part, 1
+/// accumulates), the positions split across threads.
 pub(super) fn grad_block_products(
     src: &GradSource<'_>,
     block: &[Tile],
-    vbuf: &mut [f32],
-    wbuf: &mut [f32],
+    (vbuf, wbuf): (&mut [f32], &mut [f32]),
     beta: f32,
     du: &mut [f32],
     parallel: bool,
+    parts: usize,
 ) {
     let (cpg, kpg, cv, kv) = (src.cpg, src.kpg, src.cv, src.kv);
     let a = src.variant.alpha();
     let a2 = a * a;
     let nt = block.len();
-    // Each tile's transforms are written to its own rows: split across threads.
-    let per = if parallel { nt.div_ceil(2) } else { nt };
+    // Parts of at least 16 tiles (one B panel's depth is no constraint; a short part only
+    // costs a pass over the small `dU[ξ]`).
+    let per = nt.div_ceil(parts).max(16);
     let parts: Vec<GradBlock<'_>> = block
         .chunks(per)
         .zip(vbuf.chunks_mut(per * a2 * cv))
@@ -187,24 +351,28 @@ pub(super) fn grad_block_products(
         parts.into_iter().for_each(simd::dispatch_active);
     }
     let (vb, wb) = (&*vbuf, &*wbuf);
-    // dU[ξ] (K' × C') (+)= dŶ[ξ] (K' × tiles) · V[ξ]ᵀ (tiles × C'), both read from the
-    // tile-major buffers `[t][ξ][channel]`.
+    // dU[ξ] (K' × C') (+)= dŶ[ξ] (K' × tiles) · V[ξ]ᵀ (tiles × C'), part by part; each part's
+    // buffers are position-major, `[ξ][t][channel]`, so both operands of a product are read
+    // sequentially.
     let product = |(xi, c): (usize, &mut [f32])| {
-        let dyt = MatRef {
-            data: &wb[xi * kv..],
-            rows: kpg,
-            cols: nt,
-            row_stride: 1,
-            col_stride: a2 * kv,
-        };
-        let vt = MatRef {
-            data: &vb[xi * cv..],
-            rows: nt,
-            cols: cpg,
-            row_stride: a2 * cv,
-            col_stride: 1,
-        };
-        sgemm(1.0, dyt, vt, beta, c, cpg);
+        for (p, t0) in (0..nt).step_by(per).enumerate() {
+            let len = per.min(nt - t0);
+            let dyt = MatRef {
+                data: &wb[t0 * a2 * kv + xi * len * kv..],
+                rows: kpg,
+                cols: len,
+                row_stride: 1,
+                col_stride: kv,
+            };
+            let vt = MatRef {
+                data: &vb[t0 * a2 * cv + xi * len * cv..],
+                rows: len,
+                cols: cpg,
+                row_stride: cv,
+                col_stride: 1,
+            };
+            sgemm(1.0, dyt, vt, if p == 0 { beta } else { 1.0 }, c, cpg);
+        }
     };
     if parallel {
         du.par_chunks_mut(kpg * cpg).enumerate().for_each(product);
@@ -232,8 +400,8 @@ pub(super) struct GradSource<'a> {
     dw: usize,
 }
 
-/// Transforms of a run of tiles of the weight gradient: `V = Bᵀ d B` into `v[t][ξ][c]` and
-/// `A dY Aᵀ` into `w[t][ξ][k]`.
+/// Transforms of a run of tiles of the weight gradient: `V = Bᵀ d B` into `v[ξ][t][c]` and
+/// `A dY Aᵀ` into `w[ξ][t][k]` (`t` counting the run's tiles).
 pub(super) struct GradBlock<'a> {
     src: &'a GradSource<'a>,
     tiles: &'a [Tile],
@@ -262,10 +430,8 @@ pub(super) fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
     b: GradBlock<'_>,
 ) {
     let GradBlock { src: p, tiles, v, w } = b;
-    let a2 = A * A;
-    for ((t, vt), wt) in
-        tiles.iter().zip(v.chunks_exact_mut(a2 * p.cv)).zip(w.chunks_exact_mut(a2 * p.kv))
-    {
+    let nt = tiles.len();
+    for (ti, t) in tiles.iter().enumerate() {
         let xo = ((t.img * p.hp + t.py) * p.wp + t.px) * p.cv;
         for c0 in (0..p.cpg).step_by(LANES) {
             let mut d = [[s.zero(); A]; A];
@@ -277,7 +443,7 @@ pub(super) fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
             let tv = input_2d::<S, T, A, M>(s, &d);
             for (xi, row) in tv.iter().enumerate() {
                 for (xj, &val) in row.iter().enumerate() {
-                    s.store(val, &mut vt[(xi * A + xj) * p.cv + c0..]);
+                    s.store(val, &mut v[((xi * A + xj) * nt + ti) * p.cv + c0..]);
                 }
             }
         }
@@ -292,7 +458,7 @@ pub(super) fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
             let tw = grad_2d::<S, T, A, M>(s, &y);
             for (xi, row) in tw.iter().enumerate() {
                 for (xj, &val) in row.iter().enumerate() {
-                    s.store(val, &mut wt[(xi * A + xj) * p.kv + k0..]);
+                    s.store(val, &mut w[((xi * A + xj) * nt + ti) * p.kv + k0..]);
                 }
             }
         }
