@@ -60,6 +60,7 @@ use rayon::prelude::*;
 use crate::gemm::{NR, packed_b_len};
 use crate::params::ConvGeometry;
 use crate::scratch;
+use crate::simd::{self, Simd, WithSimd};
 
 mod backward;
 mod forward;
@@ -173,6 +174,32 @@ fn col2im_plane_add(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
     }
 }
 
+/// Builds the column matrix of `planes` (`C'` channels of one image) straight into the packed-B
+/// layout and returns it (the front of `buf`): [`im2col_packed_in`] compiled for the active
+/// instruction set, whose wide moves the many short copies of small planes need.
+fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    let (start, len) = simd::dispatch_active(PackColumns { g, planes, buf: &mut *buf });
+    &buf[start..start + len]
+}
+
+/// [`im2col_packed_in`] for the SIMD dispatcher; returns where in `buf` the matrix is.
+struct PackColumns<'a> {
+    g: &'a ConvGeometry,
+    planes: &'a [f32],
+    buf: &'a mut Vec<f32>,
+}
+
+impl WithSimd for PackColumns<'_> {
+    type Output = (usize, usize);
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> (usize, usize) {
+        let packed = im2col_packed_in(self.g, self.planes, self.buf);
+        let (at, len) = (packed.as_ptr() as usize, packed.len());
+        ((at - self.buf.as_ptr() as usize) / std::mem::size_of::<f32>(), len)
+    }
+}
+
 /// Builds the column matrix of `planes` (`C'` channels of one image) into `col`, resizing it.
 fn im2col(g: &ConvGeometry, planes: &[f32], col: &mut Vec<f32>, parallel: bool) {
     let (hw, taps) = (g.h * g.w, g.kh * g.kw * g.oh * g.ow);
@@ -199,7 +226,8 @@ fn im2col(g: &ConvGeometry, planes: &[f32], col: &mut Vec<f32>, parallel: bool) 
 /// at `k = j·dw / sw` of phase `j·dw mod sw`, copied straight into its panels. A strided layer
 /// thus gathers each input row once instead of once per tap, and the large matrix is written
 /// once and never re-read for packing.
-fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+#[inline(always)]
+fn im2col_packed_in<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
     let p = g.params;
     let (hw, ohw, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let crs = g.c_in_per_group() * taps;
@@ -216,20 +244,8 @@ fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) ->
         packed[plen - crs * NR..].fill(0.0);
     }
     // Copies `src` (pixels `p0..p0 + src.len()` of row `r`) into the panels.
-    let put = |packed: &mut [f32], r: usize, p0: usize, src: &[f32]| {
-        let mut pix = p0;
-        let mut src = src;
-        while !src.is_empty() {
-            let lane = pix % NR;
-            let n = (NR - lane).min(src.len());
-            let dst = &mut packed[(pix / NR) * crs * NR + r * NR + lane..][..n];
-            for (d, v) in dst.iter_mut().zip(&src[..n]) {
-                *d = *v;
-            }
-            src = &src[n..];
-            pix += n;
-        }
-    };
+    let put =
+        |packed: &mut [f32], r: usize, p0: usize, src: &[f32]| put_run(packed, crs, r, p0, src);
     let zeros = [0.0f32; 64];
     // Input columns `x0..x1` land at padded columns `x0 + pw..x1 + pw` (within `span`).
     let x0 = pw.min(span);
@@ -298,6 +314,45 @@ fn im2col_packed<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>) ->
         }
     }
     &*packed
+}
+
+/// Copies `src`, pixels `p0..p0 + src.len()` of row `r` of a column matrix with `crs` rows,
+/// into its packed-B panels.
+#[inline(always)]
+fn put_run(packed: &mut [f32], crs: usize, r: usize, p0: usize, src: &[f32]) {
+    let mut pix = p0;
+    let mut src = src;
+    while !src.is_empty() {
+        let lane = pix % NR;
+        let n = (NR - lane).min(src.len());
+        copy_short(&mut packed[(pix / NR) * crs * NR + r * NR + lane..][..n], &src[..n]);
+        src = &src[n..];
+        pix += n;
+    }
+}
+
+/// `dst.copy_from_slice(src)` for runs of at most 16 floats (a row of a small output plane
+/// into a panel): two possibly overlapping fixed-size moves of 8 or 4 floats, which compile to
+/// a pair of vector loads and stores, instead of a call to `memcpy` or an element loop.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = src.len();
+    debug_assert!(n <= 16 && dst.len() == n);
+    fn pair<const W: usize>(dst: &mut [f32], src: &[f32]) {
+        // Constant lengths: vector moves, not calls.
+        let n = src.len();
+        dst[..W].copy_from_slice(&src[..W]);
+        dst[n - W..].copy_from_slice(&src[n - W..]);
+    }
+    if n >= 8 {
+        pair::<8>(dst, src);
+    } else if n >= 4 {
+        pair::<4>(dst, src);
+    } else {
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d = *v;
+        }
+    }
 }
 
 /// [`im2col_packed`] for one large image on all threads: the row-major column matrix is built
