@@ -445,8 +445,11 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
 ) {
     let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, out } = o;
     let nk = ks.1 - ks.0;
-    // Output values of 8 tiles, lane-major for the scatter; hoisted so it is zeroed once.
-    let mut vals = [[0f32; LANES]; 16];
+    // The m×m outputs of 8 tiles, tile-major: output `q = i·m + j` of tile `l` is
+    // `vals[q / 8][l][q % 8]` (transposed in registers, 8 outputs at a time, so that each
+    // tile's rows are runs of `m` floats). Hoisted so it is zeroed once.
+    let mut vals = [[[0f32; LANES]; LANES]; 2];
+    let chunks = (M * M).div_ceil(LANES);
     for (kk, k) in (ks.0..ks.1).enumerate() {
         let bk = s.splat(bias.map_or(0.0, |b| b[kk]));
         for (lg, group) in block.chunks(LANES).enumerate() {
@@ -458,9 +461,16 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
                 }
             }
             let y = output_2d::<S, T, A, M>(s, &mv);
+            let mut flat = [s.zero(); 2 * LANES];
             for (i, row) in y.iter().enumerate() {
                 for (j, &val) in row.iter().enumerate() {
-                    vals[i * M + j] = s.to_array(s.add(val, bk));
+                    flat[i * M + j] = s.add(val, bk);
+                }
+            }
+            for (c, dst) in vals.iter_mut().enumerate().take(chunks) {
+                let rows: [S::V; LANES] = std::array::from_fn(|r| flat[c * LANES + r]);
+                for (d, v) in dst.iter_mut().zip(s.transpose8(rows)) {
+                    *d = s.to_array(v);
                 }
             }
             for (l, t) in group.iter().enumerate() {
@@ -470,8 +480,15 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
                 let plane = &mut *out[t.img * nk + kk];
                 for i in 0..mi {
                     let orow = &mut plane[(t.oy + i * p.dh() - y0) * p.ow + t.ox..];
-                    for j in 0..mj {
-                        orow[j * p.dw()] = vals[i * M + j][l];
+                    let q = i * M;
+                    // `m` divides 8, so a row of the tile is one run within one chunk.
+                    let run = &vals[q / LANES][l][q % LANES..][..M];
+                    if mj == M && p.dw() == 1 {
+                        orow[..M].copy_from_slice(run);
+                    } else {
+                        for (j, &v) in run.iter().enumerate().take(mj) {
+                            orow[j * p.dw()] = v;
+                        }
                     }
                 }
             }
