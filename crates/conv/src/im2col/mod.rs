@@ -243,9 +243,6 @@ fn im2col_packed_in<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>)
     if !ohw.is_multiple_of(NR) {
         packed[plen - crs * NR..].fill(0.0);
     }
-    // Copies `src` (pixels `p0..p0 + src.len()` of row `r`) into the panels.
-    let put =
-        |packed: &mut [f32], r: usize, p0: usize, src: &[f32]| put_run(packed, crs, r, p0, src);
     let zeros = [0.0f32; 64];
     // Input columns `x0..x1` land at padded columns `x0 + pw..x1 + pw` (within `span`).
     let x0 = pw.min(span);
@@ -261,7 +258,7 @@ fn im2col_packed_in<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>)
                     for j in 0..g.kw {
                         for chunk in (0..g.ow).step_by(zeros.len()) {
                             let n = zeros.len().min(g.ow - chunk);
-                            put(packed, r0 + j, p0 + chunk, &zeros[..n]);
+                            put_run(packed, crs, r0 + j, p0 + chunk, &zeros[..n]);
                         }
                     }
                     continue;
@@ -308,7 +305,7 @@ fn im2col_packed_in<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>)
                 for j in 0..g.kw {
                     let o = j * dw;
                     let start = (o % sw) * phase_len + o / sw;
-                    put(packed, r0 + j, p0, &row[start..start + g.ow]);
+                    put_run(packed, crs, r0 + j, p0, &row[start..start + g.ow]);
                 }
             }
         }

@@ -185,6 +185,9 @@ struct GradPlan<'g> {
     cv: usize,
     kv: usize,
     a2: usize,
+    /// Dilation `(dh, dw)`: the step between a tile's elements.
+    dh: usize,
+    dw: usize,
 }
 
 impl<'g> GradPlan<'g> {
@@ -212,6 +215,8 @@ impl<'g> GradPlan<'g> {
             cv: cpg.next_multiple_of(LANES),
             kv: kpg.next_multiple_of(LANES),
             a2: variant.alpha().pow(2),
+            dh,
+            dw,
         }
     }
 
@@ -244,7 +249,6 @@ impl<'g> GradPlan<'g> {
         let (x_len, y_len) = (nb * hp * wp * cv, nb * ohp * owp * kv);
         let (v_len, w_len) = (tb * a2 * cv, tb * a2 * kv);
         let (ph, pw) = g.params.padding;
-        let (dh, dw) = g.params.dilation;
         scratch::with(Slot::Tiles, |scratch| {
             // Every float a product reads is written first: the channel-last copies with
             // their zero borders (padding, and the output gradient past the output) by
@@ -292,21 +296,7 @@ impl<'g> GradPlan<'g> {
                     xs.chunks_exact_mut(hp * wp * cv).enumerate().for_each(copy_x);
                     ys.chunks_exact_mut(ohp * owp * kv).enumerate().for_each(copy_y);
                 }
-                let src = GradSource {
-                    variant: self.variant,
-                    x: &*xcl,
-                    y: &*ycl,
-                    hp,
-                    wp,
-                    ohp,
-                    owp,
-                    cpg,
-                    kpg,
-                    cv,
-                    kv,
-                    dh,
-                    dw,
-                };
+                let src = GradSource { plan: self, x: &*xcl, y: &*ycl };
                 for block in tiles[..imgs * per_image].chunks(tb) {
                     let beta = if first { 0.0 } else { 1.0 };
                     first = false;
@@ -336,8 +326,8 @@ pub(super) fn grad_block_products(
     parallel: bool,
     parts: usize,
 ) {
-    let (cpg, kpg, cv, kv) = (src.cpg, src.kpg, src.cv, src.kv);
-    let a = src.variant.alpha();
+    let GradPlan { cpg, kpg, cv, kv, .. } = *src.plan;
+    let a = src.plan.variant.alpha();
     let a2 = a * a;
     let nt = block.len();
     // Parts of at least 16 tiles (one B panel's depth is no constraint; a short part only
@@ -385,23 +375,14 @@ pub(super) fn grad_block_products(
     }
 }
 
-/// The channel-last operands of the weight gradient of one group and how tiles read them.
+/// The channel-last operands of the weight gradient of one group; `plan` says how tiles
+/// read them.
 pub(super) struct GradSource<'a> {
-    variant: WinogradVariant,
+    plan: &'a GradPlan<'a>,
     /// Padded input, `[img][hp][wp][cv]`.
     x: &'a [f32],
     /// Output gradient, `[img][ohp][owp][kv]`.
     y: &'a [f32],
-    hp: usize,
-    wp: usize,
-    ohp: usize,
-    owp: usize,
-    cpg: usize,
-    kpg: usize,
-    cv: usize,
-    kv: usize,
-    dh: usize,
-    dw: usize,
 }
 
 /// Transforms of a run of tiles of the weight gradient: `V = Bᵀ d B` into `v[ξ][t][c]` and
@@ -418,7 +399,7 @@ impl WithSimd for GradBlock<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        match self.src.variant {
+        match self.src.plan.variant {
             WinogradVariant::F2x2_3x3 => grad_block::<S, F2, 4, 2>(s, self),
             WinogradVariant::F4x4_3x3 => grad_block::<S, F4, 6, 4>(s, self),
         }
@@ -433,7 +414,8 @@ pub(super) fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
     s: S,
     b: GradBlock<'_>,
 ) {
-    let GradBlock { src: p, tiles, v, w } = b;
+    let GradBlock { src, tiles, v, w } = b;
+    let p = src.plan;
     let nt = tiles.len();
     for (ti, t) in tiles.iter().enumerate() {
         let xo = ((t.img * p.hp + t.py) * p.wp + t.px) * p.cv;
@@ -441,7 +423,7 @@ pub(super) fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
             let mut d = [[s.zero(); A]; A];
             for (r, dr) in d.iter_mut().enumerate() {
                 for (col, dv) in dr.iter_mut().enumerate() {
-                    *dv = s.load(&p.x[xo + (r * p.dh * p.wp + col * p.dw) * p.cv + c0..]);
+                    *dv = s.load(&src.x[xo + (r * p.dh * p.wp + col * p.dw) * p.cv + c0..]);
                 }
             }
             let tv = input_2d::<S, T, A, M>(s, &d);
@@ -456,7 +438,7 @@ pub(super) fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
             let mut y = [[s.zero(); M]; M];
             for (i, yr) in y.iter_mut().enumerate() {
                 for (j, yv) in yr.iter_mut().enumerate() {
-                    *yv = s.load(&p.y[yo + (i * p.dh * p.owp + j * p.dw) * p.kv + k0..]);
+                    *yv = s.load(&src.y[yo + (i * p.dh * p.owp + j * p.dw) * p.kv + k0..]);
                 }
             }
             let tw = grad_2d::<S, T, A, M>(s, &y);
