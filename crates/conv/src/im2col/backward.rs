@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{Dims, col2im_plane_add, im2col};
+use super::{Dims, GatherPlan, col2im_plane_add, im2col, im2col_gather_rows};
 use crate::error::Result;
 use crate::gemm::{MatRef, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm};
 use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
@@ -132,17 +132,19 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
     }
 }
 
-/// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ`; `beta` 0 overwrites, 1 accumulates.
-fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], beta: f32, gw: &mut [f32]) {
+/// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ` for `col` with row stride `ld`; `beta` 0
+/// overwrites, 1 accumulates.
+fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], ld: usize, beta: f32, gw: &mut [f32]) {
     let rows = gw.len() / d.crs;
     if d.kpg <= SMALL_DIM {
+        debug_assert_eq!(ld, d.ohw);
         gemm_abt_dots(dyg, col, rows, d.crs, d.ohw, beta, gw);
         return;
     }
     sgemm(
         1.0,
         MatRef::row_major(dyg, rows, d.ohw),
-        MatRef::row_major(col, d.crs, d.ohw).t(),
+        MatRef { data: col, rows: d.crs, cols: d.ohw, row_stride: ld, col_stride: 1 }.t(),
         beta,
         gw,
         d.crs,
@@ -153,21 +155,34 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
     let wlen = gw.len();
     let w_block = d.kpg * d.crs;
     let parts = g.n.min(WEIGHT_GRAD_PARTIALS);
+    // Narrow outputs build the column matrix by gathers (see `GATHER_MAX_WIDTH`).
+    let gather = if d.pointwise || d.kpg <= SMALL_DIM { None } else { GatherPlan::new(g) };
+    let gather = gather.as_ref();
+    // The column matrix of image `b`, group `gi` in `col` (or the input itself when
+    // pointwise), and its row stride.
+    let columns = |b: usize, gi: usize, col: &'_ mut Vec<f32>, parallel: bool| -> usize {
+        let x = d.input_block(g, input, b, gi);
+        if let Some(plan) = gather {
+            im2col_gather_rows(g, plan, x, col)
+        } else {
+            im2col(g, x, col, parallel);
+            d.ohw
+        }
+    };
     // Images of chunk `p`: a split of 0..n that depends only on n.
     let chunk = |p: usize| (p * g.n / parts)..((p + 1) * g.n / parts);
     // Partial `p`, group `gi`: Σ over the chunk's images, in order.
     let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
         let (p, gi) = (t / d.groups, t % d.groups);
         for (i, b) in chunk(p).enumerate() {
-            let x = d.input_block(g, input, b, gi);
-            let colm: &[f32] = if d.pointwise {
-                x
+            let (colm, ld): (&[f32], usize) = if d.pointwise {
+                (d.input_block(g, input, b, gi), d.ohw)
             } else {
-                im2col(g, x, col, false);
-                col
+                let ld = columns(b, gi, col, false);
+                (col, ld)
             };
             let beta = if i == 0 { 0.0 } else { 1.0 };
-            weight_grad_product(d, d.output_block(g, dy, b, gi), colm, beta, out);
+            weight_grad_product(d, d.output_block(g, dy, b, gi), colm, ld, beta, out);
         }
     };
     let tasks = parts * d.groups;
@@ -194,18 +209,17 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
             for (t, out) in target.chunks_mut(w_block).enumerate() {
                 let (p, gi) = (t / d.groups, t % d.groups);
                 for (i, b) in chunk(p).enumerate() {
-                    let x = d.input_block(g, input, b, gi);
-                    let colm: &[f32] = if d.pointwise {
-                        x
+                    let (colm, ld): (&[f32], usize) = if d.pointwise {
+                        (d.input_block(g, input, b, gi), d.ohw)
                     } else {
-                        im2col(g, x, col, true);
-                        col
+                        let ld = columns(b, gi, col, true);
+                        (col, ld)
                     };
                     let dyg = d.output_block(g, dy, b, gi);
                     let beta = if i == 0 { 0.0 } else { 1.0 };
                     out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
                         let dy_rows = &dyg[r * rows * d.ohw..];
-                        weight_grad_product(d, dy_rows, colm, beta, out);
+                        weight_grad_product(d, dy_rows, colm, ld, beta, out);
                     });
                 }
             }

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{Dims, im2col, im2col_packed, im2col_packed_par};
+use super::{Dims, GatherPlan, im2col, im2col_gather, im2col_packed, im2col_packed_par};
 use crate::error::Result;
 use crate::gemm::{MR, MatRef, PackedA, SMALL_DIM, gemm_rows, sgemm_packed_a, sgemm_packed_ab};
 use crate::params::ConvGeometry;
@@ -66,11 +66,14 @@ pub fn conv2d_im2col(
     };
     // Whether the column matrix is built straight into the GEMM's panels.
     let packed_col = !d.pointwise && d.kpg > SMALL_DIM;
+    let gather = if packed_col { GatherPlan::new(g) } else { None };
     let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
         let (b, gi) = (t / d.groups, t % d.groups);
         let x = d.input_block(g, input, b, gi);
         if d.pointwise {
             product(gi, 0, x, out);
+        } else if let Some(plan) = &gather {
+            product_packed(gi, 0, im2col_gather(g, plan, x, col, false), out);
         } else if packed_col {
             product_packed(gi, 0, im2col_packed(g, x, col), out);
         } else {
@@ -99,7 +102,10 @@ pub fn conv2d_im2col(
                 let (b, gi) = (t / d.groups, t % d.groups);
                 let x = d.input_block(g, input, b, gi);
                 if packed_col {
-                    let colp = im2col_packed_par(g, x, col);
+                    let colp = match &gather {
+                        Some(plan) => im2col_gather(g, plan, x, col, true),
+                        None => im2col_packed_par(g, x, col),
+                    };
                     out.par_chunks_mut(rows * d.ohw)
                         .enumerate()
                         .for_each(|(r, out)| product_packed(gi, r * rows, colp, out));

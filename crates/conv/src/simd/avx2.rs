@@ -124,6 +124,19 @@ impl Simd for Avx2Fma {
         // SAFETY: the token proves AVX is available.
         unsafe { _mm256_max_ps(a, b) }
     }
+    #[inline(always)]
+    unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; LANES], valid: u8) -> __m256 {
+        // SAFETY: AVX2 is available (token). `idx` is 8 readable i32s; the mask's lanes are
+        // all-ones exactly where `valid` has its bit set, and the gather reads only those
+        // lanes, which the caller guarantees are readable.
+        unsafe {
+            let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+            let on = _mm256_and_si256(_mm256_set1_epi32(i32::from(valid)), bits);
+            let mask = _mm256_castsi256_ps(_mm256_cmpeq_epi32(on, bits));
+            let offsets = _mm256_loadu_si256(idx.as_ptr().cast());
+            _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), base, offsets, mask)
+        }
+    }
 }
 
 /// Off x86-64 the token can never be built; this impl only keeps generic code compiling.
@@ -161,5 +174,9 @@ impl Simd for Avx2Fma {
     }
     fn max(self, a: Self::V, b: Self::V) -> Self::V {
         super::Fallback.max(a, b)
+    }
+    unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; LANES], valid: u8) -> Self::V {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { super::Fallback.gather_ptr(base, idx, valid) }
     }
 }

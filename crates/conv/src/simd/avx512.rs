@@ -74,6 +74,23 @@ impl Simd for Avx512 {
         self.0.max(a, b)
     }
     #[inline(always)]
+    unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; super::LANES], valid: u8) -> Self::V {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F+VL are available (token); `idx` is 8 readable i32s, and the gather
+        // reads only the lanes whose bit of `valid` is set, which the caller guarantees are
+        // readable.
+        unsafe {
+            use std::arch::x86_64::*;
+            let offsets = _mm256_loadu_si256(idx.as_ptr().cast());
+            _mm256_mmask_i32gather_ps::<4>(_mm256_setzero_ps(), valid, offsets, base)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe {
+            self.0.gather_ptr(base, idx, valid)
+        }
+    }
+    #[inline(always)]
     fn transpose8(self, rows: [Self::V; super::LANES]) -> [Self::V; super::LANES] {
         self.0.transpose8(rows)
     }

@@ -56,6 +56,17 @@ impl Simd for Fallback {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         std::array::from_fn(|i| a[i] * b[i] + c[i])
     }
+    #[inline(always)]
+    unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; LANES], valid: u8) -> Self::V {
+        std::array::from_fn(|l| {
+            if valid & (1 << l) == 0 {
+                0.0
+            } else {
+                // SAFETY: the caller guarantees `base + idx[l]` is readable for set bits.
+                unsafe { *base.offset(idx[l] as isize) }
+            }
+        })
+    }
     /// `a > b ? a : b` per lane, like `maxps`: a NaN in either gives `b`.
     #[inline(always)]
     fn max(self, a: Self::V, b: Self::V) -> Self::V {

@@ -96,6 +96,13 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Lane-wise maximum (`max(x, 0)` is a ReLU); where either lane is NaN the result is `b`'s.
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    /// A masked gather: lane `l` is `*base.add(idx[l])` where bit `l` of `valid` is set, and
+    /// zero (nothing read) where it is clear.
+    ///
+    /// # Safety
+    /// For every set bit `l`, `idx[l] ≥ 0` and `base + idx[l]` is a readable `f32` of the
+    /// allocation `base` points into.
+    unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; LANES], valid: u8) -> Self::V;
     /// The lanes as an array.
     #[inline(always)]
     fn to_array(self, v: Self::V) -> [f32; LANES] {
