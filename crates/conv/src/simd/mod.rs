@@ -345,6 +345,13 @@ mod tests {
             let want: [f32; LANES] = std::array::from_fn(|j| (10 * j + i) as f32);
             assert_eq!(s.to_array(v), want);
         }
+        // Lanes 0, 2, 5 and 7 read (out of order, one element twice); the others are zero
+        // and read nothing (their offsets point far outside `src`).
+        let src: Vec<f32> = (0..20).map(|i| i as f32 + 0.5).collect();
+        let idx = [19, i32::MAX, 3, -7, 1 << 30, 3, i32::MIN, 0];
+        // SAFETY: every lane whose bit is set (0, 2, 5, 7) has an offset inside `src`.
+        let v = unsafe { s.gather_ptr(src.as_ptr(), &idx, 0b1010_0101) };
+        assert_eq!(s.to_array(v), [19.5, 0., 3.5, 0., 0., 3.5, 0., 0.5]);
     }
 
     #[test]
