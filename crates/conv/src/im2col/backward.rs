@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{Dims, GatherPlan, col2im_plane_add, im2col, im2col_gather_rows};
+use super::{Dims, GatherPlan, col2im, im2col, im2col_gather_rows};
 use crate::error::Result;
 use crate::gemm::{MatRef, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm};
 use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
@@ -96,10 +96,7 @@ fn input_grad_block(
     let ct = taps * d.ohw;
     col.resize(channels * ct, 0.0);
     product(col);
-    gx.fill(0.0);
-    for (rows, plane) in col.chunks_exact(ct).zip(gx.chunks_exact_mut(d.hw)) {
-        col2im_plane_add(g, rows, plane);
-    }
+    col2im(g, &col[..channels * ct], gx);
 }
 
 fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [f32]) {

@@ -153,30 +153,128 @@ fn im2col_plane(g: &ConvGeometry, plane: &[f32], rows: &mut [f32]) {
 }
 
 /// Adds the `kh·kw` column-matrix rows of one input channel back onto its gradient `plane`
-/// (the adjoint of [`im2col_plane`]), in a fixed order.
-fn col2im_plane_add(g: &ConvGeometry, rows: &[f32], plane: &mut [f32]) {
+/// (the adjoint of [`im2col_plane`]), in a fixed order: each input element receives its taps
+/// in increasing tap order.
+///
+/// A strided layer's taps land on every `s`-th input column, so adding them in place would be
+/// an element-by-element scatter. Instead each tap's rows are added as contiguous runs into
+/// `phases` (scratch, resized): the padded input split into its `sh·sw` stride phases, where
+/// output `(y, x)` of tap `(i, j)` is element `(y + i·dh / sh, x + j·dw / sw)` of phase
+/// `(i·dh mod sh, j·dw mod sw)`. The phases are then interleaved back onto `plane` in one
+/// pass. Every element gets the same additions in the same order as in place, so the bits
+/// are those of the in-place loop.
+#[inline(always)]
+fn col2im_plane_add<S: Simd>(
+    s: S,
+    g: &ConvGeometry,
+    rows: &[f32],
+    plane: &mut [f32],
+    phases: &mut Vec<f32>,
+) {
     let p = g.params;
     let (ow, ohw) = (g.ow, g.oh * g.ow);
+    let (sh, sw) = p.stride;
+    if (sh, sw) == (1, 1) {
+        for (t, row) in rows.chunks_exact(ohw).enumerate() {
+            let (i, j) = (t / g.kw, t % g.kw);
+            let (y0, y1) = valid_range(g.oh, g.h, 1, i * p.dilation.0, p.padding.0);
+            let (x0, x1) = valid_range(ow, g.w, 1, j * p.dilation.1, p.padding.1);
+            if x1 == x0 {
+                continue;
+            }
+            let sx = x0 + j * p.dilation.1 - p.padding.1;
+            for (y, src) in (y0..y1).zip(row[y0 * ow..y1 * ow].chunks_exact(ow)) {
+                let iy = y + i * p.dilation.0 - p.padding.0;
+                add_run(s, &mut plane[iy * g.w + sx..][..x1 - x0], &src[x0..x1]);
+            }
+        }
+        return;
+    }
+    // Phase planes of `ph × pw` elements, `sh·sw` of them, phase `(qy, qx)` at `qy·sw + qx`.
+    let ph = g.oh + (g.kh - 1) * p.dilation.0 / sh;
+    let pw = ow + (g.kw - 1) * p.dilation.1 / sw;
+    let len = ph * pw;
+    phases.clear();
+    phases.resize(sh * sw * len, 0.0);
     for (t, row) in rows.chunks_exact(ohw).enumerate() {
-        let (i, j) = (t / g.kw, t % g.kw);
-        let (y0, y1) = valid_range(g.oh, g.h, p.stride.0, i * p.dilation.0, p.padding.0);
-        let (x0, x1) = valid_range(ow, g.w, p.stride.1, j * p.dilation.1, p.padding.1);
-        if x1 == x0 {
+        let (oy, ox) = ((t / g.kw) * p.dilation.0, (t % g.kw) * p.dilation.1);
+        let phase = &mut phases[((oy % sh) * sw + ox % sw) * len..][..len];
+        let (ay, ax) = (oy / sh, ox / sw);
+        for (y, src) in row.chunks_exact(ow).enumerate() {
+            add_run(s, &mut phase[(y + ay) * pw + ax..][..ow], src);
+        }
+    }
+    // Input element (iy, ix) is padded element (iy + padding), in phase (py mod sh, px mod sw)
+    // at (py / sh, px / sw); those past the phase planes were read by no tap. Each row takes
+    // its `sw` phase rows in turn, every `sw`-th element from one of them.
+    let pad = p.padding.1;
+    for (iy, out) in plane.chunks_exact_mut(g.w).enumerate() {
+        let py = iy + p.padding.0;
+        let (qy, ry) = (py % sh, py / sh);
+        if ry >= ph {
             continue;
         }
-        let sx = x0 * p.stride.1 + j * p.dilation.1 - p.padding.1;
-        for (y, src) in (y0..y1).zip(row[y0 * ow..y1 * ow].chunks_exact(ow)) {
-            let iy = y * p.stride.0 + i * p.dilation.0 - p.padding.0;
-            let dst = &mut plane[iy * g.w + sx..(iy + 1) * g.w];
-            if p.stride.1 == 1 {
-                for (d, s) in dst[..x1 - x0].iter_mut().zip(&src[x0..x1]) {
-                    *d += *s;
-                }
-            } else {
-                for (d, s) in dst.iter_mut().step_by(p.stride.1).zip(&src[x0..x1]) {
-                    *d += *s;
-                }
+        let row = |qx: usize| &phases[(qy * sw + qx) * len + ry * pw..][..pw];
+        let mut done = 0;
+        if sw == 2 {
+            // Even input columns from one phase, odd ones from the other, as pairs (vector
+            // loads and shuffles).
+            let (even, odd) = (&row(pad % 2)[pad / 2..], &row((pad + 1) % 2)[pad.div_ceil(2)..]);
+            for (pair, (e, o)) in out.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                pair[0] += *e;
+                pair[1] += *o;
+                done += 2;
             }
+        }
+        for (ix, v) in out.iter_mut().enumerate().skip(done) {
+            let px = ix + pad;
+            let rx = px / sw;
+            if rx < pw {
+                *v += row(px % sw)[rx];
+            }
+        }
+    }
+}
+
+/// `dst[k] += src[k]` (equal lengths), eight at a time.
+#[inline(always)]
+fn add_run<S: Simd>(s: S, dst: &mut [f32], src: &[f32]) {
+    let n = dst.len().min(src.len());
+    let mut k = 0;
+    while k + LANES <= n {
+        s.store(s.add(s.load(&dst[k..]), s.load(&src[k..])), &mut dst[k..]);
+        k += LANES;
+    }
+    for (d, x) in dst[k..n].iter_mut().zip(&src[k..n]) {
+        *d += *x;
+    }
+}
+
+/// Zeroes `planes` (whole input planes) and adds the column-matrix rows `col` (`kh·kw` rows
+/// per plane) back onto them: [`col2im_plane_add`] per plane, compiled for the active
+/// instruction set.
+fn col2im(g: &ConvGeometry, col: &[f32], planes: &mut [f32]) {
+    simd::dispatch_active(Col2im { g, col, planes });
+}
+
+/// [`col2im`] for the SIMD dispatcher.
+struct Col2im<'a> {
+    g: &'a ConvGeometry,
+    col: &'a [f32],
+    planes: &'a mut [f32],
+}
+
+impl WithSimd for Col2im<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let Self { g, col, planes } = self;
+        let (hw, taps) = (g.h * g.w, g.kh * g.kw * g.oh * g.ow);
+        planes.fill(0.0);
+        let mut phases = Vec::new();
+        for (rows, plane) in col.chunks_exact(taps).zip(planes.chunks_exact_mut(hw)) {
+            col2im_plane_add(s, g, rows, plane, &mut phases);
         }
     }
 }
