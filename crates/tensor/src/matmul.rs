@@ -11,7 +11,9 @@
 //!
 //! **Threads.** matrixmultiply runs single-threaded here (its `threading` feature is off);
 //! batch items run in parallel with rayon when there are at least two and the whole product
-//! has at least [`PAR_MIN_FLOPS`] floating point operations. Each item writes its own disjoint
+//! has at least [`PAR_MIN_FLOPS`] floating point operations. A single product of that size
+//! (a linear layer at batch 64, forward and backward) is split into blocks of rows of the
+//! output instead, one sgemm each; a row is computed the same way in any block. Each item writes its own disjoint
 //! output chunk (`par_chunks_mut`) with the same sgemm call it would make sequentially, so the
 //! result is bit-identical whatever the number of threads.
 //!
@@ -323,7 +325,11 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
 
     // Fold the batch into the rows: [b, m, k] (row-major, not transposed) is [b·m, k].
     if oa.batch.is_some() && ob.batch.is_none() && !trans_a {
-        gemm(total / n, k, n, 1.0, xa, oa.rs, oa.cs, xb, ob.rs, ob.cs, 0.0, &mut out, n, 1)?;
+        gemm_row_blocks(total / n, k, n, xa, (oa.rs, oa.cs), xb, (ob.rs, ob.cs), &mut out)?;
+        return Tensor::from_vec(&out_dims, out);
+    }
+    if batch.is_none() {
+        gemm_row_blocks(m, k, n, xa, (oa.rs, oa.cs), xb, (ob.rs, ob.cs), &mut out)?;
         return Tensor::from_vec(&out_dims, out);
     }
 
@@ -342,6 +348,36 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
         out.chunks_mut(m * n).enumerate().try_for_each(|(i, c)| item(i, c))?;
     }
     Tensor::from_vec(&out_dims, out)
+}
+
+/// `C = A·B` for a row-major `C` (`m × n`, contiguous in `c`) and strided `A` (`m × k`) and
+/// `B` (`k × n`): one sgemm, or, when the product has at least [`PAR_MIN_FLOPS`] and there are
+/// several threads, one sgemm per block of rows of `C` in parallel.
+///
+/// Row blocks give the same bits as the whole product: sgemm sums each element over `k` in
+/// blocks chosen from `k` alone, and a row's products do not depend on the rows around it.
+#[allow(clippy::too_many_arguments)]
+fn gemm_row_blocks(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: &mut [f32],
+) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let flops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+    // Blocks of whole 8-row micro-panels, at least two of them per block.
+    let rows = m.div_ceil(threads.max(1)).next_multiple_of(8).max(16);
+    if threads < 2 || flops < PAR_MIN_FLOPS || rows >= m {
+        return gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, n, 1);
+    }
+    c.par_chunks_mut(rows * n).enumerate().try_for_each(|(i, c)| {
+        let r0 = i * rows;
+        gemm(c.len() / n, k, n, 1.0, &a[r0 * rsa..], rsa, csa, b, rsb, csb, 0.0, c, n, 1)
+    })
 }
 
 impl Tensor {
@@ -385,6 +421,39 @@ mod tests {
         let c = matmul_t(&a, true, &b, true).unwrap();
         assert_eq!(c.dims(), &[3, 3]);
         assert_eq!(c, a.t().unwrap().matmul(&b.t().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn large_products_split_into_row_blocks_with_the_same_bits() {
+        // A linear layer 3136 → 128 at batch 67 (row blocks that are not all full): forward
+        // x·Wᵀ, input gradient dy·W and weight gradient dyᵀ·x, on 1, 2 and 3 threads.
+        let mut rng = Rng::new(5);
+        let x = Tensor::rand_uniform(&[67, 3136], -1.0, 1.0, &mut rng).unwrap();
+        let w = Tensor::rand_uniform(&[128, 3136], -0.05, 0.05, &mut rng).unwrap();
+        let dy = Tensor::rand_uniform(&[67, 128], -1.0, 1.0, &mut rng).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                [
+                    matmul_t(&x, false, &w, true).unwrap(),
+                    matmul_t(&dy, false, &w, false).unwrap(),
+                    matmul_t(&dy, true, &x, false).unwrap(),
+                ]
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            for (a, b) in one.iter().zip(run(threads).iter()) {
+                assert_eq!(a.as_slice(), b.as_slice(), "1 vs {threads} threads");
+            }
+        }
+        // Spot checks against f64 sums.
+        let (xs, ws) = (x.as_slice(), w.as_slice());
+        for (i, j) in [(0, 0), (33, 77), (66, 127)] {
+            let want: f64 =
+                (0..3136).map(|t| f64::from(xs[i * 3136 + t]) * f64::from(ws[j * 3136 + t])).sum();
+            assert!((f64::from(one[0].as_slice()[i * 128 + j]) - want).abs() < 1e-3);
+        }
     }
 
     #[test]
