@@ -3,12 +3,12 @@
 
 use rayon::prelude::*;
 
-use super::{Dims, GatherPlan, col2im, im2col, im2col_gather_rows};
+use super::{Dims, GatherPlan, col2im, im2col, im2col_gather_rows, put_packs, take_packs};
 use crate::error::Result;
-use crate::gemm::{MatRef, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm};
+use crate::gemm::{MatRef, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm, sgemm_packed_a};
 use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
 use crate::scratch::{self, Slot};
-use crate::simd;
+use crate::simd::{self, SimdLevel};
 
 /// Backward convolution by GEMM + col2im: writes (overwrites) each requested gradient.
 ///
@@ -68,6 +68,7 @@ fn input_grad_block(
     c0: usize,
     gx: &mut [f32],
     col: &mut Vec<f32>,
+    packs: &[PackedA],
 ) {
     let taps = g.kh * g.kw;
     let channels = gx.len() / d.hw;
@@ -85,6 +86,9 @@ fn input_grad_block(
     let product = |c: &mut [f32]| {
         if d.kpg <= SMALL_DIM {
             gemm_rows(wt, dy_block, d.ohw, 0.0, c);
+        } else if let Some(pack) = packs.get(gi).filter(|_| c0 == 0) {
+            let dy = MatRef::row_major(dy_block, d.kpg, d.ohw);
+            sgemm_packed_a(1.0, pack, 0..channels * taps, dy, 0.0, c, d.ohw);
         } else {
             sgemm(1.0, wt, MatRef::row_major(dy_block, d.kpg, d.ohw), 0.0, c, d.ohw);
         }
@@ -102,8 +106,28 @@ fn input_grad_block(
 fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [f32]) {
     let in_block = d.cpg * d.hw;
     let tasks = g.n * d.groups;
+    // Each group's `W_gᵀ`, packed once for every image (see `gemm::PackedA`); the blocks of a
+    // product split by channels (few images) pack their rows per call instead. Both run the
+    // same packed kernel, hence the same bits, at the SIMD levels; with SIMD off `sgemm` is
+    // matrixmultiply's, so every product takes it there.
+    let mut packs = Vec::new();
+    if d.kpg > SMALL_DIM && tasks >= d.threads && simd::active() != SimdLevel::Fallback {
+        packs = take_packs();
+        packs.resize_with(d.groups, PackedA::empty);
+        for (gi, pack) in packs.iter_mut().enumerate() {
+            let wg = d.weight_block(weight, gi);
+            pack.repack(MatRef {
+                data: wg,
+                rows: d.crs,
+                cols: d.kpg,
+                row_stride: 1,
+                col_stride: d.crs,
+            });
+        }
+    }
+    let packs_ref = &packs[..];
     let block = |t: usize, gx: &mut [f32], col: &mut Vec<f32>| {
-        input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col);
+        input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col, packs_ref);
     };
     if !d.par {
         scratch::with(Slot::Columns, |col| {
@@ -122,11 +146,12 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
             gx.par_chunks_mut(per * d.hw).enumerate().for_each(|(r, gx)| {
                 scratch::with(Slot::Columns, |col| {
                     let (b, gi) = (t / d.groups, t % d.groups);
-                    input_grad_block(g, d, weight, dy, b, gi, r * per, gx, col);
+                    input_grad_block(g, d, weight, dy, b, gi, r * per, gx, col, &[]);
                 });
             });
         }
     }
+    put_packs(packs);
 }
 
 /// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ` for `col` with row stride `ld`; `beta` 0

@@ -129,11 +129,11 @@ pub fn conv2d_im2col(
 
 /// Takes this thread's packed-weight buffers (empty when another call on this thread holds
 /// them).
-fn take_packs() -> Vec<PackedA> {
+pub(super) fn take_packs() -> Vec<PackedA> {
     scratch::take_list().into_iter().map(PackedA::from_buffer).collect()
 }
 
 /// Returns packed-weight buffers for the next call (see [`scratch::put_list`]).
-fn put_packs(packs: Vec<PackedA>) {
+pub(super) fn put_packs(packs: Vec<PackedA>) {
     scratch::put_list(packs.into_iter().map(PackedA::into_buffer).collect());
 }

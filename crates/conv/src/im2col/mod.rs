@@ -74,6 +74,7 @@ mod forward;
 
 pub use backward::conv2d_backward_im2col;
 pub use forward::conv2d_im2col;
+use forward::{put_packs, take_packs};
 
 /// Below this many forward FLOPs a convolution runs on the calling thread: splitting it costs
 /// more than it saves (a rayon task costs a few microseconds; 1 MFLOP takes ~15 µs here).
