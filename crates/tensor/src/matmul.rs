@@ -11,11 +11,11 @@
 //!
 //! **Threads.** matrixmultiply runs single-threaded here (its `threading` feature is off);
 //! batch items run in parallel with rayon when there are at least two and the whole product
-//! has at least [`PAR_MIN_FLOPS`] floating point operations. A single product of that size
-//! (a linear layer at batch 64, forward and backward) is split into blocks of rows of the
-//! output instead, one sgemm each; a row is computed the same way in any block. Each item writes its own disjoint
+//! has at least [`PAR_MIN_FLOPS`] floating point operations. Each item writes its own disjoint
 //! output chunk (`par_chunks_mut`) with the same sgemm call it would make sequentially, so the
-//! result is bit-identical whatever the number of threads.
+//! result is bit-identical whatever the number of threads. A single product of that size (a
+//! linear layer at batch 64, forward and backward) is split into blocks of output rows
+//! instead, one sgemm each; a row is computed the same way in any block.
 //!
 //! **Few rows.** A product with at most [`DOT_MAX_ROWS`] rows whose operands are both
 //! contiguous along the inner dimension — a linear layer `x·Wᵀ` at batch 1 to 4 — skips
@@ -323,13 +323,10 @@ pub fn matmul_t(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<
         return Tensor::from_vec(&out_dims, out);
     }
 
-    // Fold the batch into the rows: [b, m, k] (row-major, not transposed) is [b·m, k].
-    if oa.batch.is_some() && ob.batch.is_none() && !trans_a {
+    // One product: 2-D, or the batch folded into the rows ([b, m, k] row-major, not
+    // transposed, is [b·m, k]); `total / n` rows either way.
+    if batch.is_none() || (oa.batch.is_some() && ob.batch.is_none() && !trans_a) {
         gemm_row_blocks(total / n, k, n, xa, (oa.rs, oa.cs), xb, (ob.rs, ob.cs), &mut out)?;
-        return Tensor::from_vec(&out_dims, out);
-    }
-    if batch.is_none() {
-        gemm_row_blocks(m, k, n, xa, (oa.rs, oa.cs), xb, (ob.rs, ob.cs), &mut out)?;
         return Tensor::from_vec(&out_dims, out);
     }
 

@@ -271,10 +271,11 @@ impl WithSimd for Col2im<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         let Self { g, col, planes } = self;
-        let (hw, taps) = (g.h * g.w, g.kh * g.kw * g.oh * g.ow);
+        // Each plane's `kh·kw` rows of `oh·ow` floats.
+        let (hw, per_plane) = (g.h * g.w, g.kh * g.kw * g.oh * g.ow);
         planes.fill(0.0);
         let mut phases = Vec::new();
-        for (rows, plane) in col.chunks_exact(taps).zip(planes.chunks_exact_mut(hw)) {
+        for (rows, plane) in col.chunks_exact(per_plane).zip(planes.chunks_exact_mut(hw)) {
             col2im_plane_add(s, g, rows, plane, &mut phases);
         }
     }
