@@ -4,7 +4,7 @@
 //! `#[target_feature(enable = "avx2,fma")]` wrapper. Each intrinsic call is sound because a
 //! value of [`Avx2Fma`] exists only after the CPU was checked to support AVX2 and FMA.
 
-use super::{LANES, Simd, SimdLevel};
+use super::{LANES, Lanes, Simd, SimdLevel};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -27,9 +27,9 @@ impl Avx2Fma {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Simd for Avx2Fma {
+impl Lanes for Avx2Fma {
     type V = __m256;
-    const LEVEL: SimdLevel = SimdLevel::Avx2Fma;
+    const N: usize = LANES;
     #[inline(always)]
     fn zero(self) -> __m256 {
         // SAFETY: the token proves AVX is available (see `Avx2Fma::new`).
@@ -46,11 +46,6 @@ impl Simd for Avx2Fma {
         // SAFETY: AVX is available (token) and `s` holds 8 readable f32; `loadu` needs no
         // alignment.
         unsafe { _mm256_loadu_ps(s.as_ptr()) }
-    }
-    #[inline(always)]
-    unsafe fn load_ptr(self, p: *const f32) -> __m256 {
-        // SAFETY: AVX is available (token); the caller guarantees 8 readable floats at `p`.
-        unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
     fn store(self, v: __m256, s: &mut [f32]) {
@@ -78,6 +73,29 @@ impl Simd for Avx2Fma {
     fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
         // SAFETY: the token proves FMA is available.
         unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2Fma {
+    const LEVEL: SimdLevel = SimdLevel::Avx2Fma;
+    type Wide = Avx2Fma;
+    #[inline(always)]
+    fn wide(self) -> Avx2Fma {
+        self
+    }
+    #[inline(always)]
+    fn join(self, parts: &[__m256]) -> __m256 {
+        parts[0]
+    }
+    #[inline(always)]
+    fn split(self, w: __m256, parts: &mut [__m256]) {
+        parts[0] = w;
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> __m256 {
+        // SAFETY: AVX is available (token); the caller guarantees 8 readable floats at `p`.
+        unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
     fn transpose8(self, r: [__m256; LANES]) -> [__m256; LANES] {
@@ -141,9 +159,9 @@ impl Simd for Avx2Fma {
 
 /// Off x86-64 the token can never be built; this impl only keeps generic code compiling.
 #[cfg(not(target_arch = "x86_64"))]
-impl Simd for Avx2Fma {
+impl Lanes for Avx2Fma {
     type V = [f32; LANES];
-    const LEVEL: SimdLevel = SimdLevel::Avx2Fma;
+    const N: usize = LANES;
     fn zero(self) -> Self::V {
         super::Fallback.zero()
     }
@@ -152,10 +170,6 @@ impl Simd for Avx2Fma {
     }
     fn load(self, s: &[f32]) -> Self::V {
         super::Fallback.load(s)
-    }
-    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
-        // SAFETY: forwarded with the caller's guarantee.
-        unsafe { super::Fallback.load_ptr(p) }
     }
     fn store(self, v: Self::V, s: &mut [f32]) {
         super::Fallback.store(v, s)
@@ -171,6 +185,26 @@ impl Simd for Avx2Fma {
     }
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         super::Fallback.fma(a, b, c)
+    }
+}
+
+/// Off x86-64 the token can never be built; this impl only keeps generic code compiling.
+#[cfg(not(target_arch = "x86_64"))]
+impl Simd for Avx2Fma {
+    const LEVEL: SimdLevel = SimdLevel::Avx2Fma;
+    type Wide = Avx2Fma;
+    fn wide(self) -> Avx2Fma {
+        self
+    }
+    fn join(self, parts: &[Self::V]) -> Self::V {
+        parts[0]
+    }
+    fn split(self, w: Self::V, parts: &mut [Self::V]) {
+        parts[0] = w;
+    }
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { super::Fallback.load_ptr(p) }
     }
     fn max(self, a: Self::V, b: Self::V) -> Self::V {
         super::Fallback.max(a, b)

@@ -6,9 +6,12 @@
 //! them with EVEX and has 32 vector registers instead of 16, so every kernel body written once
 //! over [`Simd`] runs at this level unchanged. Where a kernel gains from 16-lane vectors and
 //! masked tails (the GEMM micro-kernel), it asks `s.avx512()` for this token and calls a
-//! `#[target_feature]` function written for it.
+//! `#[target_feature]` function written for it. Element-wise bodies written over [`Lanes`]
+//! get 16 lanes through [`Simd::wide`], whose [`Avx512Wide`] token is defined here.
 
-use super::{Avx2Fma, Simd, SimdLevel};
+use super::{Avx2Fma, LANES, Lanes, Simd, SimdLevel};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
 
 /// Token for AVX-512F + AVX-512VL (with AVX2 and FMA). Built only by [`Avx512::new`], which
 /// checks the CPU, so its methods are safe to call.
@@ -29,9 +32,9 @@ impl Avx512 {
     }
 }
 
-impl Simd for Avx512 {
-    type V = <Avx2Fma as Simd>::V;
-    const LEVEL: SimdLevel = SimdLevel::Avx512;
+impl Lanes for Avx512 {
+    type V = <Avx2Fma as Lanes>::V;
+    const N: usize = LANES;
     #[inline(always)]
     fn zero(self) -> Self::V {
         self.0.zero()
@@ -43,11 +46,6 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn load(self, s: &[f32]) -> Self::V {
         self.0.load(s)
-    }
-    #[inline(always)]
-    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
-        // SAFETY: forwarded with the caller's guarantee (8 readable floats at `p`).
-        unsafe { self.0.load_ptr(p) }
     }
     #[inline(always)]
     fn store(self, v: Self::V, s: &mut [f32]) {
@@ -69,6 +67,55 @@ impl Simd for Avx512 {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         self.0.fma(a, b, c)
     }
+}
+
+impl Simd for Avx512 {
+    const LEVEL: SimdLevel = SimdLevel::Avx512;
+    #[cfg(target_arch = "x86_64")]
+    type Wide = Avx512Wide;
+    #[cfg(not(target_arch = "x86_64"))]
+    type Wide = Avx512;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn wide(self) -> Avx512Wide {
+        Avx512Wide(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn join(self, parts: &[__m256]) -> __m512 {
+        let (lo, hi) = (parts[0], parts[1]);
+        // SAFETY: AVX-512F is available (token); casts and one 256-bit insert.
+        unsafe {
+            let lo = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn split(self, w: __m512, parts: &mut [__m256]) {
+        // SAFETY: AVX-512F is available (token); casts and one 256-bit extract.
+        unsafe {
+            parts[0] = _mm512_castps512_ps256(w);
+            parts[1] = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(w)));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn wide(self) -> Avx512 {
+        self
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn join(self, parts: &[Self::V]) -> Self::V {
+        parts[0]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn split(self, w: Self::V, parts: &mut [Self::V]) {
+        parts[0] = w;
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: forwarded with the caller's guarantee (8 readable floats at `p`).
+        unsafe { self.0.load_ptr(p) }
+    }
     #[inline(always)]
     fn max(self, a: Self::V, b: Self::V) -> Self::V {
         self.0.max(a, b)
@@ -80,7 +127,6 @@ impl Simd for Avx512 {
         // reads only the lanes whose bit of `valid` is set, which the caller guarantees are
         // readable.
         unsafe {
-            use std::arch::x86_64::*;
             let offsets = _mm256_loadu_si256(idx.as_ptr().cast());
             _mm256_mmask_i32gather_ps::<4>(_mm256_setzero_ps(), valid, offsets, base)
         }
@@ -99,3 +145,63 @@ impl Simd for Avx512 {
         Some(self)
     }
 }
+
+/// The 16-lane `__m512` arithmetic of the AVX-512 level ([`Simd::Wide`] of [`Avx512`]). Built
+/// only from an [`Avx512`] token, so its methods are safe; like every [`Lanes`] method they are
+/// `#[inline(always)]`, compiled inside the AVX-512 wrapper of [`super::dispatch`].
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy)]
+pub struct Avx512Wide(Avx512);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512Wide {
+    type V = __m512;
+    const N: usize = 2 * LANES;
+    #[inline(always)]
+    fn zero(self) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn load(self, s: &[f32]) -> __m512 {
+        let s = &s[..2 * LANES];
+        // SAFETY: AVX-512F is available (token) and `s` holds 16 readable f32; `loadu` needs no
+        // alignment.
+        unsafe { _mm512_loadu_ps(s.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store(self, v: __m512, s: &mut [f32]) {
+        let s = &mut s[..2 * LANES];
+        // SAFETY: AVX-512F is available (token) and `s` holds 16 writable f32.
+        unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F is available.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+}
+
+/// Off x86-64 there is no 16-lane type; the name stays so that paths resolve everywhere.
+#[cfg(not(target_arch = "x86_64"))]
+pub type Avx512Wide = Avx512;

@@ -1,7 +1,7 @@
 //! The portable instruction set: `[f32; 8]` arrays with element-wise loops, which the
 //! compiler vectorizes for the baseline target.
 
-use super::{LANES, Simd, SimdLevel};
+use super::{LANES, Lanes, Simd, SimdLevel};
 
 /// Portable 8-lane "vectors"; always available.
 #[derive(Debug, Clone, Copy, Default)]
@@ -12,9 +12,9 @@ fn map2(a: [f32; LANES], b: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> [f32; 
     std::array::from_fn(|i| f(a[i], b[i]))
 }
 
-impl Simd for Fallback {
+impl Lanes for Fallback {
     type V = [f32; LANES];
-    const LEVEL: SimdLevel = SimdLevel::Fallback;
+    const N: usize = LANES;
     #[inline(always)]
     fn zero(self) -> Self::V {
         [0.0; LANES]
@@ -28,12 +28,6 @@ impl Simd for Fallback {
         let mut v = [0.0; LANES];
         v.copy_from_slice(&s[..LANES]);
         v
-    }
-    #[inline(always)]
-    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
-        // SAFETY: the caller guarantees 8 readable floats at `p`; `[f32; 8]` has the alignment
-        // of `f32`, which `p` has as a valid `f32` pointer.
-        unsafe { p.cast::<[f32; LANES]>().read() }
     }
     #[inline(always)]
     fn store(self, v: Self::V, s: &mut [f32]) {
@@ -55,6 +49,29 @@ impl Simd for Fallback {
     #[inline(always)]
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+}
+
+impl Simd for Fallback {
+    const LEVEL: SimdLevel = SimdLevel::Fallback;
+    type Wide = Fallback;
+    #[inline(always)]
+    fn wide(self) -> Fallback {
+        self
+    }
+    #[inline(always)]
+    fn join(self, parts: &[Self::V]) -> Self::V {
+        parts[0]
+    }
+    #[inline(always)]
+    fn split(self, w: Self::V, parts: &mut [Self::V]) {
+        parts[0] = w;
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: the caller guarantees 8 readable floats at `p`; `[f32; 8]` has the alignment
+        // of `f32`, which `p` has as a valid `f32` pointer.
+        unsafe { p.cast::<[f32; LANES]>().read() }
     }
     #[inline(always)]
     unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; LANES], valid: u8) -> Self::V {

@@ -16,6 +16,12 @@
 //! - a plain function that calls the body with [`Fallback`], whose vectors are `[f32; 8]`
 //!   arrays that the compiler turns into whatever the baseline target offers (SSE2 on x86-64).
 //!
+//! The arithmetic lives in [`Lanes`], which every level implements for its 8-lane vectors.
+//! [`Simd::wide`] gives the widest vectors of a level as another [`Lanes`]: [`Avx512Wide`]
+//! (16 lanes of `__m512`) at AVX-512, the level itself elsewhere. Element-wise bodies written
+//! over `L: Lanes` (the Winograd transforms) therefore run 16 lanes at a time at AVX-512 and
+//! 8 elsewhere, with [`Simd::join`] and [`Simd::split`] converting at the edges.
+//!
 //! # Detection
 //!
 //! [`active`] runs one detection ladder the first time it is called and caches the answer in
@@ -39,7 +45,7 @@ mod avx512;
 mod fallback;
 
 pub use avx2::Avx2Fma;
-pub use avx512::Avx512;
+pub use avx512::{Avx512, Avx512Wide};
 pub use fallback::Fallback;
 
 /// Number of `f32` lanes in one vector of every [`Simd`] implementation.
@@ -63,28 +69,22 @@ pub(crate) fn sum_f64(v: &[f32]) -> f64 {
     acc.iter().sum()
 }
 
-/// An instruction set for the kernels: 8-lane `f32` vectors and the few operations the
-/// convolution kernels need.
-///
-/// Implementations are zero-sized tokens; a value of the type is the proof that its
-/// instructions can run on this CPU, which is why the methods are safe.
-pub trait Simd: Copy + Send + Sync + 'static {
-    /// An 8-lane `f32` vector.
+/// The arithmetic of one vector width: what a kernel body written over a width needs. Every
+/// [`Simd`] level is one (8 lanes); [`Simd::Wide`] names the widest of its level (16 lanes at
+/// AVX-512), so that element-wise work (the Winograd transforms) is written once and runs on
+/// either width.
+pub trait Lanes: Copy {
+    /// A vector of [`Lanes::N`] `f32`s.
     type V: Copy;
-    /// Which level this is, for reports.
-    const LEVEL: SimdLevel;
+    /// Lanes per vector.
+    const N: usize;
     /// All lanes zero.
     fn zero(self) -> Self::V;
     /// All lanes `x`.
     fn splat(self, x: f32) -> Self::V;
-    /// Loads the first [`LANES`] elements of `s` (panics if `s` is shorter: a kernel bug).
+    /// Loads the first [`Lanes::N`] elements of `s` (panics if `s` is shorter: a kernel bug).
     fn load(self, s: &[f32]) -> Self::V;
-    /// Loads 8 consecutive floats from `p`, without bounds checks (for the hottest loops).
-    ///
-    /// # Safety
-    /// `p .. p + 8` must be readable `f32`s of one allocation.
-    unsafe fn load_ptr(self, p: *const f32) -> Self::V;
-    /// Stores `v` into the first [`LANES`] elements of `s` (panics if `s` is shorter).
+    /// Stores `v` into the first [`Lanes::N`] elements of `s` (panics if `s` is shorter).
     fn store(self, v: Self::V, s: &mut [f32]);
     /// `a + b`.
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
@@ -94,6 +94,30 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a · b + c` (fused on FMA hardware).
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+}
+
+/// An instruction set for the kernels: 8-lane `f32` vectors ([`Lanes`] with `N` = [`LANES`])
+/// and the few operations the convolution kernels need.
+///
+/// Implementations are zero-sized tokens; a value of the type is the proof that its
+/// instructions can run on this CPU, which is why the methods are safe.
+pub trait Simd: Lanes + Send + Sync + 'static {
+    /// Which level this is, for reports.
+    const LEVEL: SimdLevel;
+    /// The widest vectors of this level: 16 lanes at AVX-512, the level itself elsewhere.
+    /// Lane for lane, its arithmetic rounds as the 8-lane one does.
+    type Wide: Lanes;
+    /// The wide token (a proof of the same CPU features).
+    fn wide(self) -> Self::Wide;
+    /// The wide vector whose lanes are those of `parts` in order (`Wide::N / 8` of them).
+    fn join(self, parts: &[Self::V]) -> <Self::Wide as Lanes>::V;
+    /// The `Wide::N / 8` 8-lane parts of `w`, in order, into `parts`.
+    fn split(self, w: <Self::Wide as Lanes>::V, parts: &mut [Self::V]);
+    /// Loads 8 consecutive floats from `p`, without bounds checks (for the hottest loops).
+    ///
+    /// # Safety
+    /// `p .. p + 8` must be readable `f32`s of one allocation.
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V;
     /// Lane-wise maximum (`max(x, 0)` is a ReLU); where either lane is NaN the result is `b`'s.
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
     /// A masked gather: lane `l` is `*base.add(idx[l])` where bit `l` of `valid` is set, and
@@ -354,9 +378,44 @@ mod tests {
         assert_eq!(s.to_array(v), [19.5, 0., 3.5, 0., 0., 3.5, 0., 0.5]);
     }
 
+    /// The wide vectors: arithmetic lane by lane, and `join`/`split` keep the lanes in order.
+    fn wide_ops<S: Simd>(s: S) {
+        let w = s.wide();
+        let n = <S::Wide as Lanes>::N;
+        assert_eq!(n % LANES, 0);
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..n).map(|i| 0.5 - i as f32).collect();
+        let (va, vb) = (w.load(&a), w.load(&b));
+        let mut out = vec![0.0; n];
+        w.store(w.fma(va, vb, w.splat(1.0)), &mut out);
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x.mul_add(*y, 1.0)).collect();
+        assert_eq!(out, want);
+        for (f, op) in [(0, "add"), (1, "sub"), (2, "mul")] {
+            let v = [w.add(va, vb), w.sub(va, vb), w.mul(va, vb)][f];
+            w.store(v, &mut out);
+            for i in 0..n {
+                let want = [a[i] + b[i], a[i] - b[i], a[i] * b[i]][f];
+                assert_eq!(out[i], want, "{op} lane {i}");
+            }
+        }
+        w.store(w.zero(), &mut out);
+        assert!(out.iter().all(|&x| x == 0.0));
+        // Parts 0..n/8 hold lanes 8p..8p+8.
+        let parts: Vec<S::V> = a.chunks(LANES).map(|c| s.load(c)).collect();
+        let joined = s.join(&parts);
+        w.store(joined, &mut out);
+        assert_eq!(out, a);
+        let mut back = vec![s.zero(); n / LANES];
+        s.split(joined, &mut back);
+        for (p, chunk) in back.iter().zip(a.chunks(LANES)) {
+            assert_eq!(s.to_array(*p).as_slice(), chunk);
+        }
+    }
+
     #[test]
     fn fallback_ops() {
         ops(Fallback);
+        wide_ops(Fallback);
     }
 
     #[test]
@@ -364,10 +423,28 @@ mod tests {
         match Avx512::new() {
             Some(t) => {
                 assert!(t.avx512().is_some());
-                ops(t)
+                ops(t);
+                // SAFETY: the token proves the CPU runs AVX-512F, which the wrapper enables.
+                unsafe { wide_avx512(t) }
             }
             None => eprintln!("skipping: no avx512f"),
         }
+    }
+
+    /// [`wide_ops`] at AVX-512, compiled with the features its 16-lane methods need.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/VL, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn wide_avx512(t: Avx512) {
+        assert_eq!(<Avx512Wide as Lanes>::N, 16);
+        wide_ops(t);
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn wide_avx512(t: Avx512) {
+        wide_ops(t);
     }
 
     #[test]
@@ -384,7 +461,10 @@ mod tests {
     #[test]
     fn avx2_ops() {
         match Avx2Fma::new() {
-            Some(t) => ops(t),
+            Some(t) => {
+                ops(t);
+                wide_ops(t);
+            }
             None => eprintln!("skipping: no avx2"),
         }
     }

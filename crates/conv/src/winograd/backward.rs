@@ -10,7 +10,7 @@ use crate::gemm::{MatRef, sgemm};
 use crate::layout::ChannelLast;
 use crate::params::{ConvGeometry, check_len};
 use crate::scratch::{self, Slot};
-use crate::simd::{self, LANES, Simd, WithSimd};
+use crate::simd::{self, LANES, Lanes, Simd, WithSimd};
 
 /// The input gradient of a Winograd-eligible convolution, computed by Winograd: for stride 1,
 /// `dX` is the convolution of `dY` with the filters flipped 180° and their input and output
@@ -253,13 +253,14 @@ impl<'g> GradPlan<'g> {
             // Every float a product reads is written first: the channel-last copies with
             // their zero borders (padding, and the output gradient past the output) by
             // `ChannelLast::copy`, the transform buffers tile by tile.
-            let total = x_len + y_len + v_len + w_len;
-            if scratch.len() < total {
-                scratch.resize(total, 0.0);
-            }
-            let (xcl, rest) = scratch.split_at_mut(x_len);
-            let (ycl, rest) = rest.split_at_mut(y_len);
-            let (vbuf, rest) = rest.split_at_mut(v_len);
+            // Each buffer starts on a cache line, so that 16-lane loads and stores of
+            // whole channel vectors never straddle two lines.
+            let line = |n: usize| n.next_multiple_of(scratch::LINE_FLOATS);
+            let total = line(x_len) + line(y_len) + line(v_len) + w_len;
+            let scratch = scratch::aligned(scratch, total);
+            let (xcl, rest) = scratch.split_at_mut(line(x_len));
+            let (ycl, rest) = rest.split_at_mut(line(y_len));
+            let (vbuf, rest) = rest.split_at_mut(line(v_len));
             let wbuf = &mut rest[..w_len];
             let x_at = ChannelLast { h: g.h, w: g.w, y0: ph, x0: pw, hp, wp, channels: cpg, cv };
             let y_at = ChannelLast {
@@ -406,9 +407,9 @@ impl WithSimd for GradBlock<'_> {
     }
 }
 
-/// Both transforms of the weight gradient, vectorized over 8 channels: every tile element is
-/// one contiguous load from the channel-last operands, and every transformed value one
-/// contiguous store.
+/// Both transforms of the weight gradient, vectorized over channels (16 at a time where the
+/// level has 16-lane vectors, then 8): every tile element is one contiguous load from the
+/// channel-last operands, and every transformed value one contiguous store.
 #[inline(always)]
 pub(super) fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
@@ -417,36 +418,74 @@ pub(super) fn grad_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: 
     let GradBlock { src, tiles, v, w } = b;
     let p = src.plan;
     let nt = tiles.len();
+    let wide = s.wide();
+    let wn = <S::Wide as Lanes>::N;
+    // Channels `..cw` (`..kw`) in wide vectors, the rest in 8-lane ones.
+    let (cw, kw) = (p.cpg / wn * wn, p.kpg / wn * wn);
     for (ti, t) in tiles.iter().enumerate() {
         let xo = ((t.img * p.hp + t.py) * p.wp + t.px) * p.cv;
-        for c0 in (0..p.cpg).step_by(LANES) {
-            let mut d = [[s.zero(); A]; A];
-            for (r, dr) in d.iter_mut().enumerate() {
-                for (col, dv) in dr.iter_mut().enumerate() {
-                    *dv = s.load(&src.x[xo + (r * p.dh * p.wp + col * p.dw) * p.cv + c0..]);
-                }
-            }
-            let tv = input_2d::<S, T, A, M>(s, &d);
-            for (xi, row) in tv.iter().enumerate() {
-                for (xj, &val) in row.iter().enumerate() {
-                    s.store(val, &mut v[((xi * A + xj) * nt + ti) * p.cv + c0..]);
-                }
-            }
+        for c0 in (0..cw).step_by(wn) {
+            input_tile::<S::Wide, T, A, M>(wide, src, xo + c0, v, (ti, nt, c0));
+        }
+        for c0 in (cw..p.cpg).step_by(LANES) {
+            input_tile::<S, T, A, M>(s, src, xo + c0, v, (ti, nt, c0));
         }
         let yo = ((t.img * p.ohp + t.oy) * p.owp + t.ox) * p.kv;
-        for k0 in (0..p.kpg).step_by(LANES) {
-            let mut y = [[s.zero(); M]; M];
-            for (i, yr) in y.iter_mut().enumerate() {
-                for (j, yv) in yr.iter_mut().enumerate() {
-                    *yv = s.load(&src.y[yo + (i * p.dh * p.owp + j * p.dw) * p.kv + k0..]);
-                }
-            }
-            let tw = grad_2d::<S, T, A, M>(s, &y);
-            for (xi, row) in tw.iter().enumerate() {
-                for (xj, &val) in row.iter().enumerate() {
-                    s.store(val, &mut w[((xi * A + xj) * nt + ti) * p.kv + k0..]);
-                }
-            }
+        for k0 in (0..kw).step_by(wn) {
+            grad_tile::<S::Wide, T, A, M>(wide, src, yo + k0, w, (ti, nt, k0));
+        }
+        for k0 in (kw..p.kpg).step_by(LANES) {
+            grad_tile::<S, T, A, M>(s, src, yo + k0, w, (ti, nt, k0));
+        }
+    }
+}
+
+/// `Bᵀ d B` of `L::N` channels of one tile whose patch starts at `xo` in the channel-last
+/// input copy, into `v[ξ][ti][c0..]` (`at` = `(ti, nt, c0)`).
+#[inline(always)]
+fn input_tile<L: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
+    l: L,
+    src: &GradSource<'_>,
+    xo: usize,
+    v: &mut [f32],
+    (ti, nt, c0): (usize, usize, usize),
+) {
+    let p = src.plan;
+    let mut d = [[l.zero(); A]; A];
+    for (r, dr) in d.iter_mut().enumerate() {
+        for (col, dv) in dr.iter_mut().enumerate() {
+            *dv = l.load(&src.x[xo + (r * p.dh * p.wp + col * p.dw) * p.cv..]);
+        }
+    }
+    let tv = input_2d::<L, T, A, M>(l, &d);
+    for (xi, row) in tv.iter().enumerate() {
+        for (xj, &val) in row.iter().enumerate() {
+            l.store(val, &mut v[((xi * A + xj) * nt + ti) * p.cv + c0..]);
+        }
+    }
+}
+
+/// `A y Aᵀ` of `L::N` output-gradient channels of one tile whose block starts at `yo` in the
+/// channel-last copy, into `w[ξ][ti][k0..]` (`at` = `(ti, nt, k0)`).
+#[inline(always)]
+fn grad_tile<L: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
+    l: L,
+    src: &GradSource<'_>,
+    yo: usize,
+    w: &mut [f32],
+    (ti, nt, k0): (usize, usize, usize),
+) {
+    let p = src.plan;
+    let mut y = [[l.zero(); M]; M];
+    for (i, yr) in y.iter_mut().enumerate() {
+        for (j, yv) in yr.iter_mut().enumerate() {
+            *yv = l.load(&src.y[yo + (i * p.dh * p.owp + j * p.dw) * p.kv..]);
+        }
+    }
+    let tw = grad_2d::<L, T, A, M>(l, &y);
+    for (xi, row) in tw.iter().enumerate() {
+        for (xj, &val) in row.iter().enumerate() {
+            l.store(val, &mut w[((xi * A + xj) * nt + ti) * p.kv + k0..]);
         }
     }
 }

@@ -7,7 +7,7 @@ use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant};
 use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab, packed_a_len};
 use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
-use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
+use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd};
 
 /// Runs the forward pass on checked buffers: `u` is the transformed filter of every group,
 /// `level` an available SIMD level.
@@ -288,7 +288,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let split = p.xi_split && rayon::current_num_threads() > 1;
     for block in tiles.chunks(p.tb) {
         let nt = block.len();
-        // Input transform, 8 tiles at a time: V[ξ] in panels of 16 tiles. Split mode: the
+        // Input transform, 8 or 16 tiles at a time: V[ξ] in panels of 16 tiles. Split mode: the
         // tiles of the first half of the panels on one thread, the rest on the other.
         let panels = nt.div_ceil(NR);
         if split && panels >= 2 {
@@ -445,49 +445,63 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
 ) {
     let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, out } = o;
     let nk = ks.1 - ks.0;
+    // The transforms run on the level's widest vectors, `wn` tiles at a time, each vector then
+    // split into 8-tile parts for the scatter.
+    let w = s.wide();
+    let wn = <S::Wide as Lanes>::N;
+    let parts = wn / LANES;
     // The m×m outputs of 8 tiles, tile-major: output `q = i·m + j` of tile `l` is
     // `vals[q / 8][l][q % 8]` (transposed in registers, 8 outputs at a time, so that each
     // tile's rows are runs of `m` floats). Hoisted so it is zeroed once.
     let mut vals = [[[0f32; LANES]; LANES]; 2];
     let chunks = (M * M).div_ceil(LANES);
     for (kk, k) in (ks.0..ks.1).enumerate() {
-        let bk = s.splat(bias.map_or(0.0, |b| b[kk]));
-        for (lg, group) in block.chunks(LANES).enumerate() {
-            let t0 = lg * LANES;
-            let mut mv = [[s.zero(); A]; A];
+        let bk = w.splat(bias.map_or(0.0, |b| b[kk]));
+        for (lg, group) in block.chunks(wn).enumerate() {
+            let t0 = lg * wn;
+            // `tb` is a multiple of the panel width, which `wn` divides: the load stays in the
+            // row of `M[ξ]` for channel `k`.
+            let mut mv = [[w.zero(); A]; A];
             for (xi, mr) in mv.iter_mut().enumerate() {
                 for (xj, m) in mr.iter_mut().enumerate() {
-                    *m = s.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
+                    *m = w.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
                 }
             }
-            let y = output_2d::<S, T, A, M>(s, &mv);
-            let mut flat = [s.zero(); 2 * LANES];
+            let y = output_2d::<S::Wide, T, A, M>(w, &mv);
+            // `flat[part][q]`: output `q` of the part's 8 tiles.
+            let mut flat = [[s.zero(); 2 * LANES]; 2];
             for (i, row) in y.iter().enumerate() {
                 for (j, &val) in row.iter().enumerate() {
-                    flat[i * M + j] = s.add(val, bk);
+                    let mut halves = [s.zero(); 2];
+                    s.split(w.add(val, bk), &mut halves[..parts]);
+                    for (f, h) in flat.iter_mut().zip(halves) {
+                        f[i * M + j] = h;
+                    }
                 }
             }
-            for (c, dst) in vals.iter_mut().enumerate().take(chunks) {
-                let rows: [S::V; LANES] = std::array::from_fn(|r| flat[c * LANES + r]);
-                for (d, v) in dst.iter_mut().zip(s.transpose8(rows)) {
-                    *d = s.to_array(v);
+            for (part, tiles) in group.chunks(LANES).enumerate() {
+                for (c, dst) in vals.iter_mut().enumerate().take(chunks) {
+                    let rows: [S::V; LANES] = std::array::from_fn(|r| flat[part][c * LANES + r]);
+                    for (d, v) in dst.iter_mut().zip(s.transpose8(rows)) {
+                        *d = s.to_array(v);
+                    }
                 }
-            }
-            for (l, t) in group.iter().enumerate() {
-                // In-range rows and columns of this tile's m×m block.
-                let mi = M.min((p.oh - t.oy).div_ceil(p.dh()));
-                let mj = M.min((p.ow - t.ox).div_ceil(p.dw()));
-                let plane = &mut *out[t.img * nk + kk];
-                for i in 0..mi {
-                    let orow = &mut plane[(t.oy + i * p.dh() - y0) * p.ow + t.ox..];
-                    let q = i * M;
-                    // `m` divides 8, so a row of the tile is one run within one chunk.
-                    let run = &vals[q / LANES][l][q % LANES..][..M];
-                    if mj == M && p.dw() == 1 {
-                        orow[..M].copy_from_slice(run);
-                    } else {
-                        for (j, &v) in run.iter().enumerate().take(mj) {
-                            orow[j * p.dw()] = v;
+                for (l, t) in tiles.iter().enumerate() {
+                    // In-range rows and columns of this tile's m×m block.
+                    let mi = M.min((p.oh - t.oy).div_ceil(p.dh()));
+                    let mj = M.min((p.ow - t.ox).div_ceil(p.dw()));
+                    let plane = &mut *out[t.img * nk + kk];
+                    for i in 0..mi {
+                        let orow = &mut plane[(t.oy + i * p.dh() - y0) * p.ow + t.ox..];
+                        let q = i * M;
+                        // `m` divides 8, so a row of the tile is one run within one chunk.
+                        let run = &vals[q / LANES][l][q % LANES..][..M];
+                        if mj == M && p.dw() == 1 {
+                            orow[..M].copy_from_slice(run);
+                        } else {
+                            for (j, &v) in run.iter().enumerate().take(mj) {
+                                orow[j * p.dw()] = v;
+                            }
                         }
                     }
                 }
@@ -537,7 +551,7 @@ pub(super) struct Patches<'a> {
     cpg: usize,
 }
 
-/// The input transform `V = Bᵀ d B` of a run of tiles, 8 at a time, into `planes[ξ]`: each
+/// The input transform `V = Bᵀ d B` of a run of tiles, 8 or 16 at a time (the widest vectors of `S`), into `planes[ξ]`: each
 /// plane in the packed-B layout of the GEMM (panels of [`NR`] tiles, each `cpg` steps of `NR`
 /// floats), from the panel of the run's first tile (which starts a panel).
 #[inline(always)]
@@ -552,56 +566,86 @@ pub(super) fn input_transform_block<
     block: &[Tile],
     planes: &mut [&mut [f32]],
 ) {
-    let padded = p.padded;
-    for (lg, group) in block.chunks(LANES).enumerate() {
-        let t0 = lg * LANES;
-        // Lanes past the block's end repeat its last tile; their results are never stored.
-        let lanes: [Tile; LANES] = std::array::from_fn(|l| group[l.min(group.len() - 1)]);
+    // The transforms run on the level's widest vectors, `wn` tiles at a time; each vector is
+    // joined from 8-tile parts read as below.
+    let w = s.wide();
+    let wn = <S::Wide as Lanes>::N;
+    let nparts = wn / LANES;
+    for (lg, group) in block.chunks(wn).enumerate() {
+        let t0 = lg * wn;
         for c in 0..p.cpg {
-            // Top-left corner of each lane's patch in `padded`.
-            let base: [usize; LANES] = std::array::from_fn(|l| {
-                let t = lanes[l];
-                (t.img * p.cpg + c) * p.plane + t.py * p.wp + t.px
-            });
-            // One bounds check for the whole gather: the farthest element of any patch.
-            let far = base.iter().copied().max().unwrap_or(0) + (A - 1) * (p.dh * p.wp + p.dw);
-            assert!(far < padded.len());
-            let mut d = [[s.zero(); A]; A];
-            // Where a patch row fits in one vector (`(α−1)·dw < 8`) and 8 floats can be read
-            // from every row start: load each lane's patch row as a vector and transpose, so
-            // that vector `q` holds element `q` of every lane's row (8 loads and a transpose
-            // instead of `α·8` scalar loads per row). The values are the same either way.
-            let rows_fit = (A - 1) * p.dw < LANES && far - (A - 1) * p.dw + LANES <= padded.len();
+            let mut parts = [[[s.zero(); A]; A]; 2];
+            for (part, d) in parts.iter_mut().enumerate().take(nparts) {
+                // Lanes past the block's end repeat its last tile; their results are never
+                // stored past the panel and never read as outputs.
+                let lanes: [Tile; LANES] =
+                    std::array::from_fn(|l| group[(part * LANES + l).min(group.len() - 1)]);
+                patch_rows::<S, A>(s, p, &lanes, c, d);
+            }
+            // A loop, not `from_fn`: a closure body is compiled without `S`'s target features.
+            let mut d = [[w.zero(); A]; A];
             for (r, dr) in d.iter_mut().enumerate() {
-                if rows_fit {
-                    let rows: [S::V; LANES] = std::array::from_fn(|l| {
-                        // SAFETY: `base[l] + r·dh·wp + 8 ≤ far − (α−1)·dw + 8 ≤ padded.len()`
-                        // (checked in `rows_fit`).
-                        unsafe { s.load_ptr(padded.as_ptr().add(base[l] + r * p.dh * p.wp)) }
-                    });
-                    let cols = s.transpose8(rows);
-                    for (col, dv) in dr.iter_mut().enumerate() {
-                        *dv = cols[col * p.dw];
-                    }
-                    continue;
-                }
                 for (col, dv) in dr.iter_mut().enumerate() {
-                    let off = r * p.dh * p.wp + col * p.dw;
-                    let mut gathered = [0f32; LANES];
-                    for (g, &b) in gathered.iter_mut().zip(&base) {
-                        // SAFETY: `b + off ≤ far < padded.len()` (asserted above).
-                        *g = unsafe { *padded.get_unchecked(b + off) };
-                    }
-                    *dv = s.load(&gathered);
+                    *dv = s.join(&[parts[0][r][col], parts[1][r][col]][..nparts]);
                 }
             }
-            let v = input_2d::<S, T, A, M>(s, &d);
+            let v = input_2d::<S::Wide, T, A, M>(w, &d);
             let at = (t0 / NR * p.cpg + c) * NR + t0 % NR;
             for (xi, row) in v.iter().enumerate() {
                 for (xj, &val) in row.iter().enumerate() {
-                    s.store(val, &mut planes[xi * A + xj][at..]);
+                    w.store(val, &mut planes[xi * A + xj][at..]);
                 }
             }
+        }
+    }
+}
+
+/// The `α×α` patches of channel `c` of 8 tiles, element `(r, col)` of every lane's patch in
+/// `d[r][col]`.
+#[inline(always)]
+fn patch_rows<S: Simd, const A: usize>(
+    s: S,
+    p: &Patches<'_>,
+    lanes: &[Tile; LANES],
+    c: usize,
+    d: &mut [[S::V; A]; A],
+) {
+    let padded = p.padded;
+    // Top-left corner of each lane's patch in `padded`.
+    let mut base = [0usize; LANES];
+    for (b, t) in base.iter_mut().zip(lanes) {
+        *b = (t.img * p.cpg + c) * p.plane + t.py * p.wp + t.px;
+    }
+    // One bounds check for the whole gather: the farthest element of any patch.
+    let far = base.iter().copied().max().unwrap_or(0) + (A - 1) * (p.dh * p.wp + p.dw);
+    assert!(far < padded.len());
+    // Where a patch row fits in one vector (`(α−1)·dw < 8`) and 8 floats can be read from
+    // every row start: load each lane's patch row as a vector and transpose, so that vector
+    // `q` holds element `q` of every lane's row (8 loads and a transpose instead of `α·8`
+    // scalar loads per row). The values are the same either way.
+    let rows_fit = (A - 1) * p.dw < LANES && far - (A - 1) * p.dw + LANES <= padded.len();
+    for (r, dr) in d.iter_mut().enumerate() {
+        if rows_fit {
+            let mut rows = [s.zero(); LANES];
+            for (v, &b) in rows.iter_mut().zip(&base) {
+                // SAFETY: `b + r·dh·wp + 8 ≤ far − (α−1)·dw + 8 ≤ padded.len()` (checked in
+                // `rows_fit`).
+                *v = unsafe { s.load_ptr(padded.as_ptr().add(b + r * p.dh * p.wp)) };
+            }
+            let cols = s.transpose8(rows);
+            for (col, dv) in dr.iter_mut().enumerate() {
+                *dv = cols[col * p.dw];
+            }
+            continue;
+        }
+        for (col, dv) in dr.iter_mut().enumerate() {
+            let off = r * p.dh * p.wp + col * p.dw;
+            let mut gathered = [0f32; LANES];
+            for (g, &b) in gathered.iter_mut().zip(&base) {
+                // SAFETY: `b + off ≤ far < padded.len()` (asserted above).
+                *g = unsafe { *padded.get_unchecked(b + off) };
+            }
+            *dv = s.load(&gathered);
         }
     }
 }

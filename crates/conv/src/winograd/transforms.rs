@@ -1,18 +1,18 @@
 //! The 1-D transforms of each variant on SIMD vectors, unrolled with their constants.
 
-use crate::simd::Simd;
+use crate::simd::Lanes;
 
 /// The 1-D transforms of one variant, `α = A`, `m = M`. Static functions rather than closures:
 /// a closure body would be compiled without the caller's `#[target_feature]`s.
 pub(super) trait Transforms<const A: usize, const M: usize> {
     /// `Bᵀ d`.
-    fn bt<S: Simd>(s: S, d: [S::V; A]) -> [S::V; A];
+    fn bt<L: Lanes>(s: L, d: [L::V; A]) -> [L::V; A];
     /// `Aᵀ m`.
-    fn at<S: Simd>(s: S, m: [S::V; A]) -> [S::V; M];
+    fn at<L: Lanes>(s: L, m: [L::V; A]) -> [L::V; M];
     /// `G t`: the filter transform of one column (or row) of three taps.
-    fn g<S: Simd>(s: S, t: [S::V; 3]) -> [S::V; A];
+    fn g<L: Lanes>(s: L, t: [L::V; 3]) -> [L::V; A];
     /// `A y`: the transpose of the output transform, for the weight gradient.
-    fn a<S: Simd>(s: S, y: [S::V; M]) -> [S::V; A];
+    fn a<L: Lanes>(s: L, y: [L::V; M]) -> [L::V; A];
 }
 
 /// F(2x2,3x3).
@@ -22,7 +22,7 @@ pub(super) struct F4;
 
 impl Transforms<4, 2> for F2 {
     #[inline(always)]
-    fn g<S: Simd>(s: S, t: [S::V; 3]) -> [S::V; 4] {
+    fn g<L: Lanes>(s: L, t: [L::V; 3]) -> [L::V; 4] {
         // [t0, (t0 + t1 + t2)/2, (t0 − t1 + t2)/2, t2]
         let half = s.splat(0.5);
         let e = s.mul(half, s.add(t[0], t[2]));
@@ -30,22 +30,22 @@ impl Transforms<4, 2> for F2 {
         [t[0], s.add(e, o), s.sub(e, o), t[2]]
     }
     #[inline(always)]
-    fn bt<S: Simd>(s: S, d: [S::V; 4]) -> [S::V; 4] {
+    fn bt<L: Lanes>(s: L, d: [L::V; 4]) -> [L::V; 4] {
         bt4(s, d)
     }
     #[inline(always)]
-    fn at<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
+    fn at<L: Lanes>(s: L, m: [L::V; 4]) -> [L::V; 2] {
         at4(s, m)
     }
     #[inline(always)]
-    fn a<S: Simd>(s: S, y: [S::V; 2]) -> [S::V; 4] {
+    fn a<L: Lanes>(s: L, y: [L::V; 2]) -> [L::V; 4] {
         [y[0], s.add(y[0], y[1]), s.sub(y[0], y[1]), s.sub(s.zero(), y[1])]
     }
 }
 
 impl Transforms<6, 4> for F4 {
     #[inline(always)]
-    fn g<S: Simd>(s: S, t: [S::V; 3]) -> [S::V; 6] {
+    fn g<L: Lanes>(s: L, t: [L::V; 3]) -> [L::V; 6] {
         // [t0/4, −(t0 + t1 + t2)/6, −(t0 − t1 + t2)/6, t0/24 + t1/12 + t2/6,
         //  t0/24 − t1/12 + t2/6, t2]
         let e = s.add(t[0], t[2]);
@@ -56,15 +56,15 @@ impl Transforms<6, 4> for F4 {
         [s.mul(s.splat(0.25), t[0]), a1, a2, s.add(e2, o2), s.sub(e2, o2), t[2]]
     }
     #[inline(always)]
-    fn bt<S: Simd>(s: S, d: [S::V; 6]) -> [S::V; 6] {
+    fn bt<L: Lanes>(s: L, d: [L::V; 6]) -> [L::V; 6] {
         bt6(s, d)
     }
     #[inline(always)]
-    fn at<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
+    fn at<L: Lanes>(s: L, m: [L::V; 6]) -> [L::V; 4] {
         at6(s, m)
     }
     #[inline(always)]
-    fn a<S: Simd>(s: S, y: [S::V; 4]) -> [S::V; 6] {
+    fn a<L: Lanes>(s: L, y: [L::V; 4]) -> [L::V; 6] {
         // [y0, e + o, e − o, e2 + o2, e2 − o2, y3] with e = y0 + y2, o = y1 + y3,
         // e2 = y0 + 4 y2, o2 = 2 y1 + 8 y3.
         let e = s.add(y[0], y[2]);
@@ -77,10 +77,10 @@ impl Transforms<6, 4> for F4 {
 
 /// `Bᵀ d B`: the 1-D transform on the columns, then on the rows.
 #[inline(always)]
-pub(super) fn input_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
-    s: S,
-    d: &[[S::V; A]; A],
-) -> [[S::V; A]; A] {
+pub(super) fn input_2d<L: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: L,
+    d: &[[L::V; A]; A],
+) -> [[L::V; A]; A] {
     let mut t = [[s.zero(); A]; A];
     for col in 0..A {
         let mut c = [s.zero(); A];
@@ -101,10 +101,10 @@ pub(super) fn input_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
 
 /// `Aᵀ m A`: the 1-D transform on the columns, then on the rows.
 #[inline(always)]
-pub(super) fn output_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
-    s: S,
-    d: &[[S::V; A]; A],
-) -> [[S::V; M]; M] {
+pub(super) fn output_2d<L: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: L,
+    d: &[[L::V; A]; A],
+) -> [[L::V; M]; M] {
     let mut t = [[s.zero(); A]; M];
     for col in 0..A {
         let mut c = [s.zero(); A];
@@ -125,10 +125,10 @@ pub(super) fn output_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: u
 
 /// `A y Aᵀ` for an `m×m` block `y`: the 1-D transform on the columns, then on the rows.
 #[inline(always)]
-pub(super) fn grad_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
-    s: S,
-    y: &[[S::V; M]; M],
-) -> [[S::V; A]; A] {
+pub(super) fn grad_2d<L: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: L,
+    y: &[[L::V; M]; M],
+) -> [[L::V; A]; A] {
     let mut t = [[s.zero(); M]; A];
     for col in 0..M {
         let mut c = [s.zero(); M];
@@ -149,19 +149,19 @@ pub(super) fn grad_2d<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
 
 /// `Bᵀ d` for F(2x2,3x3).
 #[inline(always)]
-pub(super) fn bt4<S: Simd>(s: S, d: [S::V; 4]) -> [S::V; 4] {
+pub(super) fn bt4<L: Lanes>(s: L, d: [L::V; 4]) -> [L::V; 4] {
     [s.sub(d[0], d[2]), s.add(d[1], d[2]), s.sub(d[2], d[1]), s.sub(d[1], d[3])]
 }
 
 /// `Aᵀ m` for F(2x2,3x3).
 #[inline(always)]
-pub(super) fn at4<S: Simd>(s: S, m: [S::V; 4]) -> [S::V; 2] {
+pub(super) fn at4<L: Lanes>(s: L, m: [L::V; 4]) -> [L::V; 2] {
     [s.add(s.add(m[0], m[1]), m[2]), s.sub(s.sub(m[1], m[2]), m[3])]
 }
 
 /// `Bᵀ d` for F(4x4,3x3), sharing the common sub-expressions.
 #[inline(always)]
-pub(super) fn bt6<S: Simd>(s: S, d: [S::V; 6]) -> [S::V; 6] {
+pub(super) fn bt6<L: Lanes>(s: L, d: [L::V; 6]) -> [L::V; 6] {
     let (four, five, two) = (s.splat(4.0), s.splat(5.0), s.splat(2.0));
     // r1, r2 = ±4(d1) − 4 d2 ± d3 + d4 ;  r3, r4 = ∓2 d1 − d2 ± 2 d3 + d4
     let a = s.sub(d[4], s.mul(four, d[2])); // d4 − 4 d2
@@ -180,7 +180,7 @@ pub(super) fn bt6<S: Simd>(s: S, d: [S::V; 6]) -> [S::V; 6] {
 
 /// `Aᵀ m` for F(4x4,3x3).
 #[inline(always)]
-pub(super) fn at6<S: Simd>(s: S, m: [S::V; 6]) -> [S::V; 4] {
+pub(super) fn at6<L: Lanes>(s: L, m: [L::V; 6]) -> [L::V; 4] {
     let p12 = s.add(m[1], m[2]);
     let m12 = s.sub(m[1], m[2]);
     let p34 = s.add(m[3], m[4]);
