@@ -3,8 +3,8 @@
 //! elementwise pass (see [`convkit_conv::batchnorm`]).
 
 use convkit_conv::batchnorm::{
-    ChannelStats, batch_norm2d_affine, batch_norm2d_apply, batch_norm2d_backward,
-    batch_norm2d_stats,
+    ChannelStats, batch_norm2d_affine, batch_norm2d_apply, batch_norm2d_apply_relu,
+    batch_norm2d_backward, batch_norm2d_relu_backward, batch_norm2d_stats,
 };
 use convkit_tensor::Tensor;
 
@@ -50,6 +50,29 @@ impl Var {
     /// statistics: `y = (x − μ)/√(σ² + ε)·γ + β` per channel, `gamma` and `beta` `[c]`.
     /// Returns the output and the statistics used (for the running averages).
     pub fn batch_norm2d(&self, gamma: &Var, beta: &Var, eps: f32) -> Result<(Var, BatchStats)> {
+        self.batch_norm2d_with(gamma, beta, eps, false)
+    }
+
+    /// [`Var::batch_norm2d`] followed by [`Var::relu`], as one op: the ReLU is applied in the
+    /// batch norm's pass and its gradient mask in the batch norm's backward passes, so the
+    /// activations are not read and written again. Values and gradients are bit for bit
+    /// those of the two ops.
+    pub fn batch_norm2d_relu(
+        &self,
+        gamma: &Var,
+        beta: &Var,
+        eps: f32,
+    ) -> Result<(Var, BatchStats)> {
+        self.batch_norm2d_with(gamma, beta, eps, true)
+    }
+
+    fn batch_norm2d_with(
+        &self,
+        gamma: &Var,
+        beta: &Var,
+        eps: f32,
+        relu: bool,
+    ) -> Result<(Var, BatchStats)> {
         const OP: &str = "batch_norm2d";
         let c = gamma.value().numel();
         let dims = dims4(OP, self, c)?;
@@ -62,7 +85,7 @@ impl Var {
             var: Tensor::from_vec(&[c], var)?,
             count: dims[0] * dims[2] * dims[3],
         };
-        let out = self.normalize(gamma, beta, &stats.mean, &stats.var, eps, true)?;
+        let out = self.normalize(gamma, beta, (&stats.mean, &stats.var, eps), true, relu)?;
         Ok((out, stats))
     }
 
@@ -76,6 +99,31 @@ impl Var {
         running_var: &Tensor,
         eps: f32,
     ) -> Result<Var> {
+        self.batch_norm2d_eval_with(gamma, beta, running_mean, running_var, eps, false)
+    }
+
+    /// [`Var::batch_norm2d_eval`] followed by [`Var::relu`], as one op (see
+    /// [`Var::batch_norm2d_relu`]).
+    pub fn batch_norm2d_eval_relu(
+        &self,
+        gamma: &Var,
+        beta: &Var,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+    ) -> Result<Var> {
+        self.batch_norm2d_eval_with(gamma, beta, running_mean, running_var, eps, true)
+    }
+
+    fn batch_norm2d_eval_with(
+        &self,
+        gamma: &Var,
+        beta: &Var,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        relu: bool,
+    ) -> Result<Var> {
         const OP: &str = "batch_norm2d";
         let c = gamma.value().numel();
         dims4(OP, self, c)?;
@@ -84,20 +132,20 @@ impl Var {
             c,
             &[("bias", beta.value()), ("running_mean", running_mean), ("running_var", running_var)],
         )?;
-        self.normalize(gamma, beta, running_mean, running_var, eps, false)
+        self.normalize(gamma, beta, (running_mean, running_var, eps), false, relu)
     }
 
     /// `y = x·scale + shift` per channel with `scale = γ/√(var+ε)`, `shift = β − mean·scale`
-    /// (the checked `[n, c, h, w]` input), recorded with its backward rule: with
-    /// `batch_stats`, `mean` and `var` are the batch's own and depend on `x`.
+    /// (the checked `[n, c, h, w]` input), then `max(0, y)` with `relu`, recorded with its
+    /// backward rule: with `batch_stats`, `mean` and `var` are the batch's own and depend on
+    /// `x`.
     fn normalize(
         &self,
         gamma: &Var,
         beta: &Var,
-        mean: &Tensor,
-        var: &Tensor,
-        eps: f32,
+        (mean, var, eps): (&Tensor, &Tensor, f32),
         batch_stats: bool,
+        relu: bool,
     ) -> Result<Var> {
         let d = self.dims();
         let dims = [d[0], d[1], d[2], d[3]];
@@ -109,7 +157,8 @@ impl Var {
             eps,
         );
         let mut y = convkit_tensor::buffer::take(self.value().numel());
-        batch_norm2d_apply(dims, self.value().as_slice(), &scale, &shift, &mut y)?;
+        let apply = if relu { batch_norm2d_apply_relu } else { batch_norm2d_apply };
+        apply(dims, self.value().as_slice(), &scale, &shift, &mut y)?;
         let value = Tensor::from_vec(&dims, y)?;
         let inputs = [self, gamma, beta];
         if !Var::any_requires_grad(&inputs) {
@@ -117,21 +166,28 @@ impl Var {
         }
         let (x, g, mean, var) =
             (self.value().clone(), gamma.value().clone(), mean.clone(), var.clone());
+        // The fused ReLU's output: its gradient mask (a shared buffer, not a copy).
+        let out = relu.then(|| value.clone());
         let c = g.numel();
         Var::from_op(
             &inputs,
             value,
             Box::new(move |dy, needs| {
                 let stats = ChannelStats { mean: mean.as_slice(), var: var.as_slice(), eps };
-                let grads = batch_norm2d_backward(
-                    dims,
-                    dy.as_slice(),
-                    x.as_slice(),
-                    g.as_slice(),
-                    stats,
-                    batch_stats,
-                    needs[0],
-                )?;
+                let (dy, x, g) = (dy.as_slice(), x.as_slice(), g.as_slice());
+                let grads = match &out {
+                    Some(z) => batch_norm2d_relu_backward(
+                        dims,
+                        dy,
+                        z.as_slice(),
+                        x,
+                        g,
+                        stats,
+                        batch_stats,
+                        needs[0],
+                    )?,
+                    None => batch_norm2d_backward(dims, dy, x, g, stats, batch_stats, needs[0])?,
+                };
                 let input = grads.input.map(|v| Tensor::from_vec(&dims, v)).transpose()?;
                 Ok(vec![
                     input,

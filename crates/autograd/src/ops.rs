@@ -47,6 +47,26 @@ impl Var {
         })
     }
 
+    /// `relu(self + rhs)` as one op (a residual block's sum and its ReLU): one pass forward
+    /// and one backward instead of two each. Values and gradients are bit for bit those of
+    /// `self.add(rhs)?.relu()`; operands of different dims take that path.
+    pub fn add_relu(&self, rhs: &Var) -> Result<Var> {
+        if self.dims() != rhs.dims() {
+            return Ok(self.add(rhs)?.relu());
+        }
+        let value = self.value().zip_map(rhs.value(), |a, b| {
+            let s = a + b;
+            if s < 0.0 { 0.0 } else { s }
+        })?;
+        record(&[self, rhs], value.clone(), || {
+            // The output is above zero exactly where the sum is: the ReLU's gradient mask.
+            Box::new(move |g, needs| {
+                let masked = g.zip_map(&value, |g, z| if z > 0.0 { g } else { 0.0 })?;
+                Ok(vec![needs[0].then(|| masked.clone()), needs[1].then_some(masked)])
+            })
+        })
+    }
+
     /// `self − rhs`, broadcasting.
     pub fn sub(&self, rhs: &Var) -> Result<Var> {
         let value = self.value().sub(rhs.value())?;

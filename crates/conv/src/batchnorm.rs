@@ -16,6 +16,9 @@
 //! - [`batch_norm2d_backward`]: `∂β = Σ∂y`, `∂γ = Σ∂y·x̂` and `∂x`, from one pass of sums
 //!   over each channel and one elementwise pass, for batch (training) or running
 //!   (evaluation) statistics.
+//! - [`batch_norm2d_apply_relu`] and [`batch_norm2d_relu_backward`]: the same passes with a
+//!   ReLU fused after the batch norm, bit for bit the two layers' results, without the
+//!   ReLU's own passes over the activations.
 //!
 //! Work of at least 2^15 elements runs on rayon's pool: the sums split over
 //! channels, the elementwise passes over planes.
@@ -37,10 +40,12 @@ fn flush<S: Simd>(s: S, v: S::V, acc: &mut f64) {
 }
 
 /// `Σ(a − shift)` and `Σ(a − shift)²` of one plane (`b` unused), or `Σa` and `Σa·(b − shift)`
-/// (the backward's sums, `a` = ∂y, `b` = x), in `f32` lanes per [`BLOCK`], then `f64`.
+/// (the backward's sums, `a` = ∂y, `b` = x), in `f32` lanes per [`BLOCK`], then `f64`. With
+/// `z` (a fused ReLU's output), `a` counts only where `z > 0`.
 struct PlaneSums<'a> {
     a: &'a [f32],
     b: Option<&'a [f32]>,
+    z: Option<&'a [f32]>,
     shift: f32,
 }
 
@@ -53,11 +58,15 @@ impl WithSimd for PlaneSums<'_> {
         let shift = s.splat(self.shift);
         for (i, block) in self.a.chunks(BLOCK).enumerate() {
             let other = self.b.map(|b| &b[i * BLOCK..i * BLOCK + block.len()]);
+            let mask = self.z.map(|z| &z[i * BLOCK..i * BLOCK + block.len()]);
             let (mut v1, mut v2) = (s.zero(), s.zero());
             let full = block.len() / LANES * LANES;
             let mut j = 0;
             while j < full {
-                let va = s.load(&block[j..]);
+                let mut va = s.load(&block[j..]);
+                if let Some(z) = mask {
+                    va = s.keep_where_positive(s.load(&z[j..]), va);
+                }
                 match other {
                     None => {
                         let d = s.sub(va, shift);
@@ -75,14 +84,19 @@ impl WithSimd for PlaneSums<'_> {
             flush(s, v1, &mut s1);
             flush(s, v2, &mut s2);
             for j in full..block.len() {
+                let a = match mask {
+                    Some(z) if z[j] > 0.0 => block[j],
+                    Some(_) => 0.0,
+                    None => block[j],
+                };
                 match other {
                     None => {
-                        let d = f64::from(block[j] - self.shift);
+                        let d = f64::from(a - self.shift);
                         s1 += d;
                         s2 += d * d;
                     }
                     Some(b) => {
-                        let (g, d) = (f64::from(block[j]), f64::from(b[j] - self.shift));
+                        let (g, d) = (f64::from(a), f64::from(b[j] - self.shift));
                         s1 += g;
                         s2 += g * d;
                     }
@@ -93,12 +107,15 @@ impl WithSimd for PlaneSums<'_> {
     }
 }
 
-/// `out = x·scale + shift`, or with `g` the training input gradient
-/// `out = scale·((g − shift) − (x − mu)·c1)`.
+/// `out = x·scale + shift` (then `max(0, ·)` with `relu`), or with `g` the training input
+/// gradient `out = scale·((g − shift) − (x − mu)·c1)`, `g` counting only where `z > 0` when
+/// a fused ReLU's output `z` is given.
 struct PlaneMap<'a> {
     out: &'a mut [f32],
     x: &'a [f32],
     g: Option<&'a [f32]>,
+    z: Option<&'a [f32]>,
+    relu: bool,
     scale: f32,
     shift: f32,
     mu: f32,
@@ -110,16 +127,23 @@ impl WithSimd for PlaneMap<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let PlaneMap { out, x, g, scale, shift, mu, c1 } = self;
+        let PlaneMap { out, x, g, z, relu, scale, shift, mu, c1 } = self;
         let full = out.len() / LANES * LANES;
         let (vs, vh, vm, vc) = (s.splat(scale), s.splat(shift), s.splat(mu), s.splat(c1));
         let mut j = 0;
         while j < full {
             let vx = s.load(&x[j..]);
             let r = match g {
+                // `max(0, y)` is `0 > y ? 0 : y`: a ReLU that keeps NaN and −0.0, as
+                // `Tensor::relu` does.
+                None if relu => s.max(s.zero(), s.fma(vx, vs, vh)),
                 None => s.fma(vx, vs, vh),
                 Some(g) => {
-                    let t = s.sub(s.load(&g[j..]), vh);
+                    let mut vg = s.load(&g[j..]);
+                    if let Some(z) = z {
+                        vg = s.keep_where_positive(s.load(&z[j..]), vg);
+                    }
+                    let t = s.sub(vg, vh);
                     s.mul(vs, s.sub(t, s.mul(s.sub(vx, vm), vc)))
                 }
             };
@@ -129,8 +153,18 @@ impl WithSimd for PlaneMap<'_> {
         for j in full..out.len() {
             out[j] = match g {
                 // The same operations as the vector lanes on the fallback.
-                None => x[j] * scale + shift,
-                Some(g) => scale * ((g[j] - shift) - (x[j] - mu) * c1),
+                None => {
+                    let y = x[j] * scale + shift;
+                    if relu && y < 0.0 { 0.0 } else { y }
+                }
+                Some(g) => {
+                    let g = match z {
+                        Some(z) if z[j] > 0.0 => g[j],
+                        Some(_) => 0.0,
+                        None => g[j],
+                    };
+                    scale * ((g - shift) - (x[j] - mu) * c1)
+                }
             };
         }
     }
@@ -226,7 +260,7 @@ pub fn batch_norm2d_stats(
         let (mut s1, mut s2) = (0f64, 0f64);
         for i in 0..n {
             let plane = &x[(i * c + k) * hw..(i * c + k + 1) * hw];
-            let (a, b) = run(PlaneSums { a: plane, b: None, shift });
+            let (a, b) = run(PlaneSums { a: plane, b: None, z: None, shift });
             s1 += a;
             s2 += b;
         }
@@ -248,6 +282,30 @@ pub fn batch_norm2d_apply(
     shift: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
+    apply(dims, x, scale, shift, y, false)
+}
+
+/// [`batch_norm2d_apply`] followed by a ReLU in the same pass: `y = max(0, x·scale[k] +
+/// shift[k])`, bit for bit what the two passes give (NaN and −0.0 pass through, as in
+/// `Tensor::relu`).
+pub fn batch_norm2d_apply_relu(
+    dims: [usize; 4],
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    apply(dims, x, scale, shift, y, true)
+}
+
+fn apply(
+    dims: [usize; 4],
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    y: &mut [f32],
+    relu: bool,
+) -> Result<()> {
     const OP: &str = "batch_norm2d";
     check_len(OP, "input", &dims, x.len())?;
     check_len(OP, "output", &dims, y.len())?;
@@ -255,7 +313,8 @@ pub fn batch_norm2d_apply(
     let hw = dims[2] * dims[3];
     per_plane(dims, y, |k, out, p| {
         let x = &x[p * hw..(p + 1) * hw];
-        run(PlaneMap { out, x, g: None, scale: scale[k], shift: shift[k], mu: 0.0, c1: 0.0 });
+        let (scale, shift) = (scale[k], shift[k]);
+        run(PlaneMap { out, x, g: None, z: None, relu, scale, shift, mu: 0.0, c1: 0.0 });
     });
     Ok(())
 }
@@ -312,6 +371,37 @@ pub fn batch_norm2d_backward(
     batch_stats: bool,
     want_input: bool,
 ) -> Result<BatchNormGrads> {
+    backward(dims, (dy, None), x, gamma, stats, batch_stats, want_input)
+}
+
+/// The backward of [`batch_norm2d_apply_relu`]'s fused batch norm and ReLU: as
+/// [`batch_norm2d_backward`] with `∂y` taken as zero where the fused output `out` is not above
+/// zero, in the same passes. Bit for bit what the ReLU's backward followed by
+/// [`batch_norm2d_backward`] gives.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_relu_backward(
+    dims: [usize; 4],
+    dy: &[f32],
+    out: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    stats: ChannelStats<'_>,
+    batch_stats: bool,
+    want_input: bool,
+) -> Result<BatchNormGrads> {
+    check_len("batch_norm2d_relu_backward", "output", &dims, out.len())?;
+    backward(dims, (dy, Some(out)), x, gamma, stats, batch_stats, want_input)
+}
+
+fn backward(
+    dims: [usize; 4],
+    (dy, z): (&[f32], Option<&[f32]>),
+    x: &[f32],
+    gamma: &[f32],
+    stats: ChannelStats<'_>,
+    batch_stats: bool,
+    want_input: bool,
+) -> Result<BatchNormGrads> {
     const OP: &str = "batch_norm2d_backward";
     let ChannelStats { mean, var, eps } = stats;
     check_len(OP, "input", &dims, x.len())?;
@@ -327,8 +417,9 @@ pub fn batch_norm2d_backward(
         let (mut s_dy, mut s_dyx) = (0f64, 0f64);
         for i in 0..n {
             let at = (i * c + k) * hw;
+            let z = z.map(|z| &z[at..at + hw]);
             let (a, b) =
-                run(PlaneSums { a: &dy[at..at + hw], b: Some(&x[at..at + hw]), shift: mu });
+                run(PlaneSums { a: &dy[at..at + hw], b: Some(&x[at..at + hw]), z, shift: mu });
             s_dy += a;
             s_dyx += b;
         }
@@ -357,7 +448,8 @@ pub fn batch_norm2d_backward(
         per_plane(dims, &mut dx, |k, out, p| {
             let (scale, shift, c1, mu) = coef[k];
             let (g, x) = (&dy[p * hw..(p + 1) * hw], &x[p * hw..(p + 1) * hw]);
-            run(PlaneMap { out, x, g: Some(g), scale, shift, mu, c1 });
+            let z = z.map(|z| &z[p * hw..(p + 1) * hw]);
+            run(PlaneMap { out, x, g: Some(g), z, relu: false, scale, shift, mu, c1 });
         });
         dx
     });
@@ -495,6 +587,52 @@ mod tests {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
         let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(run);
         assert_eq!(one, three);
+    }
+
+    #[test]
+    fn fused_relu_is_bit_for_bit_the_two_layers() {
+        // Odd planes (vector tails), channels whose outputs are all negative, all positive
+        // and mixed; a NaN and values that map to −0.0, which a ReLU passes through.
+        let dims = [3, 4, 5, 7];
+        let mut x = data(dims, 3);
+        x[0] = f32::NAN;
+        x[36] = 0.0;
+        let scale = [1.5, -1.0, 0.25, 2.0];
+        let shift = [-0.0, -0.0, -5.0, 5.0];
+        let mut y = vec![0.0; x.len()];
+        batch_norm2d_apply(dims, &x, &scale, &shift, &mut y).unwrap();
+        let relu: Vec<f32> = y.iter().map(|&v| if v < 0.0 { 0.0 } else { v }).collect();
+        let mut z = vec![1.0; x.len()];
+        batch_norm2d_apply_relu(dims, &x, &scale, &shift, &mut z).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&z), bits(&relu));
+        assert!(z[0].is_nan() && z[36].to_bits() == (-0.0f32).to_bits());
+
+        // Backward, in training and evaluation: the ReLU's gradient, then the batch norm's.
+        let x = data(dims, 4);
+        let dy = data(dims, 5);
+        let gamma = [0.5, -1.5, 2.0, 1.0];
+        let mut mean = vec![0.0; 4];
+        let mut var = vec![0.0; 4];
+        batch_norm2d_stats(dims, &x, &mut mean, &mut var).unwrap();
+        let beta = [0.1, 0.0, -3.0, 3.0];
+        let (scale, shift) = batch_norm2d_affine(&gamma, &beta, &mean, &var, 1e-5);
+        let mut y = vec![0.0; x.len()];
+        batch_norm2d_apply(dims, &x, &scale, &shift, &mut y).unwrap();
+        let mut z = vec![0.0; x.len()];
+        batch_norm2d_apply_relu(dims, &x, &scale, &shift, &mut z).unwrap();
+        let masked: Vec<f32> =
+            dy.iter().zip(&y).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
+        for batch_stats in [true, false] {
+            let stats = ChannelStats { mean: &mean, var: &var, eps: 1e-5 };
+            let two = batch_norm2d_backward(dims, &masked, &x, &gamma, stats, batch_stats, true);
+            let fused =
+                batch_norm2d_relu_backward(dims, &dy, &z, &x, &gamma, stats, batch_stats, true);
+            assert_eq!(fused.unwrap(), two.unwrap());
+        }
+        let stats = ChannelStats { mean: &mean, var: &var, eps: 1e-5 };
+        let short = batch_norm2d_relu_backward(dims, &dy, &z[1..], &x, &gamma, stats, true, true);
+        assert!(short.is_err());
     }
 
     #[test]

@@ -41,6 +41,13 @@ use crate::error::{NnError, Result};
 pub trait Module: Send + Sync {
     /// Computes the output for `x`.
     fn forward(&self, x: &Var) -> Result<Var>;
+    /// Computes `relu(self.forward(x))` as one fused op, where the module can: the same
+    /// values and gradients, fewer passes over memory. [`Sequential`] calls it for a layer
+    /// followed by a [`crate::ReLU`] (batch norm and [`Residual`] do it). `None` (the default)
+    /// when the module has no fused form; the caller then runs the two layers.
+    fn forward_relu(&self, _x: &Var) -> Option<Result<Var>> {
+        None
+    }
 
     /// Calls `f` with the full dotted name and the handle of every trainable parameter, in a
     /// fixed order (the order optimizers and checkpoints use).
@@ -171,8 +178,24 @@ impl Sequential {
 }
 
 impl Module for Sequential {
+    /// The layers in order; a layer followed by a ReLU runs both as one op where it has a
+    /// fused form ([`Module::forward_relu`]), with the same result. ([`Sequential::forward_inspect`]
+    /// runs every layer on its own, to show each output.)
     fn forward(&self, x: &Var) -> Result<Var> {
-        self.forward_inspect(x, &mut |_, _| {})
+        let mut h = x.clone();
+        let mut i = 0;
+        while let Some((_, layer)) = self.layers.get(i) {
+            let relu_next =
+                self.layers.get(i + 1).is_some_and(|(_, l)| matches!(l.describe(), Layer::ReLU));
+            if relu_next && let Some(fused) = layer.forward_relu(&h) {
+                h = fused?;
+                i += 2;
+            } else {
+                h = layer.forward(&h)?;
+                i += 1;
+            }
+        }
+        Ok(h)
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
@@ -244,8 +267,9 @@ impl Residual {
     }
 }
 
-impl Module for Residual {
-    fn forward(&self, x: &Var) -> Result<Var> {
+impl Residual {
+    /// `body(x) + shortcut(x)`, then a ReLU in the same op when `relu`.
+    fn forward_with(&self, x: &Var, relu: bool) -> Result<Var> {
         let y = self.body.forward(x)?;
         let s = match &self.shortcut {
             Some(m) => m.forward(x)?,
@@ -258,7 +282,18 @@ impl Module for Residual {
                 msg: format!("body gives {:?} but shortcut gives {:?}", y.dims(), s.dims()),
             });
         }
-        Ok(y.add(&s)?)
+        Ok(if relu { y.add_relu(&s)? } else { y.add(&s)? })
+    }
+}
+
+impl Module for Residual {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        self.forward_with(x, false)
+    }
+
+    /// The sum and the ReLU after it as one op ([`Var::add_relu`]), with the same result.
+    fn forward_relu(&self, x: &Var) -> Option<Result<Var>> {
+        Some(self.forward_with(x, true))
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {

@@ -68,10 +68,9 @@ impl BatchNorm2d {
             training: true,
         })
     }
-}
 
-impl Module for BatchNorm2d {
-    fn forward(&self, x: &Var) -> Result<Var> {
+    /// The layer's forward, followed by a ReLU in the same op when `relu`.
+    fn forward_with(&self, x: &Var, relu: bool) -> Result<Var> {
         let c = self.weight.dims()[0];
         let &[n, xc, h, w] = x.dims() else {
             return Err(NnError::Input {
@@ -90,13 +89,13 @@ impl Module for BatchNorm2d {
         let gamma = bind(&self.weight, x);
         let beta = bind(&self.bias, x);
         if !self.training {
-            return Ok(x.batch_norm2d_eval(
-                &gamma,
-                &beta,
-                &self.running_mean.value(),
-                &self.running_var.value(),
-                self.cfg.eps,
-            )?);
+            let (mean, var) = (self.running_mean.value(), self.running_var.value());
+            let eps = self.cfg.eps;
+            return Ok(if relu {
+                x.batch_norm2d_eval_relu(&gamma, &beta, &mean, &var, eps)?
+            } else {
+                x.batch_norm2d_eval(&gamma, &beta, &mean, &var, eps)?
+            });
         }
         if n * h * w < 2 {
             return Err(NnError::Input {
@@ -105,7 +104,11 @@ impl Module for BatchNorm2d {
                 msg: "training needs more than one value per channel".into(),
             });
         }
-        let (y, stats) = x.batch_norm2d(&gamma, &beta, self.cfg.eps)?;
+        let (y, stats) = if relu {
+            x.batch_norm2d_relu(&gamma, &beta, self.cfg.eps)?
+        } else {
+            x.batch_norm2d(&gamma, &beta, self.cfg.eps)?
+        };
         let m = self.cfg.momentum;
         let unbias = stats.count as f32 / (stats.count - 1) as f32;
         for (running, batch, scale) in
@@ -118,6 +121,18 @@ impl Module for BatchNorm2d {
             })?;
         }
         Ok(y)
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        self.forward_with(x, false)
+    }
+
+    /// Batch norm and ReLU in one op ([`Var::batch_norm2d_relu`]): the same values and
+    /// gradients as the two layers, without the ReLU's passes over the activations.
+    fn forward_relu(&self, x: &Var) -> Option<Result<Var>> {
+        Some(self.forward_with(x, true))
     }
 
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {

@@ -26,7 +26,7 @@ use convkit_autograd::{Tape, Var};
 use convkit_conv::Conv2dParams;
 use convkit_nn::{
     AvgPool2d, BatchNorm2d, Conv2d, Conv2dConfig, Dropout, Flatten, Linear, MaxPool2d, Module,
-    ReLU, Sequential, Sigmoid, Tanh, named_params,
+    ReLU, Residual, Sequential, Sigmoid, Tanh, named_params,
 };
 use convkit_tensor::testing::{Tolerance, assert_close};
 use convkit_tensor::{Rng, Tensor};
@@ -192,4 +192,73 @@ fn dropout_trains_and_evaluates() {
     let relu =
         ReLU.forward(&Var::constant(Tensor::from_vec(&[2], vec![-1.0, 2.0]).unwrap())).unwrap();
     assert_eq!(relu.value().as_slice(), &[0.0, 2.0]);
+}
+
+/// A batch norm or a residual block followed by a ReLU in a `Sequential` runs as one fused op; its outputs,
+/// gradients and running statistics are bit for bit those of the two layers run one by one
+/// (`forward_inspect`), in training and in evaluation.
+#[test]
+fn fused_batchnorm_relu_matches_the_two_layers_bit_for_bit() {
+    let build = || {
+        let mut rng = Rng::new(11);
+        let pad =
+            Conv2dConfig { params: Conv2dParams::default().with_padding(1), ..Default::default() };
+        Sequential::new()
+            .push(Conv2d::with_config(2, 4, (3, 3), pad, &mut rng).unwrap())
+            .push(BatchNorm2d::new(4).unwrap())
+            .push(ReLU)
+            .push(Conv2d::new(4, 3, 2, &mut rng).unwrap())
+            .push(BatchNorm2d::new(3).unwrap())
+            .push(ReLU)
+            .push(Residual::new(
+                Sequential::new()
+                    .push(Conv2d::with_config(3, 3, (3, 3), pad, &mut rng).unwrap())
+                    .push(BatchNorm2d::new(3).unwrap()),
+            ))
+            .push(ReLU)
+    };
+    let (mut fused, mut layered) = (build(), build());
+    let x = r(&[3, 2, 5, 6]);
+    let bits = |t: &Tensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for step in 0..2 {
+        let mut outs = Vec::new();
+        let mut grads = Vec::new();
+        let mut nodes = Vec::new();
+        for (k, model) in [&fused, &layered].into_iter().enumerate() {
+            let tape = Tape::new();
+            let xv = tape.var(x.clone());
+            let y = if k == 0 {
+                model.forward(&xv).unwrap()
+            } else {
+                model.forward_inspect(&xv, &mut |_, _| {}).unwrap()
+            };
+            nodes.push(tape.len());
+            let w = Var::constant(r(y.dims()).map(|v| v - 0.3 * step as f32));
+            let g = y.mul(&w).unwrap().sum().unwrap().backward().unwrap();
+            let mut all = vec![bits(g.wrt(&xv).unwrap())];
+            for (_, p) in named_params(model) {
+                all.push(bits(&p.grad().unwrap()));
+                p.set_grad(None).unwrap();
+            }
+            outs.push(bits(y.value()));
+            grads.push(all);
+        }
+        // The fused model records one node fewer per fused pair (two batch norms, a residual).
+        assert_eq!(nodes[0] + 3, nodes[1]);
+        assert_eq!(outs[0], outs[1], "training output, step {step}");
+        assert_eq!(grads[0], grads[1], "gradients, step {step}");
+    }
+    let buffers = |m: &Sequential| {
+        convkit_nn::named_buffers(m).iter().map(|(_, b)| bits(&b.value())).collect::<Vec<_>>()
+    };
+    assert_eq!(buffers(&fused), buffers(&layered));
+    fused.set_training(false);
+    layered.set_training(false);
+    let x = r(&[2, 2, 4, 4]).map(|v| v * 3.0 - 0.5);
+    let eval = |m: &Sequential, fuse: bool| {
+        let xv = Var::constant(x.clone());
+        let y = if fuse { m.forward(&xv) } else { m.forward_inspect(&xv, &mut |_, _| {}) };
+        bits(y.unwrap().value())
+    };
+    assert_eq!(eval(&fused, true), eval(&layered, false));
 }

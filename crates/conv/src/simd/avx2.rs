@@ -143,6 +143,12 @@ impl Simd for Avx2Fma {
         unsafe { _mm256_max_ps(a, b) }
     }
     #[inline(always)]
+    fn keep_where_positive(self, z: __m256, v: __m256) -> __m256 {
+        // SAFETY: the token proves AVX is available. The ordered comparison is false for NaN,
+        // so those lanes are cleared too.
+        unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(z, _mm256_setzero_ps()), v) }
+    }
+    #[inline(always)]
     unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; LANES], valid: u8) -> __m256 {
         // SAFETY: AVX2 is available (token). `idx` is 8 readable i32s; the mask's lanes are
         // all-ones exactly where `valid` has its bit set, and the gather reads only those
@@ -208,6 +214,9 @@ impl Simd for Avx2Fma {
     }
     fn max(self, a: Self::V, b: Self::V) -> Self::V {
         super::Fallback.max(a, b)
+    }
+    fn keep_where_positive(self, z: Self::V, v: Self::V) -> Self::V {
+        super::Fallback.keep_where_positive(z, v)
     }
     unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; LANES], valid: u8) -> Self::V {
         // SAFETY: forwarded with the caller's guarantee.

@@ -117,6 +117,10 @@ impl Simd for Avx512 {
         unsafe { self.0.load_ptr(p) }
     }
     #[inline(always)]
+    fn keep_where_positive(self, z: Self::V, v: Self::V) -> Self::V {
+        self.0.keep_where_positive(z, v)
+    }
+    #[inline(always)]
     fn max(self, a: Self::V, b: Self::V) -> Self::V {
         self.0.max(a, b)
     }

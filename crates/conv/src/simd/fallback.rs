@@ -84,6 +84,10 @@ impl Simd for Fallback {
             }
         })
     }
+    #[inline(always)]
+    fn keep_where_positive(self, z: Self::V, v: Self::V) -> Self::V {
+        map2(z, v, |z, v| if z > 0.0 { v } else { 0.0 })
+    }
     /// `a > b ? a : b` per lane, like `maxps`: a NaN in either gives `b`.
     #[inline(always)]
     fn max(self, a: Self::V, b: Self::V) -> Self::V {

@@ -120,6 +120,9 @@ pub trait Simd: Lanes + Send + Sync + 'static {
     unsafe fn load_ptr(self, p: *const f32) -> Self::V;
     /// Lane-wise maximum (`max(x, 0)` is a ReLU); where either lane is NaN the result is `b`'s.
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Lanes of `v` where the same lane of `z` is above zero, `+0.0` elsewhere (also where
+    /// `z` is NaN): the gradient a ReLU passes back, `z` being its input or its output.
+    fn keep_where_positive(self, z: Self::V, v: Self::V) -> Self::V;
     /// A masked gather: lane `l` is `*base.add(idx[l])` where bit `l` of `valid` is set, and
     /// zero (nothing read) where it is clear.
     ///
@@ -361,6 +364,10 @@ mod tests {
             s.to_array(s.max(s.sub(va, s.splat(3.0)), s.zero())),
             [0., 0., 0., 0., 1., 2., 3., 4.]
         );
+        let z = s.load(&[1.0, 0.0, -0.0, -2.0, f32::NAN, 3.0, f32::INFINITY, -f32::INFINITY]);
+        let kept = s.to_array(s.keep_where_positive(z, vb));
+        assert_eq!(kept, [2., 0., 0., 0., 0., 2., 2., 0.]);
+        assert!(kept.iter().all(|x| x.is_sign_positive()));
         let rows: [S::V; LANES] = std::array::from_fn(|i| {
             let r: [f32; LANES] = std::array::from_fn(|j| (10 * i + j) as f32);
             s.load(&r)
