@@ -473,20 +473,21 @@ fn winograd_weight_grad_variant(g: &ConvGeometry) -> Option<WinogradVariant> {
 /// Whether the direct kernel's weight gradient beats the Winograd one of `variant` on `g`.
 /// The transform domain saves multiply-adds in proportion to `C'·K' / (C' + K')` (products
 /// against transforms per output pixel), and its transforms cost F(2x2) more per saved
-/// product than F(4x4): so direct from `C'·K' ≤ 4 (C' + K')` with F(4x4), `≤ 16 (C' + K')`
+/// product than F(4x4): so direct from `C'·K' ≤ 4 (C' + K')` with F(4x4), `≤ 12 (C' + K')`
 /// with F(2x2). Batch 64, 2 threads, Xeon, weight gradient alone, milliseconds (direct /
 /// F(4x4) / F(2x2)), at AVX-512 (16-lane transforms) and AVX2: 16→16 28x28 1.33–1.42 /
 /// 1.16–1.18 / 1.62–1.71 and 1.35–1.56 / 1.28–1.32 / 1.81–2.04 keep Winograd; 32→32 14x14
-/// (F(2x2) by its plane) 1.29–1.35 / – / 1.14–1.19 and 1.24–1.26 / – / 1.35–1.39 take direct,
-/// the faster on AVX2 and within 15% at AVX-512 (the rule is the same on every level, so
-/// every level runs the same kernels); 32→32 28x28 5.0 / 2.8 / 4.1, 64→64 7x7 1.40–1.48 /
-/// 0.85–0.88 / 0.99–1.05, 32→64 14x14 F2 2.67 / 2.25 and 64→64 14x14 F2 5.0 / 3.3 keep
-/// Winograd.
+/// (F(2x2) by its plane) 1.28–1.31 / – / 1.11–1.13 and 1.28–1.33 / – / 1.34–1.36 keep
+/// Winograd (faster at AVX-512, within 5% on AVX2; the rule is the same on every level, so
+/// every level runs the same kernels); 16→32 14x14 0.67 / – / 0.74 and 0.67–0.69 / – /
+/// 0.87–0.92 take direct; 32→32 28x28 5.0 / 2.8 / 4.1, 64→64 7x7 1.40–1.48 / 0.85–0.88 /
+/// 0.99–1.05, 32→64 14x14 F2 2.45–2.61 / – / 1.64–1.71 and 64→64 14x14 F2 4.7–4.9 / – /
+/// 2.54–2.63 keep Winograd.
 fn direct_weight_grad_pays(g: &ConvGeometry, variant: WinogradVariant) -> bool {
     let (c, k) = (g.c_in_per_group(), g.c_out_per_group());
     let per_transform = match variant {
         WinogradVariant::F4x4_3x3 => 4,
-        WinogradVariant::F2x2_3x3 => 16,
+        WinogradVariant::F2x2_3x3 => 12,
     };
     c * k <= per_transform * (c + k) && direct_supports(g)
 }
@@ -525,7 +526,8 @@ mod tests {
         };
         assert!(direct([64, 8, 28, 28], 8));
         assert!(!direct([64, 16, 28, 28], 16));
-        assert!(direct([64, 32, 14, 14], 32));
+        assert!(!direct([64, 32, 14, 14], 32));
+        assert!(direct([64, 16, 14, 14], 32));
         assert!(!direct([64, 32, 28, 28], 32));
         assert!(!direct([64, 32, 14, 14], 64));
         assert!(!direct([64, 64, 7, 7], 64));
