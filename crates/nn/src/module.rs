@@ -179,8 +179,8 @@ impl Sequential {
 
 impl Module for Sequential {
     /// The layers in order; a layer followed by a ReLU runs both as one op where it has a
-    /// fused form ([`Module::forward_relu`]), with the same result. ([`Sequential::forward_inspect`]
-    /// runs every layer on its own, to show each output.)
+    /// fused form ([`Module::forward_relu`]), with the same result.
+    /// ([`Sequential::forward_inspect`] runs every layer on its own, to show each output.)
     fn forward(&self, x: &Var) -> Result<Var> {
         let mut h = x.clone();
         let mut i = 0;

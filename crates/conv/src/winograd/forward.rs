@@ -549,9 +549,10 @@ pub(super) struct Patches<'a> {
     cpg: usize,
 }
 
-/// The input transform `V = Bᵀ d B` of a run of tiles, 8 or 16 at a time (the widest vectors of `S`), into `planes[ξ]`: each
-/// plane in the packed-B layout of the GEMM (panels of [`NR`] tiles, each `cpg` steps of `NR`
-/// floats), from the panel of the run's first tile (which starts a panel).
+/// The input transform `V = Bᵀ d B` of a run of tiles, as many at a time as the widest
+/// vectors of `S` hold (8 or 16), into `planes[ξ]`: each plane in the packed-B layout of the
+/// GEMM (panels of [`NR`] tiles, each `cpg` steps of `NR` floats), from the panel of the
+/// run's first tile (which starts a panel).
 #[inline(always)]
 pub(super) fn input_transform_block<
     S: Simd,
