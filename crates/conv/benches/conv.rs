@@ -12,8 +12,9 @@
 //! LeNet's pooling layers.
 //!
 //! Every algorithm that [`supports`] a shape is measured, except `naive` on shapes above
-//! 50 MFLOP (seconds per call), on 1 and on 2 threads (a rayon pool of each size). Group ids
-//! are `conv_fwd_t{threads}/{shape}` and `conv_bwd_t{threads}/{shape}`, one function per
+//! 50 MFLOP (seconds per call), on 1 and on 2 threads (a rayon pool of each size, each worker
+//! pinned to a CPU of its own by `convkit_tensor::parallel::pinned_pool`). Group ids are
+//! `conv_fwd_t{threads}/{shape}` and `conv_bwd_t{threads}/{shape}`, one function per
 //! algorithm — the names `cargo xtask bench` lays out in `docs/benchmarks.md`. Quick look:
 //! `cargo bench -p convkit-conv --bench conv -- --quick conv_fwd_t1/res3x3_28b8`.
 //!
@@ -97,7 +98,7 @@ fn gemm_ceiling(c: &mut Criterion) {
 
 fn bench(c: &mut Criterion) {
     for threads in [1, 2] {
-        let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build() else {
+        let Ok(pool) = convkit_tensor::parallel::pinned_pool(threads) else {
             continue;
         };
         bench_threads(c, threads, &pool);
@@ -168,7 +169,7 @@ fn bench_threads(c: &mut Criterion, threads: usize, pool: &rayon::ThreadPool) {
 /// on 1 thread, beside the per-call `conv_fwd_t1/<shape>/winograd*` figures.
 fn winograd_prepared(c: &mut Criterion) {
     use convkit_conv::{WinogradFilter, WinogradVariant, conv2d_winograd_prepared};
-    let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(1).build() else { return };
+    let Ok(pool) = convkit_tensor::parallel::pinned_pool(1) else { return };
     for shape in &SHAPES {
         let Ok(g) = shape.geometry() else { continue };
         let variants = [("f2", WinogradVariant::F2x2_3x3), ("f4", WinogradVariant::F4x4_3x3)];

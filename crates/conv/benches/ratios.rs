@@ -8,11 +8,11 @@
 //! median over the rounds of each timing and of each ratio.
 //!
 //! Each timing starts with untimed calls for at least [`WARM_UP`], so that it measures the
-//! steady speed a training loop sees. This matters for the 2-thread timings: a pool whose
-//! workers slept through the 1-thread timings first runs at about 1-thread speed for several
-//! milliseconds, until the scheduler has spread its workers over both cores again (on a
-//! 2-core virtual machine, the first 2-thread calls after 30 ms of idleness took 2.5 ms on
-//! `pointwise` against 1.3 ms from the sixth call on, with one thread migration per switch).
+//! steady speed a training loop sees. The pools pin each worker to a CPU of its own
+//! (`convkit_tensor::parallel::pinned_pool`): on a 2-core virtual machine, the two workers of
+//! an unpinned pool were queued on the same CPU for stretches of 10–30 back-to-back calls,
+//! each running at 1-thread speed (`pointwise`: 1.45 ms against 0.75 ms), whenever a sleeping
+//! worker was woken onto its waker's CPU.
 //!
 //! Run by `cargo xtask bench` (which writes the results into `docs/benchmarks.md`):
 //! `cargo bench -p convkit-conv --bench ratios [-- FILTER]`, where `FILTER` keeps the shapes
@@ -27,8 +27,8 @@ use convkit_conv::suite::{median, min_ms_after_warm_up};
 mod common;
 use common::Operands;
 
-/// How long each timing first runs its calls untimed: a pool whose workers slept through the
-/// other timings takes this long to reach its steady speed (see the module docs).
+/// How long each timing first runs its calls untimed, so that it measures a steady speed
+/// (caches, scratch buffers and the pool's workers warmed).
 const WARM_UP: Duration = Duration::from_millis(40);
 
 /// Minimum of `calls` timed calls of `f`, in milliseconds, after [`WARM_UP`].

@@ -17,7 +17,9 @@
 //! backward is `y.backward(dy)` with the forward outside the timer). Neither side runs while
 //! the other is timed: each timing starts [`SETTLE`] after the other side's last call, which
 //! leaves PyTorch's OpenMP threads and rayon's workers time to stop spinning and sleep. The
-//! order alternates from round to round.
+//! order alternates from round to round. convkit's pools pin each worker to a CPU of its own
+//! (`convkit_tensor::parallel::pinned_pool`; why in `ratios.rs`); PyTorch's OpenMP threads
+//! spin between calls instead of sleeping, which keeps them apart.
 //!
 //! Run by `cargo xtask bench --compare-peers` (which writes the results into
 //! `docs/benchmarks.md`); by hand: `CONVKIT_VERSUS_PYTHON=<python with torch> cargo bench -p

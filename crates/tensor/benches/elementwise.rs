@@ -21,7 +21,7 @@ fn elementwise(c: &mut Criterion) {
     let y = Tensor::rand_uniform(&dims, -1.0, 1.0, &mut rng).expect("tensor");
     group.throughput(Throughput::Elements(x.numel() as u64));
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        let pool = convkit_tensor::parallel::pinned_pool(threads).expect("pool");
         group.bench_function(format!("relu/t{threads}"), |b| {
             pool.install(|| b.iter(|| black_box(&x).relu()))
         });

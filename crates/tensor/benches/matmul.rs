@@ -125,8 +125,7 @@ fn linear_batch1(c: &mut Criterion) {
         let w = random_tensor(&[out, inp], -1.0, 1.0, &mut Rng::new(8));
         group.throughput(flops(1, inp, out));
         for threads in [1, 2] {
-            let pool =
-                rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+            let pool = convkit_tensor::parallel::pinned_pool(threads).expect("thread pool");
             group.bench_function(format!("1x{inp}·{out}x{inp}T/t{threads}"), |bench| {
                 pool.install(|| bench.iter(|| matmul_t(black_box(&x), false, black_box(&w), true)))
             });

@@ -23,9 +23,11 @@ pub fn selection(bench: &str) -> (Vec<&'static SuiteShape>, bool) {
     (shapes, quick)
 }
 
-/// A rayon pool of `n` threads.
+/// A rayon pool of `n` threads, each pinned to a CPU of its own (see
+/// `convkit_tensor::parallel::pinned_pool`: unpinned, the two workers of a pool shared one
+/// CPU for stretches of many calls on the 2-vCPU machines these benches run on).
 pub fn pool(n: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon thread pool")
+    convkit_tensor::parallel::pinned_pool(n).expect("a rayon thread pool")
 }
 
 /// One shape's geometry, seeded operands and result buffers, for timing `Auto` on it.
