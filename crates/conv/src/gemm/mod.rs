@@ -245,6 +245,20 @@ pub fn gemm_abt_dots(a: &[f32], b: &[f32], m: usize, n: usize, p: usize, beta: f
 mod tests {
     use super::*;
 
+    /// Repacking into a buffer that held a larger matrix (garbage for this one) gives the
+    /// same panels as packing into a fresh one, the zero rows of a partial panel included.
+    #[test]
+    fn repack_overwrites_a_recycled_buffer() {
+        let (m, k) = (7, 300);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 - 5.0).collect();
+        let mut fresh = PackedA::empty();
+        fresh.repack(MatRef::row_major(&a, m, k));
+        let mut reused = PackedA::from_buffer(vec![f32::NAN; 20 * k]);
+        reused.repack(MatRef::row_major(&a, m, k));
+        assert_eq!(reused.data.len(), fresh.data.len());
+        assert!(reused.data.iter().zip(&fresh.data).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
     #[test]
     fn small_products_and_transposes() {
         // A = [[1,2,3],[4,5,6]], B = [[1,0],[0,1],[1,1]]

@@ -59,8 +59,8 @@ impl PackedA {
         );
         let (m, k) = (a.rows, a.cols);
         let mp = m.next_multiple_of(MR);
-        self.data.clear();
-        self.data.resize(mp * k, 0.0);
+        // `pack_a` writes every element, the zero rows of a partial panel included.
+        crate::scratch::fit(&mut self.data, mp * k);
         self.m = m;
         self.k = k;
         let kb = kblock(k);

@@ -7,6 +7,7 @@ use super::transforms::{F2, F4, Transforms};
 use crate::error::{ConvError, Result};
 use crate::gemm::{MR, kblock, packed_a_len};
 use crate::params::check_len;
+use crate::scratch;
 use crate::simd::{self, LANES, Simd, WithSimd};
 
 /// Transformed 3x3 filters `U = G g Gᵀ`, ready for [`conv2d_winograd_prepared`](super::conv2d_winograd_prepared).
@@ -196,13 +197,9 @@ pub(super) fn transform_filters(
     let a2 = a * a;
     let per_group = kpg * cpg;
     let plen = packed_a_len(kpg, cpg);
-    // Every element is written below, so a recycled buffer of the right length needs no zeroing.
-    let len = groups * a2 * plen;
+    // Every element is written below, so a recycled buffer needs no zeroing.
     let mut u = buf;
-    if u.len() != len {
-        u.clear();
-        u.resize(len, 0.0);
-    }
+    scratch::fit(&mut u, groups * a2 * plen);
     for (grp, ug) in u.chunks_exact_mut(a2 * plen).enumerate() {
         let wg = &weight[grp * per_group * 9..][..per_group * 9];
         // tasks[t]: depth block t of every plane (see `PackedARef` for the layout).
@@ -249,4 +246,40 @@ pub(super) fn transform_filters(
         }
     }
     u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recycled buffer, longer or shorter and full of NaN, gives the same transformed
+    /// filters as a fresh one: every float is written.
+    #[test]
+    fn recycled_buffers_are_fully_overwritten() {
+        let (kpg, cpg, groups) = (7, 5, 2);
+        let weight: Vec<f32> =
+            (0..groups * kpg * cpg * 9).map(|i| (i % 13) as f32 * 0.25 - 1.5).collect();
+        for variant in [WinogradVariant::F2x2_3x3, WinogradVariant::F4x4_3x3] {
+            for flipped in [false, true] {
+                let fresh =
+                    transform_filters(Vec::new(), &weight, kpg, cpg, groups, variant, flipped);
+                for len in [3, fresh.len() - 1, fresh.len() + 100] {
+                    let got = transform_filters(
+                        vec![f32::NAN; len],
+                        &weight,
+                        kpg,
+                        cpg,
+                        groups,
+                        variant,
+                        flipped,
+                    );
+                    let same = got.iter().zip(&fresh).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same && got.len() == fresh.len(),
+                        "{variant:?} flipped {flipped} {len}"
+                    );
+                }
+            }
+        }
+    }
 }
