@@ -107,9 +107,11 @@ pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M
     // One panel's taps, transposed to [tap][position] in the panel's order (row fastest).
     let mut taps = [[0f32; FILTER_CHUNK]; 9];
     for pi in 0..panels {
-        for r in 0..MR {
-            let k = (pi0 + pi) * MR + r;
-            for p in 0..kcb {
+        // Positions in increasing order (depth step `p`, then row `r`): each row of `taps` is
+        // written sequentially, and the six filters' taps are read as six sequential streams.
+        for p in 0..kcb {
+            for r in 0..MR {
+                let k = (pi0 + pi) * MR + r;
                 let i = p * MR + r;
                 if k < kpg && flipped {
                     let f = &weights[((k0 + p) * kpg + k) * 9..][..9];
