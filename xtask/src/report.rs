@@ -260,7 +260,8 @@ pub fn ratios_section(ratios: &Value) -> String {
         md,
         "`Auto` only. In each of {rounds} rounds every shape's forward on 1 thread, backward on 1 \
          thread and forward on 2 threads are timed back to back (each the minimum of a few \
-         calls after 40 ms of untimed ones, so that a thread pool that sat idle has settled), \
+         calls after 40 ms of untimed ones, so that a thread pool that sat idle has settled; \
+         each pool's workers pinned to CPUs of their own), \
          and the ratios are taken within the round: the tables above time each group \
          minutes apart, and this machine's speed drifts by tens of percent over minutes. \
          Medians over the rounds (`cargo bench -p convkit-conv --bench ratios`). Targets: \
@@ -310,7 +311,9 @@ pub fn versus_section(versus: &Value) -> String {
          {torch_isa}; its backward is `y.backward(dy)`){}. In each of {rounds} rounds every \
          timing below is taken by convkit and by the peers (in a child process) one right after \
          the other, each the fastest of a few calls after 40 ms of untimed calls, with a pause \
-         before each so that the other side is idle; the order alternates by round. Speed = the \
+         before each so that the other side is idle; the order alternates by round. convkit's \
+         pools pin each worker to a CPU of its own (`convkit_tensor::parallel::pinned_pool`; \
+         PyTorch's OpenMP threads spin between calls instead). Speed = the \
          peer's time ÷ convkit's, taken within the round (\"vs best\": the faster peer of that \
          round); the tables give medians over the rounds (`cargo bench -p convkit-conv --bench \
          versus`). Unlike the PyTorch columns above, which come from a separate script minutes \
