@@ -8,7 +8,10 @@
 //! 9 rounds (3 with `CONVKIT_BENCH_QUICK=1`) both sides take the fastest of 10 calls after
 //! 40 ms of untimed calls, one right after the other, and the median of the per-round ratios
 //! `PyTorch time ÷ convkit time` is printed (> 1: convkit is faster). Both sides use rayon's /
-//! PyTorch's default thread count unless `RAYON_NUM_THREADS` says otherwise.
+//! PyTorch's default thread count unless `RAYON_NUM_THREADS` says otherwise; rayon's global
+//! pool pins each worker to a CPU of its own (`convkit_tensor::parallel::pin_global_pool`: the
+//! layer's kernels are timed call by call, outside a training step's `warm`, where an unpinned
+//! pool's workers can share one CPU for many calls).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -65,7 +68,13 @@ fn id(dims: [usize; 4]) -> String {
     format!("{}x{}x{}x{}", dims[0], dims[1], dims[2], dims[3])
 }
 
+/// Pins rayon's global pool (see the module docs); the first group to run does it.
+fn pin() {
+    let _ = convkit_tensor::parallel::pin_global_pool(0);
+}
+
 fn criterion_benches(c: &mut Criterion) {
+    pin();
     let mut g = c.benchmark_group("batchnorm");
     for dims in SHAPES {
         let mut case = Case::new(dims);
@@ -77,6 +86,7 @@ fn criterion_benches(c: &mut Criterion) {
 
 /// The interleaved comparison with PyTorch, printed as a table.
 fn versus(_: &mut Criterion) {
+    pin();
     let Ok(python) = std::env::var("CONVKIT_VERSUS_PYTHON") else {
         return;
     };
