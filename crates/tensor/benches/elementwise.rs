@@ -1,6 +1,7 @@
-//! Elementwise operations on a large activation tensor ([64, 32, 28, 28], 1.6 M values) on 1
-//! and 2 threads: `relu`, a same-shape `add`, and `axpy` in place (the optimizer's update).
-//! Above `PAR_MIN_ELEMENTS` they split over rayon's pool; results are the same either way.
+//! Elementwise operations and a reduction on a large activation tensor ([64, 32, 28, 28], 1.6 M
+//! values) on 1 and 2 threads: `relu`, a same-shape `add`, `axpy` in place (the optimizer's
+//! update) and `sum_to` per channel (a bias gradient). Above `PAR_MIN_ELEMENTS` they split over
+//! rayon's pool; results are the same either way.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -27,6 +28,10 @@ fn elementwise(c: &mut Criterion) {
         });
         group.bench_function(format!("add/t{threads}"), |b| {
             pool.install(|| b.iter(|| black_box(&x).add(black_box(&y))))
+        });
+        // The reduction of a bias gradient: per-channel sums over the batch and the plane.
+        group.bench_function(format!("sum_to_channels/t{threads}"), |b| {
+            pool.install(|| b.iter(|| black_box(&x).sum_to(&[1, 32, 1, 1])))
         });
         let mut w = x.clone();
         group.bench_function(format!("axpy/t{threads}"), |b| {

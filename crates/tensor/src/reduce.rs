@@ -5,8 +5,10 @@
 //! depend on threading. `max`/`argmax` propagate `NaN`: a `NaN` counts as larger than every
 //! number (as in PyTorch); ties give the first index.
 
+use rayon::prelude::*;
+
 use crate::error::{Result, TensorError, check_axis};
-use crate::ops::{broadcast_shape_for, broadcast_strides};
+use crate::ops::{PAR_MIN_ELEMENTS, broadcast_shape_for, broadcast_strides};
 use crate::tensor::Tensor;
 
 /// Splits `dims` around `axis` into `(outer, len, inner)`: the element at
@@ -36,6 +38,65 @@ fn beats_max(v: f32, best: f32) -> bool {
 /// Whether `v` should replace `best` as the minimum (`NaN` wins, ties keep the first).
 fn beats_min(v: f32, best: f32) -> bool {
     v < best || (v.is_nan() && !best.is_nan())
+}
+
+/// The `f64` sums of [`Tensor::sum_to`]: every element of `x` (dims `d`, row-major) added to
+/// `acc[Σ index·strides]` (`strides` of the target over `d`'s axes, 0 on reduced axes), each
+/// accumulator taking its elements in row-major order.
+///
+/// The work goes by rows of the last axis: a kept last axis adds a row elementwise into a run
+/// of accumulators, a reduced one adds it into one. The outermost leading axis the target keeps
+/// splits the accumulators into disjoint blocks, one per index of that axis; above
+/// [`PAR_MIN_ELEMENTS`] the blocks are summed in parallel, each taking its rows in row-major
+/// order, so every accumulator adds the same values in the same order on any number of
+/// threads (bit-identical to a single element-by-element pass).
+fn sum_rows_into(x: &[f32], d: &[usize], strides: &[usize], out_len: usize) -> Vec<f64> {
+    let mut acc = vec![0.0f64; out_len];
+    let Some((&len, leading)) = d.split_last() else {
+        return acc;
+    };
+    if x.is_empty() || len == 0 {
+        return acc;
+    }
+    let last = strides[d.len() - 1];
+    // Axes before `split` are reduced (stride 0); `split` is the outermost kept leading axis.
+    let split = (0..leading.len()).find(|&ax| strides[ax] != 0);
+    let (outer, count, inner_axes, block) = match split {
+        Some(ax) => (d[..ax].iter().product::<usize>(), d[ax], ax + 1..leading.len(), strides[ax]),
+        None => (leading.iter().product::<usize>(), 1, leading.len()..leading.len(), out_len),
+    };
+    // Target offset (within a block) of each row of the axes after `split`, in row-major order.
+    let mut inner_base = vec![0usize];
+    for ax in inner_axes {
+        inner_base =
+            inner_base.iter().flat_map(|&b| (0..d[ax]).map(move |i| b + i * strides[ax])).collect();
+    }
+    let inner_rows = inner_base.len();
+    let task = |(i, acc): (usize, &mut [f64])| {
+        for o in 0..outer {
+            let first = (o * count + i) * inner_rows;
+            let rows = x[first * len..(first + inner_rows) * len].chunks_exact(len);
+            for (row, &base) in rows.zip(&inner_base) {
+                if last == 0 {
+                    let mut a = acc[base];
+                    for &v in row {
+                        a += f64::from(v);
+                    }
+                    acc[base] = a;
+                } else {
+                    for (a, &v) in acc[base..base + len].iter_mut().zip(row) {
+                        *a += f64::from(v);
+                    }
+                }
+            }
+        }
+    };
+    if x.len() >= PAR_MIN_ELEMENTS && count > 1 && rayon::current_num_threads() > 1 {
+        acc.par_chunks_mut(block).enumerate().for_each(task);
+    } else {
+        acc.chunks_mut(block).enumerate().for_each(task);
+    }
+    acc
 }
 
 impl Tensor {
@@ -257,6 +318,9 @@ impl Tensor {
 
     /// Sums a broadcast result back down to `dims` — the inverse of broadcasting, used for
     /// the gradient of a broadcast operand. `dims` must broadcast to the shape of `self`.
+    /// Each sum accumulates in `f64`, its elements taken in row-major order, whole rows at a
+    /// time; large tensors split over rayon's pool by the outermost axis the target keeps (a
+    /// bias gradient's channels), with the same bits on any number of threads.
     ///
     /// ```
     /// use convkit_tensor::Tensor;
@@ -280,23 +344,8 @@ impl Tensor {
         if dims == self.dims() {
             return Ok(self.clone());
         }
-        let target_strides = broadcast_strides(dims, self.dims());
-        let mut acc = vec![0.0f64; crate::tensor::numel(dims)];
-        let rank = self.rank();
-        let mut index = vec![0usize; rank];
-        let mut off = 0usize;
-        for &x in self.as_slice() {
-            acc[off] += f64::from(x);
-            for ax in (0..rank).rev() {
-                index[ax] += 1;
-                off += target_strides[ax];
-                if index[ax] < self.dims()[ax] {
-                    break;
-                }
-                off -= target_strides[ax] * self.dims()[ax];
-                index[ax] = 0;
-            }
-        }
+        let strides = broadcast_strides(dims, self.dims());
+        let acc = sum_rows_into(self.as_slice(), self.dims(), &strides, crate::tensor::numel(dims));
         Tensor::from_vec(dims, acc.into_iter().map(|s| s as f32).collect())
     }
 
@@ -365,6 +414,76 @@ impl Tensor {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// `sum_to` as it was first written: one element at a time through an odometer.
+    fn sum_to_reference(x: &Tensor, dims: &[usize]) -> Vec<f32> {
+        let strides = broadcast_strides(dims, x.dims());
+        let mut acc = vec![0.0f64; crate::tensor::numel(dims)];
+        let rank = x.rank();
+        let mut index = vec![0usize; rank];
+        let mut off = 0usize;
+        for &v in x.as_slice() {
+            acc[off] += f64::from(v);
+            for ax in (0..rank).rev() {
+                index[ax] += 1;
+                off += strides[ax];
+                if index[ax] < x.dims()[ax] {
+                    break;
+                }
+                off -= strides[ax] * x.dims()[ax];
+                index[ax] = 0;
+            }
+        }
+        acc.into_iter().map(|s| s as f32).collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sum_to_equals_the_element_by_element_sum(
+            dims in proptest::collection::vec(0usize..5, 1..5),
+            keep in proptest::collection::vec(proptest::bool::ANY, 4),
+            drop in 0usize..3,
+            seed in 0u64..1000,
+        ) {
+            let x = Tensor::rand_uniform(&dims, -3.0, 3.0, &mut crate::Rng::new(seed)).unwrap();
+            let target: Vec<usize> = dims
+                .iter()
+                .enumerate()
+                .map(|(ax, &n)| if keep[ax] { n } else { 1 })
+                .collect();
+            // Also a target of lower rank (leading axes dropped).
+            let target = target[drop.min(target.len())..].to_vec();
+            let got = x.sum_to(&target).unwrap();
+            proptest::prop_assert_eq!(bits(got.as_slice()), bits(&sum_to_reference(&x, &target)));
+        }
+    }
+
+    #[test]
+    fn large_sum_to_is_bit_identical_on_any_number_of_threads() {
+        let x =
+            Tensor::rand_uniform(&[64, 32, 14, 14], -1.0, 1.0, &mut crate::Rng::new(7)).unwrap();
+        assert!(x.numel() >= PAR_MIN_ELEMENTS);
+        for target in [
+            vec![1, 32, 1, 1],
+            vec![32, 14, 14],
+            vec![64, 1, 1, 1],
+            vec![1, 1, 14, 14],
+            vec![1, 1, 1, 14],
+            vec![64, 32, 1, 14],
+            vec![1],
+        ] {
+            let want = bits(&sum_to_reference(&x, &target));
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let got = pool.install(|| x.sum_to(&target)).unwrap();
+                assert_eq!(bits(got.as_slice()), want, "{target:?} on {threads} threads");
+            }
+        }
+    }
 
     fn t(dims: &[usize], data: &[f32]) -> Tensor {
         Tensor::from_slice(dims, data).unwrap()
