@@ -33,10 +33,10 @@
 //! 6.18), a two-worker pool running back-to-back convolutions (`pointwise` of the suite) had
 //! both workers on one CPU for stretches of 10–30 calls: each call took as long as on one
 //! thread (1.45 ms against 0.75 ms), while the other CPU stood idle. Pinned, every call took
-//! 0.7–0.9 ms. OpenMP runtimes escape it by spinning
-//! between parallel regions, and by binding threads when `OMP_PROC_BIND` asks. With the `pin`
-//! feature (which adds the `core_affinity` crate), `pinned_pool` builds a pool whose worker `i` may run only on the `i`-th CPU the process is allowed
-//! (its affinity mask, so `taskset` and cgroup limits are respected), and
+//! 0.7–0.9 ms. OpenMP runtimes escape it by spinning between parallel regions, and by binding
+//! threads when `OMP_PROC_BIND` asks. With the `pin` feature (which adds the `core_affinity`
+//! crate), `pinned_pool` builds a pool whose worker `i` may run only on the `i`-th CPU the
+//! process is allowed (its affinity mask, so `taskset` and cgroup limits are respected), and
 //! `pin_global_pool` makes such a pool rayon's global one. Pinning is skipped, and the pool
 //! is an ordinary one, when there are more workers than allowed CPUs or the platform cannot
 //! report them. Pin when the process has the machine's cores to itself (a training run, a
