@@ -177,7 +177,7 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
     let wlen = gw.len();
     let w_block = d.kpg * d.crs;
     let parts = g.n.min(WEIGHT_GRAD_PARTIALS);
-    // Narrow outputs build the column matrix by gathers (see `GATHER_MAX_WIDTH`).
+    // Narrow outputs build the column matrix by gathers (see `gather_max_width`).
     let gather = if d.pointwise || d.kpg <= SMALL_DIM { None } else { GatherPlan::new(g) };
     let gather = gather.as_ref();
     // The column matrix of image `b`, group `gi` in `col` (or the input itself when

@@ -18,8 +18,9 @@
 //! backward products go through [`sgemm`]. With SIMD off, [`sgemm`] is `matrixmultiply::sgemm`
 //! and the forward runs the portable build of the packed kernel.
 //!
-//! How `col` is built depends on the output width. Rows of 64 pixels or more are copied as
-//! runs (one per output row and tap). Narrower outputs, where those runs are short and
+//! How `col` is built depends on the output width. Rows of 64 pixels or more (20 on AMD Zen,
+//! whose gathers are microcoded) are copied as runs (one per output row and tap). Narrower
+//! outputs, where those runs are short and
 //! split at every panel edge, are built by masked gathers: a [`GatherPlan`], made once per call
 //! from the geometry alone, holds for each 16-pixel panel and tap the 16 input offsets and
 //! which of them lie inside the image, so each 16-float step of the matrix is two 8-lane
@@ -460,15 +461,28 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Output rows of this many pixels or more build the packed column matrix with row copies
-/// ([`im2col_packed`]); narrower ones by gathers ([`im2col_gather`]).
+/// ([`im2col_packed`]); narrower ones by gathers ([`im2col_gather`]). The weight gradient's
+/// row-major matrix follows the same rule. Where the CPU's gathers are microcoded
+/// ([`simd::slow_gathers`]: AMD Zen), [`SLOW_GATHER_MAX_WIDTH`] replaces it.
 ///
 /// Gathers cost about the same per float at any width, while the copies pay per run: a run
-/// per output row and tap, split again at each panel edge. Measured (2 threads, AVX-512,
-/// forward time, copies against gathers): 64x16x28x28 → 32 stride 2 (rows of 14) 1.08–1.13
-/// against 0.71–0.90 ms; 8x64x56x56 → 64 (rows of 56) 9.9–10.0 against 8.4–8.6 ms; but
-/// 8x3x112x112 → 32 (rows of 112) 1.20–1.29 against 1.43–1.49 ms and 8x3x224x224 → 64, 7x7
-/// stride 2 (rows of 112) 9.8–10.0 against 10.8–11.5 ms.
+/// per output row and tap, split again at each panel edge. Measured on the Xeon (2 threads,
+/// AVX-512, forward time, copies against gathers): 64x16x28x28 → 32 stride 2 (rows of 14)
+/// 1.08–1.13 against 0.71–0.90 ms; 8x64x56x56 → 64 (rows of 56) 9.9–10.0 against 8.4–8.6 ms;
+/// but 8x3x112x112 → 32 (rows of 112) 1.20–1.29 against 1.43–1.49 ms and 8x3x224x224 → 64,
+/// 7x7 stride 2 (rows of 112) 9.8–10.0 against 10.8–11.5 ms.
 const GATHER_MAX_WIDTH: usize = 64;
+
+/// [`GATHER_MAX_WIDTH`] on CPUs with slow gathers. Measured on a Zen 4 (AVX-512, median of 3–5
+/// interleaved rounds, gathers ÷ copies, forward and backward): rows of 7 and 14 gather
+/// faster (forward 0.81–0.89), rows of 28 copy faster (`strided`, 8x64x56x56 → 128 stride 2:
+/// forward 1.28–1.30, backward 1.07; 64x8x28x28 → 32: forward 1.14, backward 1.24).
+const SLOW_GATHER_MAX_WIDTH: usize = 20;
+
+/// The output width from which this CPU builds column matrices by copies.
+fn gather_max_width() -> usize {
+    if simd::slow_gathers() { SLOW_GATHER_MAX_WIDTH } else { GATHER_MAX_WIDTH }
+}
 
 /// Where every lane of the packed column matrix reads the input, for [`im2col_gather`]: for
 /// each 16-pixel panel and each filter tap `(i, j)`, the offset in an input channel's plane of
@@ -489,9 +503,9 @@ pub(super) struct GatherPlan {
 
 impl GatherPlan {
     /// The plan of `g`, or `None` when the copies of [`im2col_packed`] are faster (output rows
-    /// of [`GATHER_MAX_WIDTH`] pixels or more) or a plane is too large for 32-bit offsets.
+    /// of [`gather_max_width`] pixels or more) or a plane is too large for 32-bit offsets.
     pub(super) fn new(g: &ConvGeometry) -> Option<GatherPlan> {
-        if g.ow >= GATHER_MAX_WIDTH { None } else { Self::build(g) }
+        if g.ow >= gather_max_width() { None } else { Self::build(g) }
     }
 
     /// The plan of `g` whatever its width (`None` when a plane is too large for 32-bit
@@ -848,7 +862,7 @@ mod tests {
     fn every_column_builder_gives_the_same_matrix() {
         // The row-major reference (`im2col`), its packing by hand, the run copies
         // (`im2col_packed`), and the gathers (packed, on one thread and on all, and
-        // row-major), at the active SIMD level, on narrow and wide (≥ `GATHER_MAX_WIDTH`)
+        // row-major), at the active SIMD level, on narrow and wide (≥ `gather_max_width()`)
         // outputs with every stride, padding and dilation parity.
         let p = Conv2dParams::default();
         let cases = [
@@ -881,7 +895,7 @@ mod tests {
                 assert_eq!(&row[..ohw], &col[r * ohw..(r + 1) * ohw], "row {r} of {g:?}");
                 assert!(row[ohw..].iter().all(|&v| v == 0.0));
             }
-            assert_eq!(GatherPlan::new(&g).is_some(), g.ow < GATHER_MAX_WIDTH);
+            assert_eq!(GatherPlan::new(&g).is_some(), g.ow < gather_max_width());
         }
     }
 

@@ -336,6 +336,38 @@ pub fn active() -> SimdLevel {
     *LEVEL.get_or_init(detect)
 }
 
+/// Whether the CPU's vector gathers are microcoded and slow: AMD and Hygon (Zen) cores, read
+/// once from the CPUID vendor string and cached. Gathers and copies build the same matrices,
+/// so this only picks the faster of two equal paths (see `im2col::gather_max_width`).
+pub(crate) fn slow_gathers() -> bool {
+    static SLOW: OnceLock<bool> = OnceLock::new();
+    *SLOW.get_or_init(|| cpu_vendor().is_some_and(|v| vendor_has_slow_gathers(&v)))
+}
+
+/// Whether a CPU of this CPUID vendor string has slow gathers (Zen: AMD and Hygon).
+pub(crate) fn vendor_has_slow_gathers(vendor: &[u8; 12]) -> bool {
+    vendor == b"AuthenticAMD" || vendor == b"HygonGenuine"
+}
+
+/// The CPUID vendor string (leaf 0: EBX, EDX, ECX), or `None` off x86-64.
+fn cpu_vendor() -> Option<[u8; 12]> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[allow(unused_unsafe)] // `__cpuid` is a safe function on newer compilers
+        // SAFETY: the CPUID instruction exists on every x86-64 CPU, and leaf 0 is always valid.
+        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        let mut v = [0u8; 12];
+        v[..4].copy_from_slice(&r.ebx.to_le_bytes());
+        v[4..8].copy_from_slice(&r.edx.to_le_bytes());
+        v[8..].copy_from_slice(&r.ecx.to_le_bytes());
+        Some(v)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 /// The detection ladder: the best available level at or below the environment's cap.
 fn detect() -> SimdLevel {
     let cap = cap_from_env();
@@ -349,6 +381,18 @@ fn detect() -> SimdLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_gathers_by_vendor() {
+        assert!(vendor_has_slow_gathers(b"AuthenticAMD"));
+        assert!(vendor_has_slow_gathers(b"HygonGenuine"));
+        assert!(!vendor_has_slow_gathers(b"GenuineIntel"));
+        assert!(!vendor_has_slow_gathers(&[0; 12]));
+        // The cached answer agrees with the vendor string read again.
+        assert_eq!(slow_gathers(), cpu_vendor().is_some_and(|v| vendor_has_slow_gathers(&v)));
+        #[cfg(target_arch = "x86_64")]
+        assert!(cpu_vendor().is_some_and(|v| v.iter().all(u8::is_ascii_graphic)));
+    }
 
     fn ops<S: Simd>(s: S) {
         let a: Vec<f32> = (0..8).map(|i| i as f32).collect();
