@@ -8,6 +8,10 @@
 //!   calls).
 //! - `lenet/infer_b256`: [`LeNet5::logits`] on 256 images at once.
 //!
+//! - `lenet_versus` (with `CONVKIT_VERSUS_PYTHON=<python with torch>`): the same three against
+//!   the PyTorch twin, interleaved round by round (see [`versus`]); `cargo xtask bench
+//!   --compare-peers` puts its table into `docs/benchmarks.md`.
+//!
 //! Throughput is `Throughput::Elements(batch)`, so criterion's "elem/s" reads as images per
 //! second. The data is synthetic (seeded random 28x28 bytes and labels, preprocessed by
 //! [`Dataset::batch`] as the real data is), so no dataset is needed. `cargo xtask bench`
@@ -27,7 +31,12 @@ use std::hint::black_box;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::path::Path;
 use std::time::Duration;
+
+use convkit_conv::suite::{
+    Interleaved, PeerTimer, interleaved, min_ms_after_warm_up, publish_markdown,
+};
 
 use convkit_models::train::{Recipe, new_trainer};
 use convkit_models::{Dataset, LeNet5, ModelError, Normalization};
@@ -111,5 +120,99 @@ fn lenet(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lenet);
+/// LeNet-5 against its PyTorch twin (`scripts/zoo_twin.py --serve`, model `lenet5`, SGD with
+/// momentum 0.9 as the reference recipe, as many threads as rayon's pool), interleaved: in
+/// each of 5 rounds (2 with `CONVKIT_BENCH_QUICK=1`) both sides take the fastest of a few
+/// calls after 40 ms of untimed calls, one right after the other, and the median of the
+/// per-round ratios `PyTorch time ÷ convkit time` is printed (> 1: convkit is faster). Runs
+/// only with `CONVKIT_VERSUS_PYTHON=<python with torch>`. Unlike `lenet_torch.py`'s epoch,
+/// which a minute of drift on a shared machine can move by half, both sides here see the
+/// same moment.
+fn versus(_: &mut Criterion) {
+    let Ok(python) = std::env::var("CONVKIT_VERSUS_PYTHON") else {
+        return;
+    };
+    let quick = std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1");
+    let rounds = if quick { 2 } else { 5 };
+    let threads = rayon::current_num_threads();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zoo_twin.py");
+    let script = script.to_string_lossy();
+    let mut peer = match PeerTimer::spawn(&python, &[&script, "--serve", &threads.to_string()]) {
+        Ok(peer) => peer,
+        Err(e) => {
+            eprintln!("lenet_versus: {e}");
+            return;
+        }
+    };
+    let setup = || -> Result<_, ModelError> {
+        let data = synthetic(INFER_BATCH, 7)?;
+        let all: Vec<usize> = (0..INFER_BATCH).collect();
+        let trainer = new_trainer(Recipe::Reference.config(), Normalization::default())?;
+        let model = LeNet5::new(&mut Rng::new(1))?;
+        Ok((
+            data.batch(&all[..TRAIN_BATCH])?,
+            data.batch(&all[..1])?,
+            data.batch(&all)?,
+            trainer,
+            model,
+        ))
+    };
+    let (train, one, many, mut trainer, model) = match setup() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lenet_versus: setup failed: {e}");
+            return;
+        }
+    };
+    let lr = trainer.config().lr;
+    let (warm, settle) = (Duration::from_millis(40), Duration::from_millis(100));
+    let mut md = format!(
+        "LeNet-5 (`crates/models/benches/lenet.rs`, `lenet_versus`), convkit against the \
+         PyTorch {} twin (`scripts/zoo_twin.py`, SGD with momentum), {threads} threads, {rounds} \
+         rounds interleaved (median ratio PyTorch ms / convkit ms; > 1: convkit is faster). \
+         `train` is one step of `Trainer::train_step`, `infer` is `LeNet5::logits` (the fused \
+         inference kernels) against PyTorch's eval forward.\n\n\
+         | model | op | convkit ms | PyTorch ms | convkit images/s | PyTorch images/s | ratio |\n\
+         |---|---|---|---|---|---|---|\n",
+        peer.version
+    );
+    let ops: [(&str, usize, usize); 3] =
+        [("train", TRAIN_BATCH, 10), ("infer", 1, 50), ("infer", INFER_BATCH, 10)];
+    for (op, batch, calls) in ops {
+        let req = format!("{op} lenet5 {batch} {calls} {}", warm.as_millis());
+        let mut f: Box<dyn FnMut()> = match (op, batch) {
+            ("train", _) => Box::new(|| {
+                black_box(trainer.train_step(train.clone(), lr).ok());
+            }),
+            (_, 1) => Box::new(|| {
+                black_box(model.logits(&one.images).ok());
+            }),
+            _ => Box::new(|| {
+                black_box(model.logits(&many.images).ok());
+            }),
+        };
+        let result = interleaved(
+            rounds,
+            settle,
+            || min_ms_after_warm_up(calls, warm, &mut f),
+            || peer.time(&req),
+        );
+        let Interleaved { ours_ms: a, theirs_ms: b, ratio } = match result {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("lenet_versus: {e}");
+                return;
+            }
+        };
+        let per_s = |ms: f64| batch as f64 / ms * 1e3;
+        md += &format!(
+            "| lenet5 | {op}_b{batch} | {a:.3} | {b:.3} | {:.0} | {:.0} | {ratio:.2} |\n",
+            per_s(a),
+            per_s(b),
+        );
+    }
+    publish_markdown("lenet", &md);
+}
+
+criterion_group!(benches, lenet, versus);
 criterion_main!(benches);

@@ -7,7 +7,9 @@
 With `--serve`, it sets PyTorch's threads, prints `ready <torch version>` and answers each
 request line `train|infer MODEL BATCH CALLS WARM_MS` with the fastest of CALLS timed calls in
 milliseconds, after WARM_MS of untimed calls: `train` is one Adam step at the batch (forward,
-cross-entropy, backward, update), `infer` an evaluation-mode forward under `no_grad`.
+cross-entropy, backward, update), `infer` an evaluation-mode forward under `no_grad`. Besides the
+zoo's models, `MODEL` may be `lenet5` (LeNet-5 on [1, 32, 32], trained with SGD and momentum
+0.9), the twin of `benches/lenet.rs`'s interleaved comparison.
 
 For each model (vgg-small on [1, 28, 28], resnet-small on [1, 28, 28], 10 classes) it builds the
 twin with seeded weights, runs a few training-mode batches so that the batch norms' running
@@ -94,6 +96,20 @@ class ResnetSmall(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
+class LeNet5(nn.Module):
+    """LeNet-5 as `convkit_models::LeNet5` builds it (timing twin only: `--serve`'s `lenet5`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+    def forward(self, x):
+        return self.features(x)
+
+
 def main(out_dir):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +145,10 @@ def serve(threads):
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    makers = {"vgg-small": VggSmall, "resnet-small": ResnetSmall}
+    makers = {"vgg-small": VggSmall, "resnet-small": ResnetSmall, "lenet5": LeNet5}
+    # LeNet-5 reads 32x32 images and trains with SGD and momentum, as convkit's reference
+    # recipe; the zoo's networks read 28x28 and train with Adam.
+    sizes = {"lenet5": 32}
     cache = {}
     print("ready", torch.__version__, flush=True)
     for line in sys.stdin:
@@ -142,9 +161,14 @@ def serve(threads):
             if name not in cache:
                 torch.manual_seed(0)
                 model = makers[name]()
-                cache[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+                if name == "lenet5":
+                    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+                else:
+                    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+                cache[name] = (model, opt)
             model, opt = cache[name]
-            x = torch.randn(batch, 1, 28, 28)
+            size = sizes.get(name, 28)
+            x = torch.randn(batch, 1, size, size)
             y = torch.randint(0, 10, (batch,))
             if op == "train":
                 model.train()
