@@ -23,15 +23,64 @@ impl Var {
         params: &Conv2dParams,
         algo: ConvAlgo,
     ) -> Result<Var> {
+        self.conv2d_act(weight, bias, params, algo, false)
+    }
+
+    /// `self.conv2d(weight, bias, params, algo)?.relu()` as one node of the tape: the ReLU
+    /// runs in place on the fresh output, and the backward masks the incoming gradient with
+    /// the output (`y > 0` exactly where the pre-activation is) before the convolution's
+    /// backward. Values and gradients are bit-identical to the two separate nodes; what is
+    /// saved is one activation buffer and one pass over it in each direction.
+    ///
+    /// ```
+    /// use convkit_autograd::Tape;
+    /// use convkit_conv::{Conv2dParams, ConvAlgo};
+    /// use convkit_tensor::Tensor;
+    ///
+    /// let tape = Tape::new();
+    /// let x = tape.input(Tensor::from_vec(&[1, 1, 2, 2], vec![1.0, -2.0, 3.0, -4.0])?);
+    /// let w = tape.var(Tensor::from_vec(&[1, 1, 1, 1], vec![1.0])?);
+    /// let y = x.conv2d_relu(&w, None, &Conv2dParams::default(), ConvAlgo::Auto)?;
+    /// assert_eq!(y.value().as_slice(), &[1.0, 0.0, 3.0, 0.0]);
+    /// // ∂Σy/∂w: the inputs where the output is positive.
+    /// let grads = y.sum()?.backward()?;
+    /// assert_eq!(grads.wrt(&w)?.as_slice(), &[4.0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn conv2d_relu(
+        &self,
+        weight: &Var,
+        bias: Option<&Var>,
+        params: &Conv2dParams,
+        algo: ConvAlgo,
+    ) -> Result<Var> {
+        self.conv2d_act(weight, bias, params, algo, true)
+    }
+
+    /// [`Var::conv2d`], followed by a ReLU in the same node when `relu`.
+    fn conv2d_act(
+        &self,
+        weight: &Var,
+        bias: Option<&Var>,
+        params: &Conv2dParams,
+        algo: ConvAlgo,
+        relu: bool,
+    ) -> Result<Var> {
         // The backward follows the algorithm the forward ran, not a new resolution of `algo`.
-        let (value, algo) =
+        let (mut value, algo) =
             conv2d(self.value(), weight.value(), bias.map(Var::value), params, algo)?;
+        if relu {
+            // The same rule as `Tensor::relu` (NaN stays NaN).
+            value.map_inplace(|v| if v < 0.0 { 0.0 } else { v });
+        }
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         if !Var::any_requires_grad(&inputs) {
             return Var::untracked(&inputs, value);
         }
         let (x, w, p) = (self.value().clone(), weight.value().clone(), *params);
+        // The output, to mask the gradient by (a shared buffer, not a copy).
+        let y = relu.then(|| value.clone());
         let has_bias = bias.is_some();
         Var::from_op(
             &inputs,
@@ -39,6 +88,16 @@ impl Var {
             Box::new(move |g, needs| {
                 let wanted =
                     GradsWanted { input: needs[0], weight: needs[1], bias: has_bias && needs[2] };
+                let masked;
+                let g = match &y {
+                    // ReLU's backward: the gradient passes where the input was positive,
+                    // which is where the output is.
+                    Some(y) => {
+                        masked = g.zip_map(y, |g, y| if y > 0.0 { g } else { 0.0 })?;
+                        &masked
+                    }
+                    None => g,
+                };
                 let grads = conv2d_backward(&x, &w, g, &p, wanted, algo)?;
                 let mut out = vec![grads.input, grads.weight];
                 if has_bias {

@@ -109,11 +109,18 @@ impl LeNet5 {
     /// `fc1` and `fc2` are reported after their ReLU, `fc3` and `logits` are the same output)
     /// and output, e.g. to show feature maps.
     pub fn forward_inspect(&self, x: &Var, inspect: &mut dyn FnMut(&str, &Var)) -> Result<Var> {
-        Ok(self.layers(x, inspect)?)
+        Ok(self.layers(x, false, inspect)?)
     }
 
-    /// The layers of [`LeNet5::forward_inspect`], with the layers' own error type.
-    fn layers(&self, x: &Var, inspect: &mut dyn FnMut(&str, &Var)) -> convkit_nn::Result<Var> {
+    /// The layers of [`LeNet5::forward_inspect`], with the layers' own error type. With `fuse`
+    /// (nothing inspects the pre-activations), each layer followed by a ReLU runs both as one
+    /// node where it can ([`Module::forward_relu`]), with the same values and gradients.
+    fn layers(
+        &self,
+        x: &Var,
+        fuse: bool,
+        inspect: &mut dyn FnMut(&str, &Var),
+    ) -> convkit_nn::Result<Var> {
         if check_input(x.dims()).is_err() {
             return Err(convkit_nn::NnError::Input {
                 layer: "LeNet5",
@@ -122,15 +129,11 @@ impl LeNet5 {
             });
         }
         let pool = AvgPool2d::new(2);
-        let mut h = self.conv1.forward(x)?;
-        inspect("conv1", &h);
-        h = h.relu();
+        let mut h = with_relu(&self.conv1, x, fuse, "conv1", inspect)?;
         inspect("relu1", &h);
         h = pool.forward(&h)?;
         inspect("pool1", &h);
-        h = self.conv2.forward(&h)?;
-        inspect("conv2", &h);
-        h = h.relu();
+        h = with_relu(&self.conv2, &h, fuse, "conv2", inspect)?;
         inspect("relu2", &h);
         h = pool.forward(&h)?;
         inspect("pool2", &h);
@@ -294,7 +297,7 @@ pub struct LayerInfo {
 
 impl Module for LeNet5 {
     fn forward(&self, x: &Var) -> convkit_nn::Result<Var> {
-        self.layers(x, &mut |_, _| {})
+        self.layers(x, true, &mut |_, _| {})
     }
 
     /// The layers in order, under PyTorch's `state_dict` names, so that tools that walk a
@@ -326,6 +329,23 @@ impl Module for LeNet5 {
     }
 }
 
+/// `relu(layer(x))`, as one node of the tape when `fuse` and the layer has a fused form; the
+/// pre-activation goes to `inspect` under `name` when it exists as a value of its own.
+fn with_relu(
+    layer: &dyn Module,
+    x: &Var,
+    fuse: bool,
+    name: &str,
+    inspect: &mut dyn FnMut(&str, &Var),
+) -> convkit_nn::Result<Var> {
+    if fuse && let Some(y) = layer.forward_relu(x) {
+        return y;
+    }
+    let h = layer.forward(x)?;
+    inspect(name, &h);
+    Ok(h.relu())
+}
+
 /// The number of parameters of a freshly built model (checks [`NUM_PARAMS`]).
 pub fn param_count(model: &LeNet5) -> usize {
     num_params(model)
@@ -336,6 +356,39 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use convkit_nn::named_params;
+
+    /// `forward` runs each convolution and its ReLU as one node; `forward_inspect` runs them
+    /// apart to show the pre-activations. Logits and every gradient agree bit for bit.
+    #[test]
+    fn fused_forward_matches_the_inspected_one() {
+        use convkit_autograd::Tape;
+        let m = LeNet5::new(&mut Rng::new(3)).unwrap();
+        let mut rng = Rng::new(4);
+        let x = Tensor::rand_uniform(&[3, 1, 32, 32], -1.0, 1.0, &mut rng).unwrap();
+        let bits = |t: &Tensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let mut runs = Vec::new();
+        for fused in [true, false] {
+            let tape = Tape::new();
+            let xv = tape.input(x.clone());
+            let mut seen = Vec::new();
+            let y = if fused {
+                m.forward(&xv).unwrap()
+            } else {
+                m.forward_inspect(&xv, &mut |name, _| seen.push(name.to_owned())).unwrap()
+            };
+            if !fused {
+                assert!(seen.iter().any(|n| n == "conv1") && seen.iter().any(|n| n == "conv2"));
+            }
+            y.cross_entropy(&[1, 7, 3]).unwrap().backward().unwrap();
+            let mut all = vec![bits(y.value())];
+            for (_, p) in named_params(&m) {
+                all.push(bits(&p.grad().unwrap()));
+                p.set_grad(None).unwrap();
+            }
+            runs.push(all);
+        }
+        assert_eq!(runs[0], runs[1]);
+    }
 
     #[test]
     fn param_values_follow_visit_params() {

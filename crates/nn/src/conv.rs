@@ -125,6 +125,15 @@ impl Module for Conv2d {
         Ok(x.conv2d(&bind(&self.weight, x), b.as_ref(), &self.cfg.params, self.cfg.algo)?)
     }
 
+    /// The convolution and the ReLU after it as one node ([`Var::conv2d_relu`]).
+    fn forward_relu(&self, x: &Var) -> Option<Result<Var>> {
+        let b = self.bias.as_ref().map(|b| bind(b, x));
+        Some(
+            x.conv2d_relu(&bind(&self.weight, x), b.as_ref(), &self.cfg.params, self.cfg.algo)
+                .map_err(Into::into),
+        )
+    }
+
     fn visit_params(&self, prefix: &str, f: &mut dyn FnMut(String, &Param)) {
         f(join(prefix, "weight"), &self.weight);
         if let Some(b) = &self.bias {

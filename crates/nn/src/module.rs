@@ -43,8 +43,8 @@ pub trait Module: Send + Sync {
     fn forward(&self, x: &Var) -> Result<Var>;
     /// Computes `relu(self.forward(x))` as one fused op, where the module can: the same
     /// values and gradients, fewer passes over memory. [`Sequential`] calls it for a layer
-    /// followed by a [`crate::ReLU`] (batch norm and [`Residual`] do it). `None` (the default)
-    /// when the module has no fused form; the caller then runs the two layers.
+    /// followed by a [`crate::ReLU`] (batch norm, convolution and [`Residual`] do it). `None`
+    /// (the default) when the module has no fused form; the caller then runs the two layers.
     fn forward_relu(&self, _x: &Var) -> Option<Result<Var>> {
         None
     }

@@ -194,6 +194,57 @@ fn dropout_trains_and_evaluates() {
     assert_eq!(relu.value().as_slice(), &[0.0, 2.0]);
 }
 
+/// A convolution followed by a ReLU in a `Sequential` runs as one node
+/// (`Var::conv2d_relu`); outputs and every gradient are bit for bit those of the two layers
+/// run one by one (`forward_inspect`), with and without bias, strided and padded, over two
+/// optimizer-free steps with different upstream gradients.
+#[test]
+fn fused_conv_relu_matches_the_two_layers_bit_for_bit() {
+    let build = || {
+        let mut rng = Rng::new(5);
+        let strided = Conv2dConfig {
+            params: Conv2dParams::default().with_stride(2).with_padding(1),
+            bias: false,
+            ..Default::default()
+        };
+        Sequential::new()
+            .push(Conv2d::new(2, 5, 3, &mut rng).unwrap())
+            .push(ReLU)
+            .push(Conv2d::with_config(5, 4, (3, 3), strided, &mut rng).unwrap())
+            .push(ReLU)
+            .push(Conv2d::new(4, 3, 1, &mut rng).unwrap())
+    };
+    let (fused, layered) = (build(), build());
+    let x = r(&[3, 2, 9, 8]).map(|v| 2.0 * v - 1.0);
+    let bits = |t: &Tensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for step in 0..2 {
+        let (mut outs, mut grads, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, model) in [&fused, &layered].into_iter().enumerate() {
+            let tape = Tape::new();
+            let xv = tape.var(x.clone());
+            let y = if k == 0 {
+                model.forward(&xv).unwrap()
+            } else {
+                model.forward_inspect(&xv, &mut |_, _| {}).unwrap()
+            };
+            nodes.push(tape.len());
+            let w = Var::constant(r(y.dims()).map(|v| v - 0.4 * step as f32));
+            let g = y.mul(&w).unwrap().sum().unwrap().backward().unwrap();
+            let mut all = vec![bits(g.wrt(&xv).unwrap())];
+            for (_, p) in named_params(model) {
+                all.push(bits(&p.grad().unwrap()));
+                p.set_grad(None).unwrap();
+            }
+            outs.push(bits(y.value()));
+            grads.push(all);
+        }
+        // Two conv + ReLU pairs, one node each.
+        assert_eq!(nodes[0] + 2, nodes[1]);
+        assert_eq!(outs[0], outs[1], "output, step {step}");
+        assert_eq!(grads[0], grads[1], "gradients, step {step}");
+    }
+}
+
 /// A batch norm or a residual block followed by a ReLU in a `Sequential` runs as one fused op; its outputs,
 /// gradients and running statistics are bit for bit those of the two layers run one by one
 /// (`forward_inspect`), in training and in evaluation.
