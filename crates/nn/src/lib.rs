@@ -24,9 +24,9 @@
 //! A forward pass on a [`Tape::input`](convkit_autograd::Tape::input) records the graph (each
 //! layer attaches its parameters to the input's tape); a forward pass on a
 //! [`Var::constant`](convkit_autograd::Var::constant) records nothing. In a [`Sequential`], a
-//! [`BatchNorm2d`] or a [`Residual`] followed by a [`ReLU`] runs as one op in both modes
-//! ([`Module::forward_relu`]): the same values and gradients, bit for bit, without the
-//! ReLU's own passes over the activations.
+//! [`Conv2d`], a [`BatchNorm2d`] or a [`Residual`] followed by a [`ReLU`] runs as one op in
+//! both modes ([`Module::forward_relu`]): the same values and gradients, bit for bit, without
+//! the ReLU's own activation buffer and passes.
 //!
 //! ```
 //! use convkit_autograd::Tape;
