@@ -20,11 +20,11 @@
 //!
 //! How `col` is built depends on the output width. Rows of 64 pixels or more (20 on AMD Zen,
 //! whose gathers are microcoded) are copied as runs (one per output row and tap). Narrower
-//! outputs, where those runs are short and
-//! split at every panel edge, are built by masked gathers: a [`GatherPlan`], made once per call
-//! from the geometry alone, holds for each 16-pixel panel and tap the 16 input offsets and
-//! which of them lie inside the image, so each 16-float step of the matrix is two 8-lane
-//! gathers whatever the stride, padding or dilation. The forward and the weight gradient use it.
+//! outputs, where those runs are short and split at every panel edge, are built by masked
+//! gathers: a [`GatherPlan`], made once per call from the geometry alone, holds for each
+//! 16-pixel panel and tap the 16 input offsets and which of them lie inside the image, so each
+//! 16-float step of the matrix is two 8-lane gathers whatever the stride, padding or dilation.
+//! The forward and the weight gradient use it.
 //!
 //! A 1x1 kernel with stride 1 and no padding needs no column matrix: the input plane block
 //! `[C', H·W]` *is* `col`, and `d in` is the product itself. When a group has at most
