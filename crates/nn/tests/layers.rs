@@ -194,6 +194,39 @@ fn dropout_trains_and_evaluates() {
     assert_eq!(relu.value().as_slice(), &[0.0, 2.0]);
 }
 
+/// The bits of a tensor's values, for comparisons that must be exact.
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.as_slice().iter().map(|v| v.to_bits()).collect()
+}
+
+/// One pass of `model` on a fresh tape, fused (`forward`) or layer by layer
+/// (`forward_inspect`), backward from `Σ y · (r(y) − shift)`: the tape's node count, the
+/// output's bits, and the bits of the input's and each parameter's gradient (the parameters'
+/// gradients are cleared afterwards).
+fn pass(
+    model: &Sequential,
+    x: &Tensor,
+    fused: bool,
+    shift: f32,
+) -> (usize, Vec<u32>, Vec<Vec<u32>>) {
+    let tape = Tape::new();
+    let xv = tape.var(x.clone());
+    let y = if fused {
+        model.forward(&xv).unwrap()
+    } else {
+        model.forward_inspect(&xv, &mut |_, _| {}).unwrap()
+    };
+    let nodes = tape.len();
+    let w = Var::constant(r(y.dims()).map(|v| v - shift));
+    let g = y.mul(&w).unwrap().sum().unwrap().backward().unwrap();
+    let mut grads = vec![bits(g.wrt(&xv).unwrap())];
+    for (_, p) in named_params(model) {
+        grads.push(bits(&p.grad().unwrap()));
+        p.set_grad(None).unwrap();
+    }
+    (nodes, bits(y.value()), grads)
+}
+
 /// A convolution followed by a ReLU in a `Sequential` runs as one node
 /// (`Var::conv2d_relu`); outputs and every gradient are bit for bit those of the two layers
 /// run one by one (`forward_inspect`), with and without bias, strided and padded, over two
@@ -216,32 +249,14 @@ fn fused_conv_relu_matches_the_two_layers_bit_for_bit() {
     };
     let (fused, layered) = (build(), build());
     let x = r(&[3, 2, 9, 8]).map(|v| 2.0 * v - 1.0);
-    let bits = |t: &Tensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     for step in 0..2 {
-        let (mut outs, mut grads, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, model) in [&fused, &layered].into_iter().enumerate() {
-            let tape = Tape::new();
-            let xv = tape.var(x.clone());
-            let y = if k == 0 {
-                model.forward(&xv).unwrap()
-            } else {
-                model.forward_inspect(&xv, &mut |_, _| {}).unwrap()
-            };
-            nodes.push(tape.len());
-            let w = Var::constant(r(y.dims()).map(|v| v - 0.4 * step as f32));
-            let g = y.mul(&w).unwrap().sum().unwrap().backward().unwrap();
-            let mut all = vec![bits(g.wrt(&xv).unwrap())];
-            for (_, p) in named_params(model) {
-                all.push(bits(&p.grad().unwrap()));
-                p.set_grad(None).unwrap();
-            }
-            outs.push(bits(y.value()));
-            grads.push(all);
-        }
+        let shift = 0.4 * step as f32;
+        let (fused_nodes, fused_out, fused_grads) = pass(&fused, &x, true, shift);
+        let (nodes, out, grads) = pass(&layered, &x, false, shift);
         // Two conv + ReLU pairs, one node each.
-        assert_eq!(nodes[0] + 2, nodes[1]);
-        assert_eq!(outs[0], outs[1], "output, step {step}");
-        assert_eq!(grads[0], grads[1], "gradients, step {step}");
+        assert_eq!(fused_nodes + 2, nodes);
+        assert_eq!(fused_out, out, "output, step {step}");
+        assert_eq!(fused_grads, grads, "gradients, step {step}");
     }
 }
 
@@ -270,34 +285,14 @@ fn fused_batchnorm_relu_matches_the_two_layers_bit_for_bit() {
     };
     let (mut fused, mut layered) = (build(), build());
     let x = r(&[3, 2, 5, 6]);
-    let bits = |t: &Tensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     for step in 0..2 {
-        let mut outs = Vec::new();
-        let mut grads = Vec::new();
-        let mut nodes = Vec::new();
-        for (k, model) in [&fused, &layered].into_iter().enumerate() {
-            let tape = Tape::new();
-            let xv = tape.var(x.clone());
-            let y = if k == 0 {
-                model.forward(&xv).unwrap()
-            } else {
-                model.forward_inspect(&xv, &mut |_, _| {}).unwrap()
-            };
-            nodes.push(tape.len());
-            let w = Var::constant(r(y.dims()).map(|v| v - 0.3 * step as f32));
-            let g = y.mul(&w).unwrap().sum().unwrap().backward().unwrap();
-            let mut all = vec![bits(g.wrt(&xv).unwrap())];
-            for (_, p) in named_params(model) {
-                all.push(bits(&p.grad().unwrap()));
-                p.set_grad(None).unwrap();
-            }
-            outs.push(bits(y.value()));
-            grads.push(all);
-        }
+        let shift = 0.3 * step as f32;
+        let (fused_nodes, fused_out, fused_grads) = pass(&fused, &x, true, shift);
+        let (nodes, out, grads) = pass(&layered, &x, false, shift);
         // The fused model records one node fewer per fused pair (two batch norms, a residual).
-        assert_eq!(nodes[0] + 3, nodes[1]);
-        assert_eq!(outs[0], outs[1], "training output, step {step}");
-        assert_eq!(grads[0], grads[1], "gradients, step {step}");
+        assert_eq!(fused_nodes + 3, nodes);
+        assert_eq!(fused_out, out, "training output, step {step}");
+        assert_eq!(fused_grads, grads, "gradients, step {step}");
     }
     let buffers = |m: &Sequential| {
         convkit_nn::named_buffers(m).iter().map(|(_, b)| bits(&b.value())).collect::<Vec<_>>()
