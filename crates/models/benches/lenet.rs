@@ -31,17 +31,17 @@ use std::hint::black_box;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::path::Path;
 use std::time::Duration;
 
-use convkit_conv::suite::{
-    Interleaved, PeerTimer, interleaved, min_ms_after_warm_up, publish_markdown,
-};
+use convkit_conv::suite::publish_markdown;
 
-use convkit_models::train::{Recipe, new_trainer};
-use convkit_models::{Dataset, LeNet5, ModelError, Normalization};
+use convkit_models::train::{Recipe, Trainer, new_trainer};
+use convkit_models::{Batch, Dataset, LeNet5, ModelError, Normalization};
 use convkit_tensor::Rng;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+mod common;
+use common::{TABLE_HEAD, Twin};
 
 /// Images per training step.
 const TRAIN_BATCH: usize = 64;
@@ -65,23 +65,35 @@ fn measurement_time() -> Duration {
     }
 }
 
-fn lenet(c: &mut Criterion) {
-    let setup = || -> Result<_, ModelError> {
+/// What every timing of this file runs on: a training batch, one image, an inference batch,
+/// a fresh trainer (the reference recipe) and a fresh model.
+struct Setup {
+    train: Batch,
+    one: Batch,
+    many: Batch,
+    trainer: Trainer<LeNet5>,
+    model: LeNet5,
+}
+
+/// The [`Setup`], or `None` (reported on stderr, prefixed by `bench`) when it cannot be made.
+fn setup(bench: &str) -> Option<Setup> {
+    let make = || -> Result<Setup, ModelError> {
         let data = synthetic(INFER_BATCH, 7)?;
         let all: Vec<usize> = (0..INFER_BATCH).collect();
-        let train = data.batch(&all[..TRAIN_BATCH])?;
-        let one = data.batch(&all[..1])?;
-        let many = data.batch(&all)?;
-        let trainer = new_trainer(Recipe::Reference.config(), Normalization::default())?;
-        let model = LeNet5::new(&mut Rng::new(1))?;
-        Ok((train, one, many, trainer, model))
+        Ok(Setup {
+            train: data.batch(&all[..TRAIN_BATCH])?,
+            one: data.batch(&all[..1])?,
+            many: data.batch(&all)?,
+            trainer: new_trainer(Recipe::Reference.config(), Normalization::default())?,
+            model: LeNet5::new(&mut Rng::new(1))?,
+        })
     };
-    let (train, one, many, mut trainer, model) = match setup() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("lenet bench: setup failed: {e}");
-            return;
-        }
+    make().map_err(|e| eprintln!("{bench}: setup failed: {e}")).ok()
+}
+
+fn lenet(c: &mut Criterion) {
+    let Some(Setup { train, one, many, mut trainer, model }) = setup("lenet bench") else {
+        return;
     };
     let lr = trainer.config().lr;
 
@@ -129,57 +141,24 @@ fn lenet(c: &mut Criterion) {
 /// which a minute of drift on a shared machine can move by half, both sides here see the
 /// same moment.
 fn versus(_: &mut Criterion) {
-    let Ok(python) = std::env::var("CONVKIT_VERSUS_PYTHON") else {
+    let Some(mut twin) = Twin::spawn("lenet_versus") else {
         return;
     };
-    let quick = std::env::var_os("CONVKIT_BENCH_QUICK").is_some_and(|v| v == "1");
-    let rounds = if quick { 2 } else { 5 };
-    let threads = rayon::current_num_threads();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zoo_twin.py");
-    let script = script.to_string_lossy();
-    let mut peer = match PeerTimer::spawn(&python, &[&script, "--serve", &threads.to_string()]) {
-        Ok(peer) => peer,
-        Err(e) => {
-            eprintln!("lenet_versus: {e}");
-            return;
-        }
-    };
-    let setup = || -> Result<_, ModelError> {
-        let data = synthetic(INFER_BATCH, 7)?;
-        let all: Vec<usize> = (0..INFER_BATCH).collect();
-        let trainer = new_trainer(Recipe::Reference.config(), Normalization::default())?;
-        let model = LeNet5::new(&mut Rng::new(1))?;
-        Ok((
-            data.batch(&all[..TRAIN_BATCH])?,
-            data.batch(&all[..1])?,
-            data.batch(&all)?,
-            trainer,
-            model,
-        ))
-    };
-    let (train, one, many, mut trainer, model) = match setup() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("lenet_versus: setup failed: {e}");
-            return;
-        }
+    let Some(Setup { train, one, many, mut trainer, model }) = setup("lenet_versus") else {
+        return;
     };
     let lr = trainer.config().lr;
-    let (warm, settle) = (Duration::from_millis(40), Duration::from_millis(100));
     let mut md = format!(
         "LeNet-5 (`crates/models/benches/lenet.rs`, `lenet_versus`), convkit against the \
-         PyTorch {} twin (`scripts/zoo_twin.py`, SGD with momentum), {threads} threads, {rounds} \
+         PyTorch {} twin (`scripts/zoo_twin.py`, SGD with momentum), {} threads, {} \
          rounds interleaved (median ratio PyTorch ms / convkit ms; > 1: convkit is faster). \
          `train` is one step of `Trainer::train_step`, `infer` is `LeNet5::logits` (the fused \
-         inference kernels) against PyTorch's eval forward.\n\n\
-         | model | op | convkit ms | PyTorch ms | convkit images/s | PyTorch images/s | ratio |\n\
-         |---|---|---|---|---|---|---|\n",
-        peer.version
+         inference kernels) against PyTorch's eval forward.\n\n{TABLE_HEAD}",
+        twin.peer.version, twin.threads, twin.rounds
     );
     let ops: [(&str, usize, usize); 3] =
         [("train", TRAIN_BATCH, 10), ("infer", 1, 50), ("infer", INFER_BATCH, 10)];
     for (op, batch, calls) in ops {
-        let req = format!("{op} lenet5 {batch} {calls} {}", warm.as_millis());
         let mut f: Box<dyn FnMut()> = match (op, batch) {
             ("train", _) => Box::new(|| {
                 black_box(trainer.train_step(train.clone(), lr).ok());
@@ -191,25 +170,13 @@ fn versus(_: &mut Criterion) {
                 black_box(model.logits(&many.images).ok());
             }),
         };
-        let result = interleaved(
-            rounds,
-            settle,
-            || min_ms_after_warm_up(calls, warm, &mut f),
-            || peer.time(&req),
-        );
-        let Interleaved { ours_ms: a, theirs_ms: b, ratio } = match result {
-            Ok(r) => r,
+        match twin.row("lenet5", (op, op), batch, calls, &mut f) {
+            Ok(row) => md += &row,
             Err(e) => {
                 eprintln!("lenet_versus: {e}");
                 return;
             }
-        };
-        let per_s = |ms: f64| batch as f64 / ms * 1e3;
-        md += &format!(
-            "| lenet5 | {op}_b{batch} | {a:.3} | {b:.3} | {:.0} | {:.0} | {ratio:.2} |\n",
-            per_s(a),
-            per_s(b),
-        );
+        }
     }
     publish_markdown("lenet", &md);
 }

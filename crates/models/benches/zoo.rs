@@ -11,18 +11,18 @@
 //! convkit time` is printed (> 1: convkit is faster).
 
 use std::hint::black_box;
-use std::path::Path;
 use std::time::Duration;
 
 use convkit_autograd::{Tape, Var};
-use convkit_conv::suite::{
-    Interleaved, PeerTimer, interleaved, min_ms_after_warm_up, publish_markdown,
-};
+use convkit_conv::suite::publish_markdown;
 use convkit_models::zoo::ZooModel;
 use convkit_nn::{Adam, AdamConfig, Module, Optimizer, PreparedModel, Sequential, loss, params};
 use convkit_tensor::parallel::warm;
 use convkit_tensor::{Rng, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod common;
+use common::{TABLE_HEAD, Twin};
 
 // As the other benches that allocate activations: glibc hands out large buffers as fresh
 // mmaps whose pages fault in on first touch, a cost of the allocator, not of the kernels.
@@ -107,57 +107,29 @@ fn criterion_benches(c: &mut Criterion) {
 
 /// The interleaved comparison with the PyTorch twins, printed as a table.
 fn versus(_: &mut Criterion) {
-    let Ok(python) = std::env::var("CONVKIT_VERSUS_PYTHON") else {
+    let Some(mut twin) = Twin::spawn("zoo_versus") else {
         return;
     };
-    let rounds = if std::env::var_os("CONVKIT_BENCH_QUICK").is_some() { 2 } else { 5 };
-    let threads = rayon::current_num_threads();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/zoo_twin.py");
-    let script = script.to_string_lossy();
-    let mut peer = match PeerTimer::spawn(&python, &[&script, "--serve", &threads.to_string()]) {
-        Ok(peer) => peer,
-        Err(e) => {
-            eprintln!("zoo_versus: {e}");
-            return;
-        }
-    };
-    let (warm, settle) = (Duration::from_millis(40), Duration::from_millis(100));
     let mut md = format!(
         "The zoo (`crates/models/benches/zoo.rs`), convkit against the PyTorch {} twins \
-         (`scripts/zoo_twin.py`), {threads} threads, {rounds} rounds interleaved (median ratio \
+         (`scripts/zoo_twin.py`), {} threads, {} rounds interleaved (median ratio \
          PyTorch ms / convkit ms; > 1: convkit is faster). `prepared` is convkit's \
          `PreparedModel` (batch norm folded, ReLU fused) against PyTorch's eval forward.\n\n\
-         | model | op | convkit ms | PyTorch ms | convkit images/s | PyTorch images/s | ratio |\n\
-         |---|---|---|---|---|---|---|\n",
-        peer.version
+         {TABLE_HEAD}",
+        twin.peer.version, twin.threads, twin.rounds
     );
     for which in ZooModel::ALL {
         let mut case = Case::new(which);
         for (op, batch, calls) in OPS {
             let peer_op = if op == "prepared" { "infer" } else { op };
-            let req = format!("{peer_op} {} {batch} {calls} {}", which.name(), warm.as_millis());
             let mut f = case.op(op, batch);
-            let result = interleaved(
-                rounds,
-                settle,
-                || min_ms_after_warm_up(calls, warm, &mut f),
-                || peer.time(&req),
-            );
-            let Interleaved { ours_ms: a, theirs_ms: b, ratio } = match result {
-                Ok(r) => r,
+            match twin.row(which.name(), (op, peer_op), batch, calls, &mut f) {
+                Ok(row) => md += &row,
                 Err(e) => {
                     eprintln!("zoo_versus: {e}");
                     return;
                 }
-            };
-            let per_s = |ms: f64| batch as f64 / ms * 1e3;
-            md += &format!(
-                "| {} | {op}_b{batch} | {a:.3} | {b:.3} | {:.0} | {:.0} | {:.2} |\n",
-                which.name(),
-                per_s(a),
-                per_s(b),
-                ratio
-            );
+            }
         }
     }
     publish_markdown("zoo", &md);
