@@ -11,8 +11,8 @@
 //!
 //! The variable is read once per process. Accepted values (case-insensitive): `auto`,
 //! `naive`, `im2col`, `winograd2` (`winograd-f2`), `winograd4` (`winograd`, `winograd-f4`),
-//! `direct`. An unknown value is ignored, with one warning on stderr: a typo must not stop a
-//! training run, and the warning says it had no effect.
+//! `winograds2` (`winograd-s2`), `direct`. An unknown value is ignored, with one warning on
+//! stderr: a typo must not stop a training run, and the warning says it had no effect.
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,6 +43,9 @@ pub enum ConvAlgo {
     Winograd2,
     /// Winograd F(4x4,3x3): 3x3 kernels, stride 1, dilation 1.
     Winograd4,
+    /// Winograd F(2x2,3x3) at stride 2: 3x3 kernels, stride 2, dilation 1 (the gradients run
+    /// on im2col).
+    WinogradS2,
     /// SIMD direct convolution: few input channels, depthwise, 5x5 kernels.
     Direct,
 }
@@ -59,6 +62,16 @@ impl ConvAlgo {
         }
         all
     };
+
+    /// The Winograd variant this algorithm runs, if it is one of the Winograd algorithms.
+    pub fn winograd_variant(self) -> Option<WinogradVariant> {
+        match self {
+            ConvAlgo::Winograd2 => Some(WinogradVariant::F2x2_3x3),
+            ConvAlgo::Winograd4 => Some(WinogradVariant::F4x4_3x3),
+            ConvAlgo::WinogradS2 => Some(WinogradVariant::F2x2_3x3S2),
+            _ => None,
+        }
+    }
 
     /// The canonical lower-case name, as accepted by [`FromStr`] and `CONVKIT_CONV_ALGO`.
     pub fn name(self) -> &'static str {
@@ -88,7 +101,7 @@ struct Registration {
 type ForwardKernel = fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>, &mut [f32]) -> Result<()>;
 
 /// Every algorithm but `Auto`, in [`ConvAlgo::ALL`] order.
-const REGISTRY: [Registration; 5] = [
+const REGISTRY: [Registration; 6] = [
     Registration {
         algo: ConvAlgo::Naive,
         names: &["naive"],
@@ -116,6 +129,13 @@ const REGISTRY: [Registration; 5] = [
         supports: |g| winograd_supports(g, WinogradVariant::F4x4_3x3),
         forward: |g, x, w, b, y| conv2d_winograd(g, x, w, b, y, WinogradVariant::F4x4_3x3),
         backward: |g, x, grads| backward_winograd(g, x, grads, WinogradVariant::F4x4_3x3),
+    },
+    Registration {
+        algo: ConvAlgo::WinogradS2,
+        names: &["winograds2", "winograd-s2"],
+        supports: |g| winograd_supports(g, WinogradVariant::F2x2_3x3S2),
+        forward: |g, x, w, b, y| conv2d_winograd(g, x, w, b, y, WinogradVariant::F2x2_3x3S2),
+        backward: conv2d_backward_im2col,
     },
     Registration {
         algo: ConvAlgo::Direct,
@@ -237,7 +257,14 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 /// 3. the same with fewer pixels but at least 32 F(2x2) tiles (two 16-tile panels of the
 ///    GEMM; vgg3x3_14, one 14x14 image, has 49): `Winograd2`, whose 2x2 tiles waste less of
 ///    the panels on small planes than F(4x4)'s 4x4 ones and whose filter transform is cheaper;
-/// 4. everything else (1x1, strided, few channels, tiny planes): `Im2col`.
+/// 4. 3x3, stride 2, no dilation, at least 64 input channels per group, at most 384 input and
+///    output channels per group together, and at least 256 F(2x2) tiles over the batch:
+///    `WinogradS2`. Its transforms cost in proportion to `C' + K'` per output pixel against
+///    the products' `C'·K'`, so few channels do not pay for them (32 → 64 channels lose at 2
+///    threads), and past 384 channels its transformed filters (`25·C'·K'` floats) no longer
+///    stay in cache for the small tile blocks it can hold (256 → 512 loses); one image's
+///    tiles are too few;
+/// 5. everything else (1x1, other strides, few channels, tiny planes): `Im2col`.
 pub fn select(g: &ConvGeometry) -> ConvAlgo {
     let p = g.params;
     let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
@@ -260,6 +287,11 @@ pub fn select(g: &ConvGeometry) -> ConvAlgo {
         {
             return algo;
         }
+    }
+    let three_s2 = g.kh == 3 && g.kw == 3 && p.stride == (2, 2) && p.dilation == (1, 1);
+    if three_s2 && cpg >= 64 && cpg + kpg <= 384 && g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2) >= 256
+    {
+        return ConvAlgo::WinogradS2;
     }
     ConvAlgo::Im2col
 }
@@ -487,7 +519,7 @@ fn direct_weight_grad_pays(g: &ConvGeometry, variant: WinogradVariant) -> bool {
     let (c, k) = (g.c_in_per_group(), g.c_out_per_group());
     let per_transform = match variant {
         WinogradVariant::F4x4_3x3 => 4,
-        WinogradVariant::F2x2_3x3 => 12,
+        WinogradVariant::F2x2_3x3 | WinogradVariant::F2x2_3x3S2 => 12,
     };
     c * k <= per_transform * (c + k) && direct_supports(g)
 }
@@ -544,7 +576,9 @@ mod tests {
         assert_eq!("WINOGRAD-F2".parse(), Ok(ConvAlgo::Winograd2));
         let e = "fft".parse::<ConvAlgo>().unwrap_err().to_string();
         assert!(
-            e.ends_with("(expected auto, naive, im2col, winograd2, winograd4 or direct)"),
+            e.ends_with(
+                "(expected auto, naive, im2col, winograd2, winograd4, winograds2 or direct)"
+            ),
             "{e}"
         );
     }
@@ -604,7 +638,7 @@ mod tests {
                 geom([8, 64, 28, 28], [64, 64, 3, 3], p.with_padding(2).with_dilation(2)),
                 ConvAlgo::Winograd4,
             ),
-            (geom([8, 64, 56, 56], [128, 64, 3, 3], p.with_stride(2)), ConvAlgo::Im2col),
+            (geom([8, 64, 56, 56], [128, 64, 3, 3], p.with_stride(2)), ConvAlgo::WinogradS2),
             (geom([8, 128, 28, 28], [128, 1, 3, 3], p.with_groups(128)), ConvAlgo::Direct),
             (geom([8, 256, 14, 14], [256, 256, 1, 1], Conv2dParams::default()), ConvAlgo::Im2col),
             // Few input channels: as `select`.
@@ -627,6 +661,8 @@ mod tests {
     #[test]
     fn select_rule() {
         let p = Conv2dParams::default();
+        let s2 =
+            |x: [usize; 4], k: usize| geom(x, [k, x[1], 3, 3], p.with_stride(2).with_padding(1));
         let cases = [
             // The suite, in the order of the reference tables.
             (geom([64, 1, 32, 32], [6, 1, 5, 5], p), ConvAlgo::Direct),
@@ -636,7 +672,7 @@ mod tests {
             (geom([1, 256, 14, 14], [256, 256, 3, 3], p.with_padding(1)), ConvAlgo::Winograd2),
             (
                 geom([8, 64, 56, 56], [128, 64, 3, 3], p.with_stride(2).with_padding(1)),
-                ConvAlgo::Im2col,
+                ConvAlgo::WinogradS2,
             ),
             (geom([8, 256, 14, 14], [256, 256, 1, 1], p), ConvAlgo::Im2col),
             (
@@ -653,6 +689,22 @@ mod tests {
             // Small planes: F(2x2) once there are two panels of tiles, im2col below.
             (geom([1, 64, 12, 12], [64, 64, 3, 3], p.with_padding(1)), ConvAlgo::Winograd2),
             (geom([1, 64, 7, 7], [64, 64, 3, 3], p.with_padding(1)), ConvAlgo::Im2col),
+            // Stride 2: the transforms pay from 64 channels, up to 384 together, with enough
+            // tiles (the evidence of rule 4).
+            (s2([8, 128, 28, 28], 256), ConvAlgo::WinogradS2),
+            (s2([16, 64, 28, 28], 128), ConvAlgo::WinogradS2),
+            (s2([8, 96, 28, 28], 192), ConvAlgo::WinogradS2),
+            (s2([4, 128, 56, 56], 256), ConvAlgo::WinogradS2),
+            (s2([64, 32, 14, 14], 64), ConvAlgo::Im2col),
+            (s2([64, 16, 28, 28], 32), ConvAlgo::Im2col),
+            (s2([8, 256, 14, 14], 512), ConvAlgo::Im2col),
+            (s2([2, 256, 28, 28], 512), ConvAlgo::Im2col),
+            (s2([1, 128, 28, 28], 256), ConvAlgo::Im2col),
+            (s2([1, 64, 56, 56], 128), ConvAlgo::Im2col),
+            (
+                geom([8, 128, 28, 28], [256, 128, 3, 3], p.with_stride(2).with_dilation(2)),
+                ConvAlgo::Im2col,
+            ),
         ];
         for (g, want) in &cases {
             let a = select(g);

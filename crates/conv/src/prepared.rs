@@ -59,6 +59,7 @@ pub struct PreparedConv {
     pool: Option<PoolKind>,
     f2: OnceLock<WinogradFilter>,
     f4: OnceLock<WinogradFilter>,
+    s2: OnceLock<WinogradFilter>,
     /// The weights repacked for the fused convolution and pool, built on first use.
     fused: OnceLock<PooledConv>,
 }
@@ -125,6 +126,7 @@ impl PreparedConv {
             pool: None,
             f2: OnceLock::new(),
             f4: OnceLock::new(),
+            s2: OnceLock::new(),
             fused: OnceLock::new(),
         })
     }
@@ -220,6 +222,7 @@ impl PreparedConv {
         // The weights changed: transforms made before the fold are stale.
         self.f2 = OnceLock::new();
         self.f4 = OnceLock::new();
+        self.s2 = OnceLock::new();
         self.fused = OnceLock::new();
         Ok(self)
     }
@@ -282,13 +285,13 @@ impl PreparedConv {
         output: &mut [f32],
     ) -> Result<ConvAlgo> {
         let bias = self.bias.as_deref();
-        let ran = match algo {
-            ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => {
-                let filter = self.filter(algo)?;
+        let ran = match algo.winograd_variant() {
+            Some(variant) => {
+                let filter = self.filter(variant)?;
                 conv2d_winograd_prepared(g, input, filter, bias, output)?;
                 algo
             }
-            _ => conv2d_forward(g, input, &self.weight, bias, output, algo)?,
+            None => conv2d_forward(g, input, &self.weight, bias, output, algo)?,
         };
         if self.relu {
             for v in output.iter_mut() {
@@ -395,11 +398,12 @@ impl PreparedConv {
         })
     }
 
-    /// The transformed filters for the Winograd `algo`, built on first use.
-    fn filter(&self, algo: ConvAlgo) -> Result<&WinogradFilter> {
-        let (cell, variant) = match algo {
-            ConvAlgo::Winograd2 => (&self.f2, WinogradVariant::F2x2_3x3),
-            _ => (&self.f4, WinogradVariant::F4x4_3x3),
+    /// The transformed filters for `variant`, built on first use.
+    fn filter(&self, variant: WinogradVariant) -> Result<&WinogradFilter> {
+        let cell = match variant {
+            WinogradVariant::F2x2_3x3 => &self.f2,
+            WinogradVariant::F4x4_3x3 => &self.f4,
+            WinogradVariant::F2x2_3x3S2 => &self.s2,
         };
         if let Some(f) = cell.get() {
             return Ok(f);
@@ -454,23 +458,23 @@ mod tests {
 
     #[test]
     fn matches_the_stateless_call_for_every_algorithm_and_caches_winograd() {
-        let p = Conv2dParams::default().with_padding(1);
         let (xd, wd) = ([2, 16, 12, 12], [24, 16, 3, 3]);
         let (x, w, b) = (data(2 * 16 * 144, 1), data(24 * 16 * 9, 2), data(24, 3));
-        let g = ConvGeometry::new(xd, wd, p).unwrap();
-        let mut want = vec![0.0; g.output_len()];
-        conv2d_naive(&g, &x, &w, Some(&b), &mut want).unwrap();
-        for algo in ConvAlgo::ALL {
-            let conv = PreparedConv::new(&w, wd, Some(&b), p, algo).unwrap();
-            let mut y = vec![0.0; g.output_len()];
-            let ran = conv.forward(&x, xd, &mut y).unwrap();
-            assert!(max_rel_error(&y, &want) < 1e-4, "{algo} ran {ran}");
-            // A second call reuses the cached transform and gives the same bits.
-            let mut again = vec![0.0; g.output_len()];
-            conv.forward(&x, xd, &mut again).unwrap();
-            assert_eq!(y, again);
-            if matches!(ran, ConvAlgo::Winograd2 | ConvAlgo::Winograd4) {
-                assert!(conv.f2.get().is_some() || conv.f4.get().is_some());
+        for p in [1, 2].map(|s| Conv2dParams::default().with_padding(1).with_stride(s)) {
+            let g = ConvGeometry::new(xd, wd, p).unwrap();
+            let mut want = vec![0.0; g.output_len()];
+            conv2d_naive(&g, &x, &w, Some(&b), &mut want).unwrap();
+            for algo in ConvAlgo::ALL.into_iter().filter(|&a| crate::supports(a, &g)) {
+                let conv = PreparedConv::new(&w, wd, Some(&b), p, algo).unwrap();
+                let mut y = vec![0.0; g.output_len()];
+                let ran = conv.forward(&x, xd, &mut y).unwrap();
+                assert!(max_rel_error(&y, &want) < 1e-4, "{algo} ran {ran}");
+                // A second call reuses the cached transform and gives the same bits.
+                let mut again = vec![0.0; g.output_len()];
+                conv.forward(&x, xd, &mut again).unwrap();
+                assert_eq!(y, again);
+                let cached = [&conv.f2, &conv.f4, &conv.s2].map(|c| c.get().is_some());
+                assert_eq!(cached.iter().any(|&c| c), ran.winograd_variant().is_some(), "{ran}");
             }
         }
     }

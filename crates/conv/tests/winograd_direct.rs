@@ -73,7 +73,7 @@ fn levels() -> Vec<SimdLevel> {
 
 fn tol(v: WinogradVariant) -> Tolerance {
     match v {
-        WinogradVariant::F2x2_3x3 => tolerance::WINOGRAD_F2,
+        WinogradVariant::F2x2_3x3 | WinogradVariant::F2x2_3x3S2 => tolerance::WINOGRAD_F2,
         WinogradVariant::F4x4_3x3 => tolerance::WINOGRAD_F4,
     }
 }
@@ -136,6 +136,86 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Stride 2: every padding, group count and odd size; dilated shapes are refused.
+    #[test]
+    fn winograd_stride2_matches_naive(g in geometry(3..=3, 2..=2), seed in any::<u64>()) {
+        let Some(g) = g else { return Ok(()) };
+        let v = WinogradVariant::F2x2_3x3S2;
+        prop_assert_eq!(winograd_supports(&g, v), g.params.dilation == (1, 1));
+        if g.params.dilation != (1, 1) {
+            return Ok(());
+        }
+        let case = Case::new(g, seed);
+        let want = case.naive();
+        let t = for_sum(tol(v), case.scale());
+        for level in levels() {
+            if let Err(e) = t.check(&case.winograd(level, v), &want) {
+                return Err(TestCaseError::fail(format!("{level} {g:?}: {e}")));
+            }
+        }
+    }
+}
+
+/// Stride 2 on small integers: its transforms only add and subtract, so every sum is exact and
+/// the result matches the reference bit for bit, at every level, on odd sizes and tile edges,
+/// with one image (split by tile rows or by transform positions between threads) or several,
+/// on one and two threads; a prepared filter gives the same bits; stride 1, dilation and
+/// other kernels are refused.
+#[test]
+fn winograd_stride2_exact_and_thread_independent() {
+    let v = WinogradVariant::F2x2_3x3S2;
+    let shapes = [
+        ([2, 3, 9, 11], 5, 1, 1),
+        ([1, 16, 9, 11], 45, 0, 1),
+        ([1, 32, 29, 31], 40, 1, 1),
+        ([4, 8, 16, 16], 17, 2, 1),
+        ([3, 16, 14, 14], 32, 1, 2),
+        ([8, 64, 12, 12], 64, 1, 1),
+        ([1, 4, 3, 3], 3, 0, 1),
+        ([1, 4, 4, 5], 3, 2, 1),
+    ];
+    for (input, k, pad, groups) in shapes {
+        let p = Conv2dParams::default().with_stride(2).with_padding(pad).with_groups(groups);
+        let g = ConvGeometry::new(input, [k * groups, input[1] / groups, 3, 3], p).unwrap();
+        let x: Vec<f32> = (0..g.input_len()).map(|i| (i % 5) as f32 - 2.0).collect();
+        let w: Vec<f32> = (0..g.weight_len()).map(|i| (i % 3) as f32 - 1.0).collect();
+        let b: Vec<f32> = (0..g.c_out).map(|i| (i % 4) as f32).collect();
+        let mut want = vec![0.0; g.output_len()];
+        conv2d_naive(&g, &x, &w, Some(&b), &mut want).unwrap();
+        for level in levels() {
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut got = vec![f32::NAN; g.output_len()];
+                pool.install(|| conv2d_winograd_with(level, &g, &x, &w, Some(&b), &mut got, v))
+                    .unwrap();
+                assert_eq!(got, want, "{level} {threads} threads {g:?}");
+            }
+        }
+        let filter = WinogradFilter::new(&w, g.weight_dims(), groups, v).unwrap();
+        let mut got = vec![f32::NAN; g.output_len()];
+        conv2d_winograd_prepared(&g, &x, &filter, Some(&b), &mut got).unwrap();
+        assert_eq!(got, want, "prepared {g:?}");
+    }
+    let p = Conv2dParams::default().with_padding(1);
+    for (weight, params) in [
+        ([4, 3, 3, 3], p),
+        ([4, 3, 3, 3], p.with_stride(2).with_dilation(2)),
+        ([4, 3, 3, 3], p.with_stride(3)),
+        ([4, 3, 5, 5], p.with_stride(2)),
+    ] {
+        let g = ConvGeometry::new([1, 3, 12, 12], weight, params).unwrap();
+        assert!(!winograd_supports(&g, v));
+        let case = Case::new(g, 1);
+        let mut out = vec![0.0; g.output_len()];
+        let e = conv2d_winograd(&g, &case.input, &case.weight, None, &mut out, v).unwrap_err();
+        assert!(matches!(e, ConvError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("winograd_s2"), "{e}");
     }
 }
 

@@ -74,6 +74,16 @@ impl Lanes for Avx2Fma {
         // SAFETY: the token proves FMA is available.
         unsafe { _mm256_fmadd_ps(a, b, c) }
     }
+    #[inline(always)]
+    fn interleave(self, a: __m256, b: __m256) -> (__m256, __m256) {
+        // SAFETY: the token proves AVX is available. The unpacks alternate within each
+        // 128-bit half (`[a0 b0 a1 b1 | a4 b4 a5 b5]`, `[a2 b2 a3 b3 | a6 b6 a7 b7]`); the
+        // permutes put the halves in order.
+        unsafe {
+            let (lo, hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+            (_mm256_permute2f128_ps::<0x20>(lo, hi), _mm256_permute2f128_ps::<0x31>(lo, hi))
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -191,6 +201,9 @@ impl Lanes for Avx2Fma {
     }
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         super::Fallback.fma(a, b, c)
+    }
+    fn interleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V) {
+        super::Fallback.interleave(a, b)
     }
 }
 

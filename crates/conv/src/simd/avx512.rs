@@ -67,6 +67,10 @@ impl Lanes for Avx512 {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         self.0.fma(a, b, c)
     }
+    #[inline(always)]
+    fn interleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V) {
+        self.0.interleave(a, b)
+    }
 }
 
 impl Simd for Avx512 {
@@ -203,6 +207,17 @@ impl Lanes for Avx512Wide {
     fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
         // SAFETY: the token proves AVX-512F is available.
         unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn interleave(self, a: __m512, b: __m512) -> (__m512, __m512) {
+        // SAFETY: the token proves AVX-512F is available. Index `i` of the two-source permute
+        // picks lane `i & 15` of `a` (bit 4 clear) or of `b` (bit 4 set).
+        unsafe {
+            let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let hi =
+                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            (_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
+        }
     }
 }
 

@@ -50,6 +50,11 @@ impl Lanes for Fallback {
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         std::array::from_fn(|i| a[i] * b[i] + c[i])
     }
+    #[inline(always)]
+    fn interleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V) {
+        let pick = |i: usize| if i.is_multiple_of(2) { a[i / 2] } else { b[i / 2] };
+        (std::array::from_fn(pick), std::array::from_fn(|i| pick(i + LANES)))
+    }
 }
 
 impl Simd for Fallback {

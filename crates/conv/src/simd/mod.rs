@@ -94,6 +94,9 @@ pub trait Lanes: Copy {
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a · b + c` (fused on FMA hardware).
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The lanes of `a` and `b` alternated, `[a0, b0, a1, b1, …]`, as two vectors (the first
+    /// [`Lanes::N`] of the sequence, then the rest).
+    fn interleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
 }
 
 /// An instruction set for the kernels: 8-lane `f32` vectors ([`Lanes`] with `N` = [`LANES`])
@@ -451,6 +454,12 @@ mod tests {
         }
         w.store(w.zero(), &mut out);
         assert!(out.iter().all(|&x| x == 0.0));
+        let (lo, hi) = w.interleave(va, vb);
+        let mut pair = vec![0.0; 2 * n];
+        w.store(lo, &mut pair);
+        w.store(hi, &mut pair[n..]);
+        let want: Vec<f32> = a.iter().zip(&b).flat_map(|(&x, &y)| [x, y]).collect();
+        assert_eq!(pair, want);
         // Parts 0..n/8 hold lanes 8p..8p+8.
         let parts: Vec<S::V> = a.chunks(LANES).map(|c| s.load(c)).collect();
         let joined = s.join(&parts);

@@ -3,8 +3,8 @@
 use rayon::prelude::*;
 
 use super::forward::{Tile, tile_grid};
-use super::transforms::{F2, F4, Transforms, grad_2d, input_2d};
-use super::{G2, G4, PARALLEL_MIN_FLOPS, WinogradVariant, unsupported, winograd_call};
+use super::transforms::{F2, F4, S2, Transforms, grad_2d, input_2d};
+use super::{G2, G4, GS2, PARALLEL_MIN_FLOPS, WinogradVariant, unsupported, winograd_call};
 use crate::error::Result;
 use crate::gemm::{MatRef, sgemm};
 use crate::layout::ChannelLast;
@@ -28,7 +28,7 @@ pub fn conv2d_input_grad_winograd(
     const OP_G: &str = "conv2d_input_grad_winograd";
     let (dh, dw) = g.params.dilation;
     let (ph, pw) = g.params.padding;
-    if unsupported(g).is_some() || ph > 2 * dh || pw > 2 * dw {
+    if variant.stride() > 1 || unsupported(g, variant).is_some() || ph > 2 * dh || pw > 2 * dw {
         return Ok(false);
     }
     check_len(OP_G, "weight", &g.weight_dims(), weight.len())?;
@@ -98,7 +98,7 @@ pub fn conv2d_weight_grad_winograd(
     variant: WinogradVariant,
 ) -> Result<bool> {
     const OP_W: &str = "conv2d_weight_grad_winograd";
-    if unsupported(g).is_some() {
+    if variant.stride() > 1 || unsupported(g, variant).is_some() {
         return Ok(false);
     }
     check_len(OP_W, "input", &g.input_dims(), input.len())?;
@@ -403,6 +403,7 @@ impl WithSimd for GradBlock<'_> {
         match self.src.plan.variant {
             WinogradVariant::F2x2_3x3 => grad_block::<S, F2, 4, 2>(s, self),
             WinogradVariant::F4x4_3x3 => grad_block::<S, F4, 6, 4>(s, self),
+            WinogradVariant::F2x2_3x3S2 => grad_block::<S, S2, 5, 2>(s, self),
         }
     }
 }
@@ -532,6 +533,7 @@ impl WithSimd for FilterGrad<'_> {
         match self.variant {
             WinogradVariant::F2x2_3x3 => filter_grad::<S, 4>(s, self, &G2),
             WinogradVariant::F4x4_3x3 => filter_grad::<S, 6>(s, self, &G4),
+            WinogradVariant::F2x2_3x3S2 => filter_grad::<S, 5>(s, self, &GS2),
         }
     }
 }

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::WinogradVariant;
-use super::transforms::{F2, F4, Transforms};
+use super::transforms::{F2, F4, S2, Transforms};
 use crate::error::{ConvError, Result};
 use crate::gemm::{MR, kblock, packed_a_len};
 use crate::params::check_len;
@@ -89,6 +89,7 @@ impl WithSimd for FilterChunk<'_> {
         match self.variant {
             WinogradVariant::F2x2_3x3 => filter_chunk::<S, F2, 4, 2>(s, self),
             WinogradVariant::F4x4_3x3 => filter_chunk::<S, F4, 6, 4>(s, self),
+            WinogradVariant::F2x2_3x3S2 => filter_chunk::<S, S2, 5, 2>(s, self),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::transforms::{F2, F4, Transforms, input_2d, output_2d};
+use super::transforms::{F2, F4, S2, Transforms, input_2d, output_2d};
 use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant};
 use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab, packed_a_len};
 use crate::params::ConvGeometry;
@@ -103,7 +103,8 @@ pub(super) fn run(
 }
 
 /// One tile: the top-left corner of its `α×α` input patch in padded coordinates and of its
-/// `m×m` output block; both advance by the dilation.
+/// `m×m` output block; both advance by the dilation (the patch corner is the output corner
+/// times the stride).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tile {
     /// Image within the work item.
@@ -143,7 +144,7 @@ pub(super) struct Plan<'g> {
 /// The tiles of one image (`img` 0) for `g` and `variant`, phase by phase for a dilated
 /// layer, and the padded plane size `(hp, wp)` that covers every tile's patch.
 pub(super) fn tile_grid(g: &ConvGeometry, variant: WinogradVariant) -> (Vec<Tile>, usize, usize) {
-    let (m, a) = (variant.m(), variant.alpha());
+    let (m, a, st) = (variant.m(), variant.alpha(), variant.stride());
     let (dh, dw) = g.params.dilation;
     let (ph, pw) = g.params.padding;
     let mut tiles = Vec::new();
@@ -153,12 +154,12 @@ pub(super) fn tile_grid(g: &ConvGeometry, variant: WinogradVariant) -> (Vec<Tile
         for rx in 0..dw.min(g.ow) {
             let owr = (g.ow - rx).div_ceil(dw);
             let (th, tw) = (ohr.div_ceil(m), owr.div_ceil(m));
-            hp = hp.max(ry + dh * ((th - 1) * m + a - 1) + 1);
-            wp = wp.max(rx + dw * ((tw - 1) * m + a - 1) + 1);
+            hp = hp.max(ry + dh * (st * (th - 1) * m + a - 1) + 1);
+            wp = wp.max(rx + dw * (st * (tw - 1) * m + a - 1) + 1);
             for ty in 0..th {
                 for tx in 0..tw {
                     let (oy, ox) = (ry + dh * ty * m, rx + dw * tx * m);
-                    tiles.push(Tile { img: 0, py: oy, px: ox, oy, ox });
+                    tiles.push(Tile { img: 0, py: st * oy, px: st * ox, oy, ox });
                 }
             }
         }
@@ -253,6 +254,7 @@ impl WithSimd for Item<'_> {
         match self.plan.variant {
             WinogradVariant::F2x2_3x3 => run_item::<S, F2, 4, 2>(s, self),
             WinogradVariant::F4x4_3x3 => run_item::<S, F4, 6, 4>(s, self),
+            WinogradVariant::F2x2_3x3S2 => run_item::<S, S2, 5, 2>(s, self),
         }
     }
 }
@@ -372,6 +374,9 @@ impl WithSimd for InputJob<'_> {
             WinogradVariant::F4x4_3x3 => {
                 input_transform_block::<S, F4, 6, 4>(s, patches, tiles, &mut planes);
             }
+            WinogradVariant::F2x2_3x3S2 => {
+                input_transform_block::<S, S2, 5, 2>(s, patches, tiles, &mut planes);
+            }
         }
     }
 }
@@ -434,6 +439,7 @@ impl WithSimd for OutputBlock<'_, '_> {
         match self.plan.variant {
             WinogradVariant::F2x2_3x3 => output_block::<S, F2, 4, 2>(s, self),
             WinogradVariant::F4x4_3x3 => output_block::<S, F4, 6, 4>(s, self),
+            WinogradVariant::F2x2_3x3S2 => output_block::<S, S2, 5, 2>(s, self),
         }
     }
 }
@@ -443,6 +449,9 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
     s: S,
     o: OutputBlock<'_, '_>,
 ) {
+    if M == 2 && o.plan.dw() == 1 {
+        return output_block_pairs::<S, T, A, M>(s, o);
+    }
     let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, out } = o;
     let nk = ks.1 - ks.0;
     // The transforms run on the level's widest vectors, `wn` tiles at a time, each vector then
@@ -503,6 +512,82 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
                                 orow[j * p.dw()] = v;
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lanes `l0..l1` of a vector group whose tiles are side by side in one tile row of one
+/// image: their 2x2 output blocks make two runs of `2 (l1 − l0)` consecutive outputs.
+#[derive(Clone, Copy)]
+struct Run {
+    l0: usize,
+    l1: usize,
+}
+
+/// [`output_block`] for 2x2 output blocks without column dilation: output row `i` of a vector
+/// group's tiles is the two transformed columns interleaved, so each row of a run of
+/// side-by-side tiles is stored by vectors (rather than transposed and copied two floats per
+/// tile).
+#[inline(always)]
+fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+    s: S,
+    o: OutputBlock<'_, '_>,
+) {
+    let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, out } = o;
+    let nk = ks.1 - ks.0;
+    let w = s.wide();
+    let wn = <S::Wide as Lanes>::N;
+    // The runs of every group (group `lg`'s are `runs[starts[lg]..starts[lg + 1]]`), found
+    // once for all channels.
+    let (mut runs, mut starts) = (Vec::new(), vec![0]);
+    for group in block.chunks(wn) {
+        let mut l0 = 0;
+        for l in 1..=group.len() {
+            let (a, b) = (group[l - 1], group.get(l));
+            if b.is_none_or(|b| (b.img, b.oy, b.ox) != (a.img, a.oy, a.ox + 2)) {
+                runs.push(Run { l0, l1: l });
+                l0 = l;
+            }
+        }
+        starts.push(runs.len());
+    }
+    let mut rows = [0f32; 4 * LANES];
+    for (kk, k) in (ks.0..ks.1).enumerate() {
+        let bk = w.splat(bias.map_or(0.0, |b| b[kk]));
+        for (lg, bounds) in starts.windows(2).enumerate() {
+            let t0 = lg * wn;
+            let mut mv = [[w.zero(); A]; A];
+            for (xi, mr) in mv.iter_mut().enumerate() {
+                for (xj, m) in mr.iter_mut().enumerate() {
+                    *m = w.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
+                }
+            }
+            let y = output_2d::<S::Wide, T, A, M>(w, &mv);
+            for (i, yr) in y.iter().enumerate() {
+                let (lo, hi) = w.interleave(w.add(yr[0], bk), w.add(yr[1], bk));
+                w.store(lo, &mut rows);
+                w.store(hi, &mut rows[wn..]);
+                for r in &runs[bounds[0]..bounds[1]] {
+                    let t = block[t0 + r.l0];
+                    let oy = t.oy + i * p.dh();
+                    if oy >= p.oh {
+                        continue;
+                    }
+                    let len = (2 * (r.l1 - r.l0)).min(p.ow - t.ox);
+                    let plane = &mut *out[t.img * nk + kk];
+                    let src = &rows[2 * r.l0..][..len];
+                    let dst = &mut plane[(oy - y0) * p.ow + t.ox..][..len];
+                    // Whole 8-float vectors, then the odd float or few: a `memcpy` call per
+                    // run cost more than the transform.
+                    let whole = len / LANES * LANES;
+                    for (d, v) in dst.chunks_exact_mut(LANES).zip(src.chunks_exact(LANES)) {
+                        s.store(s.load(v), d);
+                    }
+                    for (d, &v) in dst[whole..].iter_mut().zip(&src[whole..]) {
+                        *d = v;
                     }
                 }
             }

@@ -1,4 +1,5 @@
-//! Winograd minimal-filtering convolution, F(2x2,3x3) and F(4x4,3x3).
+//! Winograd minimal-filtering convolution: F(2x2,3x3) and F(4x4,3x3), and F(2x2,3x3) at
+//! stride 2.
 //!
 //! F(m×m, 3×3) computes an `m×m` block of outputs of a 3x3, stride-1 convolution from an
 //! `α×α` input tile (`α = m + 2`) as `Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A` (Lavin & Gray, 2016).
@@ -7,6 +8,14 @@
 //! straight into its panel layouts, so no product packs anything. F(2x2,3x3) does 2.25x fewer
 //! multiply-adds than the direct loops, F(4x4,3x3) 4x fewer, at the price of about one
 //! decimal digit of accuracy (the `WINOGRAD_F4` tolerance of the tests).
+//!
+//! At stride 2 the two outputs of a 1-D block read five inputs `d0..d4`: `y0 = g0 d0 + g1 d1
+//! + g2 d2`, `y1 = g0 d2 + g1 d3 + g2 d4`. The taps `g0, g2` meet the even inputs as a
+//! two-tap stride-1 filter, which F(2,2) computes in three products (`(d0 − d2) g0`,
+//! `d2 (g0 + g2)`, `(d4 − d2) g2`); `g1` meets `d1` and `d3` alone. So
+//! `Bᵀ d = [d0 − d2, d2, d4 − d2, d1, d3]`, `G g = [g0, g0 + g2, g2, g1, g1]` and
+//! `Aᵀ = [[1, 1, 0, 1, 0], [0, 1, 1, 0, 1]]`: 5x5 tiles, 25 products for a 2x2 block where
+//! the direct loops take 36, and no transform multiplies ([`WinogradVariant::F2x2_3x3S2`]).
 //!
 //! The matrices, the work split, the tile blocks, the backward formulas and the measured
 //! errors are written up in `docs/convolution.md`, section 4.
@@ -56,25 +65,37 @@ pub enum WinogradVariant {
     F2x2_3x3,
     /// F(4x4,3x3): 6x6 input tiles, 4x4 outputs each; 4x fewer multiplies, looser accuracy.
     F4x4_3x3,
+    /// F(2x2,3x3) at stride 2: 5x5 input tiles, 2x2 outputs each, 25 products per tile where
+    /// the direct loops take 36 (1.44x fewer multiplies); the transforms only add and
+    /// subtract, so it is as accurate as F(2x2,3x3).
+    F2x2_3x3S2,
 }
 
 impl WinogradVariant {
     /// Output tile size `m`.
     pub fn m(self) -> usize {
         match self {
-            WinogradVariant::F2x2_3x3 => 2,
+            WinogradVariant::F2x2_3x3 | WinogradVariant::F2x2_3x3S2 => 2,
             WinogradVariant::F4x4_3x3 => 4,
         }
     }
-    /// Input tile size `α = m + 2`.
+    /// Input tile size `α`: `m + 2` at stride 1, `2m + 1` at stride 2.
     pub fn alpha(self) -> usize {
-        self.m() + 2
+        self.stride() * self.m() + 3 - self.stride()
     }
-    /// Name for messages and reports (`"winograd_f2"`, `"winograd_f4"`).
+    /// The convolution stride the variant computes (the same on both axes).
+    pub fn stride(self) -> usize {
+        match self {
+            WinogradVariant::F2x2_3x3S2 => 2,
+            _ => 1,
+        }
+    }
+    /// Name for messages and reports (`"winograd_f2"`, `"winograd_f4"`, `"winograd_s2"`).
     pub fn name(self) -> &'static str {
         match self {
             WinogradVariant::F2x2_3x3 => "winograd_f2",
             WinogradVariant::F4x4_3x3 => "winograd_f4",
+            WinogradVariant::F2x2_3x3S2 => "winograd_s2",
         }
     }
 }
@@ -88,23 +109,29 @@ const G4: [[f64; 3]; 6] = [
     [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
     [0.0, 0.0, 1.0],
 ];
+const GS2: [[f64; 3]; 5] =
+    [[1.0, 0.0, 0.0], [1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]];
 
-/// Why Winograd cannot run `g`, or `None` when it can.
-fn unsupported(g: &ConvGeometry) -> Option<String> {
+/// Why `variant` cannot run `g`, or `None` when it can.
+fn unsupported(g: &ConvGeometry, variant: WinogradVariant) -> Option<String> {
     if (g.kh, g.kw) != (3, 3) {
         return Some(format!("a {}x{} kernel (only 3x3)", g.kh, g.kw));
     }
-    if g.params.stride != (1, 1) {
-        return Some(format!("stride {:?} (only 1)", g.params.stride));
+    let s = variant.stride();
+    if g.params.stride != (s, s) {
+        return Some(format!("stride {:?} (only {s})", g.params.stride));
+    }
+    if s > 1 && g.params.dilation != (1, 1) {
+        return Some(format!("dilation {:?} with a stride (only 1)", g.params.dilation));
     }
     None
 }
 
-/// Whether [`conv2d_winograd`] can run `g` with `variant`: 3x3 kernels with stride 1; any
-/// padding, dilation, group count and input size.
+/// Whether [`conv2d_winograd`] can run `g` with `variant`: 3x3 kernels with the variant's
+/// stride (1, or 2 for [`WinogradVariant::F2x2_3x3S2`]); any padding, group count and input
+/// size; any dilation at stride 1.
 pub fn winograd_supports(g: &ConvGeometry, variant: WinogradVariant) -> bool {
-    let _ = variant;
-    unsupported(g).is_none()
+    unsupported(g, variant).is_none()
 }
 
 /// Winograd convolution: transforms the filter and runs [`conv2d_winograd_prepared`].
@@ -155,7 +182,7 @@ fn winograd_call(
     variant: WinogradVariant,
 ) -> Result<()> {
     g.check_forward(OP, input, weight, bias, output)?;
-    if let Some(msg) = unsupported(g) {
+    if let Some(msg) = unsupported(g, variant) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }
     // The transformed filters (4x the weights for F(4x4,3x3): 9.4 MB on `vgg3x3_14`) go into
@@ -192,7 +219,7 @@ fn prepared_with(
 ) -> Result<()> {
     let variant = filter.variant;
     level.require(OP, variant.name())?;
-    if let Some(msg) = unsupported(g) {
+    if let Some(msg) = unsupported(g, variant) {
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }
     if (filter.c_out, filter.cpg, filter.groups) != (g.c_out, g.c_in_per_group(), g.params.groups) {

@@ -19,6 +19,8 @@ pub(super) trait Transforms<const A: usize, const M: usize> {
 pub(super) struct F2;
 /// F(4x4,3x3).
 pub(super) struct F4;
+/// F(2x2,3x3) at stride 2.
+pub(super) struct S2;
 
 impl Transforms<4, 2> for F2 {
     #[inline(always)]
@@ -72,6 +74,25 @@ impl Transforms<6, 4> for F4 {
         let e2 = s.fma(s.splat(4.0), y[2], y[0]);
         let o2 = s.fma(s.splat(8.0), y[3], s.mul(s.splat(2.0), y[1]));
         [y[0], s.add(e, o), s.sub(e, o), s.add(e2, o2), s.sub(e2, o2), y[3]]
+    }
+}
+
+impl Transforms<5, 2> for S2 {
+    #[inline(always)]
+    fn g<L: Lanes>(s: L, t: [L::V; 3]) -> [L::V; 5] {
+        [t[0], s.add(t[0], t[2]), t[2], t[1], t[1]]
+    }
+    #[inline(always)]
+    fn bt<L: Lanes>(s: L, d: [L::V; 5]) -> [L::V; 5] {
+        [s.sub(d[0], d[2]), d[2], s.sub(d[4], d[2]), d[1], d[3]]
+    }
+    #[inline(always)]
+    fn at<L: Lanes>(s: L, m: [L::V; 5]) -> [L::V; 2] {
+        [s.add(s.add(m[0], m[1]), m[3]), s.add(s.add(m[1], m[2]), m[4])]
+    }
+    #[inline(always)]
+    fn a<L: Lanes>(s: L, y: [L::V; 2]) -> [L::V; 5] {
+        [y[0], s.add(y[0], y[1]), y[1], y[0], y[1]]
     }
 }
 
