@@ -42,9 +42,9 @@
 //! suite to this workspace's tests and benches (`convkit_conv::testing`, `convkit_conv::suite`).
 //!
 //! ## Environment
-//! - `CONVKIT_CONV_ALGO=<name>` (`naive`, `im2col`, `winograd2`, `winograd4`, `direct`,
-//!   `auto`) forces the algorithm [`ConvAlgo::Auto`] resolves to, on every shape that
-//!   algorithm supports. Read once per process; an unknown name is ignored with one warning
+//! - `CONVKIT_CONV_ALGO=<name>` (`naive`, `im2col`, `winograd2`, `winograd4`, `winograds2`,
+//!   `direct`, `auto`) forces the algorithm [`ConvAlgo::Auto`] resolves to, on every shape
+//!   that algorithm supports. Read once per process; an unknown name is ignored with one warning
 //!   on stderr. Explicitly requested algorithms are never overridden (see [`resolve`]).
 //! - `CONVKIT_SIMD=off` makes the SIMD kernels use their portable fallback (read by the
 //!   SIMD-dispatching kernels, the packed GEMM included; the backward products then go through
