@@ -90,6 +90,31 @@ proptest! {
     }
 }
 
+/// The stride-2 weight gradient against the reference: odd sizes, every padding, groups.
+#[test]
+fn stride2_weight_gradient() {
+    let v = WinogradVariant::F2x2_3x3S2;
+    for (x, k, pad, groups) in [
+        ([2, 3, 9, 11], 5, 1, 1),
+        ([1, 16, 9, 11], 45, 0, 1),
+        ([3, 32, 29, 31], 40, 1, 1),
+        ([4, 8, 16, 16], 17, 2, 1),
+        ([3, 16, 14, 14], 32, 1, 2),
+        ([8, 64, 12, 12], 64, 1, 1),
+        ([1, 4, 4, 5], 3, 2, 1),
+    ] {
+        let p = Conv2dParams::default().with_stride(2).with_padding(pad).with_groups(groups);
+        let g = geom(x, [k * groups, x[1] / groups, 3, 3], p);
+        let o = Operands::new(&g, 3, true);
+        let reference = run(&g, &o, ConvAlgo::Naive);
+        let gw = weight_grad(&g, &o, v);
+        let bound = max_abs(&o.dy) * max_abs(&o.x);
+        sum_tolerance(tolerance::WINOGRAD_F2, g.n * g.oh * g.ow, bound)
+            .check(&gw, &reference.gw)
+            .unwrap_or_else(|e| panic!("{g:?}: {e}"));
+    }
+}
+
 #[test]
 fn large_layer_and_edge_tiles() {
     let p = Conv2dParams::default();

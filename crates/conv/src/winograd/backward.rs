@@ -67,7 +67,8 @@ const WGRAD_MAX_RANGES: usize = 8;
 /// Floats all the `dU` partial sums of the image ranges may take (16 MiB).
 const WGRAD_PARTIALS_FLOATS: usize = 1 << 22;
 
-/// The weight gradient of a 3x3, stride-1 convolution, computed by Winograd.
+/// The weight gradient of a 3x3 convolution, computed by Winograd (stride 1, or stride 2
+/// with [`WinogradVariant::F2x2_3x3S2`]).
 ///
 /// With `Y = Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A` per tile, the gradient of the transformed filter is
 /// `dU = Σ_tiles (A dY Aᵀ) ⊙ (Bᵀ d B)` over every image and tile, and `dg = Gᵀ dU G`. Summed
@@ -88,8 +89,13 @@ const WGRAD_PARTIALS_FLOATS: usize = 1 << 22;
 /// [`conv2d_winograd`](super::conv2d_winograd); output-gradient values outside the output read as zero.
 ///
 /// `variant` need not be the one the forward pass ran. Returns `Ok(false)` without writing
-/// when `g` is not a 3x3 stride-1 convolution. `grad_weight` (`[c_out, c_in/groups, 3, 3]`)
-/// is overwritten.
+/// when `variant` cannot run `g` (a kernel other than 3x3, or another stride).
+/// `grad_weight` (`[c_out, c_in/groups, 3, 3]`) is overwritten.
+///
+/// At stride 2 it is correct (`stride2_weight_gradient` in `tests/winograd_backward.rs`) but
+/// not used by [`conv2d_backward`](crate::conv2d_backward): on the Zen 4 it lost to im2col's
+/// weight gradient on every shape `select` gives `WinogradS2` (8x64x56x56 → 128, 2 threads:
+/// 6.98–8.39 against 6.35–7.18 ms; 8x128x28x28 → 256 7.67–10.40 against 7.08–9.49).
 pub fn conv2d_weight_grad_winograd(
     g: &ConvGeometry,
     input: &[f32],
@@ -98,7 +104,7 @@ pub fn conv2d_weight_grad_winograd(
     variant: WinogradVariant,
 ) -> Result<bool> {
     const OP_W: &str = "conv2d_weight_grad_winograd";
-    if variant.stride() > 1 || unsupported(g, variant).is_some() {
+    if unsupported(g, variant).is_some() {
         return Ok(false);
     }
     check_len(OP_W, "input", &g.input_dims(), input.len())?;

@@ -9,9 +9,9 @@
 //! multiply-adds than the direct loops, F(4x4,3x3) 4x fewer, at the price of about one
 //! decimal digit of accuracy (the `WINOGRAD_F4` tolerance of the tests).
 //!
-//! At stride 2 the two outputs of a 1-D block read five inputs `d0..d4`: `y0 = g0 d0 + g1 d1
-//! + g2 d2`, `y1 = g0 d2 + g1 d3 + g2 d4`. The taps `g0, g2` meet the even inputs as a
-//! two-tap stride-1 filter, which F(2,2) computes in three products (`(d0 − d2) g0`,
+//! At stride 2 the two outputs of a 1-D block read five inputs `d0..d4`:
+//! `y0 = g0 d0 + g1 d1 + g2 d2`, `y1 = g0 d2 + g1 d3 + g2 d4`. The taps `g0, g2` meet the even
+//! inputs as a two-tap stride-1 filter, which F(2,2) computes in three products (`(d0 − d2) g0`,
 //! `d2 (g0 + g2)`, `(d4 − d2) g2`); `g1` meets `d1` and `d3` alone. So
 //! `Bᵀ d = [d0 − d2, d2, d4 − d2, d1, d3]`, `G g = [g0, g0 + g2, g2, g1, g1]` and
 //! `Aᵀ = [[1, 1, 0, 1, 0], [0, 1, 1, 0, 1]]`: 5x5 tiles, 25 products for a 2x2 block where
