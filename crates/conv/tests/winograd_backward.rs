@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{Operands, compare, geom, max_abs, run, sum_tolerance};
+use common::{Operands, compare, geom, max_abs, run, stride2_geometries, sum_tolerance};
 use convkit_conv::testing::tolerance;
 use convkit_conv::testing::{conv2d_input_grad_winograd, conv2d_weight_grad_winograd};
 use convkit_conv::{Conv2dParams, ConvAlgo, ConvGeometry, WinogradVariant};
@@ -94,17 +94,7 @@ proptest! {
 #[test]
 fn stride2_weight_gradient() {
     let v = WinogradVariant::F2x2_3x3S2;
-    for (x, k, pad, groups) in [
-        ([2, 3, 9, 11], 5, 1, 1),
-        ([1, 16, 9, 11], 45, 0, 1),
-        ([3, 32, 29, 31], 40, 1, 1),
-        ([4, 8, 16, 16], 17, 2, 1),
-        ([3, 16, 14, 14], 32, 1, 2),
-        ([8, 64, 12, 12], 64, 1, 1),
-        ([1, 4, 4, 5], 3, 2, 1),
-    ] {
-        let p = Conv2dParams::default().with_stride(2).with_padding(pad).with_groups(groups);
-        let g = geom(x, [k * groups, x[1] / groups, 3, 3], p);
+    for g in stride2_geometries() {
         let o = Operands::new(&g, 3, true);
         let reference = run(&g, &o, ConvAlgo::Naive);
         let gw = weight_grad(&g, &o, v);

@@ -3,6 +3,8 @@
 //! independence, and the measured Winograd error.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use convkit_conv::simd::{self, SimdLevel};
 use convkit_conv::testing::tolerance::{self, for_sum};
 use convkit_conv::testing::{
@@ -170,19 +172,7 @@ proptest! {
 #[test]
 fn winograd_stride2_exact_and_thread_independent() {
     let v = WinogradVariant::F2x2_3x3S2;
-    let shapes = [
-        ([2, 3, 9, 11], 5, 1, 1),
-        ([1, 16, 9, 11], 45, 0, 1),
-        ([1, 32, 29, 31], 40, 1, 1),
-        ([4, 8, 16, 16], 17, 2, 1),
-        ([3, 16, 14, 14], 32, 1, 2),
-        ([8, 64, 12, 12], 64, 1, 1),
-        ([1, 4, 3, 3], 3, 0, 1),
-        ([1, 4, 4, 5], 3, 2, 1),
-    ];
-    for (input, k, pad, groups) in shapes {
-        let p = Conv2dParams::default().with_stride(2).with_padding(pad).with_groups(groups);
-        let g = ConvGeometry::new(input, [k * groups, input[1] / groups, 3, 3], p).unwrap();
+    for g in common::stride2_geometries() {
         let x: Vec<f32> = (0..g.input_len()).map(|i| (i % 5) as f32 - 2.0).collect();
         let w: Vec<f32> = (0..g.weight_len()).map(|i| (i % 3) as f32 - 1.0).collect();
         let b: Vec<f32> = (0..g.c_out).map(|i| (i % 4) as f32).collect();
@@ -197,7 +187,7 @@ fn winograd_stride2_exact_and_thread_independent() {
                 assert_eq!(got, want, "{level} {threads} threads {g:?}");
             }
         }
-        let filter = WinogradFilter::new(&w, g.weight_dims(), groups, v).unwrap();
+        let filter = WinogradFilter::new(&w, g.weight_dims(), g.params.groups, v).unwrap();
         let mut got = vec![f32::NAN; g.output_len()];
         conv2d_winograd_prepared(&g, &x, &filter, Some(&b), &mut got).unwrap();
         assert_eq!(got, want, "prepared {g:?}");

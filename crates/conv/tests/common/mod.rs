@@ -14,6 +14,29 @@ pub fn geom(input: [usize; 4], weight: [usize; 4], params: Conv2dParams) -> Conv
     ConvGeometry::new(input, weight, params).unwrap()
 }
 
+/// 3x3 stride-2 convolutions for the stride-2 Winograd tests: odd sizes and tile edges,
+/// padding 0 to 2, groups, one image (split between threads by tile rows or by transform
+/// positions) or several (the weight gradient's image ranges).
+pub fn stride2_geometries() -> Vec<ConvGeometry> {
+    [
+        ([2, 3, 9, 11], 5, 1, 1),
+        ([1, 16, 9, 11], 45, 0, 1),
+        ([1, 32, 29, 31], 40, 1, 1),
+        ([3, 32, 29, 31], 40, 1, 1),
+        ([4, 8, 16, 16], 17, 2, 1),
+        ([3, 16, 14, 14], 32, 1, 2),
+        ([8, 64, 12, 12], 64, 1, 1),
+        ([1, 4, 3, 3], 3, 0, 1),
+        ([1, 4, 4, 5], 3, 2, 1),
+    ]
+    .into_iter()
+    .map(|(x, k, pad, groups): ([usize; 4], usize, usize, usize)| {
+        let p = Conv2dParams::default().with_stride(2).with_padding(pad).with_groups(groups);
+        geom(x, [k * groups, x[1] / groups, 3, 3], p)
+    })
+    .collect()
+}
+
 /// Number of proptest cases: `PROPTEST_CASES` when set (for long soak runs), else `default`.
 pub fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
