@@ -3,8 +3,8 @@
 
 use convkit_conv::suite::{SHAPES, SuiteShape, sample_data};
 use convkit_conv::{
-    BackwardInputs, ConvAlgo, ConvGeometry, GradBuffers, WinogradFilter, WinogradVariant,
-    conv2d_backward, conv2d_forward, conv2d_winograd_prepared, select_prepared,
+    BackwardInputs, ConvAlgo, ConvGeometry, GradBuffers, WinogradFilter, conv2d_backward,
+    conv2d_forward, conv2d_winograd_prepared, select_prepared,
 };
 
 /// The suite shapes whose id `<bench>/<shape>` contains the command line's filter (its first
@@ -75,7 +75,7 @@ impl Operands {
     /// a layer that keeps its Winograd filter transformed picks Winograd for this shape.
     #[allow(dead_code)] // used by versus.rs, not ratios.rs
     pub fn prepared_differs(&self) -> bool {
-        matches!(select_prepared(&self.g), ConvAlgo::Winograd2 | ConvAlgo::Winograd4)
+        select_prepared(&self.g).winograd_variant().is_some()
     }
 
     /// One forward call as a layer at inference runs it, with whatever can be prepared from
@@ -83,10 +83,8 @@ impl Operands {
     /// [`select_prepared`] picks Winograd, as `convkit-nn`'s `Conv2d` caches it in eval mode.
     #[allow(dead_code)] // used by versus.rs, not ratios.rs
     pub fn forward_prepared(&mut self) {
-        let variant = match select_prepared(&self.g) {
-            ConvAlgo::Winograd2 => WinogradVariant::F2x2_3x3,
-            ConvAlgo::Winograd4 => WinogradVariant::F4x4_3x3,
-            _ => return self.forward(),
+        let Some(variant) = select_prepared(&self.g).winograd_variant() else {
+            return self.forward();
         };
         let Operands { g, x, w, b, y, filter, .. } = self;
         let f = filter.get_or_insert_with(|| {

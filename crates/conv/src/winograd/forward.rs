@@ -468,15 +468,7 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
         let bk = w.splat(bias.map_or(0.0, |b| b[kk]));
         for (lg, group) in block.chunks(wn).enumerate() {
             let t0 = lg * wn;
-            // `tb` is a multiple of the panel width, which `wn` divides: the load stays in the
-            // row of `M[ξ]` for channel `k`.
-            let mut mv = [[w.zero(); A]; A];
-            for (xi, mr) in mv.iter_mut().enumerate() {
-                for (xj, m) in mr.iter_mut().enumerate() {
-                    *m = w.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
-                }
-            }
-            let y = output_2d::<S::Wide, T, A, M>(w, &mv);
+            let y = block_outputs::<S::Wide, T, A, M>(w, mbuf, kc, k, p.tb, t0);
             // `flat[part][q]`: output `q` of the part's 8 tiles.
             let mut flat = [[s.zero(); 2 * LANES]; 2];
             for (i, row) in y.iter().enumerate() {
@@ -519,6 +511,28 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
     }
 }
 
+/// `Aᵀ M A` of channel `k` (of an item's `kc`) for the vector of tiles from column `t0` of
+/// `M[ξ]` (`kc · tb` floats each): the `m×m` outputs of each lane's tile, before the bias.
+/// `tb` is a multiple of the panel width, which the vector width divides, so each load stays
+/// in the row of channel `k`.
+#[inline(always)]
+fn block_outputs<W: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
+    w: W,
+    mbuf: &[f32],
+    kc: usize,
+    k: usize,
+    tb: usize,
+    t0: usize,
+) -> [[W::V; M]; M] {
+    let mut mv = [[w.zero(); A]; A];
+    for (xi, mr) in mv.iter_mut().enumerate() {
+        for (xj, m) in mr.iter_mut().enumerate() {
+            *m = w.load(&mbuf[((xi * A + xj) * kc + k) * tb + t0..]);
+        }
+    }
+    output_2d::<W, T, A, M>(w, &mv)
+}
+
 /// Lanes `l0..l1` of a vector group whose tiles are side by side in one tile row of one
 /// image: their 2x2 output blocks make two runs of `2 (l1 − l0)` consecutive outputs.
 #[derive(Clone, Copy)]
@@ -559,13 +573,7 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
         let bk = w.splat(bias.map_or(0.0, |b| b[kk]));
         for (lg, bounds) in starts.windows(2).enumerate() {
             let t0 = lg * wn;
-            let mut mv = [[w.zero(); A]; A];
-            for (xi, mr) in mv.iter_mut().enumerate() {
-                for (xj, m) in mr.iter_mut().enumerate() {
-                    *m = w.load(&mbuf[((xi * A + xj) * kc + k) * p.tb + t0..]);
-                }
-            }
-            let y = output_2d::<S::Wide, T, A, M>(w, &mv);
+            let y = block_outputs::<S::Wide, T, A, M>(w, mbuf, kc, k, p.tb, t0);
             for (i, yr) in y.iter().enumerate() {
                 let (lo, hi) = w.interleave(w.add(yr[0], bk), w.add(yr[1], bk));
                 w.store(lo, &mut rows);
