@@ -99,9 +99,8 @@ pub(super) fn kpath_dispatch<S: Simd, const K: usize>(
 
 /// Channel-vectorized micro-kernel: `KV·8` output channels from `k0` × `XP` output columns
 /// from `t.xv0` of row `y`. Per tap it loads `KV` weight vectors and broadcasts `XP` input
-/// values. The results are scattered lane by lane into the channel planes; that costs one
-/// scalar store per output against `C/g·R·S` multiply-adds, so it is used where the sum is
-/// long and the rows are short.
+/// values. The tile is transposed in registers (one 8x8 transpose per channel vector) and each
+/// channel's `XP` outputs are stored as one run of its output row.
 #[inline(always)]
 pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize, const K: usize>(
     s: S,
@@ -153,15 +152,27 @@ pub(super) fn tile_k<S: Simd, const KV: usize, const XP: usize, const K: usize>(
             }
         }
     }
+    // Column `x` holds channels `k0 + v·8 ..` in `acc[x][v]`; transposed, vector `l` holds
+    // channel `k0 + v·8 + l` at columns `x0..x0+XP`, one run of its output row.
+    assert!(XP <= LANES);
     let plane = p.oh * p.ow;
-    for (x, a) in acc.iter().enumerate() {
-        for (v, &av) in a.iter().enumerate() {
-            let lanes = s.to_array(av);
-            for (l, &val) in lanes.iter().enumerate() {
-                let k = k0 + v * LANES + l;
-                if k < p.kc {
-                    out[k * plane + y * p.ow + x0 + x] = val;
-                }
+    for v in 0..KV {
+        let mut rows = [s.zero(); LANES];
+        for (row, a) in rows.iter_mut().zip(&acc) {
+            *row = a[v];
+        }
+        for (l, &col) in s.transpose8(rows).iter().enumerate() {
+            let k = k0 + v * LANES + l;
+            if k >= p.kc {
+                break;
+            }
+            let run = &mut out[k * plane + y * p.ow + x0..][..XP];
+            if XP == LANES {
+                s.store(col, run);
+            } else {
+                let mut buf = [0f32; LANES];
+                s.store(col, &mut buf);
+                run.copy_from_slice(&buf[..XP]);
             }
         }
     }

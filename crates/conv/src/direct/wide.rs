@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 
 use super::{Plan, Reads, TileAt};
 use crate::simd::Avx512;
+use crate::simd::transpose16;
 
 /// Output channels per vector.
 const KL: usize = 16;
@@ -158,7 +159,7 @@ fn columns<const K: usize>(
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
 fn tile_k<const XP: usize, const K: usize>(
-    _: Avx512,
+    w: Avx512,
     p: &Plan<'_>,
     r: Reads<'_>,
     out: &mut [f32],
@@ -202,16 +203,17 @@ fn tile_k<const XP: usize, const K: usize>(
             }
         }
     }
+    // Column `x` of the tile holds channels `k0..k0+16` in `acc[x]`; transposed, vector `l`
+    // holds channel `k0 + l` at columns `x0..x0+XP`, stored as one masked run of its row.
+    let mut rows = [_mm512_setzero_ps(); KL];
+    rows[..XP].copy_from_slice(&acc);
+    let cols = transpose16(w, rows);
     let plane = p.oh * p.ow;
-    for (x, &a) in acc.iter().enumerate() {
-        let mut lanes_out = [0f32; KL];
-        // SAFETY: `lanes_out` holds 16 writable floats.
-        unsafe { _mm512_storeu_ps(lanes_out.as_mut_ptr(), a) };
-        for (l, &val) in lanes_out.iter().enumerate() {
-            let k = k0 + l;
-            if k < p.kc {
-                out[k * plane + y * p.ow + x0 + x] = val;
-            }
-        }
+    let valid = lanes.min(p.kc - k0);
+    let cmask: __mmask16 = (1 << XP) - 1;
+    for (l, &v) in cols.iter().enumerate().take(valid) {
+        let run = &mut out[(k0 + l) * plane + y * p.ow + x0..][..XP];
+        // SAFETY: the mask keeps the store to the first `XP` floats at `run`, which holds them.
+        unsafe { _mm512_mask_storeu_ps(run.as_mut_ptr(), cmask, v) };
     }
 }

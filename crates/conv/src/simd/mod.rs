@@ -45,6 +45,8 @@ mod avx512;
 mod fallback;
 
 pub use avx2::Avx2Fma;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::transpose16;
 pub use avx512::{Avx512, Avx512Wide};
 pub use fallback::Fallback;
 
