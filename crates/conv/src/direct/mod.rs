@@ -169,6 +169,8 @@ struct Plan<'g> {
     kpath: bool,
     /// Row stride of the repacked weights: `kc` rounded up to 8 on the channel path, else `kc`.
     ks: usize,
+    /// Whether the tiles read the input planes in place (no padded copy; see [`Plan::new`]).
+    in_place: bool,
     /// Padded rows per plane.
     hp: usize,
     /// Length of one stride phase of a padded row.
@@ -215,6 +217,10 @@ impl<'g> Plan<'g> {
         let ks_pad = kc.next_multiple_of(LANES);
         let kpath = kc >= LANES && kc * nv * LANES > g.ow * ks_pad;
         let ks = if kpath { ks_pad } else { kc };
+        // The channel path reads single floats, never past a row's last tap: without padding
+        // or a column stride it reads the input rows where they are.
+        let in_place = kpath && ph == 0 && pw == 0 && sw == 1;
+        let lph = if in_place { g.w } else { lph };
         Plan {
             g,
             cpg,
@@ -222,6 +228,7 @@ impl<'g> Plan<'g> {
             kc,
             kpath,
             ks,
+            in_place,
             hp: g.h + 2 * ph,
             lph,
             row_len: sw * lph,
@@ -283,6 +290,10 @@ impl WithSimd for Chunk<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         let Chunk { plan: p, input, wp, bias, out, scratch } = self;
+        if p.in_place {
+            kpath(s, p, Reads { planes: input, wp, bias }, out);
+            return;
+        }
         let plane_len = p.hp * p.row_len;
         let planes_len = p.cpg * plane_len;
         if p.sw() == 1 {
@@ -320,34 +331,7 @@ impl WithSimd for Chunk<'_> {
 
         let xb_main = p.nv.min(4);
         if p.kpath {
-            #[cfg(target_arch = "x86_64")]
-            if let Some(w) = s.avx512() {
-                // SAFETY: the token `w` proves the CPU has the features `kpath` is compiled for.
-                unsafe { wide::kpath(w, p, r, out) };
-                return;
-            }
-            // Vectorized over output channels: 16 channels × 6 columns or 8 × 8.
-            let unrolled = p.unrolled_taps();
-            for y in 0..p.oh {
-                let mut k0 = 0;
-                while k0 < p.kc {
-                    let kv = if p.kc - k0 > LANES { 2 } else { 1 };
-                    let xp_main = if kv == 2 { 6 } else { 8 };
-                    let mut x0 = 0;
-                    while x0 < p.ow {
-                        let xp = xp_main.min(p.ow - x0);
-                        let t = TileAt { k0, y, xv0: x0 };
-                        // 5x5 stays a loop here: unrolled, its 8-lane tiles measured 5–9%
-                        // slower (lenet_c2 at the AVX2 level), against 16% faster for 3x3.
-                        match unrolled {
-                            3 => kpath_dispatch::<S, 3>(s, p, r, out, t, kv, xp),
-                            _ => kpath_dispatch::<S, 0>(s, p, r, out, t, kv, xp),
-                        }
-                        x0 += xp;
-                    }
-                    k0 += kv * LANES;
-                }
-            }
+            kpath(s, p, r, out);
             return;
         }
         if p.kc == 1 {
@@ -387,6 +371,39 @@ impl WithSimd for Chunk<'_> {
                 }
                 k0 += kb;
             }
+        }
+    }
+}
+
+/// Every output of a work item on the channel path (vectorized over output channels: 16
+/// channels × 6 columns or 8 × 8, 16 × up to 12 at the AVX-512 level).
+#[inline(always)]
+fn kpath<S: Simd>(s: S, p: &Plan<'_>, r: Reads<'_>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(w) = s.avx512() {
+        // SAFETY: the token `w` proves the CPU has the features `kpath` is compiled for.
+        unsafe { wide::kpath(w, p, r, out) };
+        return;
+    }
+    let unrolled = p.unrolled_taps();
+    for y in 0..p.oh {
+        let mut k0 = 0;
+        while k0 < p.kc {
+            let kv = if p.kc - k0 > LANES { 2 } else { 1 };
+            let xp_main = if kv == 2 { 6 } else { 8 };
+            let mut x0 = 0;
+            while x0 < p.ow {
+                let xp = xp_main.min(p.ow - x0);
+                let t = TileAt { k0, y, xv0: x0 };
+                // 5x5 stays a loop here: unrolled, its 8-lane tiles measured 5–9% slower
+                // (lenet_c2 at the AVX2 level), against 16% faster for 3x3.
+                match unrolled {
+                    3 => kpath_dispatch::<S, 3>(s, p, r, out, t, kv, xp),
+                    _ => kpath_dispatch::<S, 0>(s, p, r, out, t, kv, xp),
+                }
+                x0 += xp;
+            }
+            k0 += kv * LANES;
         }
     }
 }
