@@ -570,12 +570,13 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
     }
     let mut rows = [0f32; 4 * LANES];
     for (kk, k) in (ks.0..ks.1).enumerate() {
-        let bk = w.splat(bias.map_or(0.0, |b| b[kk]));
+        let bf = bias.map_or(0.0, |b| b[kk]);
+        let bk = s.splat(bf);
         for (lg, bounds) in starts.windows(2).enumerate() {
             let t0 = lg * wn;
             let y = block_outputs::<S::Wide, T, A, M>(w, mbuf, kc, k, p.tb, t0);
             for (i, yr) in y.iter().enumerate() {
-                let (lo, hi) = w.interleave(w.add(yr[0], bk), w.add(yr[1], bk));
+                let (lo, hi) = w.interleave(yr[0], yr[1]);
                 w.store(lo, &mut rows);
                 w.store(hi, &mut rows[wn..]);
                 for r in &runs[bounds[0]..bounds[1]] {
@@ -588,14 +589,20 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
                     let plane = &mut *out[t.img * nk + kk];
                     let src = &rows[2 * r.l0..][..len];
                     let dst = &mut plane[(oy - y0) * p.ow + t.ox..][..len];
-                    // Whole 8-float vectors, then the odd float or few: a `memcpy` call per
-                    // run cost more than the transform.
-                    let whole = len / LANES * LANES;
-                    for (d, v) in dst.chunks_exact_mut(LANES).zip(src.chunks_exact(LANES)) {
-                        s.store(s.load(v), d);
-                    }
-                    for (d, &v) in dst[whole..].iter_mut().zip(&src[whole..]) {
-                        *d = v;
+                    // Whole 8-float vectors plus the bias (after the interleave, which only
+                    // moves lanes: the same sums), the last one overlapping the one before. A
+                    // plain copy loop is compiled into a `memcpy` call per run, which cost
+                    // more than the transform.
+                    if len >= LANES {
+                        for (d, v) in dst.chunks_exact_mut(LANES).zip(src.chunks_exact(LANES)) {
+                            s.store(s.add(s.load(v), bk), d);
+                        }
+                        let last = s.add(s.load(&src[len - LANES..]), bk);
+                        s.store(last, &mut dst[len - LANES..]);
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = v + bf;
+                        }
                     }
                 }
             }
@@ -663,10 +670,13 @@ pub(super) fn input_transform_block<
     let w = s.wide();
     let wn = <S::Wide as Lanes>::N;
     let nparts = wn / LANES;
+    // Declared once: every element is written below before it is read, and zeroing these
+    // arrays per tile group and channel was a `memset` call each (3% of a strided forward).
+    let mut parts = [[[s.zero(); A]; A]; 2];
+    let mut d = [[w.zero(); A]; A];
     for (lg, group) in block.chunks(wn).enumerate() {
         let t0 = lg * wn;
         for c in 0..p.cpg {
-            let mut parts = [[[s.zero(); A]; A]; 2];
             for (part, d) in parts.iter_mut().enumerate().take(nparts) {
                 // Lanes past the block's end repeat its last tile; their results are never
                 // stored past the panel and never read as outputs.
@@ -675,7 +685,6 @@ pub(super) fn input_transform_block<
                 patch_rows::<S, A>(s, p, &lanes, c, d);
             }
             // A loop, not `from_fn`: a closure body is compiled without `S`'s target features.
-            let mut d = [[w.zero(); A]; A];
             for (r, dr) in d.iter_mut().enumerate() {
                 for (col, dv) in dr.iter_mut().enumerate() {
                     *dv = s.join(&[parts[0][r][col], parts[1][r][col]][..nparts]);
