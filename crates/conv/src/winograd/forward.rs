@@ -464,13 +464,15 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
     // tile's rows are runs of `m` floats). Hoisted so it is zeroed once.
     let mut vals = [[[0f32; LANES]; LANES]; 2];
     let chunks = (M * M).div_ceil(LANES);
+    // `flat[part][q]`: output `q` of the part's 8 tiles. This and `M[ξ]`'s vectors are
+    // declared once as well: zeroed per group, they were a `memset` call each.
+    let mut flat = [[s.zero(); 2 * LANES]; 2];
+    let mut mv = [[w.zero(); A]; A];
     for (kk, k) in (ks.0..ks.1).enumerate() {
         let bk = w.splat(bias.map_or(0.0, |b| b[kk]));
         for (lg, group) in block.chunks(wn).enumerate() {
             let t0 = lg * wn;
-            let y = block_outputs::<S::Wide, T, A, M>(w, mbuf, kc, k, p.tb, t0);
-            // `flat[part][q]`: output `q` of the part's 8 tiles.
-            let mut flat = [[s.zero(); 2 * LANES]; 2];
+            let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, kc, k, p.tb, t0);
             for (i, row) in y.iter().enumerate() {
                 for (j, &val) in row.iter().enumerate() {
                     let mut halves = [s.zero(); 2];
@@ -514,23 +516,24 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
 /// `Aᵀ M A` of channel `k` (of an item's `kc`) for the vector of tiles from column `t0` of
 /// `M[ξ]` (`kc · tb` floats each): the `m×m` outputs of each lane's tile, before the bias.
 /// `tb` is a multiple of the panel width, which the vector width divides, so each load stays
-/// in the row of channel `k`.
+/// in the row of channel `k`; `mv` is scratch for the loaded vectors.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn block_outputs<W: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
     w: W,
+    mv: &mut [[W::V; A]; A],
     mbuf: &[f32],
     kc: usize,
     k: usize,
     tb: usize,
     t0: usize,
 ) -> [[W::V; M]; M] {
-    let mut mv = [[w.zero(); A]; A];
     for (xi, mr) in mv.iter_mut().enumerate() {
         for (xj, m) in mr.iter_mut().enumerate() {
             *m = w.load(&mbuf[((xi * A + xj) * kc + k) * tb + t0..]);
         }
     }
-    output_2d::<W, T, A, M>(w, &mv)
+    output_2d::<W, T, A, M>(w, mv)
 }
 
 /// Lanes `l0..l1` of a vector group whose tiles are side by side in one tile row of one
@@ -569,12 +572,13 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
         starts.push(runs.len());
     }
     let mut rows = [0f32; 4 * LANES];
+    let mut mv = [[w.zero(); A]; A];
     for (kk, k) in (ks.0..ks.1).enumerate() {
         let bf = bias.map_or(0.0, |b| b[kk]);
         let bk = s.splat(bf);
         for (lg, bounds) in starts.windows(2).enumerate() {
             let t0 = lg * wn;
-            let y = block_outputs::<S::Wide, T, A, M>(w, mbuf, kc, k, p.tb, t0);
+            let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, kc, k, p.tb, t0);
             for (i, yr) in y.iter().enumerate() {
                 let (lo, hi) = w.interleave(yr[0], yr[1]);
                 w.store(lo, &mut rows);
