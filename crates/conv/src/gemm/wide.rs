@@ -44,7 +44,7 @@ pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Dest, c: &mut [f
 /// and 4 columns). The same products in the same order: the same bits.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-fn half(_: Avx512, ap: &[f32], b: BPanels<'_>, pj: usize, blk: Dest, c: &mut [f32]) {
+fn half(w: Avx512, ap: &[f32], b: BPanels<'_>, pj: usize, blk: Dest, c: &mut [f32]) {
     let bp = b.panel(pj);
     let kc = b.kcb;
     let j = blk.j + pj * NR;
@@ -63,27 +63,14 @@ fn half(_: Avx512, ap: &[f32], b: BPanels<'_>, pj: usize, blk: Dest, c: &mut [f3
                 }
             }
         }
-        let (mr, nr) = (t.rows(), t.cols(NR / 2));
-        let mask: __mmask8 = if nr == NR / 2 { !0 } else { (1 << nr) - 1 };
-        for (r, &x) in acc.iter().enumerate().take(mr) {
-            let row = &mut c[(t.i + r) * t.ldc + t.j..][..nr];
-            let dst = row.as_mut_ptr();
-            // SAFETY: `row` holds `nr ≤ 8` floats; the mask keeps the load and store to them.
-            unsafe {
-                let x = if t.alpha == 1.0 { x } else { _mm256_mul_ps(_mm256_set1_ps(t.alpha), x) };
-                let v = if t.beta == 0.0 {
-                    x
-                } else {
-                    let old = _mm256_maskz_loadu_ps(mask, dst);
-                    if t.beta == 1.0 {
-                        _mm256_add_ps(x, old)
-                    } else {
-                        _mm256_fmadd_ps(_mm256_set1_ps(t.beta), old, x)
-                    }
-                };
-                _mm256_mask_storeu_ps(dst, mask, v);
-            }
+        // Widened to 16 lanes (the upper 8 zero) for the common store: `C` has at most 8
+        // columns here, so its mask keeps every access to the low half. (A loop, not `map`: a
+        // closure body is compiled without this function's target features.)
+        let mut wide = [[_mm512_setzero_ps()]; MR];
+        for (wv, &x) in wide.iter_mut().zip(&acc) {
+            wv[0] = _mm512_zextps256_ps512(x);
         }
+        store(w, &wide, t, c);
     }
 }
 
