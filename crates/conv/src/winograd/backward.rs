@@ -576,8 +576,8 @@ pub(super) fn filter_grad<S: Simd, const A: usize>(s: S, f: FilterGrad<'_>, gm: 
                     }
                 }
             }
-            // out[r][s] = Σ_ξi G[ξi][r] · tmp[ξi][s]
-            let mut out = [[0f32; LANES]; 9];
+            // out[r][s] = Σ_ξi G[ξi][r] · tmp[ξi][s], tap `3r + s` of every lane's filter.
+            let mut out = [s.zero(); 9];
             for (r, orow) in out.chunks_exact_mut(3).enumerate() {
                 for (sc, o) in orow.iter_mut().enumerate() {
                     let mut acc = s.zero();
@@ -586,13 +586,17 @@ pub(super) fn filter_grad<S: Simd, const A: usize>(s: S, f: FilterGrad<'_>, gm: 
                             acc = s.fma(gs[xi][r], tmp[xi][sc], acc);
                         }
                     }
-                    s.store(acc, o);
+                    *o = acc;
                 }
             }
+            // Each lane's nine taps are one filter's: taps 0–7 transposed in registers into
+            // one vector per filter (stored whole), tap 8 one float each.
+            let head =
+                s.transpose8([out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]]);
+            let tap8 = s.to_array(out[8]);
             for (l, filt) in gw_k[c0 * 9..][..n * 9].chunks_exact_mut(9).enumerate() {
-                for (f, o) in filt.iter_mut().zip(&out) {
-                    *f = o[l];
-                }
+                s.store(head[l], &mut filt[..8]);
+                filt[8] = tap8[l];
             }
         }
     }

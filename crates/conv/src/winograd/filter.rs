@@ -96,6 +96,13 @@ impl WithSimd for FilterChunk<'_> {
 
 /// `U = G g Gᵀ` for the filters of one chunk, eight at a time: `G` on the three columns of the
 /// taps, then on the `α` rows of the result, with the constant matrices of `T` unrolled.
+///
+/// The eight filters of a vector are the next eight positions of a packed panel (depth step
+/// `p`, then row `r`): each is loaded as one 8-float vector (its taps 0–7) and the eight are
+/// transposed in registers, so that vector `t` holds tap `t` of every position; tap 8 comes
+/// from a second transpose of taps 1–8 (of which only the last row is computed). Copying the
+/// taps one float at a time, and reloading the plane runs from the vector of pieces at every
+/// store, cost more than the transform.
 #[inline(always)]
 pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
     s: S,
@@ -103,76 +110,76 @@ pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M
 ) {
     let FilterChunk { weights, kpg, cpg, k0, kcb, pi0, flipped, mut pieces, .. } = chunk;
     let panel = MR * kcb;
-    assert!(panel <= FILTER_CHUNK && pieces.iter().all(|p| p.len() == pieces[0].len()));
+    assert!(pieces.len() == A * A && A * A <= 36);
+    assert!(pieces.iter().all(|p| p.len() == pieces[0].len()));
     let panels = pieces.first().map_or(0, |p| p.len() / panel);
-    // One panel's taps, transposed to [tap][position] in the panel's order (row fastest).
-    let mut taps = [[0f32; FILTER_CHUNK]; 9];
+    // The rows of a last panel past `kpg` are zero filters.
+    const ZERO: [f32; 9] = [0.0; 9];
     for pi in 0..panels {
-        // Positions in increasing order (depth step `p`, then row `r`): each row of `taps` is
-        // written sequentially, and the six filters' taps are read as six sequential streams.
-        for p in 0..kcb {
-            for r in 0..MR {
-                let k = (pi0 + pi) * MR + r;
-                let i = p * MR + r;
-                if k < kpg && flipped {
-                    let f = &weights[((k0 + p) * kpg + k) * 9..][..9];
-                    for (row, &v) in taps.iter_mut().zip(f.iter().rev()) {
-                        row[i] = v;
-                    }
-                } else if k < kpg {
-                    let f = &weights[(k * cpg + k0 + p) * 9..][..9];
-                    for (row, &v) in taps.iter_mut().zip(f) {
-                        row[i] = v;
-                    }
+        // This panel's run of every plane, in a local array (its entries are not reloaded and
+        // checked against the vector of pieces at every store).
+        let mut runs: [&mut [f32]; 36] = std::array::from_fn(|_| &mut [][..]);
+        for (run, piece) in runs.iter_mut().zip(pieces.iter_mut()) {
+            *run = &mut piece[pi * panel..][..panel];
+        }
+        // Filter `(p, r)` of the panel (depth step `p`, row `r`) starts at
+        // `base + p · p_step + r · r_step` in `weights`; rows from `rows` on are zero.
+        let row0 = (pi0 + pi) * MR;
+        let rows = kpg.saturating_sub(row0).min(MR);
+        let (base, p_step, r_step) = if flipped {
+            ((k0 * kpg + row0) * 9, kpg * 9, 9)
+        } else {
+            ((row0 * cpg + k0) * 9, 9, cpg * 9)
+        };
+        let mut i = 0;
+        while i < panel {
+            let n = LANES.min(panel - i);
+            // Taps 0–7 of every filter, and taps 1–8, whose transpose's last row is tap 8 (the
+            // other rows of that transpose are never used, so they are never computed).
+            let mut lo = [s.zero(); LANES];
+            let mut hi = [s.zero(); LANES];
+            for l in 0..LANES {
+                let (p, r) = ((i + l) / MR, (i + l) % MR);
+                let f: &[f32] = if l < n && r < rows {
+                    &weights[base + p * p_step + r * r_step..][..9]
                 } else {
-                    for row in &mut taps {
-                        row[i] = 0.0;
+                    &ZERO
+                };
+                lo[l] = s.load(&f[..8]);
+                hi[l] = s.load(&f[1..9]);
+            }
+            let t = s.transpose8(lo);
+            let t8 = s.transpose8(hi)[7];
+            // A flipped filter is the stored one rotated by 180°: its taps in reverse order.
+            let taps = if flipped {
+                [t8, t[7], t[6], t[5], t[4], t[3], t[2], t[1], t[0]]
+            } else {
+                [t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t8]
+            };
+            // cols[c] = G · (column c of the 3x3 filter), α values each.
+            let mut cols = [[s.zero(); A]; 3];
+            for (c, col) in cols.iter_mut().enumerate() {
+                *col = T::g(s, [taps[c], taps[3 + c], taps[6 + c]]);
+            }
+            for a in 0..A {
+                let u = T::g(s, [cols[0][a], cols[1][a], cols[2][a]]);
+                for (b, &v) in u.iter().enumerate() {
+                    let run = &mut runs[a * A + b][i..];
+                    if n == LANES {
+                        s.store(v, run);
+                    } else {
+                        run[..n].copy_from_slice(&s.to_array(v)[..n]);
                     }
                 }
             }
+            i += LANES;
         }
-        filter_panel::<S, T, A, M>(s, &taps, panel, pi * panel, &mut pieces);
     }
 }
 
-/// The transform of one gathered panel (`len` positions of `taps`) into positions
-/// `at..at+len` of every plane piece.
-#[inline(always)]
-pub(super) fn filter_panel<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
-    s: S,
-    taps: &[[f32; FILTER_CHUNK]; 9],
-    len: usize,
-    at: usize,
-    pieces: &mut [&mut [f32]],
-) {
-    let mut i = 0;
-    while i < len {
-        // cols[s] = G · (column s of the 3x3 filter), α values each.
-        let mut cols = [[s.zero(); A]; 3];
-        for (sc, col) in cols.iter_mut().enumerate() {
-            let t =
-                [s.load(&taps[sc][i..]), s.load(&taps[3 + sc][i..]), s.load(&taps[6 + sc][i..])];
-            *col = T::g(s, t);
-        }
-        for a in 0..A {
-            let u = T::g(s, [cols[0][a], cols[1][a], cols[2][a]]);
-            for (b, &v) in u.iter().enumerate() {
-                let piece = &mut pieces[a * A + b][at + i..at + len];
-                if piece.len() >= LANES {
-                    s.store(v, piece);
-                } else {
-                    let n = piece.len();
-                    piece.copy_from_slice(&s.to_array(v)[..n]);
-                }
-            }
-        }
-        i += LANES;
-    }
-}
-
-/// Positions of one staged panel of the filter transform: 6 output channels × a depth block of
-/// at most 256 input channels (the GEMM's panel shape).
-pub(super) const FILTER_CHUNK: usize = MR * 256;
+/// Transformed filters of at least this many floats are made in parallel (64 panels of 6
+/// output channels × 256 input channels).
+const PARALLEL_MIN_FLOATS: usize = 64 * MR * 256;
 
 /// `U = G g Gᵀ` for every 3x3 filter, laid out `[group][ξ]` × one `kpg × cpg` matrix per plane
 /// in the packed layout of the GEMM's left operand ([`PackedARef`]), so the products read it
@@ -181,8 +188,9 @@ pub(super) const FILTER_CHUNK: usize = MR * 256;
 /// Each of the `α²` planes `ξ = (ξi, ξj)` is a fixed combination of the nine taps,
 /// `U = G (G g)ᵀ` computed separably for eight filters at a time, in vector registers: `G` on
 /// the three tap columns, then on the `α` rows, with the constant entries of `G` unrolled
-/// (`Transforms::g`), each result stored straight into its plane. A chunk's taps are first
-/// transposed to `[tap][position]` in a stack buffer, in the packed order of the planes.
+/// (`Transforms::g`), each result stored straight into its plane. The taps of eight
+/// positions, in the packed order of the planes, are transposed to `[tap][position]` in
+/// registers first.
 /// Chunks (a depth block × a run of row panels, so that even one depth block gives every
 /// thread work) run in parallel for large layers (VGG's 256x256 filters: 65,536 of them);
 /// every value is computed the same way whatever the chunking, so the result does not depend
@@ -221,7 +229,7 @@ pub(super) fn transform_filters(
         }
         // Large layers: every depth block is also cut into runs of row panels, so that one
         // depth block (VGG's 256 input channels) still gives every thread work.
-        let parallel = plen * a2 >= 64 * FILTER_CHUNK && rayon::current_num_threads() > 1;
+        let parallel = plen * a2 >= PARALLEL_MIN_FLOATS && rayon::current_num_threads() > 1;
         let panels = mp / MR;
         let runs = if parallel { rayon::current_num_threads().min(panels) } else { 1 };
         let per_run = panels.div_ceil(runs);
