@@ -26,6 +26,8 @@ pub fn stride2_geometries() -> Vec<ConvGeometry> {
         ([4, 8, 16, 16], 17, 2, 1),
         ([3, 16, 14, 14], 32, 1, 2),
         ([8, 64, 12, 12], 64, 1, 1),
+        // 196 tiles an image: two images per work item (their last panel fuller).
+        ([4, 8, 56, 56], 8, 1, 1),
         ([1, 4, 3, 3], 3, 0, 1),
         ([1, 4, 4, 5], 3, 2, 1),
     ]
