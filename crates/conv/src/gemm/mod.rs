@@ -259,6 +259,25 @@ mod tests {
         assert!(reused.data.iter().zip(&fresh.data).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 
+    /// A matrix large enough to be packed by several threads (a partial last panel, several
+    /// depth blocks, row-major and transposed) packs to the same panels as on one thread.
+    #[test]
+    fn parallel_repack_matches_one_thread() {
+        let (m, k) = (50, 700);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 - 6.0).collect();
+        for view in [MatRef::row_major(&a, m, k), MatRef::row_major(&a, k, m).t()] {
+            let pack = |threads| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut p = PackedA::from_buffer(vec![f32::NAN; 3]);
+                pool.install(|| p.repack(view));
+                p.data
+            };
+            let (one, two) = (pack(1), pack(2));
+            assert!(one.len() == two.len() && one.iter().zip(&two).all(|(x, y)| x == y));
+            assert!(one.iter().all(|x| x.is_finite()));
+        }
+    }
+
     #[test]
     fn small_products_and_transposes() {
         // A = [[1,2,3],[4,5,6]], B = [[1,0],[0,1],[1,1]]
