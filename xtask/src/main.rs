@@ -155,6 +155,10 @@ impl Step {
     }
 }
 
+/// The optimized test pass: the numeric crates and the packed LeNet-5 of convkit-models.
+const RELEASE_TESTS: &[&str] =
+    &["test", "--release", "-p", "convkit-tensor", "-p", "convkit-conv", "-p", "convkit-models"];
+
 fn test_all(args: &[String]) -> Result<ExitCode> {
     let mut release = true;
     for a in args {
@@ -170,11 +174,9 @@ fn test_all(args: &[String]) -> Result<ExitCode> {
     ];
     if release {
         // The numeric suites again with optimizations: the kernels take other code paths
-        // (vectorized loops, fused multiply-adds) and the property tests run more cases.
-        steps.push(Step::new(
-            "test (release)",
-            &["test", "--release", "-p", "convkit-tensor", "-p", "convkit-conv"],
-        ));
+        // (vectorized loops, fused multiply-adds) and the property tests run more cases. The
+        // same package set as the AVX2 pass below, which then reuses this build.
+        steps.push(Step::new("test (release)", RELEASE_TESTS));
         // The portable fallback of every SIMD kernel, which an AVX2 machine never takes.
         steps.push(
             Step::new(
@@ -187,11 +189,8 @@ fn test_all(args: &[String]) -> Result<ExitCode> {
         // its own pass through the kernels and the packed LeNet-5.
         if avx512_cpu() {
             steps.push(
-                Step::new(
-                    "test (release, CONVKIT_SIMD=avx2)",
-                    &["test", "--release", "-p", "convkit-conv", "-p", "convkit-models"],
-                )
-                .env("CONVKIT_SIMD", "avx2"),
+                Step::new("test (release, CONVKIT_SIMD=avx2)", RELEASE_TESTS)
+                    .env("CONVKIT_SIMD", "avx2"),
             );
         }
     }
