@@ -68,7 +68,7 @@ impl PackedA {
         let kb = kblock(k);
         // A large matrix (a layer's weights, packed once per call before the products) is
         // packed by both threads, a run of row panels each: packed alone it kept the other
-        // thread waiting (pointwise forward at two threads: 2% of the call).
+        // thread waiting (pointwise forward at two threads: 4% of the call).
         let parallel = mp * k >= REPACK_PARALLEL_MIN && rayon::current_num_threads() > 1;
         let mut k0 = 0;
         while k0 < k {

@@ -207,7 +207,7 @@ impl<'g> Plan<'g> {
         // the micro-kernel's B panels full and amortize the per-block work. And more images
         // where an image's tiles leave a last panel mostly empty (a work item's products run
         // on whole 16-tile panels): until the padding is at most 1/32 of the columns
-        // (`strided`, 196 tiles an image: 208 columns for one, 400 for two; 3-5% faster).
+        // (`strided`, 196 tiles an image: 208 columns for one, 400 for two; about 3% faster).
         // Always at least two work items. Only with one group and unsplit channels, where the
         // images' outputs are contiguous.
         let per_image = tiles.len();
