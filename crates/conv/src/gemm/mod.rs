@@ -21,7 +21,7 @@ mod wide;
 #[cfg(feature = "testing")]
 pub use pack::packed_a_position;
 pub use pack::{PackedA, PackedARef, packed_a_len, packed_b_len};
-pub use packed::{gemm_packed_ab, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with};
+pub use packed::{RowBias, gemm_packed_ab, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with};
 pub use tile::{MR, NR, kblock};
 
 use crate::simd::{self, SimdLevel};
@@ -144,25 +144,28 @@ fn check_bc(m: usize, k: usize, b: MatRef<'_>, c: &[f32], ldc: usize) -> (usize,
     (m, k, n)
 }
 
-/// `C ← alpha · A[rows] · B + beta · C` for rows of a prepacked `A` at the [`simd::active`]
-/// level (the portable build of the packed kernel when SIMD is off); see
+/// `C ← alpha · A[rows] · B + bias + beta · C` for rows of a prepacked `A` at the
+/// [`simd::active`] level (the portable build of the packed kernel when SIMD is off); see
 /// [`sgemm_packed_a_with`].
 ///
 /// # Panics
 /// As [`sgemm_packed_a_with`].
+#[allow(clippy::too_many_arguments)]
 pub fn sgemm_packed_a(
     alpha: f32,
     a: &PackedA,
     rows: std::ops::Range<usize>,
     b: MatRef<'_>,
     beta: f32,
+    bias: RowBias<'_>,
     c: &mut [f32],
     ldc: usize,
 ) {
-    let done = sgemm_packed_a_with(simd::active(), alpha, a, rows.clone(), b, beta, c, ldc);
+    let level = simd::active();
+    let done = sgemm_packed_a_with(level, alpha, a, rows.clone(), b, beta, bias, c, ldc);
     if done.is_none() {
         // The active level is always available; the fallback cannot fail.
-        sgemm_packed_a_with(SimdLevel::Fallback, alpha, a, rows, b, beta, c, ldc);
+        sgemm_packed_a_with(SimdLevel::Fallback, alpha, a, rows, b, beta, bias, c, ldc);
     }
 }
 

@@ -41,9 +41,9 @@ const MC: usize = 144;
 /// the AVX-512 kernel's panel group.
 const NC: usize = 4032;
 
-/// `C = A[rows] · B + beta · C` (`beta` 0 or 1) for a packed `A` and a `B` already in the
-/// packed-B layout (see [`packed_b_len`]) with `n` columns; `c` is row-major with row stride
-/// `ldc ≥ n`. For kernels that produce `B` in panel form themselves (the Winograd input
+/// `C = A[rows] · B + bias + beta · C` (`beta` 0 or 1) for a packed `A` and a `B` already in
+/// the packed-B layout (see [`packed_b_len`]) with `n` columns; `c` is row-major with row
+/// stride `ldc ≥ n`; `bias`, when given, holds one value per row of `C` (see [`RowBias`]). For kernels that produce `B` in panel form themselves (the Winograd input
 /// transform, im2col), so the product packs nothing; this entry point runs inside a [`Simd`]
 /// dispatch, [`sgemm_packed_ab`] dispatches itself.
 ///
@@ -59,6 +59,7 @@ pub fn gemm_packed_ab<S: Simd>(
     b: &[f32],
     n: usize,
     beta: f32,
+    bias: RowBias<'_>,
     c: &mut [f32],
     ldc: usize,
 ) {
@@ -70,12 +71,9 @@ pub fn gemm_packed_ab<S: Simd>(
         return;
     }
     assert!(c.len() >= (m - 1) * ldc + n, "gemm_packed_ab: C too short");
+    assert!(bias.is_none_or(|b| b.len() >= m), "gemm_packed_ab: bias too short");
     if k == 0 {
-        if beta == 0.0 {
-            for row in c.chunks_mut(ldc).take(m) {
-                row[..n].fill(0.0);
-            }
-        }
+        empty_product(beta, bias, c, m, n, ldc);
         return;
     }
     let np = n.next_multiple_of(NR);
@@ -83,19 +81,39 @@ pub fn gemm_packed_ab<S: Simd>(
     let mut pc = 0;
     while pc < k {
         let kcb = kb.min(k - pc);
-        let beta = if pc == 0 { beta } else { 1.0 };
+        let (beta, bias) = if pc == 0 { (beta, bias) } else { (1.0, None) };
         let mut ic = 0;
         while ic < m {
             let mc = MC.min(m - ic);
             let apanels = &a.panels(pc, rows.start + ic)[..mc.next_multiple_of(MR) * kcb];
             let bpanels = BPanels { data: b, stride: k * NR, offset: pc * NR, count: np / NR, kcb };
-            let blk = Dest { i: ic, j: 0, m, n, alpha: 1.0, beta, ldc };
+            let blk = Dest { i: ic, j: 0, m, n, alpha: 1.0, beta, bias, ldc };
             tiles(s, apanels, bpanels, blk, c);
             ic += mc;
         }
         pc += kcb;
     }
 }
+/// A value to add to each row of a product's `C` (a convolution's bias, one per output
+/// channel), or `None`.
+pub type RowBias<'a> = Option<&'a [f32]>;
+
+/// `C ← bias + beta · C` on the `m × n` block of `c`: a product of depth 0 (`beta == 0`
+/// ignores the old contents).
+fn empty_product(beta: f32, bias: RowBias<'_>, c: &mut [f32], m: usize, n: usize, ldc: usize) {
+    for (i, row) in c.chunks_mut(ldc.max(1)).take(m).enumerate() {
+        let add = bias.map(|b| b[i]);
+        for v in &mut row[..n] {
+            *v = match (add, beta == 0.0) {
+                (None, true) => 0.0,
+                (None, false) => beta * *v,
+                (Some(add), true) => add,
+                (Some(add), false) => add + beta * *v,
+            };
+        }
+    }
+}
+
 /// Where the A panels come from.
 #[derive(Clone, Copy)]
 enum ASrc<'a> {
@@ -111,6 +129,7 @@ struct Gemm<'a> {
     a: ASrc<'a>,
     b: MatRef<'a>,
     beta: f32,
+    bias: RowBias<'a>,
     c: &'a mut [f32],
     ldc: usize,
     /// Packing buffers (A block, B block).
@@ -129,17 +148,19 @@ impl WithSimd for Gemm<'_> {
 /// Runs `g` (without its buffers) at `level` with this thread's packing buffers. The buffers
 /// are taken out of the thread-local before the dispatch: a closure body would be compiled
 /// without the kernel's `#[target_feature]`s.
+#[allow(clippy::too_many_arguments)]
 fn run(
     level: SimdLevel,
     alpha: f32,
     a: ASrc<'_>,
     b: MatRef<'_>,
     beta: f32,
+    bias: RowBias<'_>,
     c: &mut [f32],
     ldc: usize,
 ) -> Option<()> {
     let mut bufs = (scratch::take(Slot::PackA), scratch::take(Slot::PackB));
-    let out = simd::dispatch(level, Gemm { alpha, a, b, beta, c, ldc, bufs: &mut bufs });
+    let out = simd::dispatch(level, Gemm { alpha, a, b, beta, bias, c, ldc, bufs: &mut bufs });
     scratch::put(Slot::PackA, bufs.0);
     scratch::put(Slot::PackB, bufs.1);
     out
@@ -148,18 +169,15 @@ fn run(
 /// The blocked loops around the micro-kernel (see the module docs).
 #[inline(always)]
 fn driver<S: Simd>(s: S, g: Gemm<'_>) {
-    let Gemm { alpha, a, b, beta, c, ldc, bufs } = g;
+    let Gemm { alpha, a, b, beta, bias, c, ldc, bufs } = g;
     let (apack, bpack) = (&mut bufs.0, &mut bufs.1);
     let (m, k, n) = match a {
         ASrc::Plain(a) => (a.rows, a.cols, b.cols),
         ASrc::Packed(a, _, rows) => (rows, a.k, b.cols),
     };
+    assert!(bias.is_none_or(|b| b.len() >= m), "sgemm: bias too short");
     if k == 0 {
-        for row in c.chunks_mut(ldc.max(1)).take(m) {
-            for v in &mut row[..n] {
-                *v = if beta == 0.0 { 0.0 } else { beta * *v };
-            }
-        }
+        empty_product(beta, bias, c, m, n, ldc);
         return;
     }
     let mut jc = 0;
@@ -173,7 +191,7 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
             let bblock = scratch::aligned(bpack, ncp * kcb);
             pack_b(s, b, pc, kcb, jc, nc, bblock);
             let bblock: &[f32] = bblock;
-            let beta_block = if pc == 0 { beta } else { 1.0 };
+            let (beta_block, bias_block) = if pc == 0 { (beta, bias) } else { (1.0, None) };
             let mut ic = 0;
             while ic < m {
                 let mc = MC.min(m - ic);
@@ -188,7 +206,8 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
                 };
                 let bpanels =
                     BPanels { data: bblock, stride: NR * kcb, offset: 0, count: ncp / NR, kcb };
-                let blk = Dest { i: ic, j: jc, m, n, alpha, beta: beta_block, ldc };
+                let blk =
+                    Dest { i: ic, j: jc, m, n, alpha, beta: beta_block, bias: bias_block, ldc };
                 tiles(s, apanels, bpanels, blk, c);
                 ic += mc;
             }
@@ -201,7 +220,7 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
 /// Every tile of one block: each B panel of `b` against each A panel in `ap`. At the AVX-512
 /// level, the 16-lane kernel of [`super::wide`] takes several B panels at a time.
 #[inline(always)]
-fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Dest, c: &mut [f32]) {
+fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Dest<'_>, c: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(w) = s.avx512() {
         // SAFETY: the token `w` proves the CPU has the features `tiles` is compiled for.
@@ -241,39 +260,47 @@ fn micro<S: Simd>(s: S, kc: usize, ap: &[f32], bp: &[f32]) -> [[S::V; 2]; MR] {
     acc
 }
 
-/// `C[tile] = alpha · acc + beta · C[tile]` for the tile at `t` (`beta == 0` ignores the old
-/// contents).
+/// `C[tile] = alpha · acc + bias + beta · C[tile]` for the tile at `t` (`beta == 0` ignores the
+/// old contents).
 #[inline(always)]
-fn store_tile<S: Simd>(s: S, acc: &[[S::V; 2]; MR], t: Dest, c: &mut [f32]) {
+fn store_tile<S: Simd>(s: S, acc: &[[S::V; 2]; MR], t: Dest<'_>, c: &mut [f32]) {
     let (mr, nr) = (t.rows(), t.cols(NR));
     if nr == NR {
         for (r, acc_r) in acc.iter().enumerate().take(mr) {
+            let bias = t.row_bias(r).map(|v| s.splat(v));
             let row = &mut c[(t.i + r) * t.ldc + t.j..][..NR];
             for (h, &x) in acc_r.iter().enumerate() {
                 let dst = &mut row[h * LANES..];
                 let old = if t.beta == 0.0 { s.zero() } else { s.load(dst) };
-                s.store(combine(s, t, x, old), dst);
+                s.store(combine(s, t, x, bias, old), dst);
             }
         }
     } else {
         let mut buf = [0f32; NR];
         for (r, acc_r) in acc.iter().enumerate().take(mr) {
+            let bias = t.row_bias(r).map(|v| s.splat(v));
             let row = &mut c[(t.i + r) * t.ldc + t.j..][..nr];
             buf[..nr].copy_from_slice(row);
             for (h, &x) in acc_r.iter().enumerate() {
                 let dst = &mut buf[h * LANES..];
                 let old = if t.beta == 0.0 { s.zero() } else { s.load(dst) };
-                s.store(combine(s, t, x, old), dst);
+                s.store(combine(s, t, x, bias, old), dst);
             }
             row.copy_from_slice(&buf[..nr]);
         }
     }
 }
 
-/// `alpha · x + beta · old` (`old` unused when `beta == 0`).
+/// `alpha · x + bias + beta · old` (`old` unused when `beta == 0`). With `beta == 0` this is
+/// `alpha · x + bias`, the same sum (and bits) as storing the bias into `C` first and adding
+/// with `beta == 1`.
 #[inline(always)]
-fn combine<S: Simd>(s: S, t: Dest, x: S::V, old: S::V) -> S::V {
+fn combine<S: Simd>(s: S, t: Dest<'_>, x: S::V, bias: Option<S::V>, old: S::V) -> S::V {
     let x = if t.alpha == 1.0 { x } else { s.mul(s.splat(t.alpha), x) };
+    let x = match bias {
+        Some(b) => s.add(x, b),
+        None => x,
+    };
     if t.beta == 0.0 {
         x
     } else if t.beta == 1.0 {
@@ -294,6 +321,7 @@ pub fn sgemm_packed_ab(
     b: &[f32],
     n: usize,
     beta: f32,
+    bias: RowBias<'_>,
     c: &mut [f32],
     ldc: usize,
 ) {
@@ -303,6 +331,7 @@ pub fn sgemm_packed_ab(
         b: &'a [f32],
         n: usize,
         beta: f32,
+        bias: RowBias<'a>,
         c: &'a mut [f32],
         ldc: usize,
     }
@@ -310,10 +339,11 @@ pub fn sgemm_packed_ab(
         type Output = ();
         #[inline(always)]
         fn with_simd<S: Simd>(self, s: S) {
-            gemm_packed_ab(s, self.a, self.rows, self.b, self.n, self.beta, self.c, self.ldc);
+            let Run { a, rows, b, n, beta, bias, c, ldc } = self;
+            gemm_packed_ab(s, a, rows, b, n, beta, bias, c, ldc);
         }
     }
-    simd::dispatch_active(Run { a: a.view(), rows, b, n, beta, c, ldc });
+    simd::dispatch_active(Run { a: a.view(), rows, b, n, beta, bias, c, ldc });
 }
 
 /// `C ← alpha · A · B + beta · C` with the packed kernel at SIMD level `level`; `None` when the
@@ -332,13 +362,15 @@ pub fn sgemm_with(
     if m == 0 || n == 0 {
         return Some(());
     }
-    run(level, alpha, ASrc::Plain(a), b, beta, c, ldc)
+    run(level, alpha, ASrc::Plain(a), b, beta, None, c, ldc)
 }
 
-/// `C ← alpha · A[rows] · B + beta · C` for the rows `rows` of a prepacked `A`, at SIMD level
-/// `level` (`None` when the CPU cannot run it). `c` is row-major `rows.len() × b.cols` with
-/// row stride `ldc`. Splitting a product by row ranges gives the same bits as computing it
-/// whole.
+/// `C ← alpha · A[rows] · B + bias + beta · C` for the rows `rows` of a prepacked `A`, at SIMD
+/// level `level` (`None` when the CPU cannot run it). `c` is row-major `rows.len() × b.cols`
+/// with row stride `ldc`; `bias`, when given, holds one value per row of `c` (so a caller
+/// passes the bias of rows `rows`): with `beta == 0` the result has the bits of storing the
+/// bias into `C` and multiplying with `beta == 1`, without that pass over `C`. Splitting a
+/// product by row ranges gives the same bits as computing it whole.
 ///
 /// # Panics
 /// When `rows` does not start at a multiple of [`MR`] or ends past `a.rows()`, or when the
@@ -351,6 +383,7 @@ pub fn sgemm_packed_a_with(
     rows: Range<usize>,
     b: MatRef<'_>,
     beta: f32,
+    bias: RowBias<'_>,
     c: &mut [f32],
     ldc: usize,
 ) -> Option<()> {
@@ -363,7 +396,7 @@ pub fn sgemm_packed_a_with(
     if m == 0 || n == 0 {
         return Some(());
     }
-    run(level, alpha, ASrc::Packed(a.view(), rows.start, m), b, beta, c, ldc)
+    run(level, alpha, ASrc::Packed(a.view(), rows.start, m), b, beta, bias, c, ldc)
 }
 
 #[cfg(test)]
@@ -459,6 +492,7 @@ mod tests {
                                     0..m,
                                     b,
                                     beta,
+                                    None,
                                     &mut c2,
                                     n + 3,
                                 )
@@ -507,8 +541,58 @@ mod tests {
             let packed = PackedA::new(MatRef::row_major(&ad, m, k));
             for (r0, r1) in [(0, 6), (6, 18), (18, 20)] {
                 let mut part = vec![0.0; (r1 - r0) * n];
-                sgemm_packed_a_with(level, 1.0, &packed, r0..r1, b, 0.0, &mut part, n).unwrap();
+                sgemm_packed_a_with(level, 1.0, &packed, r0..r1, b, 0.0, None, &mut part, n)
+                    .unwrap();
                 assert_eq!(part, full[r0 * n..r1 * n], "{level} packed rows {r0}..{r1}");
+            }
+        }
+    }
+
+    /// A row bias gives the bits of filling `C` with it and adding the product with `beta == 1`,
+    /// at every level, for one and several depth blocks, edge tiles, row ranges (the bias of
+    /// the rows computed), depth 0, and B in the packed-B layout.
+    #[test]
+    fn row_bias_equals_filling_c_first() {
+        for &(m, k, n) in &[(7, 0, 5), (13, 40, 33), (20, 300, 49), (6, 513, 16), (25, 9, 4100)] {
+            let (ad, bd) = (data(m * k, 5), data(k * n, 6));
+            let bias = data(m, 7);
+            let packed = PackedA::new(MatRef::row_major(&ad, m, k));
+            let b = MatRef::row_major(&bd, k, n);
+            let mut bp = vec![0.0; packed_b_len(k, n)];
+            for p in 0..k {
+                for j in 0..n {
+                    bp[(j / NR) * k * NR + p * NR + j % NR] = bd[p * n + j];
+                }
+            }
+            for level in levels() {
+                let mut want = vec![0.0; m * n];
+                for (row, &v) in want.chunks_exact_mut(n).zip(&bias) {
+                    row.fill(v);
+                }
+                sgemm_packed_a_with(level, 1.0, &packed, 0..m, b, 1.0, None, &mut want, n).unwrap();
+                let mut got = vec![f32::NAN; m * n];
+                sgemm_packed_a_with(level, 1.0, &packed, 0..m, b, 0.0, Some(&bias), &mut got, n)
+                    .unwrap();
+                assert_eq!(got, want, "{level} {m}x{k}x{n}");
+                // Rows 6.. alone, with their bias.
+                if m > MR {
+                    let mut part = vec![f32::NAN; (m - MR) * n];
+                    let bias = Some(&bias[MR..]);
+                    sgemm_packed_a_with(level, 1.0, &packed, MR..m, b, 0.0, bias, &mut part, n)
+                        .unwrap();
+                    assert_eq!(part, want[MR * n..], "{level} {m}x{k}x{n} rows {MR}..");
+                }
+                struct Run<'a>(PackedARef<'a>, &'a [f32], &'a [f32], usize, &'a mut [f32]);
+                impl WithSimd for Run<'_> {
+                    type Output = ();
+                    fn with_simd<S: Simd>(self, s: S) {
+                        let Run(a, b, bias, n, c) = self;
+                        gemm_packed_ab(s, a, 0..a.m, b, n, 0.0, Some(bias), c, n);
+                    }
+                }
+                let mut got = vec![f32::NAN; m * n];
+                simd::dispatch(level, Run(packed.view(), &bp, &bias, n, &mut got)).unwrap();
+                assert_eq!(got, want, "{level} {m}x{k}x{n} packed B");
             }
         }
     }
@@ -535,13 +619,13 @@ mod tests {
             let b = MatRef::row_major(&bd, k, n);
             for level in levels() {
                 let mut want = vec![0.0; m * n];
-                sgemm_packed_a_with(level, 1.0, &packed, 0..m, b, 0.0, &mut want, n).unwrap();
+                sgemm_packed_a_with(level, 1.0, &packed, 0..m, b, 0.0, None, &mut want, n).unwrap();
                 struct Run<'a>(PackedARef<'a>, &'a [f32], usize, usize, &'a mut [f32]);
                 impl WithSimd for Run<'_> {
                     type Output = ();
                     fn with_simd<S: Simd>(self, s: S) {
                         let Run(a, b, m, n, c) = self;
-                        gemm_packed_ab(s, a, 0..m, b, n, 0.0, c, n);
+                        gemm_packed_ab(s, a, 0..m, b, n, 0.0, None, c, n);
                     }
                 }
                 let mut got = vec![f32::NAN; m * n];
@@ -549,7 +633,7 @@ mod tests {
                 assert_eq!(got, want, "{level} {m}x{k}x{n}");
                 if level == simd::active() {
                     let mut acc = want.clone();
-                    sgemm_packed_ab(&packed, 0..m, &bp, n, 1.0, &mut acc, n);
+                    sgemm_packed_ab(&packed, 0..m, &bp, n, 1.0, None, &mut acc, n);
                     // Blocks are added to C one by one, so compare with a rounding margin.
                     for (x, w) in acc.iter().zip(&want) {
                         assert!(

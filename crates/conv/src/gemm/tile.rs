@@ -44,24 +44,32 @@ impl<'a> BPanels<'a> {
 
 /// Where products land in `C` and how they are combined with it: the first row and column
 /// `(i, j)` of a block of tiles, or of one micro-tile ([`Dest::at`]); the size `m × n` of `C`,
-/// which clips the tiles at its edges; and `C ← alpha · product + beta · C`, `C` row-major with
-/// row stride `ldc`.
+/// which clips the tiles at its edges; and `C ← alpha · product + bias + beta · C`, `C`
+/// row-major with row stride `ldc`, `bias` (when given) one value per row of `C`, added by the
+/// first depth block only.
 #[derive(Clone, Copy)]
-pub(super) struct Dest {
+pub(super) struct Dest<'a> {
     pub(super) i: usize,
     pub(super) j: usize,
     pub(super) m: usize,
     pub(super) n: usize,
     pub(super) alpha: f32,
     pub(super) beta: f32,
+    pub(super) bias: Option<&'a [f32]>,
     pub(super) ldc: usize,
 }
 
-impl Dest {
+impl<'a> Dest<'a> {
     /// The micro-tile at row `i`, column `j` of `C`.
     #[inline(always)]
-    pub(super) fn at(self, i: usize, j: usize) -> Dest {
+    pub(super) fn at(self, i: usize, j: usize) -> Dest<'a> {
         Dest { i, j, ..self }
+    }
+
+    /// The bias of row `r` of the micro-tile (`None` without a bias).
+    #[inline(always)]
+    pub(super) fn row_bias(&self, r: usize) -> Option<f32> {
+        self.bias.map(|b| b[self.i + r])
     }
 
     /// Rows of the micro-tile here: [`MR`], fewer at the bottom edge of `C`.

@@ -24,7 +24,7 @@ pub(super) const P: usize = 3;
 /// Every tile of one block: all A panels in `ap` against all B panels of `b`, `P` B panels at
 /// a time (the last group may be narrower).
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Dest, c: &mut [f32]) {
+pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Dest<'_>, c: &mut [f32]) {
     let mut pj = 0;
     while pj < b.count {
         let np = P.min(b.count - pj);
@@ -44,7 +44,7 @@ pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Dest, c: &mut [f
 /// and 4 columns). The same products in the same order: the same bits.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-fn half(w: Avx512, ap: &[f32], b: BPanels<'_>, pj: usize, blk: Dest, c: &mut [f32]) {
+fn half(w: Avx512, ap: &[f32], b: BPanels<'_>, pj: usize, blk: Dest<'_>, c: &mut [f32]) {
     let bp = b.panel(pj);
     let kc = b.kcb;
     let j = blk.j + pj * NR;
@@ -82,7 +82,7 @@ fn group<const N: usize>(
     ap: &[f32],
     b: BPanels<'_>,
     pj: usize,
-    blk: Dest,
+    blk: Dest<'_>,
     c: &mut [f32],
 ) {
     let bps: [&[f32]; N] = std::array::from_fn(|h| b.panel(pj + h));
@@ -130,14 +130,20 @@ pub(super) fn micro<const N: usize>(
     acc
 }
 
-/// `C[tile] = alpha · acc + beta · C[tile]` for the tile at `t`, up to `16·N` columns wide
-/// (`nr`, fewer at the right edge of `C`), each 16-column part written with a masked load and
-/// store so that no column past `nr` is touched.
+/// `C[tile] = alpha · acc + bias + beta · C[tile]` for the tile at `t`, up to `16·N` columns
+/// wide (`nr`, fewer at the right edge of `C`), each 16-column part written with a masked load
+/// and store so that no column past `nr` is touched.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-pub(super) fn store<const N: usize>(_: Avx512, acc: &[[__m512; N]; MR], t: Dest, c: &mut [f32]) {
+pub(super) fn store<const N: usize>(
+    _: Avx512,
+    acc: &[[__m512; N]; MR],
+    t: Dest<'_>,
+    c: &mut [f32],
+) {
     let (mr, nr) = (t.rows(), t.cols(N * NR));
     for (r, acc_r) in acc.iter().enumerate().take(mr) {
+        let bias = t.row_bias(r).map(|v| _mm512_set1_ps(v));
         let row = &mut c[(t.i + r) * t.ldc + t.j..][..nr];
         for (h, &x) in acc_r.iter().enumerate() {
             let cols = nr.saturating_sub(h * NR).min(NR);
@@ -151,6 +157,12 @@ pub(super) fn store<const N: usize>(_: Avx512, acc: &[[__m512; N]; MR], t: Dest,
             // `row` (masked-off lanes are neither read nor written, and do not fault).
             unsafe {
                 let x = if t.alpha == 1.0 { x } else { _mm512_mul_ps(_mm512_set1_ps(t.alpha), x) };
+                // With `beta == 0`, `x + bias` is the sum (and the bits) of storing the bias
+                // first and adding with `beta == 1`.
+                let x = match bias {
+                    Some(b) => _mm512_add_ps(x, b),
+                    None => x,
+                };
                 let v = if t.beta == 0.0 {
                     x
                 } else {

@@ -88,7 +88,7 @@ fn input_grad_block(
             gemm_rows(wt, dy_block, d.ohw, 0.0, c);
         } else if let Some(pack) = packs.get(gi).filter(|_| c0 == 0) {
             let dy = MatRef::row_major(dy_block, d.kpg, d.ohw);
-            sgemm_packed_a(1.0, pack, 0..channels * taps, dy, 0.0, c, d.ohw);
+            sgemm_packed_a(1.0, pack, 0..channels * taps, dy, 0.0, None, c, d.ohw);
         } else {
             sgemm(1.0, wt, MatRef::row_major(dy_block, d.kpg, d.ohw), 0.0, c, d.ohw);
         }

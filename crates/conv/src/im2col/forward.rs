@@ -36,33 +36,36 @@ pub fn conv2d_im2col(
     }
     let packs_ref = &packs;
 
-    // Output rows `k0..` of group `gi` start as the bias; returns the products' `beta`.
-    let init = |gi: usize, k0: usize, out: &mut [f32]| match bias {
-        Some(bias) => {
-            for (k, row) in out.chunks_exact_mut(d.ohw).enumerate() {
-                row.fill(bias[gi * d.kpg + k0 + k]);
-            }
-            1.0
-        }
-        None => 0.0,
-    };
+    // The bias of output rows `k0..k0+rows` of group `gi`: the packed products add it as they
+    // store their first depth block (the bits of filling `C` with it first, without the pass).
+    let row_bias = |gi: usize, k0: usize, rows: usize| bias.map(|b| &b[gi * d.kpg + k0..][..rows]);
     // Output rows `k0..` of image `b`, group `gi`, from the group's column matrix `col`.
     let product = |gi: usize, k0: usize, col: &[f32], out: &mut [f32]| {
         let rows = out.len() / d.ohw;
-        let beta = init(gi, k0, out);
         let b = MatRef::row_major(col, d.crs, d.ohw);
         if d.kpg <= SMALL_DIM {
+            // Row updates: the rows start as the bias.
+            let beta = match row_bias(gi, k0, rows) {
+                Some(bias) => {
+                    for (row, &v) in out.chunks_exact_mut(d.ohw).zip(bias) {
+                        row.fill(v);
+                    }
+                    1.0
+                }
+                None => 0.0,
+            };
             let wg = &d.weight_block(weight, gi)[k0 * d.crs..(k0 + rows) * d.crs];
             gemm_rows(MatRef::row_major(wg, rows, d.crs), col, d.ohw, beta, out);
         } else {
-            sgemm_packed_a(1.0, &packs_ref[gi], k0..k0 + rows, b, beta, out, d.ohw);
+            let (pack, bias) = (&packs_ref[gi], row_bias(gi, k0, rows));
+            sgemm_packed_a(1.0, pack, k0..k0 + rows, b, 0.0, bias, out, d.ohw);
         }
     };
     // The same product from a column matrix already in the packed-B layout.
     let product_packed = |gi: usize, k0: usize, colp: &[f32], out: &mut [f32]| {
         let rows = out.len() / d.ohw;
-        let beta = init(gi, k0, out);
-        sgemm_packed_ab(&packs_ref[gi], k0..k0 + rows, colp, d.ohw, beta, out, d.ohw);
+        let (pack, bias) = (&packs_ref[gi], row_bias(gi, k0, rows));
+        sgemm_packed_ab(pack, k0..k0 + rows, colp, d.ohw, 0.0, bias, out, d.ohw);
     };
     // Whether the column matrix is built straight into the GEMM's panels.
     let packed_col = !d.pointwise && d.kpg > SMALL_DIM;

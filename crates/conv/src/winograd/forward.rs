@@ -416,7 +416,7 @@ impl WithSimd for Products<'_> {
             let xi = xi0 + i;
             let a_xi = PackedARef::new(&u[xi * plen..][..plen], kpg, cpg);
             let b_xi = &v[xi * cpg * tb..][..cpg * tb];
-            gemm_packed_ab(s, a_xi, ks.0..ks.1, b_xi, n, 0.0, c_xi, tb);
+            gemm_packed_ab(s, a_xi, ks.0..ks.1, b_xi, n, 0.0, None, c_xi, tb);
         }
     }
 }
