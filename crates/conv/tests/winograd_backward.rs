@@ -179,3 +179,29 @@ fn weight_gradient_same_bits_for_1_2_and_3_threads() {
         }
     }
 }
+
+/// The input gradient of one image with few tiles: on two threads its products are split by
+/// transform position (and its output transform by channel). The same bits as on one thread,
+/// the reference's values within tolerance, with a partial last panel (46 input channels).
+#[test]
+fn input_gradient_of_one_image_same_bits_on_one_and_two_threads() {
+    let g = geom([1, 46, 10, 10], [40, 46, 3, 3], Conv2dParams::default().with_padding(1));
+    let o = Operands::new(&g, 21, true);
+    let reference = run(&g, &o, ConvAlgo::Naive);
+    for (algo, variant, tol) in ALGOS {
+        let in_pool = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut gx = vec![f32::NAN; g.input_len()];
+            let done =
+                pool.install(|| conv2d_input_grad_winograd(&g, &o.w, &o.dy, &mut gx, variant));
+            assert!(done.unwrap(), "{algo} declined {g:?}");
+            gx
+        };
+        let (one, two) = (in_pool(1), in_pool(2));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&one), bits(&two), "{algo}: 1 and 2 threads differ");
+        let mut got = reference.clone();
+        got.gx = two;
+        compare(&g, &o, tol, &got, &reference).unwrap_or_else(|e| panic!("{algo}: {e}"));
+    }
+}

@@ -387,8 +387,12 @@ fn prepared_filter_is_reusable() {
 
 /// Results do not depend on the number of threads, and match the reference on two threads
 /// too. One image splits its work between the threads: few tiles by transform position and
-/// output channel (`[1, 128, 14, 14]`, `[1, 16, 9, 11]` with an odd channel count), more in
-/// two bands of tile rows (`[1, 32, 40, 40]`), dilated by output channel (`[1, 32, 17, 15]`).
+/// output channel (`[1, 128, 14, 14]`, `[1, 16, 9, 11]` with an odd channel count,
+/// `[1, 300, 6, 6]` with two depth blocks), more in two bands of tile rows (`[1, 32, 40, 40]`),
+/// dilated by output channel (`[1, 32, 17, 15]`). Split by transform position, each thread
+/// transforms the filters of its planes a block of rows at a time and multiplies them at once
+/// (three blocks on `[1, 128, 14, 14]` for F(2x2), seven for F(4x4)); one thread transforms
+/// every filter first.
 #[test]
 fn bit_identical_for_one_and_two_threads() {
     let shapes = [
@@ -400,6 +404,7 @@ fn bit_identical_for_one_and_two_threads() {
         ([4, 96, 28, 28], [96, 1, 3, 3], Conv2dParams::default().with_padding(1).with_groups(96)),
         ([16, 1, 32, 32], [6, 1, 5, 5], Conv2dParams::default()),
         ([1, 128, 14, 14], [128, 128, 3, 3], Conv2dParams::default().with_padding(1)),
+        ([1, 300, 6, 6], [40, 300, 3, 3], Conv2dParams::default().with_padding(1)),
     ];
     for (input, weight, p) in shapes {
         let g = ConvGeometry::new(input, weight, p).unwrap();

@@ -76,8 +76,10 @@ pub(super) struct FilterChunk<'a> {
     /// `weights` are those of the convolution whose input gradient this one is: filter `(k, c)`
     /// is `W[c][k]` rotated 180° (see [`conv2d_input_grad_winograd`]).
     flipped: bool,
-    /// One slice per plane `ξ`: a run of the block's panels.
+    /// One slice per plane `ξ = a·α + b` with `a` in `a_rows`: a run of the block's panels.
     pieces: Vec<&'a mut [f32]>,
+    /// The rows `a` of the `α×α` planes made (`0..α`: every plane).
+    a_rows: (usize, usize),
     variant: WinogradVariant,
 }
 
@@ -108,9 +110,10 @@ pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M
     s: S,
     chunk: FilterChunk<'_>,
 ) {
-    let FilterChunk { weights, kpg, cpg, k0, kcb, pi0, flipped, mut pieces, .. } = chunk;
+    let FilterChunk { weights, kpg, cpg, k0, kcb, pi0, flipped, mut pieces, a_rows, .. } = chunk;
     let panel = MR * kcb;
-    assert!(pieces.len() == A * A && A * A <= 36);
+    let (a_lo, a_hi) = a_rows;
+    assert!(a_lo <= a_hi && a_hi <= A && pieces.len() == (a_hi - a_lo) * A && A * A <= 36);
     assert!(pieces.iter().all(|p| p.len() == pieces[0].len()));
     let panels = pieces.first().map_or(0, |p| p.len() / panel);
     // The rows of a last panel past `kpg` are zero filters.
@@ -161,10 +164,10 @@ pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M
             for (c, col) in cols.iter_mut().enumerate() {
                 *col = T::g(s, [taps[c], taps[3 + c], taps[6 + c]]);
             }
-            for a in 0..A {
+            for a in a_lo..a_hi {
                 let u = T::g(s, [cols[0][a], cols[1][a], cols[2][a]]);
                 for (b, &v) in u.iter().enumerate() {
-                    let run = &mut runs[a * A + b][i..];
+                    let run = &mut runs[(a - a_lo) * A + b][i..];
                     if n == LANES {
                         s.store(v, run);
                     } else {
@@ -245,8 +248,19 @@ pub(super) fn transform_filters(
             }
             for (r, pieces) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
                 let pi0 = r * per_run;
-                let chunk =
-                    FilterChunk { weights: wg, kpg, cpg, k0, kcb, pi0, pieces, variant, flipped };
+                let a_rows = (0, a);
+                let chunk = FilterChunk {
+                    weights: wg,
+                    kpg,
+                    cpg,
+                    k0,
+                    kcb,
+                    pi0,
+                    pieces,
+                    a_rows,
+                    variant,
+                    flipped,
+                };
                 chunks.push(chunk);
             }
         }
@@ -257,6 +271,43 @@ pub(super) fn transform_filters(
         }
     }
     u
+}
+
+/// Part of one group's transformed filters (of a forward convolution, not flipped), for a
+/// caller that multiplies it at once (see `forward::FusedProducts`): the planes `ξ = a·α + b` with `a` in `a_rows`, rows `rows` of
+/// each (`rows.start` a multiple of [`MR`]), written one after another into `out`, each in the
+/// packed layout of a `rows.len() × cpg` matrix ([`packed_a_len`] floats). Every value is the
+/// one [`transform_filters`] computes for the same filter and plane.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn transform_rows<S: Simd>(
+    s: S,
+    weights: &[f32],
+    kpg: usize,
+    cpg: usize,
+    rows: std::ops::Range<usize>,
+    a_rows: (usize, usize),
+    variant: WinogradVariant,
+    out: &mut [f32],
+) {
+    assert!(rows.start.is_multiple_of(MR) && rows.end <= kpg);
+    let m = rows.len();
+    let (mp, plen) = (m.next_multiple_of(MR), packed_a_len(m, cpg));
+    let planes = (a_rows.1 - a_rows.0) * variant.alpha();
+    let kb = kblock(cpg);
+    let mut k0 = 0;
+    while k0 < cpg {
+        let kcb = kb.min(cpg - k0);
+        let pieces: Vec<&mut [f32]> = out[..planes * plen]
+            .chunks_exact_mut(plen)
+            .map(|plane| &mut plane[k0 * mp..][..mp * kcb])
+            .collect();
+        let pi0 = rows.start / MR;
+        let flipped = false;
+        FilterChunk { weights, kpg, cpg, k0, kcb, pi0, flipped, pieces, a_rows, variant }
+            .with_simd(s);
+        k0 += kcb;
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::filter::transform_rows;
 use super::transforms::{F2, F4, S2, Transforms, input_2d, output_2d};
 use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant};
 use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab, packed_a_len};
@@ -9,18 +10,49 @@ use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd};
 
-/// Runs the forward pass on checked buffers: `u` is the transformed filter of every group,
-/// `level` an available SIMD level.
+/// The filters of a forward call.
+#[derive(Clone, Copy)]
+pub(super) enum Filters<'a> {
+    /// Transformed beforehand: `α²` packed planes per group (see `transform_filters`).
+    Transformed(&'a [f32]),
+    /// The 3x3 weights `[c_out, cpg, 3, 3]` of a forward convolution, which the split mode
+    /// transforms a few rows at a time right before multiplying them (see
+    /// [`fuses_filter_transform`]).
+    Raw(&'a [f32]),
+}
+
+/// Whether a call of this geometry at this thread count multiplies each row block of the
+/// transformed filters as soon as it is made ([`FusedProducts`]), so that the caller passes
+/// [`Filters::Raw`] instead of transforming every filter first.
+///
+/// That is the split mode (one image with few tiles on several threads, [`Plan::xi_split`]):
+/// each transformed plane is read once, by one thread, so writing all of them first (4 MB on
+/// a 256→256 layer, twice a core's L2) and reading them back from L3 is traffic a fused loop
+/// does not have. Needs an even `α`, so that each thread's half of the planes is whole rows
+/// `a` of the `α×α` grid.
+pub(super) fn fuses_filter_transform(g: &ConvGeometry, variant: WinogradVariant) -> bool {
+    Plan::new(g, variant).fuses()
+}
+
+/// Runs the forward pass on checked buffers with the `filters` of every group; `level` is an
+/// available SIMD level. [`Filters::Raw`] only where [`fuses_filter_transform`] says so.
+///
+/// # Panics
+/// When given raw filters for a geometry that does not fuse (an internal bug).
 pub(super) fn run(
     level: SimdLevel,
     g: &ConvGeometry,
     input: &[f32],
-    u: &[f32],
+    filters: Filters<'_>,
     bias: Option<&[f32]>,
     output: &mut [f32],
     variant: WinogradVariant,
 ) {
     let plan = Plan::new(g, variant);
+    assert!(
+        matches!(filters, Filters::Transformed(_)) || plan.fuses(),
+        "winograd: raw filters for a call that does not fuse the transform"
+    );
     let ohw = g.oh * g.ow;
     let chunk_len = plan.nb * plan.kc * ohw;
     // A group's chunks: all `kc` channels but the last (only one image and one group are ever
@@ -28,6 +60,15 @@ pub(super) fn run(
     let chunks_per_group = plan.kpg.div_ceil(plan.kc);
     let chunks_per_image = g.params.groups * chunks_per_group;
     let plen = packed_a_len(plan.kpg, plan.cpg);
+    let a2 = plan.a * plan.a;
+    // The filters of group `grp`.
+    let group_filters = |grp: usize| match filters {
+        Filters::Transformed(u) => Filters::Transformed(&u[grp * a2 * plen..][..a2 * plen]),
+        Filters::Raw(weights) => {
+            let len = plan.kpg * plan.cpg * 9;
+            Filters::Raw(&weights[grp * len..][..len])
+        }
+    };
     let run = |scratch: &mut Vec<f32>, (idx, out): (usize, &mut [f32])| {
         let b = idx / chunks_per_image * plan.nb;
         let grp = idx % chunks_per_image / chunks_per_group;
@@ -38,11 +79,10 @@ pub(super) fn run(
         // are contiguous.
         let img_len = plan.nb * plan.cpg * g.h * g.w;
         let in_start = (b * g.c_in + grp * plan.cpg) * g.h * g.w;
-        let a2 = plan.a * plan.a;
         let item = Item {
             plan: &plan,
             input: &input[in_start..in_start + img_len],
-            u: &u[grp * a2 * plen..][..a2 * plen],
+            filters: group_filters(grp),
             kl,
             kc,
             bias: bias.map(|b| &b[k0..k0 + kc]),
@@ -56,7 +96,6 @@ pub(super) fn run(
     };
     if let Some((top, y1)) = plan.row_split {
         // Two bands of output rows, each writing its rows of every output plane.
-        let a2 = plan.a * plan.a;
         let (mut top_rows, mut bottom_rows) = (Vec::new(), Vec::new());
         for plane in output.chunks_exact_mut(ohw) {
             let (t, b) = plane.split_at_mut(y1 * g.ow);
@@ -69,7 +108,7 @@ pub(super) fn run(
                 let item = Item {
                     plan: &plan,
                     input,
-                    u: &u[..a2 * plen],
+                    filters: group_filters(0),
                     kl: 0,
                     kc: plan.kpg,
                     bias,
@@ -139,6 +178,19 @@ pub(super) struct Plan<'g> {
     /// (by transform position `ξ`) and its output transform (by output channel) between two
     /// threads, so that each transformed filter plane is read by one thread only.
     xi_split: bool,
+}
+
+impl Plan<'_> {
+    /// Whether the split mode runs, on several threads ([`Plan::xi_split`] at more than one
+    /// thread).
+    fn splits(&self) -> bool {
+        self.xi_split && rayon::current_num_threads() > 1
+    }
+
+    /// See [`fuses_filter_transform`].
+    fn fuses(&self) -> bool {
+        self.splits() && self.a.is_multiple_of(2)
+    }
 }
 
 /// The tiles of one image (`img` 0) for `g` and `variant`, phase by phase for a dilated
@@ -236,8 +288,8 @@ pub(super) struct Item<'a> {
     plan: &'a Plan<'a>,
     /// The group's input channels of the images, `[nb, cpg, h, w]`.
     input: &'a [f32],
-    /// The group's transformed filters: `α²` packed `kpg × cpg` planes.
-    u: &'a [f32],
+    /// The group's filters: `α²` packed `kpg × cpg` planes, or the weights in split mode.
+    filters: Filters<'a>,
     /// First output channel of the chunk within the group (a multiple of [`MR`]).
     kl: usize,
     /// Output channels in the chunk.
@@ -272,7 +324,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     s: S,
     item: Item<'_>,
 ) {
-    let Item { plan: p, input, u, kl, kc, bias, tiles, y0, mut out, scratch, .. } = item;
+    let Item { plan: p, input, filters, kl, kc, bias, tiles, y0, mut out, scratch, .. } = item;
     let a2 = A * A;
     let plane = p.hp * p.wp;
     let planes = p.nb * p.cpg;
@@ -293,7 +345,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let padded = &*padded;
     let patches = Patches { padded, plane, wp: p.wp, dh: p.dh(), dw: p.dw(), cpg: p.cpg };
 
-    let split = p.xi_split && rayon::current_num_threads() > 1;
+    let split = p.splits();
     for block in tiles.chunks(p.tb) {
         let nt = block.len();
         // Input transform, 8 or 16 tiles at a time: V[ξ] in panels of 16 tiles. Split mode: the
@@ -320,6 +372,10 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
         // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
         // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
         let n = nt.next_multiple_of(NR);
+        let u = match filters {
+            Filters::Transformed(u) => u,
+            Filters::Raw(_) => &[],
+        };
         let products = Products {
             u,
             plen,
@@ -341,10 +397,20 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
             // a closure is compiled without `S`'s target features.
             let half = a2 / 2 * kc * p.tb;
             let (lo, hi) = mbuf.split_at_mut(half);
-            rayon::join(
-                || simd::dispatch(S::LEVEL, Products { m: lo, ..products }),
-                || simd::dispatch(S::LEVEL, Products { xi0: a2 / 2, m: hi, ..products }),
-            );
+            if let Filters::Raw(weights) = filters {
+                // A ξ-half is whole rows `a` of the grid (`α` even, see `Plan::fuses`).
+                let (variant, kpg, cpg, v, tb) = (p.variant, p.kpg, p.cpg, &*vbuf, p.tb);
+                let half = |a_rows: (usize, usize), m: &mut [f32]| {
+                    let job = FusedProducts { weights, variant, kpg, cpg, a_rows, v, n, tb, m };
+                    simd::dispatch(S::LEVEL, job);
+                };
+                rayon::join(|| half((0, A / 2), lo), || half((A / 2, A), hi));
+            } else {
+                rayon::join(
+                    || simd::dispatch(S::LEVEL, Products { m: lo, ..products }),
+                    || simd::dispatch(S::LEVEL, Products { xi0: a2 / 2, m: hi, ..products }),
+                );
+            }
             let kh = kc.div_ceil(2);
             let (out_lo, out_hi) = out.split_at_mut(kh);
             let (m, b) = (&*mbuf, bias);
@@ -418,6 +484,64 @@ impl WithSimd for Products<'_> {
             let b_xi = &v[xi * cpg * tb..][..cpg * tb];
             gemm_packed_ab(s, a_xi, ks.0..ks.1, b_xi, n, 0.0, None, c_xi, tb);
         }
+    }
+}
+
+/// Floats of transformed filters a [`FusedProducts`] makes at a time (192 KiB: with its half
+/// of the input-transform planes, 512 KiB on a 256-channel layer, it stays in L2).
+const FUSED_BLOCK_FLOATS: usize = 48 * 1024;
+
+/// The split mode's products for the planes `ξ = a·α + b` with `a` in `a_rows`, from the raw
+/// weights: a block of output channels (rows) at a time, the block's filters are transformed
+/// into a small buffer ([`transform_rows`]) and multiplied at once, so no transformed plane is
+/// ever written out whole. Same values and the same sums as [`Products`] on filters
+/// transformed beforehand: a product split by rows has the bits of the whole.
+pub(super) struct FusedProducts<'a> {
+    /// The group's 3x3 weights.
+    weights: &'a [f32],
+    variant: WinogradVariant,
+    kpg: usize,
+    cpg: usize,
+    a_rows: (usize, usize),
+    /// Input-transform planes, `cpg · tb` floats each, in panel form.
+    v: &'a [f32],
+    /// Columns computed (whole panels).
+    n: usize,
+    tb: usize,
+    /// `M[ξ]` for the planes of `a_rows`, `kpg · tb` floats each.
+    m: &'a mut [f32],
+}
+
+impl WithSimd for FusedProducts<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let FusedProducts { weights, variant, kpg, cpg, a_rows, v, n, tb, m } = self;
+        let a = variant.alpha();
+        let planes = (a_rows.1 - a_rows.0) * a;
+        assert_eq!(m.len(), planes * kpg * tb, "FusedProducts: M");
+        let rb = (FUSED_BLOCK_FLOATS / (planes * cpg)).max(MR) / MR * MR;
+        // Taken out of the thread-local, not borrowed in a closure: a closure body would be
+        // compiled without `S`'s target features.
+        let mut buf = scratch::take(Slot::Filters);
+        let mut r0 = 0;
+        while r0 < kpg {
+            let r1 = (r0 + rb).min(kpg);
+            let plen = packed_a_len(r1 - r0, cpg);
+            let ub = scratch::aligned(&mut buf, planes * plen);
+            transform_rows(s, weights, kpg, cpg, r0..r1, a_rows, variant, ub);
+            let planes_m = m.chunks_exact_mut(kpg * tb);
+            for (i, (u_xi, m_xi)) in ub.chunks_exact(plen).zip(planes_m).enumerate() {
+                let xi = a_rows.0 * a + i;
+                let a_xi = PackedARef::new(u_xi, r1 - r0, cpg);
+                let b_xi = &v[xi * cpg * tb..][..cpg * tb];
+                let c = &mut m_xi[r0 * tb..r1 * tb];
+                gemm_packed_ab(s, a_xi, 0..r1 - r0, b_xi, n, 0.0, None, c, tb);
+            }
+            r0 = r1;
+        }
+        scratch::put(Slot::Filters, buf);
     }
 }
 
