@@ -441,10 +441,70 @@ pub(crate) fn layer_dims<const N: usize>(
 /// makes every backward kernel bit-identical for any number of threads.
 pub const WEIGHT_GRAD_PARTIALS: usize = 8;
 
+/// Floats per piece of [`add_partials`]: each element's sum does not depend on the pieces.
+const PARTIAL_PIECE: usize = 4096;
+
+/// Adds the partial weight gradients in their fixed order: `dst[i] = first[i] + rest₀[i] +
+/// rest₁[i] + …` (with `first` = `None`, `dst` itself is the first), `rest` holding whole
+/// partials of `dst.len()` floats one after another. With `parallel`, a large gradient (at
+/// least 64K floats: a 256→256 pointwise layer's, whose 8 partials are 2 MiB) is added in
+/// pieces on every thread; each element is the same sum in the same order either way, so the
+/// bits do not depend on it.
+///
+/// # Panics
+/// When `first` or `rest` do not fit `dst`'s length (internal bugs).
+pub(crate) fn add_partials(dst: &mut [f32], first: Option<&[f32]>, rest: &[f32], parallel: bool) {
+    use rayon::prelude::*;
+    let len = dst.len();
+    assert!(first.is_none_or(|f| f.len() == len) && (len == 0 || rest.len().is_multiple_of(len)));
+    if len == 0 {
+        return;
+    }
+    let add = |(i, d): (usize, &mut [f32])| {
+        let at = i * PARTIAL_PIECE;
+        if let Some(first) = first {
+            d.copy_from_slice(&first[at..][..d.len()]);
+        }
+        for part in rest.chunks_exact(len) {
+            for (d, p) in d.iter_mut().zip(&part[at..]) {
+                *d += p;
+            }
+        }
+    };
+    if parallel && len >= 1 << 16 && rayon::current_num_threads() > 1 {
+        dst.par_chunks_mut(PARTIAL_PIECE).enumerate().for_each(add);
+    } else {
+        dst.chunks_mut(PARTIAL_PIECE).enumerate().for_each(add);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Partials are added in order, the same bits in pieces on several threads as in one pass.
+    #[test]
+    fn partials_add_in_order_whatever_the_threads() {
+        let len = (1 << 16) + 77;
+        let parts: Vec<f32> =
+            (0..4 * len).map(|i| ((i * 7919) % 1001) as f32 * 1e-3 - 0.5).collect();
+        let mut want = parts[..len].to_vec();
+        for part in parts[len..].chunks_exact(len) {
+            for (w, p) in want.iter_mut().zip(part) {
+                *w += p;
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for parallel in [false, true] {
+            let mut got = vec![f32::NAN; len];
+            pool.install(|| add_partials(&mut got, Some(&parts[..len]), &parts[len..], parallel));
+            assert_eq!(got, want, "parallel {parallel}");
+            let mut inplace = parts[..len].to_vec();
+            pool.install(|| add_partials(&mut inplace, None, &parts[len..], parallel));
+            assert_eq!(inplace, want, "in place, parallel {parallel}");
+        }
+    }
 
     #[test]
     fn out_size_matches_formula() {

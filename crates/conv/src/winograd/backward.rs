@@ -8,7 +8,7 @@ use super::{G2, G4, GS2, PARALLEL_MIN_FLOPS, WinogradVariant, unsupported, winog
 use crate::error::Result;
 use crate::gemm::{MatRef, sgemm};
 use crate::layout::ChannelLast;
-use crate::params::{ConvGeometry, check_len};
+use crate::params::{ConvGeometry, add_partials, check_len};
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Lanes, Simd, WithSimd};
 
@@ -139,18 +139,7 @@ pub fn conv2d_weight_grad_winograd(
             }
             // dU = Σ partials, in range order, into the first.
             let (du, rest) = partials.split_at_mut(du_len);
-            let add = |(i, d): (usize, &mut [f32])| {
-                for part in rest.chunks_exact(du_len) {
-                    for (d, p) in d.iter_mut().zip(&part[i * 4096..]) {
-                        *d += p;
-                    }
-                }
-            };
-            if parallel && du_len >= 1 << 16 {
-                du.par_chunks_mut(4096).enumerate().for_each(add);
-            } else {
-                du.chunks_mut(4096).enumerate().for_each(add);
-            }
+            add_partials(du, None, &*rest, parallel);
             let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
             filter_grad_transform(du, gw, kpg, cpg, variant);
         }

@@ -23,7 +23,9 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::layout::ChannelLast;
-use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS};
+use crate::params::{
+    BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS, add_partials,
+};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
 mod input;
@@ -132,15 +134,8 @@ pub fn conv2d_backward_direct_with(
 
     // Fixed order: partial 0 + partial 1 + …
     if let Some(gw) = grad_weight {
-        let mut it = pw.chunks_exact(wl);
-        if let Some(first) = it.next() {
-            gw.copy_from_slice(first);
-        }
-        for part in it {
-            for (a, b) in gw.iter_mut().zip(part) {
-                *a += *b;
-            }
-        }
+        let (first, rest) = pw.split_at(wl);
+        add_partials(gw, Some(first), rest, g.flops() >= PARALLEL_MIN_FLOPS);
     }
     if let Some(gb) = grad_bias {
         for (k, v) in gb.iter_mut().enumerate() {
