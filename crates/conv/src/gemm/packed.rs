@@ -43,9 +43,10 @@ const NC: usize = 4032;
 
 /// `C = A[rows] · B + bias + beta · C` (`beta` 0 or 1) for a packed `A` and a `B` already in
 /// the packed-B layout (see [`packed_b_len`]) with `n` columns; `c` is row-major with row
-/// stride `ldc ≥ n`; `bias`, when given, holds one value per row of `C` (see [`RowBias`]). For kernels that produce `B` in panel form themselves (the Winograd input
-/// transform, im2col), so the product packs nothing; this entry point runs inside a [`Simd`]
-/// dispatch, [`sgemm_packed_ab`] dispatches itself.
+/// stride `ldc ≥ n`; `bias`, when given, holds one value per row of `C` (see [`RowBias`]).
+/// For kernels that produce `B` in panel form themselves (the Winograd input transform,
+/// im2col), so the product packs nothing; this entry point runs inside a [`Simd`] dispatch,
+/// [`sgemm_packed_ab`] dispatches itself.
 ///
 /// # Panics
 /// When `rows` does not start at a multiple of [`MR`], `beta` is neither 0 nor 1, or a slice

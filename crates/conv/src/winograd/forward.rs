@@ -26,10 +26,10 @@ pub(super) enum Filters<'a> {
 /// [`Filters::Raw`] instead of transforming every filter first.
 ///
 /// That is the split mode (one image with few tiles on several threads, [`Plan::xi_split`]):
-/// each transformed plane is read once, by one thread, so writing all of them first (4 MB on
-/// a 256→256 layer, twice a core's L2) and reading them back from L3 is traffic a fused loop
-/// does not have. Needs an even `α`, so that each thread's half of the planes is whole rows
-/// `a` of the `α×α` grid.
+/// each transformed plane is read once, by one thread, so writing all of them first (4 MiB
+/// on a 256→256 layer with F(2x2), four times a Zen 4 core's L2) and reading them back is
+/// traffic a fused loop does not have. Needs an even `α`, so that each thread's half of the
+/// planes is whole rows `a` of the `α×α` grid.
 pub(super) fn fuses_filter_transform(g: &ConvGeometry, variant: WinogradVariant) -> bool {
     Plan::new(g, variant).fuses()
 }
