@@ -1,5 +1,7 @@
 //! The forward pass: tile plan, work items, input transform, products, output transform.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::filter::transform_rows;
@@ -16,39 +18,25 @@ pub(super) enum Filters<'a> {
     /// Transformed beforehand: `α²` packed planes per group (see `transform_filters`).
     Transformed(&'a [f32]),
     /// The 3x3 weights `[c_out, cpg, 3, 3]` of a forward convolution, which the split mode
-    /// transforms a few rows at a time right before multiplying them (see
-    /// [`fuses_filter_transform`]).
+    /// transforms a few rows at a time right before multiplying them (see [`Plan::fuses`]).
     Raw(&'a [f32]),
 }
 
-/// Whether a call of this geometry at this thread count multiplies each row block of the
-/// transformed filters as soon as it is made ([`FusedProducts`]), so that the caller passes
-/// [`Filters::Raw`] instead of transforming every filter first.
-///
-/// That is the split mode (one image with few tiles on several threads, [`Plan::xi_split`]):
-/// each transformed plane is read once, by one thread, so writing all of them first (4 MiB
-/// on a 256→256 layer with F(2x2), four times a Zen 4 core's L2) and reading them back is
-/// traffic a fused loop does not have. Needs an even `α`, so that each thread's half of the
-/// planes is whole rows `a` of the `α×α` grid.
-pub(super) fn fuses_filter_transform(g: &ConvGeometry, variant: WinogradVariant) -> bool {
-    Plan::new(g, variant).fuses()
-}
-
-/// Runs the forward pass on checked buffers with the `filters` of every group; `level` is an
-/// available SIMD level. [`Filters::Raw`] only where [`fuses_filter_transform`] says so.
+/// Runs the forward pass of `plan` (made for this call's geometry and variant by
+/// [`Plan::new`]) on checked buffers with the `filters` of every group; `level` is an
+/// available SIMD level. [`Filters::Raw`] only where [`Plan::fuses`] says so.
 ///
 /// # Panics
 /// When given raw filters for a geometry that does not fuse (an internal bug).
 pub(super) fn run(
     level: SimdLevel,
-    g: &ConvGeometry,
+    plan: &Plan<'_>,
     input: &[f32],
     filters: Filters<'_>,
     bias: Option<&[f32]>,
     output: &mut [f32],
-    variant: WinogradVariant,
 ) {
-    let plan = Plan::new(g, variant);
+    let g = plan.g;
     assert!(
         matches!(filters, Filters::Transformed(_)) || plan.fuses(),
         "winograd: raw filters for a call that does not fuse the transform"
@@ -80,7 +68,7 @@ pub(super) fn run(
         let img_len = plan.nb * plan.cpg * g.h * g.w;
         let in_start = (b * g.c_in + grp * plan.cpg) * g.h * g.w;
         let item = Item {
-            plan: &plan,
+            plan,
             input: &input[in_start..in_start + img_len],
             filters: group_filters(grp),
             kl,
@@ -106,7 +94,7 @@ pub(super) fn run(
         let band = |(tiles, y0, out): (&[Tile], usize, Vec<&mut [f32]>)| {
             scratch::with(Slot::Tiles, |scratch| {
                 let item = Item {
-                    plan: &plan,
+                    plan,
                     input,
                     filters: group_filters(0),
                     kl: 0,
@@ -187,9 +175,18 @@ impl Plan<'_> {
         self.xi_split && rayon::current_num_threads() > 1
     }
 
-    /// See [`fuses_filter_transform`].
-    fn fuses(&self) -> bool {
-        self.splits() && self.a.is_multiple_of(2)
+    /// Whether the call multiplies each row block of the transformed filters as soon as it
+    /// is made ([`FusedProducts`]), so that the caller passes [`Filters::Raw`] instead of
+    /// transforming every filter first.
+    ///
+    /// That is the split mode (one image with few tiles on several threads,
+    /// [`Plan::xi_split`]): each transformed plane is read once, by one thread, so writing all
+    /// of them first (4 MiB on a 256→256 layer with F(2x2), four times a Zen 4 core's L2) and
+    /// reading them back is traffic a fused loop does not have. Needs an even `α`, so that
+    /// each thread's half of the planes is whole rows `a` of the `α×α` grid, and the item's
+    /// tiles in one block: each block would transform the filters again.
+    pub(super) fn fuses(&self) -> bool {
+        self.splits() && self.a.is_multiple_of(2) && self.tiles.len() <= self.tb
     }
 }
 
@@ -228,7 +225,8 @@ impl std::ops::Deref for Plan<'_> {
 }
 
 impl<'g> Plan<'g> {
-    fn new(g: &'g ConvGeometry, variant: WinogradVariant) -> Plan<'g> {
+    /// The plan of a forward call of `g` with `variant`.
+    pub(super) fn new(g: &'g ConvGeometry, variant: WinogradVariant) -> Plan<'g> {
         let a = variant.alpha();
         let (dh, dw) = g.params.dilation;
         let (cpg, kpg) = (g.c_in_per_group(), g.c_out_per_group());
@@ -371,46 +369,42 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
         }
         // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
         // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
-        let n = nt.next_multiple_of(NR);
-        let u = match filters {
-            Filters::Transformed(u) => u,
-            Filters::Raw(_) => &[],
-        };
-        let products = Products {
-            u,
-            plen,
-            kpg: p.kpg,
-            cpg: p.cpg,
-            ks: (kl, kl + kc),
-            v: &*vbuf,
-            n,
-            tb: p.tb,
-            xi0: 0,
-            m: &mut [],
-        };
+        let v = VPlanes { v: &*vbuf, cpg: p.cpg, tb: p.tb, n: nt.next_multiple_of(NR) };
+        // Split mode: half of the transform positions each (one dispatch each: a closure is
+        // compiled without `S`'s target features).
+        let half_m = a2 / 2 * kc * p.tb;
+        match filters {
+            Filters::Transformed(u) => {
+                let ks = (kl, kl + kc);
+                let products = Products { u, plen, kpg: p.kpg, ks, v, xi0: 0, m: &mut [] };
+                if split {
+                    let (lo, hi) = mbuf.split_at_mut(half_m);
+                    rayon::join(
+                        || simd::dispatch(S::LEVEL, Products { m: lo, ..products }),
+                        || simd::dispatch(S::LEVEL, Products { xi0: a2 / 2, m: hi, ..products }),
+                    );
+                } else {
+                    Products { m: &mut *mbuf, ..products }.with_simd(s);
+                }
+            }
+            Filters::Raw(weights) => {
+                // Only in split mode (see `Plan::fuses`); a ξ-half is whole rows `a` of the
+                // grid (`α` even).
+                assert!(split, "winograd: raw filters outside the split mode");
+                let (lo, hi) = mbuf.split_at_mut(half_m);
+                let (variant, kpg) = (p.variant, p.kpg);
+                let half = |a_rows: (usize, usize), m: &mut [f32]| {
+                    simd::dispatch(S::LEVEL, FusedProducts { weights, variant, kpg, a_rows, v, m });
+                };
+                rayon::join(|| half((0, A / 2), lo), || half((A / 2, A), hi));
+            }
+        }
         // Output transform, bias, and scatter of the in-range outputs of channels `ks`.
         let outputs =
             OutputBlock { plan: p, block, m: &[], kc, bias, ks: (0, kc), y0, out: &mut [] };
         if split {
-            // Half of the transform positions each, then half of the output channels each
-            // (one image: the channels' planes are contiguous). Each half is dispatched again:
-            // a closure is compiled without `S`'s target features.
-            let half = a2 / 2 * kc * p.tb;
-            let (lo, hi) = mbuf.split_at_mut(half);
-            if let Filters::Raw(weights) = filters {
-                // A ξ-half is whole rows `a` of the grid (`α` even, see `Plan::fuses`).
-                let (variant, kpg, cpg, v, tb) = (p.variant, p.kpg, p.cpg, &*vbuf, p.tb);
-                let half = |a_rows: (usize, usize), m: &mut [f32]| {
-                    let job = FusedProducts { weights, variant, kpg, cpg, a_rows, v, n, tb, m };
-                    simd::dispatch(S::LEVEL, job);
-                };
-                rayon::join(|| half((0, A / 2), lo), || half((A / 2, A), hi));
-            } else {
-                rayon::join(
-                    || simd::dispatch(S::LEVEL, Products { m: lo, ..products }),
-                    || simd::dispatch(S::LEVEL, Products { xi0: a2 / 2, m: hi, ..products }),
-                );
-            }
+            // Half of the output channels each (one image: the channels' planes are
+            // contiguous).
             let kh = kc.div_ceil(2);
             let (out_lo, out_hi) = out.split_at_mut(kh);
             let (m, b) = (&*mbuf, bias);
@@ -419,7 +413,6 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
                 OutputBlock { m, ks: (kh, kc), bias: b.map(|b| &b[kh..]), out: out_hi, ..outputs };
             rayon::join(|| simd::dispatch(S::LEVEL, lo), || simd::dispatch(S::LEVEL, hi));
         } else {
-            Products { m: &mut *mbuf, ..products }.with_simd(s);
             OutputBlock { m: &*mbuf, out: &mut out, ..outputs }.with_simd(s);
         }
     }
@@ -453,20 +446,44 @@ impl WithSimd for InputJob<'_> {
     }
 }
 
+/// The input-transform planes of a block of tiles, the right operands of its transform-domain
+/// products.
+#[derive(Clone, Copy)]
+pub(super) struct VPlanes<'a> {
+    /// `V[ξ]`, `cpg · tb` floats each, in panel form.
+    v: &'a [f32],
+    cpg: usize,
+    /// Tiles per block: the row stride of every `M[ξ]`.
+    tb: usize,
+    /// Columns computed (whole panels).
+    n: usize,
+}
+
+impl VPlanes<'_> {
+    /// `c = U[ξ][rows] · V[ξ]` (`c` holds the rows, `tb` floats each).
+    #[inline(always)]
+    fn product<S: Simd>(
+        &self,
+        s: S,
+        xi: usize,
+        u: PackedARef<'_>,
+        rows: Range<usize>,
+        c: &mut [f32],
+    ) {
+        let b_xi = &self.v[xi * self.cpg * self.tb..][..self.cpg * self.tb];
+        gemm_packed_ab(s, u, rows, b_xi, self.n, 0.0, None, c, self.tb);
+    }
+}
+
 /// Transform-domain products `M[ξ] = U[ξ][ks] · V[ξ]` for `ξ = xi0..` (as many as `m` holds).
 pub(super) struct Products<'a> {
     /// The group's packed filter planes, `plen` floats each.
     u: &'a [f32],
     plen: usize,
     kpg: usize,
-    cpg: usize,
     /// Output channels `ks.0..ks.1` (rows of the planes) of the products.
     ks: (usize, usize),
-    /// Input-transform planes, `cpg · tb` floats each, in panel form.
-    v: &'a [f32],
-    /// Columns computed (whole panels).
-    n: usize,
-    tb: usize,
+    v: VPlanes<'a>,
     xi0: usize,
     /// `M[ξ]` for the positions from `xi0`, `ks.len() · tb` floats each.
     m: &'a mut [f32],
@@ -477,12 +494,10 @@ impl WithSimd for Products<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Products { u, plen, kpg, cpg, ks, v, n, tb, xi0, m } = self;
-        for (i, c_xi) in m.chunks_exact_mut((ks.1 - ks.0) * tb).enumerate() {
-            let xi = xi0 + i;
-            let a_xi = PackedARef::new(&u[xi * plen..][..plen], kpg, cpg);
-            let b_xi = &v[xi * cpg * tb..][..cpg * tb];
-            gemm_packed_ab(s, a_xi, ks.0..ks.1, b_xi, n, 0.0, None, c_xi, tb);
+        let Products { u, plen, kpg, ks, v, xi0, m } = self;
+        for (i, c_xi) in m.chunks_exact_mut((ks.1 - ks.0) * v.tb).enumerate() {
+            let a_xi = PackedARef::new(&u[(xi0 + i) * plen..][..plen], kpg, v.cpg);
+            v.product(s, xi0 + i, a_xi, ks.0..ks.1, c_xi);
         }
     }
 }
@@ -501,13 +516,8 @@ pub(super) struct FusedProducts<'a> {
     weights: &'a [f32],
     variant: WinogradVariant,
     kpg: usize,
-    cpg: usize,
     a_rows: (usize, usize),
-    /// Input-transform planes, `cpg · tb` floats each, in panel form.
-    v: &'a [f32],
-    /// Columns computed (whole panels).
-    n: usize,
-    tb: usize,
+    v: VPlanes<'a>,
     /// `M[ξ]` for the planes of `a_rows`, `kpg · tb` floats each.
     m: &'a mut [f32],
 }
@@ -517,7 +527,8 @@ impl WithSimd for FusedProducts<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let FusedProducts { weights, variant, kpg, cpg, a_rows, v, n, tb, m } = self;
+        let FusedProducts { weights, variant, kpg, a_rows, v, m } = self;
+        let (cpg, tb) = (v.cpg, v.tb);
         let a = variant.alpha();
         let planes = (a_rows.1 - a_rows.0) * a;
         assert_eq!(m.len(), planes * kpg * tb, "FusedProducts: M");
@@ -533,11 +544,8 @@ impl WithSimd for FusedProducts<'_> {
             transform_rows(s, weights, kpg, cpg, r0..r1, a_rows, variant, ub);
             let planes_m = m.chunks_exact_mut(kpg * tb);
             for (i, (u_xi, m_xi)) in ub.chunks_exact(plen).zip(planes_m).enumerate() {
-                let xi = a_rows.0 * a + i;
                 let a_xi = PackedARef::new(u_xi, r1 - r0, cpg);
-                let b_xi = &v[xi * cpg * tb..][..cpg * tb];
-                let c = &mut m_xi[r0 * tb..r1 * tb];
-                gemm_packed_ab(s, a_xi, 0..r1 - r0, b_xi, n, 0.0, None, c, tb);
+                v.product(s, a_rows.0 * a + i, a_xi, 0..r1 - r0, &mut m_xi[r0 * tb..r1 * tb]);
             }
             r0 = r1;
         }

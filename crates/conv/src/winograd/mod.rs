@@ -186,13 +186,13 @@ fn winograd_call(
         return Err(ConvError::Unsupported { op: OP, algo: variant.name(), msg });
     }
     // One image with few tiles on several threads: each row block of the transformed filters
-    // is made right before it is multiplied (see `forward::fuses_filter_transform`). Not for
+    // is made right before it is multiplied (see `forward::Plan::fuses`). Not for
     // the input gradient's flipped filters: its backward ran slower fused (vgg3x3_14, two
     // threads, alternated in one process: 2.03-2.87 ms against 2.89-3.29).
-    if !flipped && forward::fuses_filter_transform(g, variant) {
+    let plan = forward::Plan::new(g, variant);
+    if !flipped && plan.fuses() {
         level.require(OP, variant.name())?;
-        let filters = forward::Filters::Raw(weight);
-        forward::run(level, g, input, filters, bias, output, variant);
+        forward::run(level, &plan, input, forward::Filters::Raw(weight), bias, output);
         return Ok(());
     }
     // The transformed filters (4x the weights for F(4x4,3x3): 9.4 MB on `vgg3x3_14`) go into
@@ -202,9 +202,13 @@ fn winograd_call(
     let buf = scratch::take(Slot::Filters);
     let u = transform_filters(buf, weight, c_out / groups, cpg, groups, variant, flipped);
     let filter = WinogradFilter { variant, c_out, cpg, groups, u };
-    let result = prepared_with(level, g, input, &filter, bias, output);
+    let checked = check_prepared(level, g, input, &filter, bias, output);
+    if checked.is_ok() {
+        let filters = forward::Filters::Transformed(&filter.u);
+        forward::run(level, &plan, input, filters, bias, output);
+    }
     scratch::put(Slot::Filters, filter.u);
-    result
+    checked
 }
 
 /// Winograd convolution with a filter transformed beforehand by [`WinogradFilter::new`].
@@ -216,10 +220,16 @@ pub fn conv2d_winograd_prepared(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) -> Result<()> {
-    prepared_with(simd::active(), g, input, filter, bias, output)
+    let level = simd::active();
+    check_prepared(level, g, input, filter, bias, output)?;
+    let plan = forward::Plan::new(g, filter.variant);
+    forward::run(level, &plan, input, forward::Filters::Transformed(&filter.u), bias, output);
+    Ok(())
 }
 
-fn prepared_with(
+/// The checks of a call with a prepared filter: the SIMD level, the geometry, the filter's
+/// shape and the buffers' lengths.
+fn check_prepared(
     level: SimdLevel,
     g: &ConvGeometry,
     input: &[f32],
@@ -250,6 +260,5 @@ fn prepared_with(
     if let Some(b) = bias {
         check_len(OP, "bias", &[g.c_out], b.len())?;
     }
-    forward::run(level, g, input, forward::Filters::Transformed(&filter.u), bias, output, variant);
     Ok(())
 }
