@@ -159,6 +159,10 @@ pub(super) struct Plan<'g> {
     tiles: Vec<Tile>,
     /// Tiles per block (a multiple of [`NR`], the GEMM's panel width).
     tb: usize,
+    /// Floats from one `V[ξ]` to the next (`cpg · tb` rounded by [`plane_stride`]).
+    vs: usize,
+    /// Floats from one `M[ξ]` to the next (`kc · tb` rounded by [`plane_stride`]).
+    ms: usize,
     /// For one undilated image: the tiles of the top band and the band's output rows, each
     /// band one work item with every output channel.
     row_split: Option<(usize, usize)>,
@@ -276,8 +280,19 @@ impl<'g> Plan<'g> {
         let per_item = row_split.map_or(tiles.len(), |(top, _)| top.max(tiles.len() - top));
         let nblocks = per_item.div_ceil(tb_max);
         let tb = per_item.div_ceil(nblocks).next_multiple_of(NR);
-        Plan { g, variant, a, cpg, kpg, kc, nb, hp, wp, tiles, tb, row_split, xi_split }
+        let (vs, ms) = (plane_stride(cpg * tb), plane_stride(kc * tb));
+        Plan { g, variant, a, cpg, kpg, kc, nb, hp, wp, tiles, tb, vs, ms, row_split, xi_split }
     }
+}
+
+/// The distance between consecutive transform-domain planes holding `floats` each: whole
+/// cache lines, an odd number of them. The transforms read or write the same element of all
+/// `α²` planes one after the other; at a power-of-two stride (`strided`'s `V[ξ]` is 20 KiB,
+/// its `M[ξ]` 40 KiB) all of them fall in one set of the 8-way L1 and evict each other, while
+/// an odd number of lines puts them in `α²` different sets.
+fn plane_stride(floats: usize) -> usize {
+    let lines = floats.div_ceil(scratch::LINE_FLOATS);
+    (lines | 1) * scratch::LINE_FLOATS
 }
 
 /// One work item: output channels `kl..kl+kc` (within the group) of one group, for `nb`
@@ -327,7 +342,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let plane = p.hp * p.wp;
     let planes = p.nb * p.cpg;
     let plen = packed_a_len(p.kpg, p.cpg);
-    let (padded_len, v_len, m_len) = (planes * plane, a2 * p.cpg * p.tb, a2 * kc * p.tb);
+    let (padded_len, v_len, m_len) = (planes * plane, a2 * p.vs, a2 * p.ms);
     // Grown once per worker, never cleared: V and M are written before they are read (stale
     // values only reach lanes that are discarded), and the padding is zeroed below.
     // V starts on a 64-byte boundary (the products load its panels a vector at a time).
@@ -352,7 +367,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
         if split && panels >= 2 {
             let cut = panels / 2 * NR;
             let (mut lo, mut hi) = (Vec::with_capacity(a2), Vec::with_capacity(a2));
-            for plane in vbuf.chunks_exact_mut(p.cpg * p.tb) {
+            for plane in vbuf.chunks_exact_mut(p.vs) {
                 let (a, b) = plane.split_at_mut(cut * p.cpg);
                 lo.push(a);
                 hi.push(b);
@@ -364,19 +379,20 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
                 || simd::dispatch(S::LEVEL, InputJob { variant, patches, tiles: th, planes: hi }),
             );
         } else {
-            let mut planes: Vec<&mut [f32]> = vbuf.chunks_exact_mut(p.cpg * p.tb).collect();
+            let mut planes: Vec<&mut [f32]> = vbuf.chunks_exact_mut(p.vs).collect();
             input_transform_block::<S, T, A, M>(s, &patches, block, &mut planes);
         }
         // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
         // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
-        let v = VPlanes { v: &*vbuf, cpg: p.cpg, tb: p.tb, n: nt.next_multiple_of(NR) };
+        let v = VPlanes { v: &*vbuf, vs: p.vs, cpg: p.cpg, tb: p.tb, n: nt.next_multiple_of(NR) };
         // Split mode: half of the transform positions each (one dispatch each: a closure is
         // compiled without `S`'s target features).
-        let half_m = a2 / 2 * kc * p.tb;
+        let half_m = a2 / 2 * p.ms;
         match filters {
             Filters::Transformed(u) => {
                 let ks = (kl, kl + kc);
-                let products = Products { u, plen, kpg: p.kpg, ks, v, xi0: 0, m: &mut [] };
+                let products =
+                    Products { u, plen, kpg: p.kpg, ks, v, xi0: 0, ms: p.ms, m: &mut [] };
                 if split {
                     let (lo, hi) = mbuf.split_at_mut(half_m);
                     rayon::join(
@@ -394,14 +410,17 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
                 let (lo, hi) = mbuf.split_at_mut(half_m);
                 let (variant, kpg) = (p.variant, p.kpg);
                 let half = |a_rows: (usize, usize), m: &mut [f32]| {
-                    simd::dispatch(S::LEVEL, FusedProducts { weights, variant, kpg, a_rows, v, m });
+                    let ms = p.ms;
+                    simd::dispatch(
+                        S::LEVEL,
+                        FusedProducts { weights, variant, kpg, a_rows, v, ms, m },
+                    );
                 };
                 rayon::join(|| half((0, A / 2), lo), || half((A / 2, A), hi));
             }
         }
         // Output transform, bias, and scatter of the in-range outputs of channels `ks`.
-        let outputs =
-            OutputBlock { plan: p, block, m: &[], kc, bias, ks: (0, kc), y0, out: &mut [] };
+        let outputs = OutputBlock { plan: p, block, m: &[], bias, ks: (0, kc), y0, out: &mut [] };
         if split {
             // Half of the output channels each (one image: the channels' planes are
             // contiguous).
@@ -450,8 +469,9 @@ impl WithSimd for InputJob<'_> {
 /// products.
 #[derive(Clone, Copy)]
 pub(super) struct VPlanes<'a> {
-    /// `V[ξ]`, `cpg · tb` floats each, in panel form.
+    /// `V[ξ]`, `cpg · tb` floats each, in panel form, `vs` floats apart.
     v: &'a [f32],
+    vs: usize,
     cpg: usize,
     /// Tiles per block: the row stride of every `M[ξ]`.
     tb: usize,
@@ -470,7 +490,7 @@ impl VPlanes<'_> {
         rows: Range<usize>,
         c: &mut [f32],
     ) {
-        let b_xi = &self.v[xi * self.cpg * self.tb..][..self.cpg * self.tb];
+        let b_xi = &self.v[xi * self.vs..][..self.cpg * self.tb];
         gemm_packed_ab(s, u, rows, b_xi, self.n, 0.0, None, c, self.tb);
     }
 }
@@ -485,7 +505,9 @@ pub(super) struct Products<'a> {
     ks: (usize, usize),
     v: VPlanes<'a>,
     xi0: usize,
-    /// `M[ξ]` for the positions from `xi0`, `ks.len() · tb` floats each.
+    /// Floats from one `M[ξ]` to the next.
+    ms: usize,
+    /// `M[ξ]` for the positions from `xi0`, `ks.len() · tb` floats each, `ms` apart.
     m: &'a mut [f32],
 }
 
@@ -494,10 +516,10 @@ impl WithSimd for Products<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Products { u, plen, kpg, ks, v, xi0, m } = self;
-        for (i, c_xi) in m.chunks_exact_mut((ks.1 - ks.0) * v.tb).enumerate() {
+        let Products { u, plen, kpg, ks, v, xi0, ms, m } = self;
+        for (i, c_xi) in m.chunks_exact_mut(ms).enumerate() {
             let a_xi = PackedARef::new(&u[(xi0 + i) * plen..][..plen], kpg, v.cpg);
-            v.product(s, xi0 + i, a_xi, ks.0..ks.1, c_xi);
+            v.product(s, xi0 + i, a_xi, ks.0..ks.1, &mut c_xi[..(ks.1 - ks.0) * v.tb]);
         }
     }
 }
@@ -518,7 +540,9 @@ pub(super) struct FusedProducts<'a> {
     kpg: usize,
     a_rows: (usize, usize),
     v: VPlanes<'a>,
-    /// `M[ξ]` for the planes of `a_rows`, `kpg · tb` floats each.
+    /// Floats from one `M[ξ]` to the next.
+    ms: usize,
+    /// `M[ξ]` for the planes of `a_rows`, `kpg · tb` floats each, `ms` apart.
     m: &'a mut [f32],
 }
 
@@ -527,11 +551,11 @@ impl WithSimd for FusedProducts<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let FusedProducts { weights, variant, kpg, a_rows, v, m } = self;
+        let FusedProducts { weights, variant, kpg, a_rows, v, ms, m } = self;
         let (cpg, tb) = (v.cpg, v.tb);
         let a = variant.alpha();
         let planes = (a_rows.1 - a_rows.0) * a;
-        assert_eq!(m.len(), planes * kpg * tb, "FusedProducts: M");
+        assert!(kpg * tb <= ms && m.len() == planes * ms, "FusedProducts: M");
         let rb = (FUSED_BLOCK_FLOATS / (planes * cpg)).max(MR) / MR * MR;
         // Taken out of the thread-local, not borrowed in a closure: a closure body would be
         // compiled without `S`'s target features.
@@ -542,7 +566,7 @@ impl WithSimd for FusedProducts<'_> {
             let plen = packed_a_len(r1 - r0, cpg);
             let ub = scratch::aligned(&mut buf, planes * plen);
             transform_rows(s, weights, kpg, cpg, r0..r1, a_rows, variant, ub);
-            let planes_m = m.chunks_exact_mut(kpg * tb);
+            let planes_m = m.chunks_exact_mut(ms);
             for (i, (u_xi, m_xi)) in ub.chunks_exact(plen).zip(planes_m).enumerate() {
                 let a_xi = PackedARef::new(u_xi, r1 - r0, cpg);
                 v.product(s, a_rows.0 * a + i, a_xi, 0..r1 - r0, &mut m_xi[r0 * tb..r1 * tb]);
@@ -557,9 +581,9 @@ impl WithSimd for FusedProducts<'_> {
 pub(super) struct OutputBlock<'a, 'o> {
     plan: &'a Plan<'a>,
     block: &'a [Tile],
-    /// `M[ξ]`, `kc · tb` floats each.
+    /// `M[ξ]` of the item's output channels, `tb` floats per channel, planes
+    /// [`Plan::ms`] apart.
     m: &'a [f32],
-    kc: usize,
     /// Bias of the channels from `ks.0`.
     bias: Option<&'a [f32]>,
     /// Output channels `ks.0..ks.1` of the item's.
@@ -590,7 +614,7 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
     if M == 2 && o.plan.dw() == 1 {
         return output_block_pairs::<S, T, A, M>(s, o);
     }
-    let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, out } = o;
+    let OutputBlock { plan: p, block, m: mbuf, bias, ks, y0, out } = o;
     let nk = ks.1 - ks.0;
     // The transforms run on the level's widest vectors, `wn` tiles at a time, each vector then
     // split into 8-tile parts for the scatter.
@@ -610,7 +634,7 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
         let bk = w.splat(bias.map_or(0.0, |b| b[kk]));
         for (lg, group) in block.chunks(wn).enumerate() {
             let t0 = lg * wn;
-            let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, kc, k, p.tb, t0);
+            let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, p.ms, k * p.tb + t0);
             for (i, row) in y.iter().enumerate() {
                 for (j, &val) in row.iter().enumerate() {
                     let mut halves = [s.zero(); 2];
@@ -651,24 +675,22 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
     }
 }
 
-/// `Aᵀ M A` of channel `k` (of an item's `kc`) for the vector of tiles from column `t0` of
-/// `M[ξ]` (`kc · tb` floats each): the `m×m` outputs of each lane's tile, before the bias.
-/// `tb` is a multiple of the panel width, which the vector width divides, so each load stays
-/// in the row of channel `k`; `mv` is scratch for the loaded vectors.
+/// `Aᵀ M A` for the vector of tiles at offset `at` of every `M[ξ]` (`ms` floats apart; `at`
+/// is `k · tb + t0` for channel `k`, tiles from column `t0`): the `m×m` outputs of each lane's
+/// tile, before the bias. `tb` is a multiple of the panel width, which the vector width
+/// divides, so each load stays in the row of channel `k`; `mv` is scratch for the loaded
+/// vectors.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn block_outputs<W: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
     w: W,
     mv: &mut [[W::V; A]; A],
     mbuf: &[f32],
-    kc: usize,
-    k: usize,
-    tb: usize,
-    t0: usize,
+    ms: usize,
+    at: usize,
 ) -> [[W::V; M]; M] {
     for (xi, mr) in mv.iter_mut().enumerate() {
         for (xj, m) in mr.iter_mut().enumerate() {
-            *m = w.load(&mbuf[((xi * A + xj) * kc + k) * tb + t0..]);
+            *m = w.load(&mbuf[(xi * A + xj) * ms + at..]);
         }
     }
     output_2d::<W, T, A, M>(w, mv)
@@ -691,7 +713,7 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
     s: S,
     o: OutputBlock<'_, '_>,
 ) {
-    let OutputBlock { plan: p, block, m: mbuf, kc, bias, ks, y0, out } = o;
+    let OutputBlock { plan: p, block, m: mbuf, bias, ks, y0, out } = o;
     let nk = ks.1 - ks.0;
     let w = s.wide();
     let wn = <S::Wide as Lanes>::N;
@@ -716,7 +738,7 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
         let bk = s.splat(bf);
         for (lg, bounds) in starts.windows(2).enumerate() {
             let t0 = lg * wn;
-            let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, kc, k, p.tb, t0);
+            let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, p.ms, k * p.tb + t0);
             for (i, yr) in y.iter().enumerate() {
                 let (lo, hi) = w.interleave(yr[0], yr[1]);
                 w.store(lo, &mut rows);
