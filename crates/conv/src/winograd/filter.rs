@@ -2,8 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::WinogradVariant;
 use super::transforms::{F2, F4, S2, Transforms};
+use super::{WinogradVariant, plane_stride};
 use crate::error::{ConvError, Result};
 use crate::gemm::{MR, kblock, packed_a_len};
 use crate::params::check_len;
@@ -19,7 +19,8 @@ pub struct WinogradFilter {
     pub(super) c_out: usize,
     pub(super) cpg: usize,
     pub(super) groups: usize,
-    /// `[group][ξ]` × one packed `kpg × cpg` plane (see [`transform_filters`]).
+    /// `[group][ξ]` × one packed `kpg × cpg` plane, [`plane_stride`] floats apart (see
+    /// [`transform_filters`]).
     pub(super) u: Vec<f32>,
 }
 
@@ -211,18 +212,20 @@ pub(super) fn transform_filters(
     let a2 = a * a;
     let per_group = kpg * cpg;
     let plen = packed_a_len(kpg, cpg);
-    // Every element is written below, so a recycled buffer needs no zeroing.
+    let us = plane_stride(plen);
+    // Every element of the planes is written below, so a recycled buffer needs no zeroing (the
+    // floats between planes are never read).
     let mut u = buf;
-    scratch::fit(&mut u, groups * a2 * plen);
-    for (grp, ug) in u.chunks_exact_mut(a2 * plen).enumerate() {
+    scratch::fit(&mut u, groups * a2 * us);
+    for (grp, ug) in u.chunks_exact_mut(a2 * us).enumerate() {
         let wg = &weight[grp * per_group * 9..][..per_group * 9];
         // tasks[t]: depth block t of every plane (see `PackedARef` for the layout).
         let (kb, mp) = (kblock(cpg), kpg.next_multiple_of(MR));
         let nblocks = cpg.div_ceil(kb);
         let mut tasks: Vec<Vec<&mut [f32]>> =
             (0..nblocks).map(|_| Vec::with_capacity(a2)).collect();
-        for plane in ug.chunks_exact_mut(plen) {
-            let mut rest = plane;
+        for plane in ug.chunks_exact_mut(us) {
+            let mut rest = &mut plane[..plen];
             for (t, task) in tasks.iter_mut().enumerate() {
                 let kcb = kb.min(cpg - t * kb);
                 let (head, tail) = std::mem::take(&mut rest).split_at_mut(mp * kcb);
@@ -276,7 +279,7 @@ pub(super) fn transform_filters(
 /// Part of one group's transformed filters (of a forward convolution, not flipped), for a
 /// caller that multiplies it at once (see `forward::FusedProducts`): the planes
 /// `ξ = a·α + b` with `a` in `a_rows`, rows `rows` of each (`rows.start` a multiple of
-/// [`MR`]), written one after another into `out`, each in the packed layout of a
+/// [`MR`]), written into `out` [`plane_stride`] floats apart, each in the packed layout of a
 /// `rows.len() × cpg` matrix ([`packed_a_len`] floats). Every value is the one
 /// [`transform_filters`] computes for the same filter and plane.
 #[allow(clippy::too_many_arguments)]
@@ -293,14 +296,14 @@ pub(super) fn transform_rows<S: Simd>(
 ) {
     assert!(rows.start.is_multiple_of(MR) && rows.end <= kpg);
     let m = rows.len();
-    let (mp, plen) = (m.next_multiple_of(MR), packed_a_len(m, cpg));
+    let (mp, us) = (m.next_multiple_of(MR), plane_stride(packed_a_len(m, cpg)));
     let planes = (a_rows.1 - a_rows.0) * variant.alpha();
     let kb = kblock(cpg);
     let mut k0 = 0;
     while k0 < cpg {
         let kcb = kb.min(cpg - k0);
-        let pieces: Vec<&mut [f32]> = out[..planes * plen]
-            .chunks_exact_mut(plen)
+        let pieces: Vec<&mut [f32]> = out[..planes * us]
+            .chunks_exact_mut(us)
             .map(|plane| &mut plane[k0 * mp..][..mp * kcb])
             .collect();
         let pi0 = rows.start / MR;
@@ -316,7 +319,7 @@ mod tests {
     use super::*;
 
     /// A recycled buffer, longer or shorter and full of NaN, gives the same transformed
-    /// filters as a fresh one: every float is written.
+    /// filters as a fresh one: every float of every plane is written.
     #[test]
     fn recycled_buffers_are_fully_overwritten() {
         let (kpg, cpg, groups) = (7, 5, 2);
@@ -336,7 +339,14 @@ mod tests {
                         variant,
                         flipped,
                     );
-                    let same = got.iter().zip(&fresh).all(|(a, b)| a.to_bits() == b.to_bits());
+                    // The planes, not the unused floats between them.
+                    let (plen, us) = (packed_a_len(kpg, cpg), plane_stride(packed_a_len(kpg, cpg)));
+                    let planes = |u: &[f32]| -> Vec<u32> {
+                        u.chunks_exact(us)
+                            .flat_map(|p| p[..plen].iter().map(|x| x.to_bits()))
+                            .collect()
+                    };
+                    let same = planes(&got) == planes(&fresh);
                     assert!(
                         same && got.len() == fresh.len(),
                         "{variant:?} flipped {flipped} {len}"

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::filter::transform_rows;
 use super::transforms::{F2, F4, S2, Transforms, input_2d, output_2d};
-use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant};
+use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant, plane_stride};
 use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab, packed_a_len};
 use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
@@ -47,11 +47,11 @@ pub(super) fn run(
     // split unevenly, so every item's output is one contiguous `chunk_len` slice or the tail).
     let chunks_per_group = plan.kpg.div_ceil(plan.kc);
     let chunks_per_image = g.params.groups * chunks_per_group;
-    let plen = packed_a_len(plan.kpg, plan.cpg);
+    let us = plane_stride(packed_a_len(plan.kpg, plan.cpg));
     let a2 = plan.a * plan.a;
     // The filters of group `grp`.
     let group_filters = |grp: usize| match filters {
-        Filters::Transformed(u) => Filters::Transformed(&u[grp * a2 * plen..][..a2 * plen]),
+        Filters::Transformed(u) => Filters::Transformed(&u[grp * a2 * us..][..a2 * us]),
         Filters::Raw(weights) => {
             let len = plan.kpg * plan.cpg * 9;
             Filters::Raw(&weights[grp * len..][..len])
@@ -285,16 +285,6 @@ impl<'g> Plan<'g> {
     }
 }
 
-/// The distance between consecutive transform-domain planes holding `floats` each: whole
-/// cache lines, an odd number of them. The transforms read or write the same element of all
-/// `α²` planes one after the other; at a power-of-two stride (`strided`'s `V[ξ]` is 20 KiB,
-/// its `M[ξ]` 40 KiB) all of them fall in one set of the 8-way L1 and evict each other, while
-/// an odd number of lines puts them in `α²` different sets.
-fn plane_stride(floats: usize) -> usize {
-    let lines = floats.div_ceil(scratch::LINE_FLOATS);
-    (lines | 1) * scratch::LINE_FLOATS
-}
-
 /// One work item: output channels `kl..kl+kc` (within the group) of one group, for `nb`
 /// consecutive images.
 pub(super) struct Item<'a> {
@@ -342,6 +332,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let plane = p.hp * p.wp;
     let planes = p.nb * p.cpg;
     let plen = packed_a_len(p.kpg, p.cpg);
+    let us = plane_stride(plen);
     let (padded_len, v_len, m_len) = (planes * plane, a2 * p.vs, a2 * p.ms);
     // Grown once per worker, never cleared: V and M are written before they are read (stale
     // values only reach lanes that are discarded), and the padding is zeroed below.
@@ -392,7 +383,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
             Filters::Transformed(u) => {
                 let ks = (kl, kl + kc);
                 let products =
-                    Products { u, plen, kpg: p.kpg, ks, v, xi0: 0, ms: p.ms, m: &mut [] };
+                    Products { u, plen, us, kpg: p.kpg, ks, v, xi0: 0, ms: p.ms, m: &mut [] };
                 if split {
                     let (lo, hi) = mbuf.split_at_mut(half_m);
                     rayon::join(
@@ -497,9 +488,10 @@ impl VPlanes<'_> {
 
 /// Transform-domain products `M[ξ] = U[ξ][ks] · V[ξ]` for `ξ = xi0..` (as many as `m` holds).
 pub(super) struct Products<'a> {
-    /// The group's packed filter planes, `plen` floats each.
+    /// The group's packed filter planes, `plen` floats each, `us` apart.
     u: &'a [f32],
     plen: usize,
+    us: usize,
     kpg: usize,
     /// Output channels `ks.0..ks.1` (rows of the planes) of the products.
     ks: (usize, usize),
@@ -516,9 +508,9 @@ impl WithSimd for Products<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Products { u, plen, kpg, ks, v, xi0, ms, m } = self;
+        let Products { u, plen, us, kpg, ks, v, xi0, ms, m } = self;
         for (i, c_xi) in m.chunks_exact_mut(ms).enumerate() {
-            let a_xi = PackedARef::new(&u[(xi0 + i) * plen..][..plen], kpg, v.cpg);
+            let a_xi = PackedARef::new(&u[(xi0 + i) * us..][..plen], kpg, v.cpg);
             v.product(s, xi0 + i, a_xi, ks.0..ks.1, &mut c_xi[..(ks.1 - ks.0) * v.tb]);
         }
     }
@@ -564,11 +556,12 @@ impl WithSimd for FusedProducts<'_> {
         while r0 < kpg {
             let r1 = (r0 + rb).min(kpg);
             let plen = packed_a_len(r1 - r0, cpg);
-            let ub = scratch::aligned(&mut buf, planes * plen);
+            let us = plane_stride(plen);
+            let ub = scratch::aligned(&mut buf, planes * us);
             transform_rows(s, weights, kpg, cpg, r0..r1, a_rows, variant, ub);
             let planes_m = m.chunks_exact_mut(ms);
-            for (i, (u_xi, m_xi)) in ub.chunks_exact(plen).zip(planes_m).enumerate() {
-                let a_xi = PackedARef::new(u_xi, r1 - r0, cpg);
+            for (i, (u_xi, m_xi)) in ub.chunks_exact(us).zip(planes_m).enumerate() {
+                let a_xi = PackedARef::new(&u_xi[..plen], r1 - r0, cpg);
                 v.product(s, a_rows.0 * a + i, a_xi, 0..r1 - r0, &mut m_xi[r0 * tb..r1 * tb]);
             }
             r0 = r1;

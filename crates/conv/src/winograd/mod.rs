@@ -57,6 +57,17 @@ const PARALLEL_MIN_FLOPS: u64 = 4_000_000;
 /// faster on `res3x3_28b8` (within the noise of a shared machine).
 const BLOCK_FLOATS: usize = 1 << 19;
 
+/// The distance between consecutive transform-domain planes holding `floats` each (the
+/// filters' `U[ξ]`, the inputs' `V[ξ]`, the products' `M[ξ]`): whole cache lines, an odd
+/// number of them. The transforms read or write the same element of all `α²` planes one after
+/// the other; at a stride of a multiple of 4 KiB (`strided`'s `V[ξ]` is 20 KiB, its `M[ξ]` 40
+/// KiB, vgg3x3_14's `U[ξ]` 256 KiB) all of them fall in one set of the 8-way L1 and evict each
+/// other, while an odd number of lines puts them in `α²` different sets.
+pub(super) fn plane_stride(floats: usize) -> usize {
+    let lines = floats.div_ceil(crate::scratch::LINE_FLOATS);
+    (lines | 1) * crate::scratch::LINE_FLOATS
+}
+
 /// Which Winograd algorithm to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
