@@ -4,7 +4,9 @@ use rayon::prelude::*;
 
 use super::forward::{Tile, tile_grid};
 use super::transforms::{F2, F4, S2, Transforms, grad_2d, input_2d};
-use super::{G2, G4, GS2, PARALLEL_MIN_FLOPS, WinogradVariant, unsupported, winograd_call};
+use super::{
+    G2, G4, GS2, PARALLEL_MIN_FLOPS, WinogradVariant, plane_stride, unsupported, winograd_call,
+};
 use crate::error::Result;
 use crate::gemm::{MatRef, sgemm};
 use crate::layout::ChannelLast;
@@ -112,7 +114,7 @@ pub fn conv2d_weight_grad_winograd(
     check_len(OP_W, "grad_weight", &g.weight_dims(), grad_weight.len())?;
     let plan = GradPlan::new(g, variant);
     let (cpg, kpg) = (plan.cpg, plan.kpg);
-    let du_len = plan.a2 * kpg * cpg;
+    let du_len = plan.a2 * plan.ds;
     let ranges = (WGRAD_PARTIALS_FLOATS / du_len).min(WGRAD_MAX_RANGES).min(g.n);
     let parallel = g.flops() >= PARALLEL_MIN_FLOPS && rayon::current_num_threads() > 1;
     let ops = GradOperands { input, grad_output };
@@ -141,7 +143,7 @@ pub fn conv2d_weight_grad_winograd(
             let (du, rest) = partials.split_at_mut(du_len);
             add_partials(du, None, &*rest, parallel);
             let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
-            filter_grad_transform(du, gw, kpg, cpg, variant);
+            filter_grad_transform(du, gw, (kpg, cpg, plan.ds), variant);
         }
         scratch::put(Slot::Filters, partials);
         return Ok(true);
@@ -152,7 +154,7 @@ pub fn conv2d_weight_grad_winograd(
         // `dU` is overwritten (beta 0) by the first block before it is read.
         plan.accumulate(ops, grp, 0..g.n, &mut du[..du_len], parallel, SPLIT_BLOCKS, GRAD_PARTS);
         let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
-        filter_grad_transform(&du[..du_len], gw, kpg, cpg, variant);
+        filter_grad_transform(&du[..du_len], gw, (kpg, cpg, plan.ds), variant);
     }
     scratch::put(Slot::Filters, du);
     Ok(true)
@@ -180,6 +182,9 @@ struct GradPlan<'g> {
     cv: usize,
     kv: usize,
     a2: usize,
+    /// Floats from one `dU[ξ]` (`kpg × cpg`) to the next ([`plane_stride`]: the inverse
+    /// transform reads the same element of every plane in turn).
+    ds: usize,
     /// Dilation `(dh, dw)`: the step between a tile's elements.
     dh: usize,
     dw: usize,
@@ -210,6 +215,7 @@ impl<'g> GradPlan<'g> {
             cv: cpg.next_multiple_of(LANES),
             kv: kpg.next_multiple_of(LANES),
             a2: variant.alpha().pow(2),
+            ds: plane_stride(kpg * cpg),
             dh,
             dw,
         }
@@ -322,7 +328,7 @@ pub(super) fn grad_block_products(
     parallel: bool,
     parts: usize,
 ) {
-    let GradPlan { cpg, kpg, cv, kv, .. } = *src.plan;
+    let GradPlan { cpg, kpg, cv, kv, ds, .. } = *src.plan;
     let a = src.plan.variant.alpha();
     let a2 = a * a;
     let nt = block.len();
@@ -361,13 +367,13 @@ pub(super) fn grad_block_products(
                 row_stride: cv,
                 col_stride: 1,
             };
-            sgemm(1.0, dyt, vt, if p == 0 { beta } else { 1.0 }, c, cpg);
+            sgemm(1.0, dyt, vt, if p == 0 { beta } else { 1.0 }, &mut c[..kpg * cpg], cpg);
         }
     };
     if parallel {
-        du.par_chunks_mut(kpg * cpg).enumerate().for_each(product);
+        du.par_chunks_mut(ds).enumerate().for_each(product);
     } else {
-        du.chunks_mut(kpg * cpg).enumerate().for_each(product);
+        du.chunks_mut(ds).enumerate().for_each(product);
     }
 }
 
@@ -486,22 +492,22 @@ fn grad_tile<L: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
     }
 }
 
-/// `dg = Gᵀ dU G` for every filter: `dU` is `[ξ][k][c]`, `gw` is `[k][c][3][3]`. Separable
+/// `dg = Gᵀ dU G` for every filter: `dU` is `[ξ][k][c]` (planes `ds` floats apart, the
+/// last of `dims = (kpg, cpg, ds)`), `gw` is `[k][c][3][3]`. Separable
 /// (`dU G` on the rows, then `Gᵀ ·` on the columns), eight filters `c..c+8` per vector, the
 /// constant entries of `G` unrolled. Output channels split across threads for large layers;
 /// each filter is computed the same way either way.
 pub(super) fn filter_grad_transform(
     du: &[f32],
     gw: &mut [f32],
-    kpg: usize,
-    cpg: usize,
+    (kpg, cpg, ds): (usize, usize, usize),
     variant: WinogradVariant,
 ) {
     let per_k = cpg * 9;
     // Output channels per task: about 64k floats of `dU` read each.
     let kc = (65_536 / (variant.alpha().pow(2) * cpg)).clamp(1, kpg);
     let run = |(t, gw): (usize, &mut [f32])| {
-        simd::dispatch_active(FilterGrad { du, gw, k0: t * kc, kpg, cpg, variant });
+        simd::dispatch_active(FilterGrad { du, gw, k0: t * kc, cpg, ds, variant });
     };
     if kpg * per_k >= 1 << 18 && rayon::current_num_threads() > 1 {
         gw.par_chunks_mut(kc * per_k).enumerate().for_each(run);
@@ -515,8 +521,9 @@ pub(super) struct FilterGrad<'a> {
     du: &'a [f32],
     gw: &'a mut [f32],
     k0: usize,
-    kpg: usize,
     cpg: usize,
+    /// Floats from one `dU[ξ]` to the next.
+    ds: usize,
     variant: WinogradVariant,
 }
 
@@ -535,7 +542,7 @@ impl WithSimd for FilterGrad<'_> {
 
 #[inline(always)]
 pub(super) fn filter_grad<S: Simd, const A: usize>(s: S, f: FilterGrad<'_>, gm: &[[f64; 3]; A]) {
-    let FilterGrad { du, gw, k0, kpg, cpg, .. } = f;
+    let FilterGrad { du, gw, k0, cpg, ds, .. } = f;
     let mut gs = [[s.zero(); 3]; A];
     for (row, grow) in gs.iter_mut().zip(gm) {
         for (v, &coef) in row.iter_mut().zip(grow) {
@@ -550,7 +557,7 @@ pub(super) fn filter_grad<S: Simd, const A: usize>(s: S, f: FilterGrad<'_>, gm: 
             let mut tmp = [[s.zero(); 3]; A];
             for (xi, trow) in tmp.iter_mut().enumerate() {
                 for (xj, grow) in gm.iter().enumerate() {
-                    let at = ((xi * A + xj) * kpg + k) * cpg + c0;
+                    let at = (xi * A + xj) * ds + k * cpg + c0;
                     let v = if n == LANES {
                         s.load(&du[at..])
                     } else {
