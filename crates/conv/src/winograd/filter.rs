@@ -19,7 +19,7 @@ pub struct WinogradFilter {
     pub(super) c_out: usize,
     pub(super) cpg: usize,
     pub(super) groups: usize,
-    /// `[group][ξ]` × one packed `kpg × cpg` plane, [`plane_stride`] floats apart (see
+    /// `[group][ξ]` × one packed `kpg × cpg` plane, laid out by [`u_planes`] (see
     /// [`transform_filters`]).
     pub(super) u: Vec<f32>,
 }
@@ -181,6 +181,14 @@ pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M
     }
 }
 
+/// The layout of transformed filter planes of `rows` output channels: the floats of one
+/// packed `rows × cpg` plane ([`packed_a_len`]) and the distance from one plane to the next
+/// ([`plane_stride`]). Every writer and reader of `U[ξ]` takes both from here.
+pub(super) fn u_planes(rows: usize, cpg: usize) -> (usize, usize) {
+    let plen = packed_a_len(rows, cpg);
+    (plen, plane_stride(plen))
+}
+
 /// Transformed filters of at least this many floats are made in parallel (64 panels of 6
 /// output channels × 256 input channels).
 const PARALLEL_MIN_FLOATS: usize = 64 * MR * 256;
@@ -211,8 +219,7 @@ pub(super) fn transform_filters(
     let a = variant.alpha();
     let a2 = a * a;
     let per_group = kpg * cpg;
-    let plen = packed_a_len(kpg, cpg);
-    let us = plane_stride(plen);
+    let (plen, us) = u_planes(kpg, cpg);
     // Every element of the planes is written below, so a recycled buffer needs no zeroing (the
     // floats between planes are never read).
     let mut u = buf;
@@ -279,8 +286,7 @@ pub(super) fn transform_filters(
 /// Part of one group's transformed filters (of a forward convolution, not flipped), for a
 /// caller that multiplies it at once (see `forward::FusedProducts`): the planes
 /// `ξ = a·α + b` with `a` in `a_rows`, rows `rows` of each (`rows.start` a multiple of
-/// [`MR`]), written into `out` [`plane_stride`] floats apart, each in the packed layout of a
-/// `rows.len() × cpg` matrix ([`packed_a_len`] floats). Every value is the one
+/// [`MR`]), written into `out` in the layout of [`u_planes`] for `rows.len()` rows. Every value is the one
 /// [`transform_filters`] computes for the same filter and plane.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -296,7 +302,7 @@ pub(super) fn transform_rows<S: Simd>(
 ) {
     assert!(rows.start.is_multiple_of(MR) && rows.end <= kpg);
     let m = rows.len();
-    let (mp, us) = (m.next_multiple_of(MR), plane_stride(packed_a_len(m, cpg)));
+    let (mp, (_, us)) = (m.next_multiple_of(MR), u_planes(m, cpg));
     let planes = (a_rows.1 - a_rows.0) * variant.alpha();
     let kb = kblock(cpg);
     let mut k0 = 0;
@@ -340,7 +346,7 @@ mod tests {
                         flipped,
                     );
                     // The planes, not the unused floats between them.
-                    let (plen, us) = (packed_a_len(kpg, cpg), plane_stride(packed_a_len(kpg, cpg)));
+                    let (plen, us) = u_planes(kpg, cpg);
                     let planes = |u: &[f32]| -> Vec<u32> {
                         u.chunks_exact(us)
                             .flat_map(|p| p[..plen].iter().map(|x| x.to_bits()))

@@ -4,10 +4,10 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::filter::transform_rows;
+use super::filter::{transform_rows, u_planes};
 use super::transforms::{F2, F4, S2, Transforms, input_2d, output_2d};
 use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant, plane_stride};
-use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab, packed_a_len};
+use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab};
 use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd};
@@ -47,8 +47,7 @@ pub(super) fn run(
     // split unevenly, so every item's output is one contiguous `chunk_len` slice or the tail).
     let chunks_per_group = plan.kpg.div_ceil(plan.kc);
     let chunks_per_image = g.params.groups * chunks_per_group;
-    let us = plane_stride(packed_a_len(plan.kpg, plan.cpg));
-    let a2 = plan.a * plan.a;
+    let (us, a2) = (plan.us, plan.a * plan.a);
     // The filters of group `grp`.
     let group_filters = |grp: usize| match filters {
         Filters::Transformed(u) => Filters::Transformed(&u[grp * a2 * us..][..a2 * us]),
@@ -159,6 +158,9 @@ pub(super) struct Plan<'g> {
     tiles: Vec<Tile>,
     /// Tiles per block (a multiple of [`NR`], the GEMM's panel width).
     tb: usize,
+    /// Floats of one transformed filter plane `U[ξ]` and from one to the next ([`u_planes`]).
+    plen: usize,
+    us: usize,
     /// Floats from one `V[ξ]` to the next (`cpg · tb` rounded by [`plane_stride`]).
     vs: usize,
     /// Floats from one `M[ξ]` to the next (`kc · tb` rounded by [`plane_stride`]).
@@ -280,8 +282,27 @@ impl<'g> Plan<'g> {
         let per_item = row_split.map_or(tiles.len(), |(top, _)| top.max(tiles.len() - top));
         let nblocks = per_item.div_ceil(tb_max);
         let tb = per_item.div_ceil(nblocks).next_multiple_of(NR);
+        let (plen, us) = u_planes(kpg, cpg);
         let (vs, ms) = (plane_stride(cpg * tb), plane_stride(kc * tb));
-        Plan { g, variant, a, cpg, kpg, kc, nb, hp, wp, tiles, tb, vs, ms, row_split, xi_split }
+        Plan {
+            g,
+            variant,
+            a,
+            cpg,
+            kpg,
+            kc,
+            nb,
+            hp,
+            wp,
+            tiles,
+            tb,
+            plen,
+            us,
+            vs,
+            ms,
+            row_split,
+            xi_split,
+        }
     }
 }
 
@@ -331,8 +352,6 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let a2 = A * A;
     let plane = p.hp * p.wp;
     let planes = p.nb * p.cpg;
-    let plen = packed_a_len(p.kpg, p.cpg);
-    let us = plane_stride(plen);
     let (padded_len, v_len, m_len) = (planes * plane, a2 * p.vs, a2 * p.ms);
     // Grown once per worker, never cleared: V and M are written before they are read (stale
     // values only reach lanes that are discarded), and the padding is zeroed below.
@@ -382,8 +401,17 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
         match filters {
             Filters::Transformed(u) => {
                 let ks = (kl, kl + kc);
-                let products =
-                    Products { u, plen, us, kpg: p.kpg, ks, v, xi0: 0, ms: p.ms, m: &mut [] };
+                let products = Products {
+                    u,
+                    plen: p.plen,
+                    us: p.us,
+                    kpg: p.kpg,
+                    ks,
+                    v,
+                    xi0: 0,
+                    ms: p.ms,
+                    m: &mut [],
+                };
                 if split {
                     let (lo, hi) = mbuf.split_at_mut(half_m);
                     rayon::join(
@@ -555,8 +583,7 @@ impl WithSimd for FusedProducts<'_> {
         let mut r0 = 0;
         while r0 < kpg {
             let r1 = (r0 + rb).min(kpg);
-            let plen = packed_a_len(r1 - r0, cpg);
-            let us = plane_stride(plen);
+            let (plen, us) = u_planes(r1 - r0, cpg);
             let ub = scratch::aligned(&mut buf, planes * us);
             transform_rows(s, weights, kpg, cpg, r0..r1, a_rows, variant, ub);
             let planes_m = m.chunks_exact_mut(ms);
