@@ -232,16 +232,26 @@ fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Dest<'_>, c: &mut [f32]
         let bp = b.panel(pj);
         let j = blk.j + pj * NR;
         for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
-            let i = blk.i + pi * MR;
-            let acc = micro(s, b.kcb, a, bp);
-            store_tile(s, &acc, blk.at(i, j), c);
+            let t = blk.at(blk.i + pi * MR, j);
+            // The last panel of an `m` that is not a multiple of 6 holds padding rows: multiply
+            // only the rows of `C` it has.
+            let acc = match t.rows() {
+                1 => micro::<S, 1>(s, b.kcb, a, bp),
+                2 => micro::<S, 2>(s, b.kcb, a, bp),
+                3 => micro::<S, 3>(s, b.kcb, a, bp),
+                4 => micro::<S, 4>(s, b.kcb, a, bp),
+                5 => micro::<S, 5>(s, b.kcb, a, bp),
+                _ => micro::<S, MR>(s, b.kcb, a, bp),
+            };
+            store_tile(s, &acc, t, c);
         }
     }
 }
 
-/// `A panel (6 × kc) · B panel (kc × 16)` in 12 vector accumulators.
+/// `A panel (6 × kc) · B panel (kc × 16)` in 12 vector accumulators, for the panel's first `R`
+/// rows (the accumulators of the others stay zero).
 #[inline(always)]
-fn micro<S: Simd>(s: S, kc: usize, ap: &[f32], bp: &[f32]) -> [[S::V; 2]; MR] {
+fn micro<S: Simd, const R: usize>(s: S, kc: usize, ap: &[f32], bp: &[f32]) -> [[S::V; 2]; MR] {
     assert!(ap.len() >= kc * MR && bp.len() >= kc * NR);
     let (a, b) = (ap.as_ptr(), bp.as_ptr());
     let mut acc = [[s.zero(); 2]; MR];
@@ -251,7 +261,7 @@ fn micro<S: Simd>(s: S, kc: usize, ap: &[f32], bp: &[f32]) -> [[S::V; 2]; MR] {
         unsafe {
             let b0 = s.load_ptr(b.add(p * NR));
             let b1 = s.load_ptr(b.add(p * NR + LANES));
-            for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (r, acc_r) in acc.iter_mut().enumerate().take(R) {
                 let av = s.splat(*a.add(p * MR + r));
                 acc_r[0] = s.fma(av, b0, acc_r[0]);
                 acc_r[1] = s.fma(av, b1, acc_r[1]);
@@ -438,7 +448,15 @@ mod tests {
             eprintln!("skipping: fewer than two SIMD levels on this CPU");
             return;
         }
-        for (m, k, n) in [(7, 300, 1), (13, 40, 33), (6, 17, 49), (20, 257, 80), (5, 9, 4100)] {
+        for (m, k, n) in [
+            (7, 300, 1),
+            (13, 40, 33),
+            (6, 17, 49),
+            (20, 257, 80),
+            (5, 9, 4100),
+            (9, 64, 50),
+            (16, 30, 100),
+        ] {
             let (ad, bd) = (data(m * k, n), data(k * n, m));
             let (a, b) = (MatRef::row_major(&ad, m, k), MatRef::row_major(&bd, k, n));
             let old = data(m * (n + 2), k);
@@ -462,7 +480,8 @@ mod tests {
     fn matches_reference_for_edge_sizes_and_strides() {
         let sizes = [1, 5, 6, 7, 15, 16, 17, 143, 145, 257];
         let mut case = 0;
-        for &m in &[1, 6, 7, 145] {
+        // Every remainder of m mod 6: the last A panel multiplies only the rows it has.
+        for &m in &[1, 6, 7, 8, 9, 10, 11, 145] {
             for &k in &sizes {
                 for &n in &[1, 15, 16, 33, 200] {
                     case += 1;
