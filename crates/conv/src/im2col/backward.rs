@@ -25,8 +25,14 @@ pub fn conv2d_backward_im2col(
     const OP: &str = "conv2d_backward_im2col";
     g.check_backward(OP, &x, &grads)?;
     let BackwardInputs { input, weight, grad_output } = x;
-    let GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias } = grads;
+    let GradBuffers { input: mut grad_input, weight: mut grad_weight, bias: grad_bias } = grads;
     let d = Dims::new(g);
+    if let (Some(gx), Some(gw)) = (grad_input.as_deref_mut(), grad_weight.as_deref_mut())
+        && fuses(g, &d)
+    {
+        pointwise_fused(g, &d, x, gx, gw, grad_bias);
+        return Ok(());
+    }
     if let Some(gb) = grad_bias {
         bias_grad(g, &d, grad_output, gb);
     }
@@ -112,21 +118,12 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
     // product split by channels (few images) pack their rows per call instead. Both run the
     // same packed kernel, hence the same bits, at the SIMD levels; with SIMD off `sgemm` is
     // matrixmultiply's, so every product takes it there.
-    let mut packs = Vec::new();
-    if d.kpg > SMALL_DIM && tasks >= d.threads && simd::active() != SimdLevel::Fallback {
-        packs = take_packs();
-        packs.resize_with(d.groups, PackedA::empty);
-        for (gi, pack) in packs.iter_mut().enumerate() {
-            let wg = d.weight_block(weight, gi);
-            pack.repack(MatRef {
-                data: wg,
-                rows: d.crs,
-                cols: d.kpg,
-                row_stride: 1,
-                col_stride: d.crs,
-            });
-        }
-    }
+    let packs = if d.kpg > SMALL_DIM && tasks >= d.threads && simd::active() != SimdLevel::Fallback
+    {
+        transposed_weight_packs(d, weight)
+    } else {
+        Vec::new()
+    };
     let packs_ref = &packs[..];
     let block = |t: usize, gx: &mut [f32], col: &mut Vec<f32>| {
         input_grad_block(g, d, weight, dy, t / d.groups, t % d.groups, 0, gx, col, packs_ref);
@@ -154,6 +151,126 @@ fn input_grad(g: &ConvGeometry, d: &Dims, weight: &[f32], dy: &[f32], gx: &mut [
         }
     }
     put_packs(packs);
+}
+
+/// Each group's `W_gᵀ` (`C'RS × K'`), packed once for every image's input-gradient product
+/// (buffers recycled across calls; hand them back with `put_packs`).
+fn transposed_weight_packs(d: &Dims, weight: &[f32]) -> Vec<PackedA> {
+    let mut packs = take_packs();
+    packs.resize_with(d.groups, PackedA::empty);
+    for (gi, pack) in packs.iter_mut().enumerate() {
+        let wg = d.weight_block(weight, gi);
+        pack.repack(MatRef {
+            data: wg,
+            rows: d.crs,
+            cols: d.kpg,
+            row_stride: 1,
+            col_stride: d.crs,
+        });
+    }
+    packs
+}
+
+/// One chunk of the batch in [`pointwise_fused`]: chunk `p`'s partial weight gradient, its
+/// images' input gradients and (when the bias is wanted) their bias sums.
+struct ChunkTask<'a> {
+    p: usize,
+    out: &'a mut [f32],
+    gx: &'a mut [f32],
+    sums: &'a mut [f64],
+}
+
+/// Whether [`pointwise_fused`] runs this backward: a 1x1 convolution with stride 1 and no
+/// padding on the packed kernel (SIMD on, more than [`SMALL_DIM`] output channels per group),
+/// with at least one chunk of images per thread.
+fn fuses(g: &ConvGeometry, d: &Dims) -> bool {
+    d.pointwise
+        && d.kpg > SMALL_DIM
+        && simd::active() != SimdLevel::Fallback
+        && (!d.par || g.n.min(WEIGHT_GRAD_PARTIALS) >= d.threads)
+}
+
+/// The backward of a 1x1 convolution, image by image: each chunk of the batch (the weight
+/// gradient's fixed chunks) is one task, which for each of its images takes the bias sums of
+/// `dY_b`, then `dX_b = W_gᵀ · dY_b` and `partial += dY_b · X_bᵀ` for every group while `dY_b`
+/// is still in the core's cache (the three passes of the unfused backward each read the whole
+/// `dY` from memory). Every gradient is the same sum in the same order as the unfused passes',
+/// so the bits are the same: the bias sums of each image are kept (in f64) and added in image
+/// order afterwards, the partials in chunk order.
+fn pointwise_fused(
+    g: &ConvGeometry,
+    d: &Dims,
+    x: BackwardInputs<'_>,
+    gx: &mut [f32],
+    gw: &mut [f32],
+    gb: Option<&mut [f32]>,
+) {
+    let BackwardInputs { input, weight, grad_output: dy } = x;
+    let parts = g.n.min(WEIGHT_GRAD_PARTIALS);
+    let chunk = |p: usize| (p * g.n / parts)..((p + 1) * g.n / parts);
+    let packs = transposed_weight_packs(d, weight);
+    let w_block = d.kpg * d.crs;
+    let wlen = gw.len();
+    let mut partials = convkit_tensor::buffer::take(if parts > 1 { parts * wlen } else { 0 });
+    // Per image and output channel, `sum_f64` of its plane of `dY` (when the bias is wanted).
+    let mut sums = vec![0f64; if gb.is_some() { g.n * g.c_out } else { 0 }];
+    {
+        let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
+        let image_len = g.c_in * d.hw;
+        let mut tasks = Vec::with_capacity(parts);
+        let (mut gx_rest, mut sums_rest) = (&mut *gx, &mut sums[..]);
+        for (p, out) in target.chunks_mut(wlen).enumerate() {
+            let images = chunk(p).len();
+            let (gx_p, rest) = gx_rest.split_at_mut(images * image_len);
+            gx_rest = rest;
+            let (s_p, rest) =
+                sums_rest.split_at_mut(if gb.is_some() { images * g.c_out } else { 0 });
+            sums_rest = rest;
+            tasks.push(ChunkTask { p, out, gx: gx_p, sums: s_p });
+        }
+        let packs = &packs[..];
+        let run = |ChunkTask { p, out, gx: gx_p, sums: s_p }: ChunkTask<'_>| {
+            for (i, b) in chunk(p).enumerate() {
+                if !s_p.is_empty() {
+                    let dyb = &dy[b * g.c_out * d.ohw..][..g.c_out * d.ohw];
+                    for (s, plane) in
+                        s_p[i * g.c_out..][..g.c_out].iter_mut().zip(dyb.chunks_exact(d.ohw))
+                    {
+                        *s = simd::sum_f64(plane);
+                    }
+                }
+                let gx_b = &mut gx_p[i * image_len..][..image_len];
+                for (gi, gx_g) in gx_b.chunks_mut(d.cpg * d.hw).enumerate() {
+                    input_grad_block(g, d, weight, dy, b, gi, 0, gx_g, &mut Vec::new(), packs);
+                }
+                let beta = if i == 0 { 0.0 } else { 1.0 };
+                for (gi, out_g) in out.chunks_mut(w_block).enumerate() {
+                    let (dyg, xg) = (d.output_block(g, dy, b, gi), d.input_block(g, input, b, gi));
+                    weight_grad_product(d, dyg, xg, d.ohw, beta, out_g);
+                }
+            }
+        };
+        if d.par {
+            tasks.into_par_iter().for_each(run);
+        } else {
+            tasks.into_iter().for_each(run);
+        }
+    }
+    put_packs(packs);
+    if parts > 1 {
+        let (first, rest) = partials.split_at(wlen);
+        add_partials(gw, Some(first), rest, false);
+    }
+    convkit_tensor::buffer::recycle(partials);
+    if let Some(gb) = gb {
+        for (k, v) in gb.iter_mut().enumerate() {
+            let mut acc = 0f64;
+            for b in 0..g.n {
+                acc += sums[b * g.c_out + k];
+            }
+            *v = acc as f32;
+        }
+    }
 }
 
 /// `gw_block (rows of K') (+)= dY_g[rows] · colᵀ` for `col` with row stride `ld`; `beta` 0
