@@ -364,20 +364,24 @@ pub fn avg_pool2d_backward(
     check_len(OP, "grad_output", &g.output_dims(), grad_output.len())?;
     check_len(OP, "grad_input", &g.input_dims(), grad_input.len())?;
     over_planes(g, grad_output, g.oh * g.ow, grad_input, g.h * g.w, |go, plane| {
-        plane.fill(0.0);
         if g.is_2x2() {
-            // Windows do not overlap: each covered input gets exactly one quarter.
+            // Windows do not overlap: each covered input gets exactly one quarter, and only
+            // what no window covers (the last row or column of an odd size) is zeroed.
             for (y, go) in go.chunks_exact(g.ow).enumerate() {
                 for dy in 0..2 {
-                    let row = &mut plane[(2 * y + dy) * g.w..(2 * y + dy) * g.w + 2 * g.ow];
-                    for (pair, &v) in row.chunks_exact_mut(2).zip(go) {
+                    let row = &mut plane[(2 * y + dy) * g.w..(2 * y + dy + 1) * g.w];
+                    let (covered, rest) = row.split_at_mut(2 * g.ow);
+                    for (pair, &v) in covered.chunks_exact_mut(2).zip(go) {
                         pair[0] = v / 4.0;
                         pair[1] = v / 4.0;
                     }
+                    rest.fill(0.0);
                 }
             }
+            plane[2 * g.oh * g.w..].fill(0.0);
             return;
         }
+        plane.fill(0.0);
         for y in 0..g.oh {
             for x in 0..g.ow {
                 let (y0, y1, x0, x1) = g.window(y, x);
