@@ -5,7 +5,7 @@
 //! call for (built on first use, then shared by every call and thread), a batch normalization
 //! that follows the convolution (folded into the weights and bias), and a ReLU applied to the
 //! output in the same call. The algorithm is chosen per input shape by
-//! [`resolve_prepared`](crate::resolve_prepared), which knows the filter transform is paid.
+//! [`resolve_prepared`], which knows the filter transform is paid.
 //!
 //! A 2x2 pool after the convolution (and its ReLU) can be made part of the layer too
 //! ([`PreparedConv::with_pool`]): where the direct kernel is the choice for the shape, each

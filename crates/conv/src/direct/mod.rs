@@ -97,6 +97,8 @@ pub fn conv2d_direct(
 /// [`conv2d_direct`] with an explicit instruction set, so tests and benchmarks can run the
 /// AVX2 and portable kernels side by side. Returns [`ConvError::Unsupported`] when this CPU
 /// cannot run `level`.
+///
+/// [`ConvError::Unsupported`]: crate::ConvError::Unsupported
 pub fn conv2d_direct_with(
     level: SimdLevel,
     g: &ConvGeometry,

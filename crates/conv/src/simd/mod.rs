@@ -173,6 +173,8 @@ pub enum SimdLevel {
 impl SimdLevel {
     /// `Ok` when this CPU can run `self`, else the [`ConvError::Unsupported`] of `op`
     /// (running `algo`) that names the level.
+    ///
+    /// [`ConvError::Unsupported`]: crate::ConvError::Unsupported
     pub(crate) fn require(self, op: &'static str, algo: &'static str) -> crate::Result<()> {
         if self.available() {
             Ok(())

@@ -76,6 +76,8 @@ pub(super) struct FilterChunk<'a> {
     pi0: usize,
     /// `weights` are those of the convolution whose input gradient this one is: filter `(k, c)`
     /// is `W[c][k]` rotated 180° (see [`conv2d_input_grad_winograd`]).
+    ///
+    /// [`conv2d_input_grad_winograd`]: super::conv2d_input_grad_winograd
     flipped: bool,
     /// One slice per plane `ξ = a·α + b` with `a` in `a_rows`: a run of the block's panels.
     pieces: Vec<&'a mut [f32]>,
@@ -207,6 +209,8 @@ const PARALLEL_MIN_FLOATS: usize = 64 * MR * 256;
 /// thread work) run in parallel for large layers (VGG's 256x256 filters: 65,536 of them);
 /// every value is computed the same way whatever the chunking, so the result does not depend
 /// on threads.
+///
+/// [`PackedARef`]: crate::gemm::PackedARef
 pub(super) fn transform_filters(
     buf: Vec<f32>,
     weight: &[f32],

@@ -58,6 +58,8 @@ pub fn conv2d_backward_direct(
 /// [`conv2d_backward_direct`] with an explicit instruction set, so tests and benchmarks can run
 /// the AVX2 and portable kernels side by side. Returns [`ConvError::Unsupported`] when this CPU
 /// cannot run `level`.
+///
+/// [`ConvError::Unsupported`]: crate::ConvError::Unsupported
 pub fn conv2d_backward_direct_with(
     level: SimdLevel,
     g: &ConvGeometry,
@@ -193,8 +195,12 @@ struct Plan<'g> {
     /// Offset in a padded input plane of each tap `(i, j)` for the first output pixel.
     w_offs: Vec<usize>,
     /// Weight gradient with output channels in vectors ([`wk_tile`]): `kpg` is a multiple of 8.
+    ///
+    /// [`wk_tile`]: weight::wk_tile
     kvec: bool,
     /// [`wk_tile`]'s rows `m = c·taps + t` of one group: offset of `Xp[c]`'s tap `t`.
+    ///
+    /// [`wk_tile`]: weight::wk_tile
     m_offs: Vec<usize>,
     /// Distance between two output rows in a padded input plane (`sh · row_len`).
     x_row: usize,
