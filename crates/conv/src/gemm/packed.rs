@@ -30,7 +30,7 @@
 use std::ops::Range;
 
 use super::pack::{PackedA, PackedARef, pack_a, pack_b, packed_b_len};
-use super::tile::{BPanels, Dest, MR, NR, kblock};
+use super::tile::{BPanels, Dest, MR, NR, kblock, with_rows};
 use super::{MatRef, check_a, check_bc};
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
@@ -233,16 +233,8 @@ fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Dest<'_>, c: &mut [f32]
         let j = blk.j + pj * NR;
         for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
             let t = blk.at(blk.i + pi * MR, j);
-            // The last panel of an `m` that is not a multiple of 6 holds padding rows: multiply
-            // only the rows of `C` it has.
-            let acc = match t.rows() {
-                1 => micro::<S, 1>(s, b.kcb, a, bp),
-                2 => micro::<S, 2>(s, b.kcb, a, bp),
-                3 => micro::<S, 3>(s, b.kcb, a, bp),
-                4 => micro::<S, 4>(s, b.kcb, a, bp),
-                5 => micro::<S, 5>(s, b.kcb, a, bp),
-                _ => micro::<S, MR>(s, b.kcb, a, bp),
-            };
+            // Only the rows of `C` the panel has (the last may hold padding rows).
+            let acc = with_rows!(t.rows(), R => micro::<S, R>(s, b.kcb, a, bp));
             store_tile(s, &acc, t, c);
         }
     }

@@ -84,3 +84,39 @@ impl<'a> Dest<'a> {
         width.min(self.n - self.j)
     }
 }
+
+/// Evaluates `$body` with the constant `$r` set to `rows`, the rows of `C` an A panel holds
+/// (1 to [`MR`]; larger counts give [`MR`]). The last panel of a product whose row count is not
+/// a multiple of 6 holds padding rows (128 rows are 21 panels and 2 rows), and the micro-kernels,
+/// generic over the rows they compute, skip them: `with_rows!(t.rows(), R => micro::<R>(..))`.
+macro_rules! with_rows {
+    ($rows:expr, $r:ident => $body:expr) => {
+        match $rows {
+            1 => {
+                const $r: usize = 1;
+                $body
+            }
+            2 => {
+                const $r: usize = 2;
+                $body
+            }
+            3 => {
+                const $r: usize = 3;
+                $body
+            }
+            4 => {
+                const $r: usize = 4;
+                $body
+            }
+            5 => {
+                const $r: usize = 5;
+                $body
+            }
+            _ => {
+                const $r: usize = $crate::gemm::MR;
+                $body
+            }
+        }
+    };
+}
+pub(super) use with_rows;

@@ -14,14 +14,15 @@
 //! Zen 4, one process alternating: 2.02 → 1.97 ms at one thread, 1.05 → 1.03 at two).
 //!
 //! Likewise the last A panel of a product whose row count is not a multiple of 6 multiplies
-//! only the rows of `C` it has (`micro::<N, R>`): 128 output channels are 21 whole panels and
-//! one of 2 rows, which the full kernel ran as 6, 3% of the products wasted on padding. The
-//! Winograd products of `strided` (128 output channels) went from 8.21–8.51 to 8.07–8.14 ms at
-//! one thread on the Zen 4, old and new binaries alternated (min of 40 calls).
+//! only the rows of `C` it has (`micro::<N, R>`, chosen by `tile::with_rows`): 128 output
+//! channels are 21 whole panels and one of 2 rows, which the full kernel ran as 6, 3% of the
+//! products wasted on padding. The Winograd products of `strided` (128 output channels) went
+//! from 8.21–8.51 to 8.07–8.14 ms at one thread on the Zen 4, old and new binaries alternated
+//! (min of 40 calls).
 
 use std::arch::x86_64::*;
 
-use super::tile::{BPanels, Dest, MR, NR};
+use super::tile::{BPanels, Dest, MR, NR, with_rows};
 use crate::simd::Avx512;
 
 /// B panels per micro-tile at the AVX-512 level (see `docs/benchmarks.md` for the choice).
@@ -95,16 +96,8 @@ fn group<const N: usize>(
     let j = blk.j + pj * NR;
     for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
         let t = blk.at(blk.i + pi * MR, j);
-        // The last panel of an `m` that is not a multiple of 6 holds padding rows: multiply
-        // only the rows of `C` it has (128 rows are 21 panels and 2 rows).
-        let acc = match t.rows() {
-            1 => micro::<N, 1>(w, b.kcb, a, bps),
-            2 => micro::<N, 2>(w, b.kcb, a, bps),
-            3 => micro::<N, 3>(w, b.kcb, a, bps),
-            4 => micro::<N, 4>(w, b.kcb, a, bps),
-            5 => micro::<N, 5>(w, b.kcb, a, bps),
-            _ => micro::<N, MR>(w, b.kcb, a, bps),
-        };
+        // Only the rows of `C` the panel has (the last may hold padding rows).
+        let acc = with_rows!(t.rows(), R => micro::<N, R>(w, b.kcb, a, bps));
         store(w, &acc, t, c);
     }
 }
