@@ -49,18 +49,22 @@ pub fn conv2d_backward_im2col(
 /// image, each plane by [`simd::sum_f64`]).
 fn bias_grad(g: &ConvGeometry, d: &Dims, dy: &[f32], gb: &mut [f32]) {
     let sum = |k: usize, gb: &mut f32| {
-        let mut acc = 0f64;
-        for b in 0..g.n {
+        *gb = bias_in_image_order(g.n, |b| {
             let start = (b * g.c_out + k) * d.ohw;
-            acc += simd::sum_f64(&dy[start..start + d.ohw]);
-        }
-        *gb = acc as f32;
+            simd::sum_f64(&dy[start..start + d.ohw])
+        });
     };
     if d.par {
         gb.par_iter_mut().enumerate().for_each(|(k, v)| sum(k, v));
     } else {
         gb.iter_mut().enumerate().for_each(|(k, v)| sum(k, v));
     }
+}
+
+/// One bias gradient from its per-image sums (`part(b)`: the f64 sum of image `b`'s plane of
+/// `dY`), added in image order: the order the fused pointwise backward shares, hence its bits.
+fn bias_in_image_order(n: usize, part: impl Fn(usize) -> f64) -> f32 {
+    (0..n).fold(0f64, |acc, b| acc + part(b)) as f32
 }
 
 /// Input gradient of the input channels `c0..` of image `b`, group `gi`, into `gx` (a whole
@@ -264,11 +268,7 @@ fn pointwise_fused(
     convkit_tensor::buffer::recycle(partials);
     if let Some(gb) = gb {
         for (k, v) in gb.iter_mut().enumerate() {
-            let mut acc = 0f64;
-            for b in 0..g.n {
-                acc += sums[b * g.c_out + k];
-            }
-            *v = acc as f32;
+            *v = bias_in_image_order(g.n, |b| sums[b * g.c_out + k]);
         }
     }
 }

@@ -290,8 +290,8 @@ pub(super) fn transform_filters(
 /// Part of one group's transformed filters (of a forward convolution, not flipped), for a
 /// caller that multiplies it at once (see `forward::FusedProducts`): the planes
 /// `ξ = a·α + b` with `a` in `a_rows`, rows `rows` of each (`rows.start` a multiple of
-/// [`MR`]), written into `out` in the layout of [`u_planes`] for `rows.len()` rows. Every value is the one
-/// [`transform_filters`] computes for the same filter and plane.
+/// [`MR`]), written into `out` in the layout of [`u_planes`] for `rows.len()` rows. Every
+/// value is the one [`transform_filters`] computes for the same filter and plane.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn transform_rows<S: Simd>(
