@@ -273,3 +273,35 @@ fn same_bits_for_1_and_2_threads() {
         assert_eq!(bits(&one.gb), bits(&two.gb), "grad_bias {g:?}");
     }
 }
+
+/// A lane of the input gradient's tiles is one input pixel, summed over output channels and
+/// taps in the same order at any vector width, so the AVX-512 level (16-lane tiles where a tile
+/// spans an even number of 8-lane vectors) gives the AVX2 level's bits: row mode (LeNet's second
+/// layer), the flat planes (its first, one input channel), several channel blocks, groups,
+/// stride and dilation.
+#[test]
+fn input_gradient_same_bits_at_avx512_and_avx2() {
+    let l = SimdLevel::available_levels();
+    if !l.contains(&SimdLevel::Avx512) {
+        eprintln!("skipping: no avx512f");
+        return;
+    }
+    let p = Conv2dParams::default();
+    let mut shapes: Vec<ConvGeometry> = ["lenet_c1", "lenet_c2"]
+        .iter()
+        .map(|name| SHAPES.iter().find(|s| s.name == *name).unwrap().geometry().unwrap())
+        .collect();
+    shapes.extend([
+        geom([3, 6, 14, 13], [16, 6, 5, 5], p.with_padding(2)),
+        geom([2, 2, 21, 19], [5, 2, 3, 3], p.with_padding(1)),
+        geom([2, 3, 40, 37], [4, 3, 5, 5], p),
+        geom([2, 4, 12, 12], [4, 2, 3, 3], p.with_groups(2)),
+        geom([2, 5, 23, 23], [6, 5, 3, 3], p.with_stride(2).with_padding(1)),
+        geom([2, 6, 30, 30], [6, 6, 3, 3], p.with_padding(2).with_dilation(2)),
+    ]);
+    for (i, g) in shapes.iter().enumerate() {
+        let o = Operands::new(g, 60 + i as u64, false);
+        let (wide, narrow) = (direct(g, &o, SimdLevel::Avx512), direct(g, &o, SimdLevel::Avx2Fma));
+        assert_eq!(bits(&wide.gx), bits(&narrow.gx), "grad_input {g:?}");
+    }
+}

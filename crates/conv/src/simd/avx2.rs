@@ -55,6 +55,11 @@ impl Lanes for Avx2Fma {
         unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
     }
     #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> __m256 {
+        // SAFETY: AVX is available (token); the caller guarantees 8 readable floats at `p`.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
     fn add(self, a: __m256, b: __m256) -> __m256 {
         // SAFETY: the token proves AVX is available.
         unsafe { _mm256_add_ps(a, b) }
@@ -101,11 +106,6 @@ impl Simd for Avx2Fma {
     #[inline(always)]
     fn split(self, w: __m256, parts: &mut [__m256]) {
         parts[0] = w;
-    }
-    #[inline(always)]
-    unsafe fn load_ptr(self, p: *const f32) -> __m256 {
-        // SAFETY: AVX is available (token); the caller guarantees 8 readable floats at `p`.
-        unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
     fn transpose8(self, r: [__m256; LANES]) -> [__m256; LANES] {
@@ -190,6 +190,10 @@ impl Lanes for Avx2Fma {
     fn store(self, v: Self::V, s: &mut [f32]) {
         super::Fallback.store(v, s)
     }
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { super::Fallback.load_ptr(p) }
+    }
     fn add(self, a: Self::V, b: Self::V) -> Self::V {
         super::Fallback.add(a, b)
     }
@@ -220,10 +224,6 @@ impl Simd for Avx2Fma {
     }
     fn split(self, w: Self::V, parts: &mut [Self::V]) {
         parts[0] = w;
-    }
-    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
-        // SAFETY: forwarded with the caller's guarantee.
-        unsafe { super::Fallback.load_ptr(p) }
     }
     fn max(self, a: Self::V, b: Self::V) -> Self::V {
         super::Fallback.max(a, b)

@@ -52,6 +52,11 @@ impl Lanes for Avx512 {
         self.0.store(v, s)
     }
     #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: forwarded with the caller's guarantee (8 readable floats at `p`).
+        unsafe { self.0.load_ptr(p) }
+    }
+    #[inline(always)]
     fn add(self, a: Self::V, b: Self::V) -> Self::V {
         self.0.add(a, b)
     }
@@ -114,11 +119,6 @@ impl Simd for Avx512 {
     #[cfg(not(target_arch = "x86_64"))]
     fn split(self, w: Self::V, parts: &mut [Self::V]) {
         parts[0] = w;
-    }
-    #[inline(always)]
-    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
-        // SAFETY: forwarded with the caller's guarantee (8 readable floats at `p`).
-        unsafe { self.0.load_ptr(p) }
     }
     #[inline(always)]
     fn keep_where_positive(self, z: Self::V, v: Self::V) -> Self::V {
@@ -187,6 +187,12 @@ impl Lanes for Avx512Wide {
         let s = &mut s[..2 * LANES];
         // SAFETY: AVX-512F is available (token) and `s` holds 16 writable f32.
         unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> __m512 {
+        // SAFETY: AVX-512F is available (token); the caller guarantees 16 readable floats at
+        // `p`.
+        unsafe { _mm512_loadu_ps(p) }
     }
     #[inline(always)]
     fn add(self, a: __m512, b: __m512) -> __m512 {

@@ -34,6 +34,12 @@ impl Lanes for Fallback {
         s[..LANES].copy_from_slice(&v);
     }
     #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
+        // SAFETY: the caller guarantees 8 readable floats at `p`; `[f32; 8]` has the alignment
+        // of `f32`, which `p` has as a valid `f32` pointer.
+        unsafe { p.cast::<[f32; LANES]>().read() }
+    }
+    #[inline(always)]
     fn add(self, a: Self::V, b: Self::V) -> Self::V {
         map2(a, b, |x, y| x + y)
     }
@@ -71,12 +77,6 @@ impl Simd for Fallback {
     #[inline(always)]
     fn split(self, w: Self::V, parts: &mut [Self::V]) {
         parts[0] = w;
-    }
-    #[inline(always)]
-    unsafe fn load_ptr(self, p: *const f32) -> Self::V {
-        // SAFETY: the caller guarantees 8 readable floats at `p`; `[f32; 8]` has the alignment
-        // of `f32`, which `p` has as a valid `f32` pointer.
-        unsafe { p.cast::<[f32; LANES]>().read() }
     }
     #[inline(always)]
     unsafe fn gather_ptr(self, base: *const f32, idx: &[i32; LANES], valid: u8) -> Self::V {

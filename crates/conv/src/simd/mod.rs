@@ -88,6 +88,12 @@ pub trait Lanes: Copy {
     fn load(self, s: &[f32]) -> Self::V;
     /// Stores `v` into the first [`Lanes::N`] elements of `s` (panics if `s` is shorter).
     fn store(self, v: Self::V, s: &mut [f32]);
+    /// Loads [`Lanes::N`] consecutive floats from `p`, without bounds checks (for the hottest
+    /// loops).
+    ///
+    /// # Safety
+    /// `p .. p + N` must be readable `f32`s of one allocation.
+    unsafe fn load_ptr(self, p: *const f32) -> Self::V;
     /// `a + b`.
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a − b`.
@@ -118,11 +124,6 @@ pub trait Simd: Lanes + Send + Sync + 'static {
     fn join(self, parts: &[Self::V]) -> <Self::Wide as Lanes>::V;
     /// The `Wide::N / 8` 8-lane parts of `w`, in order, into `parts`.
     fn split(self, w: <Self::Wide as Lanes>::V, parts: &mut [Self::V]);
-    /// Loads 8 consecutive floats from `p`, without bounds checks (for the hottest loops).
-    ///
-    /// # Safety
-    /// `p .. p + 8` must be readable `f32`s of one allocation.
-    unsafe fn load_ptr(self, p: *const f32) -> Self::V;
     /// Lane-wise maximum (`max(x, 0)` is a ReLU); where either lane is NaN the result is `b`'s.
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
     /// Lanes of `v` where the same lane of `z` is above zero, `+0.0` elsewhere (also where

@@ -1,7 +1,7 @@
 //! The input-gradient register tiles.
 
 use super::Plan;
-use crate::simd::{LANES, Simd};
+use crate::simd::{LANES, Lanes, Simd};
 
 /// Writes one image's input gradient `gx_img` (`[c_in, h, w]`) from its stuffed output
 /// gradient planes `dys`; `dxf` is the flat scratch of one group's channels.
@@ -77,9 +77,44 @@ pub(super) struct InputReads<'a> {
     wr: &'a [f32],
 }
 
-/// Picks the monomorphized input-gradient micro-kernel for `cb` channels × `xb` vectors.
+/// Picks the monomorphized input-gradient micro-kernel for `cb` channels × `xb` vectors of 8
+/// lanes.
+///
+/// Where the level's wide vectors hold two 8-lane ones (AVX-512), a tile of an even number of
+/// vectors runs as half as many 16-lane ones: the same lanes of the same flat planes, each the
+/// same sum in the same order (a lane is one input pixel, summed over output channels and
+/// taps), so the same bits, with half the multiply-adds. `lenet_c2`'s rows of 14 pixels are
+/// two 8-lane vectors, one 16-lane one.
 #[inline(always)]
 pub(super) fn gi_dispatch<S: Simd>(
+    s: S,
+    p: &Plan<'_>,
+    r: InputReads<'_>,
+    out: &mut [f32],
+    t: GiAt,
+    cb: usize,
+    xb: usize,
+) {
+    if <S::Wide as Lanes>::N == 2 * LANES && xb.is_multiple_of(2) {
+        let w = s.wide();
+        tile_table! {
+            (cb, xb / 2),
+            gi_tile::<S::Wide>(w, p, r, out, t),
+            [
+                (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3),
+                (3, 1), (3, 2), (4, 1), (5, 1), (6, 1),
+            ],
+            // The 8-lane table holds no other even widths.
+            gi_narrow(s, p, r, out, t, cb, xb)
+        }
+    } else {
+        gi_narrow(s, p, r, out, t, cb, xb);
+    }
+}
+
+/// [`gi_dispatch`] with 8-lane vectors.
+#[inline(always)]
+fn gi_narrow<S: Simd>(
     s: S,
     p: &Plan<'_>,
     r: InputReads<'_>,
@@ -109,12 +144,13 @@ pub(super) fn gi_dispatch<S: Simd>(
     }
 }
 
-/// Input-gradient micro-kernel: `CB` input channels from `c0` × `XB` vectors of the flat
-/// input-gradient plane from float `q0`, summed over the group's output channels (stuffed
-/// planes of `dy`) and rotated taps. Stores into the flat planes `out`.
+/// Input-gradient micro-kernel: `CB` input channels from `c0` × `XB` vectors (of
+/// [`Lanes::N`] floats) of the flat input-gradient plane from float `q0`, summed over the
+/// group's output channels (stuffed planes of `dy`) and rotated taps. Stores into the flat
+/// planes `out`.
 #[inline(always)]
-pub(super) fn gi_tile<S: Simd, const CB: usize, const XB: usize>(
-    s: S,
+pub(super) fn gi_tile<L: Lanes, const CB: usize, const XB: usize>(
+    s: L,
     p: &Plan<'_>,
     r: InputReads<'_>,
     out: &mut [f32],
@@ -126,7 +162,7 @@ pub(super) fn gi_tile<S: Simd, const CB: usize, const XB: usize>(
     let mut acc = [[s.zero(); XB]; CB];
     let max_off = p.g_offs.iter().copied().max().unwrap_or(0);
     // One bounds check per tile: the farthest gradient float and the last weight read below.
-    assert!((p.kpg - 1) * p.g_plane + max_off + q0 + XB * LANES <= dy.len());
+    assert!((p.kpg - 1) * p.g_plane + max_off + q0 + XB * L::N <= dy.len());
     assert!(c0 + CB <= p.cpg && p.kpg * taps * p.cpg <= wr.len());
     assert!(t_lo <= t_hi && t_hi <= taps);
     let (pd, pw) = (dy.as_ptr(), wr.as_ptr());
@@ -136,9 +172,9 @@ pub(super) fn gi_tile<S: Simd, const CB: usize, const XB: usize>(
         for &off in &p.g_offs[t_lo..t_hi] {
             let mut xs = [s.zero(); XB];
             for (v, xv) in xs.iter_mut().enumerate() {
-                // SAFETY: `plane + off + v·8 + 8 ≤ (kpg−1)·g_plane + max_off + q0 + XB·8 ≤
+                // SAFETY: `plane + off + (v + 1)·N ≤ (kpg−1)·g_plane + max_off + q0 + XB·N ≤
                 // dy.len()` (asserted above).
-                *xv = unsafe { s.load_ptr(pd.add(plane + off + v * LANES)) };
+                *xv = unsafe { s.load_ptr(pd.add(plane + off + v * L::N)) };
             }
             for (cc, a) in acc.iter_mut().enumerate() {
                 // SAFETY: `wrow = (k·taps + tap)·cpg + c0` with `tap < t_hi ≤ taps`, so
@@ -155,7 +191,7 @@ pub(super) fn gi_tile<S: Simd, const CB: usize, const XB: usize>(
     for (cc, a) in acc.iter().enumerate() {
         let dst = &mut out[(c0 + cc) * p.g_flat + q0..];
         for (v, &av) in a.iter().enumerate() {
-            s.store(av, &mut dst[v * LANES..]);
+            s.store(av, &mut dst[v * L::N..]);
         }
     }
 }
