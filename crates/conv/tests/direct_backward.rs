@@ -274,13 +274,14 @@ fn same_bits_for_1_and_2_threads() {
     }
 }
 
-/// A lane of the input gradient's tiles is one input pixel, summed over output channels and
-/// taps in the same order at any vector width, so the AVX-512 level (16-lane tiles where a tile
-/// spans an even number of 8-lane vectors) gives the AVX2 level's bits: row mode (LeNet's second
-/// layer), the flat planes (its first, one input channel), several channel blocks, groups,
-/// stride and dilation.
+/// The 16-lane tiles of the AVX-512 level give the AVX2 level's bits. A lane of the input
+/// gradient's tiles is one input pixel, and a lane of the channel-vectorized weight gradient's
+/// one output channel, each summed in the same order at any vector width: row mode (LeNet's
+/// second layer), the flat planes (its first, one input channel), several channel blocks,
+/// groups, stride and dilation; 16, 24 and 32 output channels per group (16-lane tiles, then an
+/// 8-lane remainder).
 #[test]
-fn input_gradient_same_bits_at_avx512_and_avx2() {
+fn gradients_same_bits_at_avx512_and_avx2() {
     let l = SimdLevel::available_levels();
     if !l.contains(&SimdLevel::Avx512) {
         eprintln!("skipping: no avx512f");
@@ -298,10 +299,13 @@ fn input_gradient_same_bits_at_avx512_and_avx2() {
         geom([2, 4, 12, 12], [4, 2, 3, 3], p.with_groups(2)),
         geom([2, 5, 23, 23], [6, 5, 3, 3], p.with_stride(2).with_padding(1)),
         geom([2, 6, 30, 30], [6, 6, 3, 3], p.with_padding(2).with_dilation(2)),
+        geom([2, 5, 12, 12], [24, 5, 3, 3], p.with_padding(1)),
+        geom([2, 8, 10, 10], [64, 4, 3, 3], p.with_groups(2)),
     ]);
     for (i, g) in shapes.iter().enumerate() {
         let o = Operands::new(g, 60 + i as u64, false);
         let (wide, narrow) = (direct(g, &o, SimdLevel::Avx512), direct(g, &o, SimdLevel::Avx2Fma));
         assert_eq!(bits(&wide.gx), bits(&narrow.gx), "grad_input {g:?}");
+        assert_eq!(bits(&wide.gw), bits(&narrow.gw), "grad_weight {g:?}");
     }
 }

@@ -1,7 +1,7 @@
 //! The weight-gradient register tiles.
 
 use super::Plan;
-use crate::simd::{LANES, Simd};
+use crate::simd::{LANES, Lanes, Simd};
 
 /// Adds one image's weight gradient to `gwt` (`[grp][c·taps + t][k]`, output channels
 /// innermost) with [`wk_tile`]: a matrix product of the column matrix, read in place from the
@@ -24,12 +24,34 @@ pub(super) fn weight_grad_image_kvec<S: Simd>(
         let mut k0 = 0;
         while k0 < p.kpg {
             let kv = if p.kpg - k0 >= 2 * LANES { 2 } else { 1 };
-            let mb_main = 12 / kv;
-            let mut m0 = 0;
-            while m0 < rows {
-                let mb = mb_main.min(rows - m0);
-                wk_dispatch(s, p, WeightReads { x, dy }, acc, WkAt { m0, k0 }, mb, kv);
-                m0 += mb;
+            let reads = WeightReads { x, dy };
+            if kv == 2 && <S::Wide as Lanes>::N == 2 * LANES {
+                // 16 channels in one 16-lane vector (AVX-512), 12 rows at a time: each
+                // element is still its own sum over the pixels in order, so the same bits as
+                // the 8-lane tiles, with half the multiply-adds.
+                let w = s.wide();
+                let mut m0 = 0;
+                while m0 < rows {
+                    let mb = 12.min(rows - m0);
+                    tile_table! {
+                        (mb, 1),
+                        wk_tile::<S::Wide>(w, p, reads, acc, WkAt { m0, k0 }),
+                        [
+                            (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1),
+                            (7, 1), (8, 1), (9, 1), (10, 1), (11, 1), (12, 1),
+                        ],
+                        unreachable!("direct backward: no {mb}-row wide weight tile")
+                    }
+                    m0 += mb;
+                }
+            } else {
+                let mb_main = 12 / kv;
+                let mut m0 = 0;
+                while m0 < rows {
+                    let mb = mb_main.min(rows - m0);
+                    wk_dispatch(s, p, reads, acc, WkAt { m0, k0 }, mb, kv);
+                    m0 += mb;
+                }
             }
             k0 += kv * LANES;
         }
@@ -83,13 +105,13 @@ pub(super) fn wk_dispatch<S: Simd>(
 }
 
 /// Weight-gradient micro-kernel with output channels in vectors: `MB` rows `m = c·taps + t`
-/// × `KV·8` output channels, accumulated in `acc` (`[m][k]`) over one image's output pixels.
-/// Each pixel loads `KV` gradient vectors and broadcasts `MB` input floats (the column
-/// matrix's entries, read in place at `m_offs[m] + y·x_row + x`) for `MB·KV` fused
-/// multiply-adds.
+/// × `KV·N` output channels (`N` = [`Lanes::N`]), accumulated in `acc` (`[m][k]`) over one
+/// image's output pixels. Each pixel loads `KV` gradient vectors and broadcasts `MB` input
+/// floats (the column matrix's entries, read in place at `m_offs[m] + y·x_row + x`) for
+/// `MB·KV` fused multiply-adds.
 #[inline(always)]
-pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
-    s: S,
+pub(super) fn wk_tile<L: Lanes, const MB: usize, const KV: usize>(
+    s: L,
     p: &Plan<'_>,
     r: WeightReads<'_>,
     acc: &mut [f32],
@@ -101,7 +123,7 @@ pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
     let mut a = [[s.zero(); KV]; MB];
     for (mm, row) in a.iter_mut().enumerate() {
         for (v, av) in row.iter_mut().enumerate() {
-            *av = s.load(&acc[(m0 + mm) * kpg + k0 + v * LANES..]);
+            *av = s.load(&acc[(m0 + mm) * kpg + k0 + v * L::N..]);
         }
     }
     let mut off = [0usize; MB];
@@ -110,7 +132,7 @@ pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
     // One bounds check per tile: the farthest input float and gradient vector read below.
     assert!(p.oh > 0 && p.ow > 0);
     assert!(max_off + (p.oh - 1) * p.x_row + p.ow <= x.len());
-    assert!(k0 + KV * LANES <= kpg && p.oh * p.ow * kpg <= dy.len());
+    assert!(k0 + KV * L::N <= kpg && p.oh * p.ow * kpg <= dy.len());
     let (px, pd) = (x.as_ptr(), dy.as_ptr());
     for y in 0..p.oh {
         let xr = y * p.x_row;
@@ -118,9 +140,9 @@ pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
         for xo in 0..p.ow {
             let mut d = [s.zero(); KV];
             for (v, dv) in d.iter_mut().enumerate() {
-                // SAFETY: `dr + xo·kpg + v·8 + 8 ≤ (oh·ow − 1)·kpg + k0 + KV·8 ≤ oh·ow·kpg ≤
+                // SAFETY: `dr + xo·kpg + (v + 1)·N ≤ (oh·ow − 1)·kpg + k0 + KV·N ≤ oh·ow·kpg ≤
                 // dy.len()` (asserted above).
-                *dv = unsafe { s.load_ptr(pd.add(dr + xo * kpg + v * LANES)) };
+                *dv = unsafe { s.load_ptr(pd.add(dr + xo * kpg + v * L::N)) };
             }
             for (row, &o) in a.iter_mut().zip(&off) {
                 // SAFETY: `o + xr + xo < max_off + (oh−1)·x_row + ow ≤ x.len()` (asserted
@@ -134,7 +156,7 @@ pub(super) fn wk_tile<S: Simd, const MB: usize, const KV: usize>(
     }
     for (mm, row) in a.iter().enumerate() {
         for (v, &av) in row.iter().enumerate() {
-            s.store(av, &mut acc[(m0 + mm) * kpg + k0 + v * LANES..]);
+            s.store(av, &mut acc[(m0 + mm) * kpg + k0 + v * L::N..]);
         }
     }
 }
