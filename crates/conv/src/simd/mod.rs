@@ -107,6 +107,14 @@ pub trait Lanes: Copy {
     fn interleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
 }
 
+/// Whether the widest vectors of level `S` hold two of its 8-lane vectors (AVX-512): where a
+/// kernel's tile spans an even number of 8-lane vectors whose lanes are independent sums, it
+/// can run half as many wide ones with the same bits.
+#[inline(always)]
+pub(crate) fn wide_pairs<S: Simd>() -> bool {
+    <S::Wide as Lanes>::N == 2 * LANES
+}
+
 /// An instruction set for the kernels: 8-lane `f32` vectors ([`Lanes`] with `N` = [`LANES`])
 /// and the few operations the convolution kernels need.
 ///

@@ -1,7 +1,7 @@
 //! The input-gradient register tiles.
 
 use super::Plan;
-use crate::simd::{LANES, Lanes, Simd};
+use crate::simd::{LANES, Lanes, Simd, wide_pairs};
 
 /// Writes one image's input gradient `gx_img` (`[c_in, h, w]`) from its stuffed output
 /// gradient planes `dys`; `dxf` is the flat scratch of one group's channels.
@@ -95,7 +95,7 @@ pub(super) fn gi_dispatch<S: Simd>(
     cb: usize,
     xb: usize,
 ) {
-    if <S::Wide as Lanes>::N == 2 * LANES && xb.is_multiple_of(2) {
+    if wide_pairs::<S>() && xb.is_multiple_of(2) {
         let w = s.wide();
         tile_table! {
             (cb, xb / 2),

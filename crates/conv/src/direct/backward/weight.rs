@@ -1,7 +1,7 @@
 //! The weight-gradient register tiles.
 
 use super::Plan;
-use crate::simd::{LANES, Lanes, Simd};
+use crate::simd::{LANES, Lanes, Simd, wide_pairs};
 
 /// Adds one image's weight gradient to `gwt` (`[grp][c·taps + t][k]`, output channels
 /// innermost) with [`wk_tile`]: a matrix product of the column matrix, read in place from the
@@ -24,34 +24,14 @@ pub(super) fn weight_grad_image_kvec<S: Simd>(
         let mut k0 = 0;
         while k0 < p.kpg {
             let kv = if p.kpg - k0 >= 2 * LANES { 2 } else { 1 };
-            let reads = WeightReads { x, dy };
-            if kv == 2 && <S::Wide as Lanes>::N == 2 * LANES {
-                // 16 channels in one 16-lane vector (AVX-512), 12 rows at a time: each
-                // element is still its own sum over the pixels in order, so the same bits as
-                // the 8-lane tiles, with half the multiply-adds.
-                let w = s.wide();
-                let mut m0 = 0;
-                while m0 < rows {
-                    let mb = 12.min(rows - m0);
-                    tile_table! {
-                        (mb, 1),
-                        wk_tile::<S::Wide>(w, p, reads, acc, WkAt { m0, k0 }),
-                        [
-                            (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1),
-                            (7, 1), (8, 1), (9, 1), (10, 1), (11, 1), (12, 1),
-                        ],
-                        unreachable!("direct backward: no {mb}-row wide weight tile")
-                    }
-                    m0 += mb;
-                }
-            } else {
-                let mb_main = 12 / kv;
-                let mut m0 = 0;
-                while m0 < rows {
-                    let mb = mb_main.min(rows - m0);
-                    wk_dispatch(s, p, reads, acc, WkAt { m0, k0 }, mb, kv);
-                    m0 += mb;
-                }
+            // At AVX-512 two 8-lane vectors of channels are one 16-lane one, and a tile holds
+            // twice the rows (see `wk_dispatch`).
+            let mb_main = if kv == 2 && wide_pairs::<S>() { 12 } else { 12 / kv };
+            let mut m0 = 0;
+            while m0 < rows {
+                let mb = mb_main.min(rows - m0);
+                wk_dispatch(s, p, WeightReads { x, dy }, acc, WkAt { m0, k0 }, mb, kv);
+                m0 += mb;
             }
             k0 += kv * LANES;
         }
@@ -73,7 +53,12 @@ pub(super) struct WkAt {
     k0: usize,
 }
 
-/// Picks the monomorphized [`wk_tile`] for `mb` rows × `kv` vectors of output channels.
+/// Picks the monomorphized [`wk_tile`] for `mb` rows × `kv` 8-lane vectors of output
+/// channels.
+///
+/// Where the level's wide vectors hold two 8-lane ones (AVX-512), a tile of two vectors runs
+/// as one 16-lane vector, for up to 12 rows: each element is still its own sum over the pixels
+/// in order, so the same bits as the 8-lane tiles, with half the multiply-adds.
 #[inline(always)]
 pub(super) fn wk_dispatch<S: Simd>(
     s: S,
@@ -84,6 +69,19 @@ pub(super) fn wk_dispatch<S: Simd>(
     mb: usize,
     kv: usize,
 ) {
+    if kv == 2 && wide_pairs::<S>() {
+        let w = s.wide();
+        tile_table! {
+            (mb, 1),
+            wk_tile::<S::Wide>(w, p, r, acc, at),
+            [
+                (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1),
+                (7, 1), (8, 1), (9, 1), (10, 1), (11, 1), (12, 1),
+            ],
+            unreachable!("direct backward: no {mb}-row wide weight tile")
+        }
+        return;
+    }
     tile_table! {
         (mb, kv),
         wk_tile::<S>(s, p, r, acc, at),
