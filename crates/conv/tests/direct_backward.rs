@@ -279,7 +279,8 @@ fn same_bits_for_1_and_2_threads() {
 /// one output channel, each summed in the same order at any vector width: row mode (LeNet's
 /// second layer), the flat planes (its first, one input channel), several channel blocks,
 /// groups, stride and dilation; 16, 24 and 32 output channels per group (16-lane tiles, then an
-/// 8-lane remainder).
+/// 8-lane remainder); depthwise 3x3, whose input gradient runs the forward depthwise tiles
+/// (16 lanes on rows of 16 columns or more).
 #[test]
 fn gradients_same_bits_at_avx512_and_avx2() {
     let l = SimdLevel::available_levels();
@@ -301,6 +302,8 @@ fn gradients_same_bits_at_avx512_and_avx2() {
         geom([2, 6, 30, 30], [6, 6, 3, 3], p.with_padding(2).with_dilation(2)),
         geom([2, 5, 12, 12], [24, 5, 3, 3], p.with_padding(1)),
         geom([2, 8, 10, 10], [64, 4, 3, 3], p.with_groups(2)),
+        geom([2, 6, 28, 28], [6, 1, 3, 3], p.with_padding(1).with_groups(6)),
+        geom([1, 3, 11, 40], [3, 1, 3, 3], p.with_groups(3)),
     ]);
     for (i, g) in shapes.iter().enumerate() {
         let o = Operands::new(g, 60 + i as u64, false);

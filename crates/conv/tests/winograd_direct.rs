@@ -434,6 +434,38 @@ fn bit_identical_for_one_and_two_threads() {
     }
 }
 
+/// The depthwise 3x3 path's 16-lane tiles (AVX-512, output rows of 16 columns or more) give
+/// the AVX2 level's bits: a lane is one output pixel, the bias plus its nine taps in order at
+/// either width. Rows of 8 to 15 columns (8-lane tiles at both levels), of exactly one and of
+/// two wide vectors, 28 columns (two overlapping vectors, 6-row tiles), and rows of three and
+/// four vectors; padding 0, 1 and 2; odd heights so the last tile has fewer rows.
+#[test]
+fn depthwise_same_bits_at_avx512_and_avx2() {
+    if !SimdLevel::available_levels().contains(&SimdLevel::Avx512) {
+        eprintln!("skipping: no avx512f");
+        return;
+    }
+    let p = Conv2dParams::default();
+    let shapes = [
+        ([2, 5, 11, 12], 1),
+        ([1, 3, 17, 17], 0),
+        ([2, 4, 16, 16], 1),
+        ([1, 6, 9, 30], 2),
+        ([2, 8, 28, 28], 1),
+        ([1, 3, 13, 45], 1),
+        ([1, 2, 7, 56], 1),
+        ([1, 2, 31, 62], 0),
+    ];
+    for (i, (input, pad)) in shapes.into_iter().enumerate() {
+        let c = input[1];
+        let g = ConvGeometry::new(input, [c, 1, 3, 3], p.with_padding(pad).with_groups(c)).unwrap();
+        let case = Case::new(g, 70 + i as u64);
+        let (wide, narrow) = (case.direct(SimdLevel::Avx512), case.direct(SimdLevel::Avx2Fma));
+        assert!(wide.iter().zip(&narrow).all(|(a, b)| a.to_bits() == b.to_bits()), "{g:?}");
+        for_sum(tolerance::F32_SUM, case.scale()).check(&wide, &case.naive()).unwrap();
+    }
+}
+
 /// The figures quoted in the `winograd` module docs: max relative error against f64 naive on
 /// the suite's 3x3 shapes. For `res3x3_28b8` the reference covers 16 of the 128 output
 /// channels (all 8 images) to keep the debug suite fast.

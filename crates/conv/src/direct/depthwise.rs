@@ -1,11 +1,13 @@
-//! The depthwise 3x3 path: whole planes per work item, one padded plane, 3-row tiles.
+//! The depthwise 3x3 path: whole planes per work item, one padded plane, tiles of up to 3
+//! rows × 4 vectors (at AVX-512, rows of 16 columns or more run 16-lane vectors in tiles of up
+//! to 6 rows × 2 vectors or 3 × 4, with the AVX2 level's bits).
 
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN_FLOPS;
 use crate::params::{Conv2dParams, ConvGeometry};
 use crate::scratch::{self, Slot};
-use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
+use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd, wide_pairs};
 
 /// Sizes of the depthwise 3x3 path ([`Dw3Plan::new`] says when it applies).
 #[derive(Clone, Copy)]
@@ -303,10 +305,6 @@ impl WithSimd for Dw3Item<'_> {
         scratch.resize(len, 0.0);
         let buf = &mut scratch[..len];
         let (in_plane, out_plane) = (p.h * p.w, p.oh * p.ow);
-        // Vector columns of an output row: 0, 8, 16, … and a last vector that ends at `ow`,
-        // overlapping its neighbour (same values), so every store is a whole vector.
-        let nv = p.ow.div_ceil(LANES);
-        let yb_main = 3;
         for (pi, o) in out.chunks_exact_mut(out_plane).enumerate() {
             let k = (q0 + pi) % p.c;
             let src = &input[pi * in_plane..][..in_plane];
@@ -314,20 +312,15 @@ impl WithSimd for Dw3Item<'_> {
                 let dst = &mut buf[(r + p.ph) * p.wp + p.pw..][..p.w];
                 copy_interior(s, dst, &src[r * p.w..][..p.w]);
             }
-            let wk = &weight[k * 9..][..9];
-            let wv: [S::V; 9] = std::array::from_fn(|t| s.splat(wk[t]));
-            let bv = s.splat(bias.map_or(0.0, |b| b[k]));
-            let t = Dw3Tile { buf: &*buf, wv, bv };
-            let mut y = 0;
-            while y < p.oh {
-                let yb = yb_main.min(p.oh - y);
-                let mut v0 = 0;
-                while v0 < nv {
-                    let xb = (nv - v0).min(4);
-                    t.dispatch(s, p, o, y, v0, yb, xb);
-                    v0 += xb;
-                }
-                y += yb;
+            let wk: &[f32; 9] = weight[k * 9..][..9].try_into().expect("nine taps");
+            let b = bias.map_or(0.0, |b| b[k]);
+            // At AVX-512 a row of at least 16 columns runs 16-lane vectors: every lane is one
+            // output pixel, the bias plus its nine taps in order at either width, so the bits
+            // are the AVX2 level's.
+            if wide_pairs::<S>() && p.ow >= 2 * LANES {
+                Dw3Tile::new(s.wide(), &*buf, wk, b).plane(p, o);
+            } else {
+                Dw3Tile::new(s, &*buf, wk, b).plane(p, o);
             }
         }
     }
@@ -354,42 +347,70 @@ pub(super) fn copy_interior<S: Simd>(s: S, dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// What every depthwise register tile of one plane shares.
-pub(super) struct Dw3Tile<'a, S: Simd> {
+/// What every depthwise register tile of one plane shares, at the vector width of `L`.
+pub(super) struct Dw3Tile<'a, L: Lanes> {
+    l: L,
     /// The padded input plane, `[hp, wp]`.
     buf: &'a [f32],
     /// The nine taps, broadcast.
-    wv: [S::V; 9],
+    wv: [L::V; 9],
     /// The bias, broadcast.
-    bv: S::V,
+    bv: L::V,
 }
 
-impl<S: Simd> Dw3Tile<'_, S> {
-    /// Picks the monomorphized `yb × xb` tile.
-    #[allow(clippy::too_many_arguments)]
+impl<'a, L: Lanes> Dw3Tile<'a, L> {
     #[inline(always)]
-    fn dispatch(
-        &self,
-        s: S,
-        p: &Dw3Plan,
-        out: &mut [f32],
-        y: usize,
-        v0: usize,
-        yb: usize,
-        xb: usize,
-    ) {
+    fn new(l: L, buf: &'a [f32], taps: &[f32; 9], bias: f32) -> Self {
+        Dw3Tile { l, buf, wv: taps.map(|t| l.splat(t)), bv: l.splat(bias) }
+    }
+
+    /// The whole output plane `out` (`[oh, ow]`, `ow ≥ L::N`): tiles of up to [`Self::rows`]
+    /// output rows × up to 4 vectors. Vector columns of a row are 0, N, 2N, … and a last
+    /// vector that ends at `ow`, overlapping its neighbour (same values), so every store is a
+    /// whole vector.
+    #[inline(always)]
+    fn plane(&self, p: &Dw3Plan, out: &mut [f32]) {
+        let nv = p.ow.div_ceil(L::N);
+        let xb_main = nv.min(4);
+        let yb_main = Self::rows(xb_main);
+        let mut y = 0;
+        while y < p.oh {
+            let yb = yb_main.min(p.oh - y);
+            let mut v0 = 0;
+            while v0 < nv {
+                let xb = xb_main.min(nv - v0);
+                self.dispatch(p, out, y, v0, yb, xb);
+                v0 += xb;
+            }
+            y += yb;
+        }
+    }
+
+    /// Output rows per tile for tiles `xb` vectors wide: 3 (up to 12 accumulators in the 16
+    /// registers of AVX2); at AVX-512's 16 lanes, 6 rows when a row is one or two vectors
+    /// (28 columns: 12 accumulators of the 32 registers instead of 6, enough independent
+    /// chains to cover the multiply-add latency).
+    #[inline(always)]
+    fn rows(xb: usize) -> usize {
+        if L::N > LANES && xb <= 2 { 6 } else { 3 }
+    }
+
+    /// Picks the monomorphized `yb × xb` tile.
+    #[inline(always)]
+    fn dispatch(&self, p: &Dw3Plan, out: &mut [f32], y: usize, v0: usize, yb: usize, xb: usize) {
         tile_table! {
             (yb, xb),
-            self.tile(s, p, out, y, v0),
+            self.tile(p, out, y, v0),
             [
-                (1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2),
+                (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1),
+                (1, 2), (2, 2), (3, 2), (4, 2), (5, 2), (6, 2),
                 (1, 3), (2, 3), (3, 3), (1, 4), (2, 4), (3, 4),
             ],
             // Not produced by the blocking above; single-row, single-vector tiles cover any.
             {
                 for r in 0..yb {
                     for v in 0..xb {
-                        self.tile::<1, 1>(s, p, out, y + r, v0 + v);
+                        self.tile::<1, 1>(p, out, y + r, v0 + v);
                     }
                 }
             }
@@ -401,15 +422,15 @@ impl<S: Simd> Dw3Tile<'_, S> {
     #[inline(always)]
     fn tile<const YB: usize, const XB: usize>(
         &self,
-        s: S,
         p: &Dw3Plan,
         out: &mut [f32],
         y: usize,
         v0: usize,
     ) {
-        let xs: [usize; XB] = std::array::from_fn(|v| ((v0 + v) * LANES).min(p.ow - LANES));
+        let (l, n) = (self.l, L::N);
+        let xs: [usize; XB] = std::array::from_fn(|v| ((v0 + v) * n).min(p.ow - n));
         let mut acc = [[self.bv; XB]; YB];
-        // The farthest float read: row `y + YB + 1`, column `ow − 8 + 2 + 7 = wp − 1`.
+        // The farthest float read: row `y + YB + 1`, column `ow − N + 2 + N − 1 = wp − 1`.
         assert!(y + YB + 2 <= p.hp && p.ow + 2 == p.wp && p.hp * p.wp <= self.buf.len());
         let pin = self.buf.as_ptr();
         for i in 0..3 {
@@ -418,10 +439,10 @@ impl<S: Simd> Dw3Tile<'_, S> {
                 for (r, a) in acc.iter_mut().enumerate() {
                     let row = (y + r + i) * p.wp + j;
                     for (av, &x) in a.iter_mut().zip(&xs) {
-                        // SAFETY: `row + x + 8 ≤ (y + YB + 1)·wp + 2 + ow − 8 + 8 =
+                        // SAFETY: `row + x + N ≤ (y + YB + 1)·wp + 2 + ow − N + N =
                         // (y + YB + 2)·wp ≤ hp·wp ≤ buf.len()` (asserted above).
-                        let xv = unsafe { s.load_ptr(pin.add(row + x)) };
-                        *av = s.fma(xv, w, *av);
+                        let xv = unsafe { l.load_ptr(pin.add(row + x)) };
+                        *av = l.fma(xv, w, *av);
                     }
                 }
             }
@@ -429,7 +450,7 @@ impl<S: Simd> Dw3Tile<'_, S> {
         for (r, a) in acc.iter().enumerate() {
             let orow = &mut out[(y + r) * p.ow..][..p.ow];
             for (&av, &x) in a.iter().zip(&xs) {
-                s.store(av, &mut orow[x..]);
+                l.store(av, &mut orow[x..]);
             }
         }
     }
