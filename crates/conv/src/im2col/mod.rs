@@ -479,7 +479,9 @@ const GATHER_MAX_WIDTH: usize = 64;
 /// [`GATHER_MAX_WIDTH`] on CPUs with slow gathers. Measured on a Zen 4 (AVX-512, median of 3–5
 /// interleaved rounds, gathers ÷ copies, forward and backward): rows of 7 and 14 gather
 /// faster (forward 0.81–0.89), rows of 28 copy faster (`strided`, 8x64x56x56 → 128 stride 2:
-/// forward 1.28–1.30, backward 1.07; 64x8x28x28 → 32: forward 1.14, backward 1.24).
+/// forward 1.28–1.30, backward 1.07; 64x8x28x28 → 32: forward 1.14, backward 1.24). Zen 5's
+/// gathers are as slow (`strided`, one process alternating, medians of 60 calls: forward 8.14
+/// against 5.17 ms, backward 11.38 against 10.25 ms on one thread).
 const SLOW_GATHER_MAX_WIDTH: usize = 20;
 
 /// The output width from which this CPU builds column matrices by copies.
