@@ -466,6 +466,51 @@ fn depthwise_same_bits_at_avx512_and_avx2() {
     }
 }
 
+/// The Winograd forward gives the AVX2 level's bits at AVX-512: its transforms are lane-wise
+/// at either width, and its products are the GEMM's, whose kernels sum in the same order. The
+/// shapes put runs of side-by-side tiles at every offset of a 16-tile group, across rows and
+/// images (the 2x2-output store path), for F(2x2), F(4x4) and stride 2, with padding, bias and
+/// one image split between threads.
+#[test]
+fn winograd_same_bits_at_avx512_and_avx2() {
+    if !SimdLevel::available_levels().contains(&SimdLevel::Avx512) {
+        eprintln!("skipping: no avx512f");
+        return;
+    }
+    let p = Conv2dParams::default();
+    let shapes = [
+        ([2, 5, 14, 14], [7, 5, 3, 3], p.with_padding(1)),
+        ([3, 4, 11, 23], [9, 4, 3, 3], p.with_padding(1)),
+        ([1, 16, 37, 9], [12, 16, 3, 3], p),
+        ([2, 3, 30, 30], [8, 3, 3, 3], p.with_padding(2).with_dilation(2)),
+        ([1, 40, 20, 20], [40, 40, 3, 3], p.with_padding(1)),
+    ];
+    let variants =
+        [WinogradVariant::F2x2_3x3, WinogradVariant::F4x4_3x3, WinogradVariant::F2x2_3x3S2];
+    for (i, (input, weight, params)) in shapes.into_iter().enumerate() {
+        for v in variants {
+            let params = if v == WinogradVariant::F2x2_3x3S2 {
+                if params.dilation != (1, 1) {
+                    continue;
+                }
+                params.with_stride(2)
+            } else {
+                params
+            };
+            let g = ConvGeometry::new(input, weight, params).unwrap();
+            let case = Case::new(g, 90 + i as u64);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let (wide, narrow) = pool.install(|| {
+                    (case.winograd(SimdLevel::Avx512, v), case.winograd(SimdLevel::Avx2Fma, v))
+                });
+                let same = wide.iter().zip(&narrow).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{v:?} {threads} threads {g:?}");
+            }
+        }
+    }
+}
+
 /// The figures quoted in the `winograd` module docs: max relative error against f64 naive on
 /// the suite's 3x3 shapes. For `res3x3_28b8` the reference covers 16 of the 128 output
 /// channels (all 8 images) to keep the debug suite fast.

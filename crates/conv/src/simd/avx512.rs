@@ -225,6 +225,19 @@ impl Lanes for Avx512Wide {
             (_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
         }
     }
+    #[inline(always)]
+    fn store_window(self, a: __m512, b: __m512, start: usize, len: usize, dst: &mut [f32]) {
+        assert!(len <= 2 * LANES && start + len <= 4 * LANES && dst.len() >= len);
+        // SAFETY: AVX-512F is available (token). Lane `i` of the permute is lane `start + i`
+        // of `a` then `b` (index bit 4 picks `b`; lanes past `len` may wrap and are masked
+        // off); the masked store writes only the first `len` floats, which `dst` holds.
+        unsafe {
+            let step = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let idx = _mm512_add_epi32(_mm512_set1_epi32(start as i32), step);
+            let v = _mm512_permutex2var_ps(a, idx, b);
+            _mm512_mask_storeu_ps(dst.as_mut_ptr(), ((1u32 << len) - 1) as __mmask16, v);
+        }
+    }
 }
 
 /// The 16x16 transpose of `rows`: lane `j` of output `i` is lane `i` of `rows[j]`. Four rounds

@@ -105,6 +105,19 @@ pub trait Lanes: Copy {
     /// The lanes of `a` and `b` alternated, `[a0, b0, a1, b1, …]`, as two vectors (the first
     /// [`Lanes::N`] of the sequence, then the rest).
     fn interleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
+    /// Stores lanes `start..start + len` of the `2·N` lanes of `a` followed by `b` into
+    /// `dst[..len]`, and nothing else (`len ≤ N`, `start + len ≤ 2·N`; panics otherwise, or
+    /// when `dst` is shorter). Through a buffer here; a register permute and a masked store at
+    /// AVX-512.
+    #[inline(always)]
+    fn store_window(self, a: Self::V, b: Self::V, start: usize, len: usize, dst: &mut [f32]) {
+        let n = Self::N;
+        assert!(n <= 2 * LANES && len <= n && start + len <= 2 * n);
+        let mut buf = [0f32; 4 * LANES];
+        self.store(a, &mut buf);
+        self.store(b, &mut buf[n..]);
+        dst[..len].copy_from_slice(&buf[start..start + len]);
+    }
 }
 
 /// Whether the widest vectors of level `S` hold two of its 8-lane vectors (AVX-512): where a
@@ -473,6 +486,16 @@ mod tests {
         w.store(hi, &mut pair[n..]);
         let want: Vec<f32> = a.iter().zip(&b).flat_map(|(&x, &y)| [x, y]).collect();
         assert_eq!(pair, want);
+        // Every window of `a` then `b`: exactly `len` floats written, the rest untouched.
+        let ab: Vec<f32> = a.iter().chain(&b).copied().collect();
+        for start in 0..2 * n {
+            for len in 0..=n.min(2 * n - start) {
+                let mut dst = vec![f32::NAN; n + 1];
+                w.store_window(va, vb, start, len, &mut dst);
+                assert_eq!(&dst[..len], &ab[start..start + len], "window {start}+{len}");
+                assert!(dst[len..].iter().all(|x| x.is_nan()), "window {start}+{len}");
+            }
+        }
         // Parts 0..n/8 hold lanes 8p..8p+8.
         let parts: Vec<S::V> = a.chunks(LANES).map(|c| s.load(c)).collect();
         let joined = s.join(&parts);

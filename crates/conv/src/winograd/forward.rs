@@ -10,7 +10,7 @@ use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant, plane_stride};
 use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab};
 use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
-use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd};
+use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd, wide_pairs};
 
 /// The filters of a forward call.
 #[derive(Clone, Copy)]
@@ -761,6 +761,30 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
             let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, p.ms, k * p.tb + t0);
             for (i, yr) in y.iter().enumerate() {
                 let (lo, hi) = w.interleave(yr[0], yr[1]);
+                if wide_pairs::<S>() {
+                    // AVX-512: each run's floats go from the registers to the output row by a
+                    // permute and a masked store, 16 at a time; the bias is the same one add
+                    // per value (after the interleave, which only moves lanes).
+                    let bw = w.splat(bf);
+                    let (lo, hi) = (w.add(lo, bw), w.add(hi, bw));
+                    for r in &runs[bounds[0]..bounds[1]] {
+                        let t = block[t0 + r.l0];
+                        let oy = t.oy + i * p.dh();
+                        if oy >= p.oh {
+                            continue;
+                        }
+                        let len = (2 * (r.l1 - r.l0)).min(p.ow - t.ox);
+                        let plane = &mut *out[t.img * nk + kk];
+                        let dst = &mut plane[(oy - y0) * p.ow + t.ox..][..len];
+                        let mut done = 0;
+                        while done < len {
+                            let n = (len - done).min(wn);
+                            w.store_window(lo, hi, 2 * r.l0 + done, n, &mut dst[done..]);
+                            done += n;
+                        }
+                    }
+                    continue;
+                }
                 w.store(lo, &mut rows);
                 w.store(hi, &mut rows[wn..]);
                 for r in &runs[bounds[0]..bounds[1]] {
