@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::PARALLEL_MIN_FLOPS;
 use crate::params::{Conv2dParams, ConvGeometry};
 use crate::scratch::{self, Slot};
-use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd, wide_pairs};
+use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd, copy_interior, wide_pairs};
 
 /// Sizes of the depthwise 3x3 path ([`Dw3Plan::new`] says when it applies).
 #[derive(Clone, Copy)]
@@ -323,27 +323,6 @@ impl WithSimd for Dw3Item<'_> {
                 Dw3Tile::new(s, &*buf, wk, b).plane(p, o);
             }
         }
-    }
-}
-
-/// `dst = src` with vector copies (the last one overlapping) when the row holds a vector.
-#[inline(always)]
-pub(super) fn copy_interior<S: Simd>(s: S, dst: &mut [f32], src: &[f32]) {
-    let n = src.len();
-    if n < LANES {
-        // Element by element: a slice copy of unknown length is a `memcpy` call.
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = v;
-        }
-        return;
-    }
-    let mut j = 0;
-    while j + LANES <= n {
-        s.store(s.load(&src[j..]), &mut dst[j..]);
-        j += LANES;
-    }
-    if j < n {
-        s.store(s.load(&src[n - LANES..]), &mut dst[n - LANES..]);
     }
 }
 

@@ -1,8 +1,7 @@
 //! The forward register tiles and their dispatch on the tile sizes.
 
 use super::Plan;
-use super::depthwise::copy_interior;
-use crate::simd::{LANES, Simd};
+use crate::simd::{LANES, Simd, copy_interior};
 
 /// `row = [0; pad] ++ src ++ [0; …]` for a row whose length is a multiple of 8, with vector
 /// stores: rows are short (28 floats for a 28x28 plane), and three `memset`/`memcpy` calls per

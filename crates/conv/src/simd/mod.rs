@@ -120,6 +120,29 @@ pub trait Lanes: Copy {
     }
 }
 
+/// `dst[..src.len()] = src` with vector copies (the last one overlapping) when the row holds a
+/// vector: rows of a plane are short, and a slice copy of unknown length is a `memcpy` call
+/// each, which costs more than the copy.
+#[inline(always)]
+pub(crate) fn copy_interior<S: Simd>(s: S, dst: &mut [f32], src: &[f32]) {
+    let n = src.len();
+    if n < LANES {
+        // Element by element: a slice copy of unknown length is a `memcpy` call.
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v;
+        }
+        return;
+    }
+    let mut j = 0;
+    while j + LANES <= n {
+        s.store(s.load(&src[j..]), &mut dst[j..]);
+        j += LANES;
+    }
+    if j < n {
+        s.store(s.load(&src[n - LANES..]), &mut dst[n - LANES..]);
+    }
+}
+
 /// Whether the widest vectors of level `S` hold two of its 8-lane vectors (AVX-512): where a
 /// kernel's tile spans an even number of 8-lane vectors whose lanes are independent sums, it
 /// can run half as many wide ones with the same bits.

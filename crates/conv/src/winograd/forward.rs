@@ -10,7 +10,7 @@ use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant, plane_stride};
 use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab};
 use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
-use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd, wide_pairs};
+use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd, copy_interior, wide_pairs};
 
 /// The filters of a forward call.
 #[derive(Clone, Copy)]
@@ -364,7 +364,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let mbuf = &mut rest[..m_len];
     let planes_in = input.chunks_exact(p.h * p.w);
     let pads = Pads { h: p.h, w: p.w, ph: p.ph(), pw: p.pw(), wp: p.wp };
-    pad_planes(&pads, planes_in, padded.chunks_exact_mut(plane));
+    pad_planes(s, &pads, planes_in, padded.chunks_exact_mut(plane));
     let padded = &*padded;
     let patches = Patches { padded, plane, wp: p.wp, dh: p.dh(), dw: p.dw(), cpg: p.cpg };
 
@@ -829,18 +829,30 @@ pub(super) struct Pads {
 }
 
 /// Copies each `h × w` plane of `src` into the matching padded plane of `dst` at offset
-/// `(ph, pw)`, zeroing the rest of every padded plane.
-pub(super) fn pad_planes<'a>(
+/// `(ph, pw)`, zeroing the rest of every padded plane: the rows above and below once per
+/// plane, the columns left and right of each row, each row's floats by vectors
+/// ([`copy_interior`]; a `memcpy` call per row of 56 floats had cost 8% of `strided`).
+#[inline(always)]
+pub(super) fn pad_planes<'a, S: Simd>(
+    s: S,
     p: &Pads,
     src: impl Iterator<Item = &'a [f32]>,
     dst: impl Iterator<Item = &'a mut [f32]>,
 ) {
     for (input, pl) in src.zip(dst) {
-        // One fill of the whole (small) plane, then one copy per row: the borders of a row
-        // are a float or two, and a fill call each cost more than the plane's rewrite.
-        pl.fill(0.0);
-        for r in 0..p.h {
-            pl[(r + p.ph) * p.wp + p.pw..][..p.w].copy_from_slice(&input[r * p.w..][..p.w]);
+        let (top, rest) = pl.split_at_mut(p.ph * p.wp);
+        top.fill(0.0);
+        let (body, bottom) = rest.split_at_mut(p.h * p.wp);
+        bottom.fill(0.0);
+        for (row, from) in body.chunks_exact_mut(p.wp).zip(input.chunks_exact(p.w)) {
+            // The borders are a float or two: loops, not `fill` calls.
+            for v in &mut row[..p.pw] {
+                *v = 0.0;
+            }
+            for v in &mut row[p.pw + p.w..] {
+                *v = 0.0;
+            }
+            copy_interior(s, &mut row[p.pw..p.pw + p.w], from);
         }
     }
 }
