@@ -340,7 +340,12 @@ pub(super) struct Dw3Tile<'a, L: Lanes> {
 impl<'a, L: Lanes> Dw3Tile<'a, L> {
     #[inline(always)]
     fn new(l: L, buf: &'a [f32], taps: &[f32; 9], bias: f32) -> Self {
-        Dw3Tile { l, buf, wv: taps.map(|t| l.splat(t)), bv: l.splat(bias) }
+        // A loop, not `map`: a closure body is compiled without the caller's target features.
+        let mut wv = [l.zero(); 9];
+        for (v, &t) in wv.iter_mut().zip(taps) {
+            *v = l.splat(t);
+        }
+        Dw3Tile { l, buf, wv, bv: l.splat(bias) }
     }
 
     /// The whole output plane `out` (`[oh, ow]`, `ow ≥ L::N`): tiles of up to [`Self::rows`]

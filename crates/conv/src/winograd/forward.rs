@@ -761,32 +761,17 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
             let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, p.ms, k * p.tb + t0);
             for (i, yr) in y.iter().enumerate() {
                 let (lo, hi) = w.interleave(yr[0], yr[1]);
-                if wide_pairs::<S>() {
-                    // AVX-512: each run's floats go from the registers to the output row by a
-                    // permute and a masked store, 16 at a time; the bias is the same one add
-                    // per value (after the interleave, which only moves lanes).
-                    let bw = w.splat(bf);
-                    let (lo, hi) = (w.add(lo, bw), w.add(hi, bw));
-                    for r in &runs[bounds[0]..bounds[1]] {
-                        let t = block[t0 + r.l0];
-                        let oy = t.oy + i * p.dh();
-                        if oy >= p.oh {
-                            continue;
-                        }
-                        let len = (2 * (r.l1 - r.l0)).min(p.ow - t.ox);
-                        let plane = &mut *out[t.img * nk + kk];
-                        let dst = &mut plane[(oy - y0) * p.ow + t.ox..][..len];
-                        let mut done = 0;
-                        while done < len {
-                            let n = (len - done).min(wn);
-                            w.store_window(lo, hi, 2 * r.l0 + done, n, &mut dst[done..]);
-                            done += n;
-                        }
-                    }
-                    continue;
+                // The bias is one add per value after the interleave, which only moves lanes:
+                // the same sums on either path. At AVX-512 each run's floats go from the
+                // registers to the output row (a permute and a masked store per 16 floats);
+                // elsewhere through `rows`.
+                let wide_store = wide_pairs::<S>();
+                let bw = w.splat(bf);
+                let (lo, hi) = if wide_store { (w.add(lo, bw), w.add(hi, bw)) } else { (lo, hi) };
+                if !wide_store {
+                    w.store(lo, &mut rows);
+                    w.store(hi, &mut rows[wn..]);
                 }
-                w.store(lo, &mut rows);
-                w.store(hi, &mut rows[wn..]);
                 for r in &runs[bounds[0]..bounds[1]] {
                     let t = block[t0 + r.l0];
                     let oy = t.oy + i * p.dh();
@@ -795,12 +780,20 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
                     }
                     let len = (2 * (r.l1 - r.l0)).min(p.ow - t.ox);
                     let plane = &mut *out[t.img * nk + kk];
-                    let src = &rows[2 * r.l0..][..len];
                     let dst = &mut plane[(oy - y0) * p.ow + t.ox..][..len];
-                    // Whole 8-float vectors plus the bias (after the interleave, which only
-                    // moves lanes: the same sums), the last one overlapping the one before. A
-                    // plain copy loop is compiled into a `memcpy` call per run, which cost
-                    // more than the transform.
+                    if wide_store {
+                        let mut done = 0;
+                        while done < len {
+                            let n = (len - done).min(wn);
+                            w.store_window(lo, hi, 2 * r.l0 + done, n, &mut dst[done..]);
+                            done += n;
+                        }
+                        continue;
+                    }
+                    let src = &rows[2 * r.l0..][..len];
+                    // Whole 8-float vectors plus the bias, the last one overlapping the one
+                    // before. A plain copy loop is compiled into a `memcpy` call per run, which
+                    // cost more than the transform.
                     if len >= LANES {
                         for (d, v) in dst.chunks_exact_mut(LANES).zip(src.chunks_exact(LANES)) {
                             s.store(s.add(s.load(v), bk), d);
