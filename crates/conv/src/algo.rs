@@ -261,9 +261,11 @@ pub fn supports(algo: ConvAlgo, g: &ConvGeometry) -> bool {
 ///    output channels per group together, and at least 256 F(2x2) tiles over the batch:
 ///    `WinogradS2`. Its transforms cost in proportion to `C' + K'` per output pixel against
 ///    the products' `C'·K'`, so few channels do not pay for them (32 → 64 channels lose at 2
-///    threads), and past 384 channels its transformed filters (`25·C'·K'` floats) no longer
-///    stay in cache for the small tile blocks it can hold (256 → 512 loses); one image's
-///    tiles are too few;
+///    threads), and past 384 channels its transformed filters (`16·C'·K'` floats) no longer
+///    stay in cache for the small tile blocks it can hold (256 → 512 lost on the Zen 4,
+///    measured when all 25 planes were stored; on the Zen 5, with its 1 MiB L2 and the 16
+///    distinct planes, it wins 1.1–1.2x at batch 8 and ties at batch 2, so the limit stays
+///    for the smaller caches); one image's tiles are too few;
 /// 5. everything else (1x1, other strides, few channels, tiny planes): `Im2col`.
 pub fn select(g: &ConvGeometry) -> ConvAlgo {
     let p = g.params;

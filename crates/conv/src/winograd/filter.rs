@@ -19,7 +19,7 @@ pub struct WinogradFilter {
     pub(super) c_out: usize,
     pub(super) cpg: usize,
     pub(super) groups: usize,
-    /// `[group][ξ]` × one packed `kpg × cpg` plane, laid out by [`u_planes`] (see
+    /// `[group][stored plane]` × one packed `kpg × cpg` plane, laid out by [`u_planes`] (see
     /// [`transform_filters`]).
     pub(super) u: Vec<f32>,
 }
@@ -79,9 +79,10 @@ pub(super) struct FilterChunk<'a> {
     ///
     /// [`conv2d_input_grad_winograd`]: super::conv2d_input_grad_winograd
     flipped: bool,
-    /// One slice per plane `ξ = a·α + b` with `a` in `a_rows`: a run of the block's panels.
+    /// One slice per stored plane `a·r + b` (`r` = [`WinogradVariant::u_rows`], `b < r`)
+    /// with `a` in `a_rows`: a run of the block's panels.
     pieces: Vec<&'a mut [f32]>,
-    /// The rows `a` of the `α×α` planes made (`0..α`: every plane).
+    /// The rows `a` of the planes made (`0..r`: every stored plane).
     a_rows: (usize, usize),
     variant: WinogradVariant,
 }
@@ -113,10 +114,13 @@ pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M
     s: S,
     chunk: FilterChunk<'_>,
 ) {
+    // Only the distinct rows and columns are stored (see `WinogradVariant::u_rows`).
+    let r = chunk.variant.u_rows();
     let FilterChunk { weights, kpg, cpg, k0, kcb, pi0, flipped, mut pieces, a_rows, .. } = chunk;
     let panel = MR * kcb;
     let (a_lo, a_hi) = a_rows;
-    assert!(a_lo <= a_hi && a_hi <= A && pieces.len() == (a_hi - a_lo) * A && A * A <= 36);
+    assert!(a_lo <= a_hi && a_hi <= r && r <= A && A * A <= 36);
+    assert!(pieces.len() == (a_hi - a_lo) * r);
     assert!(pieces.iter().all(|p| p.len() == pieces[0].len()));
     let panels = pieces.first().map_or(0, |p| p.len() / panel);
     // The rows of a last panel past `kpg` are zero filters.
@@ -169,8 +173,8 @@ pub(super) fn filter_chunk<S: Simd, T: Transforms<A, M>, const A: usize, const M
             }
             for a in a_lo..a_hi {
                 let u = T::g(s, [cols[0][a], cols[1][a], cols[2][a]]);
-                for (b, &v) in u.iter().enumerate() {
-                    let run = &mut runs[(a - a_lo) * A + b][i..];
+                for (b, &v) in u.iter().enumerate().take(r) {
+                    let run = &mut runs[(a - a_lo) * r + b][i..];
                     if n == LANES {
                         s.store(v, run);
                     } else {
@@ -195,11 +199,12 @@ pub(super) fn u_planes(rows: usize, cpg: usize) -> (usize, usize) {
 /// output channels × 256 input channels).
 const PARALLEL_MIN_FLOATS: usize = 64 * MR * 256;
 
-/// `U = G g Gᵀ` for every 3x3 filter, laid out `[group][ξ]` × one `kpg × cpg` matrix per plane
+/// `U = G g Gᵀ` for every 3x3 filter, laid out `[group][plane]` × one `kpg × cpg` matrix per plane
 /// in the packed layout of the GEMM's left operand ([`PackedARef`]), so the products read it
 /// without packing.
 ///
-/// Each of the `α²` planes `ξ = (ξi, ξj)` is a fixed combination of the nine taps,
+/// Only the distinct planes are made: `u_rows²` of them, all `α²` but at stride 2
+/// ([`WinogradVariant::u_rows`]). Each plane `ξ = (ξi, ξj)` is a fixed combination of the nine taps,
 /// `U = G (G g)ᵀ` computed separably for eight filters at a time, in vector registers: `G` on
 /// the three tap columns, then on the `α` rows, with the constant entries of `G` unrolled
 /// (`Transforms::g`), each result stored straight into its plane. The taps of eight
@@ -220,21 +225,22 @@ pub(super) fn transform_filters(
     variant: WinogradVariant,
     flipped: bool,
 ) -> Vec<f32> {
-    let a = variant.alpha();
-    let a2 = a * a;
+    // The distinct planes only (`WinogradVariant::u_rows`).
+    let ur = variant.u_rows();
+    let planes = ur * ur;
     let per_group = kpg * cpg;
     let (plen, us) = u_planes(kpg, cpg);
     // Every element of the planes is written below, so a recycled buffer needs no zeroing (the
     // floats between planes are never read).
     let mut u = buf;
-    scratch::fit(&mut u, groups * a2 * us);
-    for (grp, ug) in u.chunks_exact_mut(a2 * us).enumerate() {
+    scratch::fit(&mut u, groups * planes * us);
+    for (grp, ug) in u.chunks_exact_mut(planes * us).enumerate() {
         let wg = &weight[grp * per_group * 9..][..per_group * 9];
         // tasks[t]: depth block t of every plane (see `PackedARef` for the layout).
         let (kb, mp) = (kblock(cpg), kpg.next_multiple_of(MR));
         let nblocks = cpg.div_ceil(kb);
         let mut tasks: Vec<Vec<&mut [f32]>> =
-            (0..nblocks).map(|_| Vec::with_capacity(a2)).collect();
+            (0..nblocks).map(|_| Vec::with_capacity(planes)).collect();
         for plane in ug.chunks_exact_mut(us) {
             let mut rest = &mut plane[..plen];
             for (t, task) in tasks.iter_mut().enumerate() {
@@ -246,7 +252,7 @@ pub(super) fn transform_filters(
         }
         // Large layers: every depth block is also cut into runs of row panels, so that one
         // depth block (VGG's 256 input channels) still gives every thread work.
-        let parallel = plen * a2 >= PARALLEL_MIN_FLOATS && rayon::current_num_threads() > 1;
+        let parallel = plen * planes >= PARALLEL_MIN_FLOATS && rayon::current_num_threads() > 1;
         let panels = mp / MR;
         let runs = if parallel { rayon::current_num_threads().min(panels) } else { 1 };
         let per_run = panels.div_ceil(runs);
@@ -254,7 +260,7 @@ pub(super) fn transform_filters(
         for (t, pieces) in tasks.into_iter().enumerate() {
             let (k0, kcb) = (t * kb, kb.min(cpg - t * kb));
             let mut parts: Vec<Vec<&mut [f32]>> =
-                (0..runs).map(|_| Vec::with_capacity(a2)).collect();
+                (0..runs).map(|_| Vec::with_capacity(planes)).collect();
             for piece in pieces {
                 for (part, run) in parts.iter_mut().zip(piece.chunks_mut(per_run * MR * kcb)) {
                     part.push(run);
@@ -262,7 +268,7 @@ pub(super) fn transform_filters(
             }
             for (r, pieces) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
                 let pi0 = r * per_run;
-                let a_rows = (0, a);
+                let a_rows = (0, ur);
                 let chunk = FilterChunk {
                     weights: wg,
                     kpg,
@@ -307,7 +313,7 @@ pub(super) fn transform_rows<S: Simd>(
     assert!(rows.start.is_multiple_of(MR) && rows.end <= kpg);
     let m = rows.len();
     let (mp, (_, us)) = (m.next_multiple_of(MR), u_planes(m, cpg));
-    let planes = (a_rows.1 - a_rows.0) * variant.alpha();
+    let planes = (a_rows.1 - a_rows.0) * variant.u_rows();
     let kb = kblock(cpg);
     let mut k0 = 0;
     while k0 < cpg {
@@ -335,7 +341,9 @@ mod tests {
         let (kpg, cpg, groups) = (7, 5, 2);
         let weight: Vec<f32> =
             (0..groups * kpg * cpg * 9).map(|i| (i % 13) as f32 * 0.25 - 1.5).collect();
-        for variant in [WinogradVariant::F2x2_3x3, WinogradVariant::F4x4_3x3] {
+        for variant in
+            [WinogradVariant::F2x2_3x3, WinogradVariant::F4x4_3x3, WinogradVariant::F2x2_3x3S2]
+        {
             for flipped in [false, true] {
                 let fresh =
                     transform_filters(Vec::new(), &weight, kpg, cpg, groups, variant, flipped);

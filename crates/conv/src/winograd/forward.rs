@@ -15,7 +15,8 @@ use crate::simd::{self, LANES, Lanes, Simd, SimdLevel, WithSimd, copy_interior, 
 /// The filters of a forward call.
 #[derive(Clone, Copy)]
 pub(super) enum Filters<'a> {
-    /// Transformed beforehand: `α²` packed planes per group (see `transform_filters`).
+    /// Transformed beforehand: the distinct packed planes of each group (see
+    /// `transform_filters`).
     Transformed(&'a [f32]),
     /// The 3x3 weights `[c_out, cpg, 3, 3]` of a forward convolution, which the split mode
     /// transforms a few rows at a time right before multiplying them (see [`Plan::fuses`]).
@@ -47,10 +48,11 @@ pub(super) fn run(
     // split unevenly, so every item's output is one contiguous `chunk_len` slice or the tail).
     let chunks_per_group = plan.kpg.div_ceil(plan.kc);
     let chunks_per_image = g.params.groups * chunks_per_group;
-    let (us, a2) = (plan.us, plan.a * plan.a);
+    // A group's stored filter planes (`WinogradVariant::u_rows`).
+    let (us, u2) = (plan.us, plan.variant.u_rows().pow(2));
     // The filters of group `grp`.
     let group_filters = |grp: usize| match filters {
-        Filters::Transformed(u) => Filters::Transformed(&u[grp * a2 * us..][..a2 * us]),
+        Filters::Transformed(u) => Filters::Transformed(&u[grp * u2 * us..][..u2 * us]),
         Filters::Raw(weights) => {
             let len = plan.kpg * plan.cpg * 9;
             Filters::Raw(&weights[grp * len..][..len])
@@ -312,7 +314,8 @@ pub(super) struct Item<'a> {
     plan: &'a Plan<'a>,
     /// The group's input channels of the images, `[nb, cpg, h, w]`.
     input: &'a [f32],
-    /// The group's filters: `α²` packed `kpg × cpg` planes, or the weights in split mode.
+    /// The group's filters: its distinct packed `kpg × cpg` planes, or the weights in split
+    /// mode.
     filters: Filters<'a>,
     /// First output channel of the chunk within the group (a multiple of [`MR`]).
     kl: usize,
@@ -403,6 +406,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
                 let ks = (kl, kl + kc);
                 let products = Products {
                     u,
+                    variant: p.variant,
                     plen: p.plen,
                     us: p.us,
                     kpg: p.kpg,
@@ -516,8 +520,10 @@ impl VPlanes<'_> {
 
 /// Transform-domain products `M[ξ] = U[ξ][ks] · V[ξ]` for `ξ = xi0..` (as many as `m` holds).
 pub(super) struct Products<'a> {
-    /// The group's packed filter planes, `plen` floats each, `us` apart.
+    /// The group's stored packed filter planes, `plen` floats each, `us` apart (position `ξ`
+    /// reads plane [`WinogradVariant::u_plane`]).
     u: &'a [f32],
+    variant: WinogradVariant,
     plen: usize,
     us: usize,
     kpg: usize,
@@ -536,9 +542,10 @@ impl WithSimd for Products<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Products { u, plen, us, kpg, ks, v, xi0, ms, m } = self;
+        let Products { u, variant, plen, us, kpg, ks, v, xi0, ms, m } = self;
         for (i, c_xi) in m.chunks_exact_mut(ms).enumerate() {
-            let a_xi = PackedARef::new(&u[(xi0 + i) * us..][..plen], kpg, v.cpg);
+            let plane = variant.u_plane(xi0 + i);
+            let a_xi = PackedARef::new(&u[plane * us..][..plen], kpg, v.cpg);
             v.product(s, xi0 + i, a_xi, ks.0..ks.1, &mut c_xi[..(ks.1 - ks.0) * v.tb]);
         }
     }

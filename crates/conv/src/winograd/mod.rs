@@ -94,6 +94,21 @@ impl WinogradVariant {
     pub fn alpha(self) -> usize {
         self.stride() * self.m() + 3 - self.stride()
     }
+    /// Distinct rows of `G` (and so of every transformed filter `U = G g Gᵀ`): `α`, except at
+    /// stride 2, whose last two rows are both the middle tap `g1`. Rows and columns from
+    /// `u_rows − 1` on are equal, so only `u_rows²` of the `α²` planes `U[ξ]` are distinct
+    /// (16 of 25); those are the ones stored ([`WinogradVariant::u_plane`]).
+    pub(crate) fn u_rows(self) -> usize {
+        match self {
+            WinogradVariant::F2x2_3x3S2 => 4,
+            _ => self.alpha(),
+        }
+    }
+    /// The stored filter plane that serves transform position `ξ = a·α + b`.
+    pub(crate) fn u_plane(self, xi: usize) -> usize {
+        let (a, r) = (self.alpha(), self.u_rows());
+        (xi / a).min(r - 1) * r + (xi % a).min(r - 1)
+    }
     /// The convolution stride the variant computes (the same on both axes).
     pub fn stride(self) -> usize {
         match self {
