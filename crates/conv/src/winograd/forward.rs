@@ -943,9 +943,31 @@ fn patch_rows<S: Simd, const A: usize>(
     // Where a patch row fits in one vector (`(α−1)·dw < 8`) and 8 floats can be read from
     // every row start: load each lane's patch row as a vector and transpose, so that vector
     // `q` holds element `q` of every lane's row (8 loads and a transpose instead of `α·8`
-    // scalar loads per row). The values are the same either way.
-    let rows_fit = (A - 1) * p.dw < LANES && far - (A - 1) * p.dw + LANES <= padded.len();
+    // scalar loads per row). Where it fits in two (a dilated F(4x4) or F(2x2) patch: 11 or
+    // 7–10 floats), the same with two loads and two transposes per lane and row. The values
+    // are the same either way.
+    let span = (A - 1) * p.dw;
+    let rows_fit = span < LANES && far - span + LANES <= padded.len();
+    let rows_fit2 = !rows_fit && span < 2 * LANES && far - span + 2 * LANES <= padded.len();
     for (r, dr) in d.iter_mut().enumerate() {
+        if rows_fit2 {
+            let (mut lo, mut hi) = ([s.zero(); LANES], [s.zero(); LANES]);
+            for ((l, h), &b) in lo.iter_mut().zip(&mut hi).zip(&base) {
+                let at = b + r * p.dh * p.wp;
+                // SAFETY: `at + 16 ≤ far − (α−1)·dw + 16 ≤ padded.len()` (checked in
+                // `rows_fit2`).
+                unsafe {
+                    *l = s.load_ptr(padded.as_ptr().add(at));
+                    *h = s.load_ptr(padded.as_ptr().add(at + LANES));
+                }
+            }
+            let (cl, ch) = (s.transpose8(lo), s.transpose8(hi));
+            for (col, dv) in dr.iter_mut().enumerate() {
+                let q = col * p.dw;
+                *dv = if q < LANES { cl[q] } else { ch[q - LANES] };
+            }
+            continue;
+        }
         if rows_fit {
             let mut rows = [s.zero(); LANES];
             for (v, &b) in rows.iter_mut().zip(&base) {
