@@ -943,9 +943,9 @@ fn patch_rows<S: Simd, const A: usize>(
     // Where a patch row fits in one vector (`(α−1)·dw < 8`) and 8 floats can be read from
     // every row start: load each lane's patch row as a vector and transpose, so that vector
     // `q` holds element `q` of every lane's row (8 loads and a transpose instead of `α·8`
-    // scalar loads per row). Where it fits in two (a dilated F(4x4) or F(2x2) patch: 11 or
-    // 7–10 floats), the same with two loads and two transposes per lane and row. The values
-    // are the same either way.
+    // scalar loads per row). Where it fits in two (a dilated patch row of up to 16 floats:
+    // F(4x4) at dilation 2 or 3, F(2x2) at 3 to 5), the same with two loads and two
+    // transposes per lane and row. The values are the same either way.
     let span = (A - 1) * p.dw;
     let rows_fit = span < LANES && far - span + LANES <= padded.len();
     let rows_fit2 = !rows_fit && span < 2 * LANES && far - span + 2 * LANES <= padded.len();
