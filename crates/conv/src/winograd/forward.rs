@@ -758,27 +758,28 @@ fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usi
         }
         starts.push(runs.len());
     }
+    // At AVX-512 each run's floats go from the registers to the output row (a permute and a
+    // masked store per 16 floats); elsewhere through `rows`.
+    let wide_store = wide_pairs::<S>();
     let mut rows = [0f32; 4 * LANES];
     let mut mv = [[w.zero(); A]; A];
     for (kk, k) in (ks.0..ks.1).enumerate() {
         let bf = bias.map_or(0.0, |b| b[kk]);
-        let bk = s.splat(bf);
+        let (bk, bw) = (s.splat(bf), w.splat(bf));
         for (lg, bounds) in starts.windows(2).enumerate() {
             let t0 = lg * wn;
             let y = block_outputs::<S::Wide, T, A, M>(w, &mut mv, mbuf, p.ms, k * p.tb + t0);
             for (i, yr) in y.iter().enumerate() {
                 let (lo, hi) = w.interleave(yr[0], yr[1]);
                 // The bias is one add per value after the interleave, which only moves lanes:
-                // the same sums on either path. At AVX-512 each run's floats go from the
-                // registers to the output row (a permute and a masked store per 16 floats);
-                // elsewhere through `rows`.
-                let wide_store = wide_pairs::<S>();
-                let bw = w.splat(bf);
-                let (lo, hi) = if wide_store { (w.add(lo, bw), w.add(hi, bw)) } else { (lo, hi) };
-                if !wide_store {
+                // the same sums on either path.
+                let (lo, hi) = if wide_store {
+                    (w.add(lo, bw), w.add(hi, bw))
+                } else {
                     w.store(lo, &mut rows);
                     w.store(hi, &mut rows[wn..]);
-                }
+                    (lo, hi)
+                };
                 for r in &runs[bounds[0]..bounds[1]] {
                     let t = block[t0 + r.l0];
                     let oy = t.oy + i * p.dh();
