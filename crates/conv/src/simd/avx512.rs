@@ -9,7 +9,7 @@
 //! `#[target_feature]` function written for it. Element-wise bodies written over [`Lanes`]
 //! get 16 lanes through [`Simd::wide`], whose [`Avx512Wide`] token is defined here.
 
-use super::{Avx2Fma, LANES, Lanes, Simd, SimdLevel};
+use super::{Avx2Fma, LANES, Lanes, Simd, SimdLevel, StepRuns};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -238,6 +238,74 @@ impl Lanes for Avx512Wide {
             _mm512_mask_storeu_ps(dst.as_mut_ptr(), ((1u32 << len) - 1) as __mmask16, v);
         }
     }
+    #[inline(always)]
+    fn gather_runs<const A: usize>(
+        self,
+        runs: &StepRuns,
+        src: &[f32],
+        at: usize,
+        r: usize,
+        out: &mut [__m512; A],
+    ) {
+        let step = runs.step;
+        assert!(A == runs.width && at + runs.end <= src.len());
+        // SAFETY: AVX-512F is available (token). Run `j`'s loads start at the span of its
+        // patch row, column `x − step · l0` of plane row `row` (bit `i` of chunk `k`'s mask
+        // is float `16k + i` of the span); `StepRuns::new` set only the bits of patch floats
+        // in columns `0..w`, and rows outside the plane are skipped, so every float read is
+        // in a plane that ends by `at + end ≤ src.len()` (asserted). Masked-off floats are
+        // not read (AVX-512 masked loads suppress them), so the span's start may lie outside
+        // `src`: it is only formed with wrapping arithmetic. Index `i` of a two-source
+        // permute picks lane `i & 15` of its first operand (bit 4 clear) or of its second.
+        unsafe {
+            let mut head = [_mm512_setzero_ps(); 4];
+            let mut tail = [_mm512_setzero_ps(); 4];
+            for j in 0..runs.n {
+                let Some(row) = runs.row(j, r) else { continue };
+                let x = runs.x[j] - (step * runs.lanes[j].0) as isize;
+                let p = src.as_ptr().wrapping_add(at + row).wrapping_offset(x);
+                for k in 0..step {
+                    let (mh, mt) = (runs.masks[j][k], runs.masks[j][4 + k]);
+                    head[k] = _mm512_mask_loadu_ps(head[k], mh, p.wrapping_add(16 * k));
+                    tail[k] = _mm512_mask_loadu_ps(tail[k], mt, p.wrapping_add(16 * k + step));
+                }
+            }
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            if step == 2 {
+                // Columns 0, 1 from the head span, 2.. from the tail span.
+                let (c0, c1) = split_parity(head[0], head[1], even, odd);
+                let (t0, t1) = split_parity(tail[0], tail[1], even, odd);
+                for (q, v) in [c0, c1, t0, t1].into_iter().enumerate().take(A) {
+                    out[q] = v;
+                }
+            } else {
+                // Halves by parity, then quarters: column `q` is lane `q` of every 4.
+                let (e0, o0) = split_parity(head[0], head[1], even, odd);
+                let (e1, o1) = split_parity(head[2], head[3], even, odd);
+                let (c0, c2) = split_parity(e0, e1, even, odd);
+                let (c1, c3) = split_parity(o0, o1, even, odd);
+                let (te0, to0) = split_parity(tail[0], tail[1], even, odd);
+                let (te1, to1) = split_parity(tail[2], tail[3], even, odd);
+                let (t0, t2) = split_parity(te0, te1, even, odd);
+                let (t1, t3) = split_parity(to0, to1, even, odd);
+                // (Columns past `A` are never computed: their permutes are dead code.)
+                let cols = [c0, c1, c2, c3, t0, t1, t2, t3];
+                for (q, v) in cols.into_iter().enumerate().take(A) {
+                    out[q] = v;
+                }
+            }
+        }
+    }
+}
+
+/// The even and the odd lanes of the 32 lanes of `a` then `b`, with the permute indices
+/// `even` (0, 2, …, 30) and `odd` (1, 3, …, 31).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn split_parity(a: __m512, b: __m512, even: __m512i, odd: __m512i) -> (__m512, __m512) {
+    // SAFETY: called only from `Avx512Wide` methods, whose token proves AVX-512F.
+    unsafe { (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b)) }
 }
 
 /// The 16x16 transpose of `rows`: lane `j` of output `i` is lane `i` of `rows[j]`. Four rounds

@@ -118,6 +118,156 @@ pub trait Lanes: Copy {
         self.store(b, &mut buf[n..]);
         dst[..len].copy_from_slice(&buf[start..start + len]);
     }
+    /// Row `r` of the patches of `runs` in the planes from `src[at..]`: lane `l` of `out[q]`
+    /// is float `q` of the row of lane `l`'s patch, zero where that lies outside the plane and
+    /// in lanes outside the runs (or past [`Lanes::N`]). Float by float here; at AVX-512 by
+    /// masked loads and two-source permutes ([`StepRuns`] says how). Panics when a plane read
+    /// would leave `src`.
+    #[inline(always)]
+    fn gather_runs<const A: usize>(
+        self,
+        runs: &StepRuns,
+        src: &[f32],
+        at: usize,
+        r: usize,
+        out: &mut [Self::V; A],
+    ) {
+        assert!(A == runs.width && at + runs.end <= src.len());
+        let mut cols = [[0f32; 2 * LANES]; A];
+        for j in 0..runs.n {
+            let Some(row) = runs.row(j, r) else { continue };
+            let (l0, l1) = runs.lanes[j];
+            for l in l0..l1.min(Self::N) {
+                for (q, col) in cols.iter_mut().enumerate() {
+                    let x = runs.x[j] + (runs.step * (l - l0) + q) as isize;
+                    if (0..runs.w as isize).contains(&x) {
+                        col[l] = src[at + row + x as usize];
+                    }
+                }
+            }
+        }
+        for (o, col) in out.iter_mut().zip(&cols) {
+            *o = self.load(col);
+        }
+    }
+}
+
+/// Bits `i` of the 16 with `lo ≤ 16k + i < hi`.
+fn span_mask(lo: isize, hi: isize, k: usize) -> u16 {
+    let base = 16 * k as isize;
+    let (a, b) = ((lo - base).clamp(0, 16), (hi - base).clamp(0, 16));
+    if a >= b { 0 } else { (((1u32 << b) - 1) & !((1u32 << a) - 1)) as u16 }
+}
+
+/// Where the patches of a vector of (at most 16) tiles lie in `h × w` planes, for
+/// [`Lanes::gather_runs`]: the lanes as runs of tiles side by side, within a run each patch
+/// starting `step` floats right of the one before, every patch `width` floats wide and its
+/// rows `dh` plane rows apart. Patches may reach past the plane's edges, which read as zeros:
+/// a convolution's padding, with no padded copy of the input. Built once for a group of
+/// tiles, then gathered for every channel and patch row.
+///
+/// At AVX-512 a run of lanes `l0..l1` is `step` masked loads of the span of its patches'
+/// first `step` floats (lane `l`'s at float `step · l` of the span) and `step` more of the
+/// span from float `step` on, merged into the same vectors run by run; two-source permutes
+/// split them into the columns. The masks keep exactly the floats of the patches that lie in
+/// the plane, so a gather reads nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct StepRuns {
+    step: usize,
+    width: usize,
+    /// Plane width and the rows between patch rows.
+    w: usize,
+    h: usize,
+    dh: usize,
+    /// Runs in use.
+    n: usize,
+    /// Lanes `l0..l1` of each run.
+    lanes: [(usize, usize); Self::MAX_RUNS],
+    /// Each run's plane (its offset) and the plane row and column of its first patch's
+    /// top-left float.
+    plane: [usize; Self::MAX_RUNS],
+    y: [isize; Self::MAX_RUNS],
+    x: [isize; Self::MAX_RUNS],
+    /// The masks of each run: floats `16k..16k + 16` of the span of its patches' first
+    /// `step` floats (`k < step`), then of the span from float `step`.
+    masks: [[u16; 8]; Self::MAX_RUNS],
+    /// One past the end of the farthest plane.
+    end: usize,
+}
+
+impl StepRuns {
+    /// More runs than this gather the patches one by one instead.
+    pub const MAX_RUNS: usize = 4;
+
+    /// The runs of the patches whose top-left floats are `starts` (one per lane, at most 16,
+    /// in lane order): `(plane offset, row, column)`, the row and column counted from the
+    /// plane's top-left and possibly outside it. Lanes are side by side where they share the
+    /// plane and row and one starts `step` floats after the one before.
+    ///
+    /// `None` where the gather does not apply: a `step` other than 2 or 4, `width` not in
+    /// `step + 1 ..= 2 · step`, more than 16 lanes or more than [`StepRuns::MAX_RUNS`] runs.
+    pub fn new(
+        starts: &[(usize, isize, isize)],
+        step: usize,
+        width: usize,
+        (h, w): (usize, usize),
+        dh: usize,
+    ) -> Option<StepRuns> {
+        let fits = matches!(step, 2 | 4) && (step + 1..=2 * step).contains(&width);
+        if !fits || starts.is_empty() || starts.len() > 2 * LANES {
+            return None;
+        }
+        let none = [0; Self::MAX_RUNS];
+        let mut runs = StepRuns {
+            step,
+            width,
+            w,
+            h,
+            dh,
+            n: 0,
+            lanes: [(0, 0); Self::MAX_RUNS],
+            plane: none,
+            y: [0; Self::MAX_RUNS],
+            x: [0; Self::MAX_RUNS],
+            masks: [[0; 8]; Self::MAX_RUNS],
+            end: 0,
+        };
+        let mut l0 = 0;
+        for l in 1..=starts.len() {
+            let (a, b) = (starts[l - 1], starts.get(l));
+            if b.is_some_and(|&b| b == (a.0, a.1, a.2 + step as isize)) {
+                continue;
+            }
+            if runs.n == Self::MAX_RUNS {
+                return None;
+            }
+            let j = runs.n;
+            let (plane, y, x) = starts[l0];
+            (runs.lanes[j], runs.plane[j], runs.y[j], runs.x[j]) = ((l0, l), plane, y, x);
+            // Float `f` of a span is column `f − step · l0 + x` (head) or `step` more (tail)
+            // of lane `f / step`; the tail keeps the first `width − step` of every `step`.
+            let first = (step * l0) as isize;
+            let head = (first.max(first - x), ((step * l) as isize).min(first - x + w as isize));
+            let tail_lo = first.max(first - x - step as isize);
+            let tail_hi = ((step * l) as isize).min(first - x - step as isize + w as isize);
+            let pattern = (0..16).filter(|i| i % step < width - step).fold(0u16, |m, i| m | 1 << i);
+            for k in 0..step {
+                runs.masks[j][k] = span_mask(head.0, head.1, k);
+                runs.masks[j][4 + k] = span_mask(tail_lo, tail_hi, k) & pattern;
+            }
+            runs.end = runs.end.max(plane + h * w);
+            runs.n += 1;
+            l0 = l;
+        }
+        Some(runs)
+    }
+
+    /// The offset of patch row `r` of run `j` in the planes, `None` where it lies outside.
+    #[inline(always)]
+    fn row(&self, j: usize, r: usize) -> Option<usize> {
+        let y = self.y[j] + (r * self.dh) as isize;
+        (0..self.h as isize).contains(&y).then(|| self.plane[j] + y as usize * self.w)
+    }
 }
 
 /// `dst[..src.len()] = src` with vector copies (the last one overlapping) when the row holds a
@@ -529,6 +679,97 @@ mod tests {
         for (p, chunk) in back.iter().zip(a.chunks(LANES)) {
             assert_eq!(s.to_array(*p).as_slice(), chunk);
         }
+        gather_runs_cases(w);
+    }
+
+    /// Row `r` of `runs` by [`Lanes::gather_runs`], column by column.
+    fn gather<W: Lanes, const A: usize>(
+        w: W,
+        runs: &StepRuns,
+        src: &[f32],
+        at: usize,
+        r: usize,
+    ) -> Vec<[f32; 2 * LANES]> {
+        let mut out = [w.zero(); A];
+        w.gather_runs(runs, src, at, r, &mut out);
+        out.iter()
+            .map(|&v| {
+                let mut col = [0f32; 2 * LANES];
+                w.store(v, &mut col);
+                col
+            })
+            .collect()
+    }
+
+    /// [`Lanes::gather_runs`] against the definition, on random runs of patches in and around
+    /// three 5x11 planes of two channels: every lane of every row, zeros outside the planes.
+    fn gather_runs_cases<W: Lanes>(w: W) {
+        let (h, wd) = (5usize, 11usize);
+        let plane = h * wd;
+        let src: Vec<f32> = (0..6 * plane).map(|i| i as f32 + 1.0).collect();
+        let mut seed = 12345u64;
+        let mut rand = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for case in 0..400 {
+            let step = [2, 4][case % 2];
+            let width = step + 1 + rand(step);
+            let dh = 1 + rand(2);
+            // 1 to 4 runs of random lengths, 1 to 16 lanes in all.
+            let mut starts = Vec::new();
+            for _ in 0..1 + rand(4) {
+                let (pl, y) = (rand(3) * plane, rand(h + 4) as isize - 2);
+                let x0 = rand(wd + width + 2) as isize - width as isize - 1;
+                for i in 0..1 + rand(6) {
+                    if starts.len() < 16 {
+                        starts.push((pl, y, x0 + (step * i) as isize));
+                    }
+                }
+            }
+            let Some(runs) = StepRuns::new(&starts, step, width, (h, wd), dh) else {
+                // Consecutive runs never merge into more than four.
+                panic!("case {case}: no runs for {starts:?}");
+            };
+            for at in [0, 3 * plane] {
+                for r in 0..width {
+                    let out = match width {
+                        3 => gather::<W, 3>(w, &runs, &src, at, r),
+                        4 => gather::<W, 4>(w, &runs, &src, at, r),
+                        5 => gather::<W, 5>(w, &runs, &src, at, r),
+                        6 => gather::<W, 6>(w, &runs, &src, at, r),
+                        7 => gather::<W, 7>(w, &runs, &src, at, r),
+                        _ => gather::<W, 8>(w, &runs, &src, at, r),
+                    };
+                    for (q, got) in out.iter().enumerate() {
+                        for (l, &got) in got.iter().enumerate().take(W::N) {
+                            let want = starts.get(l).map_or(0.0, |&(pl, y, x)| {
+                                let (y, x) = (y + (r * dh) as isize, x + q as isize);
+                                let inside =
+                                    (0..h as isize).contains(&y) && (0..wd as isize).contains(&x);
+                                if inside {
+                                    src[at + pl + y as usize * wd + x as usize]
+                                } else {
+                                    0.0
+                                }
+                            });
+                            assert_eq!(got, want, "case {case} at {at} row {r} col {q} lane {l}");
+                        }
+                    }
+                }
+            }
+        }
+        // Where the gather does not apply.
+        let run = |n: usize, gap: usize| -> Vec<(usize, isize, isize)> {
+            (0..n).map(|i| (0, 0, (i * gap) as isize)).collect()
+        };
+        assert!(StepRuns::new(&run(4, 3), 3, 5, (h, wd), 1).is_none());
+        assert!(StepRuns::new(&run(4, 4), 4, 4, (h, wd), 1).is_none());
+        assert!(StepRuns::new(&run(4, 4), 4, 9, (h, wd), 1).is_none());
+        assert!(StepRuns::new(&run(17, 4), 4, 5, (h, wd), 1).is_none());
+        assert!(StepRuns::new(&run(5, 5), 4, 5, (h, wd), 1).is_none());
+        assert!(StepRuns::new(&run(4, 5), 4, 5, (h, wd), 1).is_some());
+        assert!(StepRuns::new(&[], 4, 5, (h, wd), 1).is_none());
     }
 
     #[test]
