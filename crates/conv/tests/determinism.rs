@@ -48,32 +48,39 @@ fn same_bits_for_1_2_and_3_threads() {
 }
 
 /// A pointwise batch whose planes end in a partial 16-column panel multiplies those last
-/// columns of all its images together; every image's output keeps the bits of that image
-/// convolved alone, on one thread and on two.
+/// columns of all its images together (forward and input gradient); every image's output and
+/// input gradient keep the bits of that image convolved alone, on one thread and on two.
 #[test]
 fn pointwise_batch_has_the_bits_of_each_image() {
     let p = Conv2dParams::default();
-    // Planes of 196 (12 panels and 4 columns), 49, 25 and 17 outputs; one of 32 (no edge).
-    for (i, (n, c, hw, k)) in
-        [(3, 32, 14, 64), (4, 16, 7, 24), (2, 8, 5, 10), (5, 12, 17, 1), (3, 16, 4, 40)]
-            .into_iter()
-            .enumerate()
+    // Planes of 196 (12 panels and 4 columns), 49, 25 and 17 outputs; one of 16 (no edge).
+    for (i, (n, c, h, w, k)) in [
+        (3, 32, 14, 14, 64),
+        (4, 16, 7, 7, 24),
+        (2, 8, 5, 5, 10),
+        (5, 12, 1, 17, 7),
+        (3, 16, 4, 4, 40),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let (h, w) = if i == 3 { (1, hw) } else { (hw, hw) };
-        let g = ConvGeometry::new([n, c, h, w], [k.max(7), c, 1, 1], p).unwrap();
+        let g = ConvGeometry::new([n, c, h, w], [k, c, 1, 1], p).unwrap();
         let o = Operands::new(&g, 7 + i as u64, true);
-        let one = ConvGeometry::new([1, c, h, w], [k.max(7), c, 1, 1], p).unwrap();
-        let mut alone = Vec::new();
-        for x in o.x.chunks_exact(one.input_len()) {
-            let mut y = vec![0.0; one.output_len()];
-            convkit_conv::conv2d_forward(&one, x, &o.w, o.b.as_deref(), &mut y, ConvAlgo::Im2col)
-                .unwrap();
-            alone.extend(y);
+        let one = ConvGeometry::new([1, c, h, w], [k, c, 1, 1], p).unwrap();
+        let (mut out, mut gx) = (Vec::new(), Vec::new());
+        let images = o.x.chunks_exact(one.input_len()).zip(o.dy.chunks_exact(one.output_len()));
+        for (x, dy) in images {
+            let single =
+                Operands { x: x.to_vec(), w: o.w.clone(), b: o.b.clone(), dy: dy.to_vec() };
+            let r = run(&one, &single, ConvAlgo::Im2col);
+            out.extend(r.out);
+            gx.extend(r.gx);
         }
         for threads in [1, 2] {
             let pool = ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let batch = pool.install(|| run(&g, &o, ConvAlgo::Im2col));
-            assert_eq!(bits(&batch.out), bits(&alone), "{threads} threads, {g:?}");
+            assert_eq!(bits(&batch.out), bits(&out), "output, {threads} threads, {g:?}");
+            assert_eq!(bits(&batch.gx), bits(&gx), "grad_input, {threads} threads, {g:?}");
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use rayon::prelude::*;
 
-use super::{Dims, GatherPlan, col2im, im2col, im2col_gather_rows, put_packs, take_packs};
+use super::{
+    Dims, Edges, GatherPlan, col2im, edge_columns, im2col, im2col_gather_rows, put_packs,
+    shared_edge, take_packs,
+};
 use crate::error::Result;
 use crate::gemm::{MatRef, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm, sgemm_packed_a};
 use crate::params::{
@@ -200,7 +203,10 @@ fn fuses(g: &ConvGeometry, d: &Dims) -> bool {
 /// is still in the core's cache (the three passes of the unfused backward each read the whole
 /// `dY` from memory). Every gradient is the same sum in the same order as the unfused passes',
 /// so the bits are the same: the bias sums of each image are kept (in f64) and added in image
-/// order afterwards, the partials in chunk order.
+/// order afterwards, the partials in chunk order. Where the planes end in a partial panel
+/// ([`shared_edge`]), each image's `dX_b` stops at its last whole panel and the remaining
+/// columns of all images are one product after the tasks ([`edge_columns`]), with the same
+/// bits.
 fn pointwise_fused(
     g: &ConvGeometry,
     d: &Dims,
@@ -213,6 +219,9 @@ fn pointwise_fused(
     let parts = g.n.min(WEIGHT_GRAD_PARTIALS);
     let chunk = |p: usize| (p * g.n / parts)..((p + 1) * g.n / parts);
     let packs = transposed_weight_packs(d, weight);
+    // The input gradient's columns past the planes' last whole panels, shared between the
+    // images (see `shared_edge`); the same bits as each image's whole product.
+    let rem = shared_edge(g, d);
     let w_block = d.kpg * d.crs;
     let wlen = gw.len();
     let mut partials = convkit_tensor::buffer::take(if parts > 1 { parts * wlen } else { 0 });
@@ -244,8 +253,21 @@ fn pointwise_fused(
                     }
                 }
                 let gx_b = &mut gx_p[i * image_len..][..image_len];
-                for (gi, gx_g) in gx_b.chunks_mut(d.cpg * d.hw).enumerate() {
-                    input_grad_block(g, d, weight, dy, b, gi, 0, gx_g, &mut Vec::new(), packs);
+                if rem > 0 {
+                    // One group: the plane's whole panels here, the rest after the tasks.
+                    let dyb = MatRef {
+                        data: d.output_block(g, dy, b, 0),
+                        rows: d.kpg,
+                        cols: d.ohw - rem,
+                        row_stride: d.ohw,
+                        col_stride: 1,
+                    };
+                    sgemm_packed_a(1.0, &packs[0], 0..d.cpg, dyb, 0.0, None, gx_b, d.ohw);
+                } else {
+                    for (gi, gx_g) in gx_b.chunks_mut(d.cpg * d.hw).enumerate() {
+                        let mut col = Vec::new();
+                        input_grad_block(g, d, weight, dy, b, gi, 0, gx_g, &mut col, packs);
+                    }
                 }
                 let beta = if i == 0 { 0.0 } else { 1.0 };
                 for (gi, out_g) in out.chunks_mut(w_block).enumerate() {
@@ -259,6 +281,11 @@ fn pointwise_fused(
         } else {
             tasks.into_iter().for_each(run);
         }
+    }
+    if rem > 0 {
+        // The input gradient's last columns of every image in one product.
+        let edges = Edges { d, pack: &packs[0], bias: None, src: dy, depth: d.kpg, rem };
+        scratch::with(Slot::Columns, |buf| edge_columns(&edges, buf, gx));
     }
     put_packs(packs);
     if parts > 1 {

@@ -3,9 +3,12 @@
 
 use rayon::prelude::*;
 
-use super::{Dims, GatherPlan, im2col, im2col_gather, im2col_packed, im2col_packed_par};
+use super::{
+    Dims, Edges, GatherPlan, edge_columns, im2col, im2col_gather, im2col_packed, im2col_packed_par,
+    shared_edge,
+};
 use crate::error::Result;
-use crate::gemm::{MR, MatRef, NR, PackedA, SMALL_DIM, gemm_rows, sgemm_packed_a, sgemm_packed_ab};
+use crate::gemm::{MR, MatRef, PackedA, SMALL_DIM, gemm_rows, sgemm_packed_a, sgemm_packed_ab};
 use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
 
@@ -36,15 +39,10 @@ pub fn conv2d_im2col(
     }
     let packs_ref = &packs;
 
-    // A pointwise layer with one group whose planes end in a partial 16-column panel: each
-    // image's product covers its whole panels only, and the columns past them (`rem` per
-    // image) are gathered from every image into one matrix and multiplied together at the
-    // end ([`edge_columns`]), so the images share panels instead of each padding its own.
-    let rem = if d.pointwise && d.kpg > SMALL_DIM && d.groups == 1 && g.n > 1 && d.ohw > NR {
-        d.ohw % NR
-    } else {
-        0
-    };
+    // A pointwise layer whose planes end in a partial panel: each image's product covers its
+    // whole panels only, and the columns past them are multiplied for all images at once at
+    // the end ([`edge_columns`]).
+    let rem = if d.kpg > SMALL_DIM { shared_edge(g, &d) } else { 0 };
     let n_main = d.ohw - rem;
     // The bias of output rows `k0..k0+rows` of group `gi`: the packed products add it as they
     // store their first depth block (the bits of filling `C` with it first, without the pass).
@@ -138,60 +136,11 @@ pub fn conv2d_im2col(
         });
     }
     if rem > 0 {
-        let edges = Edges { d: &d, pack: &packs[0], bias, input, rem };
+        let edges = Edges { d: &d, pack: &packs[0], bias, src: input, depth: d.crs, rem };
         scratch::with(Slot::Columns, |buf| edge_columns(&edges, buf, output));
     }
     put_packs(packs);
     Ok(())
-}
-
-/// The last columns of every image of a pointwise layer (see [`conv2d_im2col`]).
-struct Edges<'a> {
-    d: &'a Dims,
-    /// The packed weights (one group).
-    pack: &'a PackedA,
-    bias: Option<&'a [f32]>,
-    input: &'a [f32],
-    /// Columns per image: the plane's last `rem` of `ohw`.
-    rem: usize,
-}
-
-/// Output columns `ohw − rem..` of every image as one product: the images' last input columns
-/// side by side (`n · rem` columns), times the packed weights, scattered back into each image's
-/// output rows. Every output is still the sum of the same products in the same order (columns
-/// of a product are independent, and the depth blocks depend only on the depth), so the
-/// bits are those of each image's whole product.
-fn edge_columns(e: &Edges<'_>, buf: &mut Vec<f32>, output: &mut [f32]) {
-    let (d, rem) = (e.d, e.rem);
-    let (ohw, crs, kpg) = (d.ohw, d.crs, d.kpg);
-    let n = e.input.len() / (crs * ohw);
-    let cols = n * rem;
-    let first = ohw - rem;
-    let buf = scratch::aligned(buf, (crs + kpg) * cols);
-    let (xe, ye) = buf.split_at_mut(crs * cols);
-    // `xe[k][b·rem + j]` = column `first + j` of row `k` of image `b`'s input.
-    for (b, x) in e.input.chunks_exact(crs * ohw).enumerate() {
-        for (dst, row) in xe.chunks_exact_mut(cols).zip(x.chunks_exact(ohw)) {
-            dst[b * rem..][..rem].copy_from_slice(&row[first..]);
-        }
-    }
-    let bm = MatRef::row_major(xe, crs, cols);
-    let product = |k0: usize, out: &mut [f32]| {
-        let rows = out.len() / cols;
-        let bias = e.bias.map(|b| &b[k0..][..rows]);
-        sgemm_packed_a(1.0, e.pack, k0..k0 + rows, bm, 0.0, bias, out, cols);
-    };
-    if d.par {
-        let rows = d.rows_per_block(kpg).next_multiple_of(MR);
-        ye.par_chunks_mut(rows * cols).enumerate().for_each(|(r, out)| product(r * rows, out));
-    } else {
-        product(0, ye);
-    }
-    for (b, out) in output.chunks_exact_mut(kpg * ohw).enumerate() {
-        for (row, src) in out.chunks_exact_mut(ohw).zip(ye.chunks_exact(cols)) {
-            row[first..].copy_from_slice(&src[b * rem..][..rem]);
-        }
-    }
 }
 
 /// Takes this thread's packed-weight buffers (empty when another call on this thread holds

@@ -68,7 +68,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{NR, packed_b_len};
+use crate::gemm::{MR, MatRef, NR, PackedA, packed_b_len, sgemm_packed_a};
 use crate::params::ConvGeometry;
 use crate::scratch;
 use crate::simd::{self, LANES, Simd, WithSimd};
@@ -697,6 +697,70 @@ fn im2col_packed_par<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>
     });
     *buf = col;
     &buf[start..start + plen]
+}
+
+/// The columns of a pointwise layer's planes past their last whole 16-column panel, when the
+/// layer's products share them between images ([`edge_columns`]): a plane that is not a
+/// multiple of 16 pays for a last B panel that is partly padding (a 14x14 plane is 12 panels
+/// and 4 columns), which one product over the last columns of every image avoids. 0 where they
+/// are not shared: one image, several groups, layers other than 1x1 at stride 1, whole panels.
+/// (Callers also need the packed kernel: more than [`SMALL_DIM`](crate::gemm::SMALL_DIM)
+/// rows.)
+fn shared_edge(g: &ConvGeometry, d: &Dims) -> usize {
+    if d.pointwise && d.groups == 1 && g.n > 1 && d.ohw > NR { d.ohw % NR } else { 0 }
+}
+
+/// The last columns of every image's product in a pointwise layer (see [`shared_edge`]).
+struct Edges<'a> {
+    d: &'a Dims,
+    /// The packed left factor of every image's product (one group).
+    pack: &'a PackedA,
+    /// One value per row of the products, added as they store.
+    bias: Option<&'a [f32]>,
+    /// The right factors, `[n][depth][ohw]`: the input (forward) or `dY` (input gradient).
+    src: &'a [f32],
+    depth: usize,
+    /// Columns per image: the plane's last `rem` of `ohw`.
+    rem: usize,
+}
+
+/// Columns `ohw − rem..` of every image's product as one: the images' last columns of `src`
+/// side by side (`n · rem` columns), times the packed factor, copied back into each image's
+/// rows of `output` (`[n][rows][ohw]`). Every output is still the sum of the same products in
+/// the same order (columns of a product are independent, and the depth blocks depend only on
+/// the depth), so the bits are those of each image's whole product.
+fn edge_columns(e: &Edges<'_>, buf: &mut Vec<f32>, output: &mut [f32]) {
+    let (d, rem, depth) = (e.d, e.rem, e.depth);
+    let ohw = d.ohw;
+    let n = e.src.len() / (depth * ohw);
+    let rows = output.len() / (n * ohw);
+    let cols = n * rem;
+    let first = ohw - rem;
+    let buf = scratch::aligned(buf, (depth + rows) * cols);
+    let (be, ce) = buf.split_at_mut(depth * cols);
+    // `be[k][b·rem + j]` = column `first + j` of row `k` of image `b`.
+    for (b, x) in e.src.chunks_exact(depth * ohw).enumerate() {
+        for (dst, row) in be.chunks_exact_mut(cols).zip(x.chunks_exact(ohw)) {
+            dst[b * rem..][..rem].copy_from_slice(&row[first..]);
+        }
+    }
+    let bm = MatRef::row_major(be, depth, cols);
+    let product = |k0: usize, out: &mut [f32]| {
+        let r = out.len() / cols;
+        let bias = e.bias.map(|b| &b[k0..][..r]);
+        sgemm_packed_a(1.0, e.pack, k0..k0 + r, bm, 0.0, bias, out, cols);
+    };
+    if d.par {
+        let per = d.rows_per_block(rows).next_multiple_of(MR);
+        ce.par_chunks_mut(per * cols).enumerate().for_each(|(r, out)| product(r * per, out));
+    } else {
+        product(0, ce);
+    }
+    for (b, out) in output.chunks_exact_mut(rows * ohw).enumerate() {
+        for (row, src) in out.chunks_exact_mut(ohw).zip(ce.chunks_exact(cols)) {
+            row[first..].copy_from_slice(&src[b * rem..][..rem]);
+        }
+    }
 }
 
 /// Sizes shared by the forward and backward passes.
