@@ -42,7 +42,7 @@ pub fn conv2d_im2col(
     // A pointwise layer whose planes end in a partial panel: each image's product covers its
     // whole panels only, and the columns past them are multiplied for all images at once at
     // the end ([`edge_columns`]).
-    let rem = if d.kpg > SMALL_DIM { shared_edge(g, &d) } else { 0 };
+    let rem = shared_edge(g, &d);
     let n_main = d.ohw - rem;
     // The bias of output rows `k0..k0+rows` of group `gi`: the packed products add it as they
     // store their first depth block (the bits of filling `C` with it first, without the pass).

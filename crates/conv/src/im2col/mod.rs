@@ -68,7 +68,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{MR, MatRef, NR, PackedA, packed_b_len, sgemm_packed_a};
+use crate::gemm::{MR, MatRef, NR, PackedA, SMALL_DIM, packed_b_len, sgemm_packed_a};
 use crate::params::ConvGeometry;
 use crate::scratch;
 use crate::simd::{self, LANES, Simd, WithSimd};
@@ -703,11 +703,11 @@ fn im2col_packed_par<'a>(g: &ConvGeometry, planes: &[f32], buf: &'a mut Vec<f32>
 /// layer's products share them between images ([`edge_columns`]): a plane that is not a
 /// multiple of 16 pays for a last B panel that is partly padding (a 14x14 plane is 12 panels
 /// and 4 columns), which one product over the last columns of every image avoids. 0 where they
-/// are not shared: one image, several groups, layers other than 1x1 at stride 1, whole panels.
-/// (Callers also need the packed kernel: more than [`SMALL_DIM`](crate::gemm::SMALL_DIM)
-/// rows.)
+/// are not shared: one image, several groups, layers other than 1x1 at stride 1, whole panels,
+/// or at most [`SMALL_DIM`] output channels (whose products skip the packed kernel).
 fn shared_edge(g: &ConvGeometry, d: &Dims) -> usize {
-    if d.pointwise && d.groups == 1 && g.n > 1 && d.ohw > NR { d.ohw % NR } else { 0 }
+    let packed = d.kpg > SMALL_DIM;
+    if packed && d.pointwise && d.groups == 1 && g.n > 1 && d.ohw > NR { d.ohw % NR } else { 0 }
 }
 
 /// The last columns of every image's product in a pointwise layer (see [`shared_edge`]).

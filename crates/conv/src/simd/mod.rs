@@ -217,7 +217,9 @@ impl StepRuns {
         if !fits || starts.is_empty() || starts.len() > 2 * LANES {
             return None;
         }
-        let none = [0; Self::MAX_RUNS];
+        // Bit `i` set where float `i` of a tail chunk is one of its lane's last
+        // `width − step` (the same for every chunk and run: 16 is a multiple of `step`).
+        let pattern = (0..16).filter(|i| i % step < width - step).fold(0u16, |m, i| m | 1 << i);
         let mut runs = StepRuns {
             step,
             width,
@@ -226,7 +228,7 @@ impl StepRuns {
             dh,
             n: 0,
             lanes: [(0, 0); Self::MAX_RUNS],
-            plane: none,
+            plane: [0; Self::MAX_RUNS],
             y: [0; Self::MAX_RUNS],
             x: [0; Self::MAX_RUNS],
             masks: [[0; 8]; Self::MAX_RUNS],
@@ -250,7 +252,6 @@ impl StepRuns {
             let head = (first.max(first - x), ((step * l) as isize).min(first - x + w as isize));
             let tail_lo = first.max(first - x - step as isize);
             let tail_hi = ((step * l) as isize).min(first - x - step as isize + w as isize);
-            let pattern = (0..16).filter(|i| i % step < width - step).fold(0u16, |m, i| m | 1 << i);
             for k in 0..step {
                 runs.masks[j][k] = span_mask(head.0, head.1, k);
                 runs.masks[j][4 + k] = span_mask(tail_lo, tail_hi, k) & pattern;
