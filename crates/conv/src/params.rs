@@ -437,45 +437,79 @@ pub(crate) fn layer_dims<const N: usize>(
 }
 
 /// Maximum number of batch chunks of a weight gradient, hence of partial weight gradients
-/// kept in memory: the chunks depend only on the batch size and are added in order, which
-/// makes every backward kernel bit-identical for any number of threads.
+/// kept in memory: the chunks depend only on the batch size and are summed in a fixed order
+/// ([`fill_and_sum_partials`]), which makes every backward kernel bit-identical for any number
+/// of threads.
 pub const WEIGHT_GRAD_PARTIALS: usize = 8;
 
-/// Floats per piece of [`add_partials`]: each element's sum does not depend on the pieces.
-const PARTIAL_PIECE: usize = 4096;
-
-/// Adds the partial weight gradients in their fixed order: `dst[i] = first[i] + rest₀[i] +
-/// rest₁[i] + …` (with `first` = `None`, `dst` itself is the first), `rest` holding whole
-/// partials of `dst.len()` floats one after another. With `parallel`, a large gradient (at
-/// least 64K floats: a 256→256 pointwise layer's, whose 8 partials are 2 MiB) is added in
-/// pieces on every thread; each element is the same sum in the same order either way, so the
-/// bits do not depend on it.
+/// Fills the partial weight gradients and sums them in a fixed pairwise order: `fill(task,
+/// out)` writes partial `p` (task `p` of `tasks`) into `out`, partial 0 into `dst` itself and
+/// partial `p ≥ 1` into the `p − 1`th run of `dst.len()` floats of `spare`; the partials of
+/// each half of the range are summed first, then the halves (8 partials: `((P0 + P1) + (P2 +
+/// P3)) + ((P4 + P5) + (P6 + P7))`), and the sum lands in `dst`. The tree depends only on the
+/// number of tasks, so the bits do not depend on the threads; with `parallel` the halves run
+/// as a `rayon::join`, so each thread sums the partials it made while they are in its cache,
+/// and only the last sums cross between cores (an in-order sum on one thread after the tasks
+/// left a 256→256 pointwise layer's backward waiting on a serial pass over 2 MiB).
 ///
 /// # Panics
-/// When `first` or `rest` do not fit `dst`'s length (internal bugs).
-pub(crate) fn add_partials(dst: &mut [f32], first: Option<&[f32]>, rest: &[f32], parallel: bool) {
-    use rayon::prelude::*;
+/// When `spare` holds fewer than `tasks.len() − 1` partials, or `tasks` is empty (internal
+/// bugs).
+pub(crate) fn fill_and_sum_partials<T: Send>(
+    dst: &mut [f32],
+    spare: &mut [f32],
+    tasks: Vec<T>,
+    parallel: bool,
+    fill: &(impl Fn(T, &mut [f32]) + Sync),
+) {
     let len = dst.len();
-    assert!(first.is_none_or(|f| f.len() == len) && (len == 0 || rest.len().is_multiple_of(len)));
-    if len == 0 {
+    let parts = tasks.len();
+    assert!(
+        parts > 0 && spare.len() >= (parts - 1) * len,
+        "fill_and_sum_partials: too little room"
+    );
+    let mut outs: Vec<&mut [f32]> = Vec::with_capacity(parts);
+    outs.push(dst);
+    if len > 0 {
+        outs.extend(spare.chunks_mut(len).take(parts - 1));
+    } else {
+        outs.resize_with(parts, Default::default);
+    }
+    tree(tasks, &mut outs, parallel, fill);
+}
+
+/// The recursion of [`fill_and_sum_partials`]: fills `outs` (one buffer per task) and leaves
+/// their sum in `outs[0]`.
+fn tree<T: Send>(
+    mut tasks: Vec<T>,
+    outs: &mut [&mut [f32]],
+    parallel: bool,
+    fill: &(impl Fn(T, &mut [f32]) + Sync),
+) {
+    if tasks.len() == 1 {
+        if let Some(task) = tasks.pop() {
+            fill(task, &mut *outs[0]);
+        }
         return;
     }
-    let add = |(i, d): (usize, &mut [f32])| {
-        let at = i * PARTIAL_PIECE;
-        if let Some(first) = first {
-            d.copy_from_slice(&first[at..][..d.len()]);
-        }
-        for part in rest.chunks_exact(len) {
-            for (d, p) in d.iter_mut().zip(&part[at..]) {
-                *d += p;
-            }
-        }
-    };
-    if parallel && len >= 1 << 16 && rayon::current_num_threads() > 1 {
-        dst.par_chunks_mut(PARTIAL_PIECE).enumerate().for_each(add);
+    let mid = tasks.len() / 2;
+    let right = tasks.split_off(mid);
+    let (lo, hi) = outs.split_at_mut(mid);
+    if parallel {
+        rayon::join(|| tree(tasks, lo, parallel, fill), || tree(right, hi, parallel, fill));
     } else {
-        dst.chunks_mut(PARTIAL_PIECE).enumerate().for_each(add);
+        tree(tasks, lo, parallel, fill);
+        tree(right, hi, parallel, fill);
     }
+    for (d, s) in lo[0].iter_mut().zip(hi[0].iter()) {
+        *d += s;
+    }
+}
+
+/// The sum [`fill_and_sum_partials`] makes, of partials already filled: partial 0 in `dst`,
+/// partial `p ≥ 1` the `p − 1`th run of `dst.len()` floats of `spare`.
+pub(crate) fn sum_partials(dst: &mut [f32], spare: &mut [f32], parts: usize) {
+    fill_and_sum_partials(dst, spare, vec![(); parts], false, &|(), _: &mut [f32]| {});
 }
 
 #[cfg(test)]
@@ -483,26 +517,50 @@ pub(crate) fn add_partials(dst: &mut [f32], first: Option<&[f32]>, rest: &[f32],
 mod tests {
     use super::*;
 
-    /// Partials are added in order, the same bits in pieces on several threads as in one pass.
+    /// The partials' sum is the pairwise tree of `fill_and_sum_partials`, with the same bits
+    /// on one thread, on a pool of 2 or 3, and from `sum_partials`.
     #[test]
-    fn partials_add_in_order_whatever_the_threads() {
-        let len = (1 << 16) + 77;
-        let parts: Vec<f32> =
-            (0..4 * len).map(|i| ((i * 7919) % 1001) as f32 * 1e-3 - 0.5).collect();
-        let mut want = parts[..len].to_vec();
-        for part in parts[len..].chunks_exact(len) {
-            for (w, p) in want.iter_mut().zip(part) {
-                *w += p;
+    fn partials_sum_in_a_fixed_tree_whatever_the_threads() {
+        let len = 1000;
+        for parts in 1..=9 {
+            let all: Vec<f32> =
+                (0..parts * len).map(|i| ((i * 7919) % 1001) as f32 * 1e-3 - 0.5).collect();
+            let part = |p: usize| &all[p * len..][..len];
+            // The tree written out: halves of `parts / 2` and the rest, summed left + right.
+            fn tree(part: &dyn Fn(usize) -> Vec<f32>, lo: usize, hi: usize) -> Vec<f32> {
+                if hi - lo == 1 {
+                    return part(lo);
+                }
+                let mid = lo + (hi - lo) / 2;
+                let (l, r) = (tree(part, lo, mid), tree(part, mid, hi));
+                l.iter().zip(&r).map(|(a, b)| a + b).collect()
             }
-        }
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        for parallel in [false, true] {
-            let mut got = vec![f32::NAN; len];
-            pool.install(|| add_partials(&mut got, Some(&parts[..len]), &parts[len..], parallel));
-            assert_eq!(got, want, "parallel {parallel}");
-            let mut inplace = parts[..len].to_vec();
-            pool.install(|| add_partials(&mut inplace, None, &parts[len..], parallel));
-            assert_eq!(inplace, want, "in place, parallel {parallel}");
+            let want = tree(&|p| part(p).to_vec(), 0, parts);
+            if parts == 8 {
+                // ((P0 + P1) + (P2 + P3)) + ((P4 + P5) + (P6 + P7)), element by element.
+                let s = |p: usize, i: usize| part(p)[i];
+                for (i, w) in want.iter().enumerate() {
+                    let l = (s(0, i) + s(1, i)) + (s(2, i) + s(3, i));
+                    let r = (s(4, i) + s(5, i)) + (s(6, i) + s(7, i));
+                    assert_eq!(w.to_bits(), (l + r).to_bits());
+                }
+            }
+            let fill = |p: usize, out: &mut [f32]| out.copy_from_slice(part(p));
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                for parallel in [false, true] {
+                    let (mut got, mut spare) = (vec![f32::NAN; len], vec![f32::NAN; parts * len]);
+                    let tasks: Vec<usize> = (0..parts).collect();
+                    pool.install(|| {
+                        fill_and_sum_partials(&mut got, &mut spare, tasks, parallel, &fill)
+                    });
+                    assert_eq!(got, want, "{parts} parts, {threads} threads, {parallel}");
+                }
+            }
+            let mut dst = part(0).to_vec();
+            let mut spare = all[len..].to_vec();
+            sum_partials(&mut dst, &mut spare, parts);
+            assert_eq!(dst, want, "sum_partials, {parts} parts");
         }
     }
 

@@ -10,7 +10,8 @@ use super::{
 use crate::error::Result;
 use crate::gemm::{MatRef, PackedA, SMALL_DIM, gemm_abt_dots, gemm_rows, sgemm, sgemm_packed_a};
 use crate::params::{
-    BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS, add_partials,
+    BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS, fill_and_sum_partials,
+    sum_partials,
 };
 use crate::scratch::{self, Slot};
 use crate::simd::{self, SimdLevel};
@@ -182,7 +183,6 @@ fn transposed_weight_packs(d: &Dims, weight: &[f32]) -> Vec<PackedA> {
 /// images' input gradients and (when the bias is wanted) their bias sums.
 struct ChunkTask<'a> {
     p: usize,
-    out: &'a mut [f32],
     gx: &'a mut [f32],
     sums: &'a mut [f64],
 }
@@ -203,7 +203,7 @@ fn fuses(g: &ConvGeometry, d: &Dims) -> bool {
 /// is still in the core's cache (the three passes of the unfused backward each read the whole
 /// `dY` from memory). Every gradient is the same sum in the same order as the unfused passes',
 /// so the bits are the same: the bias sums of each image are kept (in f64) and added in image
-/// order afterwards, the partials in chunk order. Where the planes end in a partial panel
+/// order afterwards, the partials in [`fill_and_sum_partials`]'s order. Where the planes end in a partial panel
 /// ([`shared_edge`]), each image's `dX_b` stops at its last whole panel and the remaining
 /// columns of all images are one product after the tasks ([`edge_columns`]), with the same
 /// bits.
@@ -224,25 +224,25 @@ fn pointwise_fused(
     let rem = shared_edge(g, d);
     let w_block = d.kpg * d.crs;
     let wlen = gw.len();
-    let mut partials = convkit_tensor::buffer::take(if parts > 1 { parts * wlen } else { 0 });
+    // Partials 1.. (partial 0 is `gw` itself), each overwritten by its chunk's first image.
+    let mut partials = convkit_tensor::buffer::take((parts - 1) * wlen);
     // Per image and output channel, `sum_f64` of its plane of `dY` (when the bias is wanted).
     let mut sums = vec![0f64; if gb.is_some() { g.n * g.c_out } else { 0 }];
     {
-        let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
         let image_len = g.c_in * d.hw;
         let mut tasks = Vec::with_capacity(parts);
         let (mut gx_rest, mut sums_rest) = (&mut *gx, &mut sums[..]);
-        for (p, out) in target.chunks_mut(wlen).enumerate() {
+        for p in 0..parts {
             let images = chunk(p).len();
             let (gx_p, rest) = gx_rest.split_at_mut(images * image_len);
             gx_rest = rest;
             let (s_p, rest) =
                 sums_rest.split_at_mut(if gb.is_some() { images * g.c_out } else { 0 });
             sums_rest = rest;
-            tasks.push(ChunkTask { p, out, gx: gx_p, sums: s_p });
+            tasks.push(ChunkTask { p, gx: gx_p, sums: s_p });
         }
         let packs = &packs[..];
-        let run = |ChunkTask { p, out, gx: gx_p, sums: s_p }: ChunkTask<'_>| {
+        let run = |ChunkTask { p, gx: gx_p, sums: s_p }: ChunkTask<'_>, out: &mut [f32]| {
             for (i, b) in chunk(p).enumerate() {
                 if !s_p.is_empty() {
                     let dyb = &dy[b * g.c_out * d.ohw..][..g.c_out * d.ohw];
@@ -276,11 +276,7 @@ fn pointwise_fused(
                 }
             }
         };
-        if d.par {
-            tasks.into_par_iter().for_each(run);
-        } else {
-            tasks.into_iter().for_each(run);
-        }
+        fill_and_sum_partials(gw, &mut partials, tasks, d.par, &run);
     }
     if rem > 0 {
         // The input gradient's last columns of every image in one product.
@@ -288,10 +284,6 @@ fn pointwise_fused(
         scratch::with(Slot::Columns, |buf| edge_columns(&edges, buf, gx));
     }
     put_packs(packs);
-    if parts > 1 {
-        let (first, rest) = partials.split_at(wlen);
-        add_partials(gw, Some(first), rest, false);
-    }
     convkit_tensor::buffer::recycle(partials);
     if let Some(gb) = gb {
         for (k, v) in gb.iter_mut().enumerate() {
@@ -354,51 +346,52 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
         }
     };
     let tasks = parts * d.groups;
-    // Every partial is overwritten (its first image's product has beta 0): a cached buffer,
-    // so a training step does not page-fault a fresh one for each layer.
-    let mut partials = convkit_tensor::buffer::take(if parts > 1 { parts * wlen } else { 0 });
-    let target: &mut [f32] = if parts > 1 { &mut partials } else { &mut *gw };
-    if !d.par {
-        scratch::with(Slot::Columns, |col| {
-            for (t, out) in target.chunks_mut(w_block).enumerate() {
-                block(t, out, col);
+    // Partials 1.. (partial 0 is `gw` itself), each overwritten by its chunk's first image: a
+    // cached buffer, so a training step does not page-fault a fresh one for each layer.
+    let mut partials = convkit_tensor::buffer::take((parts - 1) * wlen);
+    if !d.par || tasks >= d.threads {
+        // Partial `p`: its groups in turn (or on every thread when there are few partials).
+        let fill = |p: usize, out: &mut [f32]| {
+            if d.par && parts < d.threads {
+                out.par_chunks_mut(w_block).enumerate().for_each(|(gi, out)| {
+                    scratch::with(Slot::Columns, |col| block(p * d.groups + gi, out, col))
+                });
+            } else {
+                scratch::with(Slot::Columns, |col| {
+                    for (gi, out) in out.chunks_mut(w_block).enumerate() {
+                        block(p * d.groups + gi, out, col);
+                    }
+                });
             }
-        });
-    } else if tasks >= d.threads {
-        target
-            .par_chunks_mut(w_block)
-            .enumerate()
-            .for_each(|(t, out)| scratch::with(Slot::Columns, |col| block(t, out, col)));
+        };
+        fill_and_sum_partials(gw, &mut partials, (0..parts).collect(), d.par, &fill);
     } else {
         // Batch 1 and one group, or few of each: split each product by output-channel rows;
         // every row is computed exactly as in the unsplit product.
         let rows = d.rows_per_block(d.kpg);
         scratch::with(Slot::Columns, |col| {
-            for (t, out) in target.chunks_mut(w_block).enumerate() {
-                let (p, gi) = (t / d.groups, t % d.groups);
-                for (i, b) in chunk(p).enumerate() {
-                    let (colm, ld): (&[f32], usize) = if d.pointwise {
-                        (d.input_block(g, input, b, gi), d.ohw)
-                    } else {
-                        let ld = columns(b, gi, col, true);
-                        (col, ld)
-                    };
-                    let dyg = d.output_block(g, dy, b, gi);
-                    let beta = if i == 0 { 0.0 } else { 1.0 };
-                    out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
-                        let dy_rows = &dyg[r * rows * d.ohw..];
-                        weight_grad_product(d, dy_rows, colm, ld, beta, out);
-                    });
+            let spare = partials.chunks_mut(wlen.max(1));
+            for (p, target) in std::iter::once(&mut *gw).chain(spare).take(parts).enumerate() {
+                for (gi, out) in target.chunks_mut(w_block).enumerate() {
+                    for (i, b) in chunk(p).enumerate() {
+                        let (colm, ld): (&[f32], usize) = if d.pointwise {
+                            (d.input_block(g, input, b, gi), d.ohw)
+                        } else {
+                            let ld = columns(b, gi, col, true);
+                            (col, ld)
+                        };
+                        let dyg = d.output_block(g, dy, b, gi);
+                        let beta = if i == 0 { 0.0 } else { 1.0 };
+                        out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
+                            let dy_rows = &dyg[r * rows * d.ohw..];
+                            weight_grad_product(d, dy_rows, colm, ld, beta, out);
+                        });
+                    }
                 }
             }
         });
-    }
-    if parts > 1 {
-        // Fixed order: partial 0 + partial 1 + …, on this thread: on both threads it made the
-        // pointwise backward slower (2.25-2.31 against 2.33-2.37 ms, the two alternated in
-        // one process on the Zen 4).
-        let (first, rest) = partials.split_at(wlen);
-        add_partials(gw, Some(first), rest, false);
+        // The same sum as the tasks' above, so the bits do not depend on the threads.
+        sum_partials(gw, &mut partials, parts);
     }
     convkit_tensor::buffer::recycle(partials);
 }

@@ -49,7 +49,8 @@
 //! The weight gradient is a sum over the batch. The batch is cut into at most
 //! [`WEIGHT_GRAD_PARTIALS`] fixed chunks (depending only on `n`, never on the thread count);
 //! each chunk's partial gradient is accumulated image by image in order, and the partials are
-//! added in chunk order. Every gradient is therefore bit-identical for any number of threads.
+//! summed in a fixed pairwise order (`params::fill_and_sum_partials`: each half of the chunks,
+//! then the halves). Every gradient is therefore bit-identical for any number of threads.
 //!
 //! ## Layout
 //! | file | what |

@@ -10,7 +10,7 @@ use super::{
 use crate::error::Result;
 use crate::gemm::{MatRef, sgemm};
 use crate::layout::ChannelLast;
-use crate::params::{ConvGeometry, add_partials, check_len};
+use crate::params::{ConvGeometry, check_len, fill_and_sum_partials};
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Lanes, Simd, WithSimd};
 
@@ -82,7 +82,7 @@ const WGRAD_PARTIALS_FLOATS: usize = 1 << 22;
 /// not depend on the number of threads:
 /// - by images: up to 8 ranges of images (as many as the batch has and the partial sums'
 ///   16 MiB allow), each accumulating its own `dU` (channel-last copies, transforms and
-///   products of one range on one thread, in cache), the partials then added in range order;
+///   products of one range on one thread, in cache), the partials then summed in a fixed pairwise order;
 /// - with fewer than two ranges (one image, or very wide layers): block by block, each
 ///   block's transforms in parallel parts and its `α²` products in parallel, each on its own
 ///   `dU[ξ]`.
@@ -129,19 +129,13 @@ pub fn conv2d_weight_grad_winograd(
         }
         let partials_len = ranges * du_len;
         for grp in 0..g.params.groups {
-            let task = |(r, du): (usize, &mut [f32])| {
+            let fill = |r: usize, du: &mut [f32]| {
                 let images = r * per..((r + 1) * per).min(g.n);
                 plan.accumulate(ops, grp, images, du, false, TASK_BLOCKS, 1);
             };
-            let partials = &mut partials[..partials_len];
-            if parallel {
-                partials.par_chunks_mut(du_len).enumerate().for_each(task);
-            } else {
-                partials.chunks_mut(du_len).enumerate().for_each(task);
-            }
-            // dU = Σ partials, in range order, into the first.
-            let (du, rest) = partials.split_at_mut(du_len);
-            add_partials(du, None, &*rest, parallel);
+            // dU = Σ partials, in `fill_and_sum_partials`' fixed order, into the first.
+            let (du, rest) = partials[..partials_len].split_at_mut(du_len);
+            fill_and_sum_partials(du, rest, (0..ranges).collect(), parallel, &fill);
             let gw = &mut grad_weight[grp * kpg * cpg * 9..][..kpg * cpg * 9];
             filter_grad_transform(du, gw, (kpg, cpg, plan.ds), variant);
         }

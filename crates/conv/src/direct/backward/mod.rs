@@ -9,8 +9,8 @@
 //!
 //! The batch is cut into at most [`WEIGHT_GRAD_PARTIALS`] fixed chunks of consecutive images
 //! (depending only on `n`); each task accumulates its own partial weight and bias gradients
-//! and the partials are added in chunk order, so every gradient is bit-identical for any
-//! number of threads. At the AVX-512 level the input-gradient tiles and the channel-vectorized
+//! and the partials are summed in a fixed pairwise order (`params::fill_and_sum_partials`), so
+//! every gradient is bit-identical for any number of threads. At the AVX-512 level the input-gradient tiles and the channel-vectorized
 //! weight-gradient tiles run 16-lane vectors where a tile spans two 8-lane ones; a lane's sum
 //! is the same there, so the bits are those of the AVX2 level.
 //!
@@ -21,12 +21,10 @@
 //! | `weight.rs` | the weight-gradient tiles (vectorized over pixels or over output channels) |
 //! | `input.rs` | the input-gradient tiles (flat planes or row by row) |
 
-use rayon::prelude::*;
-
 use crate::error::Result;
 use crate::layout::ChannelLast;
 use crate::params::{
-    BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS, add_partials,
+    BackwardInputs, ConvGeometry, GradBuffers, WEIGHT_GRAD_PARTIALS, fill_and_sum_partials,
 };
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
 
@@ -92,10 +90,11 @@ pub fn conv2d_backward_direct_with(
 
     let parts = g.n.min(WEIGHT_GRAD_PARTIALS);
     let chunk = |p: usize| (p * g.n / parts)..((p + 1) * g.n / parts);
-    // Partials are at least one element long so that `chunks_mut` has a non-zero size.
+    // Partials are at least one element long so that `chunks_mut` has a non-zero size;
+    // partial 0 of the weight gradient is `gw` itself (a stand-in when it is not wanted).
     let wl = if plan.want_gw { g.weight_len() } else { 1 };
     let bl = if plan.want_gb { g.c_out } else { 1 };
-    let mut pw = vec![0f32; parts * wl];
+    let mut spare = vec![0f32; (parts - 1) * wl];
     let mut pb = vec![0f64; parts * bl];
     let img_len = g.c_in * g.h * g.w;
     let mut gx_parts: Vec<Option<&mut [f32]>> = Vec::with_capacity(parts);
@@ -110,37 +109,18 @@ pub fn conv2d_backward_direct_with(
         }
         None => gx_parts.resize_with(parts, || None),
     }
-    let tasks: Vec<_> = pw
-        .chunks_mut(wl)
-        .zip(pb.chunks_mut(bl))
-        .zip(gx_parts)
-        .enumerate()
-        .map(|(p, ((gw, gb), gx))| Task {
-            plan: &plan,
-            input,
-            dy: grad_output,
-            wr: &wr,
-            images: chunk(p),
-            gx,
-            gw,
-            gb,
-        })
-        .collect();
-    let run = |task: Task<'_>| {
+    let tasks: Vec<_> = pb.chunks_mut(bl).zip(gx_parts).enumerate().collect();
+    let (plan, wr) = (&plan, &wr[..]);
+    let fill = |(p, (gb, gx)): (usize, (&mut [f64], Option<&mut [f32]>)), gw: &mut [f32]| {
+        let task = Task { plan, input, dy: grad_output, wr, images: chunk(p), gx, gw, gb };
         // `level` was checked above, so dispatch cannot decline.
         let _ = simd::dispatch(level, task);
     };
-    if g.flops() < PARALLEL_MIN_FLOPS || parts == 1 {
-        tasks.into_iter().for_each(run);
-    } else {
-        tasks.into_par_iter().for_each(run);
-    }
-
-    // Fixed order: partial 0 + partial 1 + …
-    if let Some(gw) = grad_weight {
-        let (first, rest) = pw.split_at(wl);
-        add_partials(gw, Some(first), rest, g.flops() >= PARALLEL_MIN_FLOPS);
-    }
+    let parallel = g.flops() >= PARALLEL_MIN_FLOPS;
+    // The partial weight gradients, summed in `fill_and_sum_partials`' fixed order.
+    let mut stand_in = [0f32];
+    let gw = grad_weight.unwrap_or(&mut stand_in);
+    fill_and_sum_partials(gw, &mut spare, tasks, parallel, &fill);
     if let Some(gb) = grad_bias {
         for (k, v) in gb.iter_mut().enumerate() {
             *v = pb.chunks_exact(bl).map(|part| part[k]).sum::<f64>() as f32;
