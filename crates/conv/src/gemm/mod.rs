@@ -21,8 +21,10 @@ mod wide;
 #[cfg(feature = "testing")]
 pub use pack::packed_a_position;
 pub use pack::{PackedA, PackedARef, packed_a_len, packed_b_len};
-pub use packed::{RowBias, gemm_packed_ab, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with};
-pub use tile::{MR, NR, kblock};
+pub use packed::{
+    RowBias, gemm_packed_ab, gemm_packed_ab_sum, sgemm_packed_a_with, sgemm_packed_ab, sgemm_with,
+};
+pub use tile::{MAX_PIECES, MR, NR, kblock};
 
 use crate::simd::{self, SimdLevel};
 
@@ -247,6 +249,7 @@ pub fn gemm_abt_dots(a: &[f32], b: &[f32], m: usize, n: usize, p: usize, beta: f
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::simd::{Simd, WithSimd};
 
     /// Repacking into a buffer that held a larger matrix (garbage for this one) gives the
     /// same panels as packing into a fresh one, the zero rows of a partial panel included.
@@ -315,6 +318,86 @@ mod tests {
         let mut got = vec![1.0; 15];
         gemm_abt_dots(&a, &bt, 3, 5, 19, 1.0, &mut got);
         assert_eq!(got, want.iter().map(|v| v + 1.0).collect::<Vec<_>>());
+    }
+
+    /// `B` (`k × n`, row-major) in the packed-B layout.
+    fn packed_b(b: &[f32], k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; packed_b_len(k, n)];
+        for p in 0..k {
+            for j in 0..n {
+                out[(j / NR) * k * NR + p * NR + j % NR] = b[p * n + j];
+            }
+        }
+        out
+    }
+
+    /// `gemm_packed_ab_sum` on one to four products at every level: on small integers it is
+    /// the exact sum, with rows past a whole panel (13), two depth blocks (300 → 150 + 150),
+    /// a last column panel of 5 (AVX-512's 8-lane path) or 11, `beta` 1 and a bias; on
+    /// random values within the sum's tolerance of an f64 reference.
+    #[test]
+    fn sums_of_packed_products() {
+        struct Job<'a> {
+            pieces: &'a [(PackedARef<'a>, &'a [f32])],
+            n: usize,
+            bias: &'a [f32],
+            c: &'a mut [f32],
+        }
+        impl WithSimd for Job<'_> {
+            type Output = ();
+            fn with_simd<S: Simd>(self, s: S) {
+                let m = self.bias.len();
+                gemm_packed_ab_sum(
+                    s,
+                    self.pieces,
+                    0..m,
+                    self.n,
+                    1.0,
+                    Some(self.bias),
+                    self.c,
+                    self.n,
+                );
+            }
+        }
+        let (m, k) = (13, 300);
+        for (n, count, ints) in [(37, 1, true), (37, 4, true), (43, 3, true), (37, 2, false)] {
+            let value = |i: usize, salt: usize| {
+                let h = (i * 7919 + salt * 104_729) % 1009;
+                if ints { (h % 7) as f32 - 3.0 } else { h as f32 / 1009.0 - 0.5 }
+            };
+            let a: Vec<Vec<f32>> =
+                (0..count).map(|q| (0..m * k).map(|i| value(i, 2 * q)).collect()).collect();
+            let b: Vec<Vec<f32>> =
+                (0..count).map(|q| (0..k * n).map(|i| value(i, 2 * q + 1)).collect()).collect();
+            let packs: Vec<PackedA> =
+                a.iter().map(|a| PackedA::new(MatRef::row_major(a, m, k))).collect();
+            let bp: Vec<Vec<f32>> = b.iter().map(|b| packed_b(b, k, n)).collect();
+            let pieces: Vec<(PackedARef<'_>, &[f32])> =
+                packs.iter().zip(&bp).map(|(a, b)| (a.view(), &b[..])).collect();
+            let bias: Vec<f32> = (0..m).map(|i| i as f32 - 6.0).collect();
+            let c0: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32).collect();
+            let want: Vec<f64> = (0..m * n)
+                .map(|e| {
+                    let (i, j) = (e / n, e % n);
+                    let (a, b) = (&a, &b);
+                    let dot = |q: usize| {
+                        (0..k).map(move |p| a[q][i * k + p] as f64 * b[q][p * n + j] as f64)
+                    };
+                    (0..count).flat_map(dot).sum::<f64>() + bias[i] as f64 + c0[e] as f64
+                })
+                .collect();
+            for level in SimdLevel::available_levels() {
+                let mut c = c0.clone();
+                simd::dispatch(level, Job { pieces: &pieces, n, bias: &bias, c: &mut c }).unwrap();
+                for (e, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                    let tol = if ints { 0.0 } else { 1e-4 * (count * k) as f64 };
+                    assert!(
+                        (got as f64 - w).abs() <= tol,
+                        "{level:?} n {n} x{count}: {e} {got} {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

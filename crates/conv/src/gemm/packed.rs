@@ -30,7 +30,7 @@
 use std::ops::Range;
 
 use super::pack::{PackedA, PackedARef, pack_a, pack_b, packed_b_len};
-use super::tile::{BPanels, Dest, MR, NR, kblock, with_rows};
+use super::tile::{BPanels, Dest, MAX_PIECES, MR, NR, Piece, kblock, with_rows};
 use super::{MatRef, check_a, check_bc};
 use crate::scratch::{self, Slot};
 use crate::simd::{self, LANES, Simd, SimdLevel, WithSimd};
@@ -64,9 +64,36 @@ pub fn gemm_packed_ab<S: Simd>(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let k = a.k;
-    assert!(rows.start.is_multiple_of(MR) && rows.end <= a.m && (beta == 0.0 || beta == 1.0));
-    assert!(b.len() >= packed_b_len(k, n) && ldc >= n);
+    gemm_packed_ab_sum(s, &[(a, b)], rows, n, beta, bias, c, ldc);
+}
+
+/// `C = Σ_q A_q[rows] · B_q + bias + beta · C`: [`gemm_packed_ab`] for a sum of up to
+/// [`MAX_PIECES`] products of the same depth and shape, each `(A_q, B_q)` a packed `A` and a
+/// `B` in the packed-B layout. Within each depth block every tile accumulates the products
+/// in registers in the order given and is stored once, where separate products added into
+/// `C` would store and reload it once per product.
+///
+/// # Panics
+/// As [`gemm_packed_ab`], and when there are no pieces, more than [`MAX_PIECES`], or their
+/// depths or row counts differ.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn gemm_packed_ab_sum<S: Simd>(
+    s: S,
+    pieces: &[(PackedARef<'_>, &[f32])],
+    rows: Range<usize>,
+    n: usize,
+    beta: f32,
+    bias: RowBias<'_>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let Some(&(a0, _)) = pieces.first() else { panic!("gemm_packed_ab_sum: no products") };
+    let k = a0.k;
+    assert!(pieces.len() <= MAX_PIECES, "gemm_packed_ab_sum: too many products");
+    assert!(pieces.iter().all(|(a, _)| a.k == k && a.m == a0.m));
+    assert!(rows.start.is_multiple_of(MR) && rows.end <= a0.m && (beta == 0.0 || beta == 1.0));
+    assert!(pieces.iter().all(|(_, b)| b.len() >= packed_b_len(k, n)) && ldc >= n);
     let m = rows.len();
     if m == 0 || n == 0 {
         return;
@@ -86,10 +113,16 @@ pub fn gemm_packed_ab<S: Simd>(
         let mut ic = 0;
         while ic < m {
             let mc = MC.min(m - ic);
-            let apanels = &a.panels(pc, rows.start + ic)[..mc.next_multiple_of(MR) * kcb];
-            let bpanels = BPanels { data: b, stride: k * NR, offset: pc * NR, count: np / NR, kcb };
+            let empty = BPanels { data: &[], stride: 0, offset: 0, count: 0, kcb: 0 };
+            let mut block = [Piece { a: &[], b: empty }; MAX_PIECES];
+            for (piece, &(a, b)) in block.iter_mut().zip(pieces) {
+                let apanels = &a.panels(pc, rows.start + ic)[..mc.next_multiple_of(MR) * kcb];
+                let bpanels =
+                    BPanels { data: b, stride: k * NR, offset: pc * NR, count: np / NR, kcb };
+                *piece = Piece { a: apanels, b: bpanels };
+            }
             let blk = Dest { i: ic, j: 0, m, n, alpha: 1.0, beta, bias, ldc };
-            tiles(s, apanels, bpanels, blk, c);
+            tiles(s, &block[..pieces.len()], blk, c);
             ic += mc;
         }
         pc += kcb;
@@ -209,7 +242,7 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
                     BPanels { data: bblock, stride: NR * kcb, offset: 0, count: ncp / NR, kcb };
                 let blk =
                     Dest { i: ic, j: jc, m, n, alpha, beta: beta_block, bias: bias_block, ldc };
-                tiles(s, apanels, bpanels, blk, c);
+                tiles(s, &[Piece { a: apanels, b: bpanels }], blk, c);
                 ic += mc;
             }
             pc += kcb;
@@ -218,35 +251,48 @@ fn driver<S: Simd>(s: S, g: Gemm<'_>) {
     }
 }
 
-/// Every tile of one block: each B panel of `b` against each A panel in `ap`. At the AVX-512
-/// level, the 16-lane kernel of [`super::wide`] takes several B panels at a time.
+/// Every tile of one block: each B panel against each A panel, summed over the pieces (one
+/// depth block each, the same panel counts) in registers. At the AVX-512 level, the 16-lane
+/// kernel of [`super::wide`] takes several B panels at a time.
 #[inline(always)]
-fn tiles<S: Simd>(s: S, ap: &[f32], b: BPanels<'_>, blk: Dest<'_>, c: &mut [f32]) {
+fn tiles<S: Simd>(s: S, pieces: &[Piece<'_>], blk: Dest<'_>, c: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if let Some(w) = s.avx512() {
         // SAFETY: the token `w` proves the CPU has the features `tiles` is compiled for.
-        unsafe { super::wide::tiles(w, ap, b, blk, c) };
+        unsafe { super::wide::tiles(w, pieces, blk, c) };
         return;
     }
-    for pj in 0..b.count {
-        let bp = b.panel(pj);
+    let kc = pieces[0].b.kcb;
+    for pj in 0..pieces[0].b.count {
         let j = blk.j + pj * NR;
-        for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
+        for pi in 0..pieces[0].a.len() / (MR * kc) {
             let t = blk.at(blk.i + pi * MR, j);
             // Only the rows of `C` the panel has (the last may hold padding rows).
-            let acc = with_rows!(t.rows(), R => micro::<S, R>(s, b.kcb, a, bp));
+            let acc = with_rows!(t.rows(), R => {
+                let mut acc = [[s.zero(); 2]; MR];
+                for piece in pieces {
+                    let (a, bp) = (&piece.a[pi * MR * kc..], piece.b.panel(pj));
+                    acc = micro::<S, R>(s, piece.b.kcb, a, bp, acc);
+                }
+                acc
+            });
             store_tile(s, &acc, t, c);
         }
     }
 }
 
-/// `A panel (6 × kc) · B panel (kc × 16)` in 12 vector accumulators, for the panel's first `R`
-/// rows (the accumulators of the others stay zero).
+/// `acc + A panel (6 × kc) · B panel (kc × 16)` in 12 vector accumulators, for the panel's
+/// first `R` rows (the accumulators of the others are returned as given).
 #[inline(always)]
-fn micro<S: Simd, const R: usize>(s: S, kc: usize, ap: &[f32], bp: &[f32]) -> [[S::V; 2]; MR] {
+fn micro<S: Simd, const R: usize>(
+    s: S,
+    kc: usize,
+    ap: &[f32],
+    bp: &[f32],
+    mut acc: [[S::V; 2]; MR],
+) -> [[S::V; 2]; MR] {
     assert!(ap.len() >= kc * MR && bp.len() >= kc * NR);
     let (a, b) = (ap.as_ptr(), bp.as_ptr());
-    let mut acc = [[s.zero(); 2]; MR];
     for p in 0..kc {
         // SAFETY: `p < kc`, and the assert above shows the panels hold `kc` steps of 6 (A)
         // and 16 (B) floats, so every read below is inside `ap` or `bp`.

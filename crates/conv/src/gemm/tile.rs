@@ -42,6 +42,17 @@ impl<'a> BPanels<'a> {
     }
 }
 
+/// One product of a depth block of a sum `C = Σ_q A_q · B_q`: the A panels (`MR` rows of
+/// `kcb` steps each, one after another) and the B panels it multiplies.
+#[derive(Clone, Copy)]
+pub(super) struct Piece<'a> {
+    pub(super) a: &'a [f32],
+    pub(super) b: BPanels<'a>,
+}
+
+/// Most products [`Piece`]s of one sum: the stride-2 Winograd variant sums up to four.
+pub const MAX_PIECES: usize = 4;
+
 /// Where products land in `C` and how they are combined with it: the first row and column
 /// `(i, j)` of a block of tiles, or of one micro-tile ([`Dest::at`]); the size `m × n` of `C`,
 /// which clips the tiles at its edges; and `C ← alpha · product + bias + beta · C`, `C`

@@ -22,24 +22,27 @@
 
 use std::arch::x86_64::*;
 
-use super::tile::{BPanels, Dest, MR, NR, with_rows};
+use super::tile::{Dest, MAX_PIECES, MR, NR, Piece, with_rows};
 use crate::simd::Avx512;
 
 /// B panels per micro-tile at the AVX-512 level (see `docs/benchmarks.md` for the choice).
 pub(super) const P: usize = 3;
 
-/// Every tile of one block: all A panels in `ap` against all B panels of `b`, `P` B panels at
-/// a time (the last group may be narrower).
+/// Every tile of one block: all A panels against all B panels of the pieces, `P` B panels at
+/// a time (the last group may be narrower); with several pieces (one depth block each, the
+/// same panel counts) each tile is the sum of their products, accumulated in registers and
+/// stored once.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Dest<'_>, c: &mut [f32]) {
+pub(super) fn tiles(w: Avx512, pieces: &[Piece<'_>], blk: Dest<'_>, c: &mut [f32]) {
+    let count = pieces[0].b.count;
     let mut pj = 0;
-    while pj < b.count {
-        let np = P.min(b.count - pj);
+    while pj < count {
+        let np = P.min(count - pj);
         match np {
-            3 => group::<3>(w, ap, b, pj, blk, c),
-            2 => group::<2>(w, ap, b, pj, blk, c),
-            _ if blk.n - (blk.j + pj * NR) <= NR / 2 => half(w, ap, b, pj, blk, c),
-            _ => group::<1>(w, ap, b, pj, blk, c),
+            3 => group::<3>(w, pieces, pj, blk, c),
+            2 => group::<2>(w, pieces, pj, blk, c),
+            _ if blk.n - (blk.j + pj * NR) <= NR / 2 => half(w, pieces, pj, blk, c),
+            _ => group::<1>(w, pieces, pj, blk, c),
         }
         pj += np;
     }
@@ -51,22 +54,25 @@ pub(super) fn tiles(w: Avx512, ap: &[f32], b: BPanels<'_>, blk: Dest<'_>, c: &mu
 /// and 4 columns). The same products in the same order: the same bits.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-fn half(w: Avx512, ap: &[f32], b: BPanels<'_>, pj: usize, blk: Dest<'_>, c: &mut [f32]) {
-    let bp = b.panel(pj);
-    let kc = b.kcb;
+fn half(w: Avx512, pieces: &[Piece<'_>], pj: usize, blk: Dest<'_>, c: &mut [f32]) {
+    let kc = pieces[0].b.kcb;
     let j = blk.j + pj * NR;
-    for (pi, a) in ap.chunks_exact(MR * kc).enumerate() {
+    for pi in 0..pieces[0].a.len() / (MR * kc) {
         let t = blk.at(blk.i + pi * MR, j);
-        assert!(a.len() >= kc * MR && bp.len() >= kc * NR);
-        let (pa, pb) = (a.as_ptr(), bp.as_ptr());
         let mut acc = [_mm256_setzero_ps(); MR];
-        for p in 0..kc {
-            // SAFETY: `p < kc`, and the assert above shows that the A panel holds `kc` steps
-            // of 6 floats and the B panel `kc` steps of 16 (of which the first 8 are read).
-            unsafe {
-                let bv = _mm256_loadu_ps(pb.add(p * NR));
-                for (r, x) in acc.iter_mut().enumerate() {
-                    *x = _mm256_fmadd_ps(_mm256_set1_ps(*pa.add(p * MR + r)), bv, *x);
+        for piece in pieces {
+            let (a, bp) = (&piece.a[pi * MR * kc..], piece.b.panel(pj));
+            assert!(a.len() >= kc * MR && bp.len() >= kc * NR && piece.b.kcb == kc);
+            let (pa, pb) = (a.as_ptr(), bp.as_ptr());
+            for p in 0..kc {
+                // SAFETY: `p < kc`, and the assert above shows that the A panel holds `kc`
+                // steps of 6 floats and the B panel `kc` steps of 16 (of which the first 8 are
+                // read).
+                unsafe {
+                    let bv = _mm256_loadu_ps(pb.add(p * NR));
+                    for (r, x) in acc.iter_mut().enumerate() {
+                        *x = _mm256_fmadd_ps(_mm256_set1_ps(*pa.add(p * MR + r)), bv, *x);
+                    }
                 }
             }
         }
@@ -81,29 +87,32 @@ fn half(w: Avx512, ap: &[f32], b: BPanels<'_>, pj: usize, blk: Dest<'_>, c: &mut
     }
 }
 
-/// The tiles of B panels `pj..pj+N` against every A panel in `ap`.
+/// The tiles of B panels `pj..pj+N` against every A panel, summed over the pieces.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[inline]
-fn group<const N: usize>(
-    w: Avx512,
-    ap: &[f32],
-    b: BPanels<'_>,
-    pj: usize,
-    blk: Dest<'_>,
-    c: &mut [f32],
-) {
-    let bps: [&[f32]; N] = std::array::from_fn(|h| b.panel(pj + h));
+fn group<const N: usize>(w: Avx512, pieces: &[Piece<'_>], pj: usize, blk: Dest<'_>, c: &mut [f32]) {
+    let kc = pieces[0].b.kcb;
+    // Each piece's B panels, sliced once for all A panels (loops, not `from_fn`: a closure
+    // body is compiled without this function's target features, and is a call).
+    let mut bps: [[&[f32]; N]; MAX_PIECES] = [[&[]; N]; MAX_PIECES];
+    for (bq, piece) in bps.iter_mut().zip(pieces) {
+        assert_eq!(piece.b.kcb, kc, "wide::group: pieces of different depths");
+        for (h, b) in bq.iter_mut().enumerate() {
+            *b = piece.b.panel(pj + h);
+        }
+    }
+    let bps = &bps[..pieces.len()];
     let j = blk.j + pj * NR;
-    for (pi, a) in ap.chunks_exact(MR * b.kcb).enumerate() {
+    for pi in 0..pieces[0].a.len() / (MR * kc) {
         let t = blk.at(blk.i + pi * MR, j);
         // Only the rows of `C` the panel has (the last may hold padding rows).
-        let acc = with_rows!(t.rows(), R => micro::<N, R>(w, b.kcb, a, bps));
+        let acc = with_rows!(t.rows(), R => micro::<N, R>(w, kc, pieces, pi, bps));
         store(w, &acc, t, c);
     }
 }
 
-/// `A panel (6 × kc) · [B panels] (kc × 16·N)` for the panel's first `R` rows: `acc[r][h]`
-/// holds row `r`, panel `h` (rows from `R` on stay zero).
+/// `Σ_q A_q panel pi (6 × kc) · [B panels of q] (kc × 16·N)` for the panel's first `R` rows:
+/// `acc[r][h]` holds row `r`, panel `h` (rows from `R` on stay zero).
 ///
 /// # Panics
 /// When a panel holds fewer than `kc` steps (an internal bug).
@@ -112,26 +121,34 @@ fn group<const N: usize>(
 pub(super) fn micro<const N: usize, const R: usize>(
     _: Avx512,
     kc: usize,
-    ap: &[f32],
-    bps: [&[f32]; N],
+    pieces: &[Piece<'_>],
+    pi: usize,
+    bps: &[[&[f32]; N]],
 ) -> [[__m512; N]; MR] {
-    assert!(ap.len() >= kc * MR && bps.iter().all(|b| b.len() >= kc * NR));
-    let a = ap.as_ptr();
-    let b = bps.map(|b| b.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); N]; MR];
-    for p in 0..kc {
-        // SAFETY: `p < kc`, and the assert above shows that `ap` holds `kc` steps of 6 floats
-        // and each B panel `kc` steps of 16, so every read is inside its slice; the token
-        // passed in proves the CPU has the features this function is compiled for.
-        unsafe {
-            let mut bv = [_mm512_setzero_ps(); N];
-            for (v, ptr) in bv.iter_mut().zip(b) {
-                *v = _mm512_loadu_ps(ptr.add(p * NR));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate().take(R) {
-                let av = _mm512_set1_ps(*a.add(p * MR + r));
-                for (x, &bh) in acc_r.iter_mut().zip(&bv) {
-                    *x = _mm512_fmadd_ps(av, bh, *x);
+    for (piece, bq) in pieces.iter().zip(bps) {
+        let ap = &piece.a[pi * MR * kc..];
+        assert!(ap.len() >= kc * MR && bq.iter().all(|b| b.len() >= kc * NR));
+        let a = ap.as_ptr();
+        let mut b = [a; N];
+        for (ptr, panel) in b.iter_mut().zip(bq) {
+            *ptr = panel.as_ptr();
+        }
+        for p in 0..kc {
+            // SAFETY: `p < kc`, and the assert above shows that `ap` holds `kc` steps of 6
+            // floats and each B panel `kc` steps of 16, so every read is inside its slice;
+            // the token passed in proves the CPU has the features this function is compiled
+            // for.
+            unsafe {
+                let mut bv = [_mm512_setzero_ps(); N];
+                for (v, ptr) in bv.iter_mut().zip(b) {
+                    *v = _mm512_loadu_ps(ptr.add(p * NR));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate().take(R) {
+                    let av = _mm512_set1_ps(*a.add(p * MR + r));
+                    for (x, &bh) in acc_r.iter_mut().zip(&bv) {
+                        *x = _mm512_fmadd_ps(av, bh, *x);
+                    }
                 }
             }
         }

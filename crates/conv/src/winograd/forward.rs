@@ -5,9 +5,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::filter::{transform_rows, u_planes};
-use super::transforms::{F2, F4, S2, Transforms, input_2d, output_2d};
+use super::transforms::{F2, F4, OutputTransform, S2, S2Sums, Transforms, input_2d, output_2d};
 use super::{BLOCK_FLOATS, PARALLEL_MIN_FLOPS, WinogradVariant, plane_stride};
-use crate::gemm::{MR, NR, PackedARef, gemm_packed_ab};
+use crate::gemm::{MAX_PIECES, MR, NR, PackedARef, gemm_packed_ab, gemm_packed_ab_sum};
 use crate::params::ConvGeometry;
 use crate::scratch::{self, Slot};
 use crate::simd::{
@@ -360,7 +360,8 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
     let runs = patch_runs::<S>(p, tiles, A, M);
     // With the runs of every tile group the patches are gathered from the input itself.
     let padded_len = if runs.is_some() { 0 } else { planes * plane };
-    let (v_len, m_len) = (a2 * p.vs, a2 * p.ms);
+    let out_planes = p.variant.out_planes();
+    let (v_len, m_len) = (a2 * p.vs, out_planes * p.ms);
     // Grown once per worker, never cleared: V and M are written before they are read (stale
     // values only reach lanes that are discarded), and the padding, where there is a padded
     // copy, is zeroed below.
@@ -423,7 +424,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
         let v = VPlanes { v: &*vbuf, vs: p.vs, cpg: p.cpg, tb: p.tb, n: nt.next_multiple_of(NR) };
         // Split mode: half of the transform positions each (one dispatch each: a closure is
         // compiled without `S`'s target features).
-        let half_m = a2 / 2 * p.ms;
+        let half_m = out_planes / 2 * p.ms;
         match filters {
             Filters::Transformed(u) => {
                 let ks = (kl, kl + kc);
@@ -435,7 +436,7 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
                     kpg: p.kpg,
                     ks,
                     v,
-                    xi0: 0,
+                    o0: 0,
                     ms: p.ms,
                     m: &mut [],
                 };
@@ -443,7 +444,12 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
                     let (lo, hi) = mbuf.split_at_mut(half_m);
                     rayon::join(
                         || simd::dispatch(S::LEVEL, Products { m: lo, ..products }),
-                        || simd::dispatch(S::LEVEL, Products { xi0: a2 / 2, m: hi, ..products }),
+                        || {
+                            simd::dispatch(
+                                S::LEVEL,
+                                Products { o0: out_planes / 2, m: hi, ..products },
+                            )
+                        },
                     );
                 } else {
                     Products { m: &mut *mbuf, ..products }.with_simd(s);
@@ -528,6 +534,12 @@ pub(super) struct VPlanes<'a> {
 }
 
 impl VPlanes<'_> {
+    /// `V[ξ]`, in panel form.
+    #[inline(always)]
+    fn plane(&self, xi: usize) -> &[f32] {
+        &self.v[xi * self.vs..][..self.cpg * self.tb]
+    }
+
     /// `c = U[ξ][rows] · V[ξ]` (`c` holds the rows, `tb` floats each).
     #[inline(always)]
     fn product<S: Simd>(
@@ -538,12 +550,14 @@ impl VPlanes<'_> {
         rows: Range<usize>,
         c: &mut [f32],
     ) {
-        let b_xi = &self.v[xi * self.vs..][..self.cpg * self.tb];
-        gemm_packed_ab(s, u, rows, b_xi, self.n, 0.0, None, c, self.tb);
+        gemm_packed_ab(s, u, rows, self.plane(xi), self.n, 0.0, None, c, self.tb);
     }
 }
 
-/// Transform-domain products `M[ξ] = U[ξ][ks] · V[ξ]` for `ξ = xi0..` (as many as `m` holds).
+/// Transform-domain products `M[o] = Σ U[ξ][ks] · V[ξ]` for the stored planes `o = o0..` (as
+/// many as `m` holds), each the sum over its positions `ξ`
+/// ([`WinogradVariant::out_plane_positions`]: one, or a group at stride 2), added in order
+/// into the plane (the first product overwrites it).
 pub(super) struct Products<'a> {
     /// The group's stored packed filter planes, `plen` floats each, `us` apart (position `ξ`
     /// reads plane [`WinogradVariant::u_plane`]).
@@ -555,10 +569,10 @@ pub(super) struct Products<'a> {
     /// Output channels `ks.0..ks.1` (rows of the planes) of the products.
     ks: (usize, usize),
     v: VPlanes<'a>,
-    xi0: usize,
-    /// Floats from one `M[ξ]` to the next.
+    o0: usize,
+    /// Floats from one `M[o]` to the next.
     ms: usize,
-    /// `M[ξ]` for the positions from `xi0`, `ks.len() · tb` floats each, `ms` apart.
+    /// `M[o]` for the stored planes from `o0`, `ks.len() · tb` floats each, `ms` apart.
     m: &'a mut [f32],
 }
 
@@ -567,11 +581,22 @@ impl WithSimd for Products<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Products { u, variant, plen, us, kpg, ks, v, xi0, ms, m } = self;
-        for (i, c_xi) in m.chunks_exact_mut(ms).enumerate() {
-            let plane = variant.u_plane(xi0 + i);
-            let a_xi = PackedARef::new(&u[plane * us..][..plen], kpg, v.cpg);
-            v.product(s, xi0 + i, a_xi, ks.0..ks.1, &mut c_xi[..(ks.1 - ks.0) * v.tb]);
+        let Products { u, variant, plen, us, kpg, ks, v, o0, ms, m } = self;
+        let u_xi = |xi: usize| {
+            let plane = variant.u_plane(xi);
+            (PackedARef::new(&u[plane * us..][..plen], kpg, v.cpg), v.plane(xi))
+        };
+        for (i, c_o) in m.chunks_exact_mut(ms).enumerate() {
+            let mut xis = variant.out_plane_positions(o0 + i);
+            let Some(first) = xis.next() else { continue };
+            let mut pieces = [u_xi(first); MAX_PIECES];
+            let mut count = 1;
+            for xi in xis {
+                pieces[count] = u_xi(xi);
+                count += 1;
+            }
+            let c = &mut c_o[..(ks.1 - ks.0) * v.tb];
+            gemm_packed_ab_sum(s, &pieces[..count], ks.0..ks.1, v.n, 0.0, None, c, v.tb);
         }
     }
 }
@@ -653,13 +678,13 @@ impl WithSimd for OutputBlock<'_, '_> {
         match self.plan.variant {
             WinogradVariant::F2x2_3x3 => output_block::<S, F2, 4, 2>(s, self),
             WinogradVariant::F4x4_3x3 => output_block::<S, F4, 6, 4>(s, self),
-            WinogradVariant::F2x2_3x3S2 => output_block::<S, S2, 5, 2>(s, self),
+            WinogradVariant::F2x2_3x3S2 => output_block::<S, S2Sums, 3, 2>(s, self),
         }
     }
 }
 
 #[inline(always)]
-pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+pub(super) fn output_block<S: Simd, T: OutputTransform<A, M>, const A: usize, const M: usize>(
     s: S,
     o: OutputBlock<'_, '_>,
 ) {
@@ -733,7 +758,7 @@ pub(super) fn output_block<S: Simd, T: Transforms<A, M>, const A: usize, const M
 /// divides, so each load stays in the row of channel `k`; `mv` is scratch for the loaded
 /// vectors.
 #[inline(always)]
-fn block_outputs<W: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
+fn block_outputs<W: Lanes, T: OutputTransform<A, M>, const A: usize, const M: usize>(
     w: W,
     mv: &mut [[W::V; A]; A],
     mbuf: &[f32],
@@ -761,7 +786,7 @@ struct Run {
 /// side-by-side tiles is stored by vectors (rather than transposed and copied two floats per
 /// tile).
 #[inline(always)]
-fn output_block_pairs<S: Simd, T: Transforms<A, M>, const A: usize, const M: usize>(
+fn output_block_pairs<S: Simd, T: OutputTransform<A, M>, const A: usize, const M: usize>(
     s: S,
     o: OutputBlock<'_, '_>,
 ) {

@@ -109,6 +109,31 @@ impl WinogradVariant {
         let (a, r) = (self.alpha(), self.u_rows());
         (xi / a).min(r - 1) * r + (xi % a).min(r - 1)
     }
+    /// Planes of products the forward pass stores per tile: one per transform position
+    /// (`α²`), except at stride 2, whose positions are summed in 3 × 3 groups as they are
+    /// multiplied (`transforms::S2Sums`): 9 instead of 25.
+    pub(crate) fn out_planes(self) -> usize {
+        match self {
+            WinogradVariant::F2x2_3x3S2 => 9,
+            _ => self.alpha() * self.alpha(),
+        }
+    }
+    /// The transform positions `ξ = a·α + b` whose products are summed into stored plane `o`
+    /// (of [`WinogradVariant::out_planes`]), in the order they are added: `o` alone, or at
+    /// stride 2 the positions of row group `o / 3` and column group `o % 3` of {0, 3}, {1},
+    /// {2, 4}.
+    pub(crate) fn out_plane_positions(self, o: usize) -> impl Iterator<Item = usize> {
+        /// Row and column groups of the stride-2 positions.
+        static S2_GROUPS: [&[usize]; 3] = [&[0, 3], &[1], &[2, 4]];
+        /// Each row (column) alone.
+        static ALONE: [usize; 6] = [0, 1, 2, 3, 4, 5];
+        let a = self.alpha();
+        let (rows, cols): (&[usize], &[usize]) = match self {
+            WinogradVariant::F2x2_3x3S2 => (S2_GROUPS[o / 3], S2_GROUPS[o % 3]),
+            _ => (std::slice::from_ref(&ALONE[o / a]), std::slice::from_ref(&ALONE[o % a])),
+        };
+        rows.iter().flat_map(move |&i| cols.iter().map(move |&j| i * a + j))
+    }
     /// The convolution stride the variant computes (the same on both axes).
     pub fn stride(self) -> usize {
         match self {

@@ -7,12 +7,17 @@ use crate::simd::Lanes;
 pub(super) trait Transforms<const A: usize, const M: usize> {
     /// `Bᵀ d`.
     fn bt<L: Lanes>(s: L, d: [L::V; A]) -> [L::V; A];
-    /// `Aᵀ m`.
-    fn at<L: Lanes>(s: L, m: [L::V; A]) -> [L::V; M];
     /// `G t`: the filter transform of one column (or row) of three taps.
     fn g<L: Lanes>(s: L, t: [L::V; 3]) -> [L::V; A];
     /// `A y`: the transpose of the output transform, for the weight gradient.
     fn a<L: Lanes>(s: L, y: [L::V; M]) -> [L::V; A];
+}
+
+/// The output transform of a variant: `Aᵀ m` for the `A` planes of one column (or row) of
+/// the products the forward pass stores, `M` outputs.
+pub(super) trait OutputTransform<const A: usize, const M: usize> {
+    /// `Aᵀ m`.
+    fn at<L: Lanes>(s: L, m: [L::V; A]) -> [L::V; M];
 }
 
 /// F(2x2,3x3).
@@ -34,10 +39,6 @@ impl Transforms<4, 2> for F2 {
     #[inline(always)]
     fn bt<L: Lanes>(s: L, d: [L::V; 4]) -> [L::V; 4] {
         bt4(s, d)
-    }
-    #[inline(always)]
-    fn at<L: Lanes>(s: L, m: [L::V; 4]) -> [L::V; 2] {
-        at4(s, m)
     }
     #[inline(always)]
     fn a<L: Lanes>(s: L, y: [L::V; 2]) -> [L::V; 4] {
@@ -62,10 +63,6 @@ impl Transforms<6, 4> for F4 {
         bt6(s, d)
     }
     #[inline(always)]
-    fn at<L: Lanes>(s: L, m: [L::V; 6]) -> [L::V; 4] {
-        at6(s, m)
-    }
-    #[inline(always)]
     fn a<L: Lanes>(s: L, y: [L::V; 4]) -> [L::V; 6] {
         // [y0, e + o, e − o, e2 + o2, e2 − o2, y3] with e = y0 + y2, o = y1 + y3,
         // e2 = y0 + 4 y2, o2 = 2 y1 + 8 y3.
@@ -87,12 +84,38 @@ impl Transforms<5, 2> for S2 {
         [s.sub(d[0], d[2]), d[2], s.sub(d[4], d[2]), d[1], d[3]]
     }
     #[inline(always)]
-    fn at<L: Lanes>(s: L, m: [L::V; 5]) -> [L::V; 2] {
-        [s.add(s.add(m[0], m[1]), m[3]), s.add(s.add(m[1], m[2]), m[4])]
-    }
-    #[inline(always)]
     fn a<L: Lanes>(s: L, y: [L::V; 2]) -> [L::V; 5] {
         [y[0], s.add(y[0], y[1]), y[1], y[0], y[1]]
+    }
+}
+
+impl OutputTransform<4, 2> for F2 {
+    #[inline(always)]
+    fn at<L: Lanes>(s: L, m: [L::V; 4]) -> [L::V; 2] {
+        at4(s, m)
+    }
+}
+
+impl OutputTransform<6, 4> for F4 {
+    #[inline(always)]
+    fn at<L: Lanes>(s: L, m: [L::V; 6]) -> [L::V; 4] {
+        at6(s, m)
+    }
+}
+
+/// The output transform of F(2x2,3x3) at stride 2 on the products it stores, 9 planes per
+/// tile rather than its 25 transform positions. Its `Aᵀ` (rows `[1 1 0 1 0]`, `[0 1 1 0 1]`)
+/// has equal columns 0 and 3 and equal columns 2 and 4, so the products of positions in rows
+/// (or columns) 0 and 3 only ever reach the outputs as a sum, and so do those of 2 and 4: the
+/// products are summed in those three groups ({0, 3}, {1}, {2, 4}, on both axes; see
+/// [`out_plane_positions`](super::WinogradVariant::out_plane_positions)) as they are made,
+/// and the stored planes need only `Aᵀ = [1 1 0; 0 1 1]`.
+pub(super) struct S2Sums;
+
+impl OutputTransform<3, 2> for S2Sums {
+    #[inline(always)]
+    fn at<L: Lanes>(s: L, m: [L::V; 3]) -> [L::V; 2] {
+        [s.add(m[0], m[1]), s.add(m[1], m[2])]
     }
 }
 
@@ -122,7 +145,7 @@ pub(super) fn input_2d<L: Lanes, T: Transforms<A, M>, const A: usize, const M: u
 
 /// `Aᵀ m A`: the 1-D transform on the columns, then on the rows.
 #[inline(always)]
-pub(super) fn output_2d<L: Lanes, T: Transforms<A, M>, const A: usize, const M: usize>(
+pub(super) fn output_2d<L: Lanes, T: OutputTransform<A, M>, const A: usize, const M: usize>(
     s: L,
     d: &[[L::V; A]; A],
 ) -> [[L::V; M]; M] {
