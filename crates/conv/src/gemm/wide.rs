@@ -1,5 +1,7 @@
 //! The AVX-512 micro-kernel: one 6-row A panel times `P` consecutive 16-column B panels, in
-//! `6·P` 16-lane accumulators, with masked stores for edge columns.
+//! `6·P` 16-lane accumulators, with masked stores for edge columns. For a sum of products
+//! ([`Piece`]s: the stride-2 Winograd groups) the accumulators carry on from one product to
+//! the next and each tile is stored once.
 //!
 //! The packed layouts are those of the 8-lane kernel (a B panel step is 16 floats, one
 //! `__m512`), so the same packing serves both levels. Each step loads `P` vectors of B,

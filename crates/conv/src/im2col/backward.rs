@@ -203,10 +203,10 @@ fn fuses(g: &ConvGeometry, d: &Dims) -> bool {
 /// is still in the core's cache (the three passes of the unfused backward each read the whole
 /// `dY` from memory). Every gradient is the same sum in the same order as the unfused passes',
 /// so the bits are the same: the bias sums of each image are kept (in f64) and added in image
-/// order afterwards, the partials in [`fill_and_sum_partials`]'s order. Where the planes end in a partial panel
-/// ([`shared_edge`]), each image's `dX_b` stops at its last whole panel and the remaining
-/// columns of all images are one product after the tasks ([`edge_columns`]), with the same
-/// bits.
+/// order afterwards, the partials in [`fill_and_sum_partials`]'s order. Where the planes end
+/// in a partial panel ([`shared_edge`]), each image's `dX_b` stops at its last whole panel
+/// and the remaining columns of all images are one product after the tasks
+/// ([`edge_columns`]), with the same bits.
 fn pointwise_fused(
     g: &ConvGeometry,
     d: &Dims,

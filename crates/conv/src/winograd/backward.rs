@@ -82,7 +82,8 @@ const WGRAD_PARTIALS_FLOATS: usize = 1 << 22;
 /// not depend on the number of threads:
 /// - by images: up to 8 ranges of images (as many as the batch has and the partial sums'
 ///   16 MiB allow), each accumulating its own `dU` (channel-last copies, transforms and
-///   products of one range on one thread, in cache), the partials then summed in a fixed pairwise order;
+///   products of one range on one thread, in cache), the partials then summed in a fixed
+///   pairwise order;
 /// - with fewer than two ranges (one image, or very wide layers): block by block, each
 ///   block's transforms in parallel parts and its `α²` products in parallel, each on its own
 ///   `dU[ξ]`.

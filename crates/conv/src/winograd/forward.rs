@@ -422,8 +422,8 @@ pub(super) fn run_item<S: Simd, T: Transforms<A, M>, const A: usize, const M: us
         // Transform-domain products: M[ξ] = U[ξ][kl..kl+kc] · V[ξ], both operands already in
         // panel form. Whole panels: columns past `nt` hold stale values that are never stored.
         let v = VPlanes { v: &*vbuf, vs: p.vs, cpg: p.cpg, tb: p.tb, n: nt.next_multiple_of(NR) };
-        // Split mode: half of the transform positions each (one dispatch each: a closure is
-        // compiled without `S`'s target features).
+        // Split mode: half of the stored planes each (one dispatch each: a closure is compiled
+        // without `S`'s target features).
         let half_m = out_planes / 2 * p.ms;
         match filters {
             Filters::Transformed(u) => {
@@ -658,8 +658,9 @@ impl WithSimd for FusedProducts<'_> {
 pub(super) struct OutputBlock<'a, 'o> {
     plan: &'a Plan<'a>,
     block: &'a [Tile],
-    /// `M[ξ]` of the item's output channels, `tb` floats per channel, planes
-    /// [`Plan::ms`] apart.
+    /// The stored product planes (`M[ξ]`, or the stride-2 groups' sums, see
+    /// [`WinogradVariant::out_planes`]) of the item's output channels, `tb` floats per
+    /// channel, planes [`Plan::ms`] apart.
     m: &'a [f32],
     /// Bias of the channels from `ks.0`.
     bias: Option<&'a [f32]>,

@@ -9,10 +9,11 @@
 //!
 //! The batch is cut into at most [`WEIGHT_GRAD_PARTIALS`] fixed chunks of consecutive images
 //! (depending only on `n`); each task accumulates its own partial weight and bias gradients
-//! and the partials are summed in a fixed pairwise order (`params::fill_and_sum_partials`), so
-//! every gradient is bit-identical for any number of threads. At the AVX-512 level the input-gradient tiles and the channel-vectorized
-//! weight-gradient tiles run 16-lane vectors where a tile spans two 8-lane ones; a lane's sum
-//! is the same there, so the bits are those of the AVX2 level.
+//! and the partials are summed in a fixed pairwise order (`params::fill_and_sum_partials`),
+//! so every gradient is bit-identical for any number of threads. At the AVX-512 level the
+//! input-gradient tiles and the channel-vectorized weight-gradient tiles run 16-lane vectors
+//! where a tile spans two 8-lane ones; a lane's sum is the same there, so the bits are those
+//! of the AVX2 level.
 //!
 //! ## Layout
 //! | file | what |
