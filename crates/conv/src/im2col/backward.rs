@@ -311,6 +311,32 @@ fn weight_grad_product(d: &Dims, dyg: &[f32], col: &[f32], ld: usize, beta: f32,
     );
 }
 
+/// The column matrix of image `b`, group `gi`, and its row stride: the input block itself when
+/// the convolution is pointwise, else built in `col` (by gathers when there is a `gather` plan).
+#[allow(clippy::too_many_arguments)]
+fn column_matrix<'a>(
+    g: &ConvGeometry,
+    d: &Dims,
+    gather: Option<&GatherPlan>,
+    input: &'a [f32],
+    b: usize,
+    gi: usize,
+    col: &'a mut Vec<f32>,
+    parallel: bool,
+) -> (&'a [f32], usize) {
+    let x = d.input_block(g, input, b, gi);
+    if d.pointwise {
+        return (x, d.ohw);
+    }
+    let ld = if let Some(plan) = gather {
+        im2col_gather_rows(g, plan, x, col)
+    } else {
+        im2col(g, x, col, parallel);
+        d.ohw
+    };
+    (col, ld)
+}
+
 fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [f32]) {
     let wlen = gw.len();
     let w_block = d.kpg * d.crs;
@@ -318,29 +344,13 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
     // Narrow outputs build the column matrix by gathers (see `gather_max_width`).
     let gather = if d.pointwise || d.kpg <= SMALL_DIM { None } else { GatherPlan::new(g) };
     let gather = gather.as_ref();
-    // The column matrix of image `b`, group `gi` in `col` (or the input itself when
-    // pointwise), and its row stride.
-    let columns = |b: usize, gi: usize, col: &'_ mut Vec<f32>, parallel: bool| -> usize {
-        let x = d.input_block(g, input, b, gi);
-        if let Some(plan) = gather {
-            im2col_gather_rows(g, plan, x, col)
-        } else {
-            im2col(g, x, col, parallel);
-            d.ohw
-        }
-    };
     // Images of chunk `p`: a split of 0..n that depends only on n.
     let chunk = |p: usize| (p * g.n / parts)..((p + 1) * g.n / parts);
     // Partial `p`, group `gi`: Σ over the chunk's images, in order.
     let block = |t: usize, out: &mut [f32], col: &mut Vec<f32>| {
         let (p, gi) = (t / d.groups, t % d.groups);
         for (i, b) in chunk(p).enumerate() {
-            let (colm, ld): (&[f32], usize) = if d.pointwise {
-                (d.input_block(g, input, b, gi), d.ohw)
-            } else {
-                let ld = columns(b, gi, col, false);
-                (col, ld)
-            };
+            let (colm, ld) = column_matrix(g, d, gather, input, b, gi, col, false);
             let beta = if i == 0 { 0.0 } else { 1.0 };
             weight_grad_product(d, d.output_block(g, dy, b, gi), colm, ld, beta, out);
         }
@@ -374,12 +384,7 @@ fn weight_grad(g: &ConvGeometry, d: &Dims, input: &[f32], dy: &[f32], gw: &mut [
             for (p, target) in std::iter::once(&mut *gw).chain(spare).take(parts).enumerate() {
                 for (gi, out) in target.chunks_mut(w_block).enumerate() {
                     for (i, b) in chunk(p).enumerate() {
-                        let (colm, ld): (&[f32], usize) = if d.pointwise {
-                            (d.input_block(g, input, b, gi), d.ohw)
-                        } else {
-                            let ld = columns(b, gi, col, true);
-                            (col, ld)
-                        };
+                        let (colm, ld) = column_matrix(g, d, gather, input, b, gi, col, true);
                         let dyg = d.output_block(g, dy, b, gi);
                         let beta = if i == 0 { 0.0 } else { 1.0 };
                         out.par_chunks_mut(rows * d.crs).enumerate().for_each(|(r, out)| {
