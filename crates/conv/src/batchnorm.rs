@@ -3,10 +3,11 @@
 //!
 //! Channel `k` of `x [n, c, h, w]` is `n` contiguous planes of `h·w` values, one per image.
 //! Every per-channel quantity is a sum over those planes, taken by one thread in a fixed
-//! order (eight `f32` vector lanes over blocks of 512 values, then `f64`), so results are
-//! bit-identical for any number of threads at a given SIMD level; the elementwise passes run
-//! over planes. The loops are written once over [`Simd`] and run at the
-//! active level (AVX2+FMA or the portable fallback, which may differ in the last bits).
+//! order (four chains of eight `f32` vector lanes over blocks of 512 values, then `f64`), so
+//! results are bit-identical for any number of threads at a given SIMD level; the elementwise
+//! passes run over planes. The loops are written once over [`Simd`] and run at the active
+//! level (AVX-512 and AVX2+FMA run the same 8-lane code and agree bit for bit; the portable
+//! fallback may differ in the last bits).
 //!
 //! - [`batch_norm2d_stats`]: the batch mean and biased variance of each channel in one pass
 //!   over the deviations from the channel's first value (a shift inside the data, so a large
@@ -40,8 +41,9 @@ fn flush<S: Simd>(s: S, v: S::V, acc: &mut f64) {
 }
 
 /// `Σ(a − shift)` and `Σ(a − shift)²` of one plane (`b` unused), or `Σa` and `Σa·(b − shift)`
-/// (the backward's sums, `a` = ∂y, `b` = x), in `f32` lanes per [`BLOCK`], then `f64`. With
-/// `z` (a fused ReLU's output), `a` counts only where `z > 0`.
+/// (the backward's sums, `a` = ∂y, `b` = x), in `f32` lanes per [`BLOCK`] ([`CHAINS`]
+/// accumulators, summed pairwise), then `f64`. With `z` (a fused ReLU's output), `a` counts
+/// only where `z > 0`.
 struct PlaneSums<'a> {
     a: &'a [f32],
     b: Option<&'a [f32]>,
@@ -59,31 +61,25 @@ impl WithSimd for PlaneSums<'_> {
         for (i, block) in self.a.chunks(BLOCK).enumerate() {
             let other = self.b.map(|b| &b[i * BLOCK..i * BLOCK + block.len()]);
             let mask = self.z.map(|z| &z[i * BLOCK..i * BLOCK + block.len()]);
-            let (mut v1, mut v2) = (s.zero(), s.zero());
-            let full = block.len() / LANES * LANES;
+            let at = Operands { a: block, b: other, z: mask };
+            // Vector `q` of the block goes to accumulator `q % CHAINS`: independent chains,
+            // so the adds do not wait on each other's latency.
+            let (mut v1, mut v2) = ([s.zero(); CHAINS], [s.zero(); CHAINS]);
             let mut j = 0;
-            while j < full {
-                let mut va = s.load(&block[j..]);
-                if let Some(z) = mask {
-                    va = s.keep_where_positive(s.load(&z[j..]), va);
+            while j + CHAINS * LANES <= block.len() {
+                for (q, (v1, v2)) in v1.iter_mut().zip(&mut v2).enumerate() {
+                    at.accumulate(s, j + q * LANES, shift, v1, v2);
                 }
-                match other {
-                    None => {
-                        let d = s.sub(va, shift);
-                        v1 = s.add(v1, d);
-                        v2 = s.fma(d, d, v2);
-                    }
-                    Some(b) => {
-                        let d = s.sub(s.load(&b[j..]), shift);
-                        v1 = s.add(v1, va);
-                        v2 = s.fma(va, d, v2);
-                    }
-                }
-                j += LANES;
+                j += CHAINS * LANES;
             }
-            flush(s, v1, &mut s1);
-            flush(s, v2, &mut s2);
-            for j in full..block.len() {
+            let mut q = 0;
+            while j + LANES <= block.len() {
+                at.accumulate(s, j, shift, &mut v1[q], &mut v2[q]);
+                (j, q) = (j + LANES, q + 1);
+            }
+            flush(s, s.add(s.add(v1[0], v1[1]), s.add(v1[2], v1[3])), &mut s1);
+            flush(s, s.add(s.add(v2[0], v2[1]), s.add(v2[2], v2[3])), &mut s2);
+            for j in j..block.len() {
                 let a = match mask {
                     Some(z) if z[j] > 0.0 => block[j],
                     Some(_) => 0.0,
@@ -104,6 +100,40 @@ impl WithSimd for PlaneSums<'_> {
             }
         }
         (s1, s2)
+    }
+}
+
+/// Accumulator chains of [`PlaneSums`] (the sums of a block are `(c0 + c1) + (c2 + c3)`).
+const CHAINS: usize = 4;
+
+/// One block of [`PlaneSums`]'s operands.
+#[derive(Clone, Copy)]
+struct Operands<'a> {
+    a: &'a [f32],
+    b: Option<&'a [f32]>,
+    z: Option<&'a [f32]>,
+}
+
+impl Operands<'_> {
+    /// Adds the 8 values at `j` to the sums `v1`, `v2` (see [`PlaneSums`]).
+    #[inline(always)]
+    fn accumulate<S: Simd>(self, s: S, j: usize, shift: S::V, v1: &mut S::V, v2: &mut S::V) {
+        let mut va = s.load(&self.a[j..]);
+        if let Some(z) = self.z {
+            va = s.keep_where_positive(s.load(&z[j..]), va);
+        }
+        match self.b {
+            None => {
+                let d = s.sub(va, shift);
+                *v1 = s.add(*v1, d);
+                *v2 = s.fma(d, d, *v2);
+            }
+            Some(b) => {
+                let d = s.sub(s.load(&b[j..]), shift);
+                *v1 = s.add(*v1, va);
+                *v2 = s.fma(va, d, *v2);
+            }
+        }
     }
 }
 
