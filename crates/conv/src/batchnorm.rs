@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
 use crate::params::check_len;
-use crate::simd::{self, LANES, Simd, WithSimd};
+use crate::simd::{self, LANES, Simd, WithSimd, dispatch_active};
 
 /// Values summed in `f32` vector lanes before the partial sums move to `f64`: short enough
 /// that the `f32` partial sums lose nothing that matters, long enough to amortize the move.
@@ -77,8 +77,8 @@ impl WithSimd for PlaneSums<'_> {
                 at.accumulate(s, j, shift, &mut v1[q], &mut v2[q]);
                 (j, q) = (j + LANES, q + 1);
             }
-            flush(s, s.add(s.add(v1[0], v1[1]), s.add(v1[2], v1[3])), &mut s1);
-            flush(s, s.add(s.add(v2[0], v2[1]), s.add(v2[2], v2[3])), &mut s2);
+            flush(s, chains_sum(s, v1), &mut s1);
+            flush(s, chains_sum(s, v2), &mut s2);
             for j in j..block.len() {
                 let a = match mask {
                     Some(z) if z[j] > 0.0 => block[j],
@@ -103,8 +103,15 @@ impl WithSimd for PlaneSums<'_> {
     }
 }
 
-/// Accumulator chains of [`PlaneSums`] (the sums of a block are `(c0 + c1) + (c2 + c3)`).
+/// Accumulator chains of [`PlaneSums`].
 const CHAINS: usize = 4;
+
+/// The sum of a block's chains, `(c0 + c1) + (c2 + c3)`.
+#[inline(always)]
+fn chains_sum<S: Simd>(s: S, c: [S::V; CHAINS]) -> S::V {
+    const _: () = assert!(CHAINS == 4, "chains_sum adds four chains");
+    s.add(s.add(c[0], c[1]), s.add(c[2], c[3]))
+}
 
 /// One block of [`PlaneSums`]'s operands.
 #[derive(Clone, Copy)]
@@ -200,16 +207,6 @@ impl WithSimd for PlaneMap<'_> {
     }
 }
 
-/// Runs a plane kernel at the active SIMD level.
-fn run<W: WithSimd>(kernel: W) -> W::Output {
-    let level = simd::active();
-    match simd::dispatch(level, kernel) {
-        Some(out) => out,
-        // `active` only names levels this CPU has.
-        None => unreachable!("the active SIMD level {level} is available"),
-    }
-}
-
 /// Smallest tensor (elements) whose passes run in parallel; below it one thread is faster.
 pub(crate) const PAR_MIN_WORK: usize = 1 << 15;
 
@@ -290,7 +287,7 @@ pub fn batch_norm2d_stats(
         let (mut s1, mut s2) = (0f64, 0f64);
         for i in 0..n {
             let plane = &x[(i * c + k) * hw..(i * c + k + 1) * hw];
-            let (a, b) = run(PlaneSums { a: plane, b: None, z: None, shift });
+            let (a, b) = dispatch_active(PlaneSums { a: plane, b: None, z: None, shift });
             s1 += a;
             s2 += b;
         }
@@ -344,7 +341,17 @@ fn apply(
     per_plane(dims, y, |k, out, p| {
         let x = &x[p * hw..(p + 1) * hw];
         let (scale, shift) = (scale[k], shift[k]);
-        run(PlaneMap { out, x, g: None, z: None, relu, scale, shift, mu: 0.0, c1: 0.0 });
+        dispatch_active(PlaneMap {
+            out,
+            x,
+            g: None,
+            z: None,
+            relu,
+            scale,
+            shift,
+            mu: 0.0,
+            c1: 0.0,
+        });
     });
     Ok(())
 }
@@ -448,8 +455,12 @@ fn backward(
         for i in 0..n {
             let at = (i * c + k) * hw;
             let z = z.map(|z| &z[at..at + hw]);
-            let (a, b) =
-                run(PlaneSums { a: &dy[at..at + hw], b: Some(&x[at..at + hw]), z, shift: mu });
+            let (a, b) = dispatch_active(PlaneSums {
+                a: &dy[at..at + hw],
+                b: Some(&x[at..at + hw]),
+                z,
+                shift: mu,
+            });
             s_dy += a;
             s_dyx += b;
         }
@@ -479,7 +490,7 @@ fn backward(
             let (scale, shift, c1, mu) = coef[k];
             let (g, x) = (&dy[p * hw..(p + 1) * hw], &x[p * hw..(p + 1) * hw]);
             let z = z.map(|z| &z[p * hw..(p + 1) * hw]);
-            run(PlaneMap { out, x, g: Some(g), z, relu: false, scale, shift, mu, c1 });
+            dispatch_active(PlaneMap { out, x, g: Some(g), z, relu: false, scale, shift, mu, c1 });
         });
         dx
     });
