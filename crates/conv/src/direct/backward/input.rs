@@ -22,18 +22,36 @@ pub(super) fn input_grad_image<S: Simd>(
     for grp in 0..p.groups {
         let dy_g = &dys[grp * p.kpg * p.g_plane..];
         let wr_g = &wr[grp * p.kpg * taps * p.cpg..][..p.kpg * taps * p.cpg];
+        let reads = InputReads { dy: dy_g, wr: wr_g };
         let mut c0 = 0;
         while c0 < p.cpg {
             let cb = cb_main.min(p.cpg - c0);
-            for run in 0..runs {
+            // At AVX-512 a tile of 4–6 channels × two 8-lane vectors is one 16-lane
+            // accumulator per channel: too few independent chains to hide the multiply-add
+            // latency. Such tiles take two wide vectors instead, the next pair of the run or,
+            // when a row is one wide vector, the same vector of the next row.
+            let doubled = wide_pairs::<S>() && xb_main == 2 && cb >= 4;
+            let xb_step = if doubled { 2 * xb_main } else { xb_main };
+            let row_pairs = doubled && p.g_rowwise && run_nvec == 2;
+            let mut run = 0;
+            while run < runs {
+                if row_pairs && run + 1 < runs {
+                    let ((lo0, hi0), (lo1, hi1)) = (row_taps(p, run), row_taps(p, run + 1));
+                    let taps = (lo0.min(lo1), hi0.max(hi1));
+                    let at = GiAt { c0, q0: run * run_pitch, taps, row_pitch: Some(p.lg) };
+                    gi_row_pair(s, p, reads, dxf, at, cb);
+                    run += 2;
+                    continue;
+                }
                 let taps = if p.g_rowwise { row_taps(p, run) } else { (0, taps) };
                 let mut v0 = 0;
                 while v0 < run_nvec {
-                    let xb = xb_main.min(run_nvec - v0);
-                    let at = GiAt { c0, q0: run * run_pitch + v0 * LANES, taps };
-                    gi_dispatch(s, p, InputReads { dy: dy_g, wr: wr_g }, dxf, at, cb, xb);
+                    let xb = xb_step.min(run_nvec - v0);
+                    let at = GiAt { c0, q0: run * run_pitch + v0 * LANES, taps, row_pitch: None };
+                    gi_dispatch(s, p, reads, dxf, at, cb, xb);
                     v0 += xb;
                 }
+                run += 1;
             }
             c0 += cb;
         }
@@ -67,6 +85,9 @@ pub(super) struct GiAt {
     q0: usize,
     /// Rotated taps `taps.start..taps.end` (row `i'` major) that can read a non-zero gradient.
     taps: (usize, usize),
+    /// `None`: the tile's vectors follow each other from `q0`. `Some(pitch)`: vector `v`
+    /// starts at `q0 + v·pitch` (one vector per row, [`gi_row_pair`]).
+    row_pitch: Option<usize>,
 }
 
 /// What an input-gradient register tile reads: the stuffed output-gradient planes `dy` and
@@ -84,7 +105,8 @@ pub(super) struct InputReads<'a> {
 /// vectors runs as half as many 16-lane ones: the same lanes of the same flat planes, each the
 /// same sum in the same order (a lane is one input pixel, summed over output channels and
 /// taps), so the same bits, with half the multiply-adds. `lenet_c2`'s rows of 14 pixels are
-/// two 8-lane vectors, one 16-lane one.
+/// two 8-lane vectors, one 16-lane one; `input_grad_image` gives tiles of 4 to 6 channels two
+/// wide vectors there (or two rows, [`gi_row_pair`]).
 #[inline(always)]
 pub(super) fn gi_dispatch<S: Simd>(
     s: S,
@@ -102,13 +124,38 @@ pub(super) fn gi_dispatch<S: Simd>(
             gi_tile::<S::Wide>(w, p, r, out, t),
             [
                 (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3),
-                (3, 1), (3, 2), (4, 1), (5, 1), (6, 1),
+                (3, 1), (3, 2), (4, 1), (4, 2), (5, 1), (5, 2), (6, 1), (6, 2),
             ],
             // The 8-lane table holds no other even widths.
             gi_narrow(s, p, r, out, t, cb, xb)
         }
     } else {
         gi_narrow(s, p, r, out, t, cb, xb);
+    }
+}
+
+/// The wide micro-kernel for `cb` (4 to 6) channels × the same 16-lane vector of two rows
+/// (`t.row_pitch` apart), over the taps that either row needs (`t.taps`, the union of both
+/// rows' [`row_taps`]). A tap that only one of the rows needs reads the zero padding of the
+/// stuffed planes for the other: its products are `0·w`, which leave a sum that starts at `+0`
+/// unchanged, so each lane is the same sum as in a one-row tile (for finite weights).
+///
+/// Only at a level whose wide vectors hold two 8-lane ones (see `input_grad_image`).
+#[inline(always)]
+fn gi_row_pair<S: Simd>(
+    s: S,
+    p: &Plan<'_>,
+    r: InputReads<'_>,
+    out: &mut [f32],
+    t: GiAt,
+    cb: usize,
+) {
+    let w = s.wide();
+    tile_table! {
+        (cb, 2),
+        gi_tile::<S::Wide>(w, p, r, out, t),
+        [(4, 2), (5, 2), (6, 2)],
+        unreachable!("direct backward: no {cb}-channel row-pair tile")
     }
 }
 
@@ -136,7 +183,7 @@ fn gi_narrow<S: Simd>(
         {
             for cc in 0..cb {
                 for v in 0..xb {
-                    let t1 = GiAt { c0: t.c0 + cc, q0: t.q0 + v * LANES, taps: t.taps };
+                    let t1 = GiAt { c0: t.c0 + cc, q0: t.q0 + v * LANES, ..t };
                     gi_tile::<S, 1, 1>(s, p, r, out, t1);
                 }
             }
@@ -145,7 +192,8 @@ fn gi_narrow<S: Simd>(
 }
 
 /// Input-gradient micro-kernel: `CB` input channels from `c0` × `XB` vectors (of
-/// [`Lanes::N`] floats) of the flat input-gradient plane from float `q0`, summed over the
+/// [`Lanes::N`] floats) of the flat input-gradient plane from float `q0` (one after the other,
+/// or one per row `row_pitch` apart), summed over the
 /// group's output channels (stuffed planes of `dy`) and rotated taps. Stores into the flat
 /// planes `out`.
 #[inline(always)]
@@ -157,12 +205,14 @@ pub(super) fn gi_tile<L: Lanes, const CB: usize, const XB: usize>(
     t: GiAt,
 ) {
     let InputReads { dy, wr } = r;
-    let GiAt { c0, q0, taps: (t_lo, t_hi) } = t;
+    let GiAt { c0, q0, taps: (t_lo, t_hi), row_pitch } = t;
     let taps = p.taps();
     let mut acc = [[s.zero(); XB]; CB];
+    let step = row_pitch.unwrap_or(L::N);
+    assert!(step >= L::N, "a tile's vectors must not overlap");
     let max_off = p.g_offs.iter().copied().max().unwrap_or(0);
     // One bounds check per tile: the farthest gradient float and the last weight read below.
-    assert!((p.kpg - 1) * p.g_plane + max_off + q0 + XB * L::N <= dy.len());
+    assert!((p.kpg - 1) * p.g_plane + max_off + q0 + (XB - 1) * step + L::N <= dy.len());
     assert!(c0 + CB <= p.cpg && p.kpg * taps * p.cpg <= wr.len());
     assert!(t_lo <= t_hi && t_hi <= taps);
     let (pd, pw) = (dy.as_ptr(), wr.as_ptr());
@@ -172,9 +222,9 @@ pub(super) fn gi_tile<L: Lanes, const CB: usize, const XB: usize>(
         for &off in &p.g_offs[t_lo..t_hi] {
             let mut xs = [s.zero(); XB];
             for (v, xv) in xs.iter_mut().enumerate() {
-                // SAFETY: `plane + off + (v + 1)·N ≤ (kpg−1)·g_plane + max_off + q0 + XB·N ≤
-                // dy.len()` (asserted above).
-                *xv = unsafe { s.load_ptr(pd.add(plane + off + v * L::N)) };
+                // SAFETY: `plane + off + v·step + N ≤ (kpg−1)·g_plane + max_off + q0 +
+                // (XB−1)·step + N ≤ dy.len()` (asserted above).
+                *xv = unsafe { s.load_ptr(pd.add(plane + off + v * step)) };
             }
             for (cc, a) in acc.iter_mut().enumerate() {
                 // SAFETY: `wrow = (k·taps + tap)·cpg + c0` with `tap < t_hi ≤ taps`, so
@@ -191,7 +241,7 @@ pub(super) fn gi_tile<L: Lanes, const CB: usize, const XB: usize>(
     for (cc, a) in acc.iter().enumerate() {
         let dst = &mut out[(c0 + cc) * p.g_flat + q0..];
         for (v, &av) in a.iter().enumerate() {
-            s.store(av, &mut dst[v * L::N..]);
+            s.store(av, &mut dst[v * step..]);
         }
     }
 }

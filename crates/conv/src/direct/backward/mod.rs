@@ -13,7 +13,11 @@
 //! so every gradient is bit-identical for any number of threads. At the AVX-512 level the
 //! input-gradient tiles and the channel-vectorized weight-gradient tiles run 16-lane vectors
 //! where a tile spans two 8-lane ones; a lane's sum is the same there, so the bits are those
-//! of the AVX2 level.
+//! of the AVX2 level. Input-gradient tiles of 4 to 6 channels take two such vectors there, for
+//! enough independent sums to hide the multiply-add latency; when a row is one vector the two
+//! are the same vector of two rows, over the taps either row needs, and the taps only one row
+//! needs add products of the zero padding (`+0`), which leave the sums unchanged for finite
+//! weights (lenet_c2's input gradient: 0.29 → 0.23 ms on one Zen 5 core).
 //!
 //! ## Layout
 //! | file | what |
