@@ -13,7 +13,9 @@
 //! so every gradient is bit-identical for any number of threads. At the AVX-512 level the
 //! input-gradient tiles and the channel-vectorized weight-gradient tiles run 16-lane vectors
 //! where a tile spans two 8-lane ones; a lane's sum is the same there, so the bits are those
-//! of the AVX2 level. Input-gradient tiles of 4 to 6 channels take two such vectors there, for
+//! of the AVX2 level. The pixel-vectorized weight gradient (`kpg` not a multiple of 8, such as
+//! lenet_c1's 6) runs pairs of output channels in one 16-lane accumulator there, each half
+//! the 8 lane sums of one channel (the same bits again). Input-gradient tiles of 4 to 6 channels take two such vectors there, for
 //! enough independent sums to hide the multiply-add latency; when a row is one vector the two
 //! are the same vector of two rows, over the taps either row needs, and the taps only one row
 //! needs add products of the zero padding (`+0`), which leave the sums unchanged for finite

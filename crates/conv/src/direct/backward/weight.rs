@@ -179,11 +179,34 @@ pub(super) fn weight_grad_image<S: Simd>(
         p.kpg.min(3)
     };
     let tb_main = taps.min(12 / kb_main);
+    // At AVX-512, pairs of output channels share one 16-lane accumulator per tap (the first
+    // channel's 8 lanes, then the second's): every lane is the same sum in the same order as
+    // in an 8-lane tile, with half the multiply-adds. Blocks of up to three pairs; the taps
+    // in near-equal blocks of at most 24 accumulators (and 12 taps).
+    let pairs = if wide_pairs::<S>() { p.kpg / 2 } else { 0 };
+    let kp_main = match pairs {
+        0 => 1,
+        _ if pairs.is_multiple_of(3) => 3,
+        _ if pairs.is_multiple_of(2) => 2,
+        _ => pairs.min(3),
+    };
+    let tp_blocks = taps.div_ceil((24 / kp_main).min(12));
     for grp in 0..p.groups {
         for c in 0..p.cpg {
             let ci = grp * p.cpg + c;
             let x_plane = &xp[ci * p.xp_plane..];
             let mut k = 0;
+            while k + 2 <= 2 * pairs {
+                let kp = kp_main.min(pairs - k / 2);
+                let ko = grp * p.kpg + k;
+                let reads = WeightReads { x: x_plane, dy: &dyf[ko * p.dy_plane..] };
+                for blk in 0..tp_blocks {
+                    let (t0, t1) = (blk * taps / tp_blocks, (blk + 1) * taps / tp_blocks);
+                    let at = WgAt { t0, tb: t1 - t0, acc0: ((ko * p.cpg + c) * taps + t0) * LANES };
+                    wg_pairs_dispatch(s, p, reads, gwv, at, kp);
+                }
+                k += 2 * kp;
+            }
             while k < p.kpg {
                 let kb = kb_main.min(p.kpg - k);
                 let ko = grp * p.kpg + k;
@@ -293,6 +316,96 @@ pub(super) fn wg_tile<S: Simd, const KB: usize, const TB: usize>(
     for (kk, a) in acc.iter().enumerate() {
         for (t, &av) in a.iter().enumerate() {
             s.store(av, &mut gwv[at.acc0 + kk * per_k + t * LANES..]);
+        }
+    }
+}
+
+/// Picks the monomorphized [`wg_pairs_tile`] for `kp` channel pairs × `at.tb` taps.
+#[inline(always)]
+fn wg_pairs_dispatch<S: Simd>(
+    s: S,
+    p: &Plan<'_>,
+    r: WeightReads<'_>,
+    gwv: &mut [f32],
+    at: WgAt,
+    kp: usize,
+) {
+    tile_table! {
+        (kp, at.tb),
+        wg_pairs_tile::<S>(s, p, r, gwv, at),
+        [
+            (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6),
+            (1, 7), (1, 8), (1, 9), (1, 10), (1, 11), (1, 12),
+            (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (2, 6),
+            (2, 7), (2, 8), (2, 9), (2, 10), (2, 11), (2, 12),
+            (3, 1), (3, 2), (3, 3), (3, 4), (3, 5), (3, 6), (3, 7), (3, 8),
+        ],
+        unreachable!("direct backward: no {kp}-pair, {}-tap weight tile", at.tb)
+    }
+}
+
+/// [`wg_tile`] for `KP` pairs of output channels at a level whose wide vectors hold two 8-lane
+/// ones (AVX-512): lanes 0–7 of an accumulator are the 8 lane sums of channel `2·kp`, lanes
+/// 8–15 those of channel `2·kp + 1`, for the same tap. Each step loads the two channels'
+/// gradient vectors into one wide vector and the input vector into both halves, so each lane
+/// gets the multiply-adds of the 8-lane tile in the same order: the same bits.
+#[inline(always)]
+fn wg_pairs_tile<S: Simd, const KP: usize, const TB: usize>(
+    s: S,
+    p: &Plan<'_>,
+    r: WeightReads<'_>,
+    gwv: &mut [f32],
+    at: WgAt,
+) {
+    let w = s.wide();
+    let WeightReads { x, dy } = r;
+    let per_k = p.cpg * p.taps() * LANES;
+    let mut acc = [[w.zero(); TB]; KP];
+    for (kp, a) in acc.iter_mut().enumerate() {
+        for (t, av) in a.iter_mut().enumerate() {
+            let e = at.acc0 + 2 * kp * per_k + t * LANES;
+            *av = s.join(&[s.load(&gwv[e..]), s.load(&gwv[e + per_k..])]);
+        }
+    }
+    let mut off = [0usize; TB];
+    off.copy_from_slice(&p.w_offs[at.t0..at.t0 + TB]);
+    let max_off = off.iter().copied().max().unwrap_or(0);
+    let span = p.w_nvec * LANES;
+    // One bounds check per tile: the farthest float any load below reads.
+    assert!((p.w_rows - 1) * p.x_rs + span + max_off <= x.len());
+    assert!((2 * KP - 1) * p.dy_plane + (p.w_rows - 1) * p.dy_rs + span <= dy.len());
+    let (px, pd) = (x.as_ptr(), dy.as_ptr());
+    for r in 0..p.w_rows {
+        let (xr, dr) = (r * p.x_rs, r * p.dy_rs);
+        for v in 0..p.w_nvec {
+            let q = v * LANES;
+            let mut dv = [w.zero(); KP];
+            for (kp, d) in dv.iter_mut().enumerate() {
+                let at = 2 * kp * p.dy_plane + dr + q;
+                // SAFETY: `at + dy_plane + 8 ≤ (2·KP−1)·dy_plane + (rows−1)·dy_rs + span ≤
+                // dy.len()` (asserted above).
+                let (d0, d1) =
+                    unsafe { (s.load_ptr(pd.add(at)), s.load_ptr(pd.add(at + p.dy_plane))) };
+                *d = s.join(&[d0, d1]);
+            }
+            for (t, &o) in off.iter().enumerate() {
+                // SAFETY: `xr + q + o + 8 ≤ (rows−1)·x_rs + span + max_off ≤ x.len()`
+                // (asserted above).
+                let x8 = unsafe { s.load_ptr(px.add(xr + q + o)) };
+                let xv = s.join(&[x8, x8]);
+                for (a, &d) in acc.iter_mut().zip(&dv) {
+                    a[t] = w.fma(d, xv, a[t]);
+                }
+            }
+        }
+    }
+    for (kp, a) in acc.iter().enumerate() {
+        for (t, &av) in a.iter().enumerate() {
+            let e = at.acc0 + 2 * kp * per_k + t * LANES;
+            let mut parts = [s.zero(); 2];
+            s.split(av, &mut parts);
+            s.store(parts[0], &mut gwv[e..]);
+            s.store(parts[1], &mut gwv[e + per_k..]);
         }
     }
 }
