@@ -43,6 +43,7 @@
 //! benchmark, a server); an ordinary pool lets the operating system move the workers away
 //! from a core that other processes are using.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -55,14 +56,15 @@ pub const MAX_IDLE: Duration = Duration::from_millis(2);
 /// Runs `f` with rayon's current pool kept awake (see the [module docs](self)) and returns
 /// its result.
 ///
-/// On a one-thread pool, or when called from a worker of the pool (a nested `warm`, or
-/// inside the caller's own parallel iterator), `f` simply runs on the calling thread. Otherwise
-/// `f` runs on a worker and the calling thread waits for it; `f` must therefore be `Send`.
-/// The other workers spin while `f` runs: use it around work that is parallel for most of its
+/// Called from outside the pool, `f` runs on a worker and the calling thread waits for it;
+/// called on a worker (inside `ThreadPool::install`), `f` runs in place. Either way the other
+/// workers spin while `f` runs; `f` must be `Send`. On a one-thread pool, and on a thread that
+/// already serves a `warm` (inside `f`, or a task of `f`'s parallel work that a spinner runs),
+/// `f` simply runs on the calling thread. Use it around work that is parallel for most of its
 /// duration (a model's forward or a training step), not around a long serial computation.
 pub fn warm<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let threads = rayon::current_num_threads();
-    if threads < 2 || rayon::current_thread_index().is_some() {
+    if threads < 2 || is_warm() {
         return f();
     }
     let done = AtomicBool::new(false);
@@ -73,8 +75,45 @@ pub fn warm<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             scope.spawn(move |_| spin(done, home));
         }
         let _stop = Stop(done);
+        let _mark = WarmMark::set();
         f()
     })
+}
+
+thread_local! {
+    /// Set while this thread runs a [`warm`] closure or one of its spinners.
+    static WARM_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread serves a [`warm`] call: it runs the closure, or it is one of the
+/// spinning workers (running a task of the closure's parallel work). A `warm` there runs its
+/// closure in place, since the pool is awake already.
+///
+/// ```
+/// use convkit_tensor::parallel::{is_warm, warm};
+/// assert!(!is_warm());
+/// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool");
+/// assert!(pool.install(|| warm(is_warm)));
+/// assert!(!is_warm());
+/// ```
+pub fn is_warm() -> bool {
+    WARM_HERE.with(Cell::get)
+}
+
+/// Marks the current thread as serving a [`warm`] call until dropped (also on a panic), then
+/// restores the previous mark.
+struct WarmMark(bool);
+
+impl WarmMark {
+    fn set() -> WarmMark {
+        WarmMark(WARM_HERE.with(|w| w.replace(true)))
+    }
+}
+
+impl Drop for WarmMark {
+    fn drop(&mut self) {
+        WARM_HERE.with(|w| w.set(self.0));
+    }
 }
 
 /// A builder for a rayon pool of `threads` workers (rayon's default count when 0: the
@@ -145,6 +184,7 @@ fn spin(done: &AtomicBool, home: Option<usize>) {
     if rayon::current_thread_index() == home {
         return;
     }
+    let _mark = WarmMark::set();
     let mut idle_since = Instant::now();
     let mut polls = 0u32;
     while !done.load(Ordering::Acquire) {
@@ -225,7 +265,8 @@ mod tests {
     fn returns_the_closure_result_on_any_pool() {
         let want = work(100_000);
         for threads in [1, 2, 3, 4] {
-            // `install` runs on a worker already: `warm` runs the closure in place.
+            // `install` runs on a worker already: `warm` runs the closure in place, with the
+            // other workers spinning.
             let got = pool(threads).install(|| warm(|| (0..8).map(|_| work(100_000)).sum::<u64>()));
             assert_eq!(got, 8 * want, "{threads} threads");
         }
@@ -236,13 +277,21 @@ mod tests {
     #[test]
     fn nested_and_inside_parallel_iterators() {
         let want = work(50_000);
-        let got = warm(|| {
-            let a = work(50_000);
-            let b = warm(|| work(50_000));
-            let c: Vec<u64> = (0..8).into_par_iter().map(|_| warm(|| work(10_000))).collect();
-            (a, b, c.len())
-        });
-        assert_eq!(got, (want, want, 8));
+        let nested = || {
+            warm(|| {
+                let a = work(50_000);
+                let b = warm(|| (is_warm(), work(50_000)));
+                let c: Vec<u64> = (0..8).into_par_iter().map(|_| warm(|| work(10_000))).collect();
+                (a, b, c.len())
+            })
+        };
+        assert_eq!(nested(), (want, (true, want), 8));
+        // Inside `install`, and inside a user's parallel iterator without an outer `warm`.
+        assert_eq!(pool(2).install(nested), (want, (true, want), 8));
+        let each: Vec<u64> =
+            pool(3).install(|| (0..6).into_par_iter().map(|_| warm(|| work(20_000))).collect());
+        assert_eq!(each, vec![work(20_000); 6]);
+        assert!(!is_warm());
     }
 
     #[test]
