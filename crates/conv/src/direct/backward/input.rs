@@ -38,8 +38,13 @@ pub(super) fn input_grad_image<S: Simd>(
                 if row_pairs && run + 1 < runs {
                     let ((lo0, hi0), (lo1, hi1)) = (row_taps(p, run), row_taps(p, run + 1));
                     let taps = (lo0.min(lo1), hi0.max(hi1));
+                    // Two 16-lane vectors, one per row: the wide tile of `cb` × 2. A tap that
+                    // only one of the rows needs reads the zero padding of the stuffed planes
+                    // for the other: its products are `0·w`, which leave a sum that starts at
+                    // `+0` unchanged, so each lane is the sum of a one-row tile (for finite
+                    // weights).
                     let at = GiAt { c0, q0: run * run_pitch, taps, row_pitch: Some(p.lg) };
-                    gi_row_pair(s, p, reads, dxf, at, cb);
+                    gi_dispatch(s, p, reads, dxf, at, cb, 2 * xb_main);
                     run += 2;
                     continue;
                 }
@@ -86,7 +91,8 @@ pub(super) struct GiAt {
     /// Rotated taps `taps.start..taps.end` (row `i'` major) that can read a non-zero gradient.
     taps: (usize, usize),
     /// `None`: the tile's vectors follow each other from `q0`. `Some(pitch)`: vector `v`
-    /// starts at `q0 + v·pitch` (one vector per row, [`gi_row_pair`]).
+    /// starts at `q0 + v·pitch` (one wide vector per row: the row pairs of
+    /// `input_grad_image`, which only run where the wide table holds their tile).
     row_pitch: Option<usize>,
 }
 
@@ -106,7 +112,7 @@ pub(super) struct InputReads<'a> {
 /// same sum in the same order (a lane is one input pixel, summed over output channels and
 /// taps), so the same bits, with half the multiply-adds. `lenet_c2`'s rows of 14 pixels are
 /// two 8-lane vectors, one 16-lane one; `input_grad_image` gives tiles of 4 to 6 channels two
-/// wide vectors there (or two rows, [`gi_row_pair`]).
+/// wide vectors there (or one in each of two rows, [`GiAt::row_pitch`]).
 #[inline(always)]
 pub(super) fn gi_dispatch<S: Simd>(
     s: S,
@@ -134,31 +140,6 @@ pub(super) fn gi_dispatch<S: Simd>(
     }
 }
 
-/// The wide micro-kernel for `cb` (4 to 6) channels × the same 16-lane vector of two rows
-/// (`t.row_pitch` apart), over the taps that either row needs (`t.taps`, the union of both
-/// rows' [`row_taps`]). A tap that only one of the rows needs reads the zero padding of the
-/// stuffed planes for the other: its products are `0·w`, which leave a sum that starts at `+0`
-/// unchanged, so each lane is the same sum as in a one-row tile (for finite weights).
-///
-/// Only at a level whose wide vectors hold two 8-lane ones (see `input_grad_image`).
-#[inline(always)]
-fn gi_row_pair<S: Simd>(
-    s: S,
-    p: &Plan<'_>,
-    r: InputReads<'_>,
-    out: &mut [f32],
-    t: GiAt,
-    cb: usize,
-) {
-    let w = s.wide();
-    tile_table! {
-        (cb, 2),
-        gi_tile::<S::Wide>(w, p, r, out, t),
-        [(4, 2), (5, 2), (6, 2)],
-        unreachable!("direct backward: no {cb}-channel row-pair tile")
-    }
-}
-
 /// [`gi_dispatch`] with 8-lane vectors.
 #[inline(always)]
 fn gi_narrow<S: Simd>(
@@ -181,6 +162,7 @@ fn gi_narrow<S: Simd>(
         ],
         // Not produced by the blocking above; single-channel, single-vector tiles cover it.
         {
+            assert!(t.row_pitch.is_none(), "direct backward: no narrow row-pair tile");
             for cc in 0..cb {
                 for v in 0..xb {
                     let t1 = GiAt { c0: t.c0 + cc, q0: t.q0 + v * LANES, ..t };

@@ -245,7 +245,7 @@ pub(super) fn wg_dispatch<S: Simd>(
 ) {
     tile_table! {
         (kb, at.tb),
-        wg_tile::<S>(s, p, r, gwv, at),
+        wg_tile::<OneChannel<S>>(OneChannel(s), p, r, gwv, at),
         [
             (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6),
             (1, 7), (1, 8), (1, 9), (1, 10), (1, 11), (1, 12),
@@ -259,30 +259,130 @@ pub(super) fn wg_dispatch<S: Simd>(
                 let r1 = WeightReads { dy: &r.dy[kk * p.dy_plane..], ..r };
                 for t in 0..at.tb {
                     let one = WgAt { t0: at.t0 + t, tb: 1, acc0: at.acc0 + kk * per_k + t * LANES };
-                    wg_tile::<S, 1, 1>(s, p, r1, gwv, one);
+                    wg_tile::<OneChannel<S>, 1, 1>(OneChannel(s), p, r1, gwv, one);
                 }
             }
         }
     }
 }
 
-/// Weight-gradient micro-kernel: `KB` output channels (planes of `dy`, `dy_plane` apart) ×
-/// `TB` taps of one input channel (padded plane `x`) over one image, added to the lane
-/// accumulators `gwv` (channel `kk`, tap `t` at `acc0 + (kk·cpg·taps + t)·8`).
+/// How a [`wg_tile`] lays output channels into its vectors: [`OneChannel`] puts one channel's
+/// 8 lane sums in an 8-lane vector, [`ChannelPair`] (AVX-512) two channels' in one 16-lane
+/// vector, the first channel in lanes 0–7. Either way each lane gets the same multiply-adds
+/// in the same order, so both give the same bits.
+trait ChannelLanes: Copy {
+    /// The vectors the tile computes with.
+    type L: Lanes;
+    /// Output channels per vector.
+    const G: usize;
+    /// The arithmetic token.
+    fn lanes(self) -> Self::L;
+    /// The `G` 8-lane runs of `v` starting at float `e`, `stride` apart, as one vector.
+    fn load(self, v: &[f32], e: usize, stride: usize) -> <Self::L as Lanes>::V;
+    /// Stores what [`ChannelLanes::load`] reads.
+    fn store(self, w: <Self::L as Lanes>::V, v: &mut [f32], e: usize, stride: usize);
+    /// [`ChannelLanes::load`] without bounds checks.
+    ///
+    /// # Safety
+    /// The 8 floats at `p + i·stride` for `i < G` must be readable floats of one allocation.
+    unsafe fn load_ptr(self, p: *const f32, stride: usize) -> <Self::L as Lanes>::V;
+    /// The 8 floats at `p` in each channel's lanes.
+    ///
+    /// # Safety
+    /// The 8 floats at `p` must be readable floats of one allocation.
+    unsafe fn load_repeated(self, p: *const f32) -> <Self::L as Lanes>::V;
+}
+
+/// One output channel per 8-lane vector of level `S`.
+#[derive(Clone, Copy)]
+struct OneChannel<S>(S);
+
+impl<S: Simd> ChannelLanes for OneChannel<S> {
+    type L = S;
+    const G: usize = 1;
+    #[inline(always)]
+    fn lanes(self) -> S {
+        self.0
+    }
+    #[inline(always)]
+    fn load(self, v: &[f32], e: usize, _: usize) -> S::V {
+        self.0.load(&v[e..])
+    }
+    #[inline(always)]
+    fn store(self, w: S::V, v: &mut [f32], e: usize, _: usize) {
+        self.0.store(w, &mut v[e..]);
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32, _: usize) -> S::V {
+        // SAFETY: forwarded with the caller's guarantee (8 readable floats at `p`).
+        unsafe { self.0.load_ptr(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_repeated(self, p: *const f32) -> S::V {
+        // SAFETY: forwarded with the caller's guarantee (8 readable floats at `p`).
+        unsafe { self.0.load_ptr(p) }
+    }
+}
+
+/// Two output channels per wide vector of level `S`: only where the wide vectors hold two
+/// 8-lane ones ([`wide_pairs`]).
+#[derive(Clone, Copy)]
+struct ChannelPair<S>(S);
+
+impl<S: Simd> ChannelLanes for ChannelPair<S> {
+    type L = S::Wide;
+    const G: usize = 2;
+    #[inline(always)]
+    fn lanes(self) -> S::Wide {
+        self.0.wide()
+    }
+    #[inline(always)]
+    fn load(self, v: &[f32], e: usize, stride: usize) -> <S::Wide as Lanes>::V {
+        let s = self.0;
+        s.join(&[s.load(&v[e..]), s.load(&v[e + stride..])])
+    }
+    #[inline(always)]
+    fn store(self, w: <S::Wide as Lanes>::V, v: &mut [f32], e: usize, stride: usize) {
+        let s = self.0;
+        let mut parts = [s.zero(); 2];
+        s.split(w, &mut parts);
+        s.store(parts[0], &mut v[e..]);
+        s.store(parts[1], &mut v[e + stride..]);
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(self, p: *const f32, stride: usize) -> <S::Wide as Lanes>::V {
+        let s = self.0;
+        // SAFETY: the caller guarantees 8 readable floats at `p` and at `p + stride`.
+        let (a, b) = unsafe { (s.load_ptr(p), s.load_ptr(p.add(stride))) };
+        s.join(&[a, b])
+    }
+    #[inline(always)]
+    unsafe fn load_repeated(self, p: *const f32) -> <S::Wide as Lanes>::V {
+        let s = self.0;
+        // SAFETY: forwarded with the caller's guarantee (8 readable floats at `p`).
+        let a = unsafe { s.load_ptr(p) };
+        s.join(&[a, a])
+    }
+}
+
+/// Weight-gradient micro-kernel: `KB` vectors of `C::G` output channels each (planes of `dy`,
+/// `dy_plane` apart) × `TB` taps of one input channel (padded plane `x`) over one image, added
+/// to the lane accumulators `gwv` (channel `kk`, tap `t` at `acc0 + (kk·cpg·taps + t)·8`).
 #[inline(always)]
-pub(super) fn wg_tile<S: Simd, const KB: usize, const TB: usize>(
-    s: S,
+fn wg_tile<C: ChannelLanes, const KB: usize, const TB: usize>(
+    c: C,
     p: &Plan<'_>,
     r: WeightReads<'_>,
     gwv: &mut [f32],
     at: WgAt,
 ) {
+    let s = c.lanes();
     let WeightReads { x, dy } = r;
     let per_k = p.cpg * p.taps() * LANES;
     let mut acc = [[s.zero(); TB]; KB];
     for (kk, a) in acc.iter_mut().enumerate() {
         for (t, av) in a.iter_mut().enumerate() {
-            *av = s.load(&gwv[at.acc0 + kk * per_k + t * LANES..]);
+            *av = c.load(gwv, at.acc0 + kk * C::G * per_k + t * LANES, per_k);
         }
     }
     let mut off = [0usize; TB];
@@ -291,7 +391,7 @@ pub(super) fn wg_tile<S: Simd, const KB: usize, const TB: usize>(
     let span = p.w_nvec * LANES;
     // One bounds check per tile: the farthest float any load below reads.
     assert!((p.w_rows - 1) * p.x_rs + span + max_off <= x.len());
-    assert!((KB - 1) * p.dy_plane + (p.w_rows - 1) * p.dy_rs + span <= dy.len());
+    assert!((KB * C::G - 1) * p.dy_plane + (p.w_rows - 1) * p.dy_rs + span <= dy.len());
     let (px, pd) = (x.as_ptr(), dy.as_ptr());
     for r in 0..p.w_rows {
         let (xr, dr) = (r * p.x_rs, r * p.dy_rs);
@@ -299,14 +399,15 @@ pub(super) fn wg_tile<S: Simd, const KB: usize, const TB: usize>(
             let q = v * LANES;
             let mut dv = [s.zero(); KB];
             for (kk, d) in dv.iter_mut().enumerate() {
-                // SAFETY: `kk·dy_plane + dr + q + 8 ≤ (KB−1)·dy_plane + (rows−1)·dy_rs + span
-                // ≤ dy.len()` (asserted above).
-                *d = unsafe { s.load_ptr(pd.add(kk * p.dy_plane + dr + q)) };
+                // SAFETY: channel `kk·G + i` (`i < G`) reads 8 floats at
+                // `(kk·G + i)·dy_plane + dr + q`, which end by `(KB·G−1)·dy_plane +
+                // (rows−1)·dy_rs + span ≤ dy.len()` (asserted above).
+                *d = unsafe { c.load_ptr(pd.add(kk * C::G * p.dy_plane + dr + q), p.dy_plane) };
             }
             for (t, &o) in off.iter().enumerate() {
                 // SAFETY: `xr + q + o + 8 ≤ (rows−1)·x_rs + span + max_off ≤ x.len()`
                 // (asserted above).
-                let xv = unsafe { s.load_ptr(px.add(xr + q + o)) };
+                let xv = unsafe { c.load_repeated(px.add(xr + q + o)) };
                 for (a, &d) in acc.iter_mut().zip(&dv) {
                     a[t] = s.fma(d, xv, a[t]);
                 }
@@ -315,12 +416,12 @@ pub(super) fn wg_tile<S: Simd, const KB: usize, const TB: usize>(
     }
     for (kk, a) in acc.iter().enumerate() {
         for (t, &av) in a.iter().enumerate() {
-            s.store(av, &mut gwv[at.acc0 + kk * per_k + t * LANES..]);
+            c.store(av, gwv, at.acc0 + kk * C::G * per_k + t * LANES, per_k);
         }
     }
 }
 
-/// Picks the monomorphized [`wg_pairs_tile`] for `kp` channel pairs × `at.tb` taps.
+/// Picks the monomorphized [`wg_tile`] for `kp` [`ChannelPair`]s × `at.tb` taps.
 #[inline(always)]
 fn wg_pairs_dispatch<S: Simd>(
     s: S,
@@ -332,7 +433,7 @@ fn wg_pairs_dispatch<S: Simd>(
 ) {
     tile_table! {
         (kp, at.tb),
-        wg_pairs_tile::<S>(s, p, r, gwv, at),
+        wg_tile::<ChannelPair<S>>(ChannelPair(s), p, r, gwv, at),
         [
             (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6),
             (1, 7), (1, 8), (1, 9), (1, 10), (1, 11), (1, 12),
@@ -341,71 +442,5 @@ fn wg_pairs_dispatch<S: Simd>(
             (3, 1), (3, 2), (3, 3), (3, 4), (3, 5), (3, 6), (3, 7), (3, 8),
         ],
         unreachable!("direct backward: no {kp}-pair, {}-tap weight tile", at.tb)
-    }
-}
-
-/// [`wg_tile`] for `KP` pairs of output channels at a level whose wide vectors hold two 8-lane
-/// ones (AVX-512): lanes 0–7 of an accumulator are the 8 lane sums of channel `2·kp`, lanes
-/// 8–15 those of channel `2·kp + 1`, for the same tap. Each step loads the two channels'
-/// gradient vectors into one wide vector and the input vector into both halves, so each lane
-/// gets the multiply-adds of the 8-lane tile in the same order: the same bits.
-#[inline(always)]
-fn wg_pairs_tile<S: Simd, const KP: usize, const TB: usize>(
-    s: S,
-    p: &Plan<'_>,
-    r: WeightReads<'_>,
-    gwv: &mut [f32],
-    at: WgAt,
-) {
-    let w = s.wide();
-    let WeightReads { x, dy } = r;
-    let per_k = p.cpg * p.taps() * LANES;
-    let mut acc = [[w.zero(); TB]; KP];
-    for (kp, a) in acc.iter_mut().enumerate() {
-        for (t, av) in a.iter_mut().enumerate() {
-            let e = at.acc0 + 2 * kp * per_k + t * LANES;
-            *av = s.join(&[s.load(&gwv[e..]), s.load(&gwv[e + per_k..])]);
-        }
-    }
-    let mut off = [0usize; TB];
-    off.copy_from_slice(&p.w_offs[at.t0..at.t0 + TB]);
-    let max_off = off.iter().copied().max().unwrap_or(0);
-    let span = p.w_nvec * LANES;
-    // One bounds check per tile: the farthest float any load below reads.
-    assert!((p.w_rows - 1) * p.x_rs + span + max_off <= x.len());
-    assert!((2 * KP - 1) * p.dy_plane + (p.w_rows - 1) * p.dy_rs + span <= dy.len());
-    let (px, pd) = (x.as_ptr(), dy.as_ptr());
-    for r in 0..p.w_rows {
-        let (xr, dr) = (r * p.x_rs, r * p.dy_rs);
-        for v in 0..p.w_nvec {
-            let q = v * LANES;
-            let mut dv = [w.zero(); KP];
-            for (kp, d) in dv.iter_mut().enumerate() {
-                let at = 2 * kp * p.dy_plane + dr + q;
-                // SAFETY: `at + dy_plane + 8 ≤ (2·KP−1)·dy_plane + (rows−1)·dy_rs + span ≤
-                // dy.len()` (asserted above).
-                let (d0, d1) =
-                    unsafe { (s.load_ptr(pd.add(at)), s.load_ptr(pd.add(at + p.dy_plane))) };
-                *d = s.join(&[d0, d1]);
-            }
-            for (t, &o) in off.iter().enumerate() {
-                // SAFETY: `xr + q + o + 8 ≤ (rows−1)·x_rs + span + max_off ≤ x.len()`
-                // (asserted above).
-                let x8 = unsafe { s.load_ptr(px.add(xr + q + o)) };
-                let xv = s.join(&[x8, x8]);
-                for (a, &d) in acc.iter_mut().zip(&dv) {
-                    a[t] = w.fma(d, xv, a[t]);
-                }
-            }
-        }
-    }
-    for (kp, a) in acc.iter().enumerate() {
-        for (t, &av) in a.iter().enumerate() {
-            let e = at.acc0 + 2 * kp * per_k + t * LANES;
-            let mut parts = [s.zero(); 2];
-            s.split(av, &mut parts);
-            s.store(parts[0], &mut gwv[e..]);
-            s.store(parts[1], &mut gwv[e + per_k..]);
-        }
     }
 }
