@@ -3,10 +3,13 @@
 //! The forward pass runs the algorithm chosen by `algo` (normally [`ConvAlgo::Auto`]); the
 //! backward rule calls [`convkit_conv::api::conv2d_backward`] with the algorithm the forward
 //! actually ran, for just the gradients that are needed — the first layer of a network, whose input is data, never computes `∂input`.
+//! A convolution with a fused ReLU ([`Var::conv2d_relu`]) passes the ReLU's output to
+//! [`convkit_conv::api::conv2d_relu_backward`], which masks the gradient as it reads it
+//! instead of making a masked copy first.
 
 use convkit_conv::api::{
-    GradsWanted, avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward, max_pool2d,
-    max_pool2d_backward,
+    GradsWanted, avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward, conv2d_relu_backward,
+    max_pool2d, max_pool2d_backward,
 };
 use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams};
 
@@ -88,17 +91,12 @@ impl Var {
             Box::new(move |g, needs| {
                 let wanted =
                     GradsWanted { input: needs[0], weight: needs[1], bias: has_bias && needs[2] };
-                let masked;
-                let g = match &y {
-                    // ReLU's backward: the gradient passes where the input was positive,
-                    // which is where the output is.
-                    Some(y) => {
-                        masked = g.zip_map(y, |g, y| if y > 0.0 { g } else { 0.0 })?;
-                        &masked
-                    }
-                    None => g,
+                let grads = match &y {
+                    // ReLU's backward (the gradient passes where the output is positive),
+                    // applied by the convolution's backward as it reads the gradient.
+                    Some(y) => conv2d_relu_backward(&x, &w, y, g, &p, wanted, algo)?,
+                    None => conv2d_backward(&x, &w, g, &p, wanted, algo)?,
                 };
-                let grads = conv2d_backward(&x, &w, g, &p, wanted, algo)?;
                 let mut out = vec![grads.input, grads.weight];
                 if has_bias {
                     out.push(grads.bias);

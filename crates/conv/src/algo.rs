@@ -18,12 +18,17 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use crate::direct::backward::conv2d_backward_direct;
+use rayon::prelude::*;
+
+use convkit_tensor::buffer;
+
+use crate::direct::backward::{conv2d_backward_direct, conv2d_relu_backward_direct};
 use crate::direct::{conv2d_direct, direct_supports};
 use crate::error::{ConvError, Result};
 use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};
-use crate::params::{BackwardInputs, ConvGeometry, GradBuffers};
+use crate::params::{BackwardInputs, ConvGeometry, GradBuffers, check_len};
+use crate::simd;
 use crate::winograd::{
     WinogradVariant, conv2d_input_grad_winograd, conv2d_weight_grad_winograd, conv2d_winograd,
     winograd_supports,
@@ -441,6 +446,75 @@ pub fn conv2d_backward(
     let backward = registration(algo).map_or(conv2d_backward_im2col as _, |r| r.backward);
     backward(g, x, grads)?;
     Ok(algo)
+}
+
+/// [`conv2d_backward`] of a convolution followed by a ReLU, given the ReLU's output
+/// `relu_output` (`[n, c_out, oh, ow]`, like `x.grad_output`, which is the gradient with
+/// respect to that output): the gradient passes back only where `relu_output` is above zero
+/// (not where it is NaN), as a separate ReLU node's backward would pass it. The gradients are
+/// bit-identical to masking `grad_output` first and calling [`conv2d_backward`]; the direct
+/// kernel applies the mask image by image as it reads the gradient, with no masked copy of
+/// the whole tensor, and the other kernels run on such a copy.
+///
+/// ```
+/// use convkit_conv::{BackwardInputs, ConvAlgo, ConvGeometry, Conv2dParams, GradBuffers};
+/// use convkit_conv::{conv2d_backward, conv2d_relu_backward};
+///
+/// # fn main() -> convkit_conv::Result<()> {
+/// let g = ConvGeometry::new([1, 1, 3, 3], [1, 1, 2, 2], Conv2dParams::default())?;
+/// let (x, w) = ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], [1.0, -1.0, 0.5, 0.25]);
+/// let (relu_out, dy) = ([0.0, 1.5, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]);
+/// let mut gw = [0.0; 4];
+/// let inputs = BackwardInputs { input: &x, weight: &w, grad_output: &dy };
+/// let grads = GradBuffers { weight: Some(&mut gw), ..Default::default() };
+/// conv2d_relu_backward(&g, inputs, &relu_out, grads, ConvAlgo::Direct)?;
+/// // The same as the plain backward of the masked gradient.
+/// let mut expected = [0.0; 4];
+/// let masked = [0.0, 1.0, 1.0, 0.0];
+/// let inputs = BackwardInputs { input: &x, weight: &w, grad_output: &masked };
+/// let grads = GradBuffers { weight: Some(&mut expected), ..Default::default() };
+/// conv2d_backward(&g, inputs, grads, ConvAlgo::Direct)?;
+/// assert_eq!(gw, expected);
+/// # Ok(())
+/// # }
+/// ```
+pub fn conv2d_relu_backward(
+    g: &ConvGeometry,
+    x: BackwardInputs<'_>,
+    relu_output: &[f32],
+    grads: GradBuffers<'_>,
+    algo: ConvAlgo,
+) -> Result<ConvAlgo> {
+    const OP: &str = "conv2d_relu_backward";
+    check_len(OP, "relu_output", &g.output_dims(), relu_output.len())?;
+    g.check_backward(OP, &x, &grads)?;
+    let algo = resolve(algo, g)?;
+    if backward_kernel(algo, g) == ConvAlgo::Direct {
+        conv2d_relu_backward_direct(simd::active(), g, x, relu_output, grads)?;
+    } else {
+        let masked = relu_masked(x.grad_output, relu_output);
+        conv2d_backward(g, BackwardInputs { grad_output: &masked, ..x }, grads, algo)?;
+    }
+    Ok(algo)
+}
+
+/// `grad` where `relu_output > 0`, `+0.0` elsewhere (NaN included): ReLU's backward, in a
+/// buffer from the tensor crate's cache, in parallel when large.
+pub(crate) fn relu_masked(grad: &[f32], relu_output: &[f32]) -> Vec<f32> {
+    let mut out = buffer::take(grad.len());
+    let mask = |(o, (g, y)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+            *o = if y > 0.0 { g } else { 0.0 };
+        }
+    };
+    const CHUNK: usize = 1 << 14;
+    if grad.len() >= 4 * CHUNK && rayon::current_num_threads() > 1 {
+        let operands = grad.par_chunks(CHUNK).zip(relu_output.par_chunks(CHUNK));
+        out.par_chunks_mut(CHUNK).zip(operands).for_each(mask);
+    } else {
+        mask((&mut out, (grad, relu_output)));
+    }
+    out
 }
 
 /// The gradients after a Winograd forward of `variant`: the input gradient is a Winograd

@@ -14,7 +14,10 @@
 
 use convkit_tensor::{Tensor, buffer};
 
-use crate::algo::{ConvAlgo, conv2d_backward as backward_slices, conv2d_forward};
+use crate::algo::{
+    ConvAlgo, conv2d_backward as backward_slices, conv2d_forward,
+    conv2d_relu_backward as relu_backward_slices,
+};
 use crate::error::{ConvError, Result};
 use crate::params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, check_bias, rank};
 use crate::pool::{
@@ -104,38 +107,94 @@ pub fn conv2d_backward(
     wanted: GradsWanted,
     algo: ConvAlgo,
 ) -> Result<Conv2dGrads> {
-    const OP: &str = "conv2d_backward";
-    let g = geometry(OP, input, weight, params)?;
-    if grad_output.dims() != g.output_dims() {
-        return Err(ConvError::ShapeMismatch {
-            op: OP,
-            msg: format!(
-                "grad_output {:?} must be {:?}, the output of input {:?} and weight {:?}",
-                grad_output.dims(),
-                g.output_dims(),
-                g.input_dims(),
-                g.weight_dims()
-            ),
-        });
+    backward("conv2d_backward", input, weight, None, grad_output, params, wanted, algo)
+}
+
+/// Backward of [`conv2d`] followed by a ReLU: `relu_output` is the ReLU's output (the
+/// convolution's output with negatives set to zero) and `grad_output` the gradient with
+/// respect to it, both `[n, c_out, oh, ow]`; the gradient passes back where `relu_output` is
+/// above zero. Bit-identical to masking `grad_output` and calling [`conv2d_backward`]; the
+/// direct kernel masks each image as it reads it (see
+/// [`conv2d_relu_backward`](crate::conv2d_relu_backward)).
+///
+/// ```
+/// use convkit_conv::api::{conv2d, conv2d_relu_backward};
+/// use convkit_conv::{ConvAlgo, Conv2dParams, GradsWanted};
+/// use convkit_tensor::Tensor;
+///
+/// # fn main() -> convkit_conv::Result<()> {
+/// let x = Tensor::from_vec(&[1, 1, 3, 3], (0..9).map(|v| v as f32 - 4.0).collect())?;
+/// let w = Tensor::from_vec(&[1, 1, 2, 2], vec![1.0, 0.5, -0.5, 1.0])?;
+/// let p = Conv2dParams::default();
+/// let (y, ran) = conv2d(&x, &w, None, &p, ConvAlgo::Auto)?;
+/// let relu = y.relu();
+/// let dy = Tensor::ones(relu.dims());
+/// let grads = conv2d_relu_backward(&x, &w, &relu, &dy, &p, GradsWanted::ALL, ran)?;
+/// // Only outputs above zero pass their gradient: the bias gradient counts them.
+/// let positive = relu.as_slice().iter().filter(|&&v| v > 0.0).count();
+/// assert_eq!(grads.bias.unwrap().as_slice(), &[positive as f32]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn conv2d_relu_backward(
+    input: &Tensor,
+    weight: &Tensor,
+    relu_output: &Tensor,
+    grad_output: &Tensor,
+    params: &Conv2dParams,
+    wanted: GradsWanted,
+    algo: ConvAlgo,
+) -> Result<Conv2dGrads> {
+    let op = "conv2d_relu_backward";
+    backward(op, input, weight, Some(relu_output), grad_output, params, wanted, algo)
+}
+
+/// [`conv2d_backward`], masked by `relu_output` when given.
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    op: &'static str,
+    input: &Tensor,
+    weight: &Tensor,
+    relu_output: Option<&Tensor>,
+    grad_output: &Tensor,
+    params: &Conv2dParams,
+    wanted: GradsWanted,
+    algo: ConvAlgo,
+) -> Result<Conv2dGrads> {
+    let g = geometry(op, input, weight, params)?;
+    for (what, t) in [("grad_output", Some(grad_output)), ("relu_output", relu_output)] {
+        let Some(t) = t else { continue };
+        if t.dims() != g.output_dims() {
+            return Err(ConvError::ShapeMismatch {
+                op,
+                msg: format!(
+                    "{what} {:?} must be {:?}, the output of input {:?} and weight {:?}",
+                    t.dims(),
+                    g.output_dims(),
+                    g.input_dims(),
+                    g.weight_dims()
+                ),
+            });
+        }
     }
     let buf = |want: bool, len: usize| want.then(|| buffer::take(len));
     let mut gi = buf(wanted.input, g.input_len());
     let mut gw = buf(wanted.weight, g.weight_len());
     let mut gb = buf(wanted.bias, g.c_out);
-    backward_slices(
-        &g,
-        BackwardInputs {
-            input: input.as_slice(),
-            weight: weight.as_slice(),
-            grad_output: grad_output.as_slice(),
-        },
-        GradBuffers {
-            input: gi.as_deref_mut(),
-            weight: gw.as_deref_mut(),
-            bias: gb.as_deref_mut(),
-        },
-        algo,
-    )?;
+    let x = BackwardInputs {
+        input: input.as_slice(),
+        weight: weight.as_slice(),
+        grad_output: grad_output.as_slice(),
+    };
+    let grads = GradBuffers {
+        input: gi.as_deref_mut(),
+        weight: gw.as_deref_mut(),
+        bias: gb.as_deref_mut(),
+    };
+    match relu_output {
+        Some(y) => relu_backward_slices(&g, x, y.as_slice(), grads, algo)?,
+        None => backward_slices(&g, x, grads, algo)?,
+    };
     let wrap =
         |v: Option<Vec<f32>>, dims: &[usize]| v.map(|v| Tensor::from_vec(dims, v)).transpose();
     Ok(Conv2dGrads {

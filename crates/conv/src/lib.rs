@@ -23,6 +23,7 @@
 //! | item | what |
 //! |---|---|
 //! | [`conv2d_forward`], [`conv2d_backward`] | every algorithm on slices, chosen by a [`ConvAlgo`] |
+//! | [`conv2d_relu_backward`] | the backward of a convolution followed by a ReLU, the mask applied as the kernel reads the gradient |
 //! | [`ConvGeometry`], [`Conv2dParams`], [`out_size`] | shapes, stride/padding/dilation/groups, all validation |
 //! | [`BackwardInputs`], [`GradBuffers`] | what a backward pass reads and the gradients it writes |
 //! | [`select`], [`supports`], [`resolve`] | the automatic choice and what each algorithm runs |
@@ -136,8 +137,8 @@ mod tolerance;
 mod winograd;
 
 pub use algo::{
-    ALGO_ENV, ConvAlgo, UnknownAlgo, conv2d_backward, conv2d_forward, env_algo, resolve,
-    resolve_prepared, select, select_prepared, supports,
+    ALGO_ENV, ConvAlgo, UnknownAlgo, conv2d_backward, conv2d_forward, conv2d_relu_backward,
+    env_algo, resolve, resolve_prepared, select, select_prepared, supports,
 };
 pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
 pub use error::{ConvError, Result};

@@ -73,10 +73,54 @@ pub fn conv2d_backward_direct_with(
     x: BackwardInputs<'_>,
     grads: GradBuffers<'_>,
 ) -> Result<()> {
+    backward_direct(level, g, x, None, grads)
+}
+
+/// [`conv2d_backward_direct_with`] of a convolution followed by a ReLU: the gradient passes
+/// only where `relu_output` (the ReLU's output, `grad_output`'s shape, length checked by the
+/// caller) is above zero. Each task masks an image's output gradient into a scratch plane as
+/// it starts on it, so no masked copy of the whole gradient is made; the gradients are those
+/// of the masked gradient, bit for bit.
+pub(crate) fn conv2d_relu_backward_direct(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    x: BackwardInputs<'_>,
+    relu_output: &[f32],
+    grads: GradBuffers<'_>,
+) -> Result<()> {
+    if is_depthwise3(g) {
+        // The depthwise kernels read the gradient in place: mask it first.
+        let masked = crate::algo::relu_masked(x.grad_output, relu_output);
+        return backward_direct(
+            level,
+            g,
+            BackwardInputs { grad_output: &masked, ..x },
+            None,
+            grads,
+        );
+    }
+    backward_direct(level, g, x, Some(relu_output), grads)
+}
+
+/// Whether the depthwise 3x3 kernels may take a gradient (`crate::direct::depthwise3_*`).
+fn is_depthwise3(g: &ConvGeometry) -> bool {
+    g.c_in_per_group() == 1 && g.c_out_per_group() == 1 && g.kh == 3 && g.kw == 3
+}
+
+/// The backward, with the output gradient masked by `relu_output > 0` when it is given.
+fn backward_direct(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    x: BackwardInputs<'_>,
+    relu_output: Option<&[f32]>,
+    grads: GradBuffers<'_>,
+) -> Result<()> {
     g.check_backward(OP, &x, &grads)?;
     let BackwardInputs { input, weight, grad_output } = x;
     let GradBuffers { input: grad_input, weight: grad_weight, bias: grad_bias } = grads;
     level.require(OP, "direct")?;
+    debug_assert!(relu_output.is_none_or(|y| y.len() == grad_output.len()));
+    debug_assert!(relu_output.is_none() || !is_depthwise3(g));
     // Depthwise 3x3, stride 1: the input gradient is a forward depthwise convolution, which
     // the forward kernel's dedicated path runs faster than the general one below.
     let mut grad_input = grad_input;
@@ -119,7 +163,8 @@ pub fn conv2d_backward_direct_with(
     let tasks: Vec<_> = pb.chunks_mut(bl).zip(gx_parts).enumerate().collect();
     let (plan, wr) = (&plan, &wr[..]);
     let fill = |(p, (gb, gx)): (usize, (&mut [f64], Option<&mut [f32]>)), gw: &mut [f32]| {
-        let task = Task { plan, input, dy: grad_output, wr, images: chunk(p), gx, gw, gb };
+        let task =
+            Task { plan, input, dy: grad_output, relu_output, wr, images: chunk(p), gx, gw, gb };
         // `level` was checked above, so dispatch cannot decline.
         let _ = simd::dispatch(level, task);
     };
@@ -330,6 +375,8 @@ struct Task<'a> {
     plan: &'a Plan<'a>,
     input: &'a [f32],
     dy: &'a [f32],
+    /// The ReLU output that masks `dy`, when the convolution was followed by one.
+    relu_output: Option<&'a [f32]>,
     /// Rotated weights (empty when the input gradient is not wanted).
     wr: &'a [f32],
     images: std::ops::Range<usize>,
@@ -346,7 +393,7 @@ impl WithSimd for Task<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Task { plan: p, input, dy, wr, images, mut gx, gw, gb } = self;
+        let Task { plan: p, input, dy, relu_output, wr, images, mut gx, gw, gb } = self;
         let (hw, ohw) = (p.h * p.w, p.oh * p.ow);
         let img_len = p.n_c_in * hw;
         let dy_len = p.c_out * ohw;
@@ -362,10 +409,16 @@ impl WithSimd for Task<'_> {
         let mut dxf = vec![0f32; if p.want_gx { p.cpg * p.g_flat } else { 0 }];
         // The chunk's weight gradient as 8 lanes per element, reduced once at the end.
         let mut gwv = vec![0f32; if gw_lanes { gw.len() * LANES } else { 0 }];
+        // One image's masked output gradient, when a ReLU masks it.
+        let mut dym = vec![0f32; if relu_output.is_some() { dy_len } else { 0 }];
         let first = images.start;
         for b in images {
             let x_img = &input[b * img_len..][..img_len];
-            let dy_img = &dy[b * dy_len..][..dy_len];
+            let mut dy_img = &dy[b * dy_len..][..dy_len];
+            if let Some(y) = relu_output {
+                mask_where_positive(s, &y[b * dy_len..][..dy_len], dy_img, &mut dym);
+                dy_img = &dym;
+            }
             if p.want_gb {
                 for (acc, plane) in gb.iter_mut().zip(dy_img.chunks_exact(ohw)) {
                     *acc += simd::sum_f64(plane);
@@ -410,6 +463,20 @@ impl WithSimd for Task<'_> {
                 }
             }
         }
+    }
+}
+
+/// `out[i] = v[i]` where `z[i] > 0`, `+0.0` elsewhere (NaN in `z` included): ReLU's backward,
+/// `z` being its output. The three slices have one length.
+#[inline(always)]
+fn mask_where_positive<S: Simd>(s: S, z: &[f32], v: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    let whole = n - n % LANES;
+    for j in (0..whole).step_by(LANES) {
+        s.store(s.keep_where_positive(s.load(&z[j..]), s.load(&v[j..])), &mut out[j..]);
+    }
+    for ((o, &zv), &vv) in out[whole..].iter_mut().zip(&z[whole..n]).zip(&v[whole..n]) {
+        *o = if zv > 0.0 { vv } else { 0.0 };
     }
 }
 
