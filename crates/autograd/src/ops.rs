@@ -5,6 +5,7 @@
 //! For broadcasting ops the gradient of an operand is summed back to its own shape
 //! ([`Tensor::sum_to`]).
 
+use convkit_conv::api::{GradsWanted, linear, linear_backward};
 use convkit_tensor::{Rng, Tensor, matmul_t};
 
 use crate::error::{AutogradError, Result};
@@ -160,13 +161,44 @@ impl Var {
     }
 
     /// A fully-connected layer: `self · wᵀ + b`, with `self` `[batch, in]`, `w` `[out, in]`
-    /// (PyTorch's layout) and `b` `[out]`.
+    /// (PyTorch's layout) and `b` `[out]`, as one node: both directions run on
+    /// `convkit-conv`'s dense-layer kernels ([`convkit_conv::api::linear`]).
+    ///
+    /// ```
+    /// use convkit_autograd::{Tape, Var};
+    /// use convkit_tensor::Tensor;
+    ///
+    /// # fn main() -> convkit_autograd::Result<()> {
+    /// let tape = Tape::new();
+    /// let x = tape.var(Tensor::from_vec(&[1, 2], vec![1.0, 2.0])?);
+    /// let w = tape.var(Tensor::from_vec(&[1, 2], vec![3.0, 4.0])?);
+    /// let b = tape.var(Tensor::from_vec(&[1], vec![0.5])?);
+    /// let y = x.linear(&w, Some(&b))?;
+    /// assert_eq!(y.value().as_slice(), &[11.5]);
+    /// let grads = y.sum()?.backward()?;
+    /// assert_eq!(grads.wrt(&w)?.as_slice(), &[1.0, 2.0]);
+    /// assert_eq!(grads.wrt(&x)?.as_slice(), &[3.0, 4.0]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn linear(&self, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = self.matmul_t(false, w, true)?;
-        match b {
-            Some(b) => y.add(b),
-            None => Ok(y),
-        }
+        let value = linear(self.value(), w.value(), b.map(Var::value))?;
+        let mut inputs = vec![self, w];
+        inputs.extend(b);
+        let has_bias = b.is_some();
+        record(&inputs, value, || {
+            let (x, w) = (self.value().clone(), w.value().clone());
+            Box::new(move |g, needs| {
+                let wanted =
+                    GradsWanted { input: needs[0], weight: needs[1], bias: has_bias && needs[2] };
+                let grads = linear_backward(&x, &w, g, wanted)?;
+                let mut out = vec![grads.input, grads.weight];
+                if has_bias {
+                    out.push(grads.bias);
+                }
+                Ok(out)
+            })
+        })
     }
 
     /// The same data with new dims.

@@ -19,7 +19,10 @@ use crate::algo::{
     conv2d_relu_backward as relu_backward_slices,
 };
 use crate::error::{ConvError, Result};
-use crate::params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, check_bias, rank};
+use crate::linear::{LinearDims, linear_backward as linear_backward_slices, linear_forward};
+use crate::params::{
+    BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, check_bias, layer_dims, rank,
+};
 use crate::pool::{
     PoolGeometry, PoolParams, avg_pool2d as avg_slices, avg_pool2d_backward as avg_back_slices,
     max_pool2d as max_slices, max_pool2d_backward as max_back_slices,
@@ -64,7 +67,7 @@ pub fn conv2d(
     Ok((Tensor::from_vec(&g.output_dims(), out)?, ran))
 }
 
-/// Which gradients [`conv2d_backward`] computes.
+/// Which gradients [`conv2d_backward`] (or [`linear_backward`]) computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GradsWanted {
     /// `∂L/∂input`.
@@ -86,12 +89,13 @@ impl Default for GradsWanted {
     }
 }
 
-/// The gradients of a convolution; each is `None` unless it was asked for.
+/// The gradients of a convolution (or of a dense layer: [`linear_backward`]); each is `None`
+/// unless it was asked for.
 #[derive(Debug, Clone)]
 pub struct Conv2dGrads {
-    /// `∂L/∂input`, `[n, c_in, h, w]`.
+    /// `∂L/∂input`, `[n, c_in, h, w]` (`[batch, in]` for a dense layer).
     pub input: Option<Tensor>,
-    /// `∂L/∂weight`, `[c_out, c_in/groups, kh, kw]`.
+    /// `∂L/∂weight`, `[c_out, c_in/groups, kh, kw]` (`[out, in]`).
     pub weight: Option<Tensor>,
     /// `∂L/∂bias`, `[c_out]`.
     pub bias: Option<Tensor>,
@@ -201,6 +205,96 @@ fn backward(
         input: wrap(gi, &g.input_dims())?,
         weight: wrap(gw, &g.weight_dims())?,
         bias: wrap(gb, &[g.c_out])?,
+    })
+}
+
+/// The sizes of a dense layer with `weight` `[out, in]` (and `bias` `[out]`) on `input`
+/// `[batch, in]`, shapes named in the errors.
+fn linear_dims(
+    op: &'static str,
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<LinearDims> {
+    let [out, inp] = layer_dims(op, "[out, in]", weight.dims(), bias.map(Tensor::dims))?;
+    match *input.dims() {
+        [batch, i] if i == inp => Ok(LinearDims { batch, inp, out }),
+        _ => Err(ConvError::ShapeMismatch {
+            op,
+            msg: format!(
+                "input {:?} must be [batch, {inp}] for weight {:?}",
+                input.dims(),
+                [out, inp]
+            ),
+        }),
+    }
+}
+
+/// A dense layer: `input [batch, in] · weightᵀ + bias`, with `weight` `[out, in]` (PyTorch's
+/// layout) and `bias` `[out]`; returns `[batch, out]`. Runs
+/// [`linear_forward`].
+///
+/// ```
+/// use convkit_conv::api::linear;
+/// use convkit_tensor::Tensor;
+///
+/// # fn main() -> convkit_conv::Result<()> {
+/// let x = Tensor::from_vec(&[1, 2], vec![1.0, 2.0])?;
+/// let w = Tensor::from_vec(&[3, 2], vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0])?;
+/// assert_eq!(linear(&x, &w, None)?.as_slice(), &[1.0, 2.0, 3.0]);
+/// let e = linear(&Tensor::ones(&[2, 3]), &w, None).unwrap_err();
+/// assert_eq!(e.to_string(), "linear: input [2, 3] must be [batch, 2] for weight [3, 2]");
+/// # Ok(())
+/// # }
+/// ```
+pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let d = linear_dims(OP, input, weight, bias)?;
+    let mut y = buffer::take(d.batch * d.out);
+    let (x, w) = (input.as_slice(), weight.as_slice());
+    linear_forward(d, x, w, bias.map(Tensor::as_slice), &mut y)?;
+    Ok(Tensor::from_vec(&[d.batch, d.out], y)?)
+}
+
+/// Backward of [`linear`]: given `grad_output = ∂L/∂out` `[batch, out]`, the gradients
+/// selected by `wanted` (see [`linear_backward`](crate::linear_backward)).
+pub fn linear_backward(
+    input: &Tensor,
+    weight: &Tensor,
+    grad_output: &Tensor,
+    wanted: GradsWanted,
+) -> Result<Conv2dGrads> {
+    const OP: &str = "linear_backward";
+    let d = linear_dims(OP, input, weight, None)?;
+    if grad_output.dims() != [d.batch, d.out] {
+        return Err(ConvError::ShapeMismatch {
+            op: OP,
+            msg: format!(
+                "grad_output {:?} must be {:?}, the output of input {:?} and weight {:?}",
+                grad_output.dims(),
+                [d.batch, d.out],
+                input.dims(),
+                weight.dims()
+            ),
+        });
+    }
+    let buf = |want: bool, len: usize| want.then(|| buffer::take(len));
+    let mut gi = buf(wanted.input, d.batch * d.inp);
+    let mut gw = buf(wanted.weight, d.out * d.inp);
+    let mut gb = buf(wanted.bias, d.out);
+    let grads = GradBuffers {
+        input: gi.as_deref_mut(),
+        weight: gw.as_deref_mut(),
+        bias: gb.as_deref_mut(),
+    };
+    let (x, w) = (input.as_slice(), weight.as_slice());
+    linear_backward_slices(d, x, w, grad_output.as_slice(), grads)?;
+    let wrap =
+        |v: Option<Vec<f32>>, dims: &[usize]| v.map(|v| Tensor::from_vec(dims, v)).transpose();
+    Ok(Conv2dGrads {
+        input: wrap(gi, &[d.batch, d.inp])?,
+        weight: wrap(gw, &[d.out, d.inp])?,
+        bias: wrap(gb, &[d.out])?,
     })
 }
 

@@ -142,7 +142,7 @@ pub use algo::{
 };
 pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
 pub use error::{ConvError, Result};
-pub use linear::PreparedLinear;
+pub use linear::{LinearDims, PreparedLinear, linear_backward, linear_forward};
 pub use naive::{conv2d_backward_naive, conv2d_naive};
 pub use params::{BackwardInputs, Conv2dParams, ConvGeometry, GradBuffers, out_size};
 pub use pool::{PoolGeometry, PoolParams};

@@ -1,4 +1,5 @@
-//! A dense layer prepared for inference: [`PreparedLinear`].
+//! Dense layers: [`PreparedLinear`] for inference, [`linear_forward`] and [`linear_backward`]
+//! for training.
 //!
 //! `y[b][o] = bias[o] + Σ_i x[b][i]·w[o][i]` (then `max(0, ·)` when asked) for a batch of
 //! rows. The weight `[out, in]` is stored transposed, `[in][out]` with the outputs padded to
@@ -11,19 +12,178 @@
 //! whatever the batch size, the tile it lands in or the number of threads, so results are
 //! bit-identical for any of them. Rows are split over rayon tasks of 16 when the product is
 //! large enough to pay for a task; a single row always stays on the calling thread.
+//!
+//! ## Training
+//! [`linear_forward`] (`x·wᵀ + bias`) and [`linear_backward`] (`∂x = ∂y·w`, `∂w = ∂yᵀ·x`,
+//! `∂bias` the column sums of `∂y`) run on the crate's packed GEMM (the `gemm` module), which
+//! beats `matrixmultiply` on these thin products (LeNet-5's 400 → 120 layer at batch 64, one
+//! Zen 5 core: the forward 34 against 47 µs, each gradient 28 against 30 µs; 120 → 84: 7
+//! against 8–11 µs). Each product is split into blocks of output rows, one per thread, from
+//! [`PARALLEL_MIN_MACS`] multiply-adds; the GEMM sums every element in the same order however
+//! its rows are split, so the results are bit-identical for any number of threads.
 
 use convkit_tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{ConvError, Result};
-use crate::params::{check_len, layer_dims};
+use crate::gemm::{MatRef, sgemm};
+use crate::params::{GradBuffers, check_len, layer_dims};
 use crate::simd::{self, LANES, Simd, WithSimd};
 
 const OP: &str = "linear";
 /// Rows per rayon task.
 const ROWS_PER_TASK: usize = 16;
-/// Multiply-adds below which a batch stays on the calling thread.
-const PARALLEL_MIN_MACS: usize = 1 << 18;
+/// Multiply-adds below which a batch (or a training product) stays on the calling thread.
+pub const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// The sizes of a dense layer applied to a batch: `batch` rows of `inp` features mapped to
+/// `out` features by a weight `[out, inp]` (PyTorch's layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinearDims {
+    /// Rows of the input and of the output.
+    pub batch: usize,
+    /// Input features.
+    pub inp: usize,
+    /// Output features.
+    pub out: usize,
+}
+
+impl LinearDims {
+    /// Checks that the buffers have the lengths these sizes imply (`bias`, `grad_output`
+    /// when given); errors name the buffer and the shape.
+    fn check(self, op: &'static str, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Result<()> {
+        let LinearDims { batch, inp, out } = self;
+        check_len(op, "input", &[batch, inp], x.len())?;
+        check_len(op, "weight", &[out, inp], w.len())?;
+        if let Some(b) = bias {
+            check_len(op, "bias", &[out], b.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// `y [batch, out] = x [batch, inp] · wᵀ + bias` (`w` `[out, inp]`, `bias` `[out]`): a dense
+/// layer's forward pass for training, on the packed GEMM, bit-identical for any number of
+/// threads. Errors name the buffer whose length does not fit `d`.
+///
+/// ```
+/// use convkit_conv::{LinearDims, linear_forward};
+///
+/// # fn main() -> convkit_conv::Result<()> {
+/// let d = LinearDims { batch: 2, inp: 3, out: 2 };
+/// let (x, w) = ([1.0, 2.0, 3.0, 0.0, 1.0, 0.0], [1.0, 0.0, -1.0, 0.5, 0.5, 0.5]);
+/// let mut y = [0.0; 4];
+/// linear_forward(d, &x, &w, Some(&[10.0, 0.0]), &mut y)?;
+/// assert_eq!(y, [8.0, 3.0, 10.0, 0.5]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn linear_forward(
+    d: LinearDims,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "linear_forward";
+    d.check(OP, x, w, bias)?;
+    check_len(OP, "output", &[d.batch, d.out], y.len())?;
+    let LinearDims { batch, inp, out } = d;
+    product(MatRef::row_major(x, batch, inp), MatRef::row_major(w, out, inp).t(), y);
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(out.max(1)) {
+            for (v, &bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The gradients of [`linear_forward`] given `grad_output` `[batch, out]`: `∂x = ∂y·w`
+/// `[batch, inp]`, `∂w = ∂yᵀ·x` `[out, inp]` and `∂bias` `[out]` (each row of `∂y` added in
+/// order), each written (overwritten) where `grads` holds a buffer. Bit-identical for any
+/// number of threads; errors name the buffer whose length does not fit `d`.
+///
+/// ```
+/// use convkit_conv::GradBuffers;
+/// use convkit_conv::{LinearDims, linear_backward};
+///
+/// # fn main() -> convkit_conv::Result<()> {
+/// let d = LinearDims { batch: 2, inp: 3, out: 2 };
+/// let (x, w) = ([1.0, 2.0, 3.0, 0.0, 1.0, 0.0], [1.0, 0.0, -1.0, 0.5, 0.5, 0.5]);
+/// let dy = [1.0, 0.0, 0.0, 2.0];
+/// let (mut gx, mut gw, mut gb) = ([0.0; 6], [0.0; 6], [0.0; 2]);
+/// let grads = GradBuffers { input: Some(&mut gx), weight: Some(&mut gw), bias: Some(&mut gb) };
+/// linear_backward(d, &x, &w, &dy, grads)?;
+/// assert_eq!(gx, [1.0, 0.0, -1.0, 1.0, 1.0, 1.0]);
+/// assert_eq!(gw, [1.0, 2.0, 3.0, 0.0, 2.0, 0.0]);
+/// assert_eq!(gb, [1.0, 2.0]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn linear_backward(
+    d: LinearDims,
+    x: &[f32],
+    w: &[f32],
+    grad_output: &[f32],
+    grads: GradBuffers<'_>,
+) -> Result<()> {
+    const OP: &str = "linear_backward";
+    d.check(OP, x, w, None)?;
+    check_len(OP, "grad_output", &[d.batch, d.out], grad_output.len())?;
+    let LinearDims { batch, inp, out } = d;
+    let GradBuffers { input, weight, bias } = grads;
+    if let Some(gx) = &input {
+        check_len(OP, "grad_input", &[batch, inp], gx.len())?;
+    }
+    if let Some(gw) = &weight {
+        check_len(OP, "grad_weight", &[out, inp], gw.len())?;
+    }
+    if let Some(gb) = &bias {
+        check_len(OP, "grad_bias", &[out], gb.len())?;
+    }
+    let dy = MatRef::row_major(grad_output, batch, out);
+    if let Some(gx) = input {
+        product(dy, MatRef::row_major(w, out, inp), gx);
+    }
+    if let Some(gw) = weight {
+        product(dy.t(), MatRef::row_major(x, batch, inp), gw);
+    }
+    if let Some(gb) = bias {
+        gb.fill(0.0);
+        for row in grad_output.chunks_exact(out.max(1)) {
+            for (g, &v) in gb.iter_mut().zip(row) {
+                *g += v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `c = a · b` (row-major `c`, `a.rows × b.cols`, overwritten): one GEMM, or from
+/// [`PARALLEL_MIN_MACS`] multiply-adds with several threads, one GEMM per block of rows of
+/// `c` (the same bits: the GEMM sums each element in one order for any split). An empty inner dimension writes zeros.
+fn product(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let rows = m.div_ceil(threads).next_multiple_of(LANES);
+    if threads < 2 || m * n * k < PARALLEL_MIN_MACS || rows >= m {
+        sgemm(1.0, a, b, 0.0, c, n);
+        return;
+    }
+    c.par_chunks_mut(rows * n).enumerate().for_each(|(i, c)| {
+        let block = MatRef { data: &a.data[i * rows * a.row_stride..], rows: c.len() / n, ..a };
+        sgemm(1.0, block, b, 0.0, c, n);
+    });
+}
 
 /// A dense layer `[out, in]` prepared for inference: transposed weights, register tiles of
 /// up to 4 rows × 24 outputs, ReLU fused, results bit-identical for any batch split or thread
