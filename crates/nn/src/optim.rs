@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use convkit_autograd::Param;
 use convkit_tensor::Tensor;
+use rayon::prelude::*;
 
 use crate::error::{NnError, Result, config};
 
@@ -169,34 +170,65 @@ impl Sgd {
     }
 }
 
+/// One SGD step over a parameter's elements, in one pass with no temporary: per element,
+/// `d = g + wd·w`; with momentum `b = μ·b + (1 − dampening)·d` (`b = d` on the `first` step)
+/// and `d = d + μ·b` (Nesterov) or `d = b`; then `w = w − lr·d` (PyTorch's `SGD`). Large
+/// parameters are split into chunks over threads; every element's arithmetic is the same.
+fn sgd_update(c: &SgdConfig, first: bool, w: &mut [f32], g: &[f32], b: Option<&mut [f32]>) {
+    const CHUNK: usize = 1 << 15;
+    let run = |w: &mut [f32], g: &[f32], b: Option<&mut [f32]>| match b {
+        Some(b) => {
+            for ((w, &g), b) in w.iter_mut().zip(g).zip(b) {
+                let mut d = g;
+                if c.weight_decay != 0.0 {
+                    d += c.weight_decay * *w;
+                }
+                *b = if first { d } else { c.momentum * *b + (1.0 - c.dampening) * d };
+                d = if c.nesterov { d + c.momentum * *b } else { *b };
+                *w += (-c.lr) * d;
+            }
+        }
+        None => {
+            for (w, &g) in w.iter_mut().zip(g) {
+                let mut d = g;
+                if c.weight_decay != 0.0 {
+                    d += c.weight_decay * *w;
+                }
+                *w += (-c.lr) * d;
+            }
+        }
+    };
+    if w.len() < 4 * CHUNK || rayon::current_num_threads() < 2 {
+        return run(w, g, b);
+    }
+    let chunks = w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));
+    match b {
+        Some(b) => chunks.zip(b.par_chunks_mut(CHUNK)).for_each(|((w, g), b)| run(w, g, Some(b))),
+        None => chunks.for_each(|(w, g)| run(w, g, None)),
+    }
+}
+
 impl Optimizer for Sgd {
     fn step(&mut self) -> Result<()> {
         let c = self.cfg;
         for (p, buf) in self.params.iter().zip(&mut self.momentum) {
             p.update(|value, grad| -> Result<()> {
                 let Some(grad) = grad else { return Ok(()) };
-                let mut d = grad.clone();
-                if c.weight_decay != 0.0 {
-                    d.axpy(c.weight_decay, value)?;
+                if grad.dims() != value.dims() {
+                    let msg = format!(
+                        "gradient {:?} does not fit parameter {:?}",
+                        grad.dims(),
+                        value.dims()
+                    );
+                    return Err(config("SGD", msg));
                 }
-                if c.momentum != 0.0 {
-                    match buf {
-                        None => *buf = Some(d.clone()),
-                        Some(b) => {
-                            let (bs, ds) = (b.data_mut(), d.as_slice());
-                            for (b, &g) in bs.iter_mut().zip(ds) {
-                                *b = c.momentum * *b + (1.0 - c.dampening) * g;
-                            }
-                        }
-                    }
-                    let b = buf.as_ref().ok_or_else(|| config("SGD", "momentum buffer missing"))?;
-                    if c.nesterov {
-                        d.axpy(c.momentum, b)?;
-                    } else {
-                        d = b.clone();
-                    }
+                // The momentum buffer starts as the first step's update direction.
+                let first = buf.is_none();
+                if c.momentum != 0.0 && first {
+                    *buf = Some(grad.zeros_like());
                 }
-                value.axpy(-c.lr, &d)?;
+                let momentum = buf.as_mut().filter(|_| c.momentum != 0.0).map(Tensor::data_mut);
+                sgd_update(&c, first, value.data_mut(), grad.as_slice(), momentum);
                 Ok(())
             })?;
         }

@@ -206,6 +206,55 @@ fn optimizer_state_resumes_bit_exactly() {
     }
 }
 
+#[test]
+fn sgd_on_a_large_parameter_is_the_same_for_any_thread_count() {
+    // Large enough to be split over threads; the small PyTorch cases above take one pass.
+    let n = 300_001;
+    let cfgs = [
+        SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.01, ..Default::default() },
+        SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+        SgdConfig { lr: 0.05, ..Default::default() },
+    ];
+    for cfg in cfgs {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let start = (0..n).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+                let p = Param::new(Tensor::from_vec(&[n], start).unwrap());
+                let mut opt = Sgd::new(vec![p.clone()], cfg).unwrap();
+                for step in 0..3 {
+                    let g = (0..n).map(|i| ((i * 7 + step) % 13) as f32 * 0.01 - 0.06).collect();
+                    p.set_grad(Some(Tensor::from_vec(&[n], g).unwrap())).unwrap();
+                    opt.step().unwrap();
+                }
+                p.value().as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            })
+        };
+        let one = run(1);
+        assert!(one == run(2) && one == run(3), "{cfg:?}: the update depends on the threads");
+        // The same update element by element as a one-element parameter gets.
+        let single = |i: usize| {
+            let p = Param::new(Tensor::from_vec(&[1], vec![(i % 17) as f32 * 0.1 - 0.8]).unwrap());
+            let mut opt = Sgd::new(vec![p.clone()], cfg).unwrap();
+            for step in 0..3 {
+                let g = ((i * 7 + step) % 13) as f32 * 0.01 - 0.06;
+                p.set_grad(Some(Tensor::from_vec(&[1], vec![g]).unwrap())).unwrap();
+                opt.step().unwrap();
+            }
+            p.value().as_slice()[0].to_bits()
+        };
+        for i in [0, 1, 70_000, n - 1] {
+            assert_eq!(one[i], single(i), "{cfg:?}: element {i}");
+        }
+    }
+}
+
 /// The learning rate at each step `t` (the index) against PyTorch's: `1e-7·max(|want|, 1e-3)`,
 /// as a relative tolerance against that magnitude.
 fn assert_schedule(s: &dyn LrSchedule, want: &[f64]) {
