@@ -143,6 +143,42 @@ fn two_by_two_path_matches_reference() {
     }
 }
 
+/// The vectorized 2x2 average: every width from 2 to 70 (whole vectors of 8 and 16 outputs
+/// and every tail), bit for bit the scalar sums `((a + b) + (c + d)) / 4`, and the backward's
+/// quarter in each covered input, zero in the rest.
+#[test]
+fn two_by_two_average_is_the_scalar_sum_at_every_width() {
+    for h in [2, 3, 6] {
+        for w in 2..=70 {
+            let g = PoolGeometry::new("test", [1, 3, h, w], PoolParams::new(2)).unwrap();
+            let x = common::data(g.input_len(), (h * 100 + w) as u64);
+            let mut out = vec![f32::NAN; g.output_len()];
+            avg_pool2d(&g, &x, &mut out).unwrap();
+            let (oh, ow) = (h / 2, w / 2);
+            for (o, &v) in out.iter().enumerate() {
+                let (plane, y, xo) = (o / (oh * ow), o / ow % oh, o % ow);
+                let at = |r: usize, c: usize| x[plane * h * w + r * w + c];
+                let want = ((at(2 * y, 2 * xo) + at(2 * y, 2 * xo + 1))
+                    + (at(2 * y + 1, 2 * xo) + at(2 * y + 1, 2 * xo + 1)))
+                    / 4.0;
+                assert_eq!(v.to_bits(), want.to_bits(), "{h}x{w} output {o}");
+            }
+            let dy = common::data(g.output_len(), 3);
+            let mut gx = vec![f32::NAN; g.input_len()];
+            avg_pool2d_backward(&g, &dy, &mut gx).unwrap();
+            for (i, &v) in gx.iter().enumerate() {
+                let (plane, iy, ix) = (i / (h * w), i / w % h, i % w);
+                let want = if iy < 2 * oh && ix < 2 * ow {
+                    dy[plane * oh * ow + (iy / 2) * ow + ix / 2] / 4.0
+                } else {
+                    0.0
+                };
+                assert_eq!(v.to_bits(), want.to_bits(), "{h}x{w} input {i}");
+            }
+        }
+    }
+}
+
 #[test]
 fn same_results_for_1_and_2_threads() {
     let p = PoolParams::new(3).with_stride(2).with_padding(1);
@@ -160,6 +196,20 @@ fn same_results_for_1_and_2_threads() {
             let mut ga = vec![0.0; g.input_len()];
             avg_pool2d_backward(&g, &m, &mut ga).unwrap();
             (m, i, a, gm, ga)
+        })
+    };
+    assert_eq!(run(1), run(2));
+    // The 2x2 window's vectorized path, in runs of planes over the threads.
+    let g = PoolGeometry::new("test", [64, 6, 28, 30], PoolParams::new(2)).unwrap();
+    let x = common::data(g.input_len(), 6);
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut a = vec![0.0; g.output_len()];
+            avg_pool2d(&g, &x, &mut a).unwrap();
+            let mut ga = vec![f32::NAN; g.input_len()];
+            avg_pool2d_backward(&g, &a, &mut ga).unwrap();
+            (a, ga)
         })
     };
     assert_eq!(run(1), run(2));
