@@ -102,9 +102,12 @@ pub(crate) fn conv2d_relu_backward_direct(
     backward_direct(level, g, x, Some(relu_output), grads)
 }
 
-/// Whether the depthwise 3x3 kernels may take a gradient (`crate::direct::depthwise3_*`).
+/// Whether the depthwise 3x3 kernels may take a gradient (`crate::direct::depthwise3_*`,
+/// which check the rest).
 fn is_depthwise3(g: &ConvGeometry) -> bool {
-    g.c_in_per_group() == 1 && g.c_out_per_group() == 1 && g.kh == 3 && g.kw == 3
+    let p = g.params;
+    let one = p.stride == (1, 1) && p.dilation == (1, 1);
+    g.c_in_per_group() == 1 && g.c_out_per_group() == 1 && g.kh == 3 && g.kw == 3 && one
 }
 
 /// The backward, with the output gradient masked by `relu_output > 0` when it is given.
