@@ -195,8 +195,8 @@ fn over_planes<A, B, F>(
     }
 }
 
-/// Like [`over_planes`], with runs of whole planes of about [`PAR_MIN_WORK`] window reads per
-/// call (all of them on one thread), for kernels that loop over planes themselves.
+/// Like [`over_planes`], with runs of whole planes of about a quarter of [`PAR_MIN_WORK`] window
+/// reads per call (all of them on one thread below it), for loops that walk the planes themselves.
 fn over_plane_blocks<F>(
     g: &PoolGeometry,
     a: &[f32],
