@@ -163,7 +163,8 @@ pub fn linear_backward(
 
 /// `c = a · b` (row-major `c`, `a.rows × b.cols`, overwritten): one GEMM, or from
 /// [`PARALLEL_MIN_MACS`] multiply-adds with several threads, one GEMM per block of rows of
-/// `c` (the same bits: the GEMM sums each element in one order for any split). An empty inner dimension writes zeros.
+/// `c` (the same bits: the GEMM sums each element in one order for any split). An empty
+/// inner dimension writes zeros.
 fn product(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
