@@ -29,6 +29,7 @@
 //! | [`select`], [`supports`], [`resolve`] | the automatic choice and what each algorithm runs |
 //! | [`PreparedConv`], [`PooledImage`] | a layer prepared for inference: cached transforms, folded BN, ReLU, a fused 2x2 pool ([`PoolKind`]) |
 //! | [`PreparedLinear`] | a dense layer prepared for inference (matrix-vector at batch 1) |
+//! | [`linear_forward`], [`linear_backward`], [`LinearDims`] | a dense layer's training passes on the packed GEMM |
 //! | [`WinogradFilter`], [`conv2d_winograd_prepared`] | a filter transformed once for many calls |
 //! | [`conv2d_naive`], [`conv2d_backward_naive`] | the reference: the definition's loops in f64 |
 //! | [`api`] | the same operations on [`Tensor`](convkit_tensor::Tensor)s, with pooling |
