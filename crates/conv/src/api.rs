@@ -181,31 +181,40 @@ fn backward(
             });
         }
     }
-    let buf = |want: bool, len: usize| want.then(|| buffer::take(len));
-    let mut gi = buf(wanted.input, g.input_len());
-    let mut gw = buf(wanted.weight, g.weight_len());
-    let mut gb = buf(wanted.bias, g.c_out);
     let x = BackwardInputs {
         input: input.as_slice(),
         weight: weight.as_slice(),
         grad_output: grad_output.as_slice(),
     };
-    let grads = GradBuffers {
+    let dims = [g.input_dims().to_vec(), g.weight_dims().to_vec(), vec![g.c_out]];
+    with_grads(wanted, dims, |grads| {
+        match relu_output {
+            Some(y) => relu_backward_slices(&g, x, y.as_slice(), grads, algo)?,
+            None => backward_slices(&g, x, grads, algo)?,
+        };
+        Ok(())
+    })
+}
+
+/// Allocates the gradients `wanted` asks for, of shapes `dims` (input, weight, bias), lets
+/// `fill` write them, and returns them as tensors.
+fn with_grads(
+    wanted: GradsWanted,
+    dims: [Vec<usize>; 3],
+    fill: impl FnOnce(GradBuffers<'_>) -> Result<()>,
+) -> Result<Conv2dGrads> {
+    let [di, dw, db] = dims;
+    let buf = |want: bool, d: &[usize]| want.then(|| buffer::take(d.iter().product()));
+    let mut gi = buf(wanted.input, &di);
+    let mut gw = buf(wanted.weight, &dw);
+    let mut gb = buf(wanted.bias, &db);
+    fill(GradBuffers {
         input: gi.as_deref_mut(),
         weight: gw.as_deref_mut(),
         bias: gb.as_deref_mut(),
-    };
-    match relu_output {
-        Some(y) => relu_backward_slices(&g, x, y.as_slice(), grads, algo)?,
-        None => backward_slices(&g, x, grads, algo)?,
-    };
-    let wrap =
-        |v: Option<Vec<f32>>, dims: &[usize]| v.map(|v| Tensor::from_vec(dims, v)).transpose();
-    Ok(Conv2dGrads {
-        input: wrap(gi, &g.input_dims())?,
-        weight: wrap(gw, &g.weight_dims())?,
-        bias: wrap(gb, &[g.c_out])?,
-    })
+    })?;
+    let wrap = |v: Option<Vec<f32>>, d: &[usize]| v.map(|v| Tensor::from_vec(d, v)).transpose();
+    Ok(Conv2dGrads { input: wrap(gi, &di)?, weight: wrap(gw, &dw)?, bias: wrap(gb, &db)? })
 }
 
 /// The sizes of a dense layer with `weight` `[out, in]` (and `bias` `[out]`) on `input`
@@ -278,24 +287,9 @@ pub fn linear_backward(
             ),
         });
     }
-    let buf = |want: bool, len: usize| want.then(|| buffer::take(len));
-    let mut gi = buf(wanted.input, d.batch * d.inp);
-    let mut gw = buf(wanted.weight, d.out * d.inp);
-    let mut gb = buf(wanted.bias, d.out);
-    let grads = GradBuffers {
-        input: gi.as_deref_mut(),
-        weight: gw.as_deref_mut(),
-        bias: gb.as_deref_mut(),
-    };
     let (x, w) = (input.as_slice(), weight.as_slice());
-    linear_backward_slices(d, x, w, grad_output.as_slice(), grads)?;
-    let wrap =
-        |v: Option<Vec<f32>>, dims: &[usize]| v.map(|v| Tensor::from_vec(dims, v)).transpose();
-    Ok(Conv2dGrads {
-        input: wrap(gi, &[d.batch, d.inp])?,
-        weight: wrap(gw, &[d.out, d.inp])?,
-        bias: wrap(gb, &[d.out])?,
-    })
+    let dims = [vec![d.batch, d.inp], vec![d.out, d.inp], vec![d.out]];
+    with_grads(wanted, dims, |grads| linear_backward_slices(d, x, w, grad_output.as_slice(), grads))
 }
 
 /// The result of [`max_pool2d`]: the pooled tensor and, per output element, the flat index of
