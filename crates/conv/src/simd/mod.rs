@@ -71,6 +71,58 @@ pub(crate) fn sum_f64(v: &[f32]) -> f64 {
     acc.iter().sum()
 }
 
+/// `out[c] += sum_f64(v[c·plane..][..plane])` for every `c` (`v` holds `out.len()` planes),
+/// with the bits of [`sum_f64`]: four planes at a time (then two, then one), whose running
+/// sums are independent, so the additions of one plane do not wait on each other's latency.
+/// Inlined into the kernels, so that it runs with their instruction set.
+#[inline(always)]
+pub(crate) fn add_plane_sums_f64(v: &[f32], plane: usize, out: &mut [f64]) {
+    assert_eq!(v.len(), plane * out.len(), "add_plane_sums_f64: lengths");
+    if plane == 0 {
+        return;
+    }
+    let whole = plane - plane % LANES;
+    /// `a[l] += x[l]` in f64, for the eight lanes.
+    #[inline(always)]
+    fn add8(a: &mut [f64; LANES], x: &[f32]) {
+        let x: &[f32; LANES] = x.try_into().expect("eight floats");
+        for (a, &x) in a.iter_mut().zip(x) {
+            *a += f64::from(x);
+        }
+    }
+    /// The end of [`sum_f64`] for one plane: its remainder, then the lanes' total.
+    #[inline(always)]
+    fn finish(mut a: [f64; LANES], rest: &[f32]) -> f64 {
+        for (a, &x) in a.iter_mut().zip(rest) {
+            *a += f64::from(x);
+        }
+        a.iter().sum()
+    }
+    // The planes `$k` of a block each get their own local accumulators (registers; an array
+    // of them indexed in a loop stays in memory).
+    macro_rules! block {
+        ($c:expr, $($k:literal $a:ident),+) => {{
+            $(let mut $a = [0f64; LANES];)+
+            for j in (0..whole).step_by(LANES) {
+                $(add8(&mut $a, &v[($c + $k) * plane + j..][..LANES]);)+
+            }
+            $(out[$c + $k] += finish($a, &v[($c + $k) * plane + whole..($c + $k + 1) * plane]);)+
+        }};
+    }
+    let mut c = 0;
+    while c + 4 <= out.len() {
+        block!(c, 0 a0, 1 a1, 2 a2, 3 a3);
+        c += 4;
+    }
+    if c + 2 <= out.len() {
+        block!(c, 0 a0, 1 a1);
+        c += 2;
+    }
+    if c < out.len() {
+        block!(c, 0 a0);
+    }
+}
+
 /// The arithmetic of one vector width: what a kernel body written over a width needs. Every
 /// [`Simd`] level is one (8 lanes); [`Simd::Wide`] names the widest of its level (16 lanes at
 /// AVX-512), so that element-wise work (the Winograd transforms) is written once and runs on
@@ -573,6 +625,28 @@ fn detect() -> SimdLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plane_sums_have_the_bits_of_one_plane_at_a_time() {
+        // Values of many magnitudes, so that the order of the additions shows in the bits.
+        let value = |i: usize| ((i * 7919 % 1009) as f32 - 500.0) * 10f32.powi((i % 9) as i32 - 4);
+        for planes in 0..=9 {
+            for plane in [1, 3, 7, 8, 9, 16, 17, 100, 784] {
+                let v: Vec<f32> = (0..planes * plane).map(value).collect();
+                let start: Vec<f64> = (0..planes).map(|c| c as f64 * 0.1).collect();
+                let mut got = start.clone();
+                add_plane_sums_f64(&v, plane, &mut got);
+                for (c, (&g, &s0)) in got.iter().zip(&start).enumerate() {
+                    let want = s0 + sum_f64(&v[c * plane..][..plane]);
+                    assert_eq!(
+                        g.to_bits(),
+                        want.to_bits(),
+                        "{planes} planes of {plane}, plane {c}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn slow_gathers_by_vendor() {

@@ -423,9 +423,7 @@ impl WithSimd for Task<'_> {
                 dy_img = &dym;
             }
             if p.want_gb {
-                for (acc, plane) in gb.iter_mut().zip(dy_img.chunks_exact(ohw)) {
-                    *acc += simd::sum_f64(plane);
-                }
+                simd::add_plane_sums_f64(dy_img, ohw, gb);
             }
             if p.want_gw {
                 fill_padded_input(p, x_img, &mut xp);
