@@ -8,8 +8,8 @@
 //! instead of making a masked copy first.
 
 use convkit_conv::api::{
-    GradsWanted, avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward, conv2d_relu_backward,
-    max_pool2d, max_pool2d_backward,
+    GradsWanted, avg_pool2d, avg_pool2d_backward, conv2d, conv2d_backward, conv2d_relu,
+    conv2d_relu_backward, max_pool2d, max_pool2d_backward,
 };
 use convkit_conv::{Conv2dParams, ConvAlgo, PoolParams};
 
@@ -30,7 +30,8 @@ impl Var {
     }
 
     /// `self.conv2d(weight, bias, params, algo)?.relu()` as one node of the tape: the ReLU
-    /// runs in place on the fresh output, and the backward masks the incoming gradient with
+    /// runs inside the convolution ([`convkit_conv::api::conv2d_relu`]), and the backward
+    /// masks the incoming gradient with
     /// the output (`y > 0` exactly where the pre-activation is) before the convolution's
     /// backward. Values and gradients are bit-identical to the two separate nodes; what is
     /// saved is one activation buffer and one pass over it in each direction.
@@ -70,12 +71,10 @@ impl Var {
         relu: bool,
     ) -> Result<Var> {
         // The backward follows the algorithm the forward ran, not a new resolution of `algo`.
-        let (mut value, algo) =
-            conv2d(self.value(), weight.value(), bias.map(Var::value), params, algo)?;
-        if relu {
-            // The same rule as `Tensor::relu` (NaN stays NaN).
-            value.map_inplace(|v| if v < 0.0 { 0.0 } else { v });
-        }
+        // With `relu`, the kernel applies it (the rule of `Tensor::relu`: NaN stays NaN).
+        let forward = if relu { conv2d_relu } else { conv2d };
+        let (value, algo) =
+            forward(self.value(), weight.value(), bias.map(Var::value), params, algo)?;
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         if !Var::any_requires_grad(&inputs) {

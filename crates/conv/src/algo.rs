@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use convkit_tensor::buffer;
 
 use crate::direct::backward::{conv2d_backward_direct, conv2d_relu_backward_direct};
-use crate::direct::{conv2d_direct, direct_supports};
+use crate::direct::{conv2d_direct, conv2d_direct_act, direct_supports};
 use crate::error::{ConvError, Result};
 use crate::im2col::{conv2d_backward_im2col, conv2d_im2col};
 use crate::naive::{conv2d_backward_naive, conv2d_naive};
@@ -496,6 +496,58 @@ pub fn conv2d_relu_backward(
         conv2d_backward(g, BackwardInputs { grad_output: &masked, ..x }, grads, algo)?;
     }
     Ok(algo)
+}
+
+/// [`conv2d_forward`] followed by a ReLU (`v < 0 → 0`; NaN and `−0.0` are kept, as
+/// `Tensor::relu` keeps them): `output` receives `relu(conv(input))`, bit for bit the two
+/// passes one after the other. The direct kernel applies the ReLU to each work item's outputs
+/// as soon as they are written, while they are in cache; the other kernels are followed by
+/// one pass over the output.
+///
+/// ```
+/// use convkit_conv::{ConvAlgo, ConvGeometry, Conv2dParams, conv2d_relu_forward};
+///
+/// # fn main() -> convkit_conv::Result<()> {
+/// let g = ConvGeometry::new([1, 1, 2, 2], [2, 1, 1, 1], Conv2dParams::default())?;
+/// let mut y = [0.0; 8];
+/// conv2d_relu_forward(&g, &[1.0, -2.0, 3.0, -4.0], &[1.0, -1.0], None, &mut y, ConvAlgo::Direct)?;
+/// assert_eq!(y, [1.0, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 4.0]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn conv2d_relu_forward(
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    algo: ConvAlgo,
+) -> Result<ConvAlgo> {
+    let algo = resolve(algo, g)?;
+    if algo == ConvAlgo::Direct {
+        conv2d_direct_act(simd::active(), g, input, weight, bias, output, true)?;
+        return Ok(algo);
+    }
+    let ran = conv2d_forward(g, input, weight, bias, output, algo)?;
+    relu_in_place(output);
+    Ok(ran)
+}
+
+/// `v < 0 → 0` on every float of `out` (NaN and `−0.0` kept), in parallel when large.
+pub(crate) fn relu_in_place(out: &mut [f32]) {
+    let relu = |chunk: &mut [f32]| {
+        for v in chunk {
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+    };
+    const CHUNK: usize = 1 << 14;
+    if out.len() >= 4 * CHUNK && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(CHUNK).for_each(relu);
+    } else {
+        relu(out);
+    }
 }
 
 /// `grad` where `relu_output > 0`, `+0.0` elsewhere (NaN included): ReLU's backward, in a

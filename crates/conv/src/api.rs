@@ -16,7 +16,7 @@ use convkit_tensor::{Tensor, buffer};
 
 use crate::algo::{
     ConvAlgo, conv2d_backward as backward_slices, conv2d_forward,
-    conv2d_relu_backward as relu_backward_slices,
+    conv2d_relu_backward as relu_backward_slices, conv2d_relu_forward,
 };
 use crate::error::{ConvError, Result};
 use crate::linear::{LinearDims, linear_backward as linear_backward_slices, linear_forward};
@@ -50,20 +50,55 @@ pub fn conv2d(
     params: &Conv2dParams,
     algo: ConvAlgo,
 ) -> Result<(Tensor, ConvAlgo)> {
-    const OP: &str = "conv2d";
-    let g = geometry(OP, input, weight, params)?;
+    forward("conv2d", input, weight, bias, params, algo, false)
+}
+
+/// [`conv2d`] followed by a ReLU (`v < 0 → 0`, NaN and `−0.0` kept, as [`Tensor::relu`]):
+/// bit for bit `conv2d(…)?.0.relu()`, with the ReLU applied by the direct kernel to each work
+/// item's outputs while they are in cache (see
+/// [`conv2d_relu_forward`]).
+///
+/// ```
+/// use convkit_conv::api::conv2d_relu;
+/// use convkit_conv::{ConvAlgo, Conv2dParams};
+/// use convkit_tensor::Tensor;
+///
+/// # fn main() -> convkit_conv::Result<()> {
+/// let x = Tensor::from_vec(&[1, 1, 2, 2], vec![1.0, -2.0, 3.0, -4.0])?;
+/// let w = Tensor::from_vec(&[1, 1, 1, 1], vec![2.0])?;
+/// let (y, _ran) = conv2d_relu(&x, &w, None, &Conv2dParams::default(), ConvAlgo::Auto)?;
+/// assert_eq!(y.as_slice(), &[2.0, 0.0, 6.0, 0.0]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn conv2d_relu(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: &Conv2dParams,
+    algo: ConvAlgo,
+) -> Result<(Tensor, ConvAlgo)> {
+    forward("conv2d_relu", input, weight, bias, params, algo, true)
+}
+
+/// [`conv2d`], with a ReLU after it when `relu`.
+fn forward(
+    op: &'static str,
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: &Conv2dParams,
+    algo: ConvAlgo,
+    relu: bool,
+) -> Result<(Tensor, ConvAlgo)> {
+    let g = geometry(op, input, weight, params)?;
     if let Some(b) = bias {
-        check_bias(OP, b.dims(), &g.weight_dims())?;
+        check_bias(op, b.dims(), &g.weight_dims())?;
     }
     let mut out = buffer::take(g.output_len());
-    let ran = conv2d_forward(
-        &g,
-        input.as_slice(),
-        weight.as_slice(),
-        bias.map(Tensor::as_slice),
-        &mut out,
-        algo,
-    )?;
+    let run = if relu { conv2d_relu_forward } else { conv2d_forward };
+    let ran =
+        run(&g, input.as_slice(), weight.as_slice(), bias.map(Tensor::as_slice), &mut out, algo)?;
     Ok((Tensor::from_vec(&g.output_dims(), out)?, ran))
 }
 

@@ -23,6 +23,7 @@
 //! | item | what |
 //! |---|---|
 //! | [`conv2d_forward`], [`conv2d_backward`] | every algorithm on slices, chosen by a [`ConvAlgo`] |
+//! | [`conv2d_relu_forward`] | a convolution followed by a ReLU, which the direct kernel applies to each work item's outputs while they are in cache |
 //! | [`conv2d_relu_backward`] | the backward of a convolution followed by a ReLU, the mask applied as the kernel reads the gradient |
 //! | [`ConvGeometry`], [`Conv2dParams`], [`out_size`] | shapes, stride/padding/dilation/groups, all validation |
 //! | [`BackwardInputs`], [`GradBuffers`] | what a backward pass reads and the gradients it writes |
@@ -139,7 +140,7 @@ mod winograd;
 
 pub use algo::{
     ALGO_ENV, ConvAlgo, UnknownAlgo, conv2d_backward, conv2d_forward, conv2d_relu_backward,
-    env_algo, resolve, resolve_prepared, select, select_prepared, supports,
+    conv2d_relu_forward, env_algo, resolve, resolve_prepared, select, select_prepared, supports,
 };
 pub use api::{Conv2dGrads, GradsWanted, MaxPoolOutput};
 pub use error::{ConvError, Result};

@@ -3,6 +3,8 @@
 //! gradients for every algorithm, on shapes that take each path of the direct kernel (pixel
 //! lanes, output channels in vectors, depthwise 3x3, the im2col fallback of strided shapes),
 //! with ties (outputs exactly zero) and NaNs in the mask, and for pools of 1 and 2 threads.
+//! `conv2d_relu_forward` (the ReLU applied by the kernel) against the forward followed by
+//! `Tensor::relu`'s rule, on the same shapes, NaN and `−0.0` outputs included.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,7 +12,7 @@ mod common;
 use common::{data, geom};
 use convkit_conv::{
     BackwardInputs, Conv2dParams, ConvAlgo, ConvError, ConvGeometry, GradBuffers, conv2d_backward,
-    conv2d_forward, conv2d_relu_backward, supports,
+    conv2d_forward, conv2d_relu_backward, conv2d_relu_forward, supports,
 };
 use rayon::ThreadPoolBuilder;
 
@@ -112,4 +114,46 @@ fn a_mask_of_the_wrong_length_is_an_error() {
         });
         drop(e);
     }
+}
+
+#[test]
+fn fused_relu_forward_matches_the_forward_then_relu() {
+    let pools = [1, 2].map(|t| ThreadPoolBuilder::new().num_threads(t).build().unwrap());
+    let p = Conv2dParams::default();
+    let mut shapes = geometries();
+    // All-negative input, channel 0's filter zero and its bias −0.0: that channel's outputs
+    // are −0.0 on the direct kernel, which the ReLU keeps.
+    shapes.push(geom([2, 2, 7, 9], [3, 2, 3, 3], p));
+    let mut signed_zeros = 0;
+    for (i, g) in shapes.iter().enumerate() {
+        let last = i == shapes.len() - 1;
+        let mut x = data(g.input_len(), 30 + i as u64);
+        let mut w = data(g.weight_len(), 31 + i as u64);
+        let mut b = data(g.c_out, 32 + i as u64);
+        if last {
+            x.iter_mut().for_each(|v| *v = -1.0 - v.abs());
+            w[..g.weight_len() / g.c_out].fill(0.0);
+            b[0] = -0.0;
+        } else {
+            // A NaN in the last image: its outputs near it are NaN, which the ReLU keeps.
+            x[g.input_len() - 5] = f32::NAN;
+        }
+        for algo in ConvAlgo::ALL.into_iter().filter(|&a| a == ConvAlgo::Auto || supports(a, g)) {
+            let mut expected = vec![0.0; g.output_len()];
+            conv2d_forward(g, &x, &w, Some(&b), &mut expected, algo).unwrap();
+            for v in &mut expected {
+                *v = if *v < 0.0 { 0.0 } else { *v };
+            }
+            signed_zeros += expected.iter().filter(|v| **v == 0.0 && v.is_sign_negative()).count();
+            for pool in &pools {
+                let mut got = vec![f32::NAN; g.output_len()];
+                pool.install(|| conv2d_relu_forward(g, &x, &w, Some(&b), &mut got, algo)).unwrap();
+                let what =
+                    format!("case {i} {g:?}, {algo}, {} threads", pool.current_num_threads());
+                same_bits(&got, &expected, &format!("output, {what}"));
+            }
+            assert!(last || expected.iter().any(|v| v.is_nan()), "case {i} {algo}: no NaN");
+        }
+    }
+    assert!(signed_zeros > 0, "no −0.0 output was kept");
 }

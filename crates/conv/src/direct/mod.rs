@@ -107,10 +107,28 @@ pub fn conv2d_direct_with(
     bias: Option<&[f32]>,
     output: &mut [f32],
 ) -> Result<()> {
+    conv2d_direct_act(level, g, input, weight, bias, output, false)
+}
+
+/// [`conv2d_direct_with`], followed by a ReLU (`v < 0 → 0`, NaN and `−0.0` kept, as
+/// `Tensor::relu`) when `relu`: each work item applies it to its outputs as soon as they are
+/// written, while they are still in cache.
+pub(crate) fn conv2d_direct_act(
+    level: SimdLevel,
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    relu: bool,
+) -> Result<()> {
     g.check_forward(OP, input, weight, bias, output)?;
     level.require(OP, "direct")?;
     if let Some(dw) = Dw3Plan::new(g) {
         dw.run(level, input, weight, bias, output);
+        if relu {
+            crate::algo::relu_in_place(output);
+        }
         return Ok(());
     }
     let plan = Plan::new(g);
@@ -144,6 +162,7 @@ pub fn conv2d_direct_with(
             bias: bias.map(|b| &b[k0..k0 + plan.kc]),
             out,
             scratch,
+            relu,
         };
         // `level` was checked above, so dispatch cannot decline.
         let _ = simd::dispatch(level, kernel);
@@ -284,6 +303,8 @@ struct Chunk<'a> {
     /// `[kc, oh, ow]`.
     out: &'a mut [f32],
     scratch: &'a mut Vec<f32>,
+    /// Whether a ReLU follows (applied to `out` once it is written).
+    relu: bool,
 }
 
 impl WithSimd for Chunk<'_> {
@@ -291,88 +312,121 @@ impl WithSimd for Chunk<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let Chunk { plan: p, input, wp, bias, out, scratch } = self;
-        if p.in_place {
-            kpath(s, p, Reads { planes: input, wp, bias }, out);
-            return;
+        let Chunk { plan: p, input, wp, bias, out, scratch, relu } = self;
+        chunk_outputs(s, p, input, wp, bias, out, scratch);
+        if relu {
+            relu_in_cache(s, out);
         }
-        let plane_len = p.hp * p.row_len;
-        let planes_len = p.cpg * plane_len;
-        if p.sw() == 1 {
-            // Reused without clearing: every float outside the copied rows is zeroed below.
-            if scratch.len() < planes_len {
-                scratch.resize(planes_len, 0.0);
-            }
-        } else {
-            scratch.clear();
+    }
+}
+
+/// `v < 0 → 0` on every float of `out` (NaN and `−0.0` kept): `max(0, v)`, whose second
+/// operand is the result when the lanes compare equal or unordered.
+#[inline(always)]
+fn relu_in_cache<S: Simd>(s: S, out: &mut [f32]) {
+    let whole = out.len() - out.len() % LANES;
+    for j in (0..whole).step_by(LANES) {
+        let v = s.max(s.zero(), s.load(&out[j..]));
+        s.store(v, &mut out[j..]);
+    }
+    for v in &mut out[whole..] {
+        if *v < 0.0 {
+            *v = 0.0;
+        }
+    }
+}
+
+/// Writes every output of one work item (`out`, `[kc, oh, ow]`).
+#[inline(always)]
+fn chunk_outputs<S: Simd>(
+    s: S,
+    p: &Plan<'_>,
+    input: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    if p.in_place {
+        kpath(s, p, Reads { planes: input, wp, bias }, out);
+        return;
+    }
+    let plane_len = p.hp * p.row_len;
+    let planes_len = p.cpg * plane_len;
+    if p.sw() == 1 {
+        // Reused without clearing: every float outside the copied rows is zeroed below.
+        if scratch.len() < planes_len {
             scratch.resize(planes_len, 0.0);
         }
-        let planes = &mut scratch[..planes_len];
+    } else {
+        scratch.clear();
+        scratch.resize(planes_len, 0.0);
+    }
+    let planes = &mut scratch[..planes_len];
 
-        // Padded, phase-split copy of the input planes.
-        for c in 0..p.cpg {
-            let pl = &mut planes[c * plane_len..][..plane_len];
+    // Padded, phase-split copy of the input planes.
+    for c in 0..p.cpg {
+        let pl = &mut planes[c * plane_len..][..plane_len];
+        if p.sw() == 1 {
+            pl[..p.ph() * p.row_len].fill(0.0);
+            pl[(p.ph() + p.h) * p.row_len..].fill(0.0);
+        }
+        for r in 0..p.h {
+            let src = &input[(c * p.h + r) * p.w..][..p.w];
+            let row = &mut pl[(r + p.ph()) * p.row_len..][..p.row_len];
             if p.sw() == 1 {
-                pl[..p.ph() * p.row_len].fill(0.0);
-                pl[(p.ph() + p.h) * p.row_len..].fill(0.0);
-            }
-            for r in 0..p.h {
-                let src = &input[(c * p.h + r) * p.w..][..p.w];
-                let row = &mut pl[(r + p.ph()) * p.row_len..][..p.row_len];
-                if p.sw() == 1 {
-                    copy_row(s, row, src, p.pw());
-                } else {
-                    for (x, &v) in src.iter().enumerate() {
-                        let xp = x + p.pw();
-                        row[(xp % p.sw()) * p.lph + xp / p.sw()] = v;
-                    }
+                copy_row(s, row, src, p.pw());
+            } else {
+                for (x, &v) in src.iter().enumerate() {
+                    let xp = x + p.pw();
+                    row[(xp % p.sw()) * p.lph + xp / p.sw()] = v;
                 }
             }
         }
-        let r = Reads { planes: &*planes, wp, bias };
+    }
+    let r = Reads { planes: &*planes, wp, bias };
 
-        let xb_main = p.nv.min(4);
-        if p.kpath {
-            kpath(s, p, r, out);
-            return;
-        }
-        if p.kc == 1 {
-            // One output channel (depthwise other than stride-1 3x3): block over output rows
-            // instead of channels.
-            let yb_main = (12 / xb_main).min(3);
-            let mut y = 0;
-            while y < p.oh {
-                let yb = yb_main.min(p.oh - y);
-                let mut xv0 = 0;
-                while xv0 < p.nv {
-                    let xb = xb_main.min(p.nv - xv0);
-                    rows_dispatch(s, p, r, out, TileAt { k0: 0, y, xv0 }, yb, xb);
-                    xv0 += xb;
-                }
-                y += yb;
+    let xb_main = p.nv.min(4);
+    if p.kpath {
+        kpath(s, p, r, out);
+        return;
+    }
+    if p.kc == 1 {
+        // One output channel (depthwise other than stride-1 3x3): block over output rows
+        // instead of channels.
+        let yb_main = (12 / xb_main).min(3);
+        let mut y = 0;
+        while y < p.oh {
+            let yb = yb_main.min(p.oh - y);
+            let mut xv0 = 0;
+            while xv0 < p.nv {
+                let xb = xb_main.min(p.nv - xv0);
+                rows_dispatch(s, p, r, out, TileAt { k0: 0, y, xv0 }, yb, xb);
+                xv0 += xb;
             }
-            return;
+            y += yb;
         }
-        #[cfg(target_arch = "x86_64")]
-        if let Some(w) = s.avx512() {
-            // SAFETY: the token `w` proves the CPU has the features `width` is compiled for.
-            unsafe { wide::width(w, p, r, out) };
-            return;
-        }
-        let kb_main = Plan::kb_max(xb_main);
-        for y in 0..p.oh {
-            let mut k0 = 0;
-            while k0 < p.kc {
-                let kb = kb_main.min(p.kc - k0);
-                let mut xv0 = 0;
-                while xv0 < p.nv {
-                    let xb = xb_main.min(p.nv - xv0);
-                    let t = TileAt { k0, y, xv0 };
-                    tile_dispatch(s, p, r, out, t, kb, xb);
-                    xv0 += xb;
-                }
-                k0 += kb;
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(w) = s.avx512() {
+        // SAFETY: the token `w` proves the CPU has the features `width` is compiled for.
+        unsafe { wide::width(w, p, r, out) };
+        return;
+    }
+    let kb_main = Plan::kb_max(xb_main);
+    for y in 0..p.oh {
+        let mut k0 = 0;
+        while k0 < p.kc {
+            let kb = kb_main.min(p.kc - k0);
+            let mut xv0 = 0;
+            while xv0 < p.nv {
+                let xb = xb_main.min(p.nv - xv0);
+                let t = TileAt { k0, y, xv0 };
+                tile_dispatch(s, p, r, out, t, kb, xb);
+                xv0 += xb;
             }
+            k0 += kb;
         }
     }
 }
