@@ -330,9 +330,7 @@ fn relu_in_cache<S: Simd>(s: S, out: &mut [f32]) {
         s.store(v, &mut out[j..]);
     }
     for v in &mut out[whole..] {
-        if *v < 0.0 {
-            *v = 0.0;
-        }
+        *v = if *v < 0.0 { 0.0 } else { *v };
     }
 }
 
