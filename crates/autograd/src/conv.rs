@@ -31,10 +31,10 @@ impl Var {
 
     /// `self.conv2d(weight, bias, params, algo)?.relu()` as one node of the tape: the ReLU
     /// runs inside the convolution ([`convkit_conv::api::conv2d_relu`]), and the backward
-    /// masks the incoming gradient with
-    /// the output (`y > 0` exactly where the pre-activation is) before the convolution's
-    /// backward. Values and gradients are bit-identical to the two separate nodes; what is
-    /// saved is one activation buffer and one pass over it in each direction.
+    /// masks the incoming gradient with the output (`y > 0` exactly where the pre-activation
+    /// is) as the convolution's backward reads it. Values and gradients are bit-identical to
+    /// the two separate nodes; what is saved is one activation buffer and one pass over it in
+    /// each direction.
     ///
     /// ```
     /// use convkit_autograd::Tape;

@@ -55,8 +55,7 @@ pub fn conv2d(
 
 /// [`conv2d`] followed by a ReLU (`v < 0 → 0`, NaN and `−0.0` kept, as [`Tensor::relu`]):
 /// bit for bit `conv2d(…)?.0.relu()`, with the ReLU applied by the direct kernel to each work
-/// item's outputs while they are in cache (see
-/// [`conv2d_relu_forward`]).
+/// item's outputs while they are in cache (see [`conv2d_relu_forward`]).
 ///
 /// ```
 /// use convkit_conv::api::conv2d_relu;
