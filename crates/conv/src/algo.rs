@@ -533,21 +533,11 @@ pub fn conv2d_relu_forward(
     Ok(ran)
 }
 
-/// `v < 0 → 0` on every float of `out` (NaN and `−0.0` kept), in parallel when large.
+/// `v < 0 → 0` on every float of `out` (NaN and `−0.0` kept: `Tensor::relu`'s rule), in
+/// parallel when large.
 pub(crate) fn relu_in_place(out: &mut [f32]) {
-    // A select, not a conditional store: it vectorizes and has no branch to mispredict on
-    // signs that change from one element to the next.
-    let relu = |chunk: &mut [f32]| {
-        for v in chunk {
-            *v = if *v < 0.0 { 0.0 } else { *v };
-        }
-    };
-    const CHUNK: usize = 1 << 14;
-    if out.len() >= 4 * CHUNK && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(CHUNK).for_each(relu);
-    } else {
-        relu(out);
-    }
+    // A select, not a conditional store: it vectorizes and has no branch to mispredict.
+    convkit_tensor::map_slice_inplace(out, |v| if v < 0.0 { 0.0 } else { v });
 }
 
 /// `grad` where `relu_output > 0`, `+0.0` elsewhere (NaN included): ReLU's backward, in a

@@ -49,10 +49,11 @@
 //! Batched matmul runs the items of a batch on rayon's pool when the product has at least
 //! [`PAR_MIN_FLOPS`] flops, each item writing its own output chunk; a product of at most
 //! [`DOT_MAX_ROWS`] rows splits its outputs the same way. Elementwise operations (`map`,
-//! same-shape and scalar arithmetic, `axpy`, the in-place forms) split tensors of at least
-//! [`PAR_MIN_ELEMENTS`] elements into chunks. Reductions are single-threaded and visit
-//! elements in a fixed order. Every result is therefore bit-identical whatever the number of
-//! threads (`RAYON_NUM_THREADS` sets the pool size).
+//! same-shape and scalar arithmetic, `axpy`, the in-place forms, [`map_slice_inplace`] on a
+//! plain slice) split tensors of at least [`PAR_MIN_ELEMENTS`] elements into chunks.
+//! Reductions are single-threaded and visit elements in a fixed order. Every result is
+//! therefore bit-identical whatever the number of threads (`RAYON_NUM_THREADS` sets the pool
+//! size).
 //! There are no environment variables or cargo features of this crate's own.
 //!
 //! ## Example
@@ -99,7 +100,7 @@ pub use io::{
     load_safetensors_with_metadata, save_safetensors, to_safetensors_bytes, write_atomic,
 };
 pub use matmul::{DOT_MAX_ROWS, PAR_MIN_FLOPS, gemm, matmul, matmul_t};
-pub use ops::{PAR_MIN_ELEMENTS, broadcast_shapes};
+pub use ops::{PAR_MIN_ELEMENTS, broadcast_shapes, map_slice_inplace};
 pub use rng::Rng;
 pub use tensor::{Tensor, numel, strides};
 

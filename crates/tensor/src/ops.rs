@@ -115,6 +115,23 @@ fn map_slice(src: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     out
 }
 
+/// `d[i] = f(d[i])` for every element of a slice, on rayon's pool when it is large (from
+/// [`PAR_MIN_ELEMENTS`]): [`Tensor::map_inplace`] on a plain buffer, for kernels that write
+/// slices.
+///
+/// ```
+/// let mut d = [1.0, -2.0, 3.0];
+/// convkit_tensor::map_slice_inplace(&mut d, |v| if v < 0.0 { 0.0 } else { v });
+/// assert_eq!(d, [1.0, 0.0, 3.0]);
+/// ```
+pub fn map_slice_inplace(d: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
+    if d.len() >= PAR_MIN_ELEMENTS {
+        d.par_iter_mut().with_min_len(PAR_CHUNK).for_each(|v| *v = f(*v));
+    } else {
+        d.iter_mut().for_each(|v| *v = f(*v));
+    }
+}
+
 /// `f(a[i], b[i])` for slices of equal length, on rayon's pool when they are large, into a
 /// buffer from the [`buffer`](crate::buffer) cache.
 fn zip_slices(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
@@ -415,12 +432,7 @@ impl Tensor {
     /// # Ok::<(), convkit_tensor::TensorError>(())
     /// ```
     pub fn map_inplace(&mut self, f: impl Fn(f32) -> f32 + Sync + Send) {
-        let d = self.data_mut();
-        if d.len() >= PAR_MIN_ELEMENTS {
-            d.par_iter_mut().with_min_len(PAR_CHUNK).for_each(|v| *v = f(*v));
-        } else {
-            d.iter_mut().for_each(|v| *v = f(*v));
-        }
+        map_slice_inplace(self.data_mut(), f);
     }
 
     /// `self + value` elementwise.
